@@ -1,0 +1,239 @@
+//! The C ABI: `extern "C"` functions over the Rust API, and nothing else.
+//!
+//! This layer holds no math. Each function checks its pointers and sizes, calls the Rust API and
+//! maps the outcome to a [`Status`]. Every function runs inside [`guard`], a panic boundary: a
+//! bug reaches the caller as `TL_STATUS_PANIC` with a message, never as an abort. The message of
+//! a failure is kept per thread and read with `tl_last_error_message`.
+//!
+//! Enum values arrive from C as plain integers and are validated before use (an out-of-range
+//! value in a Rust enum would be undefined behaviour), so parameters and struct fields declared
+//! in the header as `tl_dtype`, `tl_backend` and `tl_cka_estimator` are received here through
+//! the `Raw*` newtypes.
+
+#![allow(non_camel_case_types)]
+#![allow(clippy::missing_safety_doc)] // each function's safety contract is in its C doc comment
+
+mod cka;
+mod context;
+
+#[allow(unused_imports)]
+pub use cka::*;
+pub use context::*;
+
+use crate::error::{Error, Result, Status};
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// A `tl_dtype` value as received from C; see the module docs.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawDType(pub u32);
+
+/// A `tl_backend` value as received from C.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawBackend(pub u32);
+
+/// A `tl_status` value as received from C.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawStatus(pub u32);
+
+/// A `tl_cka_estimator` value as received from C.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawEstimator(pub u32);
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    // Interior NULs would truncate the C string; replace them rather than lose the message.
+    let text = CString::new(message.replace('\0', "?")).unwrap_or_default();
+    LAST_ERROR.with(|slot| *slot.borrow_mut() = text);
+}
+
+/// Runs `body` inside the panic boundary; maps its outcome to a status and records the message
+/// of a failure for `tl_last_error_message`.
+pub(crate) fn guard(body: impl FnOnce() -> Result<()>) -> Status {
+    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(Error::Panic(what))
+    });
+    match outcome {
+        Ok(()) => Status::Ok,
+        Err(e) => {
+            set_last_error(&e.to_string());
+            e.status()
+        }
+    }
+}
+
+/// Runs an infallible `body` (a destructor, a getter) inside the panic boundary; a panic is
+/// recorded as the last error and `fallback` returned.
+pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(v) => v,
+        Err(_) => {
+            set_last_error("internal error (please report): panic in an infallible function");
+            fallback
+        }
+    }
+}
+
+/// `&*ptr`, or `TL_STATUS_NULL_ARGUMENT` naming the argument.
+pub(crate) unsafe fn arg_ref<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> {
+    // SAFETY: the caller promises that a non-NULL pointer is valid for 'a.
+    unsafe { ptr.as_ref() }.ok_or_else(|| Error::NullArgument(format!("{name} is NULL")))
+}
+
+/// `&mut *ptr`, or `TL_STATUS_NULL_ARGUMENT` naming the argument.
+pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
+    // SAFETY: as for arg_ref, and the pointee is not aliased for 'a.
+    unsafe { ptr.as_mut() }.ok_or_else(|| Error::NullArgument(format!("{name} is NULL")))
+}
+
+/// A slice of `len` elements at `ptr`; NULL is accepted only when `len` is 0.
+pub(crate) unsafe fn arg_slice<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(Error::NullArgument(format!(
+            "{name} is NULL but its length is {len}"
+        )));
+    }
+    // SAFETY: the caller promises `len` readable elements at a non-NULL `ptr`.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// A mutable slice of `len` elements at `ptr`; NULL is accepted only when `len` is 0.
+pub(crate) unsafe fn arg_slice_mut<'a, T>(
+    ptr: *mut T,
+    len: usize,
+    name: &str,
+) -> Result<&'a mut [T]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if ptr.is_null() {
+        return Err(Error::NullArgument(format!(
+            "{name} is NULL but its length is {len}"
+        )));
+    }
+    // SAFETY: the caller promises `len` writable elements at a non-NULL `ptr`.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// A NUL-terminated string argument as UTF-8.
+pub(crate) unsafe fn arg_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
+    if ptr.is_null() {
+        return Err(Error::NullArgument(format!("{name} is NULL")));
+    }
+    // SAFETY: the caller promises a NUL-terminated string.
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| Error::InvalidArgument(format!("{name} is not valid UTF-8")))
+}
+
+/// Moves `value` to the heap and hands its ownership to C through `out`.
+pub(crate) fn hand_out<T>(value: T, out: &mut *mut T) {
+    *out = Box::into_raw(Box::new(value));
+}
+
+/// Takes back ownership of a handle made by [`hand_out`] and drops it; NULL is a no-op.
+pub(crate) unsafe fn destroy<T>(handle: *mut T) {
+    if !handle.is_null() {
+        // SAFETY: the handle came from hand_out and is destroyed once, as documented.
+        drop(unsafe { Box::from_raw(handle) });
+    }
+}
+
+// Static NUL-terminated strings for the getters below.
+static VERSION_CSTR: &CStr = {
+    match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("version contains a NUL"),
+    }
+};
+
+/// The library version, "MAJOR.MINOR.PATCH". The string is static.
+#[no_mangle]
+pub extern "C" fn tl_version() -> *const c_char {
+    VERSION_CSTR.as_ptr()
+}
+
+/// The ABI version: it changes when a release breaks binary compatibility with older callers.
+#[no_mangle]
+pub extern "C" fn tl_abi_version() -> u32 {
+    crate::ABI_VERSION
+}
+
+/// The name of a status code ("TL_STATUS_OK", ...), or "TL_STATUS_UNKNOWN" for a value that is
+/// no status. The string is static.
+#[no_mangle]
+pub extern "C" fn tl_status_name(status: RawStatus) -> *const c_char {
+    const NAMES: [&CStr; 14] = [
+        c"TL_STATUS_OK",
+        c"TL_STATUS_NULL_ARGUMENT",
+        c"TL_STATUS_INVALID_ARGUMENT",
+        c"TL_STATUS_SHAPE_MISMATCH",
+        c"TL_STATUS_UNSUPPORTED_DTYPE",
+        c"TL_STATUS_DEGENERATE_INPUT",
+        c"TL_STATUS_NON_FINITE",
+        c"TL_STATUS_IO",
+        c"TL_STATUS_FORMAT",
+        c"TL_STATUS_NOT_FOUND",
+        c"TL_STATUS_DEVICE_UNAVAILABLE",
+        c"TL_STATUS_DEVICE",
+        c"TL_STATUS_CALLBACK",
+        c"TL_STATUS_PANIC",
+    ];
+    NAMES
+        .get(status.0 as usize)
+        .copied()
+        .unwrap_or(c"TL_STATUS_UNKNOWN")
+        .as_ptr()
+}
+
+/// This thread's message for its last failed call, or "" if none failed. The string stays valid
+/// until this thread's next call of a tl_ function.
+#[no_mangle]
+pub extern "C" fn tl_last_error_message() -> *const c_char {
+    LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_match_the_rust_names() {
+        for s in Status::ALL {
+            let name = unsafe { CStr::from_ptr(tl_status_name(RawStatus(s as u32))) }
+                .to_str()
+                .unwrap();
+            assert_eq!(name, s.name());
+        }
+        let unknown = unsafe { CStr::from_ptr(tl_status_name(RawStatus(99))) }
+            .to_str()
+            .unwrap();
+        assert_eq!(unknown, "TL_STATUS_UNKNOWN");
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message() {
+        let status = guard(|| panic!("boom"));
+        assert_eq!(status, Status::Panic);
+        let msg = unsafe { CStr::from_ptr(tl_last_error_message()) }
+            .to_str()
+            .unwrap();
+        assert!(msg.contains("boom"), "{msg}");
+    }
+}
