@@ -1,0 +1,31 @@
+//! Helpers shared by the commands: safetensors input, JSON output, panic hygiene.
+
+use std::path::Path;
+use transferlens::{Error, Result};
+
+/// A panic is a bug: report it in one line, without Rust's panic message and backtrace.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("tlens: internal error (please report): {info}");
+    }));
+}
+
+/// A whole file in memory, with its path in every error message.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a JSON value serialises")
+    );
+}
+
+/// A float for JSON: finite values as numbers; analyses never hand non-finite values here.
+pub fn json_f64(v: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(v)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}

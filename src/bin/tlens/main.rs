@@ -1,0 +1,59 @@
+//! `tlens`: the transferlens command line.
+//!
+//! Every command has `--help` with an example. Errors go to stderr as one line: exit status 2 for
+//! bad usage, 1 for a failure; never a panic message.
+
+mod cka;
+mod common;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tlens",
+    version,
+    about = "What is being transferred in transfer learning? Linear CKA, weight-space distances and the study's other analyses, for checkpoints and activations saved as safetensors.",
+    after_help = "Examples:\n  tlens cka acts_pretrained.safetensors acts_finetuned.safetensors\n  tlens study --quick"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Cka(cka::CkaArgs),
+    Study(StudyArgs),
+}
+
+/// Run the embedded miniature of the study (not available yet).
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  tlens study --quick --out study-out")]
+struct StudyArgs {
+    /// A small version that finishes in under a minute on two CPU cores.
+    #[arg(long)]
+    quick: bool,
+    /// Folder for study.json and report.html.
+    #[arg(long, default_value = "tlens-study")]
+    out: std::path::PathBuf,
+}
+
+fn main() -> ExitCode {
+    common::quiet_panics();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Cka(args) => cka::run(args),
+        Command::Study(_) => {
+            eprintln!("tlens study: the embedded study is not implemented in this version yet (it arrives with the landscape and criticality analyses)");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tlens: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
