@@ -1,1 +1,220 @@
+//! CPU primitives: conversion with a shift, Gram and cross products through faer's GEMM on all
+//! cores, and the f64 reductions the analyses are built from.
+//!
+//! Dense work buffers hold the *transpose* of a batch: a column-major `features x rows` matrix
+//! whose column `k` is sample `k`. Converting a row-major input is then a streaming copy (row `k`
+//! of the input becomes contiguous column `k`), and faer's GEMM reads either orientation.
 
+use crate::error::{fail, Result};
+use crate::tensor::{Element, HostSlice, Matrix, Storage};
+use faer::linalg::matmul::triangular::BlockStructure;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// The arithmetic type of the dense products: f32 for f32/f16/bf16 data, f64 for f64 data.
+pub trait Real: Element + faer::traits::RealField + Copy + Default {
+    fn from_f64(v: f64) -> Self;
+}
+impl Real for f32 {
+    #[inline]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+impl Real for f64 {
+    #[inline]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+fn par() -> Par {
+    Par::rayon(0)
+}
+
+/// Rows per parallel work item in streaming loops: big enough to amortise scheduling.
+fn rows_per_task(cols: usize) -> usize {
+    (16384 / cols.max(1)).max(1)
+}
+
+/// The host slice of a view, or an error for device memory (served by the CUDA backend).
+pub(crate) fn host_slice<'a>(m: &Matrix<'a>, name: &str) -> Result<HostSlice<'a>> {
+    match m.storage() {
+        Storage::Host(s) => Ok(*s),
+        Storage::Device { device, .. } => fail!(
+            InvalidArgument,
+            "{name}: the matrix lives in the memory of CUDA device {device}, but this context runs on the CPU; create the context with TL_BACKEND_CUDA"
+        ),
+    }
+}
+
+/// Calls `f` with the row `r` of `m` as a typed slice.
+macro_rules! with_rows {
+    ($slice:expr, |$rows:ident| $body:expr) => {
+        match $slice {
+            HostSlice::F32($rows) => $body,
+            HostSlice::F64($rows) => $body,
+            HostSlice::F16($rows) => $body,
+            HostSlice::BF16($rows) => $body,
+        }
+    };
+}
+
+/// Column means of `m` in f64, for centering. A column whose entries are all equal gets its
+/// exact value rather than a rounded mean, so that centering gives exact zeros there and a
+/// constant layer is recognised as having no variance. Rejects NaN and Inf, naming the first
+/// position found.
+pub(crate) fn column_means(m: &Matrix, name: &str) -> Result<Vec<f64>> {
+    let (rows, cols, stride) = (m.rows(), m.cols(), m.row_stride());
+    if rows == 0 {
+        fail!(DegenerateInput, "{name} has 0 rows (samples)");
+    }
+    let slice = host_slice(m, name)?;
+    struct Partial {
+        sum: Vec<f64>,
+        min: Vec<f64>,
+        max: Vec<f64>,
+        bad: Option<(usize, usize, f64)>,
+    }
+    let chunk = rows_per_task(cols);
+    let partial = with_rows!(slice, |data| {
+        (0..rows.div_ceil(chunk))
+            .into_par_iter()
+            .map(|t| {
+                let mut p = Partial {
+                    sum: vec![0.0; cols],
+                    min: vec![f64::INFINITY; cols],
+                    max: vec![f64::NEG_INFINITY; cols],
+                    bad: None,
+                };
+                for r in t * chunk..((t + 1) * chunk).min(rows) {
+                    let row = &data[r * stride..r * stride + cols];
+                    for (c, &v) in row.iter().enumerate() {
+                        let v = v.to_f64();
+                        if !v.is_finite() && p.bad.is_none() {
+                            p.bad = Some((r, c, v));
+                        }
+                        p.sum[c] += v;
+                        p.min[c] = p.min[c].min(v);
+                        p.max[c] = p.max[c].max(v);
+                    }
+                }
+                p
+            })
+            .reduce_with(|mut a, b| {
+                for c in 0..cols {
+                    a.sum[c] += b.sum[c];
+                    a.min[c] = a.min[c].min(b.min[c]);
+                    a.max[c] = a.max[c].max(b.max[c]);
+                }
+                // Keep the earliest position so that the message does not depend on scheduling.
+                a.bad = match (a.bad, b.bad) {
+                    (Some(x), Some(y)) => Some(if (x.0, x.1) <= (y.0, y.1) { x } else { y }),
+                    (x, y) => x.or(y),
+                };
+                a
+            })
+            .expect("rows > 0")
+    });
+    if let Some((r, c, v)) = partial.bad {
+        fail!(NonFinite, "{name} holds {v} at row {r}, column {c}");
+    }
+    let first = with_rows!(slice, |data| data[..cols]
+        .iter()
+        .map(|v| v.to_f64())
+        .collect::<Vec<_>>());
+    Ok((0..cols)
+        .map(|c| {
+            if partial.min[c] == partial.max[c] {
+                first[c]
+            } else {
+                partial.sum[c] / rows as f64
+            }
+        })
+        .collect())
+}
+
+/// Writes `(row - shift)` of every row of `m` into columns `0..rows` of the column-major block
+/// `out` (leading dimension `ld`, starting at feature offset `offset`), converted to `T`, and
+/// returns each row's squared norm in f64. Rejects NaN and Inf.
+pub(crate) fn write_shifted_transpose<T: Real>(
+    m: &Matrix,
+    name: &str,
+    shift: &[f64],
+    out: &mut [T],
+    ld: usize,
+    offset: usize,
+) -> Result<Vec<f64>> {
+    let (rows, cols, stride) = (m.rows(), m.cols(), m.row_stride());
+    debug_assert!(shift.len() == cols && offset + cols <= ld && out.len() >= rows * ld);
+    let slice = host_slice(m, name)?;
+    let mut norms = vec![0.0f64; rows];
+    let bad = with_rows!(slice, |data| {
+        out[..rows * ld]
+            .par_chunks_mut(ld)
+            .zip(norms.par_iter_mut())
+            .enumerate()
+            .map(|(r, (dst, norm))| {
+                let src = &data[r * stride..r * stride + cols];
+                let mut acc = 0.0f64;
+                let mut bad = None;
+                for ((d, &s), &c) in dst[offset..offset + cols].iter_mut().zip(src).zip(shift) {
+                    let v = s.to_f64();
+                    if !v.is_finite() && bad.is_none() {
+                        bad = Some((r, v));
+                    }
+                    let z = T::from_f64(v - c);
+                    *d = z;
+                    let z = z.to_f64();
+                    acc += z * z;
+                }
+                *norm = acc;
+                bad
+            })
+            .find_first(|b| b.is_some())
+            .flatten()
+    });
+    if let Some((r, v)) = bad {
+        fail!(NonFinite, "{name} holds {v} in row {r}");
+    }
+    Ok(norms)
+}
+
+/// `a * b^T` for column-major `a` (m x k) and `b` (n x k), into `dst` (m x n), replacing it.
+pub(crate) fn cross<T: Real>(dst: MatMut<T>, a: MatRef<T>, b: MatRef<T>) {
+    faer::linalg::matmul::matmul(dst, Accum::Replace, a, b.transpose(), T::one_impl(), par());
+}
+
+/// `a * b` into `dst`, replacing it.
+pub(crate) fn product<T: Real>(dst: MatMut<T>, a: MatRef<T>, b: MatRef<T>) {
+    faer::linalg::matmul::matmul(dst, Accum::Replace, a, b, T::one_impl(), par());
+}
+
+/// The lower triangle (diagonal included) of `a * a^T` into `dst`, replacing it; the strict
+/// upper triangle of `dst` is left untouched.
+pub(crate) fn gram_lower<T: Real>(dst: MatMut<T>, a: MatRef<T>) {
+    faer::linalg::matmul::triangular::matmul(
+        dst,
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        a,
+        BlockStructure::Rectangular,
+        a.transpose(),
+        BlockStructure::Rectangular,
+        T::one_impl(),
+        par(),
+    );
+}
+
+/// `sum_ij (a_ij * b_ij)` in f64 over full matrices.
+pub(crate) fn frobenius_dot<T: Real>(a: MatRef<T>, b: MatRef<T>) -> f64 {
+    debug_assert!(a.nrows() == b.nrows() && a.ncols() == b.ncols());
+    (0..a.ncols())
+        .into_par_iter()
+        .map(|j| {
+            (0..a.nrows())
+                .map(|i| a[(i, j)].to_f64() * b[(i, j)].to_f64())
+                .sum::<f64>()
+        })
+        .sum()
+}

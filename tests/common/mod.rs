@@ -1,0 +1,240 @@
+//! Helpers shared by the integration tests: a seeded generator of test data and plain f64
+//! reference formulas written independently of the library's code paths.
+#![allow(dead_code)]
+
+/// xoshiro256** seeded through splitmix64: reproducible test data without a dependency.
+pub struct TestRng {
+    s: [u64; 4],
+}
+
+impl TestRng {
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e3779b97f4a7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+            z ^ (z >> 31)
+        };
+        TestRng {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    pub fn normals(&mut self, len: usize) -> Vec<f64> {
+        (0..len).map(|_| self.normal()).collect()
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Row-major `rows x cols` matrix in f64.
+#[derive(Clone, Debug)]
+pub struct Dense {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+impl Dense {
+    pub fn random(rng: &mut TestRng, rows: usize, cols: usize) -> Self {
+        Dense {
+            rows,
+            cols,
+            data: rng.normals(rows * cols),
+        }
+    }
+
+    pub fn at(&self, r: usize, c: usize) -> f64 {
+        self.data[r * self.cols + c]
+    }
+
+    /// `self * w` for a `cols x k` matrix `w`, plus `noise` times fresh normals: a layer
+    /// correlated with this one.
+    pub fn mix(&self, rng: &mut TestRng, k: usize, noise: f64) -> Dense {
+        let w = rng.normals(self.cols * k);
+        let mut data = vec![0.0; self.rows * k];
+        for r in 0..self.rows {
+            for j in 0..k {
+                let mut acc = 0.0;
+                for c in 0..self.cols {
+                    acc += self.at(r, c) * w[c * k + j];
+                }
+                data[r * k + j] = acc + noise * rng.normal();
+            }
+        }
+        Dense {
+            rows: self.rows,
+            cols: k,
+            data,
+        }
+    }
+
+    /// Column-centered copy.
+    pub fn centered(&self) -> Dense {
+        let mut out = self.clone();
+        for c in 0..self.cols {
+            let mean = (0..self.rows).map(|r| self.at(r, c)).sum::<f64>() / self.rows as f64;
+            for r in 0..self.rows {
+                out.data[r * self.cols + c] -= mean;
+            }
+        }
+        out
+    }
+
+    /// `self^T other`, `cols x other.cols`.
+    pub fn t_mul(&self, other: &Dense) -> Vec<f64> {
+        let mut out = vec![0.0; self.cols * other.cols];
+        for r in 0..self.rows {
+            for i in 0..self.cols {
+                let a = self.at(r, i);
+                for j in 0..other.cols {
+                    out[i * other.cols + j] += a * other.at(r, j);
+                }
+            }
+        }
+        out
+    }
+
+    /// `self self^T`, the `rows x rows` Gram of the samples.
+    pub fn gram(&self) -> Vec<f64> {
+        let n = self.rows;
+        let mut out = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                out[i * n + j] = (0..self.cols).map(|c| self.at(i, c) * self.at(j, c)).sum();
+            }
+        }
+        out
+    }
+}
+
+/// Reference CKA in feature space, written from the published formulas (Kornblith et al. 2019;
+/// debiased: their `feature_space_linear_cka(debiased=True)`).
+pub fn reference_cka_feature(x: &Dense, y: &Dense, debiased: bool) -> f64 {
+    let (x, y) = (x.centered(), y.centered());
+    let n = x.rows as f64;
+    let fro2 = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>();
+    let row_sq = |m: &Dense| {
+        (0..m.rows)
+            .map(|r| (0..m.cols).map(|c| m.at(r, c).powi(2)).sum::<f64>())
+            .collect::<Vec<_>>()
+    };
+    let hsic = |a: &Dense, b: &Dense| {
+        let xty = fro2(&a.t_mul(b));
+        if !debiased {
+            return xty;
+        }
+        let (ra, rb) = (row_sq(a), row_sq(b));
+        let dot: f64 = ra.iter().zip(&rb).map(|(p, q)| p * q).sum();
+        let (na, nb): (f64, f64) = (ra.iter().sum(), rb.iter().sum());
+        xty - n / (n - 2.0) * dot + na * nb / ((n - 1.0) * (n - 2.0))
+    };
+    hsic(&x, &y) / (hsic(&x, &x) * hsic(&y, &y)).sqrt()
+}
+
+/// Reference CKA in sample space from `n x n` Grams: biased with the centering matrix
+/// `H = I - 11^T/n` (tr(HKH HLH)); debiased with the unbiased HSIC of Song et al. (2012).
+pub fn reference_cka_sample(x: &Dense, y: &Dense, debiased: bool) -> f64 {
+    let n = x.rows;
+    let hsic = |k: &[f64], l: &[f64]| -> f64 {
+        if debiased {
+            unbiased_hsic(k, l, n)
+        } else {
+            let (hk, hl) = (center_gram(k, n), center_gram(l, n));
+            hk.iter().zip(&hl).map(|(a, b)| a * b).sum()
+        }
+    };
+    let (k, l) = (x.gram(), y.gram());
+    hsic(&k, &l) / (hsic(&k, &k) * hsic(&l, &l)).sqrt()
+}
+
+/// `H K H` with the explicit centering matrix `H = I - 11^T / n`.
+pub fn center_gram(k: &[f64], n: usize) -> Vec<f64> {
+    let h = |i: usize, j: usize| {
+        if i == j {
+            1.0 - 1.0 / n as f64
+        } else {
+            -1.0 / n as f64
+        }
+    };
+    let mut hk = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            hk[i * n + j] = (0..n).map(|t| h(i, t) * k[t * n + j]).sum();
+        }
+    }
+    let mut out = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            out[i * n + j] = (0..n).map(|t| hk[i * n + t] * h(t, j)).sum();
+        }
+    }
+    out
+}
+
+/// HSIC_1 of Song et al. (2012) on Grams `k`, `l` of `n >= 4` samples (diagonals zeroed).
+pub fn unbiased_hsic(k: &[f64], l: &[f64], n: usize) -> f64 {
+    let zero_diag = |g: &[f64]| {
+        let mut g = g.to_vec();
+        for i in 0..n {
+            g[i * n + i] = 0.0;
+        }
+        g
+    };
+    let (k, l) = (zero_diag(k), zero_diag(l));
+    let nf = n as f64;
+    let trace: f64 = k.iter().zip(&l).map(|(a, b)| a * b).sum();
+    let sk: f64 = k.iter().sum();
+    let sl: f64 = l.iter().sum();
+    let k1: Vec<f64> = (0..n).map(|i| k[i * n..(i + 1) * n].iter().sum()).collect();
+    let l1: Vec<f64> = (0..n).map(|i| l[i * n..(i + 1) * n].iter().sum()).collect();
+    let kl: f64 = k1.iter().zip(&l1).map(|(a, b)| a * b).sum();
+    (trace + sk * sl / ((nf - 1.0) * (nf - 2.0)) - 2.0 / (nf - 2.0) * kl) / (nf * (nf - 3.0))
+}
+
+/// `|got - want| <= tol * max(1, |want|)`, with a message.
+#[track_caller]
+pub fn assert_close(got: f64, want: f64, tol: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= tol * want.abs().max(1.0),
+        "{what}: got {got:.17e}, want {want:.17e} (difference {:.3e}, tolerance {tol:e})",
+        (got - want).abs()
+    );
+}
+
+/// Relative closeness: `|got - want| <= tol * |want|`.
+#[track_caller]
+pub fn assert_rel(got: f64, want: f64, tol: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= tol * want.abs(),
+        "{what}: got {got:.17e}, want {want:.17e} (relative difference {:.3e}, tolerance {tol:e})",
+        ((got - want) / want).abs()
+    );
+}
