@@ -53,12 +53,77 @@ typedef enum tl_backend {
 } tl_backend;
 
 /**
+ * Storage type of floating-point data. The discriminants are the C ABI's `tl_dtype` values.
+ */
+typedef enum tl_dtype {
+  TL_DTYPE_F32 = 0,
+  TL_DTYPE_F64 = 1,
+  TL_DTYPE_F16 = 2,
+  TL_DTYPE_BF16 = 3,
+} tl_dtype;
+
+/**
+ * The HSIC estimator: `tl_cka_estimator` as the header spells it. The Rust API's
+ * [`Estimator`] has the same values; arguments arrive as [`RawEstimator`] and are checked.
+ *
+ */
+typedef enum tl_cka_estimator {
+  /**
+   * ||Y~^T X~||_F^2 of the column-centered features (Kornblith et al. 2019).
+   */
+  TL_CKA_BIASED = 0,
+  /**
+   * The unbiased U-statistic of Song et al. (2012): needs at least 4 samples; can be
+   * slightly negative.
+   */
+  TL_CKA_DEBIASED = 1,
+} tl_cka_estimator;
+
+/**
+ * Exact streaming CKA of nx x ny layer pairs: feeding batches gives the same result as the
+ * concatenated data, whatever the batch sizes. The first update fixes each layer's feature
+ * count; a later batch with other counts is TL_STATUS_SHAPE_MISMATCH.
+ *
+ * All-reduce across processes: state = a shift (tl_cka_accumulator_state_size's shift_len
+ * values) and moments (moments_len values). Moments add up between accumulators with equal
+ * shifts, so: every process updates; one broadcasts its exported shift; every process calls
+ * tl_cka_accumulator_rebase with it; the moments are summed (MPI_Allreduce, NCCL); every process
+ * calls tl_cka_accumulator_import with the shift and the summed moments.
+ *
+ * Thread safety: one accumulator must not be used from two threads at once; separate
+ * accumulators are independent.
+ */
+typedef struct tl_cka_accumulator tl_cka_accumulator;
+
+/**
  * A context: the resolved backend (CPU or a CUDA device) that every analysis runs on.
  *
  * Thread safety: a context on the CPU backend may be used from several threads at once. A CUDA
  * context owns one stream: give each thread its own context.
  */
 typedef struct tl_context tl_context;
+
+/**
+ * A row-major matrix view: rows = samples, cols = features. Not owned: the memory stays the
+ * caller's and must stay valid during the call that receives the view.
+ */
+typedef struct tl_matrix {
+  /**
+   * The first element; aligned for `dtype`.
+   */
+  const void *data;
+  tl_dtype dtype;
+  uint64_t rows;
+  uint64_t cols;
+  /**
+   * Elements between row starts; 0 means `cols`.
+   */
+  uint64_t row_stride;
+  /**
+   * -1: host memory; k >= 0: memory of CUDA device k.
+   */
+  int32_t device;
+} tl_matrix;
 
 #ifdef __cplusplus
 extern "C" {
@@ -85,6 +150,106 @@ const char *tl_status_name(tl_status status);
  * until this thread's next call of a tl_ function.
  */
 const char *tl_last_error_message(void);
+
+/**
+ * Linear CKA of `x` and `y` (rows are the same samples) with the given estimator, into *out.
+ * Degenerate input (too few rows for the estimator, a layer with no variance) is
+ * TL_STATUS_DEGENERATE_INPUT; NaN or Inf in the data is TL_STATUS_NON_FINITE.
+ */
+enum tl_status tl_cka_linear(struct tl_context *ctx,
+                             const struct tl_matrix *x,
+                             const struct tl_matrix *y,
+                             tl_cka_estimator estimator,
+                             double *out);
+
+/**
+ * CKA of every pair: out[i * ny + j] = CKA(xs[i], ys[j]); `out` holds nx * ny values. Each
+ * layer's Gram is formed once.
+ */
+enum tl_status tl_cka_matrix(struct tl_context *ctx,
+                             const struct tl_matrix *xs,
+                             size_t nx,
+                             const struct tl_matrix *ys,
+                             size_t ny,
+                             tl_cka_estimator estimator,
+                             double *out);
+
+/**
+ * Makes an accumulator for nx layers of x and ny layers of y on ctx's backend. The
+ * accumulator keeps its own reference to the backend: ctx may be destroyed before it.
+ */
+enum tl_status tl_cka_accumulator_create(struct tl_context *ctx,
+                                         size_t nx,
+                                         size_t ny,
+                                         tl_cka_estimator estimator,
+                                         struct tl_cka_accumulator **out);
+
+/**
+ * Adds a batch: xs holds the accumulator's nx matrices, ys its ny, all with the same rows.
+ */
+enum tl_status tl_cka_accumulator_update(struct tl_cka_accumulator *acc,
+                                         const struct tl_matrix *xs,
+                                         const struct tl_matrix *ys);
+
+/**
+ * Adds the state of `from` to `into` (same layer counts and feature counts).
+ */
+enum tl_status tl_cka_accumulator_merge(struct tl_cka_accumulator *into,
+                                        const struct tl_cka_accumulator *from);
+
+/**
+ * Writes the CKA of every pair, out[i * ny + j], from the data seen so far (nx * ny values).
+ */
+enum tl_status tl_cka_accumulator_result(const struct tl_cka_accumulator *acc, double *out);
+
+/**
+ * Frees an accumulator; NULL is a no-op.
+ */
+void tl_cka_accumulator_destroy(struct tl_cka_accumulator *acc);
+
+/**
+ * Writes the lengths of the exported state: *shift_len values of shift and *moments_len of
+ * moments. Both are 0 until the first update (or tl_cka_accumulator_set_widths) fixes the
+ * layers' feature counts.
+ */
+enum tl_status tl_cka_accumulator_state_size(const struct tl_cka_accumulator *acc,
+                                             size_t *shift_len,
+                                             size_t *moments_len);
+
+/**
+ * Exports the state: the shift and the moments (whose first value is the sample count).
+ */
+enum tl_status tl_cka_accumulator_export(const struct tl_cka_accumulator *acc,
+                                         double *shift,
+                                         size_t shift_len,
+                                         double *moments,
+                                         size_t moments_len);
+
+/**
+ * Re-expresses the accumulated moments relative to another shift (exactly, up to rounding);
+ * later updates use it too. Use it to align processes before summing their moments.
+ */
+enum tl_status tl_cka_accumulator_rebase(struct tl_cka_accumulator *acc,
+                                         const double *shift,
+                                         size_t shift_len);
+
+/**
+ * Replaces the state with an exported (possibly all-reduced) one. The layers' feature counts
+ * must be fixed: by an update, or by tl_cka_accumulator_set_widths.
+ */
+enum tl_status tl_cka_accumulator_import(struct tl_cka_accumulator *acc,
+                                         const double *shift,
+                                         size_t shift_len,
+                                         const double *moments,
+                                         size_t moments_len);
+
+/**
+ * Fixes the feature counts of an accumulator that has seen no data (nx + ny values: x layers,
+ * then y layers), so that an exported state can be imported into it.
+ */
+enum tl_status tl_cka_accumulator_set_widths(struct tl_cka_accumulator *acc,
+                                             const uint64_t *widths,
+                                             size_t len);
 
 /**
  * Makes a context. `backend` AUTO picks CUDA when a driver and a device are present, else the

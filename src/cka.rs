@@ -421,6 +421,11 @@ impl CkaAccumulator {
         self.estimator
     }
 
+    /// The number of x layers and of y layers.
+    pub fn layer_counts(&self) -> (usize, usize) {
+        (self.nx, self.ny)
+    }
+
     /// Samples seen so far.
     pub fn count(&self) -> u64 {
         self.count as u64

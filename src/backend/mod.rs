@@ -47,7 +47,7 @@ pub enum Backend {
 /// Thread safety: a `Context` is `Send + Sync`; the CPU backend serves concurrent calls from
 /// several threads. Use one context per thread where the backend is CUDA, so that each thread
 /// has its own stream.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Context {
     backend: Backend,
     device: i32,
