@@ -51,10 +51,7 @@ impl Estimator {
         Ok(match raw {
             0 => Estimator::Biased,
             1 => Estimator::Debiased,
-            _ => fail!(
-                InvalidArgument,
-                "{what}: unknown estimator value {raw} (expected 0 = BIASED, 1 = DEBIASED)"
-            ),
+            _ => fail!(InvalidArgument, "{what}: unknown estimator value {raw} (expected 0 = BIASED, 1 = DEBIASED)"),
         })
     }
 
@@ -81,8 +78,7 @@ fn hsic(est: Estimator, n: f64, pair: PairTerms, trace_u: f64, trace_v: f64) -> 
     match est {
         Estimator::Biased => pair.cross_fro2,
         Estimator::Debiased => {
-            pair.cross_fro2 - n / (n - 2.0) * pair.row_norms_dot
-                + trace_u * trace_v / ((n - 1.0) * (n - 2.0))
+            pair.cross_fro2 - n / (n - 2.0) * pair.row_norms_dot + trace_u * trace_v / ((n - 1.0) * (n - 2.0))
         }
     }
 }
@@ -106,10 +102,7 @@ impl Terms {
         let n = self.n as f64;
         let self_hsic = |name: &str, i: usize, pair: PairTerms, trace: f64| -> Result<f64> {
             if trace <= 0.0 {
-                fail!(
-                    DegenerateInput,
-                    "{name}[{i}] has zero variance: every feature is constant over the samples"
-                );
+                fail!(DegenerateInput, "{name}[{i}] has zero variance: every feature is constant over the samples");
             }
             let h = hsic(est, n, pair, trace, trace);
             if !(h > 0.0) {
@@ -130,8 +123,7 @@ impl Terms {
         let mut out = Vec::with_capacity(self.cross.len());
         for (k, &pair) in self.cross.iter().enumerate() {
             let (i, j) = (k / ny, k % ny);
-            let value =
-                hsic(est, n, pair, self.trace_x[i], self.trace_y[j]) / (hx[i] * hy[j]).sqrt();
+            let value = hsic(est, n, pair, self.trace_x[i], self.trace_y[j]) / (hx[i] * hy[j]).sqrt();
             if !value.is_finite() {
                 fail!(Panic, "CKA of x[{i}] and y[{j}] evaluated to {value} from finite, non-degenerate input");
             }
@@ -143,33 +135,19 @@ impl Terms {
 
 fn check_min_samples(n: usize, est: Estimator) -> Result<()> {
     if n < est.min_samples() {
-        fail!(
-            DegenerateInput,
-            "the {est:?} estimator needs at least {} samples, got {n}",
-            est.min_samples()
-        );
+        fail!(DegenerateInput, "the {est:?} estimator needs at least {} samples, got {n}", est.min_samples());
     }
     Ok(())
 }
 
 /// Linear CKA of `x` and `y`.
 pub fn linear_cka(ctx: &Context, x: &Matrix, y: &Matrix, estimator: Estimator) -> Result<f64> {
-    Ok(cka_matrix(
-        ctx,
-        std::slice::from_ref(x),
-        std::slice::from_ref(y),
-        estimator,
-    )?[0])
+    Ok(cka_matrix(ctx, std::slice::from_ref(x), std::slice::from_ref(y), estimator)?[0])
 }
 
 /// CKA of every pair: `out[i * ys.len() + j] = CKA(xs[i], ys[j])`. Each layer's Gram is formed
 /// once, whatever the number of pairs it takes part in.
-pub fn cka_matrix(
-    ctx: &Context,
-    xs: &[Matrix],
-    ys: &[Matrix],
-    estimator: Estimator,
-) -> Result<Vec<f64>> {
+pub fn cka_matrix(ctx: &Context, xs: &[Matrix], ys: &[Matrix], estimator: Estimator) -> Result<Vec<f64>> {
     let n = check_layers(xs, ys)?;
     cka_matrix_via(ctx, xs, ys, estimator, choose_route(n, xs, ys))
 }
@@ -219,9 +197,7 @@ pub fn choose_route(n: usize, xs: &[Matrix], ys: &[Matrix]) -> Route {
     let px: Vec<f64> = xs.iter().map(|m| m.cols() as f64).collect();
     let qy: Vec<f64> = ys.iter().map(|m| m.cols() as f64).collect();
     let all = px.iter().chain(&qy);
-    let feature = n
-        * (all.clone().map(|p| p * p / 2.0).sum::<f64>()
-            + px.iter().sum::<f64>() * qy.iter().sum::<f64>());
+    let feature = n * (all.clone().map(|p| p * p / 2.0).sum::<f64>() + px.iter().sum::<f64>() * qy.iter().sum::<f64>());
     let pairs = (px.len() * qy.len() + px.len() + qy.len()) as f64;
     let sample = n * n * (all.sum::<f64>() / 2.0 + pairs);
     if sample < feature {
@@ -234,12 +210,7 @@ pub fn choose_route(n: usize, xs: &[Matrix], ys: &[Matrix]) -> Route {
 /// Checks that the layers share a positive row count and returns it.
 fn check_layers(xs: &[Matrix], ys: &[Matrix]) -> Result<usize> {
     if xs.is_empty() || ys.is_empty() {
-        fail!(
-            InvalidArgument,
-            "at least one layer of x and one of y are needed (got {} and {})",
-            xs.len(),
-            ys.len()
-        );
+        fail!(InvalidArgument, "at least one layer of x and one of y are needed (got {} and {})", xs.len(), ys.len());
     }
     let n = xs[0].rows();
     check_same_rows(xs, ys, n)?;
@@ -267,10 +238,9 @@ fn check_same_rows(xs: &[Matrix], ys: &[Matrix], n: usize) -> Result<()> {
 fn require_cpu(ctx: &Context) -> Result<()> {
     match ctx.backend() {
         Backend::Cpu => Ok(()),
-        Backend::Cuda => fail!(
-            DeviceUnavailable,
-            "CKA on the CUDA backend is not available in this build; use a CPU context"
-        ),
+        Backend::Cuda => {
+            fail!(DeviceUnavailable, "CKA on the CUDA backend is not available in this build; use a CPU context")
+        }
     }
 }
 
@@ -320,11 +290,7 @@ fn sample_space_terms<T: Real>(xs: &[Matrix], ys: &[Matrix]) -> Result<Terms> {
     let (nx, ny) = (xs.len(), ys.len());
     let pair = |u: usize, v: usize| PairTerms {
         cross_fro2: cpu::frobenius_dot(grams[u].as_ref(), grams[v].as_ref()),
-        row_norms_dot: row_norms[u]
-            .iter()
-            .zip(&row_norms[v])
-            .map(|(a, b)| a * b)
-            .sum(),
+        row_norms_dot: row_norms[u].iter().zip(&row_norms[v]).map(|(a, b)| a * b).sum(),
     };
     let trace = |u: usize| row_norms[u].iter().sum::<f64>();
     Ok(Terms {
@@ -335,6 +301,21 @@ fn sample_space_terms<T: Real>(xs: &[Matrix], ys: &[Matrix]) -> Result<Terms> {
         self_y: (nx..nx + ny).map(|v| pair(v, v)).collect(),
         cross: (0..nx * ny).map(|k| pair(k / ny, nx + k % ny)).collect(),
     })
+}
+
+/// Adds the symmetric matrix whose lower triangle is `lower`'s to the column-major `dst`.
+fn add_symmetric_from_lower<T: Real>(dst: &mut [f64], lower: MatRef<T>) {
+    let p = lower.nrows();
+    for j in 0..p {
+        let column = lower.col(j);
+        for i in j..p {
+            let v = column[i].to_f64();
+            dst[j * p + i] += v;
+            if i != j {
+                dst[i * p + j] += v;
+            }
+        }
+    }
 }
 
 /// Copies the strict lower triangle of a square matrix onto its upper triangle.
@@ -352,7 +333,7 @@ fn mirror_lower<T: Real>(mut m: MatMut<T>) {
 struct PairMoments {
     u: usize,
     v: usize,
-    /// `sum z w^T`, row-major `p_u x p_v`.
+    /// `sum z w^T`, column-major `p_u x p_v` (the layout of the GEMM results it sums).
     zw: Vec<f64>,
     /// `sum a b`.
     ab: f64,
@@ -399,10 +380,7 @@ impl CkaAccumulator {
     /// An empty accumulator for `nx` layers of x and `ny` layers of y.
     pub fn new(nx: usize, ny: usize, estimator: Estimator) -> Result<Self> {
         if nx == 0 || ny == 0 {
-            fail!(
-                InvalidArgument,
-                "nx and ny must be positive (got {nx} and {ny})"
-            );
+            fail!(InvalidArgument, "nx and ny must be positive (got {nx} and {ny})");
         }
         Ok(CkaAccumulator {
             estimator,
@@ -438,9 +416,7 @@ impl CkaAccumulator {
 
     fn init(&mut self, widths: Vec<usize>, shift: Vec<Vec<f64>>) {
         let (nx, ny) = (self.nx, self.ny);
-        let layer_pairs = (0..nx + ny)
-            .map(|u| (u, u))
-            .chain((0..nx * ny).map(|k| (k / ny, nx + k % ny)));
+        let layer_pairs = (0..nx + ny).map(|u| (u, u)).chain((0..nx * ny).map(|k| (k / ny, nx + k % ny)));
         self.pairs = layer_pairs
             .map(|(u, v)| PairMoments {
                 u,
@@ -479,10 +455,7 @@ impl CkaAccumulator {
             if rows == 0 {
                 return Ok(());
             }
-            let shift = layers
-                .iter()
-                .map(|(name, m)| cpu::column_means(m, name))
-                .collect::<Result<Vec<_>>>()?;
+            let shift = layers.iter().map(|(name, m)| cpu::column_means(m, name)).collect::<Result<Vec<_>>>()?;
             self.init(layers.iter().map(|(_, m)| m.cols()).collect(), shift);
         } else {
             for (u, (name, m)) in layers.iter().enumerate() {
@@ -513,29 +486,15 @@ impl CkaAccumulator {
         // x layers and y layers each in one buffer, so that all (x, y) cross products are one
         // GEMM: column k of the `features x rows` buffer is sample k of every layer.
         let (nx, widths) = (self.nx, self.widths.clone());
-        let offsets: Vec<usize> = (0..nl)
-            .map(|u| {
-                if u < nx {
-                    widths[..u].iter().sum()
-                } else {
-                    widths[nx..u].iter().sum()
-                }
-            })
-            .collect();
+        let offsets: Vec<usize> =
+            (0..nl).map(|u| if u < nx { widths[..u].iter().sum() } else { widths[nx..u].iter().sum() }).collect();
         let (px, py): (usize, usize) = (widths[..nx].iter().sum(), widths[nx..].iter().sum());
         let mut bx = vec![T::default(); px * rows];
         let mut by = vec![T::default(); py * rows];
         let mut norms = Vec::with_capacity(nl);
         for (u, (name, m)) in layers.iter().enumerate() {
             let (buf, ld) = if u < nx { (&mut bx, px) } else { (&mut by, py) };
-            norms.push(cpu::write_shifted_transpose::<T>(
-                m,
-                name,
-                &self.shift[u],
-                buf,
-                ld,
-                offsets[u],
-            )?);
+            norms.push(cpu::write_shifted_transpose::<T>(m, name, &self.shift[u], buf, ld, offsets[u])?);
         }
         let xt = MatRef::from_column_major_slice(&bx, px, rows);
         let yt = MatRef::from_column_major_slice(&by, py, rows);
@@ -554,16 +513,13 @@ impl CkaAccumulator {
             .map(|u| {
                 let mut g = faer::Mat::<T>::zeros(widths[u], widths[u]);
                 cpu::gram_lower(g.as_mut(), block(u));
-                mirror_lower(g.as_mut());
                 g
             })
             .collect();
 
         // Third moments `sum a_u w_v` for every (u, v), and the column sums, as one product per
         // layer v with the stacked squared row norms and a column of ones.
-        let mut norms_t: Vec<T> = (0..nl)
-            .flat_map(|u| norms[u].iter().map(|&a| T::from_f64(a)))
-            .collect();
+        let mut norms_t: Vec<T> = (0..nl).flat_map(|u| norms[u].iter().map(|&a| T::from_f64(a))).collect();
         norms_t.extend(std::iter::repeat_n(T::one_impl(), rows));
         let norms_mat = MatRef::from_column_major_slice(&norms_t, rows, nl + 1);
         let third: Vec<faer::Mat<T>> = (0..nl)
@@ -576,24 +532,19 @@ impl CkaAccumulator {
 
         for pair in self.pairs.iter_mut() {
             let (u, v) = (pair.u, pair.v);
-            let pv = widths[v];
-            let source: MatRef<T> = if u == v {
-                grams[u].as_ref()
+            let pu = widths[u];
+            if u == v {
+                add_symmetric_from_lower(&mut pair.zw, grams[u].as_ref());
             } else {
-                cross
-                    .as_ref()
-                    .submatrix(offsets[u], offsets[v], widths[u], pv)
-            };
-            pair.zw.par_chunks_mut(pv).enumerate().for_each(|(i, row)| {
-                for (j, out) in row.iter_mut().enumerate() {
-                    *out += source[(i, j)].to_f64();
-                }
-            });
-            pair.ab += norms[u]
-                .iter()
-                .zip(&norms[v])
-                .map(|(a, b)| a * b)
-                .sum::<f64>();
+                let source = cross.as_ref().submatrix(offsets[u], offsets[v], pu, widths[v]);
+                pair.zw.par_chunks_mut(pu).enumerate().for_each(|(j, column)| {
+                    let src = source.col(j);
+                    for (i, out) in column.iter_mut().enumerate() {
+                        *out += src[i].to_f64();
+                    }
+                });
+            }
+            pair.ab += norms[u].iter().zip(&norms[v]).map(|(a, b)| a * b).sum::<f64>();
             for (j, out) in pair.aw.iter_mut().enumerate() {
                 *out += third[v][(j, u)].to_f64();
             }
@@ -615,18 +566,11 @@ impl CkaAccumulator {
     /// updates use it too. `shift` holds every layer's features, x layers then y layers.
     pub fn rebase(&mut self, shift: &[f64]) -> Result<()> {
         if self.widths.is_empty() {
-            fail!(
-                InvalidArgument,
-                "the accumulator has no data yet: its first update fixes the layer shapes"
-            );
+            fail!(InvalidArgument, "the accumulator has no data yet: its first update fixes the layer shapes");
         }
         let total: usize = self.widths.iter().sum();
         if shift.len() != total {
-            fail!(
-                ShapeMismatch,
-                "shift has {} values, the layers have {total} features in all",
-                shift.len()
-            );
+            fail!(ShapeMismatch, "shift has {} values, the layers have {total} features in all", shift.len());
         }
         if let Some(i) = shift.iter().position(|v| !v.is_finite()) {
             fail!(NonFinite, "shift[{i}] is {}", shift[i]);
@@ -637,13 +581,7 @@ impl CkaAccumulator {
         let mut start = 0;
         for (u, &p) in self.widths.iter().enumerate() {
             let target = &shift[start..start + p];
-            delta.push(
-                self.shift[u]
-                    .iter()
-                    .zip(target)
-                    .map(|(c, t)| c - t)
-                    .collect::<Vec<f64>>(),
-            );
+            delta.push(self.shift[u].iter().zip(target).map(|(c, t)| c - t).collect::<Vec<f64>>());
             new_shift.push(target.to_vec());
             start += p;
         }
@@ -662,21 +600,18 @@ impl CkaAccumulator {
         let old_sum = self.sum.clone();
         let old_sum_sq = self.sum_sq.clone();
         let dd: Vec<f64> = delta.iter().map(|d| dot(d, d)).collect();
-        let ds: Vec<f64> = (0..delta.len())
-            .map(|u| dot(&delta[u], &old_sum[u]))
-            .collect();
+        let ds: Vec<f64> = (0..delta.len()).map(|u| dot(&delta[u], &old_sum[u])).collect();
         for pair in self.pairs.iter_mut() {
             let (u, v) = (pair.u, pair.v);
             let (pu, pv) = (self.widths[u], self.widths[v]);
             let (du, dv) = (&delta[u], &delta[v]);
             let (su, sv) = (&old_sum[u], &old_sum[v]);
             // M^T d_u and M d_v, from the old second moments.
-            let mt_du: Vec<f64> = (0..pv)
-                .map(|j| (0..pu).map(|i| pair.zw[i * pv + j] * du[i]).sum())
-                .collect();
-            let m_dv: Vec<f64> = (0..pu)
-                .map(|i| dot(&pair.zw[i * pv..(i + 1) * pv], dv))
-                .collect();
+            let mt_du: Vec<f64> = (0..pv).map(|j| dot(&pair.zw[j * pu..(j + 1) * pu], du)).collect();
+            let mut m_dv = vec![0.0; pu];
+            for (j, column) in pair.zw.chunks(pu).enumerate() {
+                m_dv.iter_mut().zip(column).for_each(|(acc, m)| *acc += m * dv[j]);
+            }
             // sum a'_u a'_v.
             pair.ab += 2.0 * dot(&pair.aw, dv)
                 + 2.0 * dot(&pair.bz, du)
@@ -688,24 +623,18 @@ impl CkaAccumulator {
                 + n * dd[u] * dd[v];
             // sum a'_u w'_v with w' = w + d_v.
             for j in 0..pv {
-                pair.aw[j] += old_sum_sq[u] * dv[j]
-                    + 2.0 * mt_du[j]
-                    + 2.0 * ds[u] * dv[j]
-                    + dd[u] * sv[j]
-                    + n * dd[u] * dv[j];
+                pair.aw[j] +=
+                    old_sum_sq[u] * dv[j] + 2.0 * mt_du[j] + 2.0 * ds[u] * dv[j] + dd[u] * sv[j] + n * dd[u] * dv[j];
             }
             // sum b'_v z'_u, the mirror image.
             for i in 0..pu {
-                pair.bz[i] += old_sum_sq[v] * du[i]
-                    + 2.0 * m_dv[i]
-                    + 2.0 * ds[v] * du[i]
-                    + dd[v] * su[i]
-                    + n * dd[v] * du[i];
+                pair.bz[i] +=
+                    old_sum_sq[v] * du[i] + 2.0 * m_dv[i] + 2.0 * ds[v] * du[i] + dd[v] * su[i] + n * dd[v] * du[i];
             }
             // sum z'_u w'_v^T = M + s_u d_v^T + d_u s_v^T + n d_u d_v^T.
-            for i in 0..pu {
-                for j in 0..pv {
-                    pair.zw[i * pv + j] += su[i] * dv[j] + du[i] * sv[j] + n * du[i] * dv[j];
+            for (j, column) in pair.zw.chunks_mut(pu).enumerate() {
+                for (i, m) in column.iter_mut().enumerate() {
+                    *m += su[i] * dv[j] + du[i] * sv[j] + n * du[i] * dv[j];
                 }
             }
         }
@@ -752,10 +681,7 @@ impl CkaAccumulator {
         for (a, b) in self.sum.iter_mut().zip(&other.sum) {
             a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
         }
-        self.sum_sq
-            .iter_mut()
-            .zip(&other.sum_sq)
-            .for_each(|(x, y)| *x += y);
+        self.sum_sq.iter_mut().zip(&other.sum_sq).for_each(|(x, y)| *x += y);
         for (a, b) in self.pairs.iter_mut().zip(&other.pairs) {
             a.ab += b.ab;
             a.zw.iter_mut().zip(&b.zw).for_each(|(x, y)| *x += y);
@@ -775,24 +701,20 @@ impl CkaAccumulator {
         let moments = 1
             + shift
             + self.widths.len()
-            + self
-                .pairs
-                .iter()
-                .map(|p| p.zw.len() + 1 + p.aw.len() + p.bz.len())
-                .sum::<usize>();
+            + self.pairs.iter().map(|p| p.zw.len() + 1 + p.aw.len() + p.bz.len()).sum::<usize>();
         (shift, moments)
     }
 
     fn check_state_buffers(&self, shift: usize, moments: usize) -> Result<()> {
         let (ls, lm) = self.state_len();
         if ls == 0 {
-            fail!(InvalidArgument, "the accumulator's layer shapes are not fixed yet: update it once (or set its widths) first");
+            fail!(
+                InvalidArgument,
+                "the accumulator's layer shapes are not fixed yet: update it once (or set its widths) first"
+            );
         }
         if shift != ls || moments != lm {
-            fail!(
-                ShapeMismatch,
-                "state buffers must hold {ls} and {lm} values, got {shift} and {moments}"
-            );
+            fail!(ShapeMismatch, "state buffers must hold {ls} and {lm} values, got {shift} and {moments}");
         }
         Ok(())
     }
@@ -827,11 +749,7 @@ impl CkaAccumulator {
             fail!(NonFinite, "moments[{i}] is {}", moments[i]);
         }
         if moments[0] < 0.0 || moments[0].fract() != 0.0 {
-            fail!(
-                InvalidArgument,
-                "moments[0] is the sample count, a non-negative integer; got {}",
-                moments[0]
-            );
+            fail!(InvalidArgument, "moments[0] is the sample count, a non-negative integer; got {}", moments[0]);
         }
         let mut rest = moments;
         let mut take = |k: usize| -> Vec<f64> {
@@ -872,10 +790,7 @@ impl CkaAccumulator {
             );
         }
         if let Some(u) = widths.iter().position(|&p| p == 0) {
-            fail!(
-                InvalidArgument,
-                "widths[{u}] is 0: every layer needs at least one feature"
-            );
+            fail!(InvalidArgument, "widths[{u}] is 0: every layer needs at least one feature");
         }
         let shift = widths.iter().map(|&p| vec![0.0; p]).collect();
         self.init(widths.to_vec(), shift);
@@ -886,11 +801,8 @@ impl CkaAccumulator {
     fn terms(&self) -> Terms {
         let mut centered = self.clone();
         if self.count > 0.0 {
-            let minus_mean: Vec<Vec<f64>> = self
-                .sum
-                .iter()
-                .map(|s| s.iter().map(|v| -v / self.count).collect())
-                .collect();
+            let minus_mean: Vec<Vec<f64>> =
+                self.sum.iter().map(|s| s.iter().map(|v| -v / self.count).collect()).collect();
             centered.translate(&minus_mean);
         }
         // A layer whose every row equals the shift is constant: exactly zero variance, which
@@ -900,10 +812,8 @@ impl CkaAccumulator {
                 *t = 0.0;
             }
         }
-        let pair_terms = |p: &PairMoments| PairTerms {
-            cross_fro2: p.zw.iter().map(|v| v * v).sum(),
-            row_norms_dot: p.ab,
-        };
+        let pair_terms =
+            |p: &PairMoments| PairTerms { cross_fro2: p.zw.iter().map(|v| v * v).sum(), row_norms_dot: p.ab };
         let (nx, ny) = (self.nx, self.ny);
         let (selfs, cross) = centered.pairs.split_at(nx + ny);
         Terms {
@@ -946,17 +856,9 @@ pub struct MinibatchCka {
 impl MinibatchCka {
     pub fn new(nx: usize, ny: usize) -> Result<Self> {
         if nx == 0 || ny == 0 {
-            fail!(
-                InvalidArgument,
-                "nx and ny must be positive (got {nx} and {ny})"
-            );
+            fail!(InvalidArgument, "nx and ny must be positive (got {nx} and {ny})");
         }
-        Ok(MinibatchCka {
-            nx,
-            ny,
-            weight: 0.0,
-            sums: vec![0.0; nx + ny + nx * ny],
-        })
+        Ok(MinibatchCka { nx, ny, weight: 0.0, sums: vec![0.0; nx + ny + nx * ny] })
     }
 
     /// Adds a batch with weight 1.
@@ -965,19 +867,10 @@ impl MinibatchCka {
     }
 
     /// Adds a batch of at least 4 rows with the given positive weight.
-    pub fn update_weighted(
-        &mut self,
-        ctx: &Context,
-        xs: &[Matrix],
-        ys: &[Matrix],
-        weight: f64,
-    ) -> Result<()> {
+    pub fn update_weighted(&mut self, ctx: &Context, xs: &[Matrix], ys: &[Matrix], weight: f64) -> Result<()> {
         require_cpu(ctx)?;
         if !(weight > 0.0 && weight.is_finite()) {
-            fail!(
-                InvalidArgument,
-                "weight must be positive and finite, got {weight}"
-            );
+            fail!(InvalidArgument, "weight must be positive and finite, got {weight}");
         }
         if xs.len() != self.nx || ys.len() != self.ny {
             fail!(
@@ -991,10 +884,7 @@ impl MinibatchCka {
         }
         let m = check_layers(xs, ys)?;
         if m < 4 {
-            fail!(
-                DegenerateInput,
-                "a minibatch needs at least 4 rows for HSIC_1, got {m}"
-            );
+            fail!(DegenerateInput, "a minibatch needs at least 4 rows for HSIC_1, got {m}");
         }
         // Batches are small: centered Grams in f64 with zeroed diagonals, each formed once.
         let mut grams = Vec::with_capacity(xs.len() + ys.len());
@@ -1013,8 +903,7 @@ impl MinibatchCka {
             let trace = cpu::frobenius_dot(k.as_ref(), l.as_ref());
             let (sk, sl): (f64, f64) = (k1.iter().sum(), l1.iter().sum());
             let kl = k1.iter().zip(l1).map(|(a, b)| a * b).sum::<f64>();
-            (trace + sk * sl / ((mf - 1.0) * (mf - 2.0)) - 2.0 / (mf - 2.0) * kl)
-                / (mf * (mf - 3.0))
+            (trace + sk * sl / ((mf - 1.0) * (mf - 2.0)) - 2.0 / (mf - 2.0) * kl) / (mf * (mf - 3.0))
         };
         let (nx, ny) = (self.nx, self.ny);
         for u in 0..nx + ny {
@@ -1035,11 +924,7 @@ impl MinibatchCka {
         let (nx, ny) = (self.nx, self.ny);
         for u in 0..nx + ny {
             if !(self.sums[u] > 0.0) {
-                let name = if u < nx {
-                    label("x", u)
-                } else {
-                    label("y", u - nx)
-                };
+                let name = if u < nx { label("x", u) } else { label("y", u - nx) };
                 fail!(
                     DegenerateInput,
                     "{name}: the mean HSIC_1 of the layer with itself is {:e}, not positive",
@@ -1047,9 +932,7 @@ impl MinibatchCka {
                 );
             }
         }
-        Ok((0..nx * ny)
-            .map(|k| self.sums[nx + ny + k] / (self.sums[k / ny] * self.sums[nx + k % ny]).sqrt())
-            .collect())
+        Ok((0..nx * ny).map(|k| self.sums[nx + ny + k] / (self.sums[k / ny] * self.sums[nx + k % ny]).sqrt()).collect())
     }
 }
 
@@ -1058,21 +941,14 @@ impl MinibatchCka {
 pub fn minibatch_cka(ctx: &Context, x: &Matrix, y: &Matrix, batch_size: usize) -> Result<f64> {
     let n = check_layers(std::slice::from_ref(x), std::slice::from_ref(y))?;
     if batch_size < 4 {
-        fail!(
-            InvalidArgument,
-            "batch_size must be at least 4, got {batch_size}"
-        );
+        fail!(InvalidArgument, "batch_size must be at least 4, got {batch_size}");
     }
     let mut acc = MinibatchCka::new(1, 1)?;
     let mut start = 0;
     while start < n {
         let rows = batch_size.min(n - start);
         if rows >= 4 {
-            acc.update(
-                ctx,
-                &[x.row_range(start, rows)?],
-                &[y.row_range(start, rows)?],
-            )?;
+            acc.update(ctx, &[x.row_range(start, rows)?], &[y.row_range(start, rows)?])?;
         }
         start += rows;
     }

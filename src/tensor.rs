@@ -45,10 +45,7 @@ impl DType {
             1 => DType::F64,
             2 => DType::F16,
             3 => DType::BF16,
-            _ => fail!(
-                InvalidArgument,
-                "{what}: unknown dtype value {raw} (expected 0..=3)"
-            ),
+            _ => fail!(InvalidArgument, "{what}: unknown dtype value {raw} (expected 0..=3)"),
         })
     }
 }
@@ -183,12 +180,7 @@ fn span(rows: usize, cols: usize, row_stride: usize) -> Option<usize> {
 
 impl<'a> Matrix<'a> {
     /// A host view of `data` with the given shape; `row_stride = cols` for contiguous rows.
-    pub fn new<T: Element>(
-        data: &'a [T],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-    ) -> Result<Self> {
+    pub fn new<T: Element>(data: &'a [T], rows: usize, cols: usize, row_stride: usize) -> Result<Self> {
         Self::from_host(T::host_slice(data), rows, cols, row_stride)
     }
 
@@ -198,15 +190,13 @@ impl<'a> Matrix<'a> {
     }
 
     /// A host view over an already typed slice.
-    pub fn from_host(
-        data: HostSlice<'a>,
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-    ) -> Result<Self> {
+    pub fn from_host(data: HostSlice<'a>, rows: usize, cols: usize, row_stride: usize) -> Result<Self> {
         check_shape(rows, cols, row_stride)?;
-        let needed = span(rows, cols, row_stride)
-            .ok_or_else(|| crate::Error::InvalidArgument(format!("matrix of {rows} x {cols} with row_stride {row_stride} overflows the address space")))?;
+        let needed = span(rows, cols, row_stride).ok_or_else(|| {
+            crate::Error::InvalidArgument(format!(
+                "matrix of {rows} x {cols} with row_stride {row_stride} overflows the address space"
+            ))
+        })?;
         if data.len() < needed {
             fail!(
                 ShapeMismatch,
@@ -214,12 +204,7 @@ impl<'a> Matrix<'a> {
                 data.len()
             );
         }
-        Ok(Matrix {
-            storage: Storage::Host(data),
-            rows,
-            cols,
-            row_stride,
-        })
+        Ok(Matrix { storage: Storage::Host(data), rows, cols, row_stride })
     }
 
     /// A view of device memory. The address is not dereferenced here; the CUDA backend checks
@@ -237,19 +222,14 @@ impl<'a> Matrix<'a> {
         row_stride: usize,
     ) -> Result<Self> {
         check_shape(rows, cols, row_stride)?;
-        if span(rows, cols, row_stride)
-            .and_then(|n| n.checked_mul(dtype.size()))
-            .is_none()
-        {
-            fail!(InvalidArgument, "matrix of {rows} x {cols} with row_stride {row_stride} overflows the address space");
+        if span(rows, cols, row_stride).and_then(|n| n.checked_mul(dtype.size())).is_none() {
+            fail!(
+                InvalidArgument,
+                "matrix of {rows} x {cols} with row_stride {row_stride} overflows the address space"
+            );
         }
         Ok(Matrix {
-            storage: Storage::Device {
-                ptr,
-                dtype,
-                device,
-                _borrow: std::marker::PhantomData,
-            },
+            storage: Storage::Device { ptr, dtype, device, _borrow: std::marker::PhantomData },
             rows,
             cols,
             row_stride,
@@ -292,24 +272,11 @@ impl<'a> Matrix<'a> {
                 HostSlice::F16(d) => HostSlice::F16(&d[offset.min(d.len())..]),
                 HostSlice::BF16(d) => HostSlice::BF16(&d[offset.min(d.len())..]),
             }),
-            Storage::Device {
-                ptr,
-                dtype,
-                device,
-                _borrow,
-            } => Storage::Device {
-                ptr: ptr + (offset * dtype.size()) as u64,
-                dtype,
-                device,
-                _borrow,
-            },
+            Storage::Device { ptr, dtype, device, _borrow } => {
+                Storage::Device { ptr: ptr + (offset * dtype.size()) as u64, dtype, device, _borrow }
+            }
         };
-        Ok(Matrix {
-            storage,
-            rows: count,
-            cols: self.cols,
-            row_stride: self.row_stride,
-        })
+        Ok(Matrix { storage, rows: count, cols: self.cols, row_stride: self.row_stride })
     }
 }
 
@@ -318,10 +285,7 @@ fn check_shape(rows: usize, cols: usize, row_stride: usize) -> Result<()> {
         fail!(InvalidArgument, "matrix has 0 columns (features)");
     }
     if row_stride < cols {
-        fail!(
-            InvalidArgument,
-            "row_stride {row_stride} is smaller than cols {cols}"
-        );
+        fail!(InvalidArgument, "row_stride {row_stride} is smaller than cols {cols}");
     }
     let _ = rows;
     Ok(())

@@ -7,17 +7,26 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The folder holding libtransferlens.so for this profile: test binaries live in `<dir>/deps`.
+/// The folder holding libtransferlens.so for this profile (test binaries live in
+/// `<dir>/deps`), after building it: `cargo test` builds the library as an rlib for the tests,
+/// not necessarily the cdylib, which would otherwise be missing or stale.
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    let target = dir.parent().expect("target folder");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--lib", "--quiet", "--manifest-path"])
+        .arg(root().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cargo.arg("--release");
+    }
+    run_checked(&mut cargo, "cargo build --lib (for the cdylib)");
     assert!(
         dir.join("libtransferlens.so").exists(),
-        "{} has no libtransferlens.so; cargo builds the cdylib alongside the tests",
+        "{} has no libtransferlens.so after cargo build --lib",
         dir.display()
     );
     dir
@@ -28,28 +37,14 @@ fn root() -> &'static Path {
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
     text
 }
 
 fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 #[test]
@@ -57,18 +52,14 @@ fn header_compiles_as_cpp() {
     let out_dir = std::env::temp_dir().join(format!("tl-cpp-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir).unwrap();
     let tu = out_dir.join("header.cpp");
-    std::fs::write(&tu, "#include \"transferlens.h\"\nint main() { return tl_abi_version() == TL_ABI_VERSION ? 0 : 1; }\n").unwrap();
+    std::fs::write(
+        &tu,
+        "#include \"transferlens.h\"\nint main() { return tl_abi_version() == TL_ABI_VERSION ? 0 : 1; }\n",
+    )
+    .unwrap();
     run_checked(
         Command::new("c++")
-            .args([
-                "-std=c++11",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-pedantic",
-                "-fsyntax-only",
-                "-I",
-            ])
+            .args(["-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"])
             .arg(root().join("include"))
             .arg(&tu),
         "c++ -fsyntax-only on include/transferlens.h",
@@ -96,16 +87,7 @@ fn c_programs_pass() {
         let exe = out_dir.join(&name);
         run_checked(
             Command::new("cc")
-                .args([
-                    "-std=c99",
-                    "-Wall",
-                    "-Wextra",
-                    "-Werror",
-                    "-pedantic",
-                    "-O1",
-                    "-g",
-                    "-I",
-                ])
+                .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g", "-I"])
                 .arg(root().join("include"))
                 .arg(src)
                 .arg("-o")
@@ -120,12 +102,7 @@ fn c_programs_pass() {
         if valgrind {
             run_checked(
                 Command::new("valgrind")
-                    .args([
-                        "--quiet",
-                        "--error-exitcode=99",
-                        "--leak-check=full",
-                        "--errors-for-leak-kinds=definite",
-                    ])
+                    .args(["--quiet", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite"])
                     .arg(&exe)
                     .env("TL_UNDER_VALGRIND", "1"),
                 &format!("tests/c/{name} under valgrind"),

@@ -4,13 +4,9 @@
 
 mod common;
 
-use common::{
-    assert_close, assert_rel, reference_cka_feature, reference_cka_sample, Dense, TestRng,
-};
+use common::{assert_close, assert_rel, reference_cka_feature, reference_cka_sample, Dense, TestRng};
 use half::{bf16, f16};
-use transferlens::cka::{
-    self, cka_matrix, cka_matrix_via, linear_cka, CkaAccumulator, Estimator, MinibatchCka, Route,
-};
+use transferlens::cka::{self, cka_matrix, cka_matrix_via, linear_cka, CkaAccumulator, Estimator, MinibatchCka, Route};
 use transferlens::{Context, Error, Matrix};
 
 const ESTIMATORS: [Estimator; 2] = [Estimator::Biased, Estimator::Debiased];
@@ -24,44 +20,20 @@ fn reference(x: &Dense, y: &Dense, est: Estimator) -> f64 {
 }
 
 /// Cases of the shared reference file: (name, x, y, metadata).
-fn reference_cases() -> Vec<(
-    String,
-    Dense,
-    Dense,
-    std::collections::HashMap<String, String>,
-)> {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/cka_reference.safetensors"
-    ))
-    .unwrap();
+fn reference_cases() -> Vec<(String, Dense, Dense, std::collections::HashMap<String, String>)> {
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cka_reference.safetensors")).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let md = meta.metadata().clone().unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let load = |name: &str| {
         let t = file.tensor(name).unwrap();
-        let data = t
-            .data()
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        Dense {
-            rows: t.shape()[0],
-            cols: t.shape()[1],
-            data,
-        }
+        let data = t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
+        Dense { rows: t.shape()[0], cols: t.shape()[1], data }
     };
     (0..)
         .map(|i| format!("case{i}"))
         .take_while(|c| md.contains_key(&format!("{c}.biased")))
-        .map(|c| {
-            (
-                c.clone(),
-                load(&format!("{c}.x")),
-                load(&format!("{c}.y")),
-                md.clone(),
-            )
-        })
+        .map(|c| (c.clone(), load(&format!("{c}.x")), load(&format!("{c}.y")), md.clone()))
         .collect()
 }
 
@@ -71,20 +43,12 @@ fn matches_the_shared_reference_file_to_1e9() {
     let cases = reference_cases();
     assert_eq!(cases.len(), 7, "the reference file holds 7 cases");
     for (case, x, y, md) in &cases {
-        for (est, key) in [
-            (Estimator::Biased, "biased"),
-            (Estimator::Debiased, "debiased"),
-        ] {
+        for (est, key) in [(Estimator::Biased, "biased"), (Estimator::Debiased, "debiased")] {
             let want: f64 = md[&format!("{case}.{key}")].parse().unwrap();
             let desc = &md[&format!("{case}.description")];
             for route in [Route::Feature, Route::Sample] {
                 let got = cka_matrix_via(&ctx, &[view(x)], &[view(y)], est, route).unwrap()[0];
-                assert_rel(
-                    got,
-                    want,
-                    1e-9,
-                    &format!("{case} ({desc}) {key} via {route:?}"),
-                );
+                assert_rel(got, want, 1e-9, &format!("{case} ({desc}) {key} via {route:?}"));
             }
         }
         if let Some(v) = md.get(&format!("{case}.minibatch_debiased_batch30")) {
@@ -105,12 +69,7 @@ fn feature_and_sample_references_agree() {
         for debiased in [false, true] {
             let a = reference_cka_feature(&x, &y, debiased);
             let b = reference_cka_sample(&x, &y, debiased);
-            assert_close(
-                a,
-                b,
-                1e-10,
-                &format!("n={n} p={p} q={q} debiased={debiased}"),
-            );
+            assert_close(a, b, 1e-10, &format!("n={n} p={p} q={q} debiased={debiased}"));
         }
     }
 }
@@ -120,15 +79,7 @@ fn both_routes_match_f64_references_on_awkward_sizes() {
     let ctx = Context::cpu();
     let mut rng = TestRng::new(2);
     // Sizes: tiny, odd, not a multiple of any vector width, n << p and n >> p.
-    for &(n, p, q) in &[
-        (4, 1, 1),
-        (5, 3, 7),
-        (17, 1, 9),
-        (31, 65, 3),
-        (129, 33, 17),
-        (40, 301, 7),
-        (257, 5, 130),
-    ] {
+    for &(n, p, q) in &[(4, 1, 1), (5, 3, 7), (17, 1, 9), (31, 65, 3), (129, 33, 17), (40, 301, 7), (257, 5, 130)] {
         let x = Dense::random(&mut rng, n, p);
         let y = x.mix(&mut rng, q, 1.3);
         for est in ESTIMATORS {
@@ -136,12 +87,7 @@ fn both_routes_match_f64_references_on_awkward_sizes() {
             let want_sample = reference_cka_sample(&x, &y, est == Estimator::Debiased);
             for route in [Route::Feature, Route::Sample] {
                 let got = cka_matrix_via(&ctx, &[view(&x)], &[view(&y)], est, route).unwrap()[0];
-                assert_close(
-                    got,
-                    want,
-                    1e-11,
-                    &format!("n={n} p={p} q={q} {est:?} {route:?}"),
-                );
+                assert_close(got, want, 1e-11, &format!("n={n} p={p} q={q} {est:?} {route:?}"));
                 assert_close(
                     got,
                     want_sample,
@@ -168,10 +114,7 @@ fn layer_matrix_equals_pairwise_values() {
     let mut rng = TestRng::new(3);
     let n = 61;
     let base = Dense::random(&mut rng, n, 9);
-    let xs: Vec<Dense> = [3, 11, 6]
-        .iter()
-        .map(|&k| base.mix(&mut rng, k, 0.5))
-        .collect();
+    let xs: Vec<Dense> = [3, 11, 6].iter().map(|&k| base.mix(&mut rng, k, 0.5)).collect();
     let ys: Vec<Dense> = [5, 2].iter().map(|&k| base.mix(&mut rng, k, 2.0)).collect();
     let xv: Vec<Matrix> = xs.iter().map(view).collect();
     let yv: Vec<Matrix> = ys.iter().map(view).collect();
@@ -182,12 +125,7 @@ fn layer_matrix_equals_pairwise_values() {
             for i in 0..3 {
                 for j in 0..2 {
                     let want = reference(&xs[i], &ys[j], est);
-                    assert_close(
-                        m[i * 2 + j],
-                        want,
-                        1e-11,
-                        &format!("({i}, {j}) {est:?} {route:?}"),
-                    );
+                    assert_close(m[i * 2 + j], want, 1e-11, &format!("({i}, {j}) {est:?} {route:?}"));
                 }
             }
         }
@@ -203,10 +141,7 @@ fn properties_identity_symmetry_invariances() {
     let y = x.mix(&mut rng, q, 1.0);
     let q_orth = random_orthogonal(&mut rng, p);
     let rotated = apply(&x, &q_orth, p);
-    let scaled = Dense {
-        data: x.data.iter().map(|v| v * 3.7).collect(),
-        ..x.clone()
-    };
+    let scaled = Dense { data: x.data.iter().map(|v| v * 3.7).collect(), ..x.clone() };
     let general = apply(&x, &rng.normals(p * p), p);
     for est in ESTIMATORS {
         let cka = |a: &Dense, b: &Dense| linear_cka(&ctx, &view(a), &view(b), est).unwrap();
@@ -217,10 +152,7 @@ fn properties_identity_symmetry_invariances() {
         assert_close(cka(&scaled, &y), xy, 1e-12, "isotropic scaling of X");
         assert_close(cka(&rotated, &x), 1.0, 1e-11, "CKA(XQ, X) = 1");
         let changed = cka(&general, &y);
-        assert!(
-            (changed - xy).abs() > 1e-3,
-            "{est:?}: a general linear map should change CKA ({changed} vs {xy})"
-        );
+        assert!((changed - xy).abs() > 1e-3, "{est:?}: a general linear map should change CKA ({changed} vs {xy})");
     }
 }
 
@@ -232,11 +164,7 @@ fn apply(x: &Dense, m: &[f64], k: usize) -> Dense {
             data[r * k + j] = (0..x.cols).map(|c| x.at(r, c) * m[c * k + j]).sum();
         }
     }
-    Dense {
-        rows: x.rows,
-        cols: k,
-        data,
-    }
+    Dense { rows: x.rows, cols: k, data }
 }
 
 /// A random orthogonal matrix by Gram-Schmidt on normal vectors (row-major p x p).
@@ -263,48 +191,29 @@ fn large_offsets_keep_full_f64_accuracy() {
     let (n, p, q) = (300, 8, 6);
     let x = Dense::random(&mut rng, n, p);
     let y = x.mix(&mut rng, q, 1.0);
-    let shifted = |d: &Dense, offset: f64| Dense {
-        data: d.data.iter().map(|v| v + offset).collect(),
-        ..d.clone()
-    };
+    let shifted = |d: &Dense, offset: f64| Dense { data: d.data.iter().map(|v| v + offset).collect(), ..d.clone() };
     let (xo, yo) = (shifted(&x, 1e4), shifted(&y, -3e4));
     for est in ESTIMATORS {
         // The reference centers the stored (offset, rounded) values in f64 with two passes.
         let want = reference(&xo, &yo, est);
         for route in [Route::Feature, Route::Sample] {
             let got = cka_matrix_via(&ctx, &[view(&xo)], &[view(&yo)], est, route).unwrap()[0];
-            assert_rel(
-                got,
-                want,
-                1e-9,
-                &format!("offset data, {est:?} via {route:?}"),
-            );
+            assert_rel(got, want, 1e-9, &format!("offset data, {est:?} via {route:?}"));
         }
         // Streaming in small batches as well.
         let mut acc = CkaAccumulator::new(1, 1, est).unwrap();
         for start in (0..n).step_by(7) {
             let rows = 7.min(n - start);
-            let (bx, by) = (
-                view(&xo).row_range(start, rows).unwrap(),
-                view(&yo).row_range(start, rows).unwrap(),
-            );
+            let (bx, by) = (view(&xo).row_range(start, rows).unwrap(), view(&yo).row_range(start, rows).unwrap());
             acc.update(&ctx, &[bx], &[by]).unwrap();
         }
-        assert_rel(
-            acc.result().unwrap()[0],
-            want,
-            1e-9,
-            &format!("offset data streamed, {est:?}"),
-        );
+        assert_rel(acc.result().unwrap()[0], want, 1e-9, &format!("offset data streamed, {est:?}"));
     }
 }
 
 /// Rounds through a storage dtype and back to f64.
 fn rounded(d: &Dense, round: impl Fn(f64) -> f64) -> Dense {
-    Dense {
-        data: d.data.iter().map(|&v| round(v)).collect(),
-        ..d.clone()
-    }
+    Dense { data: d.data.iter().map(|&v| round(v)).collect(), ..d.clone() }
 }
 
 #[test]
@@ -316,15 +225,9 @@ fn half_and_single_precision_inputs_within_2e5_of_the_rounded_data() {
         let y = x.mix(&mut rng, q, 1.5);
         for est in ESTIMATORS {
             // f32
-            let (x32, y32): (Vec<f32>, Vec<f32>) = (
-                x.data.iter().map(|&v| v as f32).collect(),
-                y.data.iter().map(|&v| v as f32).collect(),
-            );
-            let want = reference(
-                &rounded(&x, |v| v as f32 as f64),
-                &rounded(&y, |v| v as f32 as f64),
-                est,
-            );
+            let (x32, y32): (Vec<f32>, Vec<f32>) =
+                (x.data.iter().map(|&v| v as f32).collect(), y.data.iter().map(|&v| v as f32).collect());
+            let want = reference(&rounded(&x, |v| v as f32 as f64), &rounded(&y, |v| v as f32 as f64), est);
             let got = linear_cka(
                 &ctx,
                 &Matrix::contiguous(&x32, n, p).unwrap(),
@@ -361,13 +264,9 @@ fn half_and_single_precision_inputs_within_2e5_of_the_rounded_data() {
                 &rounded(&y, |v| bf16::from_f64(v).to_f64()),
                 est,
             );
-            let got = linear_cka(
-                &ctx,
-                &Matrix::contiguous(&xb, n, p).unwrap(),
-                &Matrix::contiguous(&yb, n, q).unwrap(),
-                est,
-            )
-            .unwrap();
+            let got =
+                linear_cka(&ctx, &Matrix::contiguous(&xb, n, p).unwrap(), &Matrix::contiguous(&yb, n, q).unwrap(), est)
+                    .unwrap();
             assert_rel(got, want, 2e-5, &format!("bf16 n={n} {est:?}"));
         }
     }
@@ -379,25 +278,11 @@ fn row_stride_views_equal_contiguous_copies() {
     let mut rng = TestRng::new(7);
     let (n, p, stride) = (23, 5, 9);
     let padded = rng.normals((n - 1) * stride + p);
-    let compact: Vec<f64> = (0..n)
-        .flat_map(|r| padded[r * stride..r * stride + p].to_vec())
-        .collect();
+    let compact: Vec<f64> = (0..n).flat_map(|r| padded[r * stride..r * stride + p].to_vec()).collect();
     let y = Dense::random(&mut rng, n, 4);
     for est in ESTIMATORS {
-        let a = linear_cka(
-            &ctx,
-            &Matrix::new(&padded, n, p, stride).unwrap(),
-            &view(&y),
-            est,
-        )
-        .unwrap();
-        let b = linear_cka(
-            &ctx,
-            &Matrix::contiguous(&compact, n, p).unwrap(),
-            &view(&y),
-            est,
-        )
-        .unwrap();
+        let a = linear_cka(&ctx, &Matrix::new(&padded, n, p, stride).unwrap(), &view(&y), est).unwrap();
+        let b = linear_cka(&ctx, &Matrix::contiguous(&compact, n, p).unwrap(), &view(&y), est).unwrap();
         assert_eq!(a, b, "{est:?}");
     }
 }
@@ -409,10 +294,7 @@ fn accumulator_equals_full_data_for_any_split_and_merges() {
     let n = 97;
     let base = Dense::random(&mut rng, n, 6);
     let xs: Vec<Dense> = [4, 7].iter().map(|&k| base.mix(&mut rng, k, 0.8)).collect();
-    let ys: Vec<Dense> = [3, 1, 5]
-        .iter()
-        .map(|&k| base.mix(&mut rng, k, 1.1))
-        .collect();
+    let ys: Vec<Dense> = [3, 1, 5].iter().map(|&k| base.mix(&mut rng, k, 1.1)).collect();
     let full = |est| -> Vec<f64> {
         let mut out = Vec::new();
         for x in &xs {
@@ -424,12 +306,8 @@ fn accumulator_equals_full_data_for_any_split_and_merges() {
     };
     let batch = |start: usize, rows: usize| -> (Vec<Matrix>, Vec<Matrix>) {
         (
-            xs.iter()
-                .map(|d| view(d).row_range(start, rows).unwrap())
-                .collect(),
-            ys.iter()
-                .map(|d| view(d).row_range(start, rows).unwrap())
-                .collect(),
+            xs.iter().map(|d| view(d).row_range(start, rows).unwrap()).collect(),
+            ys.iter().map(|d| view(d).row_range(start, rows).unwrap()).collect(),
         )
     };
     for est in ESTIMATORS {
@@ -439,11 +317,7 @@ fn accumulator_equals_full_data_for_any_split_and_merges() {
             let mut acc = CkaAccumulator::new(2, 3, est).unwrap();
             let mut start = 0;
             while start < n {
-                let rows = if trial == 0 {
-                    1
-                } else {
-                    (1 + rng.below(20)).min(n - start)
-                };
+                let rows = if trial == 0 { 1 } else { (1 + rng.below(20)).min(n - start) };
                 let (bx, by) = batch(start, rows);
                 acc.update(&ctx, &bx, &by).unwrap();
                 start += rows;
@@ -455,12 +329,7 @@ fn accumulator_equals_full_data_for_any_split_and_merges() {
             assert_eq!(acc.count(), n as u64);
             let got = acc.result().unwrap();
             for k in 0..want.len() {
-                assert_close(
-                    got[k],
-                    want[k],
-                    1e-10,
-                    &format!("{est:?} trial {trial} pair {k}"),
-                );
+                assert_close(got[k], want[k], 1e-10, &format!("{est:?} trial {trial} pair {k}"));
             }
         }
         // Three accumulators over parts of the data, merged.
@@ -503,12 +372,7 @@ fn accumulator_equals_full_data_for_any_split_and_merges() {
         fresh.import(&shift0, &summed).unwrap();
         let got = fresh.result().unwrap();
         for k in 0..want.len() {
-            assert_close(
-                got[k],
-                want[k],
-                1e-10,
-                &format!("{est:?} all-reduced pair {k}"),
-            );
+            assert_close(got[k], want[k], 1e-10, &format!("{est:?} all-reduced pair {k}"));
         }
     }
 }
@@ -522,49 +386,25 @@ fn minibatch_cka_is_the_mean_of_per_batch_unbiased_hsic() {
     let y = x.mix(&mut rng, q, 1.0);
     let (mut kl, mut kk, mut ll) = (0.0, 0.0, 0.0);
     for t in 0..batches {
-        let part = |d: &Dense| Dense {
-            rows: b,
-            cols: d.cols,
-            data: d.data[t * b * d.cols..(t + 1) * b * d.cols].to_vec(),
-        };
+        let part =
+            |d: &Dense| Dense { rows: b, cols: d.cols, data: d.data[t * b * d.cols..(t + 1) * b * d.cols].to_vec() };
         let (gx, gy) = (part(&x).gram(), part(&y).gram());
         kl += common::unbiased_hsic(&gx, &gy, b);
         kk += common::unbiased_hsic(&gx, &gx, b);
         ll += common::unbiased_hsic(&gy, &gy, b);
     }
     let want = kl / (kk * ll).sqrt();
-    assert_close(
-        cka::minibatch_cka(&ctx, &view(&x), &view(&y), b).unwrap(),
-        want,
-        1e-11,
-        "minibatch CKA",
-    );
+    assert_close(cka::minibatch_cka(&ctx, &view(&x), &view(&y), b).unwrap(), want, 1e-11, "minibatch CKA");
     // HSIC_1 ignores constant offsets: the implementation centers each batch for precision.
-    let xo = Dense {
-        data: x.data.iter().map(|v| v + 5e3).collect(),
-        ..x.clone()
-    };
-    assert_close(
-        cka::minibatch_cka(&ctx, &view(&xo), &view(&y), b).unwrap(),
-        want,
-        1e-9,
-        "minibatch CKA, offset data",
-    );
+    let xo = Dense { data: x.data.iter().map(|v| v + 5e3).collect(), ..x.clone() };
+    assert_close(cka::minibatch_cka(&ctx, &view(&xo), &view(&y), b).unwrap(), want, 1e-9, "minibatch CKA, offset data");
     // Explicit weights: weighting every batch by 2 changes nothing.
     let mut acc = MinibatchCka::new(1, 1).unwrap();
     for t in 0..batches {
-        let (bx, by) = (
-            view(&x).row_range(t * b, b).unwrap(),
-            view(&y).row_range(t * b, b).unwrap(),
-        );
+        let (bx, by) = (view(&x).row_range(t * b, b).unwrap(), view(&y).row_range(t * b, b).unwrap());
         acc.update_weighted(&ctx, &[bx], &[by], 2.0).unwrap();
     }
-    assert_close(
-        acc.result().unwrap()[0],
-        want,
-        1e-11,
-        "weighted minibatch CKA",
-    );
+    assert_close(acc.result().unwrap()[0], want, 1e-11, "weighted minibatch CKA");
 }
 
 fn status_of<T: std::fmt::Debug>(r: Result<T, Error>) -> (transferlens::Status, String) {
@@ -623,43 +463,19 @@ fn degenerate_input_is_an_error_never_nan() {
     // NaN and Inf, with their position.
     let mut bad = x.data.clone();
     bad[2 * 3 + 1] = f64::NAN;
-    let (s, msg) = status_of(linear_cka(
-        &ctx,
-        &Matrix::contiguous(&bad, 12, 3).unwrap(),
-        &view(&y),
-        Estimator::Biased,
-    ));
+    let (s, msg) = status_of(linear_cka(&ctx, &Matrix::contiguous(&bad, 12, 3).unwrap(), &view(&y), Estimator::Biased));
     assert_eq!(s, Status::NonFinite);
     assert!(msg.contains("x[0]") && msg.contains("row 2"), "{msg}");
     bad[2 * 3 + 1] = f64::INFINITY;
-    let (s, _) = status_of(linear_cka(
-        &ctx,
-        &view(&y),
-        &Matrix::contiguous(&bad, 12, 3).unwrap(),
-        Estimator::Debiased,
-    ));
+    let (s, _) = status_of(linear_cka(&ctx, &view(&y), &Matrix::contiguous(&bad, 12, 3).unwrap(), Estimator::Debiased));
     assert_eq!(s, Status::NonFinite);
     // Mismatched rows.
-    let (s, msg) = status_of(linear_cka(
-        &ctx,
-        &view(&x),
-        &view(&y).row_range(0, 11).unwrap(),
-        Estimator::Biased,
-    ));
+    let (s, msg) = status_of(linear_cka(&ctx, &view(&x), &view(&y).row_range(0, 11).unwrap(), Estimator::Biased));
     assert_eq!(s, Status::ShapeMismatch, "{msg}");
     // Shape errors of views.
-    assert_eq!(
-        Matrix::new(&x.data, 4, 3, 2).unwrap_err().status(),
-        Status::InvalidArgument
-    );
-    assert_eq!(
-        Matrix::new(&x.data, 13, 3, 3).unwrap_err().status(),
-        Status::ShapeMismatch
-    );
-    assert_eq!(
-        Matrix::new(&x.data, 4, 0, 0).unwrap_err().status(),
-        Status::InvalidArgument
-    );
+    assert_eq!(Matrix::new(&x.data, 4, 3, 2).unwrap_err().status(), Status::InvalidArgument);
+    assert_eq!(Matrix::new(&x.data, 13, 3, 3).unwrap_err().status(), Status::ShapeMismatch);
+    assert_eq!(Matrix::new(&x.data, 4, 0, 0).unwrap_err().status(), Status::InvalidArgument);
     // Accumulator: the first update fixes the widths.
     let mut acc = CkaAccumulator::new(1, 1, Estimator::Biased).unwrap();
     acc.update(&ctx, &[view(&x)], &[view(&y)]).unwrap();
@@ -667,11 +483,7 @@ fn degenerate_input_is_an_error_never_nan() {
     assert_eq!(s, Status::ShapeMismatch);
     assert!(msg.contains("x[0]"), "{msg}");
     assert_eq!(
-        CkaAccumulator::new(1, 1, Estimator::Biased)
-            .unwrap()
-            .result()
-            .unwrap_err()
-            .status(),
+        CkaAccumulator::new(1, 1, Estimator::Biased).unwrap().result().unwrap_err().status(),
         Status::DegenerateInput
     );
 }

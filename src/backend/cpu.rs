@@ -119,18 +119,9 @@ pub(crate) fn column_means(m: &Matrix, name: &str) -> Result<Vec<f64>> {
     if let Some((r, c, v)) = partial.bad {
         fail!(NonFinite, "{name} holds {v} at row {r}, column {c}");
     }
-    let first = with_rows!(slice, |data| data[..cols]
-        .iter()
-        .map(|v| v.to_f64())
-        .collect::<Vec<_>>());
+    let first = with_rows!(slice, |data| data[..cols].iter().map(|v| v.to_f64()).collect::<Vec<_>>());
     Ok((0..cols)
-        .map(|c| {
-            if partial.min[c] == partial.max[c] {
-                first[c]
-            } else {
-                partial.sum[c] / rows as f64
-            }
-        })
+        .map(|c| if partial.min[c] == partial.max[c] { first[c] } else { partial.sum[c] / rows as f64 })
         .collect())
 }
 
@@ -211,10 +202,6 @@ pub(crate) fn frobenius_dot<T: Real>(a: MatRef<T>, b: MatRef<T>) -> f64 {
     debug_assert!(a.nrows() == b.nrows() && a.ncols() == b.ncols());
     (0..a.ncols())
         .into_par_iter()
-        .map(|j| {
-            (0..a.nrows())
-                .map(|i| a[(i, j)].to_f64() * b[(i, j)].to_f64())
-                .sum::<f64>()
-        })
+        .map(|j| (0..a.nrows()).map(|i| a[(i, j)].to_f64() * b[(i, j)].to_f64()).sum::<f64>())
         .sum()
 }

@@ -27,10 +27,7 @@ impl BackendChoice {
             0 => BackendChoice::Auto,
             1 => BackendChoice::Cpu,
             2 => BackendChoice::Cuda,
-            _ => fail!(
-                InvalidArgument,
-                "{what}: unknown backend value {raw} (expected 0 = AUTO, 1 = CPU, 2 = CUDA)"
-            ),
+            _ => fail!(InvalidArgument, "{what}: unknown backend value {raw} (expected 0 = AUTO, 1 = CPU, 2 = CUDA)"),
         })
     }
 }
@@ -56,10 +53,7 @@ pub struct Context {
 impl Context {
     /// A context on the CPU backend.
     pub fn cpu() -> Self {
-        Context {
-            backend: Backend::Cpu,
-            device: -1,
-        }
+        Context { backend: Backend::Cpu, device: -1 }
     }
 
     /// A context for `choice`. `device` is the CUDA device ordinal (ignored for the CPU).
@@ -70,22 +64,13 @@ impl Context {
             BackendChoice::Cpu => Ok(Self::cpu()),
             BackendChoice::Cuda => {
                 if device < 0 {
-                    fail!(
-                        InvalidArgument,
-                        "device: CUDA device ordinal must be >= 0, got {device}"
-                    );
+                    fail!(InvalidArgument, "device: CUDA device ordinal must be >= 0, got {device}");
                 }
                 cuda::check_available(device)?;
-                Ok(Context {
-                    backend: Backend::Cuda,
-                    device,
-                })
+                Ok(Context { backend: Backend::Cuda, device })
             }
             BackendChoice::Auto => match cuda::check_available(device.max(0)) {
-                Ok(()) => Ok(Context {
-                    backend: Backend::Cuda,
-                    device: device.max(0),
-                }),
+                Ok(()) => Ok(Context { backend: Backend::Cuda, device: device.max(0) }),
                 Err(_) => Ok(Self::cpu()),
             },
         }

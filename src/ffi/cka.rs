@@ -2,8 +2,7 @@
 
 use super::context::tl_context;
 use super::{
-    arg_mut, arg_ref, arg_slice, arg_slice_mut, destroy, guard, guard_value, hand_out, RawDType,
-    RawEstimator,
+    arg_mut, arg_ref, arg_slice, arg_slice_mut, destroy, guard, guard_value, hand_out, RawDType, RawEstimator,
 };
 use crate::cka::{self, CkaAccumulator, Estimator};
 use crate::error::{fail, Result, Status};
@@ -43,12 +42,7 @@ pub struct tl_matrix {
 }
 
 fn to_usize(v: u64, what: &str) -> Result<usize> {
-    usize::try_from(v).or_else(|_| {
-        fail!(
-            InvalidArgument,
-            "{what} = {v} does not fit in this platform's size_t"
-        )
-    })
+    usize::try_from(v).or_else(|_| fail!(InvalidArgument, "{what} = {v} does not fit in this platform's size_t"))
 }
 
 impl tl_matrix {
@@ -60,22 +54,13 @@ impl tl_matrix {
         let dtype = DType::from_raw(self.dtype.0, &format!("{name}.dtype"))?;
         let rows = to_usize(self.rows, &format!("{name}.rows"))?;
         let cols = to_usize(self.cols, &format!("{name}.cols"))?;
-        let stride = if self.row_stride == 0 {
-            cols
-        } else {
-            to_usize(self.row_stride, &format!("{name}.row_stride"))?
-        };
+        let stride =
+            if self.row_stride == 0 { cols } else { to_usize(self.row_stride, &format!("{name}.row_stride"))? };
         if cols == 0 {
-            fail!(
-                InvalidArgument,
-                "{name}.cols is 0: a matrix needs at least one feature"
-            );
+            fail!(InvalidArgument, "{name}.cols is 0: a matrix needs at least one feature");
         }
         if stride < cols {
-            fail!(
-                InvalidArgument,
-                "{name}.row_stride ({stride}) is smaller than {name}.cols ({cols})"
-            );
+            fail!(InvalidArgument, "{name}.row_stride ({stride}) is smaller than {name}.cols ({cols})");
         }
         let len = if rows == 0 {
             0
@@ -83,10 +68,7 @@ impl tl_matrix {
             (rows - 1)
                 .checked_mul(stride)
                 .and_then(|v| v.checked_add(cols))
-                .filter(|&v| {
-                    v.checked_mul(dtype.size())
-                        .is_some_and(|b| b <= isize::MAX as usize)
-                })
+                .filter(|&v| v.checked_mul(dtype.size()).is_some_and(|b| b <= isize::MAX as usize))
                 .ok_or_else(|| {
                     crate::Error::InvalidArgument(format!(
                         "{name}: {rows} x {cols} with row_stride {stride} is too large"
@@ -94,29 +76,18 @@ impl tl_matrix {
                 })?
         };
         if self.device < -1 {
-            fail!(
-                InvalidArgument,
-                "{name}.device is {}: use -1 for host memory or a CUDA device ordinal",
-                self.device
-            );
+            fail!(InvalidArgument, "{name}.device is {}: use -1 for host memory or a CUDA device ordinal", self.device);
         }
         if self.device >= 0 {
             // SAFETY: forwarded from the caller's contract; the CUDA backend validates the pointer.
-            return unsafe {
-                Matrix::from_device(self.data as u64, dtype, self.device, rows, cols, stride)
-            }
-            .map_err(|e| prefix(e, name));
+            return unsafe { Matrix::from_device(self.data as u64, dtype, self.device, rows, cols, stride) }
+                .map_err(|e| prefix(e, name));
         }
         if len > 0 && self.data.is_null() {
             fail!(NullArgument, "{name}.data is NULL");
         }
         if (self.data as usize) % dtype.size() != 0 {
-            fail!(
-                InvalidArgument,
-                "{name}.data is not aligned to {} bytes for {}",
-                dtype.size(),
-                dtype.name()
-            );
+            fail!(InvalidArgument, "{name}.data is not aligned to {} bytes for {}", dtype.size(), dtype.name());
         }
         // SAFETY: non-NULL (or len == 0), aligned, and `len` elements readable by the contract.
         let slice = unsafe {
@@ -124,9 +95,7 @@ impl tl_matrix {
                 DType::F32 => HostSlice::F32(arg_slice(self.data as *const f32, len, name)?),
                 DType::F64 => HostSlice::F64(arg_slice(self.data as *const f64, len, name)?),
                 DType::F16 => HostSlice::F16(arg_slice(self.data as *const half::f16, len, name)?),
-                DType::BF16 => {
-                    HostSlice::BF16(arg_slice(self.data as *const half::bf16, len, name)?)
-                }
+                DType::BF16 => HostSlice::BF16(arg_slice(self.data as *const half::bf16, len, name)?),
             }
         };
         Matrix::from_host(slice, rows, cols, stride).map_err(|e| prefix(e, name))
@@ -149,10 +118,7 @@ unsafe fn views<'a>(ptr: *const tl_matrix, count: usize, name: &str) -> Result<V
     }
     // SAFETY: the caller promises `count` tl_matrix values at `ptr`.
     let mats = unsafe { arg_slice(ptr, count, name) }?;
-    mats.iter()
-        .enumerate()
-        .map(|(i, m)| unsafe { m.view(&format!("{name}[{i}]")) })
-        .collect()
+    mats.iter().enumerate().map(|(i, m)| unsafe { m.view(&format!("{name}[{i}]")) }).collect()
 }
 
 /// Linear CKA of `x` and `y` (rows are the same samples) with the given estimator, into *out.
@@ -193,9 +159,7 @@ pub unsafe extern "C" fn tl_cka_matrix(
         let ctx = unsafe { arg_ref(ctx, "ctx") }?;
         let xs = unsafe { views(xs, nx, "xs") }?;
         let ys = unsafe { views(ys, ny, "ys") }?;
-        let total = nx
-            .checked_mul(ny)
-            .ok_or_else(|| crate::Error::InvalidArgument("nx * ny overflows".into()))?;
+        let total = nx.checked_mul(ny).ok_or_else(|| crate::Error::InvalidArgument("nx * ny overflows".into()))?;
         let out = unsafe { arg_slice_mut(out, total, "out") }?;
         let estimator = Estimator::from_raw(estimator.0, "estimator")?;
         out.copy_from_slice(&cka::cka_matrix(&ctx.inner, &xs, &ys, estimator)?);
@@ -236,13 +200,7 @@ pub unsafe extern "C" fn tl_cka_accumulator_create(
         let ctx = unsafe { arg_ref(ctx, "ctx") }?;
         let estimator = Estimator::from_raw(estimator.0, "estimator")?;
         let inner = CkaAccumulator::new(nx, ny, estimator)?;
-        hand_out(
-            tl_cka_accumulator {
-                ctx: ctx.inner.clone(),
-                inner,
-            },
-            out,
-        );
+        hand_out(tl_cka_accumulator { ctx: ctx.inner.clone(), inner }, out);
         Ok(())
     })
 }
@@ -278,10 +236,7 @@ pub unsafe extern "C" fn tl_cka_accumulator_merge(
 
 /// Writes the CKA of every pair, out[i * ny + j], from the data seen so far (nx * ny values).
 #[no_mangle]
-pub unsafe extern "C" fn tl_cka_accumulator_result(
-    acc: *const tl_cka_accumulator,
-    out: *mut f64,
-) -> Status {
+pub unsafe extern "C" fn tl_cka_accumulator_result(acc: *const tl_cka_accumulator, out: *mut f64) -> Status {
     guard(|| {
         let acc = unsafe { arg_ref(acc, "acc") }?;
         let (nx, ny) = acc.inner.layer_counts();
@@ -391,13 +346,7 @@ mod tests {
 
     #[test]
     fn header_estimator_values_match_the_rust_api() {
-        assert_eq!(
-            Estimator::from_raw(CkaEstimator::TL_CKA_BIASED as u32, "e").unwrap(),
-            Estimator::Biased
-        );
-        assert_eq!(
-            Estimator::from_raw(CkaEstimator::TL_CKA_DEBIASED as u32, "e").unwrap(),
-            Estimator::Debiased
-        );
+        assert_eq!(Estimator::from_raw(CkaEstimator::TL_CKA_BIASED as u32, "e").unwrap(), Estimator::Biased);
+        assert_eq!(Estimator::from_raw(CkaEstimator::TL_CKA_DEBIASED as u32, "e").unwrap(), Estimator::Debiased);
     }
 }

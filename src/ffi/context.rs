@@ -17,21 +17,12 @@ pub struct tl_context {
 /// says what is missing. `device` is the CUDA device ordinal (ignored for the CPU).
 /// On success *out owns a context to free with tl_context_destroy.
 #[no_mangle]
-pub unsafe extern "C" fn tl_context_create(
-    backend: RawBackend,
-    device: i32,
-    out: *mut *mut tl_context,
-) -> Status {
+pub unsafe extern "C" fn tl_context_create(backend: RawBackend, device: i32, out: *mut *mut tl_context) -> Status {
     guard(|| {
         let out = unsafe { arg_mut(out, "out") }?;
         *out = std::ptr::null_mut();
         let choice = BackendChoice::from_raw(backend.0, "backend")?;
-        hand_out(
-            tl_context {
-                inner: Context::new(choice, device)?,
-            },
-            out,
-        );
+        hand_out(tl_context { inner: Context::new(choice, device)? }, out);
         Ok(())
     })
 }
@@ -44,10 +35,7 @@ pub unsafe extern "C" fn tl_context_destroy(ctx: *mut tl_context) {
 
 /// Writes the context's resolved backend (TL_BACKEND_CPU or TL_BACKEND_CUDA) to *out.
 #[no_mangle]
-pub unsafe extern "C" fn tl_context_backend(
-    ctx: *const tl_context,
-    out: *mut BackendChoice,
-) -> Status {
+pub unsafe extern "C" fn tl_context_backend(ctx: *const tl_context, out: *mut BackendChoice) -> Status {
     guard(|| {
         let ctx = unsafe { arg_ref(ctx, "ctx") }?;
         let out = unsafe { arg_mut(out, "out") }?;

@@ -105,27 +105,19 @@ pub(crate) unsafe fn arg_slice<'a, T>(ptr: *const T, len: usize, name: &str) -> 
         return Ok(&[]);
     }
     if ptr.is_null() {
-        return Err(Error::NullArgument(format!(
-            "{name} is NULL but its length is {len}"
-        )));
+        return Err(Error::NullArgument(format!("{name} is NULL but its length is {len}")));
     }
     // SAFETY: the caller promises `len` readable elements at a non-NULL `ptr`.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
 /// A mutable slice of `len` elements at `ptr`; NULL is accepted only when `len` is 0.
-pub(crate) unsafe fn arg_slice_mut<'a, T>(
-    ptr: *mut T,
-    len: usize,
-    name: &str,
-) -> Result<&'a mut [T]> {
+pub(crate) unsafe fn arg_slice_mut<'a, T>(ptr: *mut T, len: usize, name: &str) -> Result<&'a mut [T]> {
     if len == 0 {
         return Ok(&mut []);
     }
     if ptr.is_null() {
-        return Err(Error::NullArgument(format!(
-            "{name} is NULL but its length is {len}"
-        )));
+        return Err(Error::NullArgument(format!("{name} is NULL but its length is {len}")));
     }
     // SAFETY: the caller promises `len` writable elements at a non-NULL `ptr`.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
@@ -137,9 +129,7 @@ pub(crate) unsafe fn arg_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a s
         return Err(Error::NullArgument(format!("{name} is NULL")));
     }
     // SAFETY: the caller promises a NUL-terminated string.
-    unsafe { CStr::from_ptr(ptr) }
-        .to_str()
-        .map_err(|_| Error::InvalidArgument(format!("{name} is not valid UTF-8")))
+    unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| Error::InvalidArgument(format!("{name} is not valid UTF-8")))
 }
 
 /// Moves `value` to the heap and hands its ownership to C through `out`.
@@ -195,11 +185,7 @@ pub extern "C" fn tl_status_name(status: RawStatus) -> *const c_char {
         c"TL_STATUS_CALLBACK",
         c"TL_STATUS_PANIC",
     ];
-    NAMES
-        .get(status.0 as usize)
-        .copied()
-        .unwrap_or(c"TL_STATUS_UNKNOWN")
-        .as_ptr()
+    NAMES.get(status.0 as usize).copied().unwrap_or(c"TL_STATUS_UNKNOWN").as_ptr()
 }
 
 /// This thread's message for its last failed call, or "" if none failed. The string stays valid
@@ -216,14 +202,10 @@ mod tests {
     #[test]
     fn status_names_match_the_rust_names() {
         for s in Status::ALL {
-            let name = unsafe { CStr::from_ptr(tl_status_name(RawStatus(s as u32))) }
-                .to_str()
-                .unwrap();
+            let name = unsafe { CStr::from_ptr(tl_status_name(RawStatus(s as u32))) }.to_str().unwrap();
             assert_eq!(name, s.name());
         }
-        let unknown = unsafe { CStr::from_ptr(tl_status_name(RawStatus(99))) }
-            .to_str()
-            .unwrap();
+        let unknown = unsafe { CStr::from_ptr(tl_status_name(RawStatus(99))) }.to_str().unwrap();
         assert_eq!(unknown, "TL_STATUS_UNKNOWN");
     }
 
@@ -231,9 +213,7 @@ mod tests {
     fn a_panic_becomes_a_status_and_a_message() {
         let status = guard(|| panic!("boom"));
         assert_eq!(status, Status::Panic);
-        let msg = unsafe { CStr::from_ptr(tl_last_error_message()) }
-            .to_str()
-            .unwrap();
+        let msg = unsafe { CStr::from_ptr(tl_last_error_message()) }.to_str().unwrap();
         assert!(msg.contains("boom"), "{msg}");
     }
 }

@@ -17,9 +17,7 @@ impl TestRng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
             z ^ (z >> 31)
         };
-        TestRng {
-            s: [next(), next(), next(), next()],
-        }
+        TestRng { s: [next(), next(), next(), next()] }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -64,11 +62,7 @@ pub struct Dense {
 
 impl Dense {
     pub fn random(rng: &mut TestRng, rows: usize, cols: usize) -> Self {
-        Dense {
-            rows,
-            cols,
-            data: rng.normals(rows * cols),
-        }
+        Dense { rows, cols, data: rng.normals(rows * cols) }
     }
 
     pub fn at(&self, r: usize, c: usize) -> f64 {
@@ -89,11 +83,7 @@ impl Dense {
                 data[r * k + j] = acc + noise * rng.normal();
             }
         }
-        Dense {
-            rows: self.rows,
-            cols: k,
-            data,
-        }
+        Dense { rows: self.rows, cols: k, data }
     }
 
     /// Column-centered copy.
@@ -141,11 +131,8 @@ pub fn reference_cka_feature(x: &Dense, y: &Dense, debiased: bool) -> f64 {
     let (x, y) = (x.centered(), y.centered());
     let n = x.rows as f64;
     let fro2 = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>();
-    let row_sq = |m: &Dense| {
-        (0..m.rows)
-            .map(|r| (0..m.cols).map(|c| m.at(r, c).powi(2)).sum::<f64>())
-            .collect::<Vec<_>>()
-    };
+    let row_sq =
+        |m: &Dense| (0..m.rows).map(|r| (0..m.cols).map(|c| m.at(r, c).powi(2)).sum::<f64>()).collect::<Vec<_>>();
     let hsic = |a: &Dense, b: &Dense| {
         let xty = fro2(&a.t_mul(b));
         if !debiased {

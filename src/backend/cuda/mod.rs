@@ -17,15 +17,15 @@ pub fn check_available(device: i32) -> Result<()> {
             "CUDA backend unavailable: the CUDA driver library (libcuda.so) was not found; install an NVIDIA driver or use the CPU backend"
         );
     }
-    let count = cudarc::driver::result::init()
-        .and_then(|_| cudarc::driver::result::device::get_count())
-        .map_err(|e| {
-            crate::Error::DeviceUnavailable(format!(
-                "CUDA backend unavailable: the driver did not initialise ({e})"
-            ))
+    let count =
+        cudarc::driver::result::init().and_then(|_| cudarc::driver::result::device::get_count()).map_err(|e| {
+            crate::Error::DeviceUnavailable(format!("CUDA backend unavailable: the driver did not initialise ({e})"))
         })?;
     if device >= count {
-        fail!(DeviceUnavailable, "CUDA backend unavailable: device {device} asked for, the driver reports {count} device(s)");
+        fail!(
+            DeviceUnavailable,
+            "CUDA backend unavailable: device {device} asked for, the driver reports {count} device(s)"
+        );
     }
     fail!(
         DeviceUnavailable,

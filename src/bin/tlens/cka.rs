@@ -77,23 +77,13 @@ fn with_context(e: Error, what: &str) -> Error {
 /// Every tensor of a safetensors file as a layer, in file order.
 fn load_layers(path: &Path) -> Result<Vec<Layer>> {
     let bytes = read_file(path)?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::Format(format!(
-            "{}: not a valid safetensors file: {e}",
-            path.display()
-        ))
-    })?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        Error::Format(format!(
-            "{}: not a valid safetensors file: {e}",
-            path.display()
-        ))
-    })?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Format(format!("{}: not a valid safetensors file: {e}", path.display())))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::Format(format!("{}: not a valid safetensors file: {e}", path.display())))?;
     let mut layers = Vec::new();
     for name in metadata.offset_keys() {
-        let view = file
-            .tensor(&name)
-            .map_err(|e| Error::Format(format!("{}: {name}: {e}", path.display())))?;
+        let view = file.tensor(&name).map_err(|e| Error::Format(format!("{}: {name}: {e}", path.display())))?;
         let shape = view.shape();
         let Some((&rows, rest)) = shape.split_first() else {
             return Err(Error::ShapeMismatch(format!(
@@ -101,17 +91,16 @@ fn load_layers(path: &Path) -> Result<Vec<Layer>> {
                 path.display()
             )));
         };
-        let cols: usize = rest
-            .iter()
-            .product::<usize>()
-            .max(if rest.is_empty() { 1 } else { 0 });
+        let cols: usize = rest.iter().product::<usize>().max(if rest.is_empty() { 1 } else { 0 });
         let raw = view.data();
         use safetensors::Dtype as D;
         let data = match view.dtype() {
             D::F32 => Data::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
             D::F64 => Data::F64(raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()),
             D::F16 => Data::F16(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap())).collect()),
-            D::BF16 => Data::BF16(raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap())).collect()),
+            D::BF16 => {
+                Data::BF16(raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap())).collect())
+            }
             other => {
                 return Err(Error::UnsupportedDtype(format!(
                     "{}: tensor {name:?} has dtype {other:?}; activations must be F32, F64, F16 or BF16",
@@ -119,18 +108,10 @@ fn load_layers(path: &Path) -> Result<Vec<Layer>> {
                 )))
             }
         };
-        layers.push(Layer {
-            name,
-            data,
-            rows,
-            cols,
-        });
+        layers.push(Layer { name, data, rows, cols });
     }
     if layers.is_empty() {
-        return Err(Error::Format(format!(
-            "{}: the file holds no tensors",
-            path.display()
-        )));
+        return Err(Error::Format(format!("{}: the file holds no tensors", path.display())));
     }
     Ok(layers)
 }
@@ -148,10 +129,8 @@ pub fn run(args: CkaArgs) -> Result<()> {
     let values = cka_matrix(&ctx, &xs, &ys, estimator)?;
     let ny = b.len();
     if args.json {
-        let rows: Vec<_> = values
-            .chunks(ny)
-            .map(|r| serde_json::Value::Array(r.iter().map(|&v| json_f64(v)).collect()))
-            .collect();
+        let rows: Vec<_> =
+            values.chunks(ny).map(|r| serde_json::Value::Array(r.iter().map(|&v| json_f64(v)).collect())).collect();
         print_json(&serde_json::json!({
             "rows": a.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
             "cols": b.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),

@@ -17,15 +17,10 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("a JSON value serialises")
-    );
+    println!("{}", serde_json::to_string_pretty(value).expect("a JSON value serialises"));
 }
 
 /// A float for JSON: finite values as numbers; analyses never hand non-finite values here.
 pub fn json_f64(v: f64) -> serde_json::Value {
-    serde_json::Number::from_f64(v)
-        .map(serde_json::Value::Number)
-        .unwrap_or(serde_json::Value::Null)
+    serde_json::Number::from_f64(v).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
 }

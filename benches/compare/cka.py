@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Side-by-side CKA timing: transferlens against numpy running the published feature-space
+formula (Kornblith et al. 2019, `feature_space_linear_cka`) on the same data, in one run.
+
+Usage:  python3 benches/compare/cka.py [--quick]
+Needs numpy; builds and runs `cargo run --release --example time_cka`. Prints a table of median
+times, the ratio transferlens / numpy, and the largest difference between the two results.
+"""
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def feature_space_linear_cka(x, y, debiased=False):
+    """The published formula, as a user of numpy writes it (Kornblith et al.'s notebook)."""
+    x = x - np.mean(x, 0, keepdims=True)
+    y = y - np.mean(y, 0, keepdims=True)
+    dot = np.linalg.norm(x.T.dot(y)) ** 2
+    nx = np.linalg.norm(x.T.dot(x))
+    ny = np.linalg.norm(y.T.dot(y))
+    if debiased:
+        n = x.shape[0]
+        sx, sy = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
+        fx, fy = sx.sum(), sy.sum()
+        def helper(xty, a, b, na, nb):
+            return xty - n / (n - 2.0) * a.dot(b) + na * nb / ((n - 1) * (n - 2))
+        dot = helper(dot, sx, sy, fx, fy)
+        nx = np.sqrt(helper(nx ** 2, sx, sx, fx, fx))
+        ny = np.sqrt(helper(ny ** 2, sy, sy, fy, fy))
+    return dot / (nx * ny)
+
+
+def write_safetensors(path, tensors):
+    header, offset, blobs = {}, 0, []
+    for name, arr in tensors:
+        blob = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def time_numpy(xs, ys, debiased, repeats):
+    values = [[feature_space_linear_cka(x, y, debiased) for y in ys] for x in xs]  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        values = [[feature_space_linear_cka(x, y, debiased) for y in ys] for x in xs]
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2], times[0], np.array(values).ravel()
+
+
+def main():
+    quick = "--quick" in sys.argv
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run(["cargo", "build", "--release", "--example", "time_cka", "-q"], cwd=root, check=True)
+    exe = os.path.join(root, "target", "release", "examples", "time_cka")
+    rng = np.random.default_rng(0)
+    cases = [
+        ("pair 20000x1024", 20000, [1024], [1024]),
+        ("5x5 layers, n=4096, p=256..1024", 4096, [256, 512, 640, 768, 1024], [256, 512, 640, 768, 1024]),
+    ]
+    if quick:
+        cases = [("pair 4000x256", 4000, [256], [256]), ("3x3 layers, n=1024", 1024, [64, 128, 256], [64, 128, 256])]
+    repeats = 3 if quick else 5
+    try:
+        from threadpoolctl import threadpool_info
+        blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, {i['num_threads']} threads)" for i in threadpool_info())
+    except ImportError:
+        blas = "unknown BLAS (pip install threadpoolctl to see it)"
+    print(f"numpy {np.__version__} with {blas}; {os.cpu_count()} CPUs")
+    print(f"{'case':34} {'estimator':9} {'numpy s':>9} {'tlens s':>9} {'ratio':>7} {'max |diff|':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, n, ps, qs in cases:
+            base = rng.standard_normal((n, 64)).astype(np.float32)
+            xs = [(base @ rng.standard_normal((64, p)) + rng.standard_normal((n, p))).astype(np.float32) for p in ps]
+            ys = [(base @ rng.standard_normal((64, q)) + 2 * rng.standard_normal((n, q))).astype(np.float32) for q in qs]
+            fa, fb = os.path.join(tmp, "a.safetensors"), os.path.join(tmp, "b.safetensors")
+            write_safetensors(fa, [(f"x{i}", x) for i, x in enumerate(xs)])
+            write_safetensors(fb, [(f"y{i}", y) for i, y in enumerate(ys)])
+            for estimator in ("biased", "debiased"):
+                np_med, _, np_values = time_numpy(xs, ys, estimator == "debiased", repeats)
+                out = subprocess.run([exe, fa, fb, estimator, str(repeats)], capture_output=True, text=True, check=True).stdout.split()
+                tl_med, tl_values = float(out[0]), np.array([float(v) for v in out[2:]])
+                diff = np.max(np.abs(tl_values - np_values))
+                print(f"{label:34} {estimator:9} {np_med:9.3f} {tl_med:9.3f} {tl_med / np_med:7.2f} {diff:10.2e}")
+
+
+if __name__ == "__main__":
+    main()
