@@ -5,6 +5,8 @@
 //! first use, so every entry point checks `is_culib_present()` first and turns absence into
 //! [`crate::Error::DeviceUnavailable`].
 
+pub mod kernels;
+
 use crate::error::{fail, Result};
 
 /// Ok when a CUDA driver is loadable and device `device` exists; otherwise an error that says
