@@ -230,3 +230,222 @@ mod tests {
         assert_eq!(ptx_entries(ptx), ["lerp_f32", "sumsq_bf16"]);
     }
 }
+
+/// A line-by-line port of the f16 / bf16 conversions of `kernels/common.cuh`, checked here
+/// against the `half` crate on every f16 and a dense sweep of f32 and f64 values. It tests the
+/// bit manipulation without a GPU; `tests/cuda.rs` checks the compiled kernels themselves.
+#[cfg(test)]
+mod conversion_mirror {
+    use half::{bf16, f16};
+
+    fn f16_to_f32(h: u16) -> f32 {
+        let sign = ((h & 0x8000) as u32) << 16;
+        let exp = ((h >> 10) & 0x1f) as u32;
+        let man = (h & 0x3ff) as u32;
+        if exp == 0x1f {
+            let nan = if man != 0 { 0x400000 | (man << 13) } else { 0 };
+            return f32::from_bits(sign | 0x7f800000 | nan);
+        }
+        if exp == 0 {
+            return f32::from_bits(sign | (man as f32 * 5.960_464_5e-8).to_bits());
+        }
+        f32::from_bits(sign | ((exp + 112) << 23) | (man << 13))
+    }
+
+    fn f32_to_f16(f: f32) -> u16 {
+        let x = f.to_bits();
+        let sign = (x >> 16) & 0x8000;
+        let ax = x & 0x7fffffff;
+        if ax > 0x7f800000 {
+            return (sign | 0x7e00 | ((ax >> 13) & 0x3ff)) as u16;
+        }
+        if ax >= 0x477ff000 {
+            return (sign | 0x7c00) as u16;
+        }
+        if ax >= 0x38800000 {
+            let r = ax - 0x38000000;
+            return (sign | ((r + 0xfff + ((r >> 13) & 1)) >> 13)) as u16;
+        }
+        if ax < 0x33000000 {
+            return sign as u16;
+        }
+        let e = ax >> 23;
+        let m = (ax & 0x7fffff) | 0x800000;
+        let s = 126 - e;
+        let mut q = m >> s;
+        let rem = m & ((1 << s) - 1);
+        let half = 1 << (s - 1);
+        if rem > half || (rem == half && q & 1 == 1) {
+            q += 1;
+        }
+        (sign | q) as u16
+    }
+
+    fn f32_to_bf16(f: f32) -> u16 {
+        let x = f.to_bits();
+        if x & 0x7fffffff > 0x7f800000 {
+            return ((x >> 16) | 0x40) as u16;
+        }
+        ((x + 0x7fff + ((x >> 16) & 1)) >> 16) as u16
+    }
+
+    /// `__double2float_rz`, then the sticky bit.
+    fn f64_to_f32_odd(d: f64) -> f32 {
+        let mut t = d as f32; // nearest
+        if d.is_finite() && (t as f64).abs() > d.abs() {
+            // Nearest rounded away from zero (or overflowed): step one ulp toward zero.
+            t = f32::from_bits(t.to_bits() - 1);
+        }
+        if t as f64 == d {
+            t
+        } else {
+            f32::from_bits(t.to_bits() | 1)
+        }
+    }
+
+    fn same(a: u16, b: u16, nan: bool) -> bool {
+        a == b || nan
+    }
+
+    #[test]
+    fn every_f16_widens_like_half() {
+        for h in 0..=u16::MAX {
+            let want = f16::from_bits(h).to_f32();
+            let got = f16_to_f32(h);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{h:#06x}: {got:e} vs {want:e}"
+            );
+        }
+    }
+
+    /// f32 bit patterns: a stride through all 2^32, plus every pattern near the rounding
+    /// boundaries of f16 (overflow, normal / subnormal, underflow) and of bf16.
+    fn f32_sweep() -> impl Iterator<Item = u32> {
+        let stride = (0..=u32::MAX).step_by(4099);
+        let near = [
+            0x477fe000u32,
+            0x477ff000,
+            0x47800000,
+            0x38800000,
+            0x387fc000,
+            0x33000000,
+            0x33800000,
+            0x7f7f8000,
+            0x7f800000,
+            0x00000000,
+            0x00008000,
+        ]
+        .into_iter()
+        .flat_map(|b| {
+            (b.saturating_sub(4096)..=b.saturating_add(4096)).flat_map(|x| [x, x | 0x8000_0000])
+        });
+        stride.chain(near)
+    }
+
+    #[test]
+    fn f32_narrows_like_half() {
+        for x in f32_sweep() {
+            let f = f32::from_bits(x);
+            let nan = f.is_nan();
+            let (got, want) = (f32_to_f16(f), f16::from_f32(f).to_bits());
+            assert!(
+                same(got, want, nan && f16::from_bits(got).is_nan()),
+                "f16 of {x:#010x}: {got:#06x} vs {want:#06x}"
+            );
+            let (got, want) = (f32_to_bf16(f), bf16::from_f32(f).to_bits());
+            assert!(
+                same(got, want, nan && bf16::from_bits(got).is_nan()),
+                "bf16 of {x:#010x}: {got:#06x} vs {want:#06x}"
+            );
+        }
+    }
+
+    /// The correctly rounded (nearest, ties to even) 16-bit encoding of `d`, found by bisection
+    /// over the positive finite encodings and an exact comparison with the midpoint. Written
+    /// independently of the kernels' bit tricks. The `half` crate is no reference here: on x86
+    /// with F16C its f64 -> f16 goes through f32 (rounding twice), and its f64 -> bf16 drops the
+    /// low 32 bits of the f64 significand.
+    fn nearest(d: f64, inf_bits: u16, inf_value: f64, value: impl Fn(u16) -> f64) -> u16 {
+        let sign = if d.is_sign_negative() { 0x8000 } else { 0 };
+        let m = d.abs();
+        let val = |b: u16| if b == inf_bits { inf_value } else { value(b) };
+        if m >= inf_value {
+            return sign | inf_bits;
+        }
+        // Largest encoding whose value is <= m.
+        let (mut lo, mut hi) = (0u16, inf_bits);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if val(mid) <= m {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let midpoint = 0.5 * (val(lo) + val(lo + 1)); // exact: few significant bits
+        let pick = if m < midpoint || (m == midpoint && lo % 2 == 0) {
+            lo
+        } else {
+            lo + 1
+        };
+        sign | pick
+    }
+
+    fn f16_nearest(d: f64) -> u16 {
+        nearest(d, 0x7c00, 65536.0, |b| f16::from_bits(b).to_f64())
+    }
+
+    fn bf16_nearest(d: f64) -> u16 {
+        nearest(d, 0x7f80, 2f64.powi(128), |b| bf16::from_bits(b).to_f64())
+    }
+
+    #[test]
+    fn f64_narrows_through_round_to_odd_correctly() {
+        // Every f16 / bf16 value, the midpoints to the next one and points just beside them
+        // (where rounding twice, f64 -> f32 -> f16, goes wrong), and random points between.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut points = Vec::new();
+        for h in 0..0x7fffu16 {
+            for (lo, hi) in [
+                (f16::from_bits(h).to_f64(), f16::from_bits(h + 1).to_f64()),
+                (bf16::from_bits(h).to_f64(), bf16::from_bits(h + 1).to_f64()),
+            ] {
+                if !lo.is_finite() || !hi.is_finite() {
+                    continue;
+                }
+                let mid = 0.5 * (lo + hi);
+                let tiny = (hi - lo) * 1e-12;
+                let jitter = (next() >> 11) as f64 / (1u64 << 53) as f64;
+                points.extend([lo, mid, mid + tiny, mid - tiny, lo + (hi - lo) * jitter]);
+            }
+        }
+        points.extend([
+            1e300,
+            f64::INFINITY,
+            1e-300,
+            0.0,
+            65519.99,
+            65520.0,
+            3.3961e38,
+            3.3962e38,
+        ]);
+        let mut half_differs = 0;
+        for p in points {
+            for d in [p, -p] {
+                let t = f64_to_f32_odd(d);
+                assert_eq!(f32_to_f16(t), f16_nearest(d), "f16 of {d:e}");
+                assert_eq!(f32_to_bf16(t), bf16_nearest(d), "bf16 of {d:e}");
+                half_differs += (f16::from_f64(d).to_bits() != f16_nearest(d)) as usize
+                    + (bf16::from_f64(d).to_bits() != bf16_nearest(d)) as usize;
+            }
+        }
+        println!("the half crate rounds {half_differs} of these f64 values differently");
+    }
+}
