@@ -8,8 +8,11 @@
 //! surfaces at the next synchronisation (set `TL_CUDA_SYNC=1` to synchronise after every launch
 //! and get the failing kernel's name).
 //!
-//! Kernels are compiled by NVRTC at the first launch, for the device's compute capability, and
-//! the PTX is cached for the process, keyed by capability.
+//! Kernels are compiled by NVRTC at the first launch into machine code (CUBIN) for the device's
+//! compute capability, and cached for the process, keyed by capability. CUBIN rather than PTX:
+//! a CUDA 13.x libnvrtc writes PTX of its own ISA version, which an older CUDA 13 driver cannot
+//! load, while its CUBIN loads on any CUDA 13 driver. Where NVRTC cannot target the device's
+//! architecture as machine code, PTX for it is tried next.
 
 use super::kernels;
 use crate::error::{fail, Error, Result};
@@ -208,21 +211,30 @@ pub struct SegmentSums {
 }
 
 /// Compiled kernel files per compute capability.
-type PtxCache = Mutex<HashMap<(i32, i32), Arc<Vec<kernels::CompiledFile>>>>;
+type CodeCache = Mutex<HashMap<(i32, i32), Arc<Vec<kernels::CompiledFile>>>>;
 
-/// PTX per compute capability, shared by every device of the process.
-fn ptx_cache() -> &'static PtxCache {
-    static CACHE: OnceLock<PtxCache> = OnceLock::new();
+/// Compiled kernels per compute capability, shared by every device of the process.
+fn code_cache() -> &'static CodeCache {
+    static CACHE: OnceLock<CodeCache> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 fn compiled_for(capability: (i32, i32)) -> Result<Arc<Vec<kernels::CompiledFile>>> {
     // A poisoned lock only means another thread panicked while compiling; the map is intact.
-    let mut cache = ptx_cache().lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = code_cache().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(files) = cache.get(&capability) {
         return Ok(files.clone());
     }
-    let files = Arc::new(kernels::compile_all(capability.0, capability.1)?);
+    let (major, minor) = capability;
+    let files = kernels::compile_all(major, minor, kernels::Output::Cubin)
+        .or_else(|cubin_err| {
+            kernels::compile_all(major, minor, kernels::Output::Ptx).map_err(|ptx_err| {
+                Error::Device(format!(
+                    "kernels could not be compiled for sm_{major}{minor}: as CUBIN: {cubin_err}; as PTX: {ptx_err}"
+                ))
+            })
+        })?;
+    let files = Arc::new(files);
     cache.insert(capability, files.clone());
     Ok(files)
 }
@@ -310,12 +322,17 @@ impl CudaDevice {
                 let files = compiled_for(self.capability)?;
                 let mut map = HashMap::new();
                 for file in files.iter() {
-                    let module = self
-                        .ctx
-                        .load_module(cudarc::nvrtc::Ptx::from_src(file.ptx.clone()))
-                        .map_err(|e| {
-                            Error::Device(describe(&format!("cuModuleLoadData({})", file.file), &e))
-                        })?;
+                    let image = match file.output {
+                        kernels::Output::Cubin => {
+                            cudarc::nvrtc::Ptx::from_binary(file.code.clone())
+                        }
+                        kernels::Output::Ptx => cudarc::nvrtc::Ptx::from_src(
+                            String::from_utf8_lossy(&file.code).into_owned(),
+                        ),
+                    };
+                    let module = self.ctx.load_module(image).map_err(|e| {
+                        Error::Device(describe(&format!("cuModuleLoadData({})", file.file), &e))
+                    })?;
                     for k in &file.kernels {
                         let f = module.load_function(k).map_err(|e| {
                             Error::Device(describe(&format!("cuModuleGetFunction({k})"), &e))

@@ -112,15 +112,38 @@ fn paste(name: &str, text: &str, done: &mut Vec<String>, out: &mut String) -> Re
     Ok(())
 }
 
-/// PTX of one kernel file.
+/// What NVRTC is asked to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// PTX for the virtual architecture `compute_XY`, turned into machine code by the driver
+    /// when loaded. The driver must understand the PTX ISA version of the NVRTC release.
+    Ptx,
+    /// Machine code (CUBIN) for the real architecture `sm_XY`. Loads on drivers of the same
+    /// CUDA major version as NVRTC, even older minor versions, and needs no JIT.
+    Cubin,
+}
+
+/// One kernel file compiled by NVRTC.
 #[derive(Debug, Clone)]
 pub struct CompiledFile {
     /// The source file, e.g. `"weights.cu"`.
     pub file: &'static str,
-    /// The PTX text.
-    pub ptx: String,
-    /// The kernels it defines (from its `.entry` lines).
+    pub output: Output,
+    /// The PTX text or the CUBIN image.
+    pub code: Vec<u8>,
+    /// The kernels it defines: from the PTX `.entry` lines, or for a CUBIN the expected list
+    /// (the PTX build checks that list).
     pub kernels: Vec<String>,
+}
+
+impl CompiledFile {
+    /// The PTX text, for [`Output::Ptx`].
+    pub fn ptx(&self) -> Option<&str> {
+        match self.output {
+            Output::Ptx => std::str::from_utf8(&self.code).ok(),
+            Output::Cubin => None,
+        }
+    }
 }
 
 /// The names of the `.entry` (kernel) functions of a PTX text.
@@ -147,9 +170,91 @@ pub fn check_nvrtc() -> Result<()> {
     Ok(())
 }
 
-/// Compiles every kernel file for compute capability `major.minor` (e.g. 9.0 -> `compute_90`)
-/// and checks that each file defines exactly the kernels of [`expected_kernels`].
-pub fn compile_all(major: i32, minor: i32) -> Result<Vec<CompiledFile>> {
+/// The version of the loaded libnvrtc, (major, minor).
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    check_nvrtc()?;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; nvrtcVersion writes two ints.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| Error::Device(format!("nvrtcVersion failed: {e:?}")))?;
+    Ok((major, minor))
+}
+
+/// An NVRTC program, destroyed on drop.
+struct Program(cudarc::nvrtc::sys::nvrtcProgram);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: created by create_program, destroyed once. A failure here leaks the program.
+        let _ = unsafe { cudarc::nvrtc::result::destroy_program(self.0) };
+    }
+}
+
+fn nvrtc_err(call: &str, file: &str, e: cudarc::nvrtc::result::NvrtcError) -> Error {
+    Error::Device(format!("{call} failed for {file}: {:?}", e.0))
+}
+
+/// Compiles one expanded source with NVRTC and returns the PTX or the CUBIN.
+fn compile_source(file: &str, src: &str, options: &[String], output: Output) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    let csrc = std::ffi::CString::new(src)
+        .map_err(|_| Error::Panic(format!("kernel source {file} contains a NUL byte")))?;
+    let cname = std::ffi::CString::new(file)
+        .map_err(|_| Error::Panic(format!("kernel file name {file} contains a NUL byte")))?;
+    let prog = Program(
+        result::create_program(&csrc, Some(&cname))
+            .map_err(|e| nvrtc_err("nvrtcCreateProgram", file, e))?,
+    );
+    // SAFETY: prog is a live program; options are plain strings.
+    if let Err(e) = unsafe { result::compile_program(prog.0, options) } {
+        // SAFETY: as above; the log is a NUL-terminated string.
+        let log = unsafe { result::get_program_log(prog.0) }
+            .map(|raw| {
+                let bytes: Vec<u8> = raw
+                    .iter()
+                    .map(|&c| c as u8)
+                    .take_while(|&c| c != 0)
+                    .collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .unwrap_or_default();
+        fail!(
+            Device,
+            "NVRTC failed to compile {file} with {options:?}: {:?}\n{log}",
+            e.0
+        );
+    }
+    match output {
+        Output::Ptx => {
+            // SAFETY: the program compiled.
+            let raw = unsafe { result::get_ptx(prog.0) }
+                .map_err(|e| nvrtc_err("nvrtcGetPTX", file, e))?;
+            Ok(raw
+                .iter()
+                .map(|&c| c as u8)
+                .take_while(|&c| c != 0)
+                .collect())
+        }
+        Output::Cubin => {
+            let mut size = 0usize;
+            // SAFETY: the program compiled for a real architecture; the buffer has `size` bytes.
+            unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }
+                .result()
+                .map_err(|e| nvrtc_err("nvrtcGetCUBINSize", file, e))?;
+            let mut image = vec![0u8; size];
+            unsafe { sys::nvrtcGetCUBIN(prog.0, image.as_mut_ptr().cast()) }
+                .result()
+                .map_err(|e| nvrtc_err("nvrtcGetCUBIN", file, e))?;
+            Ok(image)
+        }
+    }
+}
+
+/// Compiles every kernel file for compute capability `major.minor`: PTX for `compute_XY` or
+/// CUBIN for `sm_XY`. For PTX, checks that each file defines exactly the kernels of
+/// [`expected_kernels`].
+pub fn compile_all(major: i32, minor: i32, output: Output) -> Result<Vec<CompiledFile>> {
     check_nvrtc()?;
     if !(5..=20).contains(&major) || !(0..=9).contains(&minor) {
         fail!(
@@ -157,46 +262,40 @@ pub fn compile_all(major: i32, minor: i32) -> Result<Vec<CompiledFile>> {
             "compute capability {major}.{minor} is not one NVRTC can target"
         );
     }
-    let arch = format!("--gpu-architecture=compute_{major}{minor}");
+    let arch = match output {
+        Output::Ptx => format!("--gpu-architecture=compute_{major}{minor}"),
+        Output::Cubin => format!("--gpu-architecture=sm_{major}{minor}"),
+    };
+    let options = [arch, "--std=c++17".to_string()];
     SOURCES
         .iter()
         .map(|(file, _)| {
             let src = expand(file)?;
-            let opts = cudarc::nvrtc::CompileOptions {
-                name: Some((*file).to_string()),
-                options: vec![arch.clone(), "--std=c++17".into()],
-                ..Default::default()
+            let code = compile_source(file, &src, &options, output)?;
+            let kernels = match output {
+                Output::Ptx => {
+                    let got = ptx_entries(&String::from_utf8_lossy(&code));
+                    let (mut want, mut sorted) = (expected_kernels(file), got.clone());
+                    want.sort();
+                    sorted.sort();
+                    if want != sorted {
+                        fail!(
+                            Device,
+                            "{file}: the PTX defines kernels {sorted:?}, expected {want:?}"
+                        );
+                    }
+                    got
+                }
+                Output::Cubin => expected_kernels(file),
             };
-            let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| {
-                Error::Device(format!(
-                    "NVRTC failed to compile {file} for compute_{major}{minor}: {}",
-                    describe_compile_error(&e)
-                ))
-            })?;
-            let ptx = ptx.to_src();
-            let kernels = ptx_entries(&ptx);
-            let mut want = expected_kernels(file);
-            let mut got = kernels.clone();
-            want.sort();
-            got.sort();
-            if want != got {
-                fail!(
-                    Device,
-                    "{file}: the PTX defines kernels {got:?}, expected {want:?}"
-                );
-            }
-            Ok(CompiledFile { file, ptx, kernels })
+            Ok(CompiledFile {
+                file,
+                output,
+                code,
+                kernels,
+            })
         })
         .collect()
-}
-
-fn describe_compile_error(e: &cudarc::nvrtc::CompileError) -> String {
-    match e {
-        cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => {
-            format!("{nvrtc:?}\n{}", log.to_string_lossy())
-        }
-        other => format!("{other:?}"),
-    }
 }
 
 #[cfg(test)]
