@@ -20,9 +20,12 @@ bundle=gpu-bundle
 rm -rf "$bundle"
 mkdir -p "$bundle/bin"
 
-# cargo reports each built test executable as a JSON message with an "executable" field.
+# cargo reports each built executable as a one-line JSON message with an "executable" field;
+# test harnesses have "test":true in their profile (plain binaries, built for the integration
+# tests, do not).
 json=$(cargo test --release --no-run --message-format=json "${selection[@]}")
-mapfile -t executables < <(printf '%s\n' "$json" | grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//')
+mapfile -t executables < <(printf '%s\n' "$json" | grep '"reason":"compiler-artifact"' | grep '"test":true},"features"' |
+    grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//')
 if [ "${#executables[@]}" -eq 0 ]; then
     echo "build-gpu-bundle: cargo built no test executables for: ${selection[*]}" >&2
     exit 1

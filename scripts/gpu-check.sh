@@ -29,7 +29,7 @@ find_nvrtc() {
         return 0
     fi
     local d
-    for d in ${LD_LIBRARY_PATH//:/ }; do
+    for d in ${LD_LIBRARY_PATH:+${LD_LIBRARY_PATH//:/ }}; do
         [ -e "$d/libnvrtc.so.13" ] && return 0
     done
     local candidates=("${CUDA_HOME:-/nonexistent}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64)
@@ -89,8 +89,11 @@ while read -r name path; do
     tests=$(grep -o '[0-9]* passed; [0-9]* failed' "$log" | awk '{ p += $1; f += $3 } END { printf "%d passed, %d failed", p, f }')
     if [ "$rc" -eq 0 ]; then status=passed; else status="FAILED (exit $rc)"; failed=1; fi
     results+=("$(printf '%-16s %-18s %-24s %8s' "$name" "$status" "$tests" "$secs")")
-    # Keep the lines a reader needs: kernel counts, ptxas report, skips, failures.
-    grep -E 'compiled [0-9]+ kernels|ptxas sm_90: |skipped|panicked|FAILED' "$log" | head -20 | sed "s/^/  [$name] /"
+    # Keep the lines a reader needs: kernel counts, ptxas verdict, skips; failures when failed
+    # (some passing tests panic on purpose, inside a panic boundary).
+    pattern='NVRTC [0-9]|compiled [0-9]+ kernels|ptxas sm_90: |skipped|device 0: '
+    [ "$rc" -ne 0 ] && pattern="$pattern|panicked|FAILED|assertion|left:|right:"
+    grep -E "$pattern" "$log" | head -40 | sed "s/^/  [$name] /"
 done <"$manifest"
 
 echo
