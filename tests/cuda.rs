@@ -761,3 +761,61 @@ fn cka_helpers_match_f64_reference() {
         "{err}"
     );
 }
+
+// ---- memory of other libraries -----------------------------------------------------------------
+
+#[test]
+fn wrapped_device_pointers_are_used_in_place_and_not_freed() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new(7);
+    let n = 1003;
+    let a: Vec<f32> = random(&mut rng, n);
+    let b: Vec<f32> = random(&mut rng, n);
+    // Stand-ins for a framework's tensors: buffers whose addresses are handed over raw.
+    let (da, db) = (upload(&dev, &a), upload(&dev, &b));
+    let target = dev.zeros::<f32>(n).unwrap();
+    {
+        // SAFETY: the addresses come from live buffers of n elements on this device, which
+        // outlive the wrappers; all work is on the device's one stream.
+        let (wa, wb, mut wout) = unsafe {
+            (
+                dev.wrap_device_ptr::<f32>(da.device_ptr(), n).unwrap(),
+                dev.wrap_device_ptr::<f32>(db.device_ptr(), n).unwrap(),
+                dev.wrap_device_ptr::<f32>(target.device_ptr(), n).unwrap(),
+            )
+        };
+        assert!(wa.is_borrowed() && !da.is_borrowed());
+        dev.lerp(&wa, &wb, 0.25, &mut wout).unwrap();
+        dev.synchronize().unwrap();
+    } // the wrappers drop here without freeing
+    let got = dev.download(&target).unwrap();
+    for i in 0..n {
+        let want = 0.25f32.mul_add(b[i], 0.75 * a[i]);
+        assert_eq!(got[i].to_bits(), want.to_bits(), "i {i}");
+    }
+    // The original buffers are still alive and usable.
+    assert_eq!(dev.download(&da).unwrap(), a);
+
+    // Misuse is reported, naming the argument.
+    let err = unsafe { dev.wrap_device_ptr::<f32>(0, 4) }.unwrap_err();
+    assert!(
+        matches!(err, Error::NullArgument(ref m) if m.starts_with("ptr")),
+        "{err}"
+    );
+    let err = unsafe { dev.wrap_device_ptr::<f32>(da.device_ptr() + 2, 4) }.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidArgument(ref m) if m.contains("aligned")),
+        "{err}"
+    );
+    // Plain host memory is no device memory (unless the platform maps it, as with HMM).
+    let host = [0u64; 4];
+    match unsafe { dev.wrap_device_ptr::<f64>(host.as_ptr() as u64, 4) } {
+        Err(err) => {
+            assert!(
+                matches!(err, Error::InvalidArgument(ref m) if m.starts_with("ptr")),
+                "{err}"
+            )
+        }
+        Ok(_) => println!("note: the driver accepts host memory as device memory here"),
+    }
+}

@@ -24,6 +24,7 @@ use cudarc::driver::{
 use half::{bf16, f16};
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Threads per block of the 1-D kernels (a multiple of 32, as the block reductions need).
@@ -123,13 +124,45 @@ impl DeviceElement for bf16 {
     }
 }
 
-/// Elements of type `T` in the memory of one [`CudaDevice`], freed on drop.
+/// Elements of type `T` in the memory of one [`CudaDevice`]: either allocated here (freed on
+/// drop) or borrowed from another library with [`CudaDevice::wrap_device_ptr`] (left alone on
+/// drop).
 pub struct DeviceBuffer<T: DeviceElement> {
-    slice: CudaSlice<T::Bits>,
+    slice: ManuallyDrop<CudaSlice<T::Bits>>,
+    borrowed: bool,
     _t: PhantomData<T>,
 }
 
+impl<T: DeviceElement> Drop for DeviceBuffer<T> {
+    fn drop(&mut self) {
+        // SAFETY: the slice is taken exactly once, here.
+        let slice = unsafe { ManuallyDrop::take(&mut self.slice) };
+        if self.borrowed {
+            // Not ours to free: release cudarc's bookkeeping only.
+            let _ = slice.leak();
+        } else {
+            drop(slice);
+        }
+    }
+}
+
 impl<T: DeviceElement> DeviceBuffer<T> {
+    fn owned(slice: CudaSlice<T::Bits>) -> Self {
+        DeviceBuffer {
+            slice: ManuallyDrop::new(slice),
+            borrowed: false,
+            _t: PhantomData,
+        }
+    }
+    /// The device address of the first element, for handing the buffer to other CUDA code.
+    pub fn device_ptr(&self) -> u64 {
+        let (ptr, _sync) = self.slice.device_ptr(self.slice.stream());
+        ptr
+    }
+    /// Whether the memory belongs to another library (see [`CudaDevice::wrap_device_ptr`]).
+    pub fn is_borrowed(&self) -> bool {
+        self.borrowed
+    }
     pub fn len(&self) -> usize {
         self.slice.len()
     }
@@ -402,10 +435,7 @@ impl CudaDevice {
             .stream
             .clone_htod(T::as_bits(data))
             .map_err(device_err("cuMemcpyHtoDAsync"))?;
-        Ok(DeviceBuffer {
-            slice,
-            _t: PhantomData,
-        })
+        Ok(DeviceBuffer::owned(slice))
     }
 
     /// A new device buffer of `len` zeros.
@@ -414,8 +444,71 @@ impl CudaDevice {
             .stream
             .alloc_zeros::<T::Bits>(len)
             .map_err(device_err("cuMemAlloc/cuMemsetD8Async"))?;
+        Ok(DeviceBuffer::owned(slice))
+    }
+
+    /// Uses `len` elements of `T` at device address `ptr`, allocated by other code (PyTorch,
+    /// libtorch, CUDA.jl, ...) on this device, in place: no copy, and the memory is not freed
+    /// when the buffer is dropped. The address must belong to this device (checked with
+    /// cuPointerGetAttribute) and be aligned for `T`.
+    ///
+    /// # Safety
+    /// `ptr` must address at least `len` elements of `T`, stay allocated while the buffer
+    /// lives, and not be written by other streams while this device's stream uses it: finish
+    /// (synchronise) the producer's work before the call.
+    pub unsafe fn wrap_device_ptr<T: DeviceElement>(
+        &self,
+        ptr: u64,
+        len: usize,
+    ) -> Result<DeviceBuffer<T>> {
+        if ptr == 0 {
+            fail!(NullArgument, "ptr: device address is NULL");
+        }
+        let align = std::mem::align_of::<T::Bits>() as u64;
+        if ptr % align != 0 {
+            fail!(
+                InvalidArgument,
+                "ptr: device address {ptr:#x} is not aligned to {align} bytes for {}",
+                T::SUFFIX
+            );
+        }
+        if len.checked_mul(std::mem::size_of::<T::Bits>()).is_none() {
+            fail!(
+                InvalidArgument,
+                "len: {len} elements overflow the address space"
+            );
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(device_err("cuCtxSetCurrent"))?;
+        let mut ordinal: i32 = -1;
+        // SAFETY: DEVICE_ORDINAL writes one int; any address may be queried.
+        unsafe {
+            cudarc::driver::sys::cuPointerGetAttribute(
+                (&mut ordinal as *mut i32).cast(),
+                cudarc::driver::sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                ptr,
+            )
+        }
+        .result()
+        .map_err(|e| {
+            Error::InvalidArgument(format!(
+                "ptr: {ptr:#x} is not CUDA memory ({})",
+                describe("cuPointerGetAttribute", &e)
+            ))
+        })?;
+        if ordinal != self.ordinal as i32 {
+            fail!(
+                InvalidArgument,
+                "ptr: {ptr:#x} is memory of CUDA device {ordinal}, this is device {}",
+                self.ordinal
+            );
+        }
+        // SAFETY: the caller guarantees the allocation; Drop leaks it instead of freeing.
+        let slice = unsafe { self.stream.upgrade_device_ptr::<T::Bits>(ptr, len) };
         Ok(DeviceBuffer {
-            slice,
+            slice: ManuallyDrop::new(slice),
+            borrowed: true,
             _t: PhantomData,
         })
     }
@@ -424,7 +517,7 @@ impl CudaDevice {
     pub fn download<T: DeviceElement>(&self, buf: &DeviceBuffer<T>) -> Result<Vec<T>> {
         let bits = self
             .stream
-            .clone_dtoh(&buf.slice)
+            .clone_dtoh(&*buf.slice)
             .map_err(device_err("cuMemcpyDtoHAsync"))?;
         self.synchronize()?;
         Ok(T::from_bits(bits))
@@ -433,7 +526,7 @@ impl CudaDevice {
     /// Sets every element of `buf` to zero.
     pub fn fill_zeros<T: DeviceElement>(&self, buf: &mut DeviceBuffer<T>) -> Result<()> {
         self.stream
-            .memset_zeros(&mut buf.slice)
+            .memset_zeros(&mut *buf.slice)
             .map_err(device_err("cuMemsetD8Async"))
     }
 
