@@ -312,15 +312,30 @@ mod tests {
     }
 
     #[test]
-    fn expected_kernels_appear_in_the_sources() {
-        // Cheap check without NVRTC: every expected name is spelled out by a macro in the
-        // source (as NAME##suffix) or literally.
+    fn expected_kernel_names_are_unique_and_defined_in_their_file() {
         let all = all_expected_kernels();
         assert_eq!(all.len(), 46);
         let mut sorted = all.clone();
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), all.len(), "duplicate kernel names");
+        // Without NVRTC: each name's op is spelled in its file, as `op_##NAME` in a macro or
+        // literally (the PTX check of tests/nvrtc.rs is the exact one).
+        for (file, text) in SOURCES {
+            for name in expected_kernels(file) {
+                let suffix = DTYPE_SUFFIXES
+                    .iter()
+                    .filter(|t| name.ends_with(&format!("_{t}")))
+                    .max_by_key(|t| t.len())
+                    .unwrap();
+                let op = &name[..name.len() - suffix.len() - 1];
+                let spelled = text.contains(&format!("void {name}("))
+                    || text.contains(&format!("{op}_##NAME"))
+                    || text.contains("convert_##SN##_to_##DN")
+                    || text.contains(&format!("center_##NAME##_to_{suffix}"));
+                assert!(spelled, "{name} is not defined in {file}");
+            }
+        }
     }
 
     #[test]
