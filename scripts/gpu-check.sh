@@ -71,13 +71,16 @@ fi
 
 results=()
 failed=0
-while read -r name path; do
+while read -r name path manifest_args; do
     [ -z "$name" ] && continue
+    # Arguments: from the manifest (--nocapture for tests, --bench for benches), then the
+    # script's extra arguments.
+    read -r -a args <<<"${manifest_args:---nocapture}"
     bin=$bundle/$path
     log=$logs/$name.log
     start=$(date +%s.%N)
     if [ -x "$bin" ]; then
-        "$bin" --nocapture "$@" >"$log" 2>&1
+        "$bin" "${args[@]}" "$@" >"$log" 2>&1
         rc=$?
     else
         echo "missing or not executable: $bin" >"$log"
