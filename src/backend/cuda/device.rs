@@ -745,10 +745,7 @@ impl CudaDevice {
             .stream
             .alloc_zeros::<f64>(nseg)
             .map_err(device_err("cuMemAlloc(segment sums)"))?;
-        // Chunks of at least 4 elements per thread; about BLOCKS_PER_SM chunks per SM.
-        let target = (self.sm_count * BLOCKS_PER_SM) as u64;
-        let chunk = total.div_ceil(target).max(4 * BLOCK as u64);
-        let blocks = total.div_ceil(chunk).clamp(1, target) as u32;
+        let (chunk, blocks) = segment_grid(total, self.sm_count);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (BLOCK, 1, 1),
@@ -960,6 +957,15 @@ impl CudaDevice {
     }
 }
 
+/// Chunk length and block count of `segment_sumsq` for `total` elements: chunks of at least 4
+/// elements per thread, about `BLOCKS_PER_SM` chunks per multiprocessor.
+fn segment_grid(total: u64, sm_count: u32) -> (u64, u32) {
+    let target = (sm_count * BLOCKS_PER_SM) as u64;
+    let chunk = total.div_ceil(target).max(4 * BLOCK as u64);
+    let blocks = total.div_ceil(chunk).clamp(1, target) as u32;
+    (chunk, blocks)
+}
+
 /// ShapeMismatch unless every named length equals the first.
 fn same_len(lens: &[(&str, usize)]) -> Result<()> {
     let (first, n) = lens[0];
@@ -982,5 +988,64 @@ fn check_vec(len: Option<usize>, want: usize, what: &str) -> Result<()> {
             "{what}: needs {want} elements, the buffer holds {n}"
         ),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port of the block / segment walk of `segment_sumsq_impl` (kernels/weights.cu) with the
+    /// launch geometry above: every element of every segment is visited exactly once, by one
+    /// block, and attributed to its own segment.
+    #[test]
+    fn segment_walk_visits_each_element_once() {
+        let cases: [&[u64]; 5] = [
+            &[0, 1],
+            &[0, 7],
+            &[0, 1, 8, 8, 1007, 500_000, 1_000_003],
+            &[3, 5, 999_999],
+            &[0, 0, 0, 5000, 5000, 70_001],
+        ];
+        for offsets in cases {
+            for sm_count in [1u32, 7, 132] {
+                let nseg = offsets.len() - 1;
+                let total = offsets[nseg];
+                let (chunk, blocks) = segment_grid(total, sm_count);
+                let mut seen = vec![0u8; total as usize];
+                for block in 0..blocks as u64 {
+                    let mut c0 = block * chunk;
+                    while c0 < total {
+                        let c1 = (c0 + chunk).min(total);
+                        let (mut lo, mut hi) = (0usize, nseg);
+                        while lo < hi {
+                            let mid = (lo + hi) / 2;
+                            if offsets[mid + 1] > c0 {
+                                hi = mid;
+                            } else {
+                                lo = mid + 1;
+                            }
+                        }
+                        let mut s = lo;
+                        while s < nseg && offsets[s] < c1 {
+                            let (s0, s1) = (offsets[s].max(c0), offsets[s + 1].min(c1));
+                            for i in s0..s1 {
+                                assert!(offsets[s] <= i && i < offsets[s + 1]);
+                                seen[i as usize] += 1;
+                            }
+                            s += 1;
+                        }
+                        c0 += blocks as u64 * chunk;
+                    }
+                }
+                for (i, &n) in seen.iter().enumerate() {
+                    let inside = i as u64 >= offsets[0];
+                    assert_eq!(
+                        n, inside as u8,
+                        "offsets {offsets:?} sm {sm_count} element {i}"
+                    );
+                }
+            }
+        }
     }
 }
