@@ -27,6 +27,7 @@ pub mod backend;
 pub mod cka;
 pub mod error;
 pub mod ffi;
+pub mod rng;
 pub mod tensor;
 
 pub use backend::{Backend, BackendChoice, Context};

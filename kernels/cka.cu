@@ -1,0 +1,129 @@
+// CKA kernels: the O(n p) work around the cuBLAS Gram and cross products: column sums,
+// centering, row norms and Frobenius norms. Names are <op>_<dtype>.
+//
+// Matrices are row-major, rows = samples, cols = features, row starts `stride` elements apart.
+// Sums accumulate in f64; a shift vector (a reference mean) is subtracted first so that data
+// with a large offset does not cancel catastrophically.
+#include "common.cuh"
+
+// Column tile of colsum: 32 columns (one warp reads 32 consecutive elements of a row) by 8 rows.
+#define TL_COLSUM_W 32
+#define TL_COLSUM_H 8
+
+// out[c] += sum over rows r of (x[r, c] - shift[c]) (shift may be NULL), in f64. Block
+// (32, 8); blockIdx.x walks column tiles, blockIdx.y chunks of rows_per_block rows; each block
+// adds one partial per column with an atomic. out must be zeroed first.
+template <typename T>
+__device__ void colsum_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+                            const double* shift, double* out, tl_u64 rows_per_block) {
+    typedef tl_elem<T> E;
+    __shared__ double partial[TL_COLSUM_H][TL_COLSUM_W + 1];
+    const unsigned tx = threadIdx.x, ty = threadIdx.y;
+    for (tl_u64 r0 = (tl_u64)blockIdx.y * rows_per_block; r0 < rows;
+         r0 += (tl_u64)gridDim.y * rows_per_block) {
+        const tl_u64 r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+        for (tl_u64 tile = blockIdx.x; tile * TL_COLSUM_W < cols; tile += gridDim.x) {
+            const tl_u64 c = tile * TL_COLSUM_W + tx;
+            double s = 0.0;
+            if (c < cols) {
+                const double sh = shift != 0 ? shift[c] : 0.0;
+                for (tl_u64 r = r0 + ty; r < r1; r += TL_COLSUM_H) {
+                    s += E::to_f64(x[r * stride + c]) - sh;
+                }
+            }
+            partial[ty][tx] = s;
+            __syncthreads();
+            if (ty == 0) {
+                double t = 0.0;
+#pragma unroll
+                for (int k = 0; k < TL_COLSUM_H; ++k) {
+                    t += partial[k][tx];
+                }
+                if (c < cols) {
+                    atomicAdd(out + c, t);
+                }
+            }
+            __syncthreads();  // partial is rewritten by the next tile
+        }
+    }
+}
+
+// y[r, c] = x[r, c] - shift[c] (shift may be NULL), computed in f64 and rounded once to the
+// output type; y is contiguous (row stride = cols). blockIdx.y walks rows, x columns.
+template <typename T, typename O>
+__device__ void center_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+                            const double* shift, O* y) {
+    for (tl_u64 r = blockIdx.y; r < rows; r += gridDim.y) {
+        TL_GRID_STRIDE(c, cols) {
+            const double sh = shift != 0 ? shift[c] : 0.0;
+            y[r * cols + c] = (O)(tl_elem<T>::to_f64(x[r * stride + c]) - sh);
+        }
+    }
+}
+
+// out[r] = sum over c of x[r, c]^2, in f64. One warp per row; blocks of a multiple of 32
+// threads; warps walk rows grid-stride.
+template <typename T>
+__device__ void row_sqnorms_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+                                 double* out) {
+    const unsigned lane = threadIdx.x & 31u;
+    const tl_u64 warps = ((tl_u64)gridDim.x * blockDim.x) >> 5;
+    for (tl_u64 r = ((tl_u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows; r += warps) {
+        double s = 0.0;
+        for (tl_u64 c = lane; c < cols; c += 32) {
+            const double v = tl_elem<T>::to_f64(x[r * stride + c]);
+            s = fma(v, v, s);
+        }
+        s = tl_warp_sum(s);
+        if (lane == 0u) {
+            out[r] = s;
+        }
+    }
+}
+
+// out[0] += sum of x[r, c]^2 over the whole matrix, in f64 (Frobenius norm squared). 1-D blocks
+// of a multiple of 32 threads; blockIdx.y walks rows, x columns. out must be zeroed first.
+template <typename T>
+__device__ void sumsq_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* out) {
+    double s = 0.0;
+    for (tl_u64 r = blockIdx.y; r < rows; r += gridDim.y) {
+        TL_GRID_STRIDE(c, cols) {
+            const double v = tl_elem<T>::to_f64(x[r * stride + c]);
+            s = fma(v, v, s);
+        }
+    }
+    s = tl_block_sum(s);
+    if (threadIdx.x == 0) {
+        atomicAdd(out, s);
+    }
+}
+
+#define TL_CKA_OPS(NAME, T)                                                                  \
+    extern "C" __global__ void colsum_##NAME(const T* x, tl_u64 rows, tl_u64 cols,           \
+                                             tl_u64 stride, const double* shift, double* out, \
+                                             tl_u64 rows_per_block) {                        \
+        colsum_impl<T>(x, rows, cols, stride, shift, out, rows_per_block);                   \
+    }                                                                                        \
+    extern "C" __global__ void center_##NAME##_to_f32(const T* x, tl_u64 rows, tl_u64 cols,  \
+                                                      tl_u64 stride, const double* shift,    \
+                                                      float* y) {                            \
+        center_impl<T, float>(x, rows, cols, stride, shift, y);                              \
+    }                                                                                        \
+    extern "C" __global__ void center_##NAME##_to_f64(const T* x, tl_u64 rows, tl_u64 cols,  \
+                                                      tl_u64 stride, const double* shift,    \
+                                                      double* y) {                           \
+        center_impl<T, double>(x, rows, cols, stride, shift, y);                             \
+    }                                                                                        \
+    extern "C" __global__ void row_sqnorms_##NAME(const T* x, tl_u64 rows, tl_u64 cols,      \
+                                                  tl_u64 stride, double* out) {              \
+        row_sqnorms_impl<T>(x, rows, cols, stride, out);                                     \
+    }                                                                                        \
+    extern "C" __global__ void sumsq_##NAME(const T* x, tl_u64 rows, tl_u64 cols,            \
+                                            tl_u64 stride, double* out) {                    \
+        sumsq_impl<T>(x, rows, cols, stride, out);                                           \
+    }
+
+TL_CKA_OPS(f32, float)
+TL_CKA_OPS(f64, double)
+TL_CKA_OPS(f16, tl_f16)
+TL_CKA_OPS(bf16, tl_bf16)

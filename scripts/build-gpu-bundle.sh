@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the GPU test binaries in release mode and copies them into gpu-bundle/ with a manifest,
+# so that scripts/gpu-check.sh can run them on a GPU machine that has no Rust toolchain (same
+# CPU architecture and a glibc at least as new as this machine's).
+#
+# Usage: scripts/build-gpu-bundle.sh [cargo target selection]
+#   default selection: --lib --test cuda --test nvrtc
+#   e.g. add "--bench NAME" to bundle a criterion bench, which gpu-check.sh then runs with --bench
+# Output: gpu-bundle/bin/<name> and gpu-bundle/manifest.txt, one "<name> <path> [arguments]"
+# line per binary (path relative to gpu-bundle/). gpu-bundle/ is ignored by git.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$#" -gt 0 ]; then
+    selection=("$@")
+else
+    selection=(--lib --test cuda --test nvrtc)
+fi
+
+bundle=gpu-bundle
+rm -rf "$bundle"
+mkdir -p "$bundle/bin"
+
+# cargo reports each built executable as a one-line JSON message with an "executable" field;
+# test harnesses have "test":true in their profile (plain binaries, built for the integration
+# tests, do not).
+json=$(cargo test --release --no-run --message-format=json "${selection[@]}")
+mapfile -t artifacts < <(printf '%s\n' "$json" | grep '"reason":"compiler-artifact"' |
+    grep '"test":true},"features"' | grep '"executable":"')
+if [ "${#artifacts[@]}" -eq 0 ]; then
+    echo "build-gpu-bundle: cargo built no test executables for: ${selection[*]}" >&2
+    exit 1
+fi
+
+: >"$bundle/manifest.txt"
+for line in "${artifacts[@]}"; do
+    exe=$(printf '%s' "$line" | grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//')
+    # A bench target runs its measurements with --bench; tests run with --nocapture.
+    args=--nocapture
+    if printf '%s' "$line" | grep -q '"kind":\["bench"\]'; then
+        args=--bench
+    fi
+    # target/release/deps/cuda-0123456789abcdef -> cuda
+    name=$(basename "$exe" | sed 's/-[0-9a-f]\{16\}$//')
+    cp "$exe" "$bundle/bin/$name"
+    # Debug info is not needed to run the tests and would make the bundle large.
+    if command -v strip >/dev/null; then
+        strip --strip-debug "$bundle/bin/$name"
+    fi
+    echo "$name bin/$name $args" >>"$bundle/manifest.txt"
+done
+
+git rev-parse --short HEAD >"$bundle/commit.txt" 2>/dev/null || true
+echo "gpu-bundle: ${#artifacts[@]} binaries, $(du -sh "$bundle" | cut -f1)"
+cat "$bundle/manifest.txt"

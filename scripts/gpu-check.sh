@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Runs the prebuilt test binaries of gpu-bundle/ (see scripts/build-gpu-bundle.sh) on a machine
+# with a CUDA GPU, requiring the device and NVRTC (TL_REQUIRE_CUDA=1, TL_REQUIRE_NVRTC=1: a
+# test that would skip fails instead), and prints one line per binary: passed or failed, the
+# number of tests, seconds. Needs no Rust toolchain. Exit status: 0 when every binary passed.
+#
+# Usage: scripts/gpu-check.sh [bundle folder, default gpu-bundle] [extra test-binary arguments]
+# Logs: <bundle>/logs/<name>.log (or $TL_GPU_LOG_DIR).
+#
+# libnvrtc.so.13 must be loadable: from the CUDA 13 toolkit, or from the pip package
+# nvidia-cuda-nvrtc. If the dynamic loader does not find it, the script looks in $CUDA_HOME,
+# /usr/local/cuda and the nvidia packages of python3, and adds the folder to LD_LIBRARY_PATH.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bundle=${1:-$root/gpu-bundle}
+shift || true
+manifest=$bundle/manifest.txt
+if [ ! -f "$manifest" ]; then
+    echo "gpu-check: $manifest not found; build it with scripts/build-gpu-bundle.sh" >&2
+    exit 2
+fi
+logs=${TL_GPU_LOG_DIR:-$bundle/logs}
+mkdir -p "$logs"
+
+export TL_REQUIRE_CUDA=1 TL_REQUIRE_NVRTC=1
+
+find_nvrtc() {
+    if ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.13'; then
+        return 0
+    fi
+    local d
+    for d in ${LD_LIBRARY_PATH:+${LD_LIBRARY_PATH//:/ }}; do
+        [ -e "$d/libnvrtc.so.13" ] && return 0
+    done
+    local candidates=("${CUDA_HOME:-/nonexistent}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64)
+    if command -v python3 >/dev/null; then
+        while IFS= read -r d; do candidates+=("$d"); done < <(python3 - <<'PY' 2>/dev/null
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+for r in roots:
+    for p in glob.glob(os.path.join(r, "nvidia", "*", "lib")) + glob.glob(os.path.join(r, "nvidia", "cuda_nvrtc", "lib")):
+        print(p)
+PY
+        )
+    fi
+    for d in "${candidates[@]}"; do
+        if [ -e "$d/libnvrtc.so.13" ]; then
+            export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            echo "gpu-check: libnvrtc.so.13 from $d"
+            return 0
+        fi
+    done
+    echo "gpu-check: libnvrtc.so.13 not found; the NVRTC and CUDA tests will fail" >&2
+}
+find_nvrtc
+
+# ptxas, when present, turns on the register/spill report of the nvrtc test.
+if [ -z "${TL_PTXAS:-}" ]; then
+    for p in "$(command -v ptxas 2>/dev/null)" "${CUDA_HOME:-/nonexistent}/bin/ptxas" /usr/local/cuda/bin/ptxas; do
+        if [ -n "$p" ] && [ -x "$p" ]; then
+            export TL_PTXAS=$p
+            break
+        fi
+    done
+fi
+
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu-check: GPU: /'
+fi
+[ -f "$bundle/commit.txt" ] && echo "gpu-check: bundle built from commit $(cat "$bundle/commit.txt")"
+
+results=()
+failed=0
+while read -r name path manifest_args; do
+    [ -z "$name" ] && continue
+    # Arguments: from the manifest (--nocapture for tests, --bench for benches), then the
+    # script's extra arguments.
+    read -r -a args <<<"${manifest_args:---nocapture}"
+    bin=$bundle/$path
+    log=$logs/$name.log
+    start=$(date +%s.%N)
+    if [ -x "$bin" ]; then
+        "$bin" "${args[@]}" "$@" >"$log" 2>&1
+        rc=$?
+    else
+        echo "missing or not executable: $bin" >"$log"
+        rc=127
+    fi
+    end=$(date +%s.%N)
+    secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+    # "test result: ok. 9 passed; 0 failed; ..." (one line per harness run)
+    tests=$(grep -o '[0-9]* passed; [0-9]* failed' "$log" | awk '{ p += $1; f += $3 } END { printf "%d passed, %d failed", p, f }')
+    if [ "$rc" -eq 0 ]; then status=passed; else status="FAILED (exit $rc)"; failed=1; fi
+    results+=("$(printf '%-16s %-18s %-24s %8s' "$name" "$status" "$tests" "$secs")")
+    # Keep the lines a reader needs: kernel counts, ptxas verdict, skips; failures when failed
+    # (some passing tests panic on purpose, inside a panic boundary).
+    pattern='NVRTC [0-9]|compiled [0-9]+ kernels|ptxas sm_90: |skipped|device 0: '
+    [ "$rc" -ne 0 ] && pattern="$pattern|panicked|FAILED|assertion|left:|right:"
+    grep -E "$pattern" "$log" | head -40 | sed "s/^/  [$name] /"
+done <"$manifest"
+
+echo
+printf '%-16s %-18s %-24s %8s\n' "binary" "result" "tests" "seconds"
+printf '%s\n' "${results[@]}"
+exit "$failed"

@@ -1,0 +1,863 @@
+//! A CUDA device: its primary context, a stream of our own, the kernels compiled for it, and
+//! the device-side primitives built from them.
+//!
+//! The primary context is the one the CUDA runtime uses, so memory allocated by PyTorch,
+//! libtorch, CUDA.jl or Go code on the same device is valid here. All work is queued on the
+//! device's own stream in call order; results are read back by [`CudaDevice::download`], which
+//! waits for the stream. Launches are checked as they are queued; an error inside a kernel
+//! surfaces at the next synchronisation (set `TL_CUDA_SYNC=1` to synchronise after every launch
+//! and get the failing kernel's name).
+//!
+//! Kernels are compiled by NVRTC at the first launch into machine code (CUBIN) for the device's
+//! compute capability, and cached for the process, keyed by capability. CUBIN rather than PTX:
+//! a CUDA 13.x libnvrtc writes PTX of its own ISA version, which an older CUDA 13 driver cannot
+//! load, while its CUBIN loads on any CUDA 13 driver. Where NVRTC cannot target the device's
+//! architecture as machine code, PTX for it is tried next.
+
+use super::kernels;
+use crate::error::{fail, Error, Result};
+use crate::tensor::{DType, Element};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
+};
+use half::{bf16, f16};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Threads per block of the 1-D kernels (a multiple of 32, as the block reductions need).
+const BLOCK: u32 = 256;
+/// Resident blocks aimed for per multiprocessor by grid-stride kernels.
+const BLOCKS_PER_SM: u32 = 8;
+
+/// `"call: CUDA_ERROR_NAME: message"` for a failed driver call.
+pub(crate) fn describe(call: &str, e: &DriverError) -> String {
+    let name = e.error_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("{:?}", e.0));
+    let text = e.error_string().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| "no description".into());
+    format!("{call} failed: {name}: {text}")
+}
+
+/// Maps a driver error of `call` to [`Error::Device`].
+pub(crate) fn device_err(call: &str) -> impl Fn(DriverError) -> Error + '_ {
+    move |e| Error::Device(describe(call, &e))
+}
+
+/// A storage type the kernels accept: f32, f64, f16, bf16.
+///
+/// f16 and bf16 travel as their 16-bit patterns (`Bits = u16`); `Acc` is the arithmetic type of
+/// the kernels (f32, or f64 for f64 data).
+pub trait DeviceElement: Element {
+    type Bits: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + 'static;
+    type Acc: DeviceRepr + Copy;
+    /// The kernel name suffix: `"f32"`, `"f64"`, `"f16"`, `"bf16"`.
+    const SUFFIX: &'static str;
+    fn as_bits(data: &[Self]) -> &[Self::Bits];
+    fn from_bits(bits: Vec<Self::Bits>) -> Vec<Self>;
+    fn acc(v: f64) -> Self::Acc;
+}
+
+impl DeviceElement for f32 {
+    type Bits = f32;
+    type Acc = f32;
+    const SUFFIX: &'static str = "f32";
+    fn as_bits(data: &[Self]) -> &[f32] {
+        data
+    }
+    fn from_bits(bits: Vec<f32>) -> Vec<Self> {
+        bits
+    }
+    fn acc(v: f64) -> f32 {
+        v as f32
+    }
+}
+
+impl DeviceElement for f64 {
+    type Bits = f64;
+    type Acc = f64;
+    const SUFFIX: &'static str = "f64";
+    fn as_bits(data: &[Self]) -> &[f64] {
+        data
+    }
+    fn from_bits(bits: Vec<f64>) -> Vec<Self> {
+        bits
+    }
+    fn acc(v: f64) -> f64 {
+        v
+    }
+}
+
+impl DeviceElement for f16 {
+    type Bits = u16;
+    type Acc = f32;
+    const SUFFIX: &'static str = "f16";
+    fn as_bits(data: &[Self]) -> &[u16] {
+        half::slice::HalfFloatSliceExt::reinterpret_cast(data)
+    }
+    fn from_bits(bits: Vec<u16>) -> Vec<Self> {
+        bits.into_iter().map(f16::from_bits).collect()
+    }
+    fn acc(v: f64) -> f32 {
+        v as f32
+    }
+}
+
+impl DeviceElement for bf16 {
+    type Bits = u16;
+    type Acc = f32;
+    const SUFFIX: &'static str = "bf16";
+    fn as_bits(data: &[Self]) -> &[u16] {
+        half::slice::HalfFloatSliceExt::reinterpret_cast(data)
+    }
+    fn from_bits(bits: Vec<u16>) -> Vec<Self> {
+        bits.into_iter().map(bf16::from_bits).collect()
+    }
+    fn acc(v: f64) -> f32 {
+        v as f32
+    }
+}
+
+/// Elements of type `T` in the memory of one [`CudaDevice`]: either allocated here (freed on
+/// drop) or borrowed from another library with [`CudaDevice::wrap_device_ptr`] (left alone on
+/// drop).
+pub struct DeviceBuffer<T: DeviceElement> {
+    slice: ManuallyDrop<CudaSlice<T::Bits>>,
+    borrowed: bool,
+    _t: PhantomData<T>,
+}
+
+impl<T: DeviceElement> Drop for DeviceBuffer<T> {
+    fn drop(&mut self) {
+        // SAFETY: the slice is taken exactly once, here.
+        let slice = unsafe { ManuallyDrop::take(&mut self.slice) };
+        if self.borrowed {
+            // Not ours to free: release cudarc's bookkeeping only.
+            let _ = slice.leak();
+        } else {
+            drop(slice);
+        }
+    }
+}
+
+impl<T: DeviceElement> DeviceBuffer<T> {
+    fn owned(slice: CudaSlice<T::Bits>) -> Self {
+        DeviceBuffer { slice: ManuallyDrop::new(slice), borrowed: false, _t: PhantomData }
+    }
+    /// The device address of the first element, for handing the buffer to other CUDA code.
+    pub fn device_ptr(&self) -> u64 {
+        let (ptr, _sync) = self.slice.device_ptr(self.slice.stream());
+        ptr
+    }
+    /// Whether the memory belongs to another library (see [`CudaDevice::wrap_device_ptr`]).
+    pub fn is_borrowed(&self) -> bool {
+        self.borrowed
+    }
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+    pub fn dtype(&self) -> DType {
+        T::DTYPE
+    }
+}
+
+impl<T: DeviceElement> std::fmt::Debug for DeviceBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuffer<{}>[{}]", T::SUFFIX, self.len())
+    }
+}
+
+/// Shape of a row-major matrix in a device buffer: `rows` x `cols`, rows `stride` elements
+/// apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatrixShape {
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+impl MatrixShape {
+    /// A contiguous `rows` x `cols` shape.
+    pub fn contiguous(rows: usize, cols: usize) -> Self {
+        MatrixShape { rows, cols, stride: cols }
+    }
+
+    /// Checks the shape against a buffer of `len` elements; `what` names the argument.
+    fn check(&self, len: usize, what: &str) -> Result<()> {
+        if self.cols == 0 || self.rows == 0 {
+            fail!(InvalidArgument, "{what}: a matrix of {} x {} has no elements", self.rows, self.cols);
+        }
+        if self.stride < self.cols {
+            fail!(InvalidArgument, "{what}: row stride {} is smaller than cols {}", self.stride, self.cols);
+        }
+        let span = (self.rows - 1).checked_mul(self.stride).and_then(|s| s.checked_add(self.cols));
+        match span {
+            Some(n) if n <= len => Ok(()),
+            _ => fail!(
+                ShapeMismatch,
+                "{what}: a {} x {} matrix with row stride {} needs {} elements, the buffer holds {len}",
+                self.rows,
+                self.cols,
+                self.stride,
+                span.map_or("too many".to_string(), |n| n.to_string())
+            ),
+        }
+    }
+}
+
+/// Per-segment sums of squares from [`CudaDevice::segment_sumsq`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentSums {
+    /// `sum (a - b)^2` per segment, when `b` was given.
+    pub diff: Option<Vec<f64>>,
+    /// `sum a^2` per segment, when asked for.
+    pub a: Option<Vec<f64>>,
+}
+
+/// Compiled kernel files per compute capability.
+type CodeCache = Mutex<HashMap<(i32, i32), Arc<Vec<kernels::CompiledFile>>>>;
+
+/// Compiled kernels per compute capability, shared by every device of the process.
+fn code_cache() -> &'static CodeCache {
+    static CACHE: OnceLock<CodeCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn compiled_for(capability: (i32, i32)) -> Result<Arc<Vec<kernels::CompiledFile>>> {
+    // A poisoned lock only means another thread panicked while compiling; the map is intact.
+    let mut cache = code_cache().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(files) = cache.get(&capability) {
+        return Ok(files.clone());
+    }
+    let (major, minor) = capability;
+    let files = kernels::compile_all(major, minor, kernels::Output::Cubin).or_else(|cubin_err| {
+        kernels::compile_all(major, minor, kernels::Output::Ptx).map_err(|ptx_err| {
+            Error::Device(format!(
+                "kernels could not be compiled for sm_{major}{minor}: as CUBIN: {cubin_err}; as PTX: {ptx_err}"
+            ))
+        })
+    })?;
+    let files = Arc::new(files);
+    cache.insert(capability, files.clone());
+    Ok(files)
+}
+
+/// One CUDA device, on its primary context, with its own stream.
+///
+/// Thread safety: `Send + Sync`; calls from several threads are queued on the one stream in an
+/// unspecified order. Use one `CudaDevice` per thread for independent work.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    ordinal: usize,
+    name: String,
+    capability: (i32, i32),
+    sm_count: u32,
+    functions: OnceLock<Result<HashMap<String, CudaFunction>>>,
+    sync_launches: bool,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("ordinal", &self.ordinal)
+            .field("name", &self.name)
+            .field("capability", &self.capability)
+            .field("sm_count", &self.sm_count)
+            .finish()
+    }
+}
+
+impl CudaDevice {
+    /// Device `ordinal` on its primary context. [`Error::DeviceUnavailable`] when there is no
+    /// driver or no such device.
+    pub fn new(ordinal: i32) -> Result<Self> {
+        super::check_device(ordinal)?;
+        let ordinal = ordinal as usize;
+        let ctx = CudaContext::new(ordinal).map_err(device_err("cuDevicePrimaryCtxRetain"))?;
+        let stream = ctx.new_stream().map_err(device_err("cuStreamCreate"))?;
+        let name = ctx.name().map_err(device_err("cuDeviceGetName"))?;
+        let capability = ctx.compute_capability().map_err(device_err("cuDeviceGetAttribute(compute capability)"))?;
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(device_err("cuDeviceGetAttribute(multiprocessor count)"))?
+            .max(1) as u32;
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            ordinal,
+            name,
+            capability,
+            sm_count,
+            functions: OnceLock::new(),
+            sync_launches: std::env::var("TL_CUDA_SYNC").is_ok_and(|v| v == "1"),
+        })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    /// The device's name, e.g. `"NVIDIA H100 80GB HBM3"`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Compute capability (major, minor).
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
+    }
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+
+    /// Compiles (or takes from the process cache) and loads every kernel. Called by the first
+    /// launch; call it earlier to move the compile time out of a measurement.
+    pub fn load_kernels(&self) -> Result<()> {
+        self.functions_map().map(|_| ())
+    }
+
+    fn functions_map(&self) -> Result<&HashMap<String, CudaFunction>> {
+        self.functions
+            .get_or_init(|| {
+                let files = compiled_for(self.capability)?;
+                let mut map = HashMap::new();
+                for file in files.iter() {
+                    let image = match file.output {
+                        kernels::Output::Cubin => cudarc::nvrtc::Ptx::from_binary(file.code.clone()),
+                        kernels::Output::Ptx => {
+                            cudarc::nvrtc::Ptx::from_src(String::from_utf8_lossy(&file.code).into_owned())
+                        }
+                    };
+                    let module = self
+                        .ctx
+                        .load_module(image)
+                        .map_err(|e| Error::Device(describe(&format!("cuModuleLoadData({})", file.file), &e)))?;
+                    for k in &file.kernels {
+                        let f = module
+                            .load_function(k)
+                            .map_err(|e| Error::Device(describe(&format!("cuModuleGetFunction({k})"), &e)))?;
+                        map.insert(k.clone(), f);
+                    }
+                }
+                Ok(map)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn function(&self, name: &str) -> Result<&CudaFunction> {
+        self.functions_map()?
+            .get(name)
+            .ok_or_else(|| Error::Panic(format!("kernel {name} is not among the compiled kernels")))
+    }
+
+    /// Checks a queued launch; with `TL_CUDA_SYNC=1` also waits for it, so that a fault inside
+    /// the kernel is reported with the kernel's name.
+    fn launched(&self, kernel: &str, r: std::result::Result<(), DriverError>) -> Result<()> {
+        r.map_err(|e| Error::Device(describe(&format!("launch of {kernel}"), &e)))?;
+        if self.sync_launches {
+            self.stream.synchronize().map_err(|e| Error::Device(describe(&format!("kernel {kernel}"), &e)))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for all queued work; reports an error raised by any kernel since the last wait.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(device_err("cuStreamSynchronize"))
+    }
+
+    /// A grid for `work` independent items of a grid-stride kernel with 1-D blocks.
+    fn grid_1d(&self, work: u64) -> LaunchConfig {
+        let cap = (self.sm_count * BLOCKS_PER_SM) as u64;
+        let blocks = work.div_ceil(BLOCK as u64).clamp(1, cap) as u32;
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// A grid for a row-by-column grid-stride kernel (x over columns, y over rows).
+    fn grid_2d(&self, shape: MatrixShape) -> LaunchConfig {
+        let target = (self.sm_count * BLOCKS_PER_SM) as u64;
+        let gx = (shape.cols as u64).div_ceil(BLOCK as u64).clamp(1, target);
+        let gy = (target / gx).clamp(1, 65_535).min(shape.rows as u64).max(1);
+        LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    // ---- memory -------------------------------------------------------------------------------
+
+    /// Copies host data to a new device buffer.
+    pub fn upload<T: DeviceElement>(&self, data: &[T]) -> Result<DeviceBuffer<T>> {
+        let slice = self.stream.clone_htod(T::as_bits(data)).map_err(device_err("cuMemcpyHtoDAsync"))?;
+        Ok(DeviceBuffer::owned(slice))
+    }
+
+    /// A new device buffer of `len` zeros.
+    pub fn zeros<T: DeviceElement>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        let slice = self.stream.alloc_zeros::<T::Bits>(len).map_err(device_err("cuMemAlloc/cuMemsetD8Async"))?;
+        Ok(DeviceBuffer::owned(slice))
+    }
+
+    /// Uses `len` elements of `T` at device address `ptr`, allocated by other code (PyTorch,
+    /// libtorch, CUDA.jl, ...) on this device, in place: no copy, and the memory is not freed
+    /// when the buffer is dropped. The address must belong to this device (checked with
+    /// cuPointerGetAttribute) and be aligned for `T`.
+    ///
+    /// # Safety
+    /// `ptr` must address at least `len` elements of `T`, stay allocated while the buffer
+    /// lives, and not be written by other streams while this device's stream uses it: finish
+    /// (synchronise) the producer's work before the call.
+    pub unsafe fn wrap_device_ptr<T: DeviceElement>(&self, ptr: u64, len: usize) -> Result<DeviceBuffer<T>> {
+        if ptr == 0 {
+            fail!(NullArgument, "ptr: device address is NULL");
+        }
+        let align = std::mem::align_of::<T::Bits>() as u64;
+        if ptr % align != 0 {
+            fail!(InvalidArgument, "ptr: device address {ptr:#x} is not aligned to {align} bytes for {}", T::SUFFIX);
+        }
+        if len.checked_mul(std::mem::size_of::<T::Bits>()).is_none() {
+            fail!(InvalidArgument, "len: {len} elements overflow the address space");
+        }
+        self.ctx.bind_to_thread().map_err(device_err("cuCtxSetCurrent"))?;
+        let mut ordinal: i32 = -1;
+        // SAFETY: DEVICE_ORDINAL writes one int; any address may be queried.
+        unsafe {
+            cudarc::driver::sys::cuPointerGetAttribute(
+                (&mut ordinal as *mut i32).cast(),
+                cudarc::driver::sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                ptr,
+            )
+        }
+        .result()
+        .map_err(|e| {
+            Error::InvalidArgument(format!(
+                "ptr: {ptr:#x} is not CUDA memory ({})",
+                describe("cuPointerGetAttribute", &e)
+            ))
+        })?;
+        if ordinal != self.ordinal as i32 {
+            fail!(InvalidArgument, "ptr: {ptr:#x} is memory of CUDA device {ordinal}, this is device {}", self.ordinal);
+        }
+        // SAFETY: the caller guarantees the allocation; Drop leaks it instead of freeing.
+        let slice = unsafe { self.stream.upgrade_device_ptr::<T::Bits>(ptr, len) };
+        Ok(DeviceBuffer { slice: ManuallyDrop::new(slice), borrowed: true, _t: PhantomData })
+    }
+
+    /// Copies a device buffer to the host (waits for the queued work it depends on).
+    pub fn download<T: DeviceElement>(&self, buf: &DeviceBuffer<T>) -> Result<Vec<T>> {
+        let bits = self.stream.clone_dtoh(&*buf.slice).map_err(device_err("cuMemcpyDtoHAsync"))?;
+        self.synchronize()?;
+        Ok(T::from_bits(bits))
+    }
+
+    /// Sets every element of `buf` to zero.
+    pub fn fill_zeros<T: DeviceElement>(&self, buf: &mut DeviceBuffer<T>) -> Result<()> {
+        self.stream.memset_zeros(&mut *buf.slice).map_err(device_err("cuMemsetD8Async"))
+    }
+
+    // ---- weight space -------------------------------------------------------------------------
+
+    /// `out = (1 - lambda) a + lambda b`, elementwise, computed as `fma(l, b, (1 - l) a)` in f32
+    /// (f64 for f64 data) with `l = lambda` rounded to that type, then rounded once to `T`.
+    /// `lambda = 0` and `1` copy `a` and `b` bit for bit. Any finite lambda is allowed
+    /// (extrapolation).
+    pub fn lerp<T: DeviceElement>(
+        &self,
+        a: &DeviceBuffer<T>,
+        b: &DeviceBuffer<T>,
+        lambda: f64,
+        out: &mut DeviceBuffer<T>,
+    ) -> Result<()> {
+        if !lambda.is_finite() {
+            fail!(InvalidArgument, "lambda: interpolation weight must be finite, got {lambda}");
+        }
+        same_len(&[("a", a.len()), ("b", b.len()), ("out", out.len())])?;
+        let n = a.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let name = format!("lerp_{}", T::SUFFIX);
+        let f = self.function(&name)?;
+        let l = T::acc(lambda);
+        let (pa, _ga) = a.slice.device_ptr(&self.stream);
+        let (pb, _gb) = b.slice.device_ptr(&self.stream);
+        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(&po).arg(&pa).arg(&pb).arg(&n).arg(&l);
+        // SAFETY: the kernel's parameters are (T*, const T*, const T*, u64, acc), matched above;
+        // the three buffers hold n elements each.
+        let r = unsafe { launch.launch(self.grid_1d(n)) }.map(|_| ());
+        self.launched(&name, r)
+    }
+
+    /// The fused perturbation of module criticality:
+    /// `out[e] = (1 - alpha) theta0[e] + alpha theta_f[e] + sigma z(seed, stream, index0 + e)`,
+    /// with `z` the Philox normals of [`crate::rng`], computed in f32 (f64 for f64 data) and
+    /// rounded once to `T`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn perturb<T: DeviceElement>(
+        &self,
+        theta0: &DeviceBuffer<T>,
+        theta_f: &DeviceBuffer<T>,
+        alpha: f64,
+        sigma: f64,
+        seed: u64,
+        stream: u64,
+        index0: u64,
+        out: &mut DeviceBuffer<T>,
+    ) -> Result<()> {
+        if !alpha.is_finite() {
+            fail!(InvalidArgument, "alpha: must be finite, got {alpha}");
+        }
+        if !sigma.is_finite() || sigma < 0.0 {
+            fail!(InvalidArgument, "sigma: noise scale must be finite and >= 0, got {sigma}");
+        }
+        same_len(&[("theta0", theta0.len()), ("theta_f", theta_f.len()), ("out", out.len())])?;
+        let n = theta0.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        if index0.checked_add(n).is_none() {
+            fail!(InvalidArgument, "index0: noise indices {index0} + {n} elements overflow 64 bits");
+        }
+        let name = format!("perturb_{}", T::SUFFIX);
+        let f = self.function(&name)?;
+        let (a, s) = (T::acc(alpha), T::acc(sigma));
+        let (p0, _g0) = theta0.slice.device_ptr(&self.stream);
+        let (pf, _gf) = theta_f.slice.device_ptr(&self.stream);
+        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
+        let blocks = ((index0 + n - 1) >> 2) - (index0 >> 2) + 1;
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(&po).arg(&p0).arg(&pf).arg(&n).arg(&a).arg(&s).arg(&seed).arg(&stream).arg(&index0);
+        // SAFETY: parameters (T*, const T*, const T*, u64, acc, acc, u64, u64, u64) as above;
+        // each buffer holds n elements.
+        let r = unsafe { launch.launch(self.grid_1d(blocks)) }.map(|_| ());
+        self.launched(&name, r)
+    }
+
+    /// Standard normals of `crate::rng`'s stream into `out` (elements `index0 ..`), computed
+    /// on the device in f32.
+    pub fn normals_f32(&self, seed: u64, stream: u64, index0: u64, out: &mut DeviceBuffer<f32>) -> Result<()> {
+        self.normals("normals_f32", seed, stream, index0, &mut out.slice)
+    }
+
+    /// As [`Self::normals_f32`], computed in f64.
+    pub fn normals_f64(&self, seed: u64, stream: u64, index0: u64, out: &mut DeviceBuffer<f64>) -> Result<()> {
+        self.normals("normals_f64", seed, stream, index0, &mut out.slice)
+    }
+
+    fn normals<B>(&self, name: &str, seed: u64, stream: u64, index0: u64, out: &mut CudaSlice<B>) -> Result<()> {
+        let n = out.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        if index0.checked_add(n).is_none() {
+            fail!(InvalidArgument, "index0: noise indices {index0} + {n} elements overflow 64 bits");
+        }
+        let f = self.function(name)?;
+        let (po, _go) = out.device_ptr_mut(&self.stream);
+        let blocks = ((index0 + n - 1) >> 2) - (index0 >> 2) + 1;
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(&po).arg(&n).arg(&seed).arg(&stream).arg(&index0);
+        // SAFETY: parameters (A*, u64, u64, u64, u64); out holds n elements.
+        let r = unsafe { launch.launch(self.grid_1d(blocks)) }.map(|_| ());
+        self.launched(name, r)
+    }
+
+    /// Sums of squares per segment, all segments in one launch, accumulated in f64: segment
+    /// `s` covers elements `offsets[s] .. offsets[s + 1]`. Returns `sum (a - b)^2` per segment
+    /// when `b` is given and `sum a^2` when `with_norms_of_a`. The atomic accumulation makes
+    /// the last bits vary between runs.
+    pub fn segment_sumsq<T: DeviceElement>(
+        &self,
+        a: &DeviceBuffer<T>,
+        b: Option<&DeviceBuffer<T>>,
+        offsets: &[u64],
+        with_norms_of_a: bool,
+    ) -> Result<SegmentSums> {
+        if let Some(b) = b {
+            same_len(&[("a", a.len()), ("b", b.len())])?;
+        }
+        if offsets.len() < 2 {
+            fail!(InvalidArgument, "offsets: need at least 2 entries (one segment), got {}", offsets.len());
+        }
+        let nseg = offsets.len() - 1;
+        if nseg > u32::MAX as usize {
+            fail!(InvalidArgument, "offsets: {nseg} segments are too many");
+        }
+        if let Some(i) = (1..offsets.len()).find(|&i| offsets[i] < offsets[i - 1]) {
+            fail!(
+                InvalidArgument,
+                "offsets: must not decrease, but offsets[{i}] = {} < offsets[{}] = {}",
+                offsets[i],
+                i - 1,
+                offsets[i - 1]
+            );
+        }
+        let total = offsets[nseg];
+        if total > a.len() as u64 {
+            fail!(ShapeMismatch, "offsets: the last offset {total} is past the end of a ({} elements)", a.len());
+        }
+        if b.is_none() && !with_norms_of_a {
+            return Ok(SegmentSums { diff: None, a: None });
+        }
+        let name = format!("segment_sumsq_{}", T::SUFFIX);
+        let f = self.function(&name)?;
+        let offs = self.stream.clone_htod(offsets).map_err(device_err("cuMemcpyHtoDAsync(offsets)"))?;
+        let mut diff = self.stream.alloc_zeros::<f64>(nseg).map_err(device_err("cuMemAlloc(segment sums)"))?;
+        let mut norms = self.stream.alloc_zeros::<f64>(nseg).map_err(device_err("cuMemAlloc(segment sums)"))?;
+        let (chunk, blocks) = segment_grid(total, self.sm_count);
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let nseg32 = nseg as u32;
+        {
+            let (pa, _ga) = a.slice.device_ptr(&self.stream);
+            let b_ptr = b.map(|b| b.slice.device_ptr(&self.stream));
+            let pb = b_ptr.as_ref().map_or(0, |(p, _)| *p);
+            let (poff, _goff) = offs.device_ptr(&self.stream);
+            let (pd, _gd) = diff.device_ptr_mut(&self.stream);
+            let (pn, _gn) = norms.device_ptr_mut(&self.stream);
+            let pn = if with_norms_of_a { pn } else { 0 };
+            let mut launch = self.stream.launch_builder(f);
+            launch.arg(&pa).arg(&pb).arg(&poff).arg(&nseg32).arg(&chunk).arg(&pd).arg(&pn);
+            // SAFETY: parameters (const T*, const T* or NULL, const u64*, u32, u64, double*,
+            // double* or NULL); offsets are non-decreasing and end within a (and b).
+            let r = unsafe { launch.launch(cfg) }.map(|_| ());
+            self.launched(&name, r)?;
+        }
+        let fetch = |s: &CudaSlice<f64>| -> Result<Vec<f64>> {
+            let v = self.stream.clone_dtoh(s).map_err(device_err("cuMemcpyDtoHAsync(segment sums)"))?;
+            self.synchronize()?;
+            Ok(v)
+        };
+        Ok(SegmentSums {
+            diff: b.is_some().then(|| fetch(&diff)).transpose()?,
+            a: with_norms_of_a.then(|| fetch(&norms)).transpose()?,
+        })
+    }
+
+    /// `out = input` converted to `D`, rounded once to nearest even (f64 to f16 / bf16
+    /// correctly rounded, without passing through f32 rounding).
+    pub fn convert<S: DeviceElement, D: DeviceElement>(
+        &self,
+        input: &DeviceBuffer<S>,
+        out: &mut DeviceBuffer<D>,
+    ) -> Result<()> {
+        same_len(&[("input", input.len()), ("out", out.len())])?;
+        let n = input.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        if S::DTYPE == D::DTYPE {
+            fail!(InvalidArgument, "convert: input and out are both {}; copy instead", S::SUFFIX);
+        }
+        let name = format!("convert_{}_to_{}", S::SUFFIX, D::SUFFIX);
+        let f = self.function(&name)?;
+        let (pi, _gi) = input.slice.device_ptr(&self.stream);
+        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(&po).arg(&pi).arg(&n);
+        // SAFETY: parameters (D*, const S*, u64); both buffers hold n elements.
+        let r = unsafe { launch.launch(self.grid_1d(n)) }.map(|_| ());
+        self.launched(&name, r)
+    }
+
+    // ---- CKA ----------------------------------------------------------------------------------
+
+    /// Adds to `out[c]` the sum over rows of `x[r, c] - shift[c]` (shift 0 when `None`), in
+    /// f64. Adding (rather than overwriting) lets one accumulator run over several batches;
+    /// start from [`Self::zeros`].
+    pub fn colsum<T: DeviceElement>(
+        &self,
+        x: &DeviceBuffer<T>,
+        shape: MatrixShape,
+        shift: Option<&DeviceBuffer<f64>>,
+        out: &mut DeviceBuffer<f64>,
+    ) -> Result<()> {
+        shape.check(x.len(), "x")?;
+        check_vec(shift.map(|s| s.len()), shape.cols, "shift")?;
+        check_vec(Some(out.len()), shape.cols, "out")?;
+        let name = format!("colsum_{}", T::SUFFIX);
+        let f = self.function(&name)?;
+        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
+        let target = (self.sm_count * BLOCKS_PER_SM) as u64;
+        let gx = cols.div_ceil(32).clamp(1, 1024);
+        let gy = (target / gx).clamp(1, 65_535).min(rows.div_ceil(8)).max(1);
+        let rows_per_block = rows.div_ceil(gy).next_multiple_of(8);
+        let cfg = LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+        let (px, _gx) = x.slice.device_ptr(&self.stream);
+        let shift_ptr = shift.map(|s| s.slice.device_ptr(&self.stream));
+        let ps = shift_ptr.as_ref().map_or(0, |(p, _)| *p);
+        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(&px).arg(&rows).arg(&cols).arg(&stride).arg(&ps).arg(&po).arg(&rows_per_block);
+        // SAFETY: parameters (const T*, u64, u64, u64, const double* or NULL, double*, u64);
+        // the shape was checked against x, shift and out hold cols elements.
+        let r = unsafe { launch.launch(cfg) }.map(|_| ());
+        self.launched(&name, r)
+    }
+
+    /// `y[r, c] = x[r, c] - shift[c]` (shift 0 when `None`), computed in f64 and rounded once
+    /// to `O` (f32 or f64); `y` is contiguous, `rows * cols` elements.
+    pub fn center<T: DeviceElement, O: DeviceElement>(
+        &self,
+        x: &DeviceBuffer<T>,
+        shape: MatrixShape,
+        shift: Option<&DeviceBuffer<f64>>,
+        y: &mut DeviceBuffer<O>,
+    ) -> Result<()> {
+        shape.check(x.len(), "x")?;
+        check_vec(shift.map(|s| s.len()), shape.cols, "shift")?;
+        if !matches!(O::DTYPE, DType::F32 | DType::F64) {
+            fail!(UnsupportedDtype, "y: centered output must be f32 or f64, got {}", O::SUFFIX);
+        }
+        if y.len() != shape.rows * shape.cols {
+            fail!(
+                ShapeMismatch,
+                "y: needs rows * cols = {} elements, the buffer holds {}",
+                shape.rows * shape.cols,
+                y.len()
+            );
+        }
+        let name = format!("center_{}_to_{}", T::SUFFIX, O::SUFFIX);
+        let f = self.function(&name)?;
+        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
+        let (px, _gx) = x.slice.device_ptr(&self.stream);
+        let shift_ptr = shift.map(|s| s.slice.device_ptr(&self.stream));
+        let ps = shift_ptr.as_ref().map_or(0, |(p, _)| *p);
+        let (py, _gy) = y.slice.device_ptr_mut(&self.stream);
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(&px).arg(&rows).arg(&cols).arg(&stride).arg(&ps).arg(&py);
+        // SAFETY: parameters (const T*, u64, u64, u64, const double* or NULL, O*), checked.
+        let r = unsafe { launch.launch(self.grid_2d(shape)) }.map(|_| ());
+        self.launched(&name, r)
+    }
+
+    /// `out[r] = sum over c of x[r, c]^2`, in f64 (overwrites `out`, `rows` elements).
+    pub fn row_sqnorms<T: DeviceElement>(
+        &self,
+        x: &DeviceBuffer<T>,
+        shape: MatrixShape,
+        out: &mut DeviceBuffer<f64>,
+    ) -> Result<()> {
+        shape.check(x.len(), "x")?;
+        check_vec(Some(out.len()), shape.rows, "out")?;
+        let name = format!("row_sqnorms_{}", T::SUFFIX);
+        let f = self.function(&name)?;
+        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
+        let (px, _gx) = x.slice.device_ptr(&self.stream);
+        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(&px).arg(&rows).arg(&cols).arg(&stride).arg(&po);
+        // One warp per row.
+        let cfg = self.grid_1d(rows * 32);
+        // SAFETY: parameters (const T*, u64, u64, u64, double*), checked.
+        let r = unsafe { launch.launch(cfg) }.map(|_| ());
+        self.launched(&name, r)
+    }
+
+    /// Adds the sum of squares of all elements of the matrix to `out[0]`, in f64.
+    pub fn sumsq<T: DeviceElement>(
+        &self,
+        x: &DeviceBuffer<T>,
+        shape: MatrixShape,
+        out: &mut DeviceBuffer<f64>,
+    ) -> Result<()> {
+        shape.check(x.len(), "x")?;
+        if out.is_empty() {
+            fail!(ShapeMismatch, "out: needs 1 element, the buffer is empty");
+        }
+        let name = format!("sumsq_{}", T::SUFFIX);
+        let f = self.function(&name)?;
+        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
+        let (px, _gx) = x.slice.device_ptr(&self.stream);
+        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
+        let mut launch = self.stream.launch_builder(f);
+        launch.arg(&px).arg(&rows).arg(&cols).arg(&stride).arg(&po);
+        // SAFETY: parameters (const T*, u64, u64, u64, double*), checked.
+        let r = unsafe { launch.launch(self.grid_2d(shape)) }.map(|_| ());
+        self.launched(&name, r)
+    }
+}
+
+/// Chunk length and block count of `segment_sumsq` for `total` elements: chunks of at least 4
+/// elements per thread, about `BLOCKS_PER_SM` chunks per multiprocessor.
+fn segment_grid(total: u64, sm_count: u32) -> (u64, u32) {
+    let target = (sm_count * BLOCKS_PER_SM) as u64;
+    let chunk = total.div_ceil(target).max(4 * BLOCK as u64);
+    let blocks = total.div_ceil(chunk).clamp(1, target) as u32;
+    (chunk, blocks)
+}
+
+/// ShapeMismatch unless every named length equals the first.
+fn same_len(lens: &[(&str, usize)]) -> Result<()> {
+    let (first, n) = lens[0];
+    for &(name, len) in &lens[1..] {
+        if len != n {
+            fail!(ShapeMismatch, "{name} has {len} elements but {first} has {n}");
+        }
+    }
+    Ok(())
+}
+
+/// ShapeMismatch unless a present vector has `want` elements.
+fn check_vec(len: Option<usize>, want: usize, what: &str) -> Result<()> {
+    match len {
+        Some(n) if n != want => fail!(ShapeMismatch, "{what}: needs {want} elements, the buffer holds {n}"),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port of the block / segment walk of `segment_sumsq_impl` (kernels/weights.cu) with the
+    /// launch geometry above: every element of every segment is visited exactly once, by one
+    /// block, and attributed to its own segment.
+    #[test]
+    fn segment_walk_visits_each_element_once() {
+        let cases: [&[u64]; 5] = [
+            &[0, 1],
+            &[0, 7],
+            &[0, 1, 8, 8, 1007, 500_000, 1_000_003],
+            &[3, 5, 999_999],
+            &[0, 0, 0, 5000, 5000, 70_001],
+        ];
+        for offsets in cases {
+            for sm_count in [1u32, 7, 132] {
+                let nseg = offsets.len() - 1;
+                let total = offsets[nseg];
+                let (chunk, blocks) = segment_grid(total, sm_count);
+                let mut seen = vec![0u8; total as usize];
+                for block in 0..blocks as u64 {
+                    let mut c0 = block * chunk;
+                    while c0 < total {
+                        let c1 = (c0 + chunk).min(total);
+                        let (mut lo, mut hi) = (0usize, nseg);
+                        while lo < hi {
+                            let mid = (lo + hi) / 2;
+                            if offsets[mid + 1] > c0 {
+                                hi = mid;
+                            } else {
+                                lo = mid + 1;
+                            }
+                        }
+                        let mut s = lo;
+                        while s < nseg && offsets[s] < c1 {
+                            let (s0, s1) = (offsets[s].max(c0), offsets[s + 1].min(c1));
+                            for i in s0..s1 {
+                                assert!(offsets[s] <= i && i < offsets[s + 1]);
+                                seen[i as usize] += 1;
+                            }
+                            s += 1;
+                        }
+                        c0 += blocks as u64 * chunk;
+                    }
+                }
+                for (i, &n) in seen.iter().enumerate() {
+                    let inside = i as u64 >= offsets[0];
+                    assert_eq!(n, inside as u8, "offsets {offsets:?} sm {sm_count} element {i}");
+                }
+            }
+        }
+    }
+}
