@@ -29,10 +29,10 @@
 //! over batches of the unbiased `HSIC_1`, a different quantity from full-data CKA.
 
 use crate::backend::cpu::{self, Real};
-use crate::backend::{Backend, Context};
+use crate::backend::{column_means, Backend, Context};
 use crate::error::{fail, Result};
 use crate::tensor::{DType, Matrix};
-use faer::{MatMut, MatRef};
+use faer::MatMut;
 use rayon::prelude::*;
 
 /// The HSIC estimator. The discriminants are the C ABI's `tl_cka_estimator` values.
@@ -170,13 +170,7 @@ pub fn cka_matrix_via(
             acc.update(ctx, xs, ys)?;
             acc.terms()
         }
-        Route::Sample => {
-            if wants_f64(xs, ys) {
-                sample_space_terms::<f64>(xs, ys)?
-            } else {
-                sample_space_terms::<f32>(xs, ys)?
-            }
-        }
+        Route::Sample => sample_space_terms(ctx, xs, ys)?,
     };
     terms.cka(estimator)
 }
@@ -263,53 +257,43 @@ fn labelled<'m, 'a>(xs: &'m [Matrix<'a>], ys: &'m [Matrix<'a>]) -> Vec<(String, 
         .collect()
 }
 
-/// The centered `n x n` Gram of one layer (full, symmetric) and the squared row norms of the
-/// centered layer, which are its diagonal computed in f64.
-fn centered_gram<T: Real>(m: &Matrix, name: &str) -> Result<(faer::Mat<T>, Vec<f64>)> {
-    let n = m.rows();
-    let means = cpu::column_means(m, name)?;
-    let mut buffer = vec![T::default(); n * m.cols()];
-    let norms = cpu::write_shifted_transpose::<T>(m, name, &means, &mut buffer, m.cols(), 0)?;
-    let zt = MatRef::from_column_major_slice(&buffer, m.cols(), n);
-    let mut gram = faer::Mat::<T>::zeros(n, n);
-    cpu::gram_lower(gram.as_mut(), zt.transpose());
-    mirror_lower(gram.as_mut());
-    Ok((gram, norms))
-}
-
-/// Sample-space terms: each layer's centered `n x n` Gram, formed once.
-fn sample_space_terms<T: Real>(xs: &[Matrix], ys: &[Matrix]) -> Result<Terms> {
-    let n = xs[0].rows();
-    let mut grams = Vec::with_capacity(xs.len() + ys.len());
-    let mut row_norms = Vec::with_capacity(xs.len() + ys.len());
-    for (name, m) in labelled(xs, ys) {
-        let (gram, norms) = centered_gram::<T>(m, &name)?;
-        grams.push(gram);
-        row_norms.push(norms);
-    }
-    let (nx, ny) = (xs.len(), ys.len());
-    let pair = |u: usize, v: usize| PairTerms {
-        cross_fro2: cpu::frobenius_dot(grams[u].as_ref(), grams[v].as_ref()),
-        row_norms_dot: row_norms[u].iter().zip(&row_norms[v]).map(|(a, b)| a * b).sum(),
+/// Sample-space terms: each layer's centered `n x n` Gram, formed once by the backend.
+fn sample_space_terms(ctx: &Context, xs: &[Matrix], ys: &[Matrix]) -> Result<Terms> {
+    let (n, nx, ny) = (xs[0].rows(), xs.len(), ys.len());
+    let layers = labelled(xs, ys);
+    // Self pairs first, then (x_i, y_j) row-major.
+    let pairs: Vec<(usize, usize)> =
+        (0..nx + ny).map(|u| (u, u)).chain((0..nx * ny).map(|k| (k / ny, nx + k % ny))).collect();
+    let grams = match ctx.backend() {
+        Backend::Cpu if wants_f64(xs, ys) => cpu::cka_gram_terms::<f64>(&layers, &pairs)?,
+        Backend::Cpu => cpu::cka_gram_terms::<f32>(&layers, &pairs)?,
+        Backend::Cuda => crate::backend::cuda::cka_gram_terms(ctx, &layers, &pairs, wants_f64(xs, ys))?,
     };
-    let trace = |u: usize| row_norms[u].iter().sum::<f64>();
+    let pair = |k: usize| {
+        let (u, v) = pairs[k];
+        PairTerms {
+            cross_fro2: grams.inner[k],
+            row_norms_dot: grams.norms[u].iter().zip(&grams.norms[v]).map(|(a, b)| a * b).sum(),
+        }
+    };
+    let trace = |u: usize| grams.norms[u].iter().sum::<f64>();
     Ok(Terms {
         n: n as u64,
         trace_x: (0..nx).map(trace).collect(),
         trace_y: (nx..nx + ny).map(trace).collect(),
-        self_x: (0..nx).map(|u| pair(u, u)).collect(),
-        self_y: (nx..nx + ny).map(|v| pair(v, v)).collect(),
-        cross: (0..nx * ny).map(|k| pair(k / ny, nx + k % ny)).collect(),
+        self_x: (0..nx).map(pair).collect(),
+        self_y: (nx..nx + ny).map(pair).collect(),
+        cross: (nx + ny..nx + ny + nx * ny).map(pair).collect(),
     })
 }
 
-/// Adds the symmetric matrix whose lower triangle is `lower`'s to the column-major `dst`.
-fn add_symmetric_from_lower<T: Real>(dst: &mut [f64], lower: MatRef<T>) {
-    let p = lower.nrows();
+/// Adds the symmetric `p x p` matrix whose lower triangle is that of the column-major `lower`
+/// to the column-major `dst`.
+fn add_symmetric_from_lower(dst: &mut [f64], lower: &[f64], p: usize) {
     for j in 0..p {
-        let column = lower.col(j);
+        let column = &lower[j * p..(j + 1) * p];
         for i in j..p {
-            let v = column[i].to_f64();
+            let v = column[i];
             dst[j * p + i] += v;
             if i != j {
                 dst[i * p + j] += v;
@@ -455,7 +439,7 @@ impl CkaAccumulator {
             if rows == 0 {
                 return Ok(());
             }
-            let shift = layers.iter().map(|(name, m)| cpu::column_means(m, name)).collect::<Result<Vec<_>>>()?;
+            let shift = layers.iter().map(|(name, m)| column_means(ctx, m, name)).collect::<Result<Vec<_>>>()?;
             self.init(layers.iter().map(|(_, m)| m.cols()).collect(), shift);
         } else {
             for (u, (name, m)) in layers.iter().enumerate() {
@@ -472,93 +456,45 @@ impl CkaAccumulator {
                 return Ok(());
             }
         }
-        if wants_f64(xs, ys) {
-            self.accumulate::<f64>(&layers)
-        } else {
-            self.accumulate::<f32>(&layers)
-        }
+        self.accumulate(ctx, &layers, wants_f64(xs, ys))
     }
 
-    /// Adds the moments of one batch, computed in `T` and summed into the f64 state.
-    fn accumulate<T: Real>(&mut self, layers: &[(String, &Matrix)]) -> Result<()> {
-        let rows = layers[0].1.rows();
-        let nl = layers.len();
-        // x layers and y layers each in one buffer, so that all (x, y) cross products are one
-        // GEMM: column k of the `features x rows` buffer is sample k of every layer.
-        let (nx, widths) = (self.nx, self.widths.clone());
-        let offsets: Vec<usize> =
-            (0..nl).map(|u| if u < nx { widths[..u].iter().sum() } else { widths[nx..u].iter().sum() }).collect();
-        let (px, py): (usize, usize) = (widths[..nx].iter().sum(), widths[nx..].iter().sum());
-        let mut bx = vec![T::default(); px * rows];
-        let mut by = vec![T::default(); py * rows];
-        let mut norms = Vec::with_capacity(nl);
-        for (u, (name, m)) in layers.iter().enumerate() {
-            let (buf, ld) = if u < nx { (&mut bx, px) } else { (&mut by, py) };
-            norms.push(cpu::write_shifted_transpose::<T>(m, name, &self.shift[u], buf, ld, offsets[u])?);
-        }
-        let xt = MatRef::from_column_major_slice(&bx, px, rows);
-        let yt = MatRef::from_column_major_slice(&by, py, rows);
-        let block = |u: usize| -> MatRef<T> {
-            if u < nx {
-                xt.subrows(offsets[u], widths[u])
-            } else {
-                yt.subrows(offsets[u], widths[u])
-            }
+    /// Adds the moments of one batch, computed by the context's backend, to the f64 state.
+    fn accumulate(&mut self, ctx: &Context, layers: &[(String, &Matrix)], wide: bool) -> Result<()> {
+        let batch = match ctx.backend() {
+            Backend::Cpu if wide => cpu::cka_batch_moments::<f64>(layers, &self.shift, self.nx)?,
+            Backend::Cpu => cpu::cka_batch_moments::<f32>(layers, &self.shift, self.nx)?,
+            Backend::Cuda => crate::backend::cuda::cka_batch_moments(ctx, layers, &self.shift, self.nx, wide)?,
         };
-
-        // Second moments: each layer's Gram (lower triangle) and all cross products at once.
-        let mut cross = faer::Mat::<T>::zeros(px, py);
-        cpu::cross(cross.as_mut(), xt, yt);
-        let grams: Vec<faer::Mat<T>> = (0..nl)
-            .map(|u| {
-                let mut g = faer::Mat::<T>::zeros(widths[u], widths[u]);
-                cpu::gram_lower(g.as_mut(), block(u));
-                g
-            })
-            .collect();
-
-        // Third moments `sum a_u w_v` for every (u, v), and the column sums, as one product per
-        // layer v with the stacked squared row norms and a column of ones.
-        let mut norms_t: Vec<T> = (0..nl).flat_map(|u| norms[u].iter().map(|&a| T::from_f64(a))).collect();
-        norms_t.extend(std::iter::repeat_n(T::one_impl(), rows));
-        let norms_mat = MatRef::from_column_major_slice(&norms_t, rows, nl + 1);
-        let third: Vec<faer::Mat<T>> = (0..nl)
-            .map(|v| {
-                let mut t = faer::Mat::<T>::zeros(widths[v], nl + 1);
-                cpu::product(t.as_mut(), block(v), norms_mat);
-                t
-            })
-            .collect();
-
+        let (nl, nx, widths) = (layers.len(), self.nx, &self.widths);
+        let offsets = batch.offsets(widths, nx);
+        let px: usize = widths[..nx].iter().sum();
+        let (norms, third) = (&batch.norms, &batch.third);
         for pair in self.pairs.iter_mut() {
             let (u, v) = (pair.u, pair.v);
-            let pu = widths[u];
+            let (pu, pv) = (widths[u], widths[v]);
             if u == v {
-                add_symmetric_from_lower(&mut pair.zw, grams[u].as_ref());
+                add_symmetric_from_lower(&mut pair.zw, &batch.grams_lower[u], pu);
             } else {
-                let source = cross.as_ref().submatrix(offsets[u], offsets[v], pu, widths[v]);
+                // Block (x_u, y_v) of the column-major px x py cross product.
                 pair.zw.par_chunks_mut(pu).enumerate().for_each(|(j, column)| {
-                    let src = source.col(j);
-                    for (i, out) in column.iter_mut().enumerate() {
-                        *out += src[i].to_f64();
-                    }
+                    let start = (offsets[v] + j) * px + offsets[u];
+                    let src = &batch.cross[start..start + pu];
+                    column.iter_mut().zip(src).for_each(|(out, s)| *out += s);
                 });
             }
+
             pair.ab += norms[u].iter().zip(&norms[v]).map(|(a, b)| a * b).sum::<f64>();
-            for (j, out) in pair.aw.iter_mut().enumerate() {
-                *out += third[v][(j, u)].to_f64();
-            }
-            for (i, out) in pair.bz.iter_mut().enumerate() {
-                *out += third[u][(i, v)].to_f64();
-            }
+            // third[v] is column-major p_v x (nl + 1): column u holds sum a_u w_v.
+            pair.aw.iter_mut().zip(&third[v][u * pv..(u + 1) * pv]).for_each(|(out, t)| *out += t);
+            pair.bz.iter_mut().zip(&third[u][v * pu..(v + 1) * pu]).for_each(|(out, t)| *out += t);
         }
         for u in 0..nl {
-            for (i, acc) in self.sum[u].iter_mut().enumerate() {
-                *acc += third[u][(i, nl)].to_f64();
-            }
+            let p = widths[u];
+            self.sum[u].iter_mut().zip(&third[u][nl * p..(nl + 1) * p]).for_each(|(acc, t)| *acc += t);
             self.sum_sq[u] += norms[u].iter().sum::<f64>();
         }
-        self.count += rows as f64;
+        self.count += batch.rows as f64;
         Ok(())
     }
 
@@ -889,7 +825,8 @@ impl MinibatchCka {
         // Batches are small: centered Grams in f64 with zeroed diagonals, each formed once.
         let mut grams = Vec::with_capacity(xs.len() + ys.len());
         for (name, x) in labelled(xs, ys) {
-            let (mut gram, _) = centered_gram::<f64>(x, &name)?;
+            let (mut gram, _) = cpu::centered_gram::<f64>(x, &name)?;
+            mirror_lower(gram.as_mut());
             for i in 0..m {
                 gram[(i, i)] = 0.0;
             }

@@ -5,6 +5,7 @@
 //! whose column `k` is sample `k`. Converting a row-major input is then a streaming copy (row `k`
 //! of the input becomes contiguous column `k`), and faer's GEMM reads either orientation.
 
+use super::{CkaBatchMoments, CkaGramTerms};
 use crate::error::{fail, Result};
 use crate::tensor::{Element, HostSlice, Matrix, Storage};
 use faer::linalg::matmul::triangular::BlockStructure;
@@ -172,7 +173,7 @@ pub(crate) fn write_shifted_transpose<T: Real>(
 }
 
 /// `a * b^T` for column-major `a` (m x k) and `b` (n x k), into `dst` (m x n), replacing it.
-pub(crate) fn cross<T: Real>(dst: MatMut<T>, a: MatRef<T>, b: MatRef<T>) {
+pub(crate) fn cross_product<T: Real>(dst: MatMut<T>, a: MatRef<T>, b: MatRef<T>) {
     faer::linalg::matmul::matmul(dst, Accum::Replace, a, b.transpose(), T::one_impl(), par());
 }
 
@@ -204,4 +205,111 @@ pub(crate) fn frobenius_dot<T: Real>(a: MatRef<T>, b: MatRef<T>) -> f64 {
         .into_par_iter()
         .map(|j| (0..a.nrows()).map(|i| a[(i, j)].to_f64() * b[(i, j)].to_f64()).sum::<f64>())
         .sum()
+}
+
+/// The moments of one batch for a CKA accumulator (see [`CkaBatchMoments`]): every layer is
+/// shifted and converted to `T` into one `features x rows` buffer for the x layers and one for
+/// the y layers, so that all cross products are one GEMM.
+pub(crate) fn cka_batch_moments<T: Real>(
+    layers: &[(String, &Matrix)],
+    shifts: &[Vec<f64>],
+    nx: usize,
+) -> Result<CkaBatchMoments> {
+    let rows = layers[0].1.rows();
+    let nl = layers.len();
+    let widths: Vec<usize> = layers.iter().map(|(_, m)| m.cols()).collect();
+    let mut moments = CkaBatchMoments { rows, ..Default::default() };
+    let offsets = moments.offsets(&widths, nx);
+    let (px, py): (usize, usize) = (widths[..nx].iter().sum(), widths[nx..].iter().sum());
+    let mut bx = vec![T::default(); px * rows];
+    let mut by = vec![T::default(); py * rows];
+    for (u, (name, m)) in layers.iter().enumerate() {
+        let (buf, ld) = if u < nx { (&mut bx, px) } else { (&mut by, py) };
+        moments.norms.push(write_shifted_transpose::<T>(m, name, &shifts[u], buf, ld, offsets[u])?);
+    }
+    let xt = MatRef::from_column_major_slice(&bx, px, rows);
+    let yt = MatRef::from_column_major_slice(&by, py, rows);
+    let block = |u: usize| -> MatRef<T> {
+        if u < nx {
+            xt.subrows(offsets[u], widths[u])
+        } else {
+            yt.subrows(offsets[u], widths[u])
+        }
+    };
+
+    // Second moments: all cross products at once, and each layer's Gram (lower triangle).
+    let mut cross = faer::Mat::<T>::zeros(px, py);
+    cross_product(cross.as_mut(), xt, yt);
+    moments.cross = to_f64_column_major(cross.as_ref());
+    moments.grams_lower = (0..nl)
+        .map(|u| {
+            let mut g = faer::Mat::<T>::zeros(widths[u], widths[u]);
+            gram_lower(g.as_mut(), block(u));
+            to_f64_column_major(g.as_ref())
+        })
+        .collect();
+
+    // Third moments `sum a_u w_v` for every (u, v), and the column sums, as one product per
+    // layer v with the stacked squared row norms and a column of ones.
+    let mut norms_t: Vec<T> = moments.norms.iter().flat_map(|n| n.iter().map(|&a| T::from_f64(a))).collect();
+    norms_t.extend(std::iter::repeat_n(T::one_impl(), rows));
+    let norms_mat = MatRef::from_column_major_slice(&norms_t, rows, nl + 1);
+    moments.third = (0..nl)
+        .map(|v| {
+            let mut t = faer::Mat::<T>::zeros(widths[v], nl + 1);
+            product(t.as_mut(), block(v), norms_mat);
+            to_f64_column_major(t.as_ref())
+        })
+        .collect();
+    Ok(moments)
+}
+
+/// A dense column-major f64 copy.
+fn to_f64_column_major<T: Real>(m: MatRef<T>) -> Vec<f64> {
+    let rows = m.nrows();
+    let mut out = vec![0.0; rows * m.ncols()];
+    out.par_chunks_mut(rows.max(1)).enumerate().for_each(|(j, column)| {
+        let src = m.col(j);
+        column.iter_mut().enumerate().for_each(|(i, o)| *o = src[i].to_f64());
+    });
+    out
+}
+
+/// The centered `n x n` Gram of one layer (lower triangle; the strict upper triangle is zero)
+/// and the squared row norms of the centered layer, in f64.
+pub(crate) fn centered_gram<T: Real>(m: &Matrix, name: &str) -> Result<(faer::Mat<T>, Vec<f64>)> {
+    let n = m.rows();
+    let means = column_means(m, name)?;
+    let mut buffer = vec![T::default(); n * m.cols()];
+    let norms = write_shifted_transpose::<T>(m, name, &means, &mut buffer, m.cols(), 0)?;
+    let zt = MatRef::from_column_major_slice(&buffer, m.cols(), n);
+    let mut gram = faer::Mat::<T>::zeros(n, n);
+    gram_lower(gram.as_mut(), zt.transpose());
+    Ok((gram, norms))
+}
+
+/// `<A, B>_F` in f64 for symmetric matrices given by their lower triangles.
+pub(crate) fn symmetric_inner<T: Real>(a: MatRef<T>, b: MatRef<T>) -> f64 {
+    (0..a.ncols())
+        .into_par_iter()
+        .map(|j| {
+            let (ca, cb) = (a.col(j), b.col(j));
+            let diagonal = ca[j].to_f64() * cb[j].to_f64();
+            let below: f64 = (j + 1..a.nrows()).map(|i| ca[i].to_f64() * cb[i].to_f64()).sum();
+            diagonal + 2.0 * below
+        })
+        .sum()
+}
+
+/// Sample-space CKA terms (see [`CkaGramTerms`]).
+pub(crate) fn cka_gram_terms<T: Real>(layers: &[(String, &Matrix)], pairs: &[(usize, usize)]) -> Result<CkaGramTerms> {
+    let mut grams = Vec::with_capacity(layers.len());
+    let mut terms = CkaGramTerms::default();
+    for (name, m) in layers {
+        let (gram, norms) = centered_gram::<T>(m, name)?;
+        grams.push(gram);
+        terms.norms.push(norms);
+    }
+    terms.inner = pairs.iter().map(|&(u, v)| symmetric_inner(grams[u].as_ref(), grams[v].as_ref())).collect();
+    Ok(terms)
 }

@@ -86,3 +86,50 @@ impl Context {
         self.device
     }
 }
+
+/// The moments of one batch of every layer, relative to per-feature shifts: what a CKA
+/// accumulator adds to its f64 state. Products are formed in the backend's arithmetic (f32 for
+/// f32, f16 and bf16 data, f64 for f64 data) and handed over in f64.
+///
+/// With `z` a shifted row of layer `u` (x layers first, then y layers) and `a = |z|^2`:
+#[derive(Debug, Clone, Default)]
+pub struct CkaBatchMoments {
+    /// Rows in the batch.
+    pub rows: usize,
+    /// `sum z_x w_y^T` for all x features against all y features: column-major
+    /// `(sum of x widths) x (sum of y widths)`.
+    pub cross: Vec<f64>,
+    /// Per layer, `sum z z^T`: column-major `p x p`; only the lower triangle (diagonal included)
+    /// is meaningful.
+    pub grams_lower: Vec<Vec<f64>>,
+    /// Per layer `v`: column-major `p_v x (layers + 1)`; column `u` is `sum a_u w_v`, the last
+    /// column `sum w_v`.
+    pub third: Vec<Vec<f64>>,
+    /// Per layer, the squared norm `a` of each shifted row (`rows` values).
+    pub norms: Vec<Vec<f64>>,
+}
+
+impl CkaBatchMoments {
+    /// Offset of each layer's first feature within the x block or the y block.
+    pub fn offsets(&self, widths: &[usize], nx: usize) -> Vec<usize> {
+        (0..widths.len()).map(|u| if u < nx { widths[..u].iter().sum() } else { widths[nx..u].iter().sum() }).collect()
+    }
+}
+
+/// The sample-space terms of CKA: each layer's centered `n x n` Gram `K_u` is formed once.
+#[derive(Debug, Clone, Default)]
+pub struct CkaGramTerms {
+    /// `<K_u, K_v>_F` for each requested pair `(u, v)`.
+    pub inner: Vec<f64>,
+    /// Per layer, the squared norms of the centered rows (the diagonal of `K_u`), in f64.
+    pub norms: Vec<Vec<f64>>,
+}
+
+/// Column means of a matrix for centering (a constant column gets its exact value), on the
+/// context's backend; NaN or Inf is an error naming `name` and the position.
+pub fn column_means(ctx: &Context, m: &crate::Matrix, name: &str) -> Result<Vec<f64>> {
+    match ctx.backend() {
+        Backend::Cpu => cpu::column_means(m, name),
+        Backend::Cuda => cuda::column_means(ctx, m, name),
+    }
+}

@@ -57,3 +57,30 @@ pub fn check_available(device: i32) -> Result<()> {
         "CUDA backend unavailable: the analyses do not run on CUDA yet (device {device} was found); use the CPU backend"
     )
 }
+
+/// The moments of one batch for a CKA accumulator on the device (see
+/// [`crate::backend::CkaBatchMoments`]).
+pub fn cka_batch_moments(
+    _ctx: &crate::Context,
+    _layers: &[(String, &crate::Matrix)],
+    _shifts: &[Vec<f64>],
+    _nx: usize,
+    _wide: bool,
+) -> Result<crate::backend::CkaBatchMoments> {
+    fail!(DeviceUnavailable, "CKA on the CUDA backend is not available in this build; use a CPU context")
+}
+
+/// Column means for centering, computed on the device.
+pub fn column_means(_ctx: &crate::Context, _m: &crate::Matrix, _name: &str) -> Result<Vec<f64>> {
+    fail!(DeviceUnavailable, "CKA on the CUDA backend is not available in this build; use a CPU context")
+}
+
+/// Sample-space CKA terms on the device (see [`crate::backend::CkaGramTerms`]).
+pub fn cka_gram_terms(
+    _ctx: &crate::Context,
+    _layers: &[(String, &crate::Matrix)],
+    _pairs: &[(usize, usize)],
+    _wide: bool,
+) -> Result<crate::backend::CkaGramTerms> {
+    fail!(DeviceUnavailable, "CKA on the CUDA backend is not available in this build; use a CPU context")
+}
