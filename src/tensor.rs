@@ -191,7 +191,7 @@ impl<'a> Matrix<'a> {
 
     /// A host view over an already typed slice.
     pub fn from_host(data: HostSlice<'a>, rows: usize, cols: usize, row_stride: usize) -> Result<Self> {
-        check_shape(rows, cols, row_stride)?;
+        check_shape(cols, row_stride)?;
         let needed = span(rows, cols, row_stride).ok_or_else(|| {
             crate::Error::InvalidArgument(format!(
                 "matrix of {rows} x {cols} with row_stride {row_stride} overflows the address space"
@@ -221,7 +221,7 @@ impl<'a> Matrix<'a> {
         cols: usize,
         row_stride: usize,
     ) -> Result<Self> {
-        check_shape(rows, cols, row_stride)?;
+        check_shape(cols, row_stride)?;
         if span(rows, cols, row_stride).and_then(|n| n.checked_mul(dtype.size())).is_none() {
             fail!(
                 InvalidArgument,
@@ -264,6 +264,7 @@ impl<'a> Matrix<'a> {
                 self.rows
             );
         }
+        // An empty range may start past the last element (count == 0 at the end): clamp it.
         let offset = start * self.row_stride;
         let storage = match self.storage {
             Storage::Host(s) => Storage::Host(match s {
@@ -280,13 +281,12 @@ impl<'a> Matrix<'a> {
     }
 }
 
-fn check_shape(rows: usize, cols: usize, row_stride: usize) -> Result<()> {
+fn check_shape(cols: usize, row_stride: usize) -> Result<()> {
     if cols == 0 {
         fail!(InvalidArgument, "matrix has 0 columns (features)");
     }
     if row_stride < cols {
         fail!(InvalidArgument, "row_stride {row_stride} is smaller than cols {cols}");
     }
-    let _ = rows;
     Ok(())
 }
