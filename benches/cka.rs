@@ -32,7 +32,8 @@ fn pair(c: &mut Criterion) {
     // Two half Grams and one cross product: n (p^2/2 + p^2/2 + p^2) multiply-adds, 2 flops each.
     group.throughput(Throughput::Elements((2 * n * p * p * 2) as u64));
     for est in [Estimator::Biased, Estimator::Debiased] {
-        group.bench_function(format!("{est:?}"), |b| b.iter(|| black_box(cka_matrix(&ctx, &[mx], &[my], est).unwrap())));
+        group
+            .bench_function(format!("{est:?}"), |b| b.iter(|| black_box(cka_matrix(&ctx, &[mx], &[my], est).unwrap())));
     }
     group.finish();
 }
