@@ -344,8 +344,9 @@ enum tl_status tl_params_compare(struct tl_context *ctx,
  * out = (1 - lambda) a + lambda b, for any real lambda; out must match a and b.
  * lambda must be finite; outside [0, 1] it extrapolates. Computed in f32 (f64 for f64
  * tensors) and rounded once; lambda 0 and 1 give a and b bit for bit. out must hold the
- * tensors of a (names, dtypes, shapes), be a different set from a and b and share no memory
- * with them; its non-weight tensors are copied from a.
+ * weights of a (names, dtypes, shapes) and no others, be a different set from a and b and
+ * share no memory with them; a's non-weight tensors are copied into out where it holds them
+ * (a wrapped set need not).
  */
 enum tl_status tl_params_interpolate(struct tl_context *ctx,
                                      const struct tl_params *a,

@@ -532,7 +532,11 @@ fn interpolate_impl(
             out.tensors_mut().iter_mut().map(Some).collect();
         let mut rest: Vec<Option<HostSliceMut<'_>>> = Vec::with_capacity(slots.len());
         for (i, t) in a.tensors().iter().enumerate() {
-            let o = slots[out_of[i]].take().expect("out tensors are distinct");
+            let Some(j) = out_of[i] else {
+                rest.push(None); // a non-weight that out does not hold
+                continue;
+            };
+            let o = slots[j].take().expect("out tensors are distinct");
             if t.is_weight() {
                 rest.push(Some(o.host_mut()?));
             } else {
@@ -641,8 +645,8 @@ fn lerp_slice(
 }
 
 /// Writes `(1 - lambda) a + lambda b` into `out` for any finite `lambda` (outside [0, 1] it
-/// extrapolates). `out` must have the tensors of `a` (names, dtypes, shapes) and share no
-/// memory with `a` or `b`; non-weight tensors are copied from `a`.
+/// extrapolates). `out` must hold the weights of `a` (names, dtypes, shapes) and share no
+/// memory with `a` or `b`; non-weight tensors of `a` are copied into `out` where it holds them.
 pub fn interpolate(
     ctx: &Context,
     a: &ParamSet,

@@ -967,17 +967,29 @@ pub fn match_weights(a: &ParamSet, b: &ParamSet, a_name: &str, b_name: &str) -> 
     Ok(pairs)
 }
 
-/// Checks that `out` has exactly the tensors of `a` (names, dtypes, shapes, order not
-/// required) and returns, for each tensor of `a`, its index in `out`.
-pub fn match_all(a: &ParamSet, out: &ParamSet, a_name: &str, out_name: &str) -> Result<Vec<usize>> {
+/// Checks that `out` can receive a result shaped like `a`: it holds every weight of `a` with the
+/// same dtype and shape and no weight that `a` lacks. Non-weights of `a` that `out` also holds
+/// (same dtype and shape) are paired so that they can be copied; others are skipped, so that a
+/// wrapped live model need not wrap its integer buffers. Returns, for each tensor of `a`, its
+/// index in `out`.
+pub fn match_all(
+    a: &ParamSet,
+    out: &ParamSet,
+    a_name: &str,
+    out_name: &str,
+) -> Result<Vec<Option<usize>>> {
     let mut pairs = Vec::with_capacity(a.tensors.len());
     for t in &a.tensors {
         let Some(j) = out.tensor_index(&t.name) else {
-            fail!(
-                ShapeMismatch,
-                "tensor {:?} of {a_name} is missing from {out_name}",
-                t.name
-            );
+            if t.is_weight() {
+                fail!(
+                    ShapeMismatch,
+                    "tensor {:?} of {a_name} is missing from {out_name}",
+                    t.name
+                );
+            }
+            pairs.push(None);
+            continue;
         };
         let u = &out.tensors[j];
         if u.dtype != t.dtype || u.shape != t.shape {
@@ -991,12 +1003,12 @@ pub fn match_all(a: &ParamSet, out: &ParamSet, a_name: &str, out_name: &str) -> 
                 u.shape
             );
         }
-        pairs.push(j);
+        pairs.push(Some(j));
     }
     if let Some(u) = out
         .tensors
         .iter()
-        .find(|u| a.tensor_index(&u.name).is_none())
+        .find(|u| u.is_weight() && a.tensor_index(&u.name).is_none())
     {
         fail!(
             ShapeMismatch,
