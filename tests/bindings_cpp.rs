@@ -227,3 +227,20 @@ fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
         println!("pkg-config not installed: the pkg-config check was skipped");
     }
 }
+
+/// bindings/README.md shows the examples the tests run, verbatim: the C++ example and its
+/// CMake project (built above), the Go example (tests/bindings_go.rs) and the Julia example
+/// (run by the package's test/runtests.jl).
+#[test]
+fn bindings_readme_quotes_the_examples_the_tests_run() {
+    let readme = std::fs::read_to_string(root().join("bindings/README.md")).expect("bindings/README.md");
+    for example in [
+        "bindings/cpp/examples/training_loop.cpp",
+        "bindings/cpp/examples/CMakeLists.txt",
+        "bindings/go/examples/cka/main.go",
+        "bindings/julia/TransferLens/examples/cka.jl",
+    ] {
+        let text = std::fs::read_to_string(root().join(example)).unwrap();
+        assert!(readme.contains(&text), "bindings/README.md must quote {example} verbatim");
+    }
+}

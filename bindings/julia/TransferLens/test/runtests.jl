@@ -209,4 +209,14 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
     end
 
     close(ctx)
+
+    # The README's example: the same data as the C and Go examples.
+    @testset "example" begin
+        example = include(joinpath(@__DIR__, "..", "examples", "cka.jl"))
+        a = [0.1 1.2 -0.3; 0.8 -0.5 0.9; -1.1 0.4 0.2; 0.6 0.3 -0.7; -0.2 -0.9 1.4; 0.5 0.7 0.1]
+        b = [0.3 1.0; 0.9 -0.2; -1.0 0.6; 0.4 0.5; -0.1 -1.2; 0.6 0.8]
+        want = ref_cka(Float64.(Float32.(a)), Float64.(Float32.(b)), true)
+        @test example.one_call ≈ want atol = 1e-6
+        @test example.streamed ≈ want atol = 1e-6
+    end
 end
