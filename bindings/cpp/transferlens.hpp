@@ -59,7 +59,10 @@ namespace detail {
 // Throws for a failed status. The message is read at once: it is only valid until this thread's
 // next tl_ call.
 inline void check(tl_status status) {
-    if (status != TL_STATUS_OK) throw Error(status, tl_last_error_message());
+    if (status != TL_STATUS_OK) {
+        std::string message = tl_last_error_message();  // copied before Error calls tl_status_name
+        throw Error(status, message);
+    }
 }
 
 template <class T>

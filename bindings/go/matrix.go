@@ -17,7 +17,7 @@ type Matrix struct {
 	ptr    unsafe.Pointer // the first element of a host view (nil for an empty one)
 	keep   any            // the slice behind ptr, so the collector keeps it while the view lives
 	bytes  uintptr        // bytes the view spans, from ptr
-	device int32          // -1: host memory; k >= 0: CUDA device k
+	dev    int32          // CUDA device + 1; 0 (the zero value) means host memory
 	addr   uintptr        // the first element of a device view
 	dtype  DType
 	rows   uint64
@@ -63,7 +63,7 @@ func NewDeviceMatrix(ptr uintptr, dtype DType, device, rows, cols, rowStride int
 		return Matrix{}, errorf(StatusInvalidArgument, "device %d, rows %d, cols %d, row stride %d: none may be negative",
 			device, rows, cols, rowStride)
 	}
-	return Matrix{addr: ptr, device: int32(device), dtype: dtype, rows: uint64(rows), cols: uint64(cols),
+	return Matrix{addr: ptr, dev: int32(device) + 1, dtype: dtype, rows: uint64(rows), cols: uint64(cols),
 		stride: uint64(rowStride)}, nil
 }
 
@@ -84,7 +84,7 @@ func hostMatrix[T any](data []T, length int, dtype DType, rows, cols, rowStride 
 		return Matrix{}, errorf(StatusShapeMismatch, "the slice holds %d elements, a %d x %d view with row stride %d spans %d",
 			length, rows, cols, rowStride, span)
 	}
-	m := Matrix{device: -1, dtype: dtype, rows: uint64(rows), cols: uint64(cols), stride: uint64(rowStride)}
+	m := Matrix{dtype: dtype, rows: uint64(rows), cols: uint64(cols), stride: uint64(rowStride)}
 	if span > 0 {
 		m.ptr = unsafe.Pointer(&data[0])
 		m.keep = data
@@ -101,7 +101,7 @@ func (m Matrix) Rows(first, count int) (Matrix, error) {
 	out := m
 	out.rows = uint64(count)
 	offset := uintptr(first) * uintptr(m.stride) * m.dtype.size()
-	if m.device >= 0 {
+	if m.dev > 0 {
 		out.addr += offset
 		return out, nil
 	}
@@ -114,6 +114,9 @@ func (m Matrix) Rows(first, count int) (Matrix, error) {
 	return out, nil
 }
 
+// OnDevice reports the CUDA device of a device view, or -1 for host memory.
+func (m Matrix) OnDevice() int { return int(m.dev) - 1 }
+
 // Shape returns the rows (samples) and cols (features).
 func (m Matrix) Shape() (rows, cols int) { return int(m.rows), int(m.cols) }
 
@@ -123,8 +126,8 @@ func (m Matrix) DType() DType { return m.dtype }
 // raw fills a tl_matrix for one call; host memory goes through the arena (pinned or copied).
 func (m Matrix) raw(a *arena) C.tl_matrix {
 	r := C.tl_matrix{dtype: C.tl_dtype(m.dtype), rows: C.uint64_t(m.rows), cols: C.uint64_t(m.cols),
-		row_stride: C.uint64_t(m.stride), device: C.int32_t(m.device)}
-	if m.device >= 0 {
+		row_stride: C.uint64_t(m.stride), device: C.int32_t(m.dev - 1)}
+	if m.dev > 0 {
 		r.data = C.tl_go_address(C.uintptr_t(m.addr))
 	} else if m.ptr != nil {
 		r.data = a.hostPtr(m.ptr, m.bytes)

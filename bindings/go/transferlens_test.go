@@ -362,8 +362,15 @@ func TestErrors(t *testing.T) {
 		{"uint16 as F32", func() error { _, err := NewMatrix16(make([]uint16, 4), F32, 2, 2, 0); return err }, ErrInvalidArgument},
 		{"no layers", func() error { _, err := ctx.CKAMatrix(nil, []Matrix{m(ok)}, Biased); return err }, ErrInvalidArgument},
 		{"zero layers", func() error { _, err := NewCKAAccumulator(ctx, 0, 1, Biased); return err }, ErrInvalidArgument},
+		{"the zero Matrix (an empty host view)", func() error {
+			_, err := ctx.CKALinear(Matrix{}, m(ok), Biased)
+			return err
+		}, ErrInvalidArgument},
 		{"device memory on a CPU context", func() error {
 			d := must(NewDeviceMatrix(0x1000, F32, 0, 6, 2, 0))
+			if d.OnDevice() != 0 || m(ok).OnDevice() != -1 {
+				t.Fatalf("OnDevice: %d and %d", d.OnDevice(), m(ok).OnDevice())
+			}
 			_, err := ctx.CKALinear(d, m(ok), Biased)
 			return err
 		}, nil}, // any *Error: which one depends on the machine

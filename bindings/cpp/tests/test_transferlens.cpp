@@ -322,6 +322,16 @@ static void test_errors() {
     std::vector<double> constant(12, 2.5);  // no variance
     CHECK_THROWS(ctx.cka_linear(tl::MatrixView(constant, 6, 2), tl::MatrixView(ok.v, 6, 2), tl::Estimator::Biased),
                  TL_STATUS_DEGENERATE_INPUT);
+    // Device memory handed to a CPU context is refused with an error, never dereferenced.
+    try {
+        static const float fake = 0.0f;
+        const auto dev = tl::MatrixView::on_device(&fake, tl::DType::F32, 0, 6, 2);
+        CHECK(dev.raw().device == 0 && dev.rows() == 6);
+        ctx.cka_linear(dev, tl::MatrixView(ok.v, 6, 2), tl::Estimator::Biased);
+        CHECK(false);
+    } catch (const tl::Error& e) {
+        CHECK(e.status() != TL_STATUS_OK && !e.message().empty());
+    }
     // The message is the library's: it names the problem.
     try {
         ctx.cka_linear(tl::MatrixView(bad.v, 6, 2), tl::MatrixView(ok.v, 6, 2), tl::Estimator::Biased);
