@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs transferlens for C and C++ consumers under a prefix:
 #
-#   scripts/install.sh --prefix DIR [--no-build]
+#   scripts/install.sh --prefix DIR [--no-build | --lib-dir DIR]
 #
 #   DIR/lib/libtransferlens.so, DIR/lib/libtransferlens.a
 #   DIR/include/transferlens.h, DIR/include/transferlens.hpp (the C++17 header-only layer)
@@ -10,20 +10,24 @@
 #                                                find_package(transferlens) -> transferlens::transferlens
 #                                                (shared) and transferlens::transferlens_static
 #
-# It builds the release library first (cargo build --release --lib) unless --no-build is given.
-# CARGO and CARGO_TARGET_DIR are honoured. The installed files are relocatable: the pkg-config
-# and CMake files find the prefix from their own location.
+# It builds the release library first (cargo build --release --lib) unless --no-build is given
+# (install what target/release holds) or --lib-dir names the folder holding libtransferlens.so
+# and .a (e.g. a debug build). CARGO and CARGO_TARGET_DIR are honoured. The installed files are
+# relocatable: the pkg-config and CMake files find the prefix from their own location.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 prefix=""
 build=1
+lib_dir=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) prefix="${2:?--prefix needs a folder}"; shift 2 ;;
         --prefix=*) prefix="${1#--prefix=}"; shift ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --lib-dir) lib_dir="${2:?--lib-dir needs a folder}"; build=0; shift 2 ;;
+        --lib-dir=*) lib_dir="${1#--lib-dir=}"; build=0; shift ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -36,7 +40,7 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 if [ "$build" = 1 ]; then
     "${CARGO:-cargo}" build --release --lib --manifest-path "$root/Cargo.toml" --target-dir "$target_dir"
 fi
-lib_dir="$target_dir/release"
+lib_dir="${lib_dir:-$target_dir/release}"
 for f in libtransferlens.so libtransferlens.a; do
     if [ ! -f "$lib_dir/$f" ]; then
         echo "install.sh: $lib_dir/$f is missing (build it with cargo build --release --lib)" >&2

@@ -7,7 +7,7 @@
 mod bindings_common;
 mod common;
 
-use bindings_common::{have, library_dir, root, run_checked, scratch, target_dirs};
+use bindings_common::{have, library_dir, root, run_checked, scratch};
 use common::{assert_close, reference_cka_feature, Dense};
 use std::path::Path;
 use std::process::Command;
@@ -123,16 +123,19 @@ fn example_training_loop_matches_the_reference() {
 
 #[test]
 fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
-    library_dir();
-    let (target, _) = target_dirs();
+    // The libraries of this profile, fresh; install.sh would otherwise build release itself.
+    let lib = library_dir();
     let dir = scratch("cpp-install");
     let prefix = dir.join("prefix");
-    // install.sh builds release; this test may run in another profile, so it installs what
-    // library_dir() built only when that is the release profile, else lets the script build.
-    let mut install = Command::new("bash");
-    install.arg(root().join("scripts/install.sh")).arg("--prefix").arg(&prefix).env("CARGO", env!("CARGO"));
-    install.env("CARGO_TARGET_DIR", &target);
-    run_checked(&mut install, "scripts/install.sh --prefix");
+    run_checked(
+        Command::new("bash")
+            .arg(root().join("scripts/install.sh"))
+            .arg("--prefix")
+            .arg(&prefix)
+            .arg("--lib-dir")
+            .arg(&lib),
+        "scripts/install.sh --prefix",
+    );
     for file in [
         "lib/libtransferlens.so",
         "lib/libtransferlens.a",
