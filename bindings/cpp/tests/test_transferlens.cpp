@@ -1,0 +1,462 @@
+// Tests of bindings/cpp/transferlens.hpp: every capability of the C ABI through the C++ layer,
+// values against a plain f64 reference written here. Built by tests/bindings_cpp.rs with
+// -Wall -Wextra -Werror -fsanitize=address,undefined; exits non-zero on the first failure.
+#include "transferlens.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace tl = transferlens;
+
+static int g_checks = 0;
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        ++g_checks;                                                                   \
+        if (!(cond)) {                                                                \
+            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+            std::exit(1);                                                             \
+        }                                                                             \
+    } while (0)
+#define CHECK_CLOSE(got, want, tol)                                                                       \
+    do {                                                                                                  \
+        ++g_checks;                                                                                       \
+        double g_ = (got), w_ = (want);                                                                   \
+        if (!(std::fabs(g_ - w_) <= (tol) * std::fmax(1.0, std::fabs(w_)))) {                             \
+            std::fprintf(stderr, "%s:%d: %s = %.17g, expected %.17g\n", __FILE__, __LINE__, #got, g_, w_); \
+            std::exit(1);                                                                                 \
+        }                                                                                                 \
+    } while (0)
+// The call must throw tl::Error with the given status and a non-empty message.
+#define CHECK_THROWS(expr, expected)                                                                             \
+    do {                                                                                                         \
+        ++g_checks;                                                                                              \
+        bool thrown_ = false;                                                                                    \
+        try {                                                                                                    \
+            (void)(expr);                                                                                        \
+        } catch (const tl::Error& e_) {                                                                          \
+            thrown_ = true;                                                                                      \
+            if (e_.status() != (expected) || e_.message().empty()) {                                             \
+                std::fprintf(stderr, "%s:%d: %s threw %s (%s), expected %s\n", __FILE__, __LINE__, #expr,        \
+                             e_.status_name(), e_.message().c_str(), tl::status_name(expected));                 \
+                std::exit(1);                                                                                    \
+            }                                                                                                    \
+        }                                                                                                        \
+        if (!thrown_) {                                                                                          \
+            std::fprintf(stderr, "%s:%d: %s did not throw\n", __FILE__, __LINE__, #expr);                        \
+            std::exit(1);                                                                                        \
+        }                                                                                                        \
+    } while (0)
+
+// splitmix64 normals: reproducible data, never zeros.
+static uint64_t g_rng = 7;
+static double uniform() {
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (static_cast<double>(z >> 11) + 0.5) / 9007199254740992.0;
+}
+static double normal() { return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()); }
+
+// Row-major n x p in f64.
+struct Dense {
+    size_t n, p;
+    std::vector<double> v;
+    double at(size_t r, size_t c) const { return v[r * p + c]; }
+};
+static Dense random_dense(size_t n, size_t p) {
+    Dense d{n, p, std::vector<double>(n * p)};
+    for (auto& x : d.v) x = normal();
+    return d;
+}
+// A layer correlated with x: x W + noise.
+static Dense mix(const Dense& x, size_t q, double noise) {
+    std::vector<double> w(x.p * q);
+    for (auto& a : w) a = normal();
+    Dense y{x.n, q, std::vector<double>(x.n * q)};
+    for (size_t r = 0; r < x.n; r++)
+        for (size_t j = 0; j < q; j++) {
+            double s = 0;
+            for (size_t c = 0; c < x.p; c++) s += x.at(r, c) * w[c * q + j];
+            y.v[r * q + j] = s + noise * normal();
+        }
+    return y;
+}
+
+// Reference HSIC from n x n Grams: biased tr(HKH HLH); debiased the U-statistic of Song et al.
+static std::vector<double> gram(const Dense& x) {
+    std::vector<double> k(x.n * x.n);
+    for (size_t i = 0; i < x.n; i++)
+        for (size_t j = 0; j < x.n; j++) {
+            double s = 0;
+            for (size_t c = 0; c < x.p; c++) s += x.at(i, c) * x.at(j, c);
+            k[i * x.n + j] = s;
+        }
+    return k;
+}
+static double ref_hsic(const std::vector<double>& k, const std::vector<double>& l, size_t n, bool debiased) {
+    const double dn = static_cast<double>(n);
+    if (!debiased) {
+        auto center = [&](const std::vector<double>& g) {
+            std::vector<double> row(n, 0), col(n, 0), out(n * n);
+            double all = 0;
+            for (size_t i = 0; i < n; i++)
+                for (size_t j = 0; j < n; j++) row[i] += g[i * n + j] / dn, col[j] += g[i * n + j] / dn,
+                                                                 all += g[i * n + j] / (dn * dn);
+            for (size_t i = 0; i < n; i++)
+                for (size_t j = 0; j < n; j++) out[i * n + j] = g[i * n + j] - row[i] - col[j] + all;
+            return out;
+        };
+        auto hk = center(k), hl = center(l);
+        double s = 0;
+        for (size_t i = 0; i < n * n; i++) s += hk[i] * hl[i];
+        return s;
+    }
+    std::vector<double> kz = k, lz = l;
+    for (size_t i = 0; i < n; i++) kz[i * n + i] = lz[i * n + i] = 0;
+    double tr = 0, sk = 0, sl = 0, kl = 0;
+    for (size_t i = 0; i < n; i++) {
+        double ki = 0, li = 0;
+        for (size_t j = 0; j < n; j++) {
+            tr += kz[i * n + j] * lz[i * n + j];
+            ki += kz[i * n + j];
+            li += lz[i * n + j];
+        }
+        sk += ki;
+        sl += li;
+        kl += ki * li;
+    }
+    return (tr + sk * sl / ((dn - 1) * (dn - 2)) - 2.0 / (dn - 2) * kl) / (dn * (dn - 3));
+}
+static double ref_cka(const Dense& x, const Dense& y, bool debiased) {
+    auto k = gram(x), l = gram(y);
+    return ref_hsic(k, l, x.n, debiased) / std::sqrt(ref_hsic(k, k, x.n, debiased) * ref_hsic(l, l, x.n, debiased));
+}
+
+static std::vector<float> to_f32(const Dense& d) { return std::vector<float>(d.v.begin(), d.v.end()); }
+// The values the library sees once the data is stored as f32.
+static Dense rounded_f32(const Dense& d) {
+    Dense r = d;
+    for (auto& x : r.v) x = static_cast<float>(x);
+    return r;
+}
+
+// IEEE half and bfloat16 bit patterns (round to nearest even), and back, for the 16-bit paths.
+static uint16_t f16_bits(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    int32_t exp = static_cast<int32_t>((x >> 23) & 0xff) - 127 + 15;
+    uint32_t mant = x & 0x7fffffu;
+    if (exp <= 0) {  // subnormal half (the test data is far from overflow)
+        if (exp < -10) return static_cast<uint16_t>(sign);
+        mant |= 0x800000u;
+        const uint32_t shift = static_cast<uint32_t>(14 - exp);
+        uint32_t half = mant >> shift;
+        const uint32_t rest = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rest > mid || (rest == mid && (half & 1))) half++;
+        return static_cast<uint16_t>(sign | half);
+    }
+    uint32_t half = (static_cast<uint32_t>(exp) << 10) | (mant >> 13);
+    const uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1))) half++;
+    return static_cast<uint16_t>(sign | half);
+}
+static double f16_value(uint16_t h) {
+    const int exp = (h >> 10) & 0x1f;
+    const double mant = h & 0x3ff;
+    const double v = exp == 0 ? std::ldexp(mant, -24) : std::ldexp(1024.0 + mant, exp - 25);
+    return (h & 0x8000) ? -v : v;
+}
+static uint16_t bf16_bits(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return static_cast<uint16_t>(x >> 16);
+}
+static double bf16_value(uint16_t b) {
+    const uint32_t x = static_cast<uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+
+static void test_basics() {
+    const std::string want = std::to_string(TL_VERSION_MAJOR) + "." + std::to_string(TL_VERSION_MINOR) + "." +
+                             std::to_string(TL_VERSION_PATCH);
+    CHECK(tl::version() == want);
+    CHECK(tl::abi_version() == TL_ABI_VERSION);
+    CHECK(tl::abi_matches());
+    CHECK(std::string(tl::status_name(TL_STATUS_DEGENERATE_INPUT)) == "TL_STATUS_DEGENERATE_INPUT");
+    CHECK(std::string(tl::status_name(static_cast<tl_status>(99))) == "TL_STATUS_UNKNOWN");
+
+    const tl::Error e(TL_STATUS_SHAPE_MISMATCH, "rows differ");
+    CHECK(e.status() == TL_STATUS_SHAPE_MISMATCH);
+    CHECK(std::string(e.what()) == "TL_STATUS_SHAPE_MISMATCH: rows differ");
+}
+
+static void test_context() {
+    tl::Context ctx = tl::Context::cpu();
+    CHECK(ctx.get() != nullptr);
+    CHECK(ctx.backend() == tl::Backend::Cpu);
+
+    tl::Context moved(std::move(ctx));
+    CHECK(ctx.get() == nullptr);  // NOLINT(bugprone-use-after-move): the moved-from state is defined
+    CHECK(moved.backend() == tl::Backend::Cpu);
+    CHECK_THROWS(ctx.backend(), TL_STATUS_NULL_ARGUMENT);
+
+    tl::Context other = tl::Context::cpu();
+    other = std::move(moved);  // frees other's first context (ASan reports a leak otherwise)
+    CHECK(other.backend() == tl::Backend::Cpu);
+
+    tl::Context autod;  // AUTO resolves to a concrete backend
+    CHECK(autod.backend() == tl::Backend::Cpu || autod.backend() == tl::Backend::Cuda);
+
+    // CUDA asked for explicitly: a context where a device exists, else DEVICE_UNAVAILABLE.
+    try {
+        tl::Context cuda(tl::Backend::Cuda, 0);
+        CHECK(cuda.backend() == tl::Backend::Cuda);
+    } catch (const tl::Error& e) {
+        CHECK(e.status() == TL_STATUS_DEVICE_UNAVAILABLE);
+        CHECK(!e.message().empty());
+    }
+    CHECK_THROWS(tl::Context(static_cast<tl::Backend>(7)), TL_STATUS_INVALID_ARGUMENT);
+
+    tl_context* raw = tl::Context::cpu().release();  // ownership moves to the caller
+    CHECK(raw != nullptr);
+    tl_context_destroy(raw);
+}
+
+static void test_cka_linear() {
+    const tl::Context ctx = tl::Context::cpu();
+    // Awkward sizes: few samples, odd widths, more features than samples.
+    const size_t shapes[][3] = {{5, 1, 3}, {17, 7, 5}, {9, 33, 2}, {64, 12, 12}};
+    for (const auto& s : shapes) {
+        const Dense x = random_dense(s[0], s[1]);
+        const Dense y = mix(x, s[2], 0.5);
+        for (bool debiased : {false, true}) {
+            const auto est = debiased ? tl::Estimator::Debiased : tl::Estimator::Biased;
+            // f64: the reference to rounding.
+            const double r64 = ctx.cka_linear(tl::MatrixView(x.v, x.n, x.p), tl::MatrixView(y.v, y.n, y.p), est);
+            CHECK_CLOSE(r64, ref_cka(x, y, debiased), 1e-10);
+            // f32: dtype deduced from float.
+            const auto xf = to_f32(x), yf = to_f32(y);
+            const double r32 = ctx.cka_linear(tl::MatrixView(xf, x.n, x.p), tl::MatrixView(yf, y.n, y.p), est);
+            CHECK_CLOSE(r32, ref_cka(rounded_f32(x), rounded_f32(y), debiased), 1e-5);
+        }
+    }
+    // Known values: CKA(X, X) = 1; invariant to isotropic scaling and an offset.
+    const Dense x = random_dense(11, 4);
+    Dense z = x;
+    for (auto& v : z.v) v = 3.0 * v + 100.0;
+    CHECK_CLOSE(ctx.cka_linear(tl::MatrixView(x.v, 11, 4), tl::MatrixView(x.v, 11, 4), tl::Estimator::Biased), 1.0,
+                1e-12);
+    CHECK_CLOSE(ctx.cka_linear(tl::MatrixView(x.v, 11, 4), tl::MatrixView(z.v, 11, 4), tl::Estimator::Biased), 1.0,
+                1e-10);
+}
+
+static void test_views() {
+    const tl::Context ctx = tl::Context::cpu();
+    const Dense x = random_dense(13, 5), y = mix(x, 3, 0.7);
+    const double want = ref_cka(x, y, true);
+
+    // A row stride: x stored inside a wider buffer (8 columns, the first 5 used).
+    std::vector<double> wide(13 * 8, 1e300);  // padding that would poison the result if read
+    for (size_t r = 0; r < 13; r++)
+        for (size_t c = 0; c < 5; c++) wide[r * 8 + c] = x.at(r, c);
+    CHECK_CLOSE(ctx.cka_linear(tl::MatrixView(wide, 13, 5, 8), tl::MatrixView(y.v, 13, 3), tl::Estimator::Debiased),
+                want, 1e-10);
+    // Raw pointers and a row range of a view.
+    std::vector<double> tall(2 * 13 * 5);
+    std::copy(x.v.begin(), x.v.end(), tall.begin() + 13 * 5);
+    const tl::MatrixView lower = tl::MatrixView(tall.data(), 26, 5).rows(13, 13);
+    CHECK(lower.rows() == 13 && lower.cols() == 5 && lower.dtype() == tl::DType::F64);
+    CHECK_CLOSE(ctx.cka_linear(lower, tl::MatrixView(y.v.data(), 13, 3), tl::Estimator::Debiased), want, 1e-10);
+    CHECK_THROWS(tl::MatrixView(tall.data(), 26, 5).rows(20, 7), TL_STATUS_INVALID_ARGUMENT);
+
+    // f16 and bf16 as bit patterns with an explicit dtype; the reference sees the rounded values.
+    for (tl::DType dt : {tl::DType::F16, tl::DType::BF16}) {
+        std::vector<uint16_t> xb(x.v.size()), yb(y.v.size());
+        Dense xr = x, yr = y;
+        for (size_t i = 0; i < xb.size(); i++) {
+            xb[i] = dt == tl::DType::F16 ? f16_bits(static_cast<float>(x.v[i])) : bf16_bits(static_cast<float>(x.v[i]));
+            xr.v[i] = dt == tl::DType::F16 ? f16_value(xb[i]) : bf16_value(xb[i]);
+        }
+        for (size_t i = 0; i < yb.size(); i++) {
+            yb[i] = dt == tl::DType::F16 ? f16_bits(static_cast<float>(y.v[i])) : bf16_bits(static_cast<float>(y.v[i]));
+            yr.v[i] = dt == tl::DType::F16 ? f16_value(yb[i]) : bf16_value(yb[i]);
+        }
+        const double got = ctx.cka_linear(tl::MatrixView(xb.data(), dt, 13, 5), tl::MatrixView(yb.data(), dt, 13, 3),
+                                          tl::Estimator::Debiased);
+        CHECK_CLOSE(got, ref_cka(xr, yr, true), 1e-5);
+    }
+    std::vector<uint16_t> bits(10, 0x3c00);
+    CHECK_THROWS(tl::MatrixView(bits.data(), tl::DType::F32, 5, 2), TL_STATUS_INVALID_ARGUMENT);
+
+    // A container shorter than the view: refused before the library could read past it.
+    std::vector<float> short_buf(11);
+    CHECK_THROWS(tl::MatrixView(short_buf, 4, 3), TL_STATUS_SHAPE_MISMATCH);
+    CHECK_THROWS(tl::MatrixView(short_buf, 3, 3, 5), TL_STATUS_SHAPE_MISMATCH);  // spans 2 * 5 + 3
+}
+
+static void test_errors() {
+    const tl::Context ctx = tl::Context::cpu();
+    const Dense x = random_dense(3, 2), y = random_dense(3, 2);
+    // Three samples are too few for the debiased estimator.
+    CHECK_THROWS(ctx.cka_linear(tl::MatrixView(x.v, 3, 2), tl::MatrixView(y.v, 3, 2), tl::Estimator::Debiased),
+                 TL_STATUS_DEGENERATE_INPUT);
+    Dense bad = random_dense(6, 2);
+    bad.v[5] = NAN;
+    const Dense ok = random_dense(6, 2);
+    CHECK_THROWS(ctx.cka_linear(tl::MatrixView(bad.v, 6, 2), tl::MatrixView(ok.v, 6, 2), tl::Estimator::Biased),
+                 TL_STATUS_NON_FINITE);
+    CHECK_THROWS(ctx.cka_linear(tl::MatrixView(ok.v, 6, 2), tl::MatrixView(y.v, 3, 2), tl::Estimator::Biased),
+                 TL_STATUS_SHAPE_MISMATCH);
+    CHECK_THROWS(ctx.cka_linear(tl::MatrixView(ok.v, 6, 2), tl::MatrixView(ok.v, 6, 2), static_cast<tl::Estimator>(9)),
+                 TL_STATUS_INVALID_ARGUMENT);
+    std::vector<double> constant(12, 2.5);  // no variance
+    CHECK_THROWS(ctx.cka_linear(tl::MatrixView(constant, 6, 2), tl::MatrixView(ok.v, 6, 2), tl::Estimator::Biased),
+                 TL_STATUS_DEGENERATE_INPUT);
+    // Device memory handed to a CPU context is refused with an error, never dereferenced.
+    try {
+        static const float fake = 0.0f;
+        const auto dev = tl::MatrixView::on_device(&fake, tl::DType::F32, 0, 6, 2);
+        CHECK(dev.raw().device == 0 && dev.rows() == 6);
+        ctx.cka_linear(dev, tl::MatrixView(ok.v, 6, 2), tl::Estimator::Biased);
+        CHECK(false);
+    } catch (const tl::Error& e) {
+        CHECK(e.status() != TL_STATUS_OK && !e.message().empty());
+    }
+    // The message is the library's: it names the problem.
+    try {
+        ctx.cka_linear(tl::MatrixView(bad.v, 6, 2), tl::MatrixView(ok.v, 6, 2), tl::Estimator::Biased);
+        CHECK(false);
+    } catch (const tl::Error& e) {
+        CHECK(std::string(e.what()).find("TL_STATUS_NON_FINITE: ") == 0);
+        CHECK(e.message().find("NaN") != std::string::npos || e.message().find("non-finite") != std::string::npos ||
+              e.message().find("finite") != std::string::npos);
+    }
+}
+
+static void test_cka_matrix() {
+    const tl::Context ctx = tl::Context::cpu();
+    const Dense a = random_dense(21, 6), b = mix(a, 4, 0.3), c = mix(b, 9, 1.0);
+    const Dense d = mix(a, 3, 2.0), e = random_dense(21, 5);
+    const std::vector<const Dense*> xs{&a, &b, &c}, ys{&d, &e};
+    std::vector<tl::MatrixView> vx, vy;
+    for (auto* m : xs) vx.emplace_back(m->v, m->n, m->p);
+    for (auto* m : ys) vy.emplace_back(m->v, m->n, m->p);
+    for (bool debiased : {false, true}) {
+        const auto got = ctx.cka_matrix(vx, vy, debiased ? tl::Estimator::Debiased : tl::Estimator::Biased);
+        CHECK(got.nx == 3 && got.ny == 2 && got.values.size() == 6);
+        for (size_t i = 0; i < 3; i++)
+            for (size_t j = 0; j < 2; j++) CHECK_CLOSE(got.at(i, j), ref_cka(*xs[i], *ys[j], debiased), 1e-10);
+    }
+    CHECK_THROWS(ctx.cka_matrix({}, vy, tl::Estimator::Biased), TL_STATUS_INVALID_ARGUMENT);
+}
+
+static void test_accumulator() {
+    const tl::Context ctx = tl::Context::cpu();
+    const size_t n = 37;
+    const Dense x0 = random_dense(n, 5), x1 = mix(x0, 3, 0.4), y0 = mix(x0, 4, 1.0);
+    // Offsets that would cancel catastrophically without the shift.
+    Dense x1o = x1;
+    for (auto& v : x1o.v) v += 1000.0;
+    for (bool debiased : {false, true}) {
+        const auto est = debiased ? tl::Estimator::Debiased : tl::Estimator::Biased;
+        // Uneven batches, one of a single row, through row ranges of the full views.
+        const tl::MatrixView fx0(x0.v, n, 5), fx1(x1o.v, n, 3), fy0(y0.v, n, 4);
+        tl::CkaAccumulator acc(ctx, 2, 1, est);
+        CHECK(acc.nx() == 2 && acc.ny() == 1);
+        CHECK(acc.state_size().first == 0 && acc.state_size().second == 0);
+        const size_t cuts[] = {0, 10, 11, 30, n};
+        for (size_t k = 0; k + 1 < 5; k++) {
+            const size_t lo = cuts[k], len = cuts[k + 1] - cuts[k];
+            acc.update({fx0.rows(lo, len), fx1.rows(lo, len)}, {fy0.rows(lo, len)});
+        }
+        const auto got = acc.result();
+        CHECK_CLOSE(got.at(0, 0), ref_cka(x0, y0, debiased), 1e-9);
+        // CKA ignores offsets: the reference runs on the data without them (the Gram formulas
+        // themselves would lose precision to the offset), the library must not lose it either.
+        CHECK_CLOSE(got.at(1, 0), ref_cka(x1, y0, debiased), 1e-9);
+
+        // Merge: two halves give the whole.
+        tl::CkaAccumulator a(ctx, 2, 1, est), b(ctx, 2, 1, est);
+        a.update({fx0.rows(0, 20), fx1.rows(0, 20)}, {fy0.rows(0, 20)});
+        b.update({fx0.rows(20, n - 20), fx1.rows(20, n - 20)}, {fy0.rows(20, n - 20)});
+        a.merge(b);
+        CHECK_CLOSE(a.result().at(1, 0), got.at(1, 0), 1e-10);
+
+        // All-reduce protocol: b rebases to a's shift, moments are summed, both import.
+        tl::CkaAccumulator p(ctx, 2, 1, est), q(ctx, 2, 1, est);
+        p.update({fx0.rows(0, 15), fx1.rows(0, 15)}, {fy0.rows(0, 15)});
+        q.update({fx0.rows(15, n - 15), fx1.rows(15, n - 15)}, {fy0.rows(15, n - 15)});
+        const auto sp = p.export_state();
+        CHECK(sp.shift.size() == p.state_size().first && sp.moments.size() == p.state_size().second);
+        CHECK(sp.moments[0] == 15.0);  // the sample count comes first
+        q.rebase(sp.shift);
+        auto sq = q.export_state();
+        tl::CkaAccumulator::State summed{sp.shift, sp.moments};
+        for (size_t i = 0; i < summed.moments.size(); i++) summed.moments[i] += sq.moments[i];
+        // A fresh accumulator receives the reduced state after set_widths.
+        tl::CkaAccumulator fresh(ctx, 2, 1, est);
+        fresh.set_widths({5, 3, 4});
+        fresh.import_state(summed);
+        CHECK_CLOSE(fresh.result().at(0, 0), got.at(0, 0), 1e-9);
+        CHECK_CLOSE(fresh.result().at(1, 0), got.at(1, 0), 1e-9);
+    }
+
+    // Errors: layer counts, feature counts, widths, a short state.
+    tl::CkaAccumulator acc(ctx, 1, 1, tl::Estimator::Biased);
+    const Dense x = random_dense(8, 3), y = random_dense(8, 2), z = random_dense(8, 4);
+    CHECK_THROWS(acc.result(), TL_STATUS_DEGENERATE_INPUT);
+    CHECK_THROWS(acc.update({tl::MatrixView(x.v, 8, 3), tl::MatrixView(x.v, 8, 3)}, {tl::MatrixView(y.v, 8, 2)}),
+                 TL_STATUS_SHAPE_MISMATCH);
+    acc.update({tl::MatrixView(x.v, 8, 3)}, {tl::MatrixView(y.v, 8, 2)});
+    CHECK_THROWS(acc.update({tl::MatrixView(z.v, 8, 4)}, {tl::MatrixView(y.v, 8, 2)}), TL_STATUS_SHAPE_MISMATCH);
+    CHECK_THROWS(acc.set_widths({3, 2}), TL_STATUS_INVALID_ARGUMENT);  // it has seen data
+    CHECK_THROWS(acc.rebase({1.0}), TL_STATUS_SHAPE_MISMATCH);
+    tl::CkaAccumulator::State short_state{{0.0}, {1.0}};
+    CHECK_THROWS(acc.import_state(short_state), TL_STATUS_SHAPE_MISMATCH);
+    tl::CkaAccumulator other(ctx, 1, 1, tl::Estimator::Biased);
+    other.update({tl::MatrixView(z.v, 8, 4)}, {tl::MatrixView(y.v, 8, 2)});
+    CHECK_THROWS(acc.merge(other), TL_STATUS_SHAPE_MISMATCH);
+    CHECK_THROWS(tl::CkaAccumulator(ctx, 0, 1, tl::Estimator::Biased), TL_STATUS_INVALID_ARGUMENT);
+
+    // Moves: the moved-to object owns the handle, the moved-from one refuses to be used.
+    tl::CkaAccumulator moved(std::move(acc));
+    CHECK(acc.get() == nullptr);  // NOLINT(bugprone-use-after-move)
+    CHECK_THROWS(acc.result(), TL_STATUS_NULL_ARGUMENT);
+    CHECK(moved.result().values.size() == 1);
+    moved = std::move(other);  // frees moved's first handle
+    CHECK(moved.result().values.size() == 1);
+
+    // The accumulator outlives its context.
+    tl::CkaAccumulator* keep = nullptr;
+    {
+        tl::Context short_lived = tl::Context::cpu();
+        keep = new tl::CkaAccumulator(short_lived, 1, 1, tl::Estimator::Biased);
+    }
+    keep->update({tl::MatrixView(x.v, 8, 3)}, {tl::MatrixView(y.v, 8, 2)});
+    CHECK_CLOSE(keep->result().at(0, 0), ref_cka(x, y, false), 1e-10);
+    delete keep;
+}
+
+int main() {
+    const std::pair<const char*, std::function<void()>> tests[] = {
+        {"basics", test_basics},       {"context", test_context},       {"cka_linear", test_cka_linear},
+        {"views", test_views},         {"errors", test_errors},         {"cka_matrix", test_cka_matrix},
+        {"accumulator", test_accumulator},
+    };
+    for (const auto& t : tests) {
+        t.second();
+        std::printf("ok %s\n", t.first);
+    }
+    std::printf("all C++ binding tests passed (%d checks)\n", g_checks);
+    return 0;
+}

@@ -1,0 +1,336 @@
+// transferlens for C++17: a header-only layer over the C ABI (include/transferlens.h).
+//
+// - Failures throw transferlens::Error, which carries the tl_status and the library's message.
+// - Context and CkaAccumulator own their C handles (RAII, move-only); nothing leaks on a throw.
+// - MatrixView is a non-owning row-major view (rows = samples, cols = features); its dtype is
+//   deduced from the element type: float -> F32, double -> F64. f16 and bf16 data are passed as
+//   their uint16_t bit patterns with an explicit DType::F16 or DType::BF16.
+// - The views only borrow memory: it must stay valid during the call that receives them.
+//
+// Thread safety follows the C ABI: a CPU Context may be shared by threads, a CkaAccumulator may
+// not be used from two threads at once.
+#ifndef TRANSFERLENS_HPP
+#define TRANSFERLENS_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "transferlens.h"
+
+namespace transferlens {
+
+// ---------------------------------------------------------------------------------------------
+// Basics: versions, status names, the exception type
+
+enum class Backend : uint32_t { Auto = TL_BACKEND_AUTO, Cpu = TL_BACKEND_CPU, Cuda = TL_BACKEND_CUDA };
+enum class DType : uint32_t { F32 = TL_DTYPE_F32, F64 = TL_DTYPE_F64, F16 = TL_DTYPE_F16, BF16 = TL_DTYPE_BF16 };
+enum class Estimator : uint32_t { Biased = TL_CKA_BIASED, Debiased = TL_CKA_DEBIASED };
+
+// The library's version ("MAJOR.MINOR.PATCH") as linked at run time.
+inline std::string version() { return tl_version(); }
+// The ABI version of the linked library; compare with TL_ABI_VERSION (the header's) to detect
+// a library that does not match the header this program was compiled with.
+inline uint32_t abi_version() noexcept { return tl_abi_version(); }
+inline bool abi_matches() noexcept { return tl_abi_version() == TL_ABI_VERSION; }
+inline const char* status_name(tl_status status) noexcept { return tl_status_name(status); }
+
+// A failed call: the status code, its name and the library's message.
+class Error : public std::runtime_error {
+  public:
+    Error(tl_status status, const std::string& message)
+        : std::runtime_error(std::string(tl_status_name(status)) + ": " + message),
+          status_(status),
+          message_(message) {}
+    tl_status status() const noexcept { return status_; }
+    const char* status_name() const noexcept { return tl_status_name(status_); }
+    const std::string& message() const noexcept { return message_; }
+
+  private:
+    tl_status status_;
+    std::string message_;
+};
+
+namespace detail {
+// Throws for a failed status. The message is read at once: it is only valid until this thread's
+// next tl_ call.
+inline void check(tl_status status) {
+    if (status != TL_STATUS_OK) {
+        std::string message = tl_last_error_message();  // copied before Error calls tl_status_name
+        throw Error(status, message);
+    }
+}
+
+template <class T>
+struct dtype_of;  // float and double only: 16-bit data needs an explicit DType
+template <>
+struct dtype_of<float> {
+    static constexpr DType value = DType::F32;
+};
+template <>
+struct dtype_of<double> {
+    static constexpr DType value = DType::F64;
+};
+
+// Elements a row-major view spans: (rows - 1) * stride + cols (0 for no rows).
+inline uint64_t span_len(uint64_t rows, uint64_t cols, uint64_t stride) {
+    return rows == 0 ? 0 : (rows - 1) * (stride == 0 ? cols : stride) + cols;
+}
+
+template <class C, class = void>
+struct is_contiguous : std::false_type {};
+template <class C>
+struct is_contiguous<C, std::void_t<decltype(std::declval<const C&>().data()),
+                                    decltype(std::declval<const C&>().size())>> : std::true_type {};
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// MatrixView: a tl_matrix built with checks
+
+class MatrixView {
+  public:
+    // Host data, dtype from the element type (float or double). row_stride: elements between
+    // row starts, 0 meaning cols.
+    template <class T, class = std::enable_if_t<std::is_floating_point<T>::value>>
+    MatrixView(const T* data, uint64_t rows, uint64_t cols, uint64_t row_stride = 0)
+        : m_{data, static_cast<tl_dtype>(detail::dtype_of<T>::value), rows, cols, row_stride, -1} {}
+
+    // 16-bit host data as bit patterns: dtype must be DType::F16 or DType::BF16.
+    MatrixView(const uint16_t* bits, DType dtype, uint64_t rows, uint64_t cols, uint64_t row_stride = 0)
+        : m_{bits, static_cast<tl_dtype>(dtype), rows, cols, row_stride, -1} {
+        if (dtype != DType::F16 && dtype != DType::BF16)
+            throw Error(TL_STATUS_INVALID_ARGUMENT, "uint16_t data needs DType::F16 or DType::BF16");
+    }
+
+    // Any contiguous container with data() and size() (std::vector, std::array, std::span):
+    // checks that it holds the elements the view spans, so the library never reads past it.
+    template <class C, class = std::enable_if_t<detail::is_contiguous<C>::value>>
+    MatrixView(const C& container, uint64_t rows, uint64_t cols, uint64_t row_stride = 0)
+        : MatrixView(container.data(), rows, cols, row_stride) {
+        if (detail::span_len(rows, cols, row_stride) > static_cast<uint64_t>(container.size()))
+            throw Error(TL_STATUS_SHAPE_MISMATCH,
+                        "the container holds " + std::to_string(container.size()) + " elements, the view spans " +
+                            std::to_string(detail::span_len(rows, cols, row_stride)));
+    }
+    // A temporary std::vector would be gone before the view is used.
+    template <class T, class A>
+    MatrixView(std::vector<T, A>&&, uint64_t, uint64_t, uint64_t = 0) = delete;
+
+    // Memory of CUDA device `device` (a device pointer from the training framework).
+    static MatrixView on_device(const void* data, DType dtype, int32_t device, uint64_t rows, uint64_t cols,
+                                uint64_t row_stride = 0) {
+        MatrixView v;
+        v.m_ = tl_matrix{data, static_cast<tl_dtype>(dtype), rows, cols, row_stride, device};
+        return v;
+    }
+
+    // Rows [first, first + count) of this view: the same memory, no copy (a batch of samples).
+    MatrixView rows(uint64_t first, uint64_t count) const {
+        if (first > m_.rows || count > m_.rows - first)
+            throw Error(TL_STATUS_INVALID_ARGUMENT, "rows [" + std::to_string(first) + ", " +
+                                                        std::to_string(first + count) + ") of a view of " +
+                                                        std::to_string(m_.rows) + " rows");
+        MatrixView v = *this;
+        const uint64_t stride = m_.row_stride == 0 ? m_.cols : m_.row_stride;
+        v.m_.data = static_cast<const unsigned char*>(m_.data) + first * stride * elem_size();
+        v.m_.rows = count;
+        v.m_.row_stride = stride;
+        return v;
+    }
+
+    uint64_t rows() const noexcept { return m_.rows; }
+    uint64_t cols() const noexcept { return m_.cols; }
+    DType dtype() const noexcept { return static_cast<DType>(m_.dtype); }
+    const tl_matrix& raw() const noexcept { return m_; }
+
+  private:
+    MatrixView() : m_{nullptr, TL_DTYPE_F32, 0, 0, 0, -1} {}
+    size_t elem_size() const noexcept { return m_.dtype == TL_DTYPE_F64 ? 8 : m_.dtype == TL_DTYPE_F32 ? 4 : 2; }
+    tl_matrix m_;
+};
+
+namespace detail {
+inline std::vector<tl_matrix> raw_views(const std::vector<MatrixView>& views) {
+    std::vector<tl_matrix> out;
+    out.reserve(views.size());
+    for (const auto& v : views) out.push_back(v.raw());
+    return out;
+}
+}  // namespace detail
+
+// nx x ny CKA values, row-major: at(i, j) = CKA(xs[i], ys[j]).
+struct CkaMatrix {
+    size_t nx = 0;
+    size_t ny = 0;
+    std::vector<double> values;
+    double at(size_t i, size_t j) const { return values.at(i * ny + j); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Context
+
+class Context {
+  public:
+    // AUTO picks CUDA when a driver and a device are present, else the CPU. CUDA asked for
+    // without them throws Error with TL_STATUS_DEVICE_UNAVAILABLE.
+    explicit Context(Backend backend = Backend::Auto, int32_t device = 0) {
+        detail::check(tl_context_create(static_cast<tl_backend>(backend), device, &ctx_));
+    }
+    static Context cpu() { return Context(Backend::Cpu); }
+
+    ~Context() { tl_context_destroy(ctx_); }
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
+    Context(Context&& other) noexcept : ctx_(std::exchange(other.ctx_, nullptr)) {}
+    Context& operator=(Context&& other) noexcept {
+        if (this != &other) {
+            tl_context_destroy(ctx_);
+            ctx_ = std::exchange(other.ctx_, nullptr);
+        }
+        return *this;
+    }
+
+    // The resolved backend: Cpu or Cuda.
+    Backend backend() const {
+        tl_backend out = TL_BACKEND_AUTO;
+        detail::check(tl_context_backend(handle(), &out));
+        return static_cast<Backend>(out);
+    }
+
+    // Linear CKA of x and y (rows are the same samples).
+    double cka_linear(const MatrixView& x, const MatrixView& y, Estimator estimator) const {
+        double out = 0.0;
+        detail::check(tl_cka_linear(handle(), &x.raw(), &y.raw(), static_cast<tl_cka_estimator>(estimator), &out));
+        return out;
+    }
+
+    // CKA of every pair of layers; each layer's Gram is formed once.
+    CkaMatrix cka_matrix(const std::vector<MatrixView>& xs, const std::vector<MatrixView>& ys,
+                         Estimator estimator) const {
+        CkaMatrix out{xs.size(), ys.size(), std::vector<double>(xs.size() * ys.size())};
+        const auto rx = detail::raw_views(xs), ry = detail::raw_views(ys);
+        detail::check(tl_cka_matrix(handle(), rx.data(), rx.size(), ry.data(), ry.size(),
+                                    static_cast<tl_cka_estimator>(estimator), out.values.data()));
+        return out;
+    }
+
+    // The C handle (still owned by this object), for calls this header does not wrap.
+    tl_context* get() const noexcept { return ctx_; }
+    // Gives up ownership: the caller frees the handle with tl_context_destroy.
+    tl_context* release() noexcept { return std::exchange(ctx_, nullptr); }
+
+  private:
+    tl_context* handle() const {
+        if (!ctx_) throw Error(TL_STATUS_NULL_ARGUMENT, "use of a moved-from transferlens::Context");
+        return ctx_;
+    }
+    tl_context* ctx_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------
+// CkaAccumulator: exact streaming CKA over batches, mergeable within and across processes
+
+class CkaAccumulator {
+  public:
+    // An exported state: the shift and the moments (moments[0] is the sample count). Moments of
+    // accumulators with equal shifts add up: see tl_cka_accumulator in the C header.
+    struct State {
+        std::vector<double> shift;
+        std::vector<double> moments;
+    };
+
+    // The accumulator keeps its own reference to the context's backend: ctx may go first.
+    CkaAccumulator(const Context& ctx, size_t nx, size_t ny, Estimator estimator) : nx_(nx), ny_(ny) {
+        if (!ctx.get()) throw Error(TL_STATUS_NULL_ARGUMENT, "use of a moved-from transferlens::Context");
+        detail::check(tl_cka_accumulator_create(ctx.get(), nx, ny, static_cast<tl_cka_estimator>(estimator), &acc_));
+    }
+    ~CkaAccumulator() { tl_cka_accumulator_destroy(acc_); }
+    CkaAccumulator(const CkaAccumulator&) = delete;
+    CkaAccumulator& operator=(const CkaAccumulator&) = delete;
+    CkaAccumulator(CkaAccumulator&& other) noexcept
+        : acc_(std::exchange(other.acc_, nullptr)), nx_(other.nx_), ny_(other.ny_) {}
+    CkaAccumulator& operator=(CkaAccumulator&& other) noexcept {
+        if (this != &other) {
+            tl_cka_accumulator_destroy(acc_);
+            acc_ = std::exchange(other.acc_, nullptr);
+            nx_ = other.nx_;
+            ny_ = other.ny_;
+        }
+        return *this;
+    }
+
+    size_t nx() const noexcept { return nx_; }
+    size_t ny() const noexcept { return ny_; }
+
+    // Adds a batch: nx views of x layers and ny of y layers, all with the same rows. The counts
+    // are checked here because the C function reads exactly nx and ny views.
+    void update(const std::vector<MatrixView>& xs, const std::vector<MatrixView>& ys) {
+        if (xs.size() != nx_ || ys.size() != ny_)
+            throw Error(TL_STATUS_SHAPE_MISMATCH, "update got " + std::to_string(xs.size()) + " x and " +
+                                                      std::to_string(ys.size()) + " y layers; the accumulator has " +
+                                                      std::to_string(nx_) + " and " + std::to_string(ny_));
+        const auto rx = detail::raw_views(xs), ry = detail::raw_views(ys);
+        detail::check(tl_cka_accumulator_update(handle(), rx.data(), ry.data()));
+    }
+
+    // Adds the state of `from` (same layer and feature counts).
+    void merge(const CkaAccumulator& from) { detail::check(tl_cka_accumulator_merge(handle(), from.handle())); }
+
+    CkaMatrix result() const {
+        CkaMatrix out{nx_, ny_, std::vector<double>(nx_ * ny_)};
+        detail::check(tl_cka_accumulator_result(handle(), out.values.data()));
+        return out;
+    }
+
+    // Lengths of the exported state; both 0 until the feature counts are fixed.
+    std::pair<size_t, size_t> state_size() const {
+        size_t shift = 0, moments = 0;
+        detail::check(tl_cka_accumulator_state_size(handle(), &shift, &moments));
+        return {shift, moments};
+    }
+
+    State export_state() const {
+        const auto sizes = state_size();
+        State s{std::vector<double>(sizes.first), std::vector<double>(sizes.second)};
+        detail::check(
+            tl_cka_accumulator_export(handle(), s.shift.data(), s.shift.size(), s.moments.data(), s.moments.size()));
+        return s;
+    }
+
+    // Re-expresses the moments relative to `shift` (another process's exported shift).
+    void rebase(const std::vector<double>& shift) {
+        detail::check(tl_cka_accumulator_rebase(handle(), shift.data(), shift.size()));
+    }
+
+    // Replaces the state with an exported (possibly all-reduced) one.
+    void import_state(const State& s) {
+        detail::check(
+            tl_cka_accumulator_import(handle(), s.shift.data(), s.shift.size(), s.moments.data(), s.moments.size()));
+    }
+
+    // Fixes the feature counts (nx x widths, then ny y widths) before any data, so that a state
+    // can be imported into a fresh accumulator.
+    void set_widths(const std::vector<uint64_t>& widths) {
+        detail::check(tl_cka_accumulator_set_widths(handle(), widths.data(), widths.size()));
+    }
+
+    tl_cka_accumulator* get() const noexcept { return acc_; }
+    tl_cka_accumulator* release() noexcept { return std::exchange(acc_, nullptr); }
+
+  private:
+    tl_cka_accumulator* handle() const {
+        if (!acc_) throw Error(TL_STATUS_NULL_ARGUMENT, "use of a moved-from transferlens::CkaAccumulator");
+        return acc_;
+    }
+    tl_cka_accumulator* acc_ = nullptr;
+    size_t nx_ = 0;
+    size_t ny_ = 0;
+};
+
+}  // namespace transferlens
+
+#endif  // TRANSFERLENS_HPP

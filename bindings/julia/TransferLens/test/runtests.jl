@@ -1,0 +1,222 @@
+# Tests of the Julia binding: values against a plain Float64 reference written here, both matrix
+# layouts (zero-copy transposed views and copied plain matrices), the accumulator protocol and
+# the errors. Run with `julia --project=bindings/julia/TransferLens -e 'using Pkg; Pkg.test()'`
+# after `cargo build --release --lib`.
+using TransferLens
+using TransferLens: TransferLensError, STATUS_DEGENERATE_INPUT, STATUS_NON_FINITE, STATUS_SHAPE_MISMATCH,
+                    STATUS_INVALID_ARGUMENT, STATUS_NULL_ARGUMENT, STATUS_UNSUPPORTED_DTYPE,
+                    STATUS_DEVICE_UNAVAILABLE
+using LinearAlgebra
+using Random
+using Test
+
+# Reference: feature-space HSIC of column-centered samples × features data (Kornblith et al.
+# 2019); debiased, the U-statistic of Song et al. (2012) in feature-space form.
+function ref_hsic(X::Matrix{Float64}, Y::Matrix{Float64}, debiased::Bool)
+    fro = sum(abs2, X' * Y)
+    debiased || return fro
+    n = size(X, 1)
+    rx = vec(sum(abs2, X; dims = 2))
+    ry = vec(sum(abs2, Y; dims = 2))
+    return fro - n / (n - 2) * dot(rx, ry) + sum(rx) * sum(ry) / ((n - 1) * (n - 2))
+end
+function ref_cka(X, Y, debiased::Bool)
+    Xc = Float64.(X) .- sum(Float64.(X); dims = 1) ./ size(X, 1)
+    Yc = Float64.(Y) .- sum(Float64.(Y); dims = 1) ./ size(Y, 1)
+    return ref_hsic(Xc, Yc, debiased) / sqrt(ref_hsic(Xc, Xc, debiased) * ref_hsic(Yc, Yc, debiased))
+end
+
+rng = MersenneTwister(7)
+mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X, 1), q)
+
+@testset "TransferLens" begin
+    @testset "basics" begin
+        @test occursin(r"^\d+\.\d+\.\d+$", TransferLens.version())
+        @test TransferLens.abi_version() == 1
+        @test status_name(STATUS_DEGENERATE_INPUT) == "TL_STATUS_DEGENERATE_INPUT"
+        @test status_name(99) == "TL_STATUS_UNKNOWN"
+        for s in instances(TransferLens.Status)
+            @test status_name(s) == "TL_" * string(s)
+        end
+    end
+
+    @testset "context" begin
+        ctx = Context(BACKEND_CPU)
+        @test backend(ctx) == BACKEND_CPU
+        close(ctx)
+        close(ctx) # twice is a no-op
+        err = try
+            backend(ctx)
+        catch e
+            e
+        end
+        @test err isa TransferLensError && err.status == STATUS_NULL_ARGUMENT
+        try
+            cuda = Context(BACKEND_CUDA, 0)
+            @test backend(cuda) == BACKEND_CUDA
+            close(cuda)
+        catch e
+            @test e isa TransferLensError && e.status == STATUS_DEVICE_UNAVAILABLE && !isempty(e.message)
+        end
+        @test backend(Context()) in (BACKEND_CPU, BACKEND_CUDA)
+    end
+
+    ctx = Context(BACKEND_CPU)
+
+    @testset "cka_linear, n=$n p=$p q=$q" for (n, p, q) in ((5, 1, 3), (17, 7, 5), (9, 33, 2), (64, 12, 12))
+        X = randn(rng, n, p)            # samples × features
+        Y = mixed(X, q, 0.5)
+        for est in (BIASED, DEBIASED)
+            want = ref_cka(X, Y, est == DEBIASED)
+            # Plain matrices are samples × features and copied.
+            @test cka_linear(ctx, X, Y, est) ≈ want rtol = 1e-10
+            # Features × samples arrays through transpose, adjoint, PermutedDimsArray: no copy.
+            Ht, Gt = permutedims(X), permutedims(Y)
+            @test cka_linear(ctx, transpose(Ht), transpose(Gt), est) ≈ want rtol = 1e-10
+            @test cka_linear(ctx, Ht', Gt', est) ≈ want rtol = 1e-10
+            @test cka_linear(ctx, PermutedDimsArray(Ht, (2, 1)), PermutedDimsArray(Gt, (2, 1)), est) ≈ want rtol = 1e-10
+            # Float32 and Float16: the reference sees the rounded values.
+            X32, Y32 = Float32.(X), Float32.(Y)
+            @test cka_linear(ctx, X32, transpose(permutedims(Y32)), est) ≈ ref_cka(X32, Y32, est == DEBIASED) atol = 1e-5
+            X16, Y16 = Float16.(X), Float16.(Y)
+            @test cka_linear(ctx, X16, Y16, est) ≈ ref_cka(X16, Y16, est == DEBIASED) atol = 1e-5
+        end
+    end
+
+    @testset "layouts never give a silently wrong answer" begin
+        X = randn(rng, 13, 5)
+        Y = mixed(X, 3, 0.7)
+        want = ref_cka(X, Y, true)
+        # A batch of columns of a wider features × samples array: strided, no copy.
+        H = randn(rng, 5, 40)
+        H[:, 11:23] .= permutedims(X)
+        @test cka_linear(ctx, transpose(view(H, :, 11:23)), Y, DEBIASED) ≈ want rtol = 1e-10
+        # Rows of a features × samples array that skip features: not unit stride, copied.
+        W = randn(rng, 10, 13)
+        W[1:2:end, :] .= permutedims(X)
+        @test cka_linear(ctx, transpose(view(W, 1:2:9, :)), Y, DEBIASED) ≈ want rtol = 1e-10
+        # A samples × features view of a larger matrix: copied.
+        big = randn(rng, 20, 9)
+        big[3:15, 2:6] .= X
+        @test cka_linear(ctx, view(big, 3:15, 2:6), Y, DEBIASED) ≈ want rtol = 1e-10
+        # The same memory read the other way round is another matrix: with 13 samples of 5
+        # features, transpose(X) has 5 "samples" and cannot be compared with Y's 13.
+        err = try
+            cka_linear(ctx, transpose(X), Y, DEBIASED)
+        catch e
+            e
+        end
+        @test err isa TransferLensError && err.status == STATUS_SHAPE_MISMATCH
+    end
+
+    @testset "bfloat16 bits" begin
+        X = randn(rng, 11, 4)
+        Y = mixed(X, 3, 0.5)
+        bits(A) = map(v -> UInt16(reinterpret(UInt32, Float32(v)) >> 16), A) # truncation: exact values below
+        value(b) = Float64(reinterpret(Float32, UInt32(b) << 16))
+        Xb, Yb = bits(X), bits(Y)
+        got = cka_linear(ctx, BFloat16Bits(Xb), BFloat16Bits(transpose(permutedims(Yb))), BIASED)
+        @test got ≈ ref_cka(value.(Xb), value.(Yb), false) atol = 1e-5
+    end
+
+    @testset "cka_matrix" begin
+        a = randn(rng, 21, 6)
+        b = mixed(a, 4, 0.3)
+        c = mixed(b, 9, 1.0)
+        d = mixed(a, 3, 2.0)
+        e = randn(rng, 21, 5)
+        for est in (BIASED, DEBIASED)
+            M = cka_matrix(ctx, [a, transpose(permutedims(b)), c], [d, e], est)
+            @test size(M) == (3, 2)
+            for (i, x) in enumerate((a, b, c)), (j, y) in enumerate((d, e))
+                @test M[i, j] ≈ ref_cka(x, y, est == DEBIASED) rtol = 1e-10
+            end
+        end
+    end
+
+    @testset "accumulator" begin
+        n = 37
+        X0 = randn(rng, n, 5)
+        X1 = mixed(X0, 3, 0.4)
+        Y0 = mixed(X0, 4, 1.0)
+        X1o = X1 .+ 1000.0 # an offset the shift must absorb
+        for est in (BIASED, DEBIASED)
+            deb = est == DEBIASED
+            acc = CkaAccumulator(ctx, 2, 1, est)
+            @test state_size(acc) == (0, 0)
+            for r in (1:10, 11:11, 12:30, 31:n) # uneven batches, one of a single row
+                update!(acc, [X0[r, :], X1o[r, :]], [Y0[r, :]])
+            end
+            R = result(acc)
+            @test size(R) == (2, 1)
+            @test R[1, 1] ≈ ref_cka(X0, Y0, deb) rtol = 1e-9
+            @test R[2, 1] ≈ ref_cka(X1, Y0, deb) rtol = 1e-9
+
+            p = CkaAccumulator(ctx, 2, 1, est)
+            q = CkaAccumulator(ctx, 2, 1, est)
+            update!(p, [X0[1:15, :], X1o[1:15, :]], [Y0[1:15, :]])
+            update!(q, [X0[16:n, :], X1o[16:n, :]], [Y0[16:n, :]])
+            m = CkaAccumulator(ctx, 2, 1, est)
+            update!(m, [X0[1:15, :], X1o[1:15, :]], [Y0[1:15, :]])
+            merge!(m, q)
+            @test result(m)[2, 1] ≈ R[2, 1] rtol = 1e-10
+
+            sp = export_state(p)
+            @test sp.moments[1] == 15
+            rebase!(q, sp.shift)
+            sq = export_state(q)
+            fresh = CkaAccumulator(ctx, 2, 1, est)
+            set_widths!(fresh, [5, 3, 4])
+            import_state!(fresh, CkaState(sp.shift, sp.moments .+ sq.moments))
+            @test result(fresh) ≈ R rtol = 1e-9
+            foreach(close, (acc, p, q, m, fresh))
+        end
+    end
+
+    @testset "errors" begin
+        ok = randn(rng, 6, 2)
+        three = randn(rng, 3, 2)
+        nan = copy(ok)
+        nan[2, 2] = NaN
+        status_of(f) =
+            try
+                f()
+                nothing
+            catch e
+                e isa TransferLensError || rethrow()
+                @test !isempty(e.message)
+                e.status
+            end
+        @test status_of(() -> cka_linear(ctx, three, three, DEBIASED)) == STATUS_DEGENERATE_INPUT
+        @test status_of(() -> cka_linear(ctx, fill(2.5, 6, 2), ok, BIASED)) == STATUS_DEGENERATE_INPUT
+        @test status_of(() -> cka_linear(ctx, nan, ok, BIASED)) == STATUS_NON_FINITE
+        @test status_of(() -> cka_linear(ctx, ok, three, BIASED)) == STATUS_SHAPE_MISMATCH
+        @test status_of(() -> cka_linear(ctx, rand(Int, 6, 2), ok, BIASED)) == STATUS_UNSUPPORTED_DTYPE
+        @test status_of(() -> cka_matrix(ctx, [], [ok], BIASED)) == STATUS_INVALID_ARGUMENT
+        @test status_of(() -> CkaAccumulator(ctx, 0, 1, BIASED)) == STATUS_INVALID_ARGUMENT
+
+        acc = CkaAccumulator(ctx, 1, 1, BIASED)
+        @test status_of(() -> result(acc)) == STATUS_DEGENERATE_INPUT
+        @test status_of(() -> update!(acc, [ok, ok], [ok])) == STATUS_SHAPE_MISMATCH
+        update!(acc, [ok], [ok])
+        @test status_of(() -> update!(acc, [randn(rng, 6, 3)], [ok])) == STATUS_SHAPE_MISMATCH
+        @test status_of(() -> set_widths!(acc, [2, 2])) == STATUS_INVALID_ARGUMENT
+        @test status_of(() -> rebase!(acc, [1.0])) == STATUS_SHAPE_MISMATCH
+        @test status_of(() -> import_state!(acc, CkaState([0.0], [1.0]))) == STATUS_SHAPE_MISMATCH
+        close(acc)
+        @test status_of(() -> result(acc)) == STATUS_NULL_ARGUMENT
+        @test sprint(showerror, TransferLensError(STATUS_NON_FINITE, "x")) == "TransferLensError: TL_STATUS_NON_FINITE: x"
+    end
+
+    close(ctx)
+
+    # The README's example: the same data as the C and Go examples.
+    @testset "example" begin
+        example = include(joinpath(@__DIR__, "..", "examples", "cka.jl"))
+        a = [0.1 1.2 -0.3; 0.8 -0.5 0.9; -1.1 0.4 0.2; 0.6 0.3 -0.7; -0.2 -0.9 1.4; 0.5 0.7 0.1]
+        b = [0.3 1.0; 0.9 -0.2; -1.0 0.6; 0.4 0.5; -0.1 -1.2; 0.6 0.8]
+        want = ref_cka(Float64.(Float32.(a)), Float64.(Float32.(b)), true)
+        @test example.one_call ≈ want atol = 1e-6
+        @test example.streamed ≈ want atol = 1e-6
+    end
+end

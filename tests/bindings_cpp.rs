@@ -1,0 +1,249 @@
+//! The C++ binding (bindings/cpp/transferlens.hpp) tested from C++: its test program is compiled
+//! with g++ -std=c++17 -Wall -Wextra -Werror -fsanitize=address,undefined and run; the example
+//! (bindings/cpp/examples/training_loop.cpp) is built directly, and against the package that
+//! scripts/install.sh installs (CMake find_package and pkg-config), and its printed CKA values
+//! are checked against an f64 reference written here.
+
+mod bindings_common;
+mod common;
+
+use bindings_common::{have, library_dir, root, run_checked, scratch};
+use common::{assert_close, reference_cka_feature, Dense};
+use std::path::Path;
+use std::process::Command;
+
+/// g++ with the warnings and sanitizers of the C++ tests, the header folders and the library.
+fn gxx(lib: &Path, source: &Path, exe: &Path) -> Command {
+    let mut cmd = Command::new("g++");
+    cmd.args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-O1"])
+        .args(["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg("-I")
+        .arg(root().join("bindings/cpp"))
+        .arg(source)
+        .arg("-o")
+        .arg(exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-ltransferlens");
+    cmd
+}
+
+/// Runs a sanitized program: leaks and undefined behaviour fail it.
+fn run_sanitized(exe: &Path, what: &str) -> String {
+    run_checked(
+        Command::new(exe)
+            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=97")
+            .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1"),
+        what,
+    )
+}
+
+#[test]
+fn cpp_tests_pass_under_sanitizers() {
+    let lib = library_dir();
+    let dir = scratch("cpp-tests");
+    let exe = dir.join("test_transferlens");
+    run_checked(
+        &mut gxx(&lib, &root().join("bindings/cpp/tests/test_transferlens.cpp"), &exe),
+        "compiling bindings/cpp/tests/test_transferlens.cpp",
+    );
+    let out = run_sanitized(&exe, "bindings/cpp/tests/test_transferlens");
+    print!("{out}");
+    assert!(out.contains("all C++ binding tests passed"), "the C++ tests did not finish:\n{out}");
+}
+
+/// The example's toy model in f64, rounded to f32 as the example stores it: (hidden, outputs).
+fn toy_forward(phase: f64) -> (Dense, Dense) {
+    const N: usize = 100;
+    const D: usize = 8;
+    const H: usize = 6;
+    const K: usize = 4;
+    let mut h1 = vec![0.0; N * H];
+    let mut h2 = vec![0.0; N * K];
+    for s in 0..N {
+        let sf = s as f64;
+        for j in 0..H {
+            let mut a = 0.0;
+            for d in 0..D {
+                let df = d as f64;
+                let x = (0.5 * sf + 1.3 * df).sin() + (0.31 * sf * (df + 1.0)).cos();
+                a += x * (1.1 * df + 0.7 * j as f64 + phase).cos();
+            }
+            h1[s * H + j] = a.tanh();
+        }
+        for k in 0..K {
+            let mut a = 0.0;
+            for j in 0..H {
+                a += h1[s * H + j] * (0.9 * j as f64 - 0.4 * k as f64 + phase).sin();
+            }
+            h2[s * K + k] = a.tanh();
+        }
+    }
+    let f32ed = |v: Vec<f64>| v.into_iter().map(|x| x as f32 as f64).collect::<Vec<_>>();
+    (Dense { rows: N, cols: H, data: f32ed(h1) }, Dense { rows: N, cols: K, data: f32ed(h2) })
+}
+
+/// Checks the example's output: 4 epochs, each with CKA(P layer i, T layer j), debiased.
+fn check_example_output(out: &str, what: &str) {
+    let (p1, p2) = toy_forward(0.0);
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(lines.len(), 4, "{what}: expected 4 epochs in:\n{out}");
+    for (epoch, line) in lines.iter().enumerate() {
+        let (t1, t2) = toy_forward(0.25 * epoch as f64);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[1], format!("{epoch}:"), "{what}: {line}");
+        let mut k = 2;
+        for (i, p) in [&p1, &p2].into_iter().enumerate() {
+            for (j, t) in [&t1, &t2].into_iter().enumerate() {
+                assert_eq!(fields[k], format!("P{}-T{}", i + 1, j + 1), "{what}: {line}");
+                let got: f64 = fields[k + 1].parse().unwrap_or_else(|_| panic!("{what}: a number in {line}"));
+                let want = reference_cka_feature(p, t, true);
+                assert_close(got, want, 1e-6, &format!("{what}: epoch {epoch} P{}-T{}", i + 1, j + 1));
+                k += 2;
+            }
+        }
+    }
+}
+
+#[test]
+fn example_training_loop_matches_the_reference() {
+    let lib = library_dir();
+    let dir = scratch("cpp-example");
+    let exe = dir.join("training_loop");
+    run_checked(
+        &mut gxx(&lib, &root().join("bindings/cpp/examples/training_loop.cpp"), &exe),
+        "compiling bindings/cpp/examples/training_loop.cpp",
+    );
+    let out = run_sanitized(&exe, "training_loop");
+    print!("{out}");
+    check_example_output(&out, "training_loop");
+}
+
+#[test]
+fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
+    // The libraries of this profile, fresh; install.sh would otherwise build release itself.
+    let lib = library_dir();
+    let dir = scratch("cpp-install");
+    let prefix = dir.join("prefix");
+    run_checked(
+        Command::new("bash")
+            .arg(root().join("scripts/install.sh"))
+            .arg("--prefix")
+            .arg(&prefix)
+            .arg("--lib-dir")
+            .arg(&lib),
+        "scripts/install.sh --prefix",
+    );
+    for file in [
+        "lib/libtransferlens.so",
+        "lib/libtransferlens.a",
+        "include/transferlens.h",
+        "include/transferlens.hpp",
+        "lib/pkgconfig/transferlens.pc",
+        "lib/cmake/transferlens/transferlensConfig.cmake",
+        "lib/cmake/transferlens/transferlensConfigVersion.cmake",
+    ] {
+        assert!(prefix.join(file).is_file(), "install.sh did not install {file}");
+    }
+    let example = root().join("bindings/cpp/examples");
+
+    if have("cmake") {
+        let build = dir.join("cmake-build");
+        run_checked(
+            Command::new("cmake")
+                .arg("-S")
+                .arg(&example)
+                .arg("-B")
+                .arg(&build)
+                .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
+                .arg("-DCMAKE_BUILD_TYPE=Release"),
+            "cmake configure of bindings/cpp/examples (find_package(transferlens))",
+        );
+        run_checked(Command::new("cmake").arg("--build").arg(&build), "cmake --build");
+        let out = run_checked(&mut Command::new(build.join("training_loop")), "training_loop built with CMake");
+        check_example_output(&out, "training_loop (CMake)");
+        println!("CMake find_package(transferlens): built and checked");
+
+        // A version the package cannot satisfy is refused.
+        let bad = dir.join("cmake-bad");
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::write(
+            bad.join("CMakeLists.txt"),
+            "cmake_minimum_required(VERSION 3.14)\nproject(bad CXX)\nfind_package(transferlens 7.0 REQUIRED)\n",
+        )
+        .unwrap();
+        let refused = Command::new("cmake")
+            .arg("-S")
+            .arg(&bad)
+            .arg("-B")
+            .arg(bad.join("build"))
+            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "find_package(transferlens 7.0) should fail against 0.x");
+    } else {
+        println!("cmake not installed: the CMake package check was skipped");
+    }
+
+    if have("pkg-config") {
+        let pc_path = prefix.join("lib/pkgconfig");
+        let flags = run_checked(
+            Command::new("pkg-config").args(["--cflags", "--libs", "transferlens"]).env("PKG_CONFIG_PATH", &pc_path),
+            "pkg-config --cflags --libs transferlens",
+        );
+        let exe = dir.join("training_loop_pc");
+        let mut cmd = Command::new("g++");
+        cmd.args(["-std=c++17", "-Wall", "-Wextra", "-Werror"])
+            .arg(example.join("training_loop.cpp"))
+            .arg("-o")
+            .arg(&exe)
+            .args(flags.split_whitespace())
+            .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
+        run_checked(&mut cmd, "g++ with pkg-config's flags");
+        let out = run_checked(&mut Command::new(&exe), "training_loop built with pkg-config");
+        check_example_output(&out, "training_loop (pkg-config)");
+        println!("pkg-config transferlens: built and checked");
+
+        // The static archive links too, with the private libraries pkg-config lists.
+        let static_flags = run_checked(
+            Command::new("pkg-config")
+                .args(["--static", "--cflags", "--libs", "transferlens"])
+                .env("PKG_CONFIG_PATH", &pc_path),
+            "pkg-config --static",
+        );
+        let exe = dir.join("training_loop_static");
+        let lib_a = prefix.join("lib/libtransferlens.a");
+        let mut cmd = Command::new("g++");
+        cmd.args(["-std=c++17"])
+            .arg(example.join("training_loop.cpp"))
+            .arg("-o")
+            .arg(&exe)
+            .args(static_flags.split_whitespace().filter(|f| *f != "-ltransferlens"))
+            .arg(&lib_a)
+            .args(static_flags.split_whitespace().filter(|f| f.starts_with("-l") && *f != "-ltransferlens"));
+        run_checked(&mut cmd, "g++ with libtransferlens.a");
+        let out = run_checked(&mut Command::new(&exe), "training_loop linked statically");
+        check_example_output(&out, "training_loop (static)");
+    } else {
+        println!("pkg-config not installed: the pkg-config check was skipped");
+    }
+}
+
+/// bindings/README.md shows the examples the tests run, verbatim: the C++ example and its
+/// CMake project (built above), the Go example (tests/bindings_go.rs) and the Julia example
+/// (run by the package's test/runtests.jl).
+#[test]
+fn bindings_readme_quotes_the_examples_the_tests_run() {
+    let readme = std::fs::read_to_string(root().join("bindings/README.md")).expect("bindings/README.md");
+    for example in [
+        "bindings/cpp/examples/training_loop.cpp",
+        "bindings/cpp/examples/CMakeLists.txt",
+        "bindings/go/examples/cka/main.go",
+        "bindings/julia/TransferLens/examples/cka.jl",
+    ] {
+        let text = std::fs::read_to_string(root().join(example)).unwrap();
+        assert!(readme.contains(&text), "bindings/README.md must quote {example} verbatim");
+    }
+}
