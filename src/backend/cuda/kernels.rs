@@ -52,7 +52,12 @@ pub fn expected_kernels(file: &str) -> Vec<String> {
                 names.push(format!("center_{t}_to_f64"));
                 names.push(format!("row_sqnorms_{t}"));
                 names.push(format!("sumsq_{t}"));
+                names.push(format!("colstats_{t}"));
+                names.push(format!("shift_{t}_to_f32"));
+                names.push(format!("shift_{t}_to_f64"));
             }
+            names.push("sym_inner_f32".into());
+            names.push("sym_inner_f64".into());
         }
         _ => {}
     }
