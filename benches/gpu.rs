@@ -254,6 +254,10 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             println!("skipped: no CUDA device ({e})");
+            // As the tests do: where the device is required (gpu-check.sh), its absence fails.
+            if std::env::var("TL_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                std::process::exit(1);
+            }
             return;
         }
     };

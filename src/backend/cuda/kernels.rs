@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn expected_kernel_names_are_unique_and_defined_in_their_file() {
         let all = all_expected_kernels();
-        assert_eq!(all.len(), 46);
+        assert_eq!(all.len(), 60);
         let mut sorted = all.clone();
         sorted.sort();
         sorted.dedup();
