@@ -6,8 +6,10 @@
 //! [`crate::Error::DeviceUnavailable`].
 //!
 //! - [`kernels`]: the kernel sources and their compilation by NVRTC;
-//! - [`CudaDevice`]: a device's primary context, stream, compiled kernels and the device-side
-//!   primitives (interpolation, fused perturbation, segmented norms, conversions, CKA helpers).
+//! - [`CudaDevice`]: a device's primary context, stream, compiled kernels, cuBLAS handle and the
+//!   device-side primitives (interpolation, fused perturbation, segmented norms, conversions, CKA
+//!   helpers);
+//! - [`cka`]: the CKA primitives of the analyses (batch moments, Gram terms, column means).
 
 pub mod cka;
 pub mod device;
