@@ -436,7 +436,11 @@ fn shift_layers<A: Acc>(
     }
     let mut bufs = Vec::with_capacity(groups);
     for &g in &ld {
-        bufs.push(alloc_zeros::<A>(dev, g * rows, "shifted layers")?);
+        // SAFETY: uninitialised, but the shift pass below writes every element: each layer's
+        // `cols` features of every row, and the layers of a group tile its `ld` features.
+        let buf = unsafe { dev.stream().alloc::<A>((g * rows).max(1)) }
+            .map_err(|e| Error::Device(super::device::describe("cuMemAlloc(shifted layers)", &e)))?;
+        bufs.push(buf);
     }
     let flat: Vec<f64> = shifts.concat();
     let dshift = dev.stream().clone_htod(&flat).map_err(device_err("cuMemcpyHtoDAsync(shift)"))?;
