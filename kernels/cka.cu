@@ -98,6 +98,104 @@ __device__ void sumsq_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, 
     }
 }
 
+// Whether a value (widened to f64) is NaN or +-Inf: every exponent bit set. A bit test, so
+// that no compiler flag can fold it away.
+__device__ __forceinline__ bool tl_nonfinite(double v) {
+    return (__double_as_longlong(v) & 0x7ff0000000000000LL) == 0x7ff0000000000000LL;
+}
+
+// Column statistics for centering, in one pass: sum[c] += sum over rows of x[r, c] (f64),
+// varies[c] = 1 when some x[r, c] differs from x[0, c], and *first_bad = the smallest r * cols + c
+// whose value is NaN or Inf (atomicMin; start it at ~0). Blocks and grid as colsum; sum and
+// varies must be zeroed first.
+template <typename T>
+__device__ void colstats_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* sum,
+                              int* varies, tl_u64* first_bad, tl_u64 rows_per_block) {
+    typedef tl_elem<T> E;
+    __shared__ double partial[TL_COLSUM_H][TL_COLSUM_W + 1];
+    __shared__ int differs[TL_COLSUM_H][TL_COLSUM_W + 1];
+    const unsigned tx = threadIdx.x, ty = threadIdx.y;
+    for (tl_u64 r0 = (tl_u64)blockIdx.y * rows_per_block; r0 < rows;
+         r0 += (tl_u64)gridDim.y * rows_per_block) {
+        const tl_u64 r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+        for (tl_u64 tile = blockIdx.x; tile * TL_COLSUM_W < cols; tile += gridDim.x) {
+            const tl_u64 c = tile * TL_COLSUM_W + tx;
+            double s = 0.0;
+            int d = 0;
+            if (c < cols) {
+                const double first = E::to_f64(x[c]);
+                for (tl_u64 r = r0 + ty; r < r1; r += TL_COLSUM_H) {
+                    const double v = E::to_f64(x[r * stride + c]);
+                    if (tl_nonfinite(v)) {
+                        atomicMin(first_bad, r * cols + c);
+                    }
+                    d |= v != first;
+                    s += v;
+                }
+            }
+            partial[ty][tx] = s;
+            differs[ty][tx] = d;
+            __syncthreads();
+            if (ty == 0) {
+                double t = 0.0;
+                int any = 0;
+#pragma unroll
+                for (int k = 0; k < TL_COLSUM_H; ++k) {
+                    t += partial[k][tx];
+                    any |= differs[k][tx];
+                }
+                if (c < cols) {
+                    atomicAdd(sum + c, t);
+                    if (any) {
+                        varies[c] = 1;
+                    }
+                }
+            }
+            __syncthreads();  // partial and differs are rewritten by the next tile
+        }
+    }
+}
+
+// y[r * ld + c] = x[r, c] - shift[c], computed in f64 and rounded once to the output type (f32
+// or f64), and *first_bad = the smallest r * cols + c whose input is NaN or Inf (atomicMin).
+// With ld = cols this is the row-major centered matrix; read column-major it is the
+// `features x rows` transpose that the cuBLAS products take, and ld > cols writes one layer's
+// features into a buffer shared by several layers (y points at the layer's first feature).
+template <typename T, typename O>
+__device__ void shift_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+                           const double* shift, O* y, tl_u64 ld, tl_u64* first_bad) {
+    for (tl_u64 r = blockIdx.y; r < rows; r += gridDim.y) {
+        TL_GRID_STRIDE(c, cols) {
+            const double v = tl_elem<T>::to_f64(x[r * stride + c]);
+            if (tl_nonfinite(v)) {
+                atomicMin(first_bad, r * cols + c);
+            }
+            y[r * ld + c] = (O)(v - shift[c]);
+        }
+    }
+}
+
+// out[0] += <A, B>_F in f64 for symmetric n x n matrices given by the lower triangles (diagonal
+// included) of the column-major a and b (leading dimension ld): the strict lower triangle counts
+// twice. 1-D blocks of a multiple of 32 threads; blockIdx.y walks columns, x rows below them.
+// out must be zeroed first.
+template <typename T>
+__device__ void sym_inner_impl(const T* a, const T* b, tl_u64 n, tl_u64 ld, double* out) {
+    double s = 0.0;
+    for (tl_u64 j = blockIdx.y; j < n; j += gridDim.y) {
+        const tl_u64 len = n - j;
+        TL_GRID_STRIDE(k, len) {
+            const tl_u64 at = j * ld + j + k;
+            const double p = (double)a[at] * (double)b[at];
+            s += k == 0 ? p : 2.0 * p;
+        }
+    }
+    s = tl_block_sum(s);
+    if (threadIdx.x == 0) {
+        atomicAdd(out, s);
+    }
+}
+
 #define TL_CKA_OPS(NAME, T)                                                                  \
     extern "C" __global__ void colsum_##NAME(const T* x, tl_u64 rows, tl_u64 cols,           \
                                              tl_u64 stride, const double* shift, double* out, \
@@ -121,9 +219,35 @@ __device__ void sumsq_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, 
     extern "C" __global__ void sumsq_##NAME(const T* x, tl_u64 rows, tl_u64 cols,            \
                                             tl_u64 stride, double* out) {                    \
         sumsq_impl<T>(x, rows, cols, stride, out);                                           \
+    }                                                                                        \
+    extern "C" __global__ void colstats_##NAME(const T* x, tl_u64 rows, tl_u64 cols,         \
+                                               tl_u64 stride, double* sum, int* varies,      \
+                                               tl_u64* first_bad, tl_u64 rows_per_block) {   \
+        colstats_impl<T>(x, rows, cols, stride, sum, varies, first_bad, rows_per_block);     \
+    }                                                                                        \
+    extern "C" __global__ void shift_##NAME##_to_f32(const T* x, tl_u64 rows, tl_u64 cols,   \
+                                                     tl_u64 stride, const double* shift,     \
+                                                     float* y, tl_u64 ld,                    \
+                                                     tl_u64* first_bad) {                    \
+        shift_impl<T, float>(x, rows, cols, stride, shift, y, ld, first_bad);                \
+    }                                                                                        \
+    extern "C" __global__ void shift_##NAME##_to_f64(const T* x, tl_u64 rows, tl_u64 cols,   \
+                                                     tl_u64 stride, const double* shift,     \
+                                                     double* y, tl_u64 ld,                   \
+                                                     tl_u64* first_bad) {                    \
+        shift_impl<T, double>(x, rows, cols, stride, shift, y, ld, first_bad);               \
     }
 
 TL_CKA_OPS(f32, float)
 TL_CKA_OPS(f64, double)
 TL_CKA_OPS(f16, tl_f16)
 TL_CKA_OPS(bf16, tl_bf16)
+
+extern "C" __global__ void sym_inner_f32(const float* a, const float* b, tl_u64 n, tl_u64 ld,
+                                         double* out) {
+    sym_inner_impl<float>(a, b, n, ld, out);
+}
+extern "C" __global__ void sym_inner_f64(const double* a, const double* b, tl_u64 n, tl_u64 ld,
+                                         double* out) {
+    sym_inner_impl<double>(a, b, n, ld, out);
+}

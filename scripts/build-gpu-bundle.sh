@@ -4,8 +4,8 @@
 # CPU architecture and a glibc at least as new as this machine's).
 #
 # Usage: scripts/build-gpu-bundle.sh [cargo target selection]
-#   default selection: --lib --test cuda --test nvrtc
-#   e.g. add "--bench NAME" to bundle a criterion bench, which gpu-check.sh then runs with --bench
+#   default selection: --lib --test cuda --test cuda_cka --test nvrtc --bench gpu
+#   a "--bench NAME" target is bundled too; gpu-check.sh runs it with --bench, after the tests
 # Output: gpu-bundle/bin/<name> and gpu-bundle/manifest.txt, one "<name> <path> [arguments]"
 # line per binary (path relative to gpu-bundle/). gpu-bundle/ is ignored by git.
 set -euo pipefail
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 if [ "$#" -gt 0 ]; then
     selection=("$@")
 else
-    selection=(--lib --test cuda --test nvrtc)
+    selection=(--lib --test cuda --test cuda_cka --test nvrtc --bench gpu)
 fi
 
 bundle=gpu-bundle
@@ -49,6 +49,10 @@ for line in "${artifacts[@]}"; do
     fi
     echo "$name bin/$name $args" >>"$bundle/manifest.txt"
 done
+
+# The PyTorch side-by-side script, run by gpu-check.sh where torch imports.
+mkdir -p "$bundle/compare"
+cp benches/compare/cka_torch.py "$bundle/compare/"
 
 git rev-parse --short HEAD >"$bundle/commit.txt" 2>/dev/null || true
 echo "gpu-bundle: ${#artifacts[@]} binaries, $(du -sh "$bundle" | cut -f1)"

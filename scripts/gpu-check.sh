@@ -2,14 +2,18 @@
 # Runs the prebuilt test binaries of gpu-bundle/ (see scripts/build-gpu-bundle.sh) on a machine
 # with a CUDA GPU, requiring the device and NVRTC (TL_REQUIRE_CUDA=1, TL_REQUIRE_NVRTC=1: a
 # test that would skip fails instead), and prints one line per binary: passed or failed, the
-# number of tests, seconds. Needs no Rust toolchain. Exit status: 0 when every binary passed.
+# number of tests, seconds. Then it runs the bundled benchmarks (manifest entries with --bench)
+# and prints their tables, and, where python3 imports torch, benches/compare/cka_torch.py (the
+# PyTorch side of the CKA comparison). Needs no Rust toolchain. Exit status: 0 when every binary
+# passed.
 #
 # Usage: scripts/gpu-check.sh [bundle folder, default gpu-bundle] [extra test-binary arguments]
 # Logs: <bundle>/logs/<name>.log (or $TL_GPU_LOG_DIR).
 #
-# libnvrtc.so.13 must be loadable: from the CUDA 13 toolkit, or from the pip package
-# nvidia-cuda-nvrtc. If the dynamic loader does not find it, the script looks in $CUDA_HOME,
-# /usr/local/cuda and the nvidia packages of python3, and adds the folder to LD_LIBRARY_PATH.
+# libnvrtc.so.13 and libcublas.so.13 must be loadable: from the CUDA 13 toolkit, or from the pip
+# packages nvidia-cuda-nvrtc and nvidia-cublas. If the dynamic loader does not find them, the
+# script looks in $CUDA_HOME, /usr/local/cuda and the nvidia packages of python3, and adds the
+# folder to LD_LIBRARY_PATH.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bundle=${1:-$root/gpu-bundle}
@@ -24,35 +28,41 @@ mkdir -p "$logs"
 
 export TL_REQUIRE_CUDA=1 TL_REQUIRE_NVRTC=1
 
-find_nvrtc() {
-    if ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.13'; then
+# Finds CUDA 13 library $1 (e.g. libnvrtc.so.13) for the dynamic loader: already known to it,
+# on LD_LIBRARY_PATH, in $CUDA_HOME or /usr/local/cuda, or in python3's nvidia packages (the
+# pip wheels nvidia-cuda-nvrtc, nvidia-cublas); adds the folder found to LD_LIBRARY_PATH.
+find_lib() {
+    local lib=$1
+    if ldconfig -p 2>/dev/null | grep -q "${lib//./\\.}"; then
         return 0
     fi
     local d
     for d in ${LD_LIBRARY_PATH:+${LD_LIBRARY_PATH//:/ }}; do
-        [ -e "$d/libnvrtc.so.13" ] && return 0
+        [ -e "$d/$lib" ] && return 0
     done
-    local candidates=("${CUDA_HOME:-/nonexistent}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64)
+    local candidates=("${CUDA_HOME:-/nonexistent}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
     if command -v python3 >/dev/null; then
         while IFS= read -r d; do candidates+=("$d"); done < <(python3 - <<'PY' 2>/dev/null
 import glob, os, site
 roots = site.getsitepackages() + [site.getusersitepackages()]
 for r in roots:
-    for p in glob.glob(os.path.join(r, "nvidia", "*", "lib")) + glob.glob(os.path.join(r, "nvidia", "cuda_nvrtc", "lib")):
+    for p in glob.glob(os.path.join(r, "nvidia", "*", "lib")):
         print(p)
 PY
         )
     fi
     for d in "${candidates[@]}"; do
-        if [ -e "$d/libnvrtc.so.13" ]; then
+        if [ -e "$d/$lib" ]; then
             export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-            echo "gpu-check: libnvrtc.so.13 from $d"
+            echo "gpu-check: $lib from $d"
             return 0
         fi
     done
-    echo "gpu-check: libnvrtc.so.13 not found; the NVRTC and CUDA tests will fail" >&2
+    echo "gpu-check: $lib not found; the tests that need it will fail" >&2
 }
-find_nvrtc
+find_lib libnvrtc.so.13
+find_lib libcublas.so.13
+find_lib libcublasLt.so.13
 
 # ptxas, when present, turns on the register/spill report of the nvrtc test.
 if [ -z "${TL_PTXAS:-}" ]; then
@@ -71,8 +81,10 @@ fi
 
 results=()
 failed=0
-while read -r name path manifest_args; do
-    [ -z "$name" ] && continue
+benches=()
+run_binary() {
+    local name=$1 path=$2 manifest_args=$3
+    shift 3
     # Arguments: from the manifest (--nocapture for tests, --bench for benches), then the
     # script's extra arguments.
     read -r -a args <<<"${manifest_args:---nocapture}"
@@ -97,7 +109,41 @@ while read -r name path manifest_args; do
     pattern='NVRTC [0-9]|compiled [0-9]+ kernels|ptxas sm_90: |skipped|device 0: '
     [ "$rc" -ne 0 ] && pattern="$pattern|panicked|FAILED|assertion|left:|right:"
     grep -E "$pattern" "$log" | head -40 | sed "s/^/  [$name] /"
+}
+
+# Tests first, then the benchmarks (which print tables), each in manifest order.
+while read -r name path manifest_args; do
+    [ -z "$name" ] && continue
+    if [ "$manifest_args" = "--bench" ]; then
+        benches+=("$name $path $manifest_args")
+        continue
+    fi
+    run_binary "$name" "$path" "$manifest_args" "$@"
 done <"$manifest"
+for b in "${benches[@]}"; do
+    read -r name path manifest_args <<<"$b"
+    run_binary "$name" "$path" "$manifest_args"
+    echo
+    echo "==== $name (benchmark) ===="
+    cat "$logs/$name.log"
+done
+
+# PyTorch side by side (benches/compare/cka_torch.py), where python3 has torch.
+torch_script=$bundle/compare/cka_torch.py
+[ -f "$torch_script" ] || torch_script=$root/benches/compare/cka_torch.py
+if [ -f "$torch_script" ] && python3 -c 'import torch' 2>/dev/null; then
+    echo
+    echo "==== PyTorch, the published feature-space formula ===="
+    start=$(date +%s.%N)
+    PYTHONUNBUFFERED=1 python3 "$torch_script" 2>&1 | tee "$logs/cka_torch.log"
+    rc=${PIPESTATUS[0]}
+    end=$(date +%s.%N)
+    secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+    if [ "$rc" -eq 0 ]; then status=passed; else status="FAILED (exit $rc)"; failed=1; fi
+    results+=("$(printf '%-16s %-18s %-24s %8s' "cka_torch.py" "$status" "-" "$secs")")
+else
+    echo "gpu-check: python3 with torch not found; the PyTorch comparison is skipped"
+fi
 
 echo
 printf '%-16s %-18s %-24s %8s\n' "binary" "result" "tests" "seconds"

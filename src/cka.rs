@@ -163,14 +163,15 @@ pub fn cka_matrix_via(
 ) -> Result<Vec<f64>> {
     let n = check_layers(xs, ys)?;
     check_min_samples(n, estimator)?;
-    require_cpu(ctx)?;
     let terms = match route {
+        // Whole data on the device: the feature-space products reduced there, scalars back.
+        Route::Feature if ctx.backend() == Backend::Cuda => whole_data_terms(ctx, xs, ys, Route::Feature)?,
         Route::Feature => {
             let mut acc = CkaAccumulator::new(xs.len(), ys.len(), estimator)?;
             acc.update(ctx, xs, ys)?;
             acc.terms()
         }
-        Route::Sample => sample_space_terms(ctx, xs, ys)?,
+        Route::Sample => whole_data_terms(ctx, xs, ys, Route::Sample)?,
     };
     terms.cka(estimator)
 }
@@ -229,11 +230,11 @@ fn check_same_rows(xs: &[Matrix], ys: &[Matrix], n: usize) -> Result<()> {
     Ok(())
 }
 
-fn require_cpu(ctx: &Context) -> Result<()> {
+fn require_cpu(ctx: &Context, what: &str) -> Result<()> {
     match ctx.backend() {
         Backend::Cpu => Ok(()),
         Backend::Cuda => {
-            fail!(DeviceUnavailable, "CKA on the CUDA backend is not available in this build; use a CPU context")
+            fail!(DeviceUnavailable, "{what} runs on the CPU backend only; use a CPU context for it")
         }
     }
 }
@@ -257,8 +258,10 @@ fn labelled<'m, 'a>(xs: &'m [Matrix<'a>], ys: &'m [Matrix<'a>]) -> Vec<(String, 
         .collect()
 }
 
-/// Sample-space terms: each layer's centered `n x n` Gram, formed once by the backend.
-fn sample_space_terms(ctx: &Context, xs: &[Matrix], ys: &[Matrix]) -> Result<Terms> {
+/// Terms of whole data through `<K_u, K_v>_F`: sample space forms each layer's centered `n x n`
+/// Gram once (on either backend); feature space (CUDA only: on the CPU the accumulator serves)
+/// forms `||U~^T V~||_F^2`, which is the same number.
+fn whole_data_terms(ctx: &Context, xs: &[Matrix], ys: &[Matrix], route: Route) -> Result<Terms> {
     let (n, nx, ny) = (xs[0].rows(), xs.len(), ys.len());
     let layers = labelled(xs, ys);
     // Self pairs first, then (x_i, y_j) row-major.
@@ -267,6 +270,9 @@ fn sample_space_terms(ctx: &Context, xs: &[Matrix], ys: &[Matrix]) -> Result<Ter
     let grams = match ctx.backend() {
         Backend::Cpu if wants_f64(xs, ys) => cpu::cka_gram_terms::<f64>(&layers, &pairs)?,
         Backend::Cpu => cpu::cka_gram_terms::<f32>(&layers, &pairs)?,
+        Backend::Cuda if route == Route::Feature => {
+            crate::backend::cuda::cka_feature_terms(ctx, &layers, &pairs, wants_f64(xs, ys))?
+        }
         Backend::Cuda => crate::backend::cuda::cka_gram_terms(ctx, &layers, &pairs, wants_f64(xs, ys))?,
     };
     let pair = |k: usize| {
@@ -421,7 +427,6 @@ impl CkaAccumulator {
     /// Adds a batch: `xs[i]` and `ys[j]` hold the same rows (samples) of each layer. A batch of
     /// zero rows is a no-op.
     pub fn update(&mut self, ctx: &Context, xs: &[Matrix], ys: &[Matrix]) -> Result<()> {
-        require_cpu(ctx)?;
         if xs.len() != self.nx || ys.len() != self.ny {
             fail!(
                 ShapeMismatch,
@@ -804,7 +809,7 @@ impl MinibatchCka {
 
     /// Adds a batch of at least 4 rows with the given positive weight.
     pub fn update_weighted(&mut self, ctx: &Context, xs: &[Matrix], ys: &[Matrix], weight: f64) -> Result<()> {
-        require_cpu(ctx)?;
+        require_cpu(ctx, "minibatch CKA")?;
         if !(weight > 0.0 && weight.is_finite()) {
             fail!(InvalidArgument, "weight must be positive and finite, got {weight}");
         }

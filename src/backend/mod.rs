@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::error::{fail, Result};
+use std::sync::Arc;
 
 /// The backend a caller asks for. The discriminants are the C ABI's `tl_backend` values.
 #[repr(C)]
@@ -42,23 +43,27 @@ pub enum Backend {
 /// Everything an analysis needs to know about where to run.
 ///
 /// Thread safety: a `Context` is `Send + Sync`; the CPU backend serves concurrent calls from
-/// several threads. Use one context per thread where the backend is CUDA, so that each thread
-/// has its own stream.
+/// several threads. A CUDA context's clones share its device and stream (calls from several
+/// threads are queued there, the cuBLAS products one thread at a time); make one context per
+/// thread for independent streams.
 #[derive(Debug, Clone)]
 pub struct Context {
     backend: Backend,
     device: i32,
+    /// The device, its stream, kernels and cuBLAS handle, for the CUDA backend.
+    cuda: Option<Arc<cuda::CudaDevice>>,
 }
 
 impl Context {
     /// A context on the CPU backend.
     pub fn cpu() -> Self {
-        Context { backend: Backend::Cpu, device: -1 }
+        Context { backend: Backend::Cpu, device: -1, cuda: None }
     }
 
     /// A context for `choice`. `device` is the CUDA device ordinal (ignored for the CPU).
-    /// `Auto` resolves to CUDA when a driver and a device are usable, else to the CPU; CUDA asked
-    /// for explicitly without one is [`crate::Error::DeviceUnavailable`], saying what is missing.
+    /// `Auto` resolves to CUDA when a driver, the device, NVRTC and cuBLAS are usable (the
+    /// kernels compile and load), else to the CPU; CUDA asked for explicitly without them is
+    /// [`crate::Error::DeviceUnavailable`] (or [`crate::Error::Device`]), saying what is missing.
     pub fn new(choice: BackendChoice, device: i32) -> Result<Self> {
         match choice {
             BackendChoice::Cpu => Ok(Self::cpu()),
@@ -66,11 +71,11 @@ impl Context {
                 if device < 0 {
                     fail!(InvalidArgument, "device: CUDA device ordinal must be >= 0, got {device}");
                 }
-                cuda::check_available(device)?;
-                Ok(Context { backend: Backend::Cuda, device })
+                let dev = cuda::open_device(device)?;
+                Ok(Context { backend: Backend::Cuda, device, cuda: Some(dev) })
             }
-            BackendChoice::Auto => match cuda::check_available(device.max(0)) {
-                Ok(()) => Ok(Context { backend: Backend::Cuda, device: device.max(0) }),
+            BackendChoice::Auto => match cuda::open_device(device.max(0)) {
+                Ok(dev) => Ok(Context { backend: Backend::Cuda, device: device.max(0), cuda: Some(dev) }),
                 Err(_) => Ok(Self::cpu()),
             },
         }
@@ -84,6 +89,11 @@ impl Context {
     /// The CUDA device ordinal, or -1 on the CPU.
     pub fn device(&self) -> i32 {
         self.device
+    }
+
+    /// The CUDA device of a CUDA context (shared by its clones); `None` on the CPU.
+    pub fn cuda_device(&self) -> Option<&Arc<cuda::CudaDevice>> {
+        self.cuda.as_ref()
     }
 }
 

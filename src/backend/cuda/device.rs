@@ -17,6 +17,7 @@
 use super::kernels;
 use crate::error::{fail, Error, Result};
 use crate::tensor::{DType, Element};
+use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
     PushKernelArg, ValidAsZeroBits,
@@ -28,9 +29,9 @@ use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Threads per block of the 1-D kernels (a multiple of 32, as the block reductions need).
-const BLOCK: u32 = 256;
+pub(crate) const BLOCK: u32 = 256;
 /// Resident blocks aimed for per multiprocessor by grid-stride kernels.
-const BLOCKS_PER_SM: u32 = 8;
+pub(crate) const BLOCKS_PER_SM: u32 = 8;
 
 /// `"call: CUDA_ERROR_NAME: message"` for a failed driver call.
 pub(crate) fn describe(call: &str, e: &DriverError) -> String {
@@ -122,7 +123,7 @@ impl DeviceElement for bf16 {
 /// drop) or borrowed from another library with [`CudaDevice::wrap_device_ptr`] (left alone on
 /// drop).
 pub struct DeviceBuffer<T: DeviceElement> {
-    slice: ManuallyDrop<CudaSlice<T::Bits>>,
+    pub(crate) slice: ManuallyDrop<CudaSlice<T::Bits>>,
     borrowed: bool,
     _t: PhantomData<T>,
 }
@@ -257,6 +258,9 @@ pub struct CudaDevice {
     capability: (i32, i32),
     sm_count: u32,
     functions: OnceLock<Result<HashMap<String, CudaFunction>>>,
+    /// The cuBLAS handle on `stream`, made at first use; the lock keeps one host thread at a
+    /// time issuing products through it.
+    blas: OnceLock<Result<Mutex<CudaBlas>>>,
     sync_launches: bool,
 }
 
@@ -293,6 +297,7 @@ impl CudaDevice {
             capability,
             sm_count,
             functions: OnceLock::new(),
+            blas: OnceLock::new(),
             sync_launches: std::env::var("TL_CUDA_SYNC").is_ok_and(|v| v == "1"),
         })
     }
@@ -347,7 +352,50 @@ impl CudaDevice {
             .map_err(Clone::clone)
     }
 
-    fn function(&self, name: &str) -> Result<&CudaFunction> {
+    /// The device's cuBLAS handle, on the device's stream, with the math mode set to
+    /// `CUBLAS_DEFAULT_MATH`: f32 products in full f32 (no TF32 tensor cores), f64 in f64.
+    /// [`Error::DeviceUnavailable`] when libcublas is not found.
+    pub(crate) fn blas(&self) -> Result<std::sync::MutexGuard<'_, CudaBlas>> {
+        let blas = self
+            .blas
+            .get_or_init(|| {
+                // SAFETY: only tries to open the shared library.
+                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                    fail!(
+                        DeviceUnavailable,
+                        "CUDA backend unavailable: the cuBLAS library (libcublas.so.13) was not found; install CUDA 13's cuBLAS (the toolkit, or the pip package nvidia-cublas) or use the CPU backend"
+                    );
+                }
+                self.ctx.bind_to_thread().map_err(device_err("cuCtxSetCurrent"))?;
+                let blas = CudaBlas::new(self.stream.clone())
+                    .map_err(|e| Error::Device(format!("cublasCreate failed: {e}")))?;
+                // SAFETY: a valid handle; the mode is one of the enum's values.
+                unsafe {
+                    cudarc::cublas::sys::cublasSetMathMode(
+                        *blas.handle(),
+                        cudarc::cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+                    )
+                }
+                .result()
+                .map_err(|e| Error::Device(format!("cublasSetMathMode failed: {e}")))?;
+                Ok(Mutex::new(blas))
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
+        Ok(blas.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The context, for binding it to the calling thread.
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The device's stream: all of its work is queued there.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction> {
         self.functions_map()?
             .get(name)
             .ok_or_else(|| Error::Panic(format!("kernel {name} is not among the compiled kernels")))
@@ -355,7 +403,7 @@ impl CudaDevice {
 
     /// Checks a queued launch; with `TL_CUDA_SYNC=1` also waits for it, so that a fault inside
     /// the kernel is reported with the kernel's name.
-    fn launched(&self, kernel: &str, r: std::result::Result<(), DriverError>) -> Result<()> {
+    pub(crate) fn launched(&self, kernel: &str, r: std::result::Result<(), DriverError>) -> Result<()> {
         r.map_err(|e| Error::Device(describe(&format!("launch of {kernel}"), &e)))?;
         if self.sync_launches {
             self.stream.synchronize().map_err(|e| Error::Device(describe(&format!("kernel {kernel}"), &e)))?;
@@ -369,14 +417,14 @@ impl CudaDevice {
     }
 
     /// A grid for `work` independent items of a grid-stride kernel with 1-D blocks.
-    fn grid_1d(&self, work: u64) -> LaunchConfig {
+    pub(crate) fn grid_1d(&self, work: u64) -> LaunchConfig {
         let cap = (self.sm_count * BLOCKS_PER_SM) as u64;
         let blocks = work.div_ceil(BLOCK as u64).clamp(1, cap) as u32;
         LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
     }
 
     /// A grid for a row-by-column grid-stride kernel (x over columns, y over rows).
-    fn grid_2d(&self, shape: MatrixShape) -> LaunchConfig {
+    pub(crate) fn grid_2d(&self, shape: MatrixShape) -> LaunchConfig {
         let target = (self.sm_count * BLOCKS_PER_SM) as u64;
         let gx = (shape.cols as u64).div_ceil(BLOCK as u64).clamp(1, target);
         let gy = (target / gx).clamp(1, 65_535).min(shape.rows as u64).max(1);

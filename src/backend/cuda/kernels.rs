@@ -52,7 +52,12 @@ pub fn expected_kernels(file: &str) -> Vec<String> {
                 names.push(format!("center_{t}_to_f64"));
                 names.push(format!("row_sqnorms_{t}"));
                 names.push(format!("sumsq_{t}"));
+                names.push(format!("colstats_{t}"));
+                names.push(format!("shift_{t}_to_f32"));
+                names.push(format!("shift_{t}_to_f64"));
             }
+            names.push("sym_inner_f32".into());
+            names.push("sym_inner_f64".into());
         }
         _ => {}
     }
@@ -280,7 +285,7 @@ mod tests {
     #[test]
     fn expected_kernel_names_are_unique_and_defined_in_their_file() {
         let all = all_expected_kernels();
-        assert_eq!(all.len(), 46);
+        assert_eq!(all.len(), 60);
         let mut sorted = all.clone();
         sorted.sort();
         sorted.dedup();

@@ -6,12 +6,16 @@
 //! [`crate::Error::DeviceUnavailable`].
 //!
 //! - [`kernels`]: the kernel sources and their compilation by NVRTC;
-//! - [`CudaDevice`]: a device's primary context, stream, compiled kernels and the device-side
-//!   primitives (interpolation, fused perturbation, segmented norms, conversions, CKA helpers).
+//! - [`CudaDevice`]: a device's primary context, stream, compiled kernels, cuBLAS handle and the
+//!   device-side primitives (interpolation, fused perturbation, segmented norms, conversions, CKA
+//!   helpers);
+//! - [`cka`]: the CKA primitives of the analyses (batch moments, Gram terms, column means).
 
+pub mod cka;
 pub mod device;
 pub mod kernels;
 
+pub use cka::{cka_batch_moments, cka_feature_terms, cka_gram_terms, column_means};
 pub use device::{CudaDevice, DeviceBuffer, DeviceElement, MatrixShape, SegmentSums};
 
 use crate::error::{fail, Result};
@@ -46,41 +50,35 @@ pub fn check_device(device: i32) -> Result<()> {
     Ok(())
 }
 
-/// Ok when the analyses can run on CUDA device `device`. They are not yet routed to the
-/// device primitives, so this reports the backend unavailable even where a device exists
-/// (and `BackendChoice::Auto` resolves to the CPU); [`CudaDevice`] works where
-/// [`check_device`] succeeds.
+/// Ok when the analyses can run on CUDA device `device`: a driver and the device exist, and
+/// NVRTC and cuBLAS (`libnvrtc.so.13`, `libcublas.so.13`) can be loaded; otherwise
+/// [`crate::Error::DeviceUnavailable`] saying what is missing. Never panics. The kernels are
+/// compiled and the cuBLAS handle made by [`CudaDevice`] when a context is created
+/// ([`crate::Context::new`]), so that `Auto` falls back to the CPU where they fail.
 pub fn check_available(device: i32) -> Result<()> {
     check_device(device)?;
-    fail!(
-        DeviceUnavailable,
-        "CUDA backend unavailable: the analyses do not run on CUDA yet (device {device} was found); use the CPU backend"
-    )
+    // SAFETY: only try to open the shared libraries.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        fail!(
+            DeviceUnavailable,
+            "CUDA backend unavailable: NVRTC (libnvrtc.so.13) was not found; install CUDA 13's NVRTC (the toolkit, or the pip package nvidia-cuda-nvrtc) and put its folder on LD_LIBRARY_PATH, or use the CPU backend"
+        );
+    }
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        fail!(
+            DeviceUnavailable,
+            "CUDA backend unavailable: cuBLAS (libcublas.so.13) was not found; install CUDA 13's cuBLAS (the toolkit, or the pip package nvidia-cublas) and put its folder on LD_LIBRARY_PATH, or use the CPU backend"
+        );
+    }
+    Ok(())
 }
 
-/// The moments of one batch for a CKA accumulator on the device (see
-/// [`crate::backend::CkaBatchMoments`]).
-pub fn cka_batch_moments(
-    _ctx: &crate::Context,
-    _layers: &[(String, &crate::Matrix)],
-    _shifts: &[Vec<f64>],
-    _nx: usize,
-    _wide: bool,
-) -> Result<crate::backend::CkaBatchMoments> {
-    fail!(DeviceUnavailable, "CKA on the CUDA backend is not available in this build; use a CPU context")
-}
-
-/// Column means for centering, computed on the device.
-pub fn column_means(_ctx: &crate::Context, _m: &crate::Matrix, _name: &str) -> Result<Vec<f64>> {
-    fail!(DeviceUnavailable, "CKA on the CUDA backend is not available in this build; use a CPU context")
-}
-
-/// Sample-space CKA terms on the device (see [`crate::backend::CkaGramTerms`]).
-pub fn cka_gram_terms(
-    _ctx: &crate::Context,
-    _layers: &[(String, &crate::Matrix)],
-    _pairs: &[(usize, usize)],
-    _wide: bool,
-) -> Result<crate::backend::CkaGramTerms> {
-    fail!(DeviceUnavailable, "CKA on the CUDA backend is not available in this build; use a CPU context")
+/// A device ready for the analyses: `check_available`, then the device with its kernels loaded
+/// and its cuBLAS handle made, so that every failure shows here rather than at the first call.
+pub fn open_device(device: i32) -> Result<std::sync::Arc<CudaDevice>> {
+    check_available(device)?;
+    let dev = CudaDevice::new(device)?;
+    dev.load_kernels()?;
+    drop(dev.blas()?);
+    Ok(std::sync::Arc::new(dev))
 }

@@ -1,0 +1,282 @@
+//! GPU benchmarks, printed as short tables: run with `cargo bench --bench gpu` on a machine with
+//! a CUDA device (or from the GPU bundle: `scripts/gpu-check.sh`). Without `--bench` (as
+//! `cargo test` runs it) or without a device it says so and exits successfully.
+//!
+//! (a) weight-space kernels on 1 GiB arrays against the device-to-device copy bandwidth;
+//! (b) CKA of a 65536 x 2048 f32 pair in device memory against the cuBLAS products alone;
+//! (c) a 5 x 5 layer matrix (n = 8192, p from 256 to 2048).
+//!
+//! Times are medians of `REPS` runs after warm-up: CUDA events on the device's stream for the
+//! kernels and products, stream-synchronised wall time for whole CKA calls (which end by
+//! downloading their results). Bandwidth counts bytes read plus bytes written.
+
+use cudarc::cublas::sys as cb;
+use cudarc::cublas::CudaBlas;
+use std::time::Instant;
+use transferlens::backend::cuda::{CudaDevice, DeviceBuffer};
+use transferlens::cka::{choose_route, cka_matrix, cka_matrix_via, Estimator, Route};
+use transferlens::{BackendChoice, Context, DType, Matrix};
+
+const REPS: usize = 15;
+const WARMUP: usize = 3;
+const GIB: usize = 1 << 30;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Median milliseconds of `f` between two events on the device's stream.
+fn time_events(dev: &CudaDevice, mut f: impl FnMut()) -> f64 {
+    for _ in 0..WARMUP {
+        f();
+    }
+    dev.synchronize().unwrap();
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut times = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        let start = dev.stream().record_event(flags).unwrap();
+        f();
+        let end = dev.stream().record_event(flags).unwrap();
+        end.synchronize().unwrap();
+        times.push(start.elapsed_ms(&end).unwrap() as f64);
+    }
+    median(times)
+}
+
+/// Median milliseconds of `f` by the wall clock, the stream synchronised before and after.
+fn time_wall(dev: &CudaDevice, mut f: impl FnMut()) -> f64 {
+    for _ in 0..WARMUP {
+        f();
+    }
+    let mut times = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        dev.synchronize().unwrap();
+        let t = Instant::now();
+        f();
+        dev.synchronize().unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    median(times)
+}
+
+fn normals(dev: &CudaDevice, n: usize, stream: u64) -> DeviceBuffer<f32> {
+    let mut b = dev.zeros::<f32>(n).unwrap();
+    dev.normals_f32(1234, stream, 0, &mut b).unwrap();
+    b
+}
+
+fn bandwidth(dev: &CudaDevice) {
+    println!("\n(a) weight-space kernels, 1 GiB per array (GB/s = bytes read + written per second)");
+    println!("{:<26} {:>10} {:>10} {:>10}", "operation", "ms", "GB/s", "% of copy");
+    let n32 = GIB / 4;
+    let a = normals(dev, n32, 1);
+    let b = normals(dev, n32, 2);
+    let mut out = dev.zeros::<f32>(n32).unwrap();
+    let copy_ms = time_events(dev, || {
+        // SAFETY: both buffers hold n32 f32 values on this device.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(out.device_ptr(), a.device_ptr(), GIB, dev.stream().cu_stream())
+        }
+        .unwrap();
+    });
+    let gbs = |bytes: usize, ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
+    let copy = gbs(2 * GIB, copy_ms);
+    println!("{:<26} {:>10.3} {:>10.0} {:>10.1}", "cuMemcpyDtoD", copy_ms, copy, 100.0);
+    let row = |name: &str, bytes: usize, ms: f64| {
+        let g = gbs(bytes, ms);
+        println!("{name:<26} {ms:>10.3} {g:>10.0} {:>10.1}", 100.0 * g / copy);
+    };
+    let ms = time_events(dev, || dev.lerp(&a, &b, 0.3, &mut out).unwrap());
+    row("lerp_f32", 3 * GIB, ms);
+    let ms = time_events(dev, || dev.perturb(&a, &b, 0.3, 0.01, 7, 3, 0, &mut out).unwrap());
+    row("perturb_f32", 3 * GIB, ms);
+    // 100 segments of uneven sizes: a network's modules.
+    let mut offsets: Vec<u64> = (0..100u64).map(|s| (s * s) * (n32 as u64 / 9801)).collect();
+    offsets.push(n32 as u64);
+    offsets.dedup();
+    let ms = time_events(dev, || {
+        dev.segment_sumsq(&a, Some(&b), &offsets, true).unwrap();
+    });
+    row("segment_sumsq_f32 (a - b)", 2 * GIB, ms);
+    drop((a, b, out));
+    let n16 = GIB / 2;
+    let mut a16 = dev.zeros::<half::bf16>(n16).unwrap();
+    let mut b16 = dev.zeros::<half::bf16>(n16).unwrap();
+    let t = normals(dev, n16, 4);
+    dev.convert(&t, &mut a16).unwrap();
+    drop(t);
+    let t = normals(dev, n16, 5);
+    dev.convert(&t, &mut b16).unwrap();
+    drop(t);
+    let mut o16 = dev.zeros::<half::bf16>(n16).unwrap();
+    let ms = time_events(dev, || dev.lerp(&a16, &b16, 0.3, &mut o16).unwrap());
+    row("lerp_bf16", 3 * GIB, ms);
+    let ms = time_events(dev, || dev.perturb(&a16, &b16, 0.3, 0.01, 7, 3, 0, &mut o16).unwrap());
+    row("perturb_bf16", 3 * GIB, ms);
+}
+
+/// `y = 0.6 x + 0.8 noise + 1`: correlated with x, offset from zero.
+fn correlated(dev: &CudaDevice, x: &DeviceBuffer<f32>, stream: u64) -> DeviceBuffer<f32> {
+    let noise = normals(dev, x.len(), stream);
+    let mut y = dev.zeros::<f32>(x.len()).unwrap();
+    dev.perturb(x, &noise, 0.4, 0.0, 0, 0, 0, &mut y).unwrap();
+    y
+}
+
+fn view(b: &DeviceBuffer<f32>, dev: &CudaDevice, rows: usize, cols: usize) -> Matrix<'static> {
+    // SAFETY: the buffers live until the end of the benchmark that uses the views.
+    unsafe { Matrix::from_device(b.device_ptr(), DType::F32, dev.ordinal() as i32, rows, cols, cols) }.unwrap()
+}
+
+fn cka_pair(ctx: &Context, dev: &CudaDevice) {
+    let (n, p) = (65536usize, 2048usize);
+    println!("\n(b) CKA of a {n} x {p} f32 pair in device memory (biased; debiased costs the same)");
+    let x = normals(dev, n * p, 10);
+    let y = correlated(dev, &x, 11);
+    let (xv, yv) = (view(&x, dev, n, p), view(&y, dev, n, p));
+    let route = choose_route(n, &[xv], &[yv]);
+    let mut value = 0.0;
+    let ours = time_wall(dev, || value = cka_matrix(ctx, &[xv], &[yv], Estimator::Biased).unwrap()[0]);
+    let debiased = time_wall(dev, || {
+        cka_matrix(ctx, &[xv], &[yv], Estimator::Debiased).unwrap();
+    });
+
+    // The products alone, as cuBLAS forms them: syrk(X~), syrk(Y~), gemm(X~^T Y~) on the
+    // `features x rows` buffers, in full f32.
+    let blas = CudaBlas::new(dev.stream().clone()).unwrap();
+    // SAFETY: a valid handle and a mode of the enum.
+    unsafe { cb::cublasSetMathMode(*blas.handle(), cb::cublasMath_t::CUBLAS_DEFAULT_MATH) }.result().unwrap();
+    let gx = dev.zeros::<f32>(p * p).unwrap();
+    let gy = dev.zeros::<f32>(p * p).unwrap();
+    let c = dev.zeros::<f32>(p * p).unwrap();
+    let (one, zero) = (1.0f32, 0.0f32);
+    let (pi, ni) = (p as i32, n as i32);
+    let products = || {
+        // SAFETY: x, y hold p x n column-major f32 values; gx, gy, c hold p x p.
+        unsafe {
+            let h = *blas.handle();
+            let lower = cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER;
+            let nop = cb::cublasOperation_t::CUBLAS_OP_N;
+            let top = cb::cublasOperation_t::CUBLAS_OP_T;
+            let f = |p: u64| p as *const f32;
+            let m = |p: u64| p as *mut f32;
+            cb::cublasSsyrk_v2(h, lower, nop, pi, ni, &one, f(x.device_ptr()), pi, &zero, m(gx.device_ptr()), pi)
+                .result()
+                .unwrap();
+            cb::cublasSsyrk_v2(h, lower, nop, pi, ni, &one, f(y.device_ptr()), pi, &zero, m(gy.device_ptr()), pi)
+                .result()
+                .unwrap();
+            cb::cublasSgemm_v2(
+                h,
+                nop,
+                top,
+                pi,
+                pi,
+                ni,
+                &one,
+                f(x.device_ptr()),
+                pi,
+                f(y.device_ptr()),
+                pi,
+                &zero,
+                m(c.device_ptr()),
+                pi,
+            )
+            .result()
+            .unwrap();
+        }
+    };
+    let blas_events = time_events(dev, products);
+    let blas_wall = time_wall(dev, products);
+    let flops = 2.0 * (n * p * (p + 1)) as f64 + 2.0 * (n * p * p) as f64;
+    let tf = |ms: f64| flops / (ms * 1e-3) / 1e12;
+    println!("{:<44} {:>10} {:>10} {:>10}", "what", "ms", "TFLOP/s", "ratio");
+    println!(
+        "{:<44} {:>10.3} {:>10.1} {:>10.2}",
+        "cuBLAS syrk + syrk + gemm (events)",
+        blas_events,
+        tf(blas_events),
+        1.0
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.1} {:>10.2}",
+        "cuBLAS syrk + syrk + gemm (wall)",
+        blas_wall,
+        tf(blas_wall),
+        blas_wall / blas_events
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.1} {:>10.2}",
+        format!("transferlens cka_matrix, biased ({route:?})"),
+        ours,
+        tf(ours),
+        ours / blas_events
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.1} {:>10.2}",
+        "transferlens cka_matrix, debiased",
+        debiased,
+        tf(debiased),
+        debiased / blas_events
+    );
+    println!("CKA = {value:.6} (FLOPs counted: 2 n p (p + 1) for the two syrk + 2 n p q for the gemm)");
+}
+
+fn layer_matrix(ctx: &Context, dev: &CudaDevice) {
+    let n = 8192usize;
+    let widths = [256usize, 512, 1024, 1536, 2048];
+    println!("\n(c) 5 x 5 layer matrix, n = {n}, widths {widths:?} on both sides, f32 in device memory");
+    let xs: Vec<DeviceBuffer<f32>> =
+        widths.iter().enumerate().map(|(i, &p)| normals(dev, n * p, 20 + i as u64)).collect();
+    let ys: Vec<DeviceBuffer<f32>> = xs.iter().enumerate().map(|(i, x)| correlated(dev, x, 30 + i as u64)).collect();
+    let xv: Vec<Matrix> = xs.iter().zip(widths).map(|(b, p)| view(b, dev, n, p)).collect();
+    let yv: Vec<Matrix> = ys.iter().zip(widths).map(|(b, p)| view(b, dev, n, p)).collect();
+    let chosen = choose_route(n, &xv, &yv);
+    println!("{:<44} {:>10}", "what", "ms");
+    for route in [Route::Feature, Route::Sample] {
+        let ms = time_wall(dev, || {
+            cka_matrix_via(ctx, &xv, &yv, Estimator::Biased, route).unwrap();
+        });
+        let mark = if route == chosen { " (chosen)" } else { "" };
+        println!("{:<44} {:>10.3}", format!("cka_matrix 5 x 5, {route:?} route{mark}"), ms);
+    }
+    let diag = cka_matrix(ctx, &xv, &yv, Estimator::Biased).unwrap();
+    println!("diagonal: {:?}", (0..5).map(|i| format!("{:.4}", diag[i * 5 + i])).collect::<Vec<_>>());
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("gpu benchmarks: run with --bench (cargo bench --bench gpu)");
+        return;
+    }
+    let ctx = match Context::new(BackendChoice::Cuda, 0) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("skipped: no CUDA device ({e})");
+            // As the tests do: where the device is required (gpu-check.sh), its absence fails.
+            if std::env::var("TL_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
+    let dev = ctx.cuda_device().unwrap().clone();
+    println!(
+        "GPU benchmarks on {} (sm_{}{}), medians of {REPS} after {WARMUP} warm-up runs",
+        dev.name(),
+        dev.capability().0,
+        dev.capability().1
+    );
+    let only = std::env::var("TL_GPU_BENCH").unwrap_or_default();
+    let wants = |k: &str| only.is_empty() || only.split(',').any(|s| s == k);
+    if wants("a") {
+        bandwidth(&dev);
+    }
+    if wants("b") {
+        cka_pair(&ctx, &dev);
+    }
+    if wants("c") {
+        layer_matrix(&ctx, &dev);
+    }
+}
