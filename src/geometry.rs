@@ -715,7 +715,7 @@ fn interpolate_impl(
         .try_for_each(|(task, o)| -> Result<()> {
             let x = sub(a.tensors()[task.ia].host()?, task.start, task.end);
             let y = sub(b.tensors()[task.ib].host()?, task.start, task.end);
-            let moves = moving_module.is_none_or(|m| m == task.module);
+            let moves = moving_module.map_or(true, |m| m == task.module);
             let l = if moves { lambda } else { 1.0 };
             lerp_slice(
                 x,
