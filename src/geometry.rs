@@ -10,6 +10,30 @@
 //! chunk in a tight loop the compiler vectorises. Partial sums are added in a fixed order, so a
 //! result does not depend on the number of threads. The per-chunk loops ([`kernels`]) work on
 //! host slices and are what a device backend replaces.
+//!
+//! ```
+//! use transferlens::{geometry, Context, ParamSet};
+//! // A safetensors file holding fc.weight (F32 [2]) and fc.bias (F32 scalar).
+//! fn file(w: [f32; 2], b: f32) -> Vec<u8> {
+//!     let header = br#"{"fc.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"fc.bias":{"dtype":"F32","shape":[],"data_offsets":[8,12]}}"#;
+//!     let mut f = (header.len() as u64).to_le_bytes().to_vec();
+//!     f.extend_from_slice(header);
+//!     for v in [w[0], w[1], b] {
+//!         f.extend(v.to_le_bytes());
+//!     }
+//!     f
+//! }
+//! let a = ParamSet::from_bytes(&file([1.0, 2.0], 0.5), "a")?;
+//! let b = ParamSet::from_bytes(&file([4.0, 6.0], 0.5), "b")?;
+//! let ctx = Context::cpu();
+//! let d = geometry::distance(&ctx, &a, &b)?;
+//! assert_eq!(a.modules()[0].name, "fc"); // the first name component
+//! assert_eq!(d.modules, [5.0]);
+//! let mut mid = a.try_clone()?;
+//! geometry::interpolate(&ctx, &a, &b, 0.5, &mut mid)?;
+//! assert_eq!(geometry::distance(&ctx, &a, &mid)?.total, 2.5);
+//! # Ok::<(), transferlens::Error>(())
+//! ```
 
 use crate::backend::Context;
 use crate::error::{fail, Error, Result};
