@@ -167,6 +167,19 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
+    let (ha, hb): (Vec<f16>, Vec<f16>) = (
+        xa.iter().map(|&v| f16::from_f32(v)).collect(),
+        xb.iter().map(|&v| f16::from_f32(v)).collect(),
+    );
+    k.throughput(Throughput::Bytes(4 << 16));
+    k.bench_function("sum_sq_diff/f16", |bch| {
+        bch.iter(|| {
+            black_box(geometry::kernels::sum_sq_diff(
+                black_box(&ha[..]),
+                black_box(&hb[..]),
+            ))
+        })
+    });
     k.finish();
 }
 
