@@ -146,9 +146,18 @@ pub mod kernels {
         }
     }
 
+    /// Set by tests to run the baseline versions on a CPU that has AVX2.
+    #[cfg(test)]
+    static FORCE_BASELINE: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
     /// Whether the AVX2 versions can run (checked once; the std macro caches).
     #[inline]
     fn avx2() -> bool {
+        #[cfg(test)]
+        if FORCE_BASELINE.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         #[cfg(target_arch = "x86_64")]
         {
             std::arch::is_x86_feature_detected!("avx2")
@@ -407,6 +416,14 @@ pub mod kernels {
 
         #[test]
         fn kernels_match_f64_loops_on_awkward_lengths() {
+            // Both versions: the one this CPU picks, then the baseline one.
+            check_kernels();
+            FORCE_BASELINE.store(true, std::sync::atomic::Ordering::Relaxed);
+            check_kernels();
+            FORCE_BASELINE.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        fn check_kernels() {
             let mut s = 777u64;
             let mut next = || {
                 s = s
