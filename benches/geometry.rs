@@ -139,6 +139,12 @@ fn bench(c: &mut Criterion) {
     k.bench_function("stats/f32", |bch| {
         bch.iter(|| black_box(geometry::kernels::stats(black_box(&xa[..]), black_box(&xb[..]))))
     });
+    let (ha, hb): (Vec<f16>, Vec<f16>) =
+        (xa.iter().map(|&v| f16::from_f32(v)).collect(), xb.iter().map(|&v| f16::from_f32(v)).collect());
+    k.throughput(Throughput::Bytes(4 << 16));
+    k.bench_function("sum_sq_diff/f16", |bch| {
+        bch.iter(|| black_box(geometry::kernels::sum_sq_diff(black_box(&ha[..]), black_box(&hb[..]))))
+    });
     k.finish();
 }
 

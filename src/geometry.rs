@@ -10,6 +10,30 @@
 //! chunk in a tight loop the compiler vectorises. Partial sums are added in a fixed order, so a
 //! result does not depend on the number of threads. The per-chunk loops ([`kernels`]) work on
 //! host slices and are what a device backend replaces.
+//!
+//! ```
+//! use transferlens::{geometry, Context, ParamSet};
+//! // A safetensors file holding fc.weight (F32 [2]) and fc.bias (F32 scalar).
+//! fn file(w: [f32; 2], b: f32) -> Vec<u8> {
+//!     let header = br#"{"fc.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"fc.bias":{"dtype":"F32","shape":[],"data_offsets":[8,12]}}"#;
+//!     let mut f = (header.len() as u64).to_le_bytes().to_vec();
+//!     f.extend_from_slice(header);
+//!     for v in [w[0], w[1], b] {
+//!         f.extend(v.to_le_bytes());
+//!     }
+//!     f
+//! }
+//! let a = ParamSet::from_bytes(&file([1.0, 2.0], 0.5), "a")?;
+//! let b = ParamSet::from_bytes(&file([4.0, 6.0], 0.5), "b")?;
+//! let ctx = Context::cpu();
+//! let d = geometry::distance(&ctx, &a, &b)?;
+//! assert_eq!(a.modules()[0].name, "fc"); // the first name component
+//! assert_eq!(d.modules, [5.0]);
+//! let mut mid = a.try_clone()?;
+//! geometry::interpolate(&ctx, &a, &b, 0.5, &mut mid)?;
+//! assert_eq!(geometry::distance(&ctx, &a, &mid)?.total, 2.5);
+//! # Ok::<(), transferlens::Error>(())
+//! ```
 
 use crate::backend::Context;
 use crate::error::{fail, Error, Result};
@@ -32,6 +56,11 @@ pub mod kernels {
     /// Exact conversion of a storage element to f64, inlined into the loops below.
     pub trait Load: Copy + Send + Sync {
         fn f64(self) -> f64;
+        /// Eight elements (`x.len() == 8`) as f64; `HW`: F16C and AVX may be used.
+        #[inline(always)]
+        fn load8<const HW: bool>(x: &[Self]) -> [f64; 8] {
+            std::array::from_fn(|k| x[k].f64())
+        }
     }
     impl Load for f64 {
         #[inline(always)]
@@ -49,6 +78,25 @@ pub mod kernels {
         #[inline(always)]
         fn f64(self) -> f64 {
             f16_to_f32(self.to_bits()) as f64
+        }
+        #[inline(always)]
+        fn load8<const HW: bool>(x: &[f16]) -> [f64; 8] {
+            #[cfg(target_arch = "x86_64")]
+            if HW {
+                use std::arch::x86_64::*;
+                assert!(x.len() == 8);
+                let mut out = [0f64; 8];
+                // SAFETY: HW is true only in code that runs after the CPU reported AVX2 and F16C;
+                // x holds 8 elements (16 bytes) and out 8 f64.
+                unsafe {
+                    let h = _mm_loadu_si128(x.as_ptr() as *const __m128i);
+                    let f = _mm256_cvtph_ps(h);
+                    _mm256_storeu_pd(out.as_mut_ptr(), _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+                    _mm256_storeu_pd(out.as_mut_ptr().add(4), _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+                }
+                return out;
+            }
+            std::array::from_fn(|k| x[k].f64())
         }
     }
     impl Load for bf16 {
@@ -91,12 +139,20 @@ pub mod kernels {
         }
     }
 
+    /// Set by tests to run the baseline versions on a CPU that has AVX2.
+    #[cfg(test)]
+    static FORCE_BASELINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
     /// Whether the AVX2 versions can run (checked once; the std macro caches).
     #[inline]
     fn avx2() -> bool {
+        #[cfg(test)]
+        if FORCE_BASELINE.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx2")
+            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -111,18 +167,19 @@ pub mod kernels {
             $(#[$doc])*
             pub fn $name<$($g: $bound),*>($($arg: $ty),*) -> $ret {
                 #[inline(always)]
-                fn body<$($g: $bound),*>($($arg: $ty),*) -> $ret $body
+                #[allow(non_snake_case)]
+                fn body<const HW: bool, $($g: $bound),*>($($arg: $ty),*) -> $ret $body
                 #[cfg(target_arch = "x86_64")]
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,f16c")]
                 unsafe fn with_avx2<$($g: $bound),*>($($arg: $ty),*) -> $ret {
-                    body::<$($g),*>($($arg),*)
+                    body::<true, $($g),*>($($arg),*)
                 }
                 #[cfg(target_arch = "x86_64")]
                 if avx2() {
                     // SAFETY: the CPU supports AVX2 (checked just above).
                     return unsafe { with_avx2::<$($g),*>($($arg),*) };
                 }
-                body::<$($g),*>($($arg),*)
+                body::<false, $($g),*>($($arg),*)
             }
         };
     }
@@ -135,12 +192,13 @@ pub mod kernels {
     // shuffles, several times slower.)
 
     #[inline(always)]
-    fn acc_sq_diff<A: Load, B: Load>(a: &[A], b: &[B], acc: &mut [f64; LANES]) {
+    fn acc_sq_diff<const HW: bool, A: Load, B: Load>(a: &[A], b: &[B], acc: &mut [f64; LANES]) {
         let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
         let (ra, rb) = (ca.remainder(), cb.remainder());
         for (x, y) in ca.zip(cb) {
+            let (x, y) = (A::load8::<HW>(x), B::load8::<HW>(y));
             for k in 0..LANES {
-                let d = x[k].f64() - y[k].f64();
+                let d = x[k] - y[k];
                 acc[k] += d * d;
             }
         }
@@ -151,12 +209,13 @@ pub mod kernels {
     }
 
     #[inline(always)]
-    fn acc_dot<A: Load, B: Load>(a: &[A], b: &[B], acc: &mut [f64; LANES]) {
+    fn acc_dot<const HW: bool, A: Load, B: Load>(a: &[A], b: &[B], acc: &mut [f64; LANES]) {
         let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
         let (ra, rb) = (ca.remainder(), cb.remainder());
         for (x, y) in ca.zip(cb) {
+            let (x, y) = (A::load8::<HW>(x), B::load8::<HW>(y));
             for k in 0..LANES {
-                acc[k] += x[k].f64() * y[k].f64();
+                acc[k] += x[k] * y[k];
             }
         }
         for (x, y) in ra.iter().zip(rb) {
@@ -165,12 +224,13 @@ pub mod kernels {
     }
 
     #[inline(always)]
-    fn acc_sq<A: Load>(a: &[A], acc: &mut [f64; LANES]) {
+    fn acc_sq<const HW: bool, A: Load>(a: &[A], acc: &mut [f64; LANES]) {
         let ca = a.chunks_exact(LANES);
         let ra = ca.remainder();
         for x in ca {
+            let x = A::load8::<HW>(x);
             for k in 0..LANES {
-                let v = x[k].f64();
+                let v = x[k];
                 acc[k] += v * v;
             }
         }
@@ -188,7 +248,7 @@ pub mod kernels {
         fn sum_sq_diff<A: Load, B: Load>(a: &[A], b: &[B]) -> f64 {
             assert_eq!(a.len(), b.len());
             let mut acc = [0f64; LANES];
-            acc_sq_diff(a, b, &mut acc);
+            acc_sq_diff::<HW, A, B>(a, b, &mut acc);
             total(acc)
         }
     }
@@ -197,7 +257,7 @@ pub mod kernels {
         /// Sum of a^2 in f64.
         fn sum_sq<A: Load>(a: &[A]) -> f64 {
             let mut acc = [0f64; LANES];
-            acc_sq(a, &mut acc);
+            acc_sq::<HW, A>(a, &mut acc);
             total(acc)
         }
     }
@@ -210,10 +270,10 @@ pub mod kernels {
             const SUB: usize = 2048;
             let mut acc = [[0f64; LANES]; 4];
             for (x, y) in a.chunks(SUB).zip(b.chunks(SUB)) {
-                acc_sq(x, &mut acc[0]);
-                acc_sq(y, &mut acc[1]);
-                acc_dot(x, y, &mut acc[2]);
-                acc_sq_diff(x, y, &mut acc[3]);
+                acc_sq::<HW, A>(x, &mut acc[0]);
+                acc_sq::<HW, B>(y, &mut acc[1]);
+                acc_dot::<HW, A, B>(x, y, &mut acc[2]);
+                acc_sq_diff::<HW, A, B>(x, y, &mut acc[3]);
             }
             acc.map(total)
         }
@@ -226,6 +286,16 @@ pub mod kernels {
     pub trait Lerp32: Copy + Send + Sync {
         fn to_f32(self) -> f32;
         fn store(src: &[f32], dst: &mut [Self]);
+        /// out = wa a + wb b on up to one block; `HW`: F16C and AVX may be used.
+        #[inline(always)]
+        fn lerp_block<const HW: bool>(a: &[Self], b: &[Self], wa: f32, wb: f32, out: &mut [Self]) {
+            let mut tmp = [0f32; BLOCK];
+            let n = a.len();
+            for ((t, x), y) in tmp[..n].iter_mut().zip(a).zip(b) {
+                *t = wa * x.to_f32() + wb * y.to_f32();
+            }
+            Self::store(&tmp[..n], out);
+        }
     }
     impl Lerp32 for f32 {
         #[inline(always)]
@@ -259,19 +329,49 @@ pub mod kernels {
             // half rounds to nearest even, with F16C where the CPU has it.
             dst.convert_from_f32_slice(src);
         }
+        #[inline(always)]
+        fn lerp_block<const HW: bool>(a: &[f16], b: &[f16], wa: f32, wb: f32, out: &mut [f16]) {
+            #[cfg(target_arch = "x86_64")]
+            if HW {
+                use std::arch::x86_64::*;
+                let n = a.len();
+                assert!(b.len() == n && out.len() == n);
+                let full = n - n % 8;
+                // SAFETY: HW is true only after the CPU reported AVX2 and F16C; every access
+                // is to 8 elements within [0, full) of slices of length n.
+                unsafe {
+                    let (va, vb) = (_mm256_set1_ps(wa), _mm256_set1_ps(wb));
+                    let mut i = 0;
+                    while i < full {
+                        let x = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
+                        let y = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i));
+                        let v = _mm256_add_ps(_mm256_mul_ps(va, x), _mm256_mul_ps(vb, y));
+                        // Round to nearest even, once.
+                        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
+                        i += 8;
+                    }
+                }
+                for i in full..n {
+                    out[i] = f16::from_f32(wa * a[i].to_f32() + wb * b[i].to_f32());
+                }
+                return;
+            }
+            let mut tmp = [0f32; BLOCK];
+            let n = a.len();
+            for ((t, x), y) in tmp[..n].iter_mut().zip(a).zip(b) {
+                *t = wa * x.to_f32() + wb * y.to_f32();
+            }
+            Self::store(&tmp[..n], out);
+        }
     }
 
     multiversion! {
         /// out = wa a + wb b computed in f32 and rounded once to the storage type.
         fn lerp32<T: Lerp32>(a: &[T], b: &[T], wa: f32, wb: f32, out: &mut [T]) -> () {
             assert!(a.len() == out.len() && b.len() == out.len());
-            let mut tmp = [0f32; BLOCK];
             for ((sa, sb), so) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(out.chunks_mut(BLOCK)) {
-                let n = sa.len();
-                for ((t, x), y) in tmp[..n].iter_mut().zip(sa).zip(sb) {
-                    *t = wa * x.to_f32() + wb * y.to_f32();
-                }
-                T::store(&tmp[..n], so);
+                T::lerp_block::<HW>(sa, sb, wa, wb, so);
             }
         }
     }
@@ -305,6 +405,14 @@ pub mod kernels {
 
         #[test]
         fn kernels_match_f64_loops_on_awkward_lengths() {
+            // Both versions: the one this CPU picks, then the baseline one.
+            check_kernels();
+            FORCE_BASELINE.store(true, std::sync::atomic::Ordering::Relaxed);
+            check_kernels();
+            FORCE_BASELINE.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        fn check_kernels() {
             let mut s = 777u64;
             let mut next = || {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -679,7 +787,7 @@ fn interpolate_impl(
     jobs.par_iter_mut().try_for_each(|(task, o)| -> Result<()> {
         let x = sub(a.tensors()[task.ia].host()?, task.start, task.end);
         let y = sub(b.tensors()[task.ib].host()?, task.start, task.end);
-        let moves = moving_module.is_none_or(|m| m == task.module);
+        let moves = moving_module.map_or(true, |m| m == task.module);
         let l = if moves { lambda } else { 1.0 };
         lerp_slice(x, y, l, if moves { wa } else { 0.0 }, if moves { wb } else { 1.0 }, o)
     })?;
