@@ -509,22 +509,28 @@ class Params {
 
     // ||this_i - other_i|| per module of this set's grouping, and the total.
     ModuleValues distance(const Context& ctx, const Params& other) const {
-        ModuleValues out{std::vector<double>(module_count()), 0.0};
+        const size_t n = module_count();
+        ModuleValues out{std::vector<double>(n + 1), 0.0};  // never a NULL output, even for no modules
         detail::check(tl_params_distance(detail::context_handle(ctx), handle(), other.handle(),
                                          out.per_module.data(), &out.total));
+        out.per_module.resize(n);
         return out;
     }
     // ||p_i|| per module, and of all weights.
     ModuleValues norms(const Context& ctx) const {
-        ModuleValues out{std::vector<double>(module_count()), 0.0};
+        const size_t n = module_count();
+        ModuleValues out{std::vector<double>(n + 1), 0.0};
         detail::check(tl_params_norms(detail::context_handle(ctx), handle(), out.per_module.data(), &out.total));
+        out.per_module.resize(n);
         return out;
     }
     // Distance, norms, relative distance and cosine of this set (a) against other (b).
     Comparison compare(const Context& ctx, const Params& other) const {
-        Comparison out{std::vector<ModuleGeometry>(module_count()), ModuleGeometry{}};
+        const size_t n = module_count();
+        Comparison out{std::vector<ModuleGeometry>(n + 1), ModuleGeometry{}};
         detail::check(tl_params_compare(detail::context_handle(ctx), handle(), other.handle(),
                                         out.per_module.data(), &out.total));
+        out.per_module.resize(n);
         return out;
     }
 

@@ -142,7 +142,9 @@ func LoadParams(ctx *Context, path string) (*Params, error) {
 
 // WrapParams makes a set over the tensors' slices, without a copy (Go >= 1.21: the slices are
 // pinned until Close; older toolchains work on C copies that are kept in step with the slices).
-// The slices must not overlap, and must not be written by Go while a call uses the set.
+// The slices must not overlap, and must not be written by Go while a call uses the set. On the
+// copying path (Go < 1.21, or the transferlens_copy tag) every call refreshes the copies, so a
+// wrapped set must not be used by two goroutines at once there.
 func WrapParams(ctx *Context, tensors []Tensor) (*Params, error) {
 	h, err := ctx.handle()
 	if err != nil {

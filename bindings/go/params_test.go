@@ -238,6 +238,9 @@ func TestParamsWrap(t *testing.T) {
 	if empty.ModuleCount() != 0 {
 		t.Fatal("an empty wrapped set has modules")
 	}
+	if d := must(empty.Distance(ctx, empty)); len(d.PerModule) != 0 || d.Total != 0 {
+		t.Fatalf("distance of empty sets: %+v", d)
+	}
 }
 
 func TestParamsGrouping(t *testing.T) {

@@ -607,7 +607,11 @@ static void test_params() {
     CHECK_THROWS(tl::Params::wrap(ctx, {tl::Tensor("x", live.conv, {7})}), TL_STATUS_SHAPE_MISMATCH);
     CHECK_THROWS(tl::Params::wrap(ctx, {tl::Tensor("x", live.conv.data(), {6}), tl::Tensor("y", live.conv.data(), {2})}),
                  TL_STATUS_INVALID_ARGUMENT);  // overlapping tensors
-    CHECK(tl::Params::wrap(ctx, {}).module_count() == 0);
+    const tl::Params empty = tl::Params::wrap(ctx, {});
+    CHECK(empty.module_count() == 0 && empty.tensor_count() == 0);
+    const tl::ModuleValues none = empty.distance(ctx, tl::Params::wrap(ctx, {}));
+    CHECK(none.per_module.empty() && none.total == 0.0);
+    CHECK(empty.norms(ctx).per_module.empty());
 
     // Grouping options.
     a.group_by_depth(2);

@@ -7,8 +7,8 @@ using TransferLens
 # A checkpoint of a toy model: encoder.weight [3, 4], encoder.bias [3], head.weight [2, 3].
 function checkpoint(step)
     sizes = ((4, 3), (3,), (3, 2))
-    values(t, n) = Float32[0.5 * sin(1 + 0.7 * i + 2 * t) + step * 0.05 * (t + 1) * cos(0.3 * i + t) for i in 0:n-1]
-    return [reshape(values(t, prod(sz)), sz) for (t, sz) in zip(0:2, sizes)]
+    tensor(t, n) = Float32[0.5 * sin(1 + 0.7 * i + 2 * t) + step * 0.05 * (t + 1) * cos(0.3 * i + t) for i in 0:n-1]
+    return [reshape(tensor(t, prod(sz)), sz) for (t, sz) in zip(0:2, sizes)]
 end
 wrap(ctx, c) = wrap_params(ctx, ["encoder.weight" => c[1], "encoder.bias" => c[2], "head.weight" => c[3]])
 

@@ -494,6 +494,7 @@ function wrap_params(ctx::Context, tensors::AbstractVector{<:Pair})
     roots = Any[]
     shapes = Vector{UInt64}[]
     views = TLTensor[]
+    out = Ref{Ptr{Cvoid}}(C_NULL)
     GC.@preserve names begin
         for (name, t) in zip(names, tensors)
             root, dtype = tensor_root(last(t))
@@ -504,7 +505,6 @@ function wrap_params(ctx::Context, tensors::AbstractVector{<:Pair})
                                   UInt32(dtype), isempty(shape) ? Ptr{UInt64}(C_NULL) : pointer(shape),
                                   length(shape), Int32(-1)))
         end
-        out = Ref{Ptr{Cvoid}}(C_NULL)
         GC.@preserve ctx roots shapes views begin
             check(ccall((:tl_params_wrap, libtransferlens), UInt32, (Ptr{Cvoid}, Ptr{TLTensor}, Csize_t, Ref{Ptr{Cvoid}}),
                         handle(ctx), isempty(views) ? Ptr{TLTensor}(C_NULL) : pointer(views), length(views), out))
