@@ -3,9 +3,12 @@
 //! bindings/julia/TransferLens/src must name a function of include/transferlens.h, pass as many
 //! arguments as the function takes, and use Julia types that match the C types (Int32/Cint for
 //! int32_t, UInt32 for enums, Csize_t for size_t, UInt64, Float64/Cdouble, Ptr{..}/Ref{..} for
-//! pointers, Cstring/Ptr{UInt8} for char*); every header function must be wrapped; and each
-//! Julia mirror of a C struct (TLMatrix for tl_matrix) must have the same fields with matching
-//! types. The unit tests at the end feed the check deliberately wrong snippets.
+//! pointers, Cstring/Ptr{UInt8} for char*, Ptr{Cvoid} for a callback, Ptr{Cvoid} or Any for
+//! void* user data); every header function must be wrapped; each Julia mirror of a C struct
+//! (TLMatrix for tl_matrix, ...) must have the same fields with matching types; every struct the
+//! header passes must have a mirror; and a struct whose first field is `size` must be built with
+//! `sizeof(mirror)` somewhere in the sources. The unit tests at the end feed the check
+//! deliberately wrong snippets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -23,6 +26,7 @@ enum Ty {
     Struct(String), // a C struct with a body (mirrored in Julia)
     Opaque(String), // a C struct without a body: a handle
     Ptr(Box<Ty>),
+    Object, // Julia's `Any`: a jl_value_t*, allowed for void* only (callback user data)
 }
 
 impl std::fmt::Display for Ty {
@@ -34,6 +38,7 @@ impl std::fmt::Display for Ty {
             Ty::Struct(s) => write!(f, "struct {s}"),
             Ty::Opaque(s) => write!(f, "opaque {s}"),
             Ty::Ptr(t) => write!(f, "{t}*"),
+            Ty::Object => write!(f, "a Julia object"),
         }
     }
 }
@@ -42,6 +47,8 @@ impl std::fmt::Display for Ty {
 fn compatible(c: &Ty, julia: &Ty) -> bool {
     match (c, julia) {
         (Ty::Ptr(a), Ty::Ptr(b)) => compatible(a, b),
+        // `Any` passes a Julia object's address: only where C takes void* (user data).
+        (Ty::Ptr(a), Ty::Object) => **a == Ty::Void,
         // A handle is a Ptr{Cvoid} in Julia; Cvoid is void.
         (Ty::Opaque(_) | Ty::Void, Ty::Void) => true,
         // char* may be Cstring, Ptr{UInt8} or Ptr{Cchar}.
@@ -276,6 +283,7 @@ fn parse_julia_type(src: &str, mirrors: &BTreeMap<String, String>) -> Result<Ty,
         "Float64" | "Cdouble" => Ty::Scalar("f64"),
         "Float32" | "Cfloat" => Ty::Scalar("f32"),
         "Bool" => Ty::Scalar("bool"),
+        "Any" => Ty::Object,
         name => match mirrors.get(name) {
             Some(c) => Ty::Struct(c.clone()),
             // Int, UInt, Clong...: sizes that depend on the platform are refused on purpose.
@@ -427,7 +435,9 @@ fn check_with(header_src: &str, julia_sources: &[(&str, &str)], mirror_list: &[(
                 problems.push(format!("{file}: {jl_name} has {} fields, {c_name} {}", fields.len(), c_fields.len()));
             }
             for ((jn, jt), (cn, ct)) in fields.iter().zip(c_fields) {
-                let ok = jn == cn && parse_julia_type(jt, &mirrors).is_ok_and(|t| compatible(ct, &t));
+                // `Any` is a ccall argument type only: a struct field must be a plain Ptr{Cvoid}.
+                let ok =
+                    jn == cn && parse_julia_type(jt, &mirrors).is_ok_and(|t| t != Ty::Object && compatible(ct, &t));
                 if !ok {
                     problems.push(format!("{file}: {jl_name}.{jn}::{jt} does not match {c_name}.{cn} ({ct})"));
                 }
@@ -700,11 +710,14 @@ fn callbacks_are_pointers_and_option_structs_are_mirrored() {
     assert_eq!(header.functions["tl_evaluate"].1[1], Ty::Ptr(Box::new(Ty::Void)));
     assert_eq!(header.functions["tl_visit"].1.len(), 3);
     assert_eq!(header.structs["tl_eval_options"][2].1, Ty::Ptr(Box::new(Ty::Void)));
-    // `Any` (a Julia object passed as user data) is not a C type: use Ptr{Cvoid} or Ref{...}.
-    let good = CALLBACK_GOOD.replace("Ptr{Cvoid}, Any, TLEvalOptions", "Ptr{Cvoid}, Ptr{Cvoid}, TLEvalOptions");
+    // User data may be `Any` (a Julia object) or Ptr{Cvoid}; `Any` stands for void* only.
+    let good = CALLBACK_GOOD.to_string();
     assert_eq!(callback_problems(&good, CALLBACK_MIRRORS), Vec::<String>::new());
+    let as_ptr = good.replace("Ptr{Cvoid}, Any, TLEvalOptions", "Ptr{Cvoid}, Ptr{Cvoid}, TLEvalOptions");
+    assert_eq!(callback_problems(&as_ptr, CALLBACK_MIRRORS), Vec::<String>::new());
     let problems = |julia: &str, mirrors: &[(&str, &str)]| callback_problems(julia, mirrors).join("\n");
-    assert!(problems(CALLBACK_GOOD, CALLBACK_MIRRORS).contains("'Any' has no C counterpart"));
+    assert!(problems(&good.replace("TLEvalOptions, Ref{Float64}", "TLEvalOptions, Any"), CALLBACK_MIRRORS)
+        .contains("argument 5: f64* in C, Any (a Julia object) in Julia"));
     // A size field left unset, a missing mirror, an undefined mirror, a callback field typed as an
     // integer, a by-value struct passed by reference.
     assert!(problems(&good.replace("= sizeof(TLEvalOptions)", "= 0"), CALLBACK_MIRRORS)
@@ -714,6 +727,8 @@ fn callbacks_are_pointers_and_option_structs_are_mirrored() {
         .contains("TLEvalOptions (the mirror of tl_eval_options) is not defined"));
     assert!(problems(&good.replace("progress::Ptr{Cvoid}", "progress::UInt64"), CALLBACK_MIRRORS)
         .contains("TLEvalOptions.progress::UInt64 does not match"));
+    assert!(problems(&good.replace("progress::Ptr{Cvoid}", "progress::Any"), CALLBACK_MIRRORS)
+        .contains("TLEvalOptions.progress::Any does not match"));
     assert!(problems(
         &good.replace("TLEvalOptions, Ref{Float64}", "Ref{TLEvalOptions}, Ref{Float64}"),
         CALLBACK_MIRRORS
