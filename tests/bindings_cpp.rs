@@ -7,7 +7,7 @@
 mod bindings_common;
 mod common;
 
-use bindings_common::{have, library_dir, root, run_checked, scratch};
+use bindings_common::{check_params_example_output, have, library_dir, root, run_checked, scratch};
 use common::{assert_close, reference_cka_feature, Dense};
 use std::path::Path;
 use std::process::Command;
@@ -122,6 +122,20 @@ fn example_training_loop_matches_the_reference() {
 }
 
 #[test]
+fn example_rewind_matches_the_reference() {
+    let lib = library_dir();
+    let dir = scratch("cpp-example-rewind");
+    let exe = dir.join("rewind");
+    run_checked(
+        &mut gxx(&lib, &root().join("bindings/cpp/examples/rewind.cpp"), &exe),
+        "compiling bindings/cpp/examples/rewind.cpp",
+    );
+    let out = run_sanitized(&exe, "rewind");
+    print!("{out}");
+    check_params_example_output(&out, "rewind.cpp");
+}
+
+#[test]
 fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
     // The libraries of this profile, fresh; install.sh would otherwise build release itself.
     let lib = library_dir();
@@ -232,7 +246,7 @@ fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
 }
 
 /// bindings/README.md shows the examples the tests run, verbatim: the C++ example and its
-/// CMake project (built above), the Go example (tests/bindings_go.rs) and the Julia example
+/// CMake project (built above), the Go examples (tests/bindings_go.rs) and the Julia examples
 /// (run by the package's test/runtests.jl).
 #[test]
 fn bindings_readme_quotes_the_examples_the_tests_run() {
@@ -240,8 +254,11 @@ fn bindings_readme_quotes_the_examples_the_tests_run() {
     for example in [
         "bindings/cpp/examples/training_loop.cpp",
         "bindings/cpp/examples/CMakeLists.txt",
+        "bindings/cpp/examples/rewind.cpp",
         "bindings/go/examples/cka/main.go",
+        "bindings/go/examples/params/main.go",
         "bindings/julia/TransferLens/examples/cka.jl",
+        "bindings/julia/TransferLens/examples/params.jl",
     ] {
         let text = std::fs::read_to_string(root().join(example)).unwrap();
         assert!(readme.contains(&text), "bindings/README.md must quote {example} verbatim");

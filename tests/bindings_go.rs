@@ -1,13 +1,13 @@
 //! The Go binding (bindings/go) tested from Go: `go vet ./...` and `go test ./...` run in
 //! bindings/go (with Go >= 1.21 both with matrices pinned in place and, with the
 //! `transferlens_copy` tag, through the copying path of older toolchains), and the example
-//! program bindings/go/examples/cka runs and prints values checked against an f64 reference
-//! written here. Skipped, saying why, when no Go toolchain is installed.
+//! programs bindings/go/examples/cka and bindings/go/examples/params run and print values
+//! checked against f64 references written here. Skipped, saying why, when no Go toolchain is installed.
 
 mod bindings_common;
 mod common;
 
-use bindings_common::{library_dir, root, run_checked, target_dirs};
+use bindings_common::{check_params_example_output, library_dir, root, run_checked, target_dirs};
 use common::{assert_close, reference_cka_feature, Dense};
 use std::path::PathBuf;
 use std::process::Command;
@@ -89,4 +89,16 @@ fn go_example_matches_the_reference() {
     assert_close(value("debiased linear CKA = "), want, 1e-6, "go example, one call");
     assert_close(value("streamed in 2 batches = "), want, 1e-6, "go example, streamed");
     assert!(out.contains("rows differ: transferlens: TL_STATUS_SHAPE_MISMATCH: "), "{out}");
+}
+
+#[test]
+fn go_params_example_matches_the_reference() {
+    if go_version().is_none() {
+        println!("go is not installed: the Go parameter-set example was skipped");
+        return;
+    }
+    let lib = library_dir();
+    let out = run_checked(&mut go(&lib, &["run", "./examples/params"]), "go run ./examples/params");
+    print!("{out}");
+    check_params_example_output(&out, "go run ./examples/params");
 }

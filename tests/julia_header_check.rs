@@ -3,15 +3,19 @@
 //! bindings/julia/TransferLens/src must name a function of include/transferlens.h, pass as many
 //! arguments as the function takes, and use Julia types that match the C types (Int32/Cint for
 //! int32_t, UInt32 for enums, Csize_t for size_t, UInt64, Float64/Cdouble, Ptr{..}/Ref{..} for
-//! pointers, Cstring/Ptr{UInt8} for char*); every header function must be wrapped; and each
-//! Julia mirror of a C struct (TLMatrix for tl_matrix) must have the same fields with matching
-//! types. The unit tests at the end feed the check deliberately wrong snippets.
+//! pointers, Cstring/Ptr{UInt8} for char*, Ptr{Cvoid} for a callback, Ptr{Cvoid} or Any for
+//! void* user data); every header function must be wrapped; each Julia mirror of a C struct
+//! (TLMatrix for tl_matrix, ...) must have the same fields with matching types; every struct the
+//! header passes must have a mirror; and a struct whose first field is `size` must be built with
+//! `sizeof(mirror)` somewhere in the sources. The unit tests at the end feed the check
+//! deliberately wrong snippets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Julia structs that mirror C structs field for field.
-const MIRRORS: &[(&str, &str)] = &[("TLMatrix", "tl_matrix")];
+const MIRRORS: &[(&str, &str)] =
+    &[("TLMatrix", "tl_matrix"), ("TLTensor", "tl_tensor"), ("ModuleGeometry", "tl_module_geometry")];
 
 /// A type in a form both languages map to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +26,7 @@ enum Ty {
     Struct(String), // a C struct with a body (mirrored in Julia)
     Opaque(String), // a C struct without a body: a handle
     Ptr(Box<Ty>),
+    Object, // Julia's `Any`: a jl_value_t*, allowed for void* only (callback user data)
 }
 
 impl std::fmt::Display for Ty {
@@ -33,6 +38,7 @@ impl std::fmt::Display for Ty {
             Ty::Struct(s) => write!(f, "struct {s}"),
             Ty::Opaque(s) => write!(f, "opaque {s}"),
             Ty::Ptr(t) => write!(f, "{t}*"),
+            Ty::Object => write!(f, "a Julia object"),
         }
     }
 }
@@ -41,6 +47,8 @@ impl std::fmt::Display for Ty {
 fn compatible(c: &Ty, julia: &Ty) -> bool {
     match (c, julia) {
         (Ty::Ptr(a), Ty::Ptr(b)) => compatible(a, b),
+        // `Any` passes a Julia object's address: only where C takes void* (user data).
+        (Ty::Ptr(a), Ty::Object) => **a == Ty::Void,
         // A handle is a Ptr{Cvoid} in Julia; Cvoid is void.
         (Ty::Opaque(_) | Ty::Void, Ty::Void) => true,
         // char* may be Cstring, Ptr{UInt8} or Ptr{Cchar}.
@@ -100,7 +108,15 @@ fn split_top(s: &str, sep: char) -> Vec<String> {
     out
 }
 
-fn parse_c_type(words: &[&str], pointers: usize, enums: &BTreeSet<String>, bodies: &BTreeSet<String>) -> Ty {
+/// The names the header declares: enums, structs with a body, function-pointer typedefs.
+#[derive(Debug, Default)]
+struct Names {
+    enums: BTreeSet<String>,
+    bodies: BTreeSet<String>,
+    fn_ptrs: BTreeSet<String>,
+}
+
+fn parse_c_type(words: &[&str], pointers: usize, names: &Names) -> Ty {
     let words: Vec<&str> = words.iter().copied().filter(|w| !matches!(*w, "const" | "struct" | "enum")).collect();
     let base = match words.join(" ").as_str() {
         "void" => Ty::Void,
@@ -118,37 +134,51 @@ fn parse_c_type(words: &[&str], pointers: usize, enums: &BTreeSet<String>, bodie
         "double" => Ty::Scalar("f64"),
         "float" => Ty::Scalar("f32"),
         "bool" => Ty::Scalar("bool"),
-        name if enums.contains(name) => Ty::Scalar("u32"), // enums cross as UInt32
-        name if bodies.contains(name) => Ty::Struct(name.to_string()),
+        name if names.enums.contains(name) => Ty::Scalar("u32"), // enums cross as UInt32
+        name if names.bodies.contains(name) => Ty::Struct(name.to_string()),
+        // A callback crosses as a Ptr{Cvoid} (from @cfunction).
+        name if names.fn_ptrs.contains(name) => Ty::Ptr(Box::new(Ty::Void)),
         name if name.starts_with("tl_") && !name.contains(' ') => Ty::Opaque(name.to_string()),
         other => panic!("the check does not know the C type '{other}': teach parse_c_type"),
     };
     (0..pointers).fold(base, |t, _| Ty::Ptr(Box::new(t)))
 }
 
-/// A declaration `type name` (or just `type`) as (type, name).
-fn parse_c_decl(decl: &str, enums: &BTreeSet<String>, bodies: &BTreeSet<String>, named: bool) -> (Ty, String) {
+/// A declaration `type name` (or just `type`) as (type, name). An inline function pointer,
+/// `ret (*name)(args)`, is a Ptr{Cvoid} like a typedef'd one.
+fn parse_c_decl(decl: &str, names: &Names, named: bool) -> (Ty, String) {
+    if let Some(at) = decl.find("(*") {
+        let rest = &decl[at + 2..];
+        let name = rest[..rest.find(')').unwrap_or(rest.len())].trim().to_string();
+        return (Ty::Ptr(Box::new(Ty::Void)), name);
+    }
     let spaced = decl.replace('*', " * ");
     let mut words: Vec<&str> = spaced.split_whitespace().collect();
     let name = if named { words.pop().unwrap_or_default().to_string() } else { String::new() };
     let pointers = words.iter().filter(|w| **w == "*").count();
     words.retain(|w| *w != "*");
-    (parse_c_type(&words, pointers, enums, bodies), name)
+    (parse_c_type(&words, pointers, names), name)
 }
 
 fn parse_header(src: &str) -> Header {
     let text = strip_c_comments(src);
     // Enum and struct names, from `typedef enum X {`, `typedef struct X {` and `typedef struct X X;`.
-    let mut enums = BTreeSet::new();
-    let mut bodies = BTreeSet::new();
+    // Function-pointer typedefs from `typedef ret (*name)(args)`.
+    let mut names = Names::default();
     let statements = split_top(&text, ';');
     for st in &statements {
         let words: Vec<&str> = st.split_whitespace().collect();
         if words.len() >= 3 && words[0] == "typedef" && words[1] == "enum" {
-            enums.insert(words[2].trim_end_matches('{').to_string());
+            names.enums.insert(words[2].trim_end_matches('{').to_string());
         }
         if words.len() >= 4 && words[0] == "typedef" && words[1] == "struct" && words[3].starts_with('{') {
-            bodies.insert(words[2].to_string());
+            names.bodies.insert(words[2].to_string());
+        }
+        if words.first() == Some(&"typedef") && !st.contains('{') {
+            if let Some(at) = st.find("(*") {
+                let rest = &st[at + 2..];
+                names.fn_ptrs.insert(rest[..rest.find(')').unwrap_or(rest.len())].trim().to_string());
+            }
         }
     }
     let mut header = Header::default();
@@ -165,7 +195,7 @@ fn parse_header(src: &str) -> Header {
                         .iter()
                         .filter(|f| !f.trim().is_empty())
                         .map(|f| {
-                            let (ty, name) = parse_c_decl(f, &enums, &bodies, true);
+                            let (ty, name) = parse_c_decl(f, &names, true);
                             (name, ty)
                         })
                         .collect();
@@ -176,12 +206,12 @@ fn parse_header(src: &str) -> Header {
         }
         let Some(open) = st.find('(') else { continue };
         let close = st.rfind(')').expect("a declaration with '(' has ')'");
-        let (ret, name) = parse_c_decl(&st[..open], &enums, &bodies, true);
+        let (ret, name) = parse_c_decl(&st[..open], &names, true);
         let params_src = st[open + 1..close].trim();
         let params = if params_src == "void" || params_src.is_empty() {
             Vec::new()
         } else {
-            split_top(params_src, ',').iter().map(|p| parse_c_decl(p, &enums, &bodies, true).0).collect()
+            split_top(params_src, ',').iter().map(|p| parse_c_decl(p, &names, true).0).collect()
         };
         header.functions.insert(name, (ret, params));
     }
@@ -253,6 +283,7 @@ fn parse_julia_type(src: &str, mirrors: &BTreeMap<String, String>) -> Result<Ty,
         "Float64" | "Cdouble" => Ty::Scalar("f64"),
         "Float32" | "Cfloat" => Ty::Scalar("f32"),
         "Bool" => Ty::Scalar("bool"),
+        "Any" => Ty::Object,
         name => match mirrors.get(name) {
             Some(c) => Ty::Struct(c.clone()),
             // Int, UInt, Clong...: sizes that depend on the platform are refused on purpose.
@@ -321,6 +352,7 @@ fn julia_struct_fields(src: &str, name: &str) -> Option<Vec<(String, String)>> {
     let text = strip_julia_comments(src);
     let start = text.lines().position(|l| {
         let l = l.trim();
+        let l = l.strip_prefix("Base.@kwdef ").or_else(|| l.strip_prefix("@kwdef ")).unwrap_or(l);
         l == format!("struct {name}") || l.starts_with(&format!("struct {name} ")) || l == format!("struct {name}{{")
     })?;
     let mut fields = Vec::new();
@@ -330,6 +362,8 @@ fn julia_struct_fields(src: &str, name: &str) -> Option<Vec<(String, String)>> {
             return Some(fields);
         }
         if let Some((field, ty)) = l.split_once("::") {
+            // `@kwdef` defaults: `size::Csize_t = sizeof(...)`.
+            let ty = ty.split_once('=').map_or(ty, |(t, _)| t);
             fields.push((field.trim().to_string(), ty.trim().to_string()));
         }
     }
@@ -338,10 +372,16 @@ fn julia_struct_fields(src: &str, name: &str) -> Option<Vec<(String, String)>> {
 
 /// All problems of the Julia sources against the header; empty when they agree.
 fn check(header_src: &str, julia_sources: &[(&str, &str)]) -> Vec<String> {
+    check_with(header_src, julia_sources, MIRRORS)
+}
+
+/// `check` with the given Julia mirrors of C structs.
+fn check_with(header_src: &str, julia_sources: &[(&str, &str)], mirror_list: &[(&str, &str)]) -> Vec<String> {
     let header = parse_header(header_src);
-    let mirrors: BTreeMap<String, String> = MIRRORS.iter().map(|(j, c)| (j.to_string(), c.to_string())).collect();
+    let mirrors: BTreeMap<String, String> = mirror_list.iter().map(|(j, c)| (j.to_string(), c.to_string())).collect();
     let mut problems = Vec::new();
     let mut wrapped = BTreeSet::new();
+    let mut mirrored = BTreeSet::new();
     for (file, src) in julia_sources {
         let mut file_problems = Vec::new();
         for call in find_ccalls(src, &mut file_problems) {
@@ -375,8 +415,18 @@ fn check(header_src: &str, julia_sources: &[(&str, &str)]) -> Vec<String> {
             }
         }
         problems.extend(file_problems.into_iter().map(|p| format!("{file}: {p}")));
-        for (jl_name, c_name) in MIRRORS {
+        for (jl_name, c_name) in mirror_list {
             let Some(fields) = julia_struct_fields(src, jl_name) else { continue };
+            mirrored.insert(c_name.to_string());
+            // Versioned option structs: a leading `size` field the caller sets to the struct's
+            // size, so that the library can tell older, shorter layouts apart.
+            if header.structs.get(*c_name).and_then(|f| f.first()).is_some_and(|(n, _)| n == "size")
+                && !strip_julia_comments(src).contains(&format!("sizeof({jl_name})"))
+            {
+                problems.push(format!(
+                    "{file}: {c_name} starts with a size field: {jl_name} must be built with size = sizeof({jl_name})"
+                ));
+            }
             let Some(c_fields) = header.structs.get(*c_name) else {
                 problems.push(format!("{file}: {jl_name} mirrors {c_name}, which the header does not define"));
                 continue;
@@ -385,7 +435,9 @@ fn check(header_src: &str, julia_sources: &[(&str, &str)]) -> Vec<String> {
                 problems.push(format!("{file}: {jl_name} has {} fields, {c_name} {}", fields.len(), c_fields.len()));
             }
             for ((jn, jt), (cn, ct)) in fields.iter().zip(c_fields) {
-                let ok = jn == cn && parse_julia_type(jt, &mirrors).is_ok_and(|t| compatible(ct, &t));
+                // `Any` is a ccall argument type only: a struct field must be a plain Ptr{Cvoid}.
+                let ok =
+                    jn == cn && parse_julia_type(jt, &mirrors).is_ok_and(|t| t != Ty::Object && compatible(ct, &t));
                 if !ok {
                     problems.push(format!("{file}: {jl_name}.{jn}::{jt} does not match {c_name}.{cn} ({ct})"));
                 }
@@ -395,6 +447,47 @@ fn check(header_src: &str, julia_sources: &[(&str, &str)]) -> Vec<String> {
     for name in header.functions.keys() {
         if !wrapped.contains(name) {
             problems.push(format!("{name} is in the header but no Julia ccall wraps it"));
+        }
+    }
+    // Every struct a function takes or returns (by value or through pointers) needs a mirror.
+    fn structs_in(t: &Ty, out: &mut BTreeSet<String>) {
+        match t {
+            Ty::Struct(s) => {
+                out.insert(s.clone());
+            }
+            Ty::Ptr(inner) => structs_in(inner, out),
+            _ => {}
+        }
+    }
+    let mut used = BTreeSet::new();
+    for (ret, params) in header.functions.values() {
+        for t in std::iter::once(ret).chain(params) {
+            structs_in(t, &mut used);
+        }
+    }
+    loop {
+        let before = used.len();
+        for (name, fields) in &header.structs {
+            if used.contains(name) {
+                let mut inner = BTreeSet::new();
+                for (_, t) in fields {
+                    structs_in(t, &mut inner);
+                }
+                used.extend(inner);
+            }
+        }
+        if used.len() == before {
+            break;
+        }
+    }
+    for c_name in &used {
+        match mirror_list.iter().find(|(_, c)| c == c_name) {
+            None => problems
+                .push(format!("struct {c_name} is used by the header but has no Julia mirror: add one to MIRRORS")),
+            Some((jl_name, _)) if !mirrored.contains(c_name) => {
+                problems.push(format!("{jl_name} (the mirror of {c_name}) is not defined in the Julia sources"))
+            }
+            Some(_) => {}
         }
     }
     problems
@@ -565,4 +658,80 @@ fn check_ignores_ccalls_in_comments_only() {
     // A real ccall hidden behind a comment does not count as a wrapper.
     let commented = GOOD.replace("destroy(p) = ccall", "# destroy(p) = ccall");
     assert_reported(&commented, "tl_thing_destroy is in the header but no Julia ccall wraps it");
+}
+
+// ---- callbacks and versioned option structs -------------------------------------------------
+
+/// A header in the style of the evaluator functions: a function-pointer typedef, an inline
+/// function pointer, and an options struct with a leading size field passed by value.
+const CALLBACK_HEADER: &str = r#"
+typedef enum tl_status { TL_STATUS_OK = 0 } tl_status;
+typedef struct tl_thing tl_thing;
+typedef enum tl_status (*tl_eval_fn)(void *user_data,
+                                     const struct tl_thing *thing,
+                                     double *out);
+typedef struct tl_eval_options {
+  size_t size;
+  uint32_t repeats;
+  tl_eval_fn progress;
+} tl_eval_options;
+enum tl_status tl_evaluate(const struct tl_thing *thing,
+                           tl_eval_fn eval,
+                           void *user_data,
+                           tl_eval_options options,
+                           double *out);
+enum tl_status tl_visit(struct tl_thing *thing, void (*visit)(void *user_data, size_t i), void *user_data);
+"#;
+
+const CALLBACK_GOOD: &str = r#"
+Base.@kwdef struct TLEvalOptions
+    size::Csize_t = sizeof(TLEvalOptions)
+    repeats::UInt32 = 1
+    progress::Ptr{Cvoid} = C_NULL
+end
+function evaluate(thing, f, out)
+    cb = @cfunction(eval_trampoline, UInt32, (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Float64}))
+    ccall((:tl_evaluate, lib), UInt32, (Ptr{Cvoid}, Ptr{Cvoid}, Any, TLEvalOptions, Ref{Float64}),
+          thing, cb, f, TLEvalOptions(), out)
+end
+visit(thing, cb, data) = ccall((:tl_visit, lib), UInt32, (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}), thing, cb, data)
+"#;
+
+fn callback_problems(julia: &str, mirrors: &[(&str, &str)]) -> Vec<String> {
+    check_with(CALLBACK_HEADER, &[("callbacks.jl", julia)], mirrors)
+}
+
+const CALLBACK_MIRRORS: &[(&str, &str)] = &[("TLEvalOptions", "tl_eval_options")];
+
+#[test]
+fn callbacks_are_pointers_and_option_structs_are_mirrored() {
+    let header = parse_header(CALLBACK_HEADER);
+    assert_eq!(header.functions.len(), 2, "{header:#?}");
+    assert_eq!(header.functions["tl_evaluate"].1[1], Ty::Ptr(Box::new(Ty::Void)));
+    assert_eq!(header.functions["tl_visit"].1.len(), 3);
+    assert_eq!(header.structs["tl_eval_options"][2].1, Ty::Ptr(Box::new(Ty::Void)));
+    // User data may be `Any` (a Julia object) or Ptr{Cvoid}; `Any` stands for void* only.
+    let good = CALLBACK_GOOD.to_string();
+    assert_eq!(callback_problems(&good, CALLBACK_MIRRORS), Vec::<String>::new());
+    let as_ptr = good.replace("Ptr{Cvoid}, Any, TLEvalOptions", "Ptr{Cvoid}, Ptr{Cvoid}, TLEvalOptions");
+    assert_eq!(callback_problems(&as_ptr, CALLBACK_MIRRORS), Vec::<String>::new());
+    let problems = |julia: &str, mirrors: &[(&str, &str)]| callback_problems(julia, mirrors).join("\n");
+    assert!(problems(&good.replace("TLEvalOptions, Ref{Float64}", "TLEvalOptions, Any"), CALLBACK_MIRRORS)
+        .contains("argument 5: f64* in C, Any (a Julia object) in Julia"));
+    // A size field left unset, a missing mirror, an undefined mirror, a callback field typed as an
+    // integer, a by-value struct passed by reference.
+    assert!(problems(&good.replace("= sizeof(TLEvalOptions)", "= 0"), CALLBACK_MIRRORS)
+        .contains("must be built with size = sizeof(TLEvalOptions)"));
+    assert!(problems(&good, &[]).contains("struct tl_eval_options is used by the header but has no Julia mirror"));
+    assert!(problems(&good.replace("struct TLEvalOptions", "struct Options"), CALLBACK_MIRRORS)
+        .contains("TLEvalOptions (the mirror of tl_eval_options) is not defined"));
+    assert!(problems(&good.replace("progress::Ptr{Cvoid}", "progress::UInt64"), CALLBACK_MIRRORS)
+        .contains("TLEvalOptions.progress::UInt64 does not match"));
+    assert!(problems(&good.replace("progress::Ptr{Cvoid}", "progress::Any"), CALLBACK_MIRRORS)
+        .contains("TLEvalOptions.progress::Any does not match"));
+    assert!(problems(
+        &good.replace("TLEvalOptions, Ref{Float64}", "Ref{TLEvalOptions}, Ref{Float64}"),
+        CALLBACK_MIRRORS
+    )
+    .contains("argument 4: struct tl_eval_options in C"));
 }

@@ -1,14 +1,16 @@
 // transferlens for C++17: a header-only layer over the C ABI (include/transferlens.h).
 //
 // - Failures throw transferlens::Error, which carries the tl_status and the library's message.
-// - Context and CkaAccumulator own their C handles (RAII, move-only); nothing leaks on a throw.
+// - Context, CkaAccumulator and Params own their C handles (RAII, move-only); nothing leaks on a throw.
 // - MatrixView is a non-owning row-major view (rows = samples, cols = features); its dtype is
 //   deduced from the element type: float -> F32, double -> F64. f16 and bf16 data are passed as
 //   their uint16_t bit patterns with an explicit DType::F16 or DType::BF16.
 // - The views only borrow memory: it must stay valid during the call that receives them.
 //
 // Thread safety follows the C ABI: a CPU Context may be shared by threads, a CkaAccumulator may
-// not be used from two threads at once.
+// not be used from two threads at once, a Params may be read by several threads but a call that
+// writes into it (as the output of interpolate, interpolate_module, rewind, or a regrouping)
+// needs it alone.
 #ifndef TRANSFERLENS_HPP
 #define TRANSFERLENS_HPP
 
@@ -231,6 +233,13 @@ class Context {
     tl_context* ctx_ = nullptr;
 };
 
+namespace detail {
+inline tl_context* context_handle(const Context& ctx) {
+    if (!ctx.get()) throw Error(TL_STATUS_NULL_ARGUMENT, "use of a moved-from transferlens::Context");
+    return ctx.get();
+}
+}  // namespace detail
+
 // ---------------------------------------------------------------------------------------------
 // CkaAccumulator: exact streaming CKA over batches, mergeable within and across processes
 
@@ -329,6 +338,232 @@ class CkaAccumulator {
     tl_cka_accumulator* acc_ = nullptr;
     size_t nx_ = 0;
     size_t ny_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Params: parameter sets (safetensors files, wrapped caller memory, clones), grouped into modules
+
+// How tensor names are grouped into modules.
+enum class Grouping : uint32_t {
+    First = TL_MODULE_GROUPING_FIRST,        // the first dot-separated component (the default)
+    Depth = TL_MODULE_GROUPING_DEPTH,        // the first `depth` components
+    Prefixes = TL_MODULE_GROUPING_PREFIXES,  // explicit prefixes, longest whole-component match
+    Tensor = TL_MODULE_GROUPING_TENSOR,      // every tensor its own module
+};
+// What prefix grouping does with a weight no prefix matches.
+enum class Unmatched : uint32_t { OwnGroup = TL_UNMATCHED_OWN_GROUP, Error = TL_UNMATCHED_ERROR };
+
+// One tensor in the caller's memory, for Params::wrap: the data is used in place (the set
+// writes into it when it is the output of an interpolation); the name and shape are copied.
+struct Tensor {
+    std::string name;
+    void* data = nullptr;
+    DType dtype = DType::F32;
+    std::vector<uint64_t> shape;
+    int32_t device = -1;
+
+    Tensor(std::string name_, void* data_, DType dtype_, std::vector<uint64_t> shape_, int32_t device_ = -1)
+        : name(std::move(name_)), data(data_), dtype(dtype_), shape(std::move(shape_)), device(device_) {}
+    // float or double data: the dtype follows from the element type.
+    template <class T, class = std::enable_if_t<std::is_floating_point<T>::value>>
+    Tensor(std::string name_, T* data_, std::vector<uint64_t> shape_)
+        : Tensor(std::move(name_), data_, detail::dtype_of<T>::value, std::move(shape_)) {}
+    // A container (std::vector, std::array) whose size must equal the shape's element count.
+    template <class C, class = std::enable_if_t<detail::is_contiguous<C>::value>>
+    Tensor(std::string name_, C& container, std::vector<uint64_t> shape_)
+        : Tensor(std::move(name_), container.data(), std::move(shape_)) {
+        uint64_t n = 1;
+        for (uint64_t d : shape) n *= d;
+        if (n != static_cast<uint64_t>(container.size()))
+            throw Error(TL_STATUS_SHAPE_MISMATCH, "tensor " + name + ": the container holds " +
+                                                      std::to_string(container.size()) + " elements, the shape " +
+                                                      std::to_string(n));
+    }
+};
+
+// A weight tensor of a set, as tl_params_tensor_data gives it: host memory owned by the set,
+// valid until the set is destroyed.
+struct TensorData {
+    DType dtype;
+    const void* data;
+    uint64_t numel;
+    // The elements as T (float for F32, double for F64, uint16_t bits for F16 and BF16).
+    template <class T>
+    std::vector<T> values() const {
+        const bool ok = std::is_same<T, float>::value   ? dtype == DType::F32
+                        : std::is_same<T, double>::value ? dtype == DType::F64
+                        : std::is_same<T, uint16_t>::value
+                            ? (dtype == DType::F16 || dtype == DType::BF16)
+                            : false;
+        if (!ok) throw Error(TL_STATUS_UNSUPPORTED_DTYPE, "the tensor's dtype does not match the element type");
+        const T* p = static_cast<const T*>(data);
+        return std::vector<T>(p, p + numel);
+    }
+};
+
+// Figures per module and over all weights: per_module has module_count() entries.
+struct ModuleValues {
+    std::vector<double> per_module;
+    double total = 0.0;
+};
+
+using ModuleGeometry = tl_module_geometry;
+// Distance, norms, relative distance and cosine per module and over all weights.
+struct Comparison {
+    std::vector<ModuleGeometry> per_module;
+    ModuleGeometry total{};
+};
+
+class Params {
+  public:
+    // Loads a safetensors file (memory-mapped copy-on-write; the file is never modified).
+    static Params load(const Context& ctx, const std::string& path) {
+        Params p;
+        detail::check(tl_params_load(detail::context_handle(ctx), path.c_str(), &p.p_));
+        return p;
+    }
+    // A set over the caller's memory, zero-copy: the tensors' data must outlive the set.
+    static Params wrap(const Context& ctx, const std::vector<Tensor>& tensors) {
+        std::vector<tl_tensor> raw;
+        raw.reserve(tensors.size());
+        for (const Tensor& t : tensors)
+            raw.push_back(tl_tensor{t.name.c_str(), t.data, static_cast<tl_dtype>(t.dtype),
+                                    t.shape.empty() ? nullptr : t.shape.data(), t.shape.size(), t.device});
+        Params p;
+        detail::check(tl_params_wrap(detail::context_handle(ctx), raw.empty() ? nullptr : raw.data(), raw.size(), &p.p_));
+        return p;
+    }
+
+    ~Params() { tl_params_destroy(p_); }
+    Params(const Params&) = delete;
+    Params& operator=(const Params&) = delete;
+    Params(Params&& other) noexcept : p_(std::exchange(other.p_, nullptr)) {}
+    Params& operator=(Params&& other) noexcept {
+        if (this != &other) {
+            tl_params_destroy(p_);
+            p_ = std::exchange(other.p_, nullptr);
+        }
+        return *this;
+    }
+
+    // A deep copy in memory the new set owns: a place to write interpolations into.
+    Params clone() const {
+        Params p;
+        detail::check(tl_params_clone(handle(), &p.p_));
+        return p;
+    }
+    // Writes the set as a safetensors file, atomically.
+    void save(const std::string& path) const { detail::check(tl_params_save(handle(), path.c_str())); }
+
+    // Regrouping; on failure the grouping is unchanged.
+    void group_by_first() { set_grouping(Grouping::First); }
+    void group_by_depth(uint32_t depth) { set_grouping(Grouping::Depth, depth); }
+    void group_by_prefixes(const std::vector<std::string>& prefixes, Unmatched unmatched = Unmatched::OwnGroup) {
+        set_grouping(Grouping::Prefixes, 0, prefixes, unmatched);
+    }
+    void group_by_tensor() { set_grouping(Grouping::Tensor); }
+    void set_grouping(Grouping grouping, uint32_t depth = 0, const std::vector<std::string>& prefixes = {},
+                      Unmatched unmatched = Unmatched::OwnGroup) {
+        std::vector<const char*> raw;
+        raw.reserve(prefixes.size());
+        for (const std::string& s : prefixes) raw.push_back(s.c_str());
+        detail::check(tl_params_set_grouping(handle(), static_cast<tl_module_grouping>(grouping), depth,
+                                             raw.empty() ? nullptr : raw.data(), raw.size(),
+                                             static_cast<tl_unmatched>(unmatched)));
+    }
+
+    size_t module_count() const { return tl_params_module_count(handle()); }
+    size_t tensor_count() const { return tl_params_tensor_count(handle()); }
+    // The name of module `module`; NOT_FOUND when it is out of range.
+    std::string module_name(size_t module) const {
+        const size_t len = tl_params_module_name(handle(), module, nullptr, 0);  // counts the NUL
+        if (len == 0)
+            throw Error(TL_STATUS_NOT_FOUND, "module " + std::to_string(module) + " of a set of " +
+                                                 std::to_string(module_count()) + " modules");
+        std::string name(len, '\0');
+        tl_params_module_name(handle(), module, &name[0], len);
+        name.resize(len - 1);
+        return name;
+    }
+    std::vector<std::string> module_names() const {
+        std::vector<std::string> names;
+        const size_t n = module_count();
+        names.reserve(n);
+        for (size_t i = 0; i < n; i++) names.push_back(module_name(i));
+        return names;
+    }
+    // The index of the module called `name`; NOT_FOUND when there is none.
+    size_t find_module(const std::string& name) const {
+        size_t out = 0;
+        detail::check(tl_params_find_module(handle(), name.c_str(), &out));
+        return out;
+    }
+    // The weight tensor called `name` (NOT_FOUND, or UNSUPPORTED_DTYPE for a carried-through one).
+    TensorData tensor_data(const std::string& name) const {
+        tl_dtype dtype = TL_DTYPE_F32;
+        const void* data = nullptr;
+        uint64_t numel = 0;
+        detail::check(tl_params_tensor_data(handle(), name.c_str(), &dtype, &data, &numel));
+        return TensorData{static_cast<DType>(dtype), data, numel};
+    }
+
+    // ||this_i - other_i|| per module of this set's grouping, and the total.
+    ModuleValues distance(const Context& ctx, const Params& other) const {
+        const size_t n = module_count();
+        ModuleValues out{std::vector<double>(n + 1), 0.0};  // never a NULL output, even for no modules
+        detail::check(tl_params_distance(detail::context_handle(ctx), handle(), other.handle(),
+                                         out.per_module.data(), &out.total));
+        out.per_module.resize(n);
+        return out;
+    }
+    // ||p_i|| per module, and of all weights.
+    ModuleValues norms(const Context& ctx) const {
+        const size_t n = module_count();
+        ModuleValues out{std::vector<double>(n + 1), 0.0};
+        detail::check(tl_params_norms(detail::context_handle(ctx), handle(), out.per_module.data(), &out.total));
+        out.per_module.resize(n);
+        return out;
+    }
+    // Distance, norms, relative distance and cosine of this set (a) against other (b).
+    Comparison compare(const Context& ctx, const Params& other) const {
+        const size_t n = module_count();
+        Comparison out{std::vector<ModuleGeometry>(n + 1), ModuleGeometry{}};
+        detail::check(tl_params_compare(detail::context_handle(ctx), handle(), other.handle(),
+                                        out.per_module.data(), &out.total));
+        out.per_module.resize(n);
+        return out;
+    }
+
+    // The writers: this set (holding a's weights, not a or b) receives the result.
+    // this = (1 - lambda) a + lambda b.
+    Params& interpolate(const Context& ctx, const Params& a, const Params& b, double lambda) {
+        detail::check(tl_params_interpolate(detail::context_handle(ctx), a.handle(), b.handle(), lambda, handle()));
+        return *this;
+    }
+    // Module `module` of a at (1 - lambda) a + lambda b, every other weight at b.
+    Params& interpolate_module(const Context& ctx, const Params& a, const Params& b, double lambda, size_t module) {
+        detail::check(tl_params_interpolate_module(detail::context_handle(ctx), a.handle(), b.handle(), lambda,
+                                                   module, handle()));
+        return *this;
+    }
+    // Module `module` at (1 - alpha) initial + alpha final, every other weight at final.
+    Params& rewind(const Context& ctx, const Params& initial, const Params& final_params, size_t module,
+                   double alpha) {
+        detail::check(tl_params_rewind(detail::context_handle(ctx), initial.handle(), final_params.handle(), module,
+                                       alpha, handle()));
+        return *this;
+    }
+
+    tl_params* get() const noexcept { return p_; }
+    tl_params* release() noexcept { return std::exchange(p_, nullptr); }
+
+  private:
+    Params() = default;
+    tl_params* handle() const {
+        if (!p_) throw Error(TL_STATUS_NULL_ARGUMENT, "use of a moved-from transferlens::Params");
+        return p_;
+    }
+    tl_params* p_ = nullptr;
 };
 
 }  // namespace transferlens

@@ -20,3 +20,17 @@ func (a *arena) hostPtr(p unsafe.Pointer, _ uintptr) unsafe.Pointer {
 }
 
 func (a *arena) release() { a.pinner.Unpin() }
+
+// wrapHold lends host memory to a wrapped parameter set for its whole life: the slices are
+// pinned until the set is closed, and the library reads and writes them in place.
+type wrapHold struct{ pinner runtime.Pinner }
+
+func (h *wrapHold) hostPtr(p unsafe.Pointer, _ uintptr) unsafe.Pointer {
+	h.pinner.Pin(p)
+	return p
+}
+
+// syncIn and syncBack have nothing to do: the library uses the slices themselves.
+func (h *wrapHold) syncIn()   {}
+func (h *wrapHold) syncBack() {}
+func (h *wrapHold) release()  { h.pinner.Unpin() }

@@ -1,10 +1,11 @@
 // Package transferlens is the Go binding of transferlens, a native library for "What is being
 // transferred in transfer learning?" (Neyshabur et al. 2020): linear CKA (single, layer-by-layer,
-// streaming with all-reduce support) over the library's C ABI.
+// streaming with all-reduce support) and parameter sets (safetensors files or wrapped slices:
+// per-module distances, norms, interpolation, rewinding) over the library's C ABI.
 //
 // Errors are *Error values carrying the library's status and message; compare them with
 // errors.Is against the sentinels (ErrDegenerateInput, ErrShapeMismatch, ...). Handles (Context,
-// CKAAccumulator) are freed by Close; a finalizer frees a forgotten one, but Close them.
+// CKAAccumulator, Params) are freed by Close; a finalizer frees a forgotten one, but Close them.
 //
 // Linking: cgo looks for include/transferlens.h and target/release/libtransferlens.so of the
 // repository this package lives in (build the library first: cargo build --release --lib).

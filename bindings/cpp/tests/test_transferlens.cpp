@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace tl = transferlens;
 
 static int g_checks = 0;
@@ -447,11 +449,205 @@ static void test_accumulator() {
     delete keep;
 }
 
+// ---- parameter sets ----------------------------------------------------------------------------
+
+// A small model: conv1.weight F32 [2, 3], layer1.0.weight F64 [4], layer1.1.bias F32 [2],
+// fc.bias F64 [3], and an I64 counter the library carries through untouched.
+struct Model {
+    std::vector<float> conv = std::vector<float>(6);
+    std::vector<double> l10 = std::vector<double>(4);
+    std::vector<float> l11 = std::vector<float>(2);
+    std::vector<double> fc = std::vector<double>(3);
+};
+static Model random_model() {
+    Model m;
+    for (auto& x : m.conv) x = static_cast<float>(normal());
+    for (auto& x : m.l10) x = normal();
+    for (auto& x : m.l11) x = static_cast<float>(normal());
+    for (auto& x : m.fc) x = normal();
+    return m;
+}
+// The model's values in f64, per module (conv1, layer1, fc).
+static std::vector<std::vector<double>> modules_of(const Model& m) {
+    std::vector<double> l1(m.l10.begin(), m.l10.end());
+    l1.insert(l1.end(), m.l11.begin(), m.l11.end());
+    return {std::vector<double>(m.conv.begin(), m.conv.end()), l1, m.fc};
+}
+
+// Writes the model as a safetensors file: 8-byte little-endian header length, JSON, data.
+static void write_safetensors(const std::string& path, const Model& m) {
+    std::string data;
+    auto append = [&data](const void* p, size_t n) { data.append(static_cast<const char*>(p), n); };
+    std::string json = "{\"__metadata__\":{\"format\":\"pt\"}";
+    auto entry = [&](const char* name, const char* dtype, const std::string& shape, const void* p, size_t n) {
+        json += std::string(",\"") + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":[" + shape +
+                "],\"data_offsets\":[" + std::to_string(data.size()) + "," + std::to_string(data.size() + n) + "]}";
+        append(p, n);
+    };
+    const int64_t count = 42;
+    entry("conv1.weight", "F32", "2,3", m.conv.data(), 6 * 4);
+    entry("layer1.0.weight", "F64", "4", m.l10.data(), 4 * 8);
+    entry("bn.num_batches_tracked", "I64", "", &count, 8);
+    entry("layer1.1.bias", "F32", "2", m.l11.data(), 2 * 4);
+    entry("fc.bias", "F64", "3", m.fc.data(), 3 * 8);
+    json += "}";
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    CHECK(f != nullptr);
+    unsigned char len[8];
+    for (int i = 0; i < 8; i++) len[i] = static_cast<unsigned char>(static_cast<uint64_t>(json.size()) >> (8 * i));
+    CHECK(std::fwrite(len, 1, 8, f) == 8);
+    CHECK(std::fwrite(json.data(), 1, json.size(), f) == json.size());
+    CHECK(std::fwrite(data.data(), 1, data.size(), f) == data.size());
+    CHECK(std::fclose(f) == 0);
+}
+
+static std::string scratch_path(const std::string& name) {
+    const char* tmp = std::getenv("TMPDIR");
+    return std::string(tmp && *tmp ? tmp : "/tmp") + "/tl-cpp-params-" + std::to_string(static_cast<long>(getpid())) +
+           "-" + name;
+}
+
+static void test_params() {
+    const tl::Context ctx = tl::Context::cpu();
+    g_rng = 99;
+    Model ma = random_model(), mb = random_model();
+    const std::string pa = scratch_path("a.safetensors"), pb = scratch_path("b.safetensors");
+    write_safetensors(pa, ma);
+    write_safetensors(pb, mb);
+    tl::Params a = tl::Params::load(ctx, pa), b = tl::Params::load(ctx, pb);
+    CHECK(a.tensor_count() == 5);
+    CHECK(a.module_count() == 3);  // bn holds only the I64 counter
+    CHECK((a.module_names() == std::vector<std::string>{"conv1", "layer1", "fc"}));
+    CHECK(a.find_module("fc") == 2);
+    CHECK_THROWS(a.find_module("bn"), TL_STATUS_NOT_FOUND);
+    CHECK_THROWS(a.module_name(3), TL_STATUS_NOT_FOUND);
+
+    // f64 references per module.
+    const auto ra = modules_of(ma), rb = modules_of(mb);
+    double dd_total = 0, aa_total = 0;
+    std::vector<double> dd(3), aa(3), bb(3), ab(3);
+    for (size_t k = 0; k < 3; k++) {
+        for (size_t i = 0; i < ra[k].size(); i++) {
+            dd[k] += (ra[k][i] - rb[k][i]) * (ra[k][i] - rb[k][i]);
+            aa[k] += ra[k][i] * ra[k][i];
+            bb[k] += rb[k][i] * rb[k][i];
+            ab[k] += ra[k][i] * rb[k][i];
+        }
+        dd_total += dd[k];
+        aa_total += aa[k];
+    }
+    const tl::ModuleValues d = a.distance(ctx, b);
+    CHECK(d.per_module.size() == 3);
+    for (size_t k = 0; k < 3; k++) CHECK_CLOSE(d.per_module[k], std::sqrt(dd[k]), 1e-12);
+    CHECK_CLOSE(d.total, std::sqrt(dd_total), 1e-12);
+    const tl::ModuleValues n = a.norms(ctx);
+    for (size_t k = 0; k < 3; k++) CHECK_CLOSE(n.per_module[k], std::sqrt(aa[k]), 1e-12);
+    CHECK_CLOSE(n.total, std::sqrt(aa_total), 1e-12);
+    const tl::Comparison c = a.compare(ctx, b);
+    for (size_t k = 0; k < 3; k++) {
+        CHECK(c.per_module[k].numel == ra[k].size());
+        CHECK_CLOSE(c.per_module[k].distance, std::sqrt(dd[k]), 1e-12);
+        CHECK_CLOSE(c.per_module[k].norm_b, std::sqrt(bb[k]), 1e-12);
+        CHECK_CLOSE(c.per_module[k].relative, std::sqrt(dd[k] / aa[k]), 1e-12);
+        CHECK_CLOSE(c.per_module[k].cosine, ab[k] / std::sqrt(aa[k] * bb[k]), 1e-12);
+    }
+    CHECK(c.total.numel == 15);
+    CHECK_CLOSE(c.total.distance, std::sqrt(dd_total), 1e-12);
+
+    // Interpolation into a clone, endpoints bit for bit; the carried-through counter is no weight.
+    tl::Params out = a.clone();
+    for (double lambda : {-0.5, 0.3, 2.0}) {
+        out.interpolate(ctx, a, b, lambda);
+        const auto conv = out.tensor_data("conv1.weight").values<float>();
+        for (size_t i = 0; i < 6; i++)
+            CHECK_CLOSE(conv[i], (1 - lambda) * ma.conv[i] + lambda * mb.conv[i], 1e-6);
+        const auto fc = out.tensor_data("fc.bias").values<double>();
+        for (size_t i = 0; i < 3; i++) CHECK_CLOSE(fc[i], (1 - lambda) * ma.fc[i] + lambda * mb.fc[i], 1e-14);
+    }
+    CHECK(out.interpolate(ctx, a, b, 1.0).tensor_data("conv1.weight").values<float>() == mb.conv);
+    CHECK(out.interpolate(ctx, a, b, 0.0).tensor_data("layer1.0.weight").values<double>() == ma.l10);
+    CHECK_THROWS(out.tensor_data("bn.num_batches_tracked"), TL_STATUS_UNSUPPORTED_DTYPE);
+    CHECK_THROWS(out.tensor_data("nope"), TL_STATUS_NOT_FOUND);
+    CHECK_THROWS(out.tensor_data("fc.bias").values<float>(), TL_STATUS_UNSUPPORTED_DTYPE);
+    CHECK_THROWS(out.interpolate(ctx, a, b, INFINITY), TL_STATUS_INVALID_ARGUMENT);
+
+    // Per module: layer1 halfway, the rest at b; rewinding fc to a, the rest at b.
+    out.interpolate_module(ctx, a, b, 0.5, a.find_module("layer1"));
+    CHECK(out.tensor_data("conv1.weight").values<float>() == mb.conv);
+    const auto l10 = out.tensor_data("layer1.0.weight").values<double>();
+    for (size_t i = 0; i < 4; i++) CHECK_CLOSE(l10[i], 0.5 * ma.l10[i] + 0.5 * mb.l10[i], 1e-14);
+    out.rewind(ctx, a, b, 2, 0.0);
+    CHECK(out.tensor_data("fc.bias").values<double>() == ma.fc);
+    CHECK(out.tensor_data("layer1.0.weight").values<double>() == mb.l10);
+    CHECK_THROWS(out.rewind(ctx, a, b, 3, 0.5), TL_STATUS_NOT_FOUND);
+    CHECK_THROWS(out.interpolate_module(ctx, a, b, 0.5, 7), TL_STATUS_NOT_FOUND);
+
+    // Save and load back: the same weights.
+    out.interpolate(ctx, a, b, 0.3);
+    const std::string pm = scratch_path("mid.safetensors");
+    out.save(pm);
+    const tl::Params mid = tl::Params::load(ctx, pm);
+    CHECK(mid.distance(ctx, out).total == 0.0);
+    CHECK(mid.tensor_count() == 5);
+
+    // Wrap: the library reads and writes the caller's vectors in place.
+    Model live;
+    tl::Params w = tl::Params::wrap(ctx, {tl::Tensor("conv1.weight", live.conv, {2, 3}),
+                                          tl::Tensor("layer1.0.weight", live.l10, {4}),
+                                          tl::Tensor("layer1.1.bias", live.l11, {2}),
+                                          tl::Tensor("fc.bias", live.fc, {3})});
+    CHECK(w.module_count() == 3 && w.tensor_count() == 4);
+    w.interpolate(ctx, a, b, 1.0);
+    CHECK(live.conv == mb.conv && live.l10 == mb.l10 && live.l11 == mb.l11 && live.fc == mb.fc);
+    w.interpolate(ctx, a, b, 0.25);
+    for (size_t i = 0; i < 3; i++) CHECK_CLOSE(live.fc[i], 0.75 * ma.fc[i] + 0.25 * mb.fc[i], 1e-14);
+    CHECK_CLOSE(w.distance(ctx, a).total, 0.25 * std::sqrt(dd_total), 1e-6);
+    live.conv = ma.conv;  // the set sees the caller's writes too
+    CHECK_CLOSE(w.distance(ctx, a).per_module[0], 0.0, 1e-15);
+    CHECK_THROWS(tl::Params::wrap(ctx, {tl::Tensor("x", live.conv, {7})}), TL_STATUS_SHAPE_MISMATCH);
+    CHECK_THROWS(tl::Params::wrap(ctx, {tl::Tensor("x", live.conv.data(), {6}), tl::Tensor("y", live.conv.data(), {2})}),
+                 TL_STATUS_INVALID_ARGUMENT);  // overlapping tensors
+    const tl::Params empty = tl::Params::wrap(ctx, {});
+    CHECK(empty.module_count() == 0 && empty.tensor_count() == 0);
+    const tl::ModuleValues none = empty.distance(ctx, tl::Params::wrap(ctx, {}));
+    CHECK(none.per_module.empty() && none.total == 0.0);
+    CHECK(empty.norms(ctx).per_module.empty());
+
+    // Grouping options.
+    a.group_by_depth(2);
+    CHECK((a.module_names() == std::vector<std::string>{"conv1.weight", "layer1.0", "layer1.1", "fc.bias"}));
+    a.group_by_tensor();
+    CHECK(a.module_count() == 4);
+    CHECK_CLOSE(a.distance(ctx, b).total, std::sqrt(dd_total), 1e-12);
+    a.group_by_prefixes({"layer1", "layer1.1"});
+    CHECK((a.module_names() == std::vector<std::string>{"conv1.weight", "layer1", "layer1.1", "fc.bias"}));
+    CHECK_THROWS(a.group_by_prefixes({"layer1"}, tl::Unmatched::Error), TL_STATUS_NOT_FOUND);
+    CHECK(a.module_count() == 4);  // unchanged on failure
+    CHECK_THROWS(a.group_by_depth(0), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(a.group_by_prefixes({}), TL_STATUS_INVALID_ARGUMENT);
+    a.group_by_first();
+    CHECK(a.module_count() == 3);
+
+    // Errors: files, mismatched sets, moved-from sets.
+    CHECK_THROWS(tl::Params::load(ctx, scratch_path("missing.safetensors")), TL_STATUS_IO);
+    CHECK_THROWS(out.save(scratch_path("no/such/dir/x.safetensors")), TL_STATUS_IO);
+    const tl::Params only_conv = tl::Params::wrap(ctx, {tl::Tensor("conv1.weight", live.conv, {2, 3})});
+    CHECK_THROWS(a.distance(ctx, only_conv), TL_STATUS_SHAPE_MISMATCH);
+    CHECK_THROWS(out.interpolate(ctx, a, b, 0.5).interpolate(ctx, a, out, 0.5), TL_STATUS_INVALID_ARGUMENT);
+    tl::Params moved = std::move(out);
+    CHECK_THROWS(out.module_count(), TL_STATUS_NULL_ARGUMENT);
+    CHECK_THROWS(out.interpolate(ctx, a, b, 0.5), TL_STATUS_NULL_ARGUMENT);
+    CHECK(moved.module_count() == 3);
+    std::remove(pa.c_str());
+    std::remove(pb.c_str());
+    std::remove(pm.c_str());
+}
+
 int main() {
     const std::pair<const char*, std::function<void()>> tests[] = {
         {"basics", test_basics},       {"context", test_context},       {"cka_linear", test_cka_linear},
         {"views", test_views},         {"errors", test_errors},         {"cka_matrix", test_cka_matrix},
-        {"accumulator", test_accumulator},
+        {"accumulator", test_accumulator}, {"params", test_params},
     };
     for (const auto& t : tests) {
         t.second();

@@ -2,7 +2,8 @@
     TransferLens
 
 Julia binding of transferlens (linear CKA, single, layer by layer and streaming with all-reduce
-support) over its C ABI, `include/transferlens.h`.
+support; parameter sets: per-module distances, norms, interpolation and rewinding, see
+[`Params`](@ref)) over its C ABI, `include/transferlens.h`.
 
 # Matrices: which way round
 
@@ -24,7 +25,7 @@ Both spellings of the same data give the same answer; the copy only costs time. 
 # Errors and handles
 
 Failures throw [`TransferLensError`](@ref) with the status and the library's message.
-[`Context`](@ref) and [`CkaAccumulator`](@ref) hold C handles, freed by `close` or, failing
+[`Context`](@ref), [`CkaAccumulator`](@ref) and [`Params`](@ref) hold C handles, freed by `close` or, failing
 that, by a finalizer.
 
 # The library
@@ -43,6 +44,10 @@ export BACKEND_AUTO, BACKEND_CPU, BACKEND_CUDA, BIASED, DEBIASED
 export version, abi_version, status_name, backend
 export cka_linear, cka_matrix, update!, merge!, result, state_size, export_state, rebase!, import_state!,
        set_widths!
+export Params, ModuleGeometry, Grouping, Unmatched, GROUP_FIRST, GROUP_DEPTH, GROUP_PREFIXES, GROUP_TENSOR,
+       UNMATCHED_OWN_GROUP, UNMATCHED_ERROR
+export load_params, save_params, wrap_params, set_grouping!, module_count, module_name, module_names, find_module,
+       tensor_count, tensor_data, distance, norms, compare, interpolate!, interpolate_module!, rewind!
 
 const libtransferlens = get(ENV, "TRANSFERLENS_LIB",
                             normpath(joinpath(@__DIR__, "..", "..", "..", "..", "target", "release",
@@ -68,6 +73,8 @@ end
 @enum Backend::UInt32 BACKEND_AUTO = 0 BACKEND_CPU = 1 BACKEND_CUDA = 2
 @enum DType::UInt32 DTYPE_F32 = 0 DTYPE_F64 = 1 DTYPE_F16 = 2 DTYPE_BF16 = 3
 @enum Estimator::UInt32 BIASED = 0 DEBIASED = 1
+@enum Grouping::UInt32 GROUP_FIRST = 0 GROUP_DEPTH = 1 GROUP_PREFIXES = 2 GROUP_TENSOR = 3
+@enum Unmatched::UInt32 UNMATCHED_OWN_GROUP = 0 UNMATCHED_ERROR = 1
 
 # ---------------------------------------------------------------------------------------------
 # Basics
@@ -117,7 +124,7 @@ end
 bfloat16 data given as its `UInt16` bit patterns; `A` follows the same layout rules as any
 other matrix (see the module docs), e.g. `BFloat16Bits(transpose(H))` for features × samples `H`.
 """
-struct BFloat16Bits{A<:AbstractMatrix{UInt16}}
+struct BFloat16Bits{A<:AbstractArray{UInt16}}
     data::A
 end
 
@@ -383,6 +390,321 @@ function set_widths!(acc::CkaAccumulator, widths::AbstractVector{<:Integer})
                     handle(acc), w, length(w)))
     end
     return acc
+end
+
+# ---------------------------------------------------------------------------------------------
+# Parameter sets
+
+# tl_tensor, field for field (tests/julia_header_check.rs compares it with the header).
+struct TLTensor
+    name::Ptr{UInt8}
+    data::Ptr{Cvoid}
+    dtype::UInt32
+    shape::Ptr{UInt64}
+    ndim::Csize_t
+    device::Int32
+end
+
+"""
+    ModuleGeometry
+
+One module of sets `a` and `b` compared (mirrors `tl_module_geometry`): `numel` elements,
+`distance` ‖a − b‖, `norm_a` ‖a‖, `norm_b` ‖b‖, `relative` ‖a − b‖ / ‖a‖, `cosine`
+⟨a, b⟩ / (‖a‖ ‖b‖).
+"""
+struct ModuleGeometry
+    numel::UInt64
+    distance::Float64
+    norm_a::Float64
+    norm_b::Float64
+    relative::Float64
+    cosine::Float64
+end
+
+"""
+    Params
+
+A parameter set: named tensors grouped into modules, from [`load_params`](@ref) (a safetensors
+file), [`wrap_params`](@ref) (Julia arrays, no copy) or `copy` (a deep copy to write
+interpolations into). Modules are numbered from 1. Free it with `close` (a finalizer does it
+otherwise). Several threads may read a set at once; a call that writes into it needs it alone.
+"""
+mutable struct Params
+    ptr::Ptr{Cvoid}
+    keep::Vector{Any} # the wrapped arrays, kept alive as long as the set
+    function Params(ptr::Ptr{Cvoid}, keep::Vector{Any} = Any[])
+        p = new(ptr, keep)
+        finalizer(close, p)
+        return p
+    end
+end
+
+function Base.close(p::Params)
+    if p.ptr != C_NULL
+        ccall((:tl_params_destroy, libtransferlens), Cvoid, (Ptr{Cvoid},), p.ptr)
+        p.ptr = C_NULL
+        empty!(p.keep)
+    end
+    return nothing
+end
+
+handle(p::Params) = p.ptr == C_NULL ? throw(TransferLensError(STATUS_NULL_ARGUMENT, "use of a closed Params")) : p.ptr
+
+"""
+    load_params(ctx, path) -> Params
+
+Loads a safetensors file (memory-mapped, copy-on-write: the file is never modified). A missing
+file is `STATUS_IO`, a malformed one `STATUS_FORMAT`. Modules: the first name component.
+"""
+function load_params(ctx::Context, path::AbstractString)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    GC.@preserve ctx begin
+        check(ccall((:tl_params_load, libtransferlens), UInt32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
+                    handle(ctx), path, out))
+    end
+    return Params(out[])
+end
+
+"""Writes the set as a safetensors file, atomically."""
+function save_params(p::Params, path::AbstractString)
+    GC.@preserve p begin
+        check(ccall((:tl_params_save, libtransferlens), UInt32, (Ptr{Cvoid}, Cstring), handle(p), path))
+    end
+    return path
+end
+
+tensor_root(A::Array) = A, dtype_of(eltype(A))
+tensor_root(B::BFloat16Bits{<:Array}) = B.data, DTYPE_BF16
+tensor_root(A) = throw(TransferLensError(STATUS_UNSUPPORTED_DTYPE,
+                                         "a wrapped tensor is an Array of Float32, Float64, Float16 or " *
+                                         "BFloat16Bits(Array{UInt16}), not $(typeof(A))"))
+
+"""
+    wrap_params(ctx, ["conv1.weight" => W1, "fc.bias" => b, ...]) -> Params
+
+A set over the arrays' memory, without a copy: interpolations written into the set land in the
+arrays, and the set sees what Julia writes into them. A Julia array of size `(d1, …, dn)` is
+the C-order (PyTorch) tensor of shape `[dn, …, d1]`: the same memory, read the other way round,
+so a PyTorch `[out, in]` weight is an `in × out` Julia matrix. Element types: `Float32`,
+`Float64`, `Float16`; bfloat16 bits as `BFloat16Bits(A::Array{UInt16})`. The arrays must not
+overlap; the set keeps them alive.
+"""
+function wrap_params(ctx::Context, tensors::AbstractVector{<:Pair})
+    names = [String(first(t)) for t in tensors]
+    roots = Any[]
+    shapes = Vector{UInt64}[]
+    views = TLTensor[]
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    GC.@preserve names begin
+        for (name, t) in zip(names, tensors)
+            root, dtype = tensor_root(last(t))
+            shape = UInt64[reverse(size(root))...]
+            push!(roots, root)
+            push!(shapes, shape)
+            push!(views, TLTensor(pointer(name), pointer(root),
+                                  UInt32(dtype), isempty(shape) ? Ptr{UInt64}(C_NULL) : pointer(shape),
+                                  length(shape), Int32(-1)))
+        end
+        GC.@preserve ctx roots shapes views begin
+            check(ccall((:tl_params_wrap, libtransferlens), UInt32, (Ptr{Cvoid}, Ptr{TLTensor}, Csize_t, Ref{Ptr{Cvoid}}),
+                        handle(ctx), isempty(views) ? Ptr{TLTensor}(C_NULL) : pointer(views), length(views), out))
+        end
+    end
+    return Params(out[], roots)
+end
+
+"""A deep copy of the set in memory it owns (same tensors, grouping, metadata): a place to write interpolations into."""
+function Base.copy(p::Params)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    GC.@preserve p begin
+        check(ccall((:tl_params_clone, libtransferlens), UInt32, (Ptr{Cvoid}, Ref{Ptr{Cvoid}}), handle(p), out))
+    end
+    return Params(out[])
+end
+
+"""
+    set_grouping!(p, grouping; depth = 1, prefixes = String[], unmatched = UNMATCHED_OWN_GROUP)
+
+Regroups the weights: `GROUP_FIRST` (the first name component, the default), `GROUP_DEPTH`
+(the first `depth` components), `GROUP_PREFIXES` (the longest matching prefix; `unmatched`
+says what happens to a weight none matches), `GROUP_TENSOR` (every tensor its own module).
+On failure the grouping is unchanged.
+"""
+function set_grouping!(p::Params, grouping::Grouping; depth::Integer = 1, prefixes = String[],
+                       unmatched::Unmatched = UNMATCHED_OWN_GROUP)
+    strs = [String(s) for s in prefixes]
+    GC.@preserve p strs begin
+        ptrs = Cstring[Base.unsafe_convert(Cstring, Base.cconvert(Cstring, s)) for s in strs]
+        GC.@preserve ptrs begin
+            check(ccall((:tl_params_set_grouping, libtransferlens), UInt32,
+                        (Ptr{Cvoid}, UInt32, UInt32, Ptr{Cstring}, Csize_t, UInt32),
+                        handle(p), UInt32(grouping), UInt32(depth), isempty(ptrs) ? Ptr{Cstring}(C_NULL) : pointer(ptrs),
+                        length(ptrs), UInt32(unmatched)))
+        end
+    end
+    return p
+end
+
+"""The number of modules of the set."""
+module_count(p::Params) =
+    GC.@preserve p Int(ccall((:tl_params_module_count, libtransferlens), Csize_t, (Ptr{Cvoid},), handle(p)))
+
+"""The number of tensors of the set, weights and carried-through ones."""
+tensor_count(p::Params) =
+    GC.@preserve p Int(ccall((:tl_params_tensor_count, libtransferlens), Csize_t, (Ptr{Cvoid},), handle(p)))
+
+"""The name of module `i` (from 1); `STATUS_NOT_FOUND` when out of range."""
+function module_name(p::Params, i::Integer)
+    GC.@preserve p begin
+        h = handle(p)
+        len = i < 1 ? Csize_t(0) :
+              ccall((:tl_params_module_name, libtransferlens), Csize_t, (Ptr{Cvoid}, Csize_t, Ptr{UInt8}, Csize_t),
+                    h, i - 1, C_NULL, 0)
+        len == 0 && throw(TransferLensError(STATUS_NOT_FOUND, "module $i of a set of $(module_count(p)) modules"))
+        buf = Vector{UInt8}(undef, len)
+        ccall((:tl_params_module_name, libtransferlens), Csize_t, (Ptr{Cvoid}, Csize_t, Ptr{UInt8}, Csize_t),
+              h, i - 1, buf, len)
+        return String(buf[1:end-1])
+    end
+end
+
+"""Every module's name, in module order."""
+module_names(p::Params) = [module_name(p, i) for i in 1:module_count(p)]
+
+"""The index (from 1) of the module called `name`; `STATUS_NOT_FOUND` when there is none."""
+function find_module(p::Params, name::AbstractString)
+    out = Ref{Csize_t}(0)
+    GC.@preserve p begin
+        check(ccall((:tl_params_find_module, libtransferlens), UInt32, (Ptr{Cvoid}, Cstring, Ref{Csize_t}),
+                    handle(p), name, out))
+    end
+    return Int(out[]) + 1
+end
+
+const ELTYPES = Dict(DTYPE_F32 => Float32, DTYPE_F64 => Float64, DTYPE_F16 => Float16, DTYPE_BF16 => UInt16)
+
+"""
+    tensor_data(p, name) -> Vector
+
+A copy of the weight tensor called `name`, flat in C order: `Float32`, `Float64`, `Float16`,
+or `UInt16` bfloat16 bits. `STATUS_NOT_FOUND` when there is none, `STATUS_UNSUPPORTED_DTYPE`
+for a carried-through (non-weight) tensor.
+"""
+function tensor_data(p::Params, name::AbstractString)
+    dtype = Ref{UInt32}(0)
+    data = Ref{Ptr{Cvoid}}(C_NULL)
+    numel = Ref{UInt64}(0)
+    GC.@preserve p begin
+        check(ccall((:tl_params_tensor_data, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Cstring, Ref{UInt32}, Ref{Ptr{Cvoid}}, Ref{UInt64}), handle(p), name, dtype, data, numel))
+        T = ELTYPES[DType(dtype[])]
+        return copy(unsafe_wrap(Array, Ptr{T}(data[]), Int(numel[])))
+    end
+end
+
+# A per-module output of n entries (never a NULL pointer, even for n = 0).
+per_module_buffer(::Type{T}, n) where {T} = Vector{T}(undef, max(n, 1))
+
+"""
+    distance(ctx, a, b) -> (per_module, total)
+
+‖a_i − b_i‖ per module of `a`'s grouping, and over all weights. `a` and `b` must hold the same
+weights (names and shapes; dtypes may differ): otherwise `STATUS_SHAPE_MISMATCH`.
+"""
+function distance(ctx::Context, a::Params, b::Params)
+    n = module_count(a)
+    per = per_module_buffer(Float64, n)
+    total = Ref{Float64}(0.0)
+    GC.@preserve ctx a b per begin
+        check(ccall((:tl_params_distance, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Float64}, Ref{Float64}),
+                    handle(ctx), handle(a), handle(b), per, total))
+    end
+    return (per_module = per[1:n], total = total[])
+end
+
+"""
+    norms(ctx, p) -> (per_module, total)
+
+‖p_i‖ per module, and over all weights.
+"""
+function norms(ctx::Context, p::Params)
+    n = module_count(p)
+    per = per_module_buffer(Float64, n)
+    total = Ref{Float64}(0.0)
+    GC.@preserve ctx p per begin
+        check(ccall((:tl_params_norms, libtransferlens), UInt32, (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Float64}, Ref{Float64}),
+                    handle(ctx), handle(p), per, total))
+    end
+    return (per_module = per[1:n], total = total[])
+end
+
+"""
+    compare(ctx, a, b) -> (per_module::Vector{ModuleGeometry}, total::ModuleGeometry)
+
+Distance, norms, relative distance and cosine per module of `a`, and over all weights. A module
+that is all zeros in `a` or `b` is `STATUS_DEGENERATE_INPUT`.
+"""
+function compare(ctx::Context, a::Params, b::Params)
+    n = module_count(a)
+    per = per_module_buffer(ModuleGeometry, n)
+    total = Ref{ModuleGeometry}()
+    GC.@preserve ctx a b per begin
+        check(ccall((:tl_params_compare, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{ModuleGeometry}, Ref{ModuleGeometry}),
+                    handle(ctx), handle(a), handle(b), per, total))
+    end
+    return (per_module = per[1:n], total = total[])
+end
+
+"""
+    interpolate!(out, ctx, a, b, λ) -> out
+
+`out = (1 − λ) a + λ b` for any finite λ (outside [0, 1] it extrapolates; 0 and 1 give `a` and
+`b` bit for bit). `out` holds `a`'s weights and is neither `a` nor `b`: a `copy(a)`, or a set
+wrapping arrays.
+"""
+function interpolate!(out::Params, ctx::Context, a::Params, b::Params, lambda::Real)
+    GC.@preserve ctx out a b begin
+        check(ccall((:tl_params_interpolate, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Float64, Ptr{Cvoid}),
+                    handle(ctx), handle(a), handle(b), Float64(lambda), handle(out)))
+    end
+    return out
+end
+
+module_index(i::Integer) =
+    i < 1 ? throw(TransferLensError(STATUS_NOT_FOUND, "module $i (modules are numbered from 1)")) : Csize_t(i - 1)
+
+"""
+    interpolate_module!(out, ctx, a, b, λ, i) -> out
+
+Module `i` (from 1, in `a`'s modules) at `(1 − λ) a + λ b`, every other weight at `b`.
+"""
+function interpolate_module!(out::Params, ctx::Context, a::Params, b::Params, lambda::Real, i::Integer)
+    m = module_index(i)
+    GC.@preserve ctx out a b begin
+        check(ccall((:tl_params_interpolate_module, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Float64, Csize_t, Ptr{Cvoid}),
+                    handle(ctx), handle(a), handle(b), Float64(lambda), m, handle(out)))
+    end
+    return out
+end
+
+"""
+    rewind!(out, ctx, initial, final, i, α) -> out
+
+Module `i` (from 1) at `(1 − α) initial + α final`, every other weight at `final`: α = 0
+rewinds the module to its initial value, bit for bit.
+"""
+function rewind!(out::Params, ctx::Context, initial::Params, final::Params, i::Integer, alpha::Real)
+    m = module_index(i)
+    GC.@preserve ctx out initial final begin
+        check(ccall((:tl_params_rewind, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Csize_t, Float64, Ptr{Cvoid}),
+                    handle(ctx), handle(initial), handle(final), m, Float64(alpha), handle(out)))
+    end
+    return out
 end
 
 end # module

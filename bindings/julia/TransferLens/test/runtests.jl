@@ -208,6 +208,130 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
         @test sprint(showerror, TransferLensError(STATUS_NON_FINITE, "x")) == "TransferLensError: TL_STATUS_NON_FINITE: x"
     end
 
+    @testset "parameter sets" begin
+        pctx = Context(BACKEND_CPU)
+        status_of(f) =
+            try
+                f()
+                nothing
+            catch e
+                e isa TransferLensError || rethrow()
+                @test !isempty(e.message)
+                e.status
+            end
+        # A model as PyTorch stores it (C order): conv1.weight F32 [2, 3], layer1.0.weight F64 [4],
+        # layer1.1.bias F32 [2], fc.bias F64 [3], and an I64 counter carried through untouched.
+        randmodel() = (conv = randn(rng, Float32, 6), l10 = randn(rng, 4), l11 = randn(rng, Float32, 2),
+                       fc = randn(rng, 3))
+        function write_safetensors(path, m)
+            data = UInt8[]
+            header = String[]
+            function add(name, dtype, shape, v)
+                start = length(data)
+                append!(data, reinterpret(UInt8, v))
+                push!(header, "\"$name\":{\"dtype\":\"$dtype\",\"shape\":[$(join(shape, ","))]," *
+                              "\"data_offsets\":[$start,$(length(data))]}")
+            end
+            add("conv1.weight", "F32", (2, 3), m.conv)
+            add("layer1.0.weight", "F64", (4,), m.l10)
+            add("bn.num_batches_tracked", "I64", (), Int64[42])
+            add("layer1.1.bias", "F32", (2,), m.l11)
+            add("fc.bias", "F64", (3,), m.fc)
+            json = "{\"__metadata__\":{\"format\":\"pt\"}," * join(header, ",") * "}"
+            open(path, "w") do io
+                write(io, htol(UInt64(sizeof(json))))
+                write(io, json)
+                write(io, data)
+            end
+        end
+        modules(m) = [Float64.(m.conv), vcat(m.l10, Float64.(m.l11)), m.fc]
+        ma, mb = randmodel(), randmodel()
+        dir = mktempdir()
+        write_safetensors(joinpath(dir, "a.safetensors"), ma)
+        write_safetensors(joinpath(dir, "b.safetensors"), mb)
+        a = load_params(pctx, joinpath(dir, "a.safetensors"))
+        b = load_params(pctx, joinpath(dir, "b.safetensors"))
+        @test tensor_count(a) == 5
+        @test module_names(a) == ["conv1", "layer1", "fc"]
+        @test find_module(a, "fc") == 3
+        ra, rb = modules(ma), modules(mb)
+
+        d = distance(pctx, a, b)
+        @test d.per_module ≈ [norm(ra[k] - rb[k]) for k in 1:3] rtol = 1e-12
+        @test d.total ≈ norm(vcat(ra...) - vcat(rb...)) rtol = 1e-12
+        n = norms(pctx, a)
+        @test n.per_module ≈ norm.(ra) rtol = 1e-12
+        @test n.total ≈ norm(vcat(ra...)) rtol = 1e-12
+        c = compare(pctx, a, b)
+        @test [g.numel for g in c.per_module] == [6, 6, 3]
+        @test [g.cosine for g in c.per_module] ≈ [dot(ra[k], rb[k]) / (norm(ra[k]) * norm(rb[k])) for k in 1:3] rtol = 1e-12
+        @test [g.relative for g in c.per_module] ≈ [norm(ra[k] - rb[k]) / norm(ra[k]) for k in 1:3] rtol = 1e-12
+        @test c.total.distance ≈ d.total rtol = 1e-12
+
+        out = copy(a)
+        for λ in (-0.5, 0.3, 2.0)
+            interpolate!(out, pctx, a, b, λ)
+            @test tensor_data(out, "conv1.weight") ≈ Float32.((1 - λ) .* ma.conv .+ λ .* mb.conv) rtol = 1e-6
+            @test tensor_data(out, "fc.bias") ≈ (1 - λ) .* ma.fc .+ λ .* mb.fc rtol = 1e-14
+        end
+        @test tensor_data(interpolate!(out, pctx, a, b, 1.0), "conv1.weight") == mb.conv
+        interpolate_module!(out, pctx, a, b, 0.5, find_module(a, "layer1"))
+        @test tensor_data(out, "conv1.weight") == mb.conv
+        @test tensor_data(out, "layer1.0.weight") ≈ 0.5 .* ma.l10 .+ 0.5 .* mb.l10 rtol = 1e-14
+        rewind!(out, pctx, a, b, 3, 0.0)
+        @test tensor_data(out, "fc.bias") == ma.fc
+        @test tensor_data(out, "layer1.0.weight") == mb.l10
+        save_params(interpolate!(out, pctx, a, b, 0.3), joinpath(dir, "mid.safetensors"))
+        mid = load_params(pctx, joinpath(dir, "mid.safetensors"))
+        @test distance(pctx, mid, out).total == 0.0
+
+        # Wrapped Julia arrays: written and read in place.
+        live = (conv = zeros(Float32, 3, 2), l10 = zeros(4), l11 = zeros(Float32, 2), fc = zeros(3))
+        w = wrap_params(pctx, ["conv1.weight" => live.conv, "layer1.0.weight" => live.l10,
+                               "layer1.1.bias" => live.l11, "fc.bias" => live.fc])
+        @test module_count(w) == 3
+        interpolate!(w, pctx, a, b, 1.0)
+        @test vec(live.conv) == mb.conv && live.fc == mb.fc
+        interpolate!(w, pctx, a, b, 0.25)
+        @test live.fc ≈ 0.75 .* ma.fc .+ 0.25 .* mb.fc rtol = 1e-14
+        live.conv .= reshape(ma.conv, 3, 2)
+        @test distance(pctx, w, a).per_module[1] == 0.0
+        w16 = wrap_params(pctx, ["h.weight" => BFloat16Bits(UInt16[0x3f80, 0x4000])])
+        @test tensor_data(w16, "h.weight") == UInt16[0x3f80, 0x4000]
+        @test norms(pctx, w16).total ≈ sqrt(5)
+
+        # Grouping.
+        set_grouping!(a, GROUP_DEPTH; depth = 2)
+        @test module_names(a) == ["conv1.weight", "layer1.0", "layer1.1", "fc.bias"]
+        set_grouping!(a, GROUP_TENSOR)
+        @test module_count(a) == 4
+        @test distance(pctx, a, b).total ≈ d.total rtol = 1e-12
+        set_grouping!(a, GROUP_PREFIXES; prefixes = ["layer1", "layer1.1"])
+        @test module_names(a) == ["conv1.weight", "layer1", "layer1.1", "fc.bias"]
+        @test status_of(() -> set_grouping!(a, GROUP_PREFIXES; prefixes = ["layer1"], unmatched = UNMATCHED_ERROR)) ==
+              TransferLens.STATUS_NOT_FOUND
+        @test module_count(a) == 4
+        set_grouping!(a, GROUP_FIRST)
+        @test module_count(a) == 3
+
+        # Errors.
+        @test status_of(() -> load_params(pctx, joinpath(dir, "missing"))) == TransferLens.STATUS_IO
+        @test status_of(() -> module_name(a, 4)) == TransferLens.STATUS_NOT_FOUND
+        @test status_of(() -> find_module(a, "bn")) == TransferLens.STATUS_NOT_FOUND
+        @test status_of(() -> tensor_data(a, "bn.num_batches_tracked")) == STATUS_UNSUPPORTED_DTYPE
+        @test status_of(() -> interpolate!(out, pctx, a, out, 0.5)) == STATUS_INVALID_ARGUMENT
+        @test status_of(() -> interpolate!(out, pctx, a, b, Inf)) == STATUS_INVALID_ARGUMENT
+        @test status_of(() -> rewind!(out, pctx, a, b, 4, 0.5)) == TransferLens.STATUS_NOT_FOUND
+        @test status_of(() -> set_grouping!(a, GROUP_DEPTH; depth = 0)) == STATUS_INVALID_ARGUMENT
+        @test status_of(() -> wrap_params(pctx, ["x" => [1, 2]])) == STATUS_UNSUPPORTED_DTYPE
+        onlyconv = wrap_params(pctx, ["conv1.weight" => zeros(Float32, 3, 2)])
+        @test status_of(() -> distance(pctx, a, onlyconv)) == STATUS_SHAPE_MISMATCH
+        foreach(close, (a, b, out, mid, w, w16, onlyconv))
+        close(a) # twice is a no-op
+        @test status_of(() -> module_count(a)) == STATUS_NULL_ARGUMENT
+        close(pctx)
+    end
+
     close(ctx)
 
     # The README's example: the same data as the C and Go examples.
@@ -218,5 +342,19 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
         want = ref_cka(Float64.(Float32.(a)), Float64.(Float32.(b)), true)
         @test example.one_call ≈ want atol = 1e-6
         @test example.streamed ≈ want atol = 1e-6
+    end
+
+    # The parameter-set example: the same checkpoints as the C++ and Go examples.
+    @testset "params example" begin
+        example = include(joinpath(@__DIR__, "..", "examples", "params.jl"))
+        ckpt(step) = [Float64.(Float32[0.5 * sin(1 + 0.7 * i + 2 * t) + step * 0.05 * (t + 1) * cos(0.3 * i + t)
+                                        for i in 0:n-1]) for (t, n) in zip(0:2, (12, 3, 6))]
+        pre, tuned = ckpt(0), ckpt(1)
+        want = [norm(vcat(pre[1:2]...) - vcat(tuned[1:2]...)), norm(pre[3] - tuned[3])]
+        @test example.modules == ["encoder", "head"]
+        @test example.distances ≈ want rtol = 1e-6
+        @test example.total ≈ norm(want) rtol = 1e-6
+        @test example.rewound ≈ want rtol = 1e-6
+        @test example.halfway ≈ norm(want) / 2 rtol = 1e-6
     end
 end
