@@ -13,7 +13,7 @@
 use cudarc::cublas::sys as cb;
 use cudarc::cublas::CudaBlas;
 use std::time::Instant;
-use transferlens::backend::cuda::{CudaDevice, DeviceBuffer};
+use transferlens::backend::cuda::{last_phases, CudaDevice, DeviceBuffer};
 use transferlens::cka::{choose_route, cka_matrix, cka_matrix_via, Estimator, Route};
 use transferlens::{BackendChoice, Context, DType, Matrix};
 
@@ -221,6 +221,196 @@ fn cka_pair(ctx: &Context, dev: &CudaDevice) {
         debiased / blas_events
     );
     println!("CKA = {value:.6} (FLOPs counted: 2 n p (p + 1) for the two syrk + 2 n p q for the gemm)");
+
+    // The three products by each way of forming the Grams, cuBLAS alone (events), on the same
+    // shapes: (i) syrk + syrk + gemm (above), (ii) one syrk of the side-by-side [X~ | Y~]
+    // (4096 wide; its lower triangle holds both Grams and the cross product), (iii) recursive
+    // syrk (2 x 2 split: two half Grams + one gemm, down to a syrk base), (iv) full sgemm
+    // X~^T X~ for each Gram plus the cross gemm (PyTorch's three products).
+    let joint = dev.zeros::<f32>(2 * n * p).unwrap();
+    let gj = dev.zeros::<f32>(4 * p * p).unwrap();
+    let h = *blas.handle();
+    let joint_syrk = || {
+        let w = (2 * p) as i32;
+        // SAFETY: joint holds w x n column-major f32; gj holds w x w.
+        unsafe {
+            cb::cublasSsyrk_v2(
+                h,
+                cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
+                cb::cublasOperation_t::CUBLAS_OP_N,
+                w,
+                ni,
+                &one,
+                joint.device_ptr() as *const f32,
+                w,
+                &zero,
+                gj.device_ptr() as *mut f32,
+                w,
+            )
+            .result()
+            .unwrap();
+        }
+    };
+    let cross = || {
+        // SAFETY: as `products`.
+        unsafe {
+            let nop = cb::cublasOperation_t::CUBLAS_OP_N;
+            let top = cb::cublasOperation_t::CUBLAS_OP_T;
+            cb::cublasSgemm_v2(
+                h,
+                nop,
+                top,
+                pi,
+                pi,
+                ni,
+                &one,
+                x.device_ptr() as *const f32,
+                pi,
+                y.device_ptr() as *const f32,
+                pi,
+                &zero,
+                c.device_ptr() as *mut f32,
+                pi,
+            )
+            .result()
+            .unwrap();
+        }
+    };
+    println!("{:<44} {:>10} {:>10} {:>10}", "Gram variant (cuBLAS alone, events)", "ms", "TFLOP/s", "ratio");
+    let row = |name: &str, ms: f64| {
+        println!("{:<44} {:>10.3} {:>10.1} {:>10.2}", name, ms, tf(ms), ms / blas_events);
+    };
+    row("(i) syrk + syrk + gemm", blas_events);
+    row("(ii) joint syrk of [X~ | Y~], 4096 wide", time_events(dev, joint_syrk));
+    for base in [1024usize, 512] {
+        let ms = time_events(dev, || {
+            rec_syrk(h, p, n, x.device_ptr(), p, gx.device_ptr(), p, base);
+            rec_syrk(h, p, n, y.device_ptr(), p, gy.device_ptr(), p, base);
+            cross();
+        });
+        row(&format!("(iii) recursive syrk, base {base}, + gemm"), ms);
+    }
+    let ms = time_events(dev, || {
+        full_gemm(h, p, n, x.device_ptr(), gx.device_ptr());
+        full_gemm(h, p, n, y.device_ptr(), gy.device_ptr());
+        cross();
+    });
+    row("(iv) sgemm + sgemm + gemm (full Grams)", ms);
+    drop((joint, gj));
+
+    // Our cka_matrix with each Gram algorithm of the library (TL_CUDA_GRAM), wall time.
+    let before = std::env::var("TL_CUDA_GRAM").ok();
+    println!("{:<44} {:>10} {:>10} {:>10}", "transferlens cka_matrix, TL_CUDA_GRAM =", "ms", "TFLOP/s", "ratio");
+    for algo in ["syrk", "joint", "recursive:1024", "recursive:512", "gemm"] {
+        std::env::set_var("TL_CUDA_GRAM", algo);
+        let ms = time_wall(dev, || {
+            cka_matrix(ctx, &[xv], &[yv], Estimator::Biased).unwrap();
+        });
+        println!("{:<44} {:>10.3} {:>10.1} {:>10.2}", format!("  {algo}"), ms, tf(ms), ms / blas_events);
+    }
+    match &before {
+        Some(v) => std::env::set_var("TL_CUDA_GRAM", v),
+        None => std::env::remove_var("TL_CUDA_GRAM"),
+    }
+
+    // Where the time of one cka_matrix call goes (default Gram algorithm): each phase ends with
+    // a stream synchronisation (TL_CKA_PHASES=1), so the sum exceeds the plain call a little.
+    std::env::set_var("TL_CKA_PHASES", "1");
+    let mut runs: Vec<Vec<(String, f64)>> = Vec::new();
+    for _ in 0..(WARMUP + REPS) {
+        cka_matrix(ctx, &[xv], &[yv], Estimator::Biased).unwrap();
+        runs.push(last_phases());
+    }
+    std::env::remove_var("TL_CKA_PHASES");
+    let runs = &runs[WARMUP..];
+    println!("phase breakdown of cka_matrix (synchronised at each phase; medians)");
+    println!("{:<44} {:>10}", "phase", "ms");
+    let mut total = 0.0;
+    for (i, (name, _)) in runs[0].iter().enumerate() {
+        let ms = median(runs.iter().filter_map(|r| r.get(i).map(|e| e.1)).collect());
+        total += ms;
+        println!("{:<44} {:>10.3}", format!("  {name}"), ms);
+    }
+    println!("{:<44} {:>10.3}", "  sum", total);
+}
+
+/// The lower triangle of `A A^T` for the `p x n` column-major `A` by a 2 x 2 split: two half
+/// Grams (recursively) and one sgemm for the block below the diagonal, syrk at widths <= base.
+#[allow(clippy::too_many_arguments)]
+fn rec_syrk(h: cb::cublasHandle_t, p: usize, n: usize, a: u64, lda: usize, c: u64, ldc: usize, base: usize) {
+    let (one, zero) = (1.0f32, 0.0f32);
+    if p <= base {
+        // SAFETY: a is p x n (ld lda), c p x p (ld ldc).
+        unsafe {
+            cb::cublasSsyrk_v2(
+                h,
+                cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
+                cb::cublasOperation_t::CUBLAS_OP_N,
+                p as i32,
+                n as i32,
+                &one,
+                a as *const f32,
+                lda as i32,
+                &zero,
+                c as *mut f32,
+                ldc as i32,
+            )
+            .result()
+            .unwrap();
+        }
+        return;
+    }
+    let p1 = (p / 2).next_multiple_of(32).min(p - 32);
+    let p2 = p - p1;
+    rec_syrk(h, p1, n, a, lda, c, ldc, base);
+    rec_syrk(h, p2, n, a + 4 * p1 as u64, lda, c + 4 * (p1 * ldc + p1) as u64, ldc, base);
+    // SAFETY: A2 (p2 x n) and A1 (p1 x n) lie in a; C21 in c.
+    unsafe {
+        cb::cublasSgemm_v2(
+            h,
+            cb::cublasOperation_t::CUBLAS_OP_N,
+            cb::cublasOperation_t::CUBLAS_OP_T,
+            p2 as i32,
+            p1 as i32,
+            n as i32,
+            &one,
+            (a + 4 * p1 as u64) as *const f32,
+            lda as i32,
+            a as *const f32,
+            lda as i32,
+            &zero,
+            (c + 4 * p1 as u64) as *mut f32,
+            ldc as i32,
+        )
+        .result()
+        .unwrap();
+    }
+}
+
+/// The full `A A^T` of the `p x n` column-major `A` by one sgemm.
+fn full_gemm(h: cb::cublasHandle_t, p: usize, n: usize, a: u64, c: u64) {
+    let (one, zero) = (1.0f32, 0.0f32);
+    // SAFETY: a is p x n (ld p), c p x p.
+    unsafe {
+        cb::cublasSgemm_v2(
+            h,
+            cb::cublasOperation_t::CUBLAS_OP_N,
+            cb::cublasOperation_t::CUBLAS_OP_T,
+            p as i32,
+            p as i32,
+            n as i32,
+            &one,
+            a as *const f32,
+            p as i32,
+            a as *const f32,
+            p as i32,
+            &zero,
+            c as *mut f32,
+            p as i32,
+        )
+        .result()
+        .unwrap();
+    }
 }
 
 fn layer_matrix(ctx: &Context, dev: &CudaDevice) {

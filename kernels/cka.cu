@@ -124,7 +124,25 @@ __device__ void colstats_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 strid
             int d = 0;
             if (c < cols) {
                 const double first = E::to_f64(x[c]);
-                for (tl_u64 r = r0 + ty; r < r1; r += TL_COLSUM_H) {
+                // Four rows per step: four independent loads in flight per thread before the
+                // dependent f64 additions (which keep the row order of the plain loop).
+                tl_u64 r = r0 + ty;
+                for (; r + 3 * TL_COLSUM_H < r1; r += 4 * TL_COLSUM_H) {
+                    double v[4];
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        v[q] = E::to_f64(x[(r + q * TL_COLSUM_H) * stride + c]);
+                    }
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        if (tl_nonfinite(v[q])) {
+                            atomicMin(first_bad, (r + q * TL_COLSUM_H) * cols + c);
+                        }
+                        d |= v[q] != first;
+                        s += v[q];
+                    }
+                }
+                for (; r < r1; r += TL_COLSUM_H) {
                     const double v = E::to_f64(x[r * stride + c]);
                     if (tl_nonfinite(v)) {
                         atomicMin(first_bad, r * cols + c);
@@ -162,15 +180,29 @@ __device__ void colstats_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 strid
 // `features x rows` transpose that the cuBLAS products take, and ld > cols writes one layer's
 // features into a buffer shared by several layers (y points at the layer's first feature).
 template <typename T, typename O>
-__device__ void shift_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
-                           const double* shift, O* y, tl_u64 ld, tl_u64* first_bad) {
-    for (tl_u64 r = blockIdx.y; r < rows; r += gridDim.y) {
+__device__ void shift_impl(const T* __restrict__ x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+                           const double* __restrict__ shift, O* __restrict__ y, tl_u64 ld,
+                           tl_u64* first_bad) {
+    // Four rows per block step (rows 4 blockIdx.y .. + 3, then the next 4 gridDim.y): each
+    // thread has four loads in flight before its four stores (x and y never overlap).
+    for (tl_u64 r = 4 * (tl_u64)blockIdx.y; r < rows; r += 4 * (tl_u64)gridDim.y) {
+        const int nr = rows - r < 4 ? (int)(rows - r) : 4;
         TL_GRID_STRIDE(c, cols) {
-            const double v = tl_elem<T>::to_f64(x[r * stride + c]);
-            if (tl_nonfinite(v)) {
-                atomicMin(first_bad, r * cols + c);
+            const double sh = shift[c];
+            double v[4];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                v[q] = q < nr ? tl_elem<T>::to_f64(x[(r + q) * stride + c]) : 0.0;
             }
-            y[r * ld + c] = (O)(v - shift[c]);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                if (q < nr) {
+                    if (tl_nonfinite(v[q])) {
+                        atomicMin(first_bad, (r + q) * cols + c);
+                    }
+                    y[(r + q) * ld + c] = (O)(v[q] - sh);
+                }
+            }
         }
     }
 }

@@ -14,13 +14,34 @@ __device__ void lerp_impl(T* out, const T* a, const T* b, tl_u64 n,
                           typename tl_elem<T>::acc l) {
     typedef tl_elem<T> E;
     typedef typename E::acc A;
+    const int V = tl_pack<T>::N;
+    // Vector body (16 bytes per array per thread and step) when every pointer is aligned, then
+    // the scalar tail; misaligned pointers take the scalar loop for everything.
+    const bool vec = tl_aligned16(out) && tl_aligned16(a) && tl_aligned16(b);
+    const tl_u64 nv = vec ? n / V : 0;
+    const tl_u64 done = nv * V;
     if (l == A(0) || l == A(1)) {
         const T* src = l == A(0) ? a : b;
-        TL_GRID_STRIDE(i, n) { out[i] = src[i]; }
+        TL_GRID_STRIDE(j, nv) { tl_store16(out + j * V, tl_load16(src + j * V)); }
+        for (tl_u64 i = done + tl_thread_id(); i < n; i += tl_thread_count()) {
+            out[i] = src[i];
+        }
         return;
     }
     const A m = A(1) - l;
-    TL_GRID_STRIDE(i, n) { out[i] = E::store(tl_fma(l, E::load(b[i]), m * E::load(a[i]))); }
+    TL_GRID_STRIDE(j, nv) {
+        const tl_pack<T> pa = tl_load16(a + j * V);
+        const tl_pack<T> pb = tl_load16(b + j * V);
+        tl_pack<T> po;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            po.v[k] = E::store(tl_fma(l, E::load(pb.v[k]), m * E::load(pa.v[k])));
+        }
+        tl_store16(out + j * V, po);
+    }
+    for (tl_u64 i = done + tl_thread_id(); i < n; i += tl_thread_count()) {
+        out[i] = E::store(tl_fma(l, E::load(b[i]), m * E::load(a[i])));
+    }
 }
 
 // out[e] = (1 - alpha) theta0[e] + alpha thetaF[e] + sigma z(seed, stream, index0 + e),
@@ -28,9 +49,9 @@ __device__ void lerp_impl(T* out, const T* a, const T* b, tl_u64 n,
 // to four elements whatever index0 is. n >= 1 and index0 + n must not overflow (the host
 // checks both).
 template <typename T>
-__device__ void perturb_impl(T* out, const T* theta0, const T* thetaF, tl_u64 n,
-                             typename tl_elem<T>::acc alpha, typename tl_elem<T>::acc sigma,
-                             tl_u64 seed, tl_u64 stream, tl_u64 index0) {
+__device__ void perturb_scalar(T* out, const T* theta0, const T* thetaF, tl_u64 n,
+                               typename tl_elem<T>::acc alpha, typename tl_elem<T>::acc sigma,
+                               tl_u64 seed, tl_u64 stream, tl_u64 index0) {
     typedef tl_elem<T> E;
     typedef typename E::acc A;
     const A m = A(1) - alpha;
@@ -49,6 +70,56 @@ __device__ void perturb_impl(T* out, const T* theta0, const T* thetaF, tl_u64 n,
                 out[e] = E::store(tl_fma(sigma, z[k], t));
             }
         }
+    }
+}
+
+// The vector path: with index0 a multiple of 4 and aligned pointers, a thread takes a group of
+// G = max(4, V) consecutive elements (G / V 16-byte vectors per array, G / 4 Philox calls), so
+// every Philox call serves exactly four elements, element e getting normal (index0 + e) % 4 of
+// block (index0 + e) / 4, as src/rng.rs. The loads are issued before the Philox rounds so that
+// the memory latency overlaps the arithmetic. What is left (fewer than G elements, or
+// everything when the vector path does not apply) goes through perturb_scalar.
+template <typename T>
+__device__ void perturb_impl(T* out, const T* theta0, const T* thetaF, tl_u64 n,
+                             typename tl_elem<T>::acc alpha, typename tl_elem<T>::acc sigma,
+                             tl_u64 seed, tl_u64 stream, tl_u64 index0) {
+    typedef tl_elem<T> E;
+    typedef typename E::acc A;
+    const int V = tl_pack<T>::N;
+    const int G = V > 4 ? V : 4;
+    const int P = G / V;  // vectors per group and array
+    const bool vec = (index0 & 3u) == 0u && tl_aligned16(out) && tl_aligned16(theta0) &&
+                     tl_aligned16(thetaF);
+    const tl_u64 groups = vec ? n / G : 0;
+    const A m = A(1) - alpha;
+    TL_GRID_STRIDE(g, groups) {
+        const tl_u64 e0 = g * G;
+        tl_pack<T> p0[P], pf[P];
+#pragma unroll
+        for (int q = 0; q < P; ++q) {
+            p0[q] = tl_load16(theta0 + e0 + q * V);
+            pf[q] = tl_load16(thetaF + e0 + q * V);
+        }
+        A z[G];
+#pragma unroll
+        for (int c = 0; c < G / 4; ++c) {
+            tl_normals4(seed, stream, ((index0 + e0) >> 2) + (tl_u64)c, z + 4 * c);
+        }
+#pragma unroll
+        for (int q = 0; q < P; ++q) {
+            tl_pack<T> po;
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const A t = tl_fma(alpha, E::load(pf[q].v[k]), m * E::load(p0[q].v[k]));
+                po.v[k] = E::store(tl_fma(sigma, z[q * V + k], t));
+            }
+            tl_store16(out + e0 + q * V, po);
+        }
+    }
+    const tl_u64 done = groups * G;
+    if (done < n) {
+        perturb_scalar<T>(out + done, theta0 + done, thetaF + done, n - done, alpha, sigma, seed,
+                          stream, index0 + done);
     }
 }
 
@@ -83,6 +154,8 @@ template <typename T>
 __device__ void segment_sumsq_impl(const T* a, const T* b, const tl_u64* offsets, tl_u32 nseg,
                                    tl_u64 chunk, double* out_diff, double* out_a) {
     typedef tl_elem<T> E;
+    const int V = tl_pack<T>::N;
+    const bool vec = tl_aligned16(a) && (b == 0 || tl_aligned16(b));
     const tl_u64 total = offsets[nseg];
     for (tl_u64 c0 = (tl_u64)blockIdx.x * chunk; c0 < total; c0 += (tl_u64)gridDim.x * chunk) {
         const tl_u64 c1 = c0 + chunk < total ? c0 + chunk : total;
@@ -100,7 +173,39 @@ __device__ void segment_sumsq_impl(const T* a, const T* b, const tl_u64* offsets
             const tl_u64 s0 = offsets[s] > c0 ? offsets[s] : c0;
             const tl_u64 s1 = offsets[s + 1] < c1 ? offsets[s + 1] : c1;
             double sd = 0.0, sa = 0.0;
-            for (tl_u64 i = s0 + threadIdx.x; i < s1; i += blockDim.x) {
+            // Aligned 16-byte vectors from the first multiple of V at or after s0 to the last
+            // before s1; the scalar loop takes the head and the tail (and everything when a
+            // pointer is misaligned).
+            tl_u64 v0 = s0, v1 = s0;
+            if (vec) {
+                v0 = (s0 + V - 1) / V * V;
+                v1 = s1 / V * V;
+                if (v1 < v0) {
+                    v0 = v1 = s0;
+                }
+            }
+            for (tl_u64 j = v0 / V + threadIdx.x; j < v1 / V; j += blockDim.x) {
+                const tl_pack<T> pa = tl_load16(a + j * V);
+                double ta = 0.0, td = 0.0;
+                if (b != 0) {
+                    const tl_pack<T> pb = tl_load16(b + j * V);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) {
+                        const double d = E::to_f64(pa.v[k]) - E::to_f64(pb.v[k]);
+                        td = fma(d, d, td);
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    const double x = E::to_f64(pa.v[k]);
+                    ta = fma(x, x, ta);
+                }
+                sd += td;
+                sa += ta;
+            }
+            const tl_u64 nhead = v0 - s0;
+            for (tl_u64 t = threadIdx.x; t < nhead + (s1 - v1); t += blockDim.x) {
+                const tl_u64 i = t < nhead ? s0 + t : v1 + (t - nhead);
                 const double x = E::to_f64(a[i]);
                 if (b != 0) {
                     const double d = x - E::to_f64(b[i]);

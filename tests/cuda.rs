@@ -261,7 +261,9 @@ fn check_perturb<T: TestElem>(dev: &CudaDevice) {
         let tf: Vec<T> = random(&mut rng, n);
         let (d0, df) = (upload(dev, &t0), upload(dev, &tf));
         let mut out = dev.zeros::<T>(n).unwrap();
-        for (alpha, sigma, index0) in [(0.25, 0.01, 0u64), (0.9, 1.0, 3), (-0.5, 0.3, (1 << 33) + 1)] {
+        for (alpha, sigma, index0) in
+            [(0.25, 0.01, 0u64), (0.9, 1.0, 3), (-0.5, 0.3, (1 << 33) + 1), (0.5, 0.5, 4), (0.1, 2.0, 8)]
+        {
             dev.perturb(&d0, &df, alpha, sigma, seed, stream, index0, &mut out).unwrap();
             let got = dev.download(&out).unwrap();
             let mut z = vec![0.0f64; n];
@@ -689,4 +691,71 @@ fn wrapped_device_pointers_are_used_in_place_and_not_freed() {
         }
         Ok(_) => println!("note: the driver accepts host memory as device memory here"),
     }
+}
+
+// ---- vector and scalar paths -------------------------------------------------------------------
+
+/// The weight-space kernels take 16-byte vectors when their pointers are aligned and scalar code
+/// otherwise (memory wrapped from other libraries). Both paths must give the same bits: run each
+/// kernel on buffers shifted by one element (misaligned for the vector path) and compare with
+/// the aligned run.
+fn check_paths_agree<T: TestElem>(dev: &CudaDevice) {
+    let mut rng = Rng::new(11);
+    let n = 100_003;
+    let a: Vec<T> = random(&mut rng, n + 1);
+    let b: Vec<T> = random(&mut rng, n + 1);
+    let (da, db) = (upload(dev, &a), upload(dev, &b));
+    let (a1, b1) = (upload(dev, &a[1..]), upload(dev, &b[1..]));
+    let mut aligned = dev.zeros::<T>(n).unwrap();
+    let shifted_out = dev.zeros::<T>(n + 1).unwrap();
+    let size = std::mem::size_of::<T>() as u64;
+    // SAFETY: the addresses lie within live buffers of n + 1 elements on this device, which
+    // outlive the wrappers; all work is on the device's one stream.
+    let (wa, wb, mut wout) = unsafe {
+        (
+            dev.wrap_device_ptr::<T>(da.device_ptr() + size, n).unwrap(),
+            dev.wrap_device_ptr::<T>(db.device_ptr() + size, n).unwrap(),
+            dev.wrap_device_ptr::<T>(shifted_out.device_ptr() + size, n).unwrap(),
+        )
+    };
+    for lambda in [0.0, 0.3, 1.0] {
+        dev.lerp(&a1, &b1, lambda, &mut aligned).unwrap();
+        dev.lerp(&wa, &wb, lambda, &mut wout).unwrap();
+        let (x, y) = (dev.download(&aligned).unwrap(), dev.download(&shifted_out).unwrap());
+        for i in 0..n {
+            assert_eq!(x[i].bits(), y[i + 1].bits(), "lerp {} l {lambda} i {i}", T::SUFFIX);
+        }
+    }
+    for index0 in [0u64, 4, 5] {
+        dev.perturb(&a1, &b1, 0.3, 0.7, 9, 2, index0, &mut aligned).unwrap();
+        dev.perturb(&wa, &wb, 0.3, 0.7, 9, 2, index0, &mut wout).unwrap();
+        let (x, y) = (dev.download(&aligned).unwrap(), dev.download(&shifted_out).unwrap());
+        for i in 0..n {
+            assert_eq!(x[i].bits(), y[i + 1].bits(), "perturb {} index0 {index0} i {i}", T::SUFFIX);
+        }
+    }
+    let offsets = [0u64, 5, 6, 40_000, n as u64];
+    let s1 = dev.segment_sumsq(&a1, Some(&b1), &offsets, true).unwrap();
+    let s2 = dev.segment_sumsq(&wa, Some(&wb), &offsets, true).unwrap();
+    for (p, q) in [(s1.diff.unwrap(), s2.diff.unwrap()), (s1.a.unwrap(), s2.a.unwrap())] {
+        for s in 0..p.len() {
+            assert!(
+                (p[s] - q[s]).abs() <= 1e-12 * p[s].abs(),
+                "segment_sumsq {} segment {s}: {} vs {}",
+                T::SUFFIX,
+                p[s],
+                q[s]
+            );
+        }
+    }
+    drop((wa, wb, wout));
+}
+
+#[test]
+fn vector_and_scalar_paths_agree() {
+    let Some(dev) = device() else { return };
+    check_paths_agree::<f32>(&dev);
+    check_paths_agree::<f64>(&dev);
+    check_paths_agree::<f16>(&dev);
+    check_paths_agree::<bf16>(&dev);
 }

@@ -371,3 +371,30 @@ fn minibatch_cka_says_it_runs_on_the_cpu() {
     let e = acc.update(&ctx, &[tx.view()], &[ty.view()]).unwrap_err();
     assert!(matches!(e, Error::DeviceUnavailable(ref m) if m.contains("CPU")), "{e:?}");
 }
+
+#[test]
+fn every_gram_algorithm_matches_cpu() {
+    // TL_CUDA_GRAM picks how the feature route forms its Grams (syrk, one joint syrk of the pair,
+    // recursive syrk from gemm blocks, full gemm); small bases make the recursion split these
+    // widths several times, oddly. The variable is process-wide, so tests running meanwhile
+    // may take any of these algorithms, all of which must agree with the CPU.
+    let Some(ctx) = cuda() else { return };
+    let cpu = Context::cpu();
+    let mut rng = TestRng::new(13);
+    for (n, p, q) in [(1031, 300, 65), (517, 200, 200), (64, 1, 97)] {
+        let (x, y) = pair(&mut rng, n, p, q);
+        for dtype in [DType::F32, DType::F64] {
+            let (tx, ty) = (Typed::new(&x, dtype, 0), Typed::new(&y, dtype, 0));
+            let (xs, ys) = ([tx.view()], [ty.view()]);
+            for algo in ["syrk", "joint", "recursive:32", "recursive:64", "recursive", "gemm"] {
+                std::env::set_var("TL_CUDA_GRAM", algo);
+                for est in ESTIMATORS {
+                    let want = cka_matrix_via(&cpu, &xs, &ys, est, Route::Feature);
+                    let got = cka_matrix_via(&ctx, &xs, &ys, est, Route::Feature);
+                    assert_same(got, want, tolerance(dtype), &format!("n {n} p {p} q {q} {dtype:?} {algo} {est:?}"));
+                }
+            }
+            std::env::remove_var("TL_CUDA_GRAM");
+        }
+    }
+}

@@ -267,6 +267,162 @@ fn launch(dev: &CudaDevice, name: &str, cfg: LaunchConfig, args: &[u64]) -> Resu
     dev.launched(name, r)
 }
 
+/// How the feature route forms a layer's Gram `U~^T U~` (lower triangle), chosen per call from
+/// `TL_CUDA_GRAM` (internal, for benchmarking: `syrk`, `joint`, `recursive` or `recursive:<base>`,
+/// `gemm`); the default is [`GramAlgo::DEFAULT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GramAlgo {
+    /// One `cublas<t>syrk` per Gram.
+    Syrk,
+    /// With exactly two layers (a pair), one `syrk` of the side-by-side `[X~ | Y~]` buffer: its
+    /// lower triangle holds both Grams and the cross product `Y~^T X~`. Otherwise as `Syrk`.
+    Joint,
+    /// A 2 x 2 split: two half-size Grams (recursively) and one `gemm` for the off-diagonal
+    /// block, down to `syrk` at widths <= base.
+    Recursive(usize),
+    /// The full `gemm` `U~^T U~` (twice the FLOPs of `syrk`, at the gemm rate).
+    Gemm,
+}
+
+impl GramAlgo {
+    pub const DEFAULT: GramAlgo = GramAlgo::Recursive(1024);
+
+    /// Parses `syrk`, `joint`, `recursive`, `recursive:<base>` or `gemm`.
+    pub fn parse(s: &str) -> Option<GramAlgo> {
+        match s.trim() {
+            "syrk" => Some(GramAlgo::Syrk),
+            "joint" => Some(GramAlgo::Joint),
+            "gemm" => Some(GramAlgo::Gemm),
+            "recursive" => Some(GramAlgo::Recursive(1024)),
+            r => r
+                .strip_prefix("recursive:")
+                .and_then(|b| b.parse::<usize>().ok())
+                .filter(|&b| b >= 32)
+                .map(GramAlgo::Recursive),
+        }
+    }
+
+    fn from_env() -> GramAlgo {
+        std::env::var("TL_CUDA_GRAM").ok().and_then(|v| GramAlgo::parse(&v)).unwrap_or(GramAlgo::DEFAULT)
+    }
+}
+
+/// The lower triangle of `C = A A^T` for the `p x k` column-major `A` (leading dimension `lda`)
+/// into `C` (leading dimension `ldc`), by `algo` (`Joint` is decided by the caller and is
+/// `Syrk` here).
+#[allow(clippy::too_many_arguments)]
+fn gram<A: Acc>(
+    h: cb::cublasHandle_t,
+    algo: GramAlgo,
+    p: usize,
+    k: i32,
+    a: u64,
+    lda: usize,
+    c: u64,
+    ldc: usize,
+) -> Result<()> {
+    let sz = std::mem::size_of::<A>() as u64;
+    match algo {
+        GramAlgo::Recursive(base) if p > base && p >= 64 => {
+            // Split at a multiple of 32 near the middle: C11 = A1 A1^T, C22 = A2 A2^T,
+            // C21 = A2 A1^T (p2 x p1, below the diagonal).
+            let p1 = (p / 2).next_multiple_of(32).min(p - 32);
+            let p2 = p - p1;
+            gram::<A>(h, algo, p1, k, a, lda, c, ldc)?;
+            gram::<A>(h, algo, p2, k, a + sz * p1 as u64, lda, c + sz * (p1 * ldc + p1) as u64, ldc)?;
+            // SAFETY: A2 is p2 x k and A1 p1 x k within A (ld lda); C21 lies within C.
+            blas_check("cublas gemm (Gram block)", unsafe {
+                A::gemm(
+                    h,
+                    OP_N,
+                    OP_T,
+                    dim(p2, "features")?,
+                    dim(p1, "features")?,
+                    k,
+                    a + sz * p1 as u64,
+                    dim(lda, "ld")?,
+                    a,
+                    dim(lda, "ld")?,
+                    c + sz * p1 as u64,
+                    dim(ldc, "ld")?,
+                )
+            })
+        }
+        GramAlgo::Gemm => {
+            // SAFETY: A is p x k (ld lda); C holds p x p (ld ldc).
+            blas_check("cublas gemm (Gram)", unsafe {
+                A::gemm(
+                    h,
+                    OP_N,
+                    OP_T,
+                    dim(p, "features")?,
+                    dim(p, "features")?,
+                    k,
+                    a,
+                    dim(lda, "ld")?,
+                    a,
+                    dim(lda, "ld")?,
+                    c,
+                    dim(ldc, "ld")?,
+                )
+            })
+        }
+        _ => {
+            // SAFETY: A is p x k (ld lda); C holds p x p (ld ldc).
+            blas_check("cublas syrk (Gram)", unsafe {
+                A::syrk(h, OP_N, dim(p, "features")?, k, a, dim(lda, "ld")?, c, dim(ldc, "ld")?)
+            })
+        }
+    }
+}
+
+/// Wall time per phase of the last `gram_terms` call, when `TL_CKA_PHASES=1` (which also
+/// synchronises the stream at each phase boundary, so the phases do not overlap).
+static LAST_PHASES: std::sync::Mutex<Vec<(String, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// The phases of the last CKA terms call made with `TL_CKA_PHASES=1`: (name, milliseconds).
+#[doc(hidden)]
+pub fn last_phases() -> Vec<(String, f64)> {
+    LAST_PHASES.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+struct Phases {
+    on: bool,
+    t: std::time::Instant,
+    acc: Vec<(String, f64)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Phases {
+            on: std::env::var("TL_CKA_PHASES").is_ok_and(|v| v == "1"),
+            t: std::time::Instant::now(),
+            acc: Vec::new(),
+        }
+    }
+    /// Ends the current phase (synchronising first), adding its time to `name`.
+    fn mark(&mut self, dev: &CudaDevice, name: &str) -> Result<()> {
+        if !self.on {
+            return Ok(());
+        }
+        sync(dev)?;
+        let ms = self.t.elapsed().as_secs_f64() * 1e3;
+        match self.acc.iter_mut().find(|(n, _)| n == name) {
+            Some(e) => e.1 += ms,
+            None => self.acc.push((name.to_string(), ms)),
+        }
+        self.t = std::time::Instant::now();
+        Ok(())
+    }
+    fn finish(self) {
+        if self.on {
+            if let Ok(mut g) = LAST_PHASES.lock() {
+                *g = self.acc;
+            }
+        }
+    }
+}
+
 /// The grid of `colstats` (as `colsum`'s): column tiles of 32 by chunks of rows.
 fn colstats_grid(dev: &CudaDevice, rows: u64, cols: u64) -> (LaunchConfig, u64) {
     let target = (dev.sm_count() * BLOCKS_PER_SM) as u64;
@@ -453,10 +609,11 @@ fn shift_layers<A: Acc>(
     for (u, l) in layers.iter().enumerate() {
         let (g, cols) = (group[u], l.cols as u64);
         let y = base[g] + size * offset[u] as u64;
+        let name = format!("shift_{}_to_{}", l.suffix(), A::SUFFIX);
         launch(
             dev,
-            &format!("shift_{}_to_{}", l.suffix(), A::SUFFIX),
-            grid_2d(dev, l.rows, l.cols),
+            &name,
+            shift_grid(dev, dev.function(&name)?, l.rows, l.cols),
             &[
                 l.ptr,
                 rows as u64,
@@ -640,9 +797,13 @@ pub(crate) fn gram_terms<A: Acc>(
 ) -> Result<CkaGramTerms> {
     let rows = check_layers(layers)?;
     let nl = layers.len();
+    let mut ph = Phases::new();
     let dl: Vec<Layer> = layers.iter().map(|(name, m)| to_device(dev, name, m)).collect::<Result<_>>()?;
+    ph.mark(dev, "inputs")?;
     let means = means_of(dev, &dl)?;
+    ph.mark(dev, "column statistics")?;
     let z = shift_layers::<A>(dev, &dl, &means, 1, |_| 0)?;
+    ph.mark(dev, "centering + row norms")?;
     let widths: Vec<usize> = dl.iter().map(|l| l.cols).collect();
     let k = dim(rows, "rows")?;
     let blas = dev.blas()?;
@@ -682,6 +843,56 @@ pub(crate) fn gram_terms<A: Acc>(
             Ok(CkaGramTerms { inner, norms: norms.chunks(rows).map(|c| c.to_vec()).collect() })
         }
         TermsRoute::Feature => {
+            let algo = GramAlgo::from_env();
+            let sz = std::mem::size_of::<A>() as u64;
+            if algo == GramAlgo::Joint && nl == 2 {
+                // One syrk of the side-by-side buffer (both layers in group 0, ld = p + q): the
+                // lower triangle holds Gram(0), Gram(1) and block (1, 0) = U~_1^T U~_0.
+                let w = z.ld[0];
+                let mut scratch = alloc_zeros::<A>(dev, w * w, "products")?;
+                let ps = addr_mut(dev, &mut scratch);
+                let (base, ldb) = z.block(dev, 0);
+                // SAFETY: the buffer is w x rows (ld w); scratch holds w x w.
+                blas_check("cublas syrk (joint Gram)", unsafe {
+                    A::syrk(h, OP_N, dim(w, "features")?, k, base, dim(ldb, "ld")?, ps, dim(w, "ld")?)
+                })?;
+                ph.mark(dev, "products")?;
+                for (idx, &(u, v)) in pairs.iter().enumerate() {
+                    let out = pinner + 8 * idx as u64;
+                    let (ou, ov) = (z.offset[u], z.offset[v]);
+                    if u == v {
+                        let d = ps + sz * (ou * w + ou) as u64;
+                        launch(
+                            dev,
+                            &format!("sym_inner_{}", A::SUFFIX),
+                            sym_cfg(dev, widths[u]),
+                            &[d, d, widths[u] as u64, w as u64, out],
+                        )?;
+                    } else {
+                        // The block below the diagonal: rows of the later layer, columns of the
+                        // earlier; read row-major it is (earlier width) x (later width), stride w.
+                        let ((oa, pa), (ob, pb)) = if ou < ov {
+                            ((ou, widths[u]), (ov, widths[v]))
+                        } else {
+                            ((ov, widths[v]), (ou, widths[u]))
+                        };
+                        launch(
+                            dev,
+                            &format!("sumsq_{}", A::SUFFIX),
+                            grid_2d(dev, pa, pb),
+                            &[ps + sz * (oa * w + ob) as u64, pa as u64, pb as u64, w as u64, out],
+                        )?;
+                    }
+                }
+                ph.mark(dev, "reductions")?;
+                drop(blas);
+                let inner = download(dev, &inner, pairs.len(), "inner products")?;
+                let norms = download(dev, &z.norms, nl * rows, "row norms")?;
+                sync(dev)?;
+                ph.mark(dev, "results")?;
+                ph.finish();
+                return Ok(CkaGramTerms { inner, norms: norms.chunks(rows).map(|c| c.to_vec()).collect() });
+            }
             let largest = pairs.iter().map(|&(u, v)| widths[u] * widths[v]).max().unwrap_or(1);
             let mut scratch = alloc_zeros::<A>(dev, largest, "products")?;
             let ps = addr_mut(dev, &mut scratch);
@@ -690,11 +901,10 @@ pub(crate) fn gram_terms<A: Acc>(
                 let (pu, pv) = (widths[u], widths[v]);
                 let (au, ldu) = z.block(dev, u);
                 if u == v {
-                    // SAFETY: block(u) is p_u x rows; scratch holds p_u^2.
-                    blas_check("cublas syrk (Gram)", unsafe {
-                        A::syrk(h, OP_N, dim(pu, "features")?, k, au, dim(ldu, "ld")?, ps, dim(pu, "ld")?)
-                    })?;
+                    gram::<A>(h, algo, pu, k, au, ldu, ps, pu)?;
+                    ph.mark(dev, "products")?;
                     sym_inner(ps, ps, pu, out)?;
+                    ph.mark(dev, "reductions")?;
                 } else {
                     let (av, ldv) = z.block(dev, v);
                     // SAFETY: blocks of p_u x rows and p_v x rows; scratch holds p_u p_v.
@@ -714,6 +924,7 @@ pub(crate) fn gram_terms<A: Acc>(
                             dim(pu, "ld")?,
                         )
                     })?;
+                    ph.mark(dev, "products")?;
                     // ||C||_F^2 of the p_u x p_v product, read as row-major p_v x p_u.
                     launch(
                         dev,
@@ -721,15 +932,36 @@ pub(crate) fn gram_terms<A: Acc>(
                         grid_2d(dev, pv, pu),
                         &[ps, pv as u64, pu as u64, pu as u64, out],
                     )?;
+                    ph.mark(dev, "reductions")?;
                 }
             }
             drop(blas);
             let inner = download(dev, &inner, pairs.len(), "inner products")?;
             let norms = download(dev, &z.norms, nl * rows, "row norms")?;
             sync(dev)?;
+            ph.mark(dev, "results")?;
+            ph.finish();
             Ok(CkaGramTerms { inner, norms: norms.chunks(rows).map(|c| c.to_vec()).collect() })
         }
     }
+}
+
+/// Grid of `shift` (four rows per block step): x over columns, y over groups of four rows, at
+/// most the blocks resident at once (one wave).
+fn shift_grid(dev: &CudaDevice, f: &cudarc::driver::CudaFunction, rows: usize, cols: usize) -> LaunchConfig {
+    let target = dev.resident_blocks(f) as u64;
+    let gx = (cols as u64).div_ceil(BLOCK as u64).clamp(1, target);
+    let gy = (target / gx).clamp(1, 65_535).min((rows as u64).div_ceil(4)).max(1);
+    LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Grid of `sym_inner` for an `n x n` triangle (x over rows below the diagonal, y over columns).
+fn sym_cfg(dev: &CudaDevice, n: usize) -> LaunchConfig {
+    let target = (dev.sm_count() * BLOCKS_PER_SM) as u64;
+    let n64 = n as u64;
+    let gx = n64.div_ceil(BLOCK as u64).clamp(1, target);
+    let gy = (target / gx).clamp(1, 65_535).min(n64).max(1);
+    LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Entry points with the CPU's signatures (`wide`: f64 arithmetic).

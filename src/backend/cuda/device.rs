@@ -289,6 +289,9 @@ impl CudaDevice {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(device_err("cuDeviceGetAttribute(multiprocessor count)"))?
             .max(1) as u32;
+        if ctx.has_async_alloc() {
+            keep_pool_memory(&ctx);
+        }
         Ok(CudaDevice {
             ctx,
             stream,
@@ -423,6 +426,21 @@ impl CudaDevice {
         LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
     }
 
+    /// As [`Self::grid_1d`], capped at the blocks of `f` that are resident at once (its
+    /// occupancy, at most `BLOCKS_PER_SM` per multiprocessor), so that a grid-stride kernel
+    /// using more registers runs as one full wave rather than a full wave and a partial one.
+    pub(crate) fn grid_1d_for(&self, f: &CudaFunction, work: u64) -> LaunchConfig {
+        let cap = self.resident_blocks(f) as u64;
+        let blocks = work.div_ceil(BLOCK as u64).clamp(1, cap) as u32;
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// Blocks of `BLOCK` threads of `f` resident on the whole device at once.
+    pub(crate) fn resident_blocks(&self, f: &CudaFunction) -> u32 {
+        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(BLOCK, 0, None).unwrap_or(BLOCKS_PER_SM);
+        self.sm_count * per_sm.clamp(1, BLOCKS_PER_SM)
+    }
+
     /// A grid for a row-by-column grid-stride kernel (x over columns, y over rows).
     pub(crate) fn grid_2d(&self, shape: MatrixShape) -> LaunchConfig {
         let target = (self.sm_count * BLOCKS_PER_SM) as u64;
@@ -533,7 +551,7 @@ impl CudaDevice {
         launch.arg(&po).arg(&pa).arg(&pb).arg(&n).arg(&l);
         // SAFETY: the kernel's parameters are (T*, const T*, const T*, u64, acc), matched above;
         // the three buffers hold n elements each.
-        let r = unsafe { launch.launch(self.grid_1d(n)) }.map(|_| ());
+        let r = unsafe { launch.launch(self.grid_1d_for(f, n / 4)) }.map(|_| ());
         self.launched(&name, r)
     }
 
@@ -578,7 +596,7 @@ impl CudaDevice {
         launch.arg(&po).arg(&p0).arg(&pf).arg(&n).arg(&a).arg(&s).arg(&seed).arg(&stream).arg(&index0);
         // SAFETY: parameters (T*, const T*, const T*, u64, acc, acc, u64, u64, u64) as above;
         // each buffer holds n elements.
-        let r = unsafe { launch.launch(self.grid_1d(blocks)) }.map(|_| ());
+        let r = unsafe { launch.launch(self.grid_1d_for(f, blocks)) }.map(|_| ());
         self.launched(&name, r)
     }
 
@@ -653,7 +671,7 @@ impl CudaDevice {
         let offs = self.stream.clone_htod(offsets).map_err(device_err("cuMemcpyHtoDAsync(offsets)"))?;
         let mut diff = self.stream.alloc_zeros::<f64>(nseg).map_err(device_err("cuMemAlloc(segment sums)"))?;
         let mut norms = self.stream.alloc_zeros::<f64>(nseg).map_err(device_err("cuMemAlloc(segment sums)"))?;
-        let (chunk, blocks) = segment_grid(total, self.sm_count);
+        let (chunk, blocks) = segment_grid(total, self.resident_blocks(f));
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         let nseg32 = nseg as u32;
         {
@@ -826,10 +844,37 @@ impl CudaDevice {
     }
 }
 
+/// Memory that the device's default pool (which serves the stream-ordered allocations of this
+/// crate) keeps mapped after it is freed, instead of returning it to the driver at the next
+/// synchronisation (the default threshold is 0). CKA allocates its shifted copies (1 GiB for a
+/// 65536 x 2048 f32 pair) per call; with threshold 0 each call maps them afresh.
+pub(crate) const POOL_KEEP_BYTES: u64 = 4 << 30;
+
+/// Raises the release threshold of the device's default memory pool to [`POOL_KEEP_BYTES`]
+/// (never lowers it). Best effort: a failure leaves the driver's default.
+fn keep_pool_memory(ctx: &CudaContext) {
+    use cudarc::driver::{result, sys};
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+    // SAFETY: the device handle comes from a live context; the attribute's value is a u64.
+    unsafe {
+        let Ok(pool) = result::device::get_default_mem_pool(ctx.cu_device()) else {
+            return;
+        };
+        let mut current: u64 = 0;
+        if result::mem_pool::get_attribute(pool, attr, &mut current as *mut u64 as *mut core::ffi::c_void).is_err() {
+            return;
+        }
+        if current < POOL_KEEP_BYTES {
+            let mut v: u64 = POOL_KEEP_BYTES;
+            let _ = result::mem_pool::set_attribute(pool, attr, &mut v as *mut u64 as *mut core::ffi::c_void);
+        }
+    }
+}
+
 /// Chunk length and block count of `segment_sumsq` for `total` elements: chunks of at least 4
-/// elements per thread, about `BLOCKS_PER_SM` chunks per multiprocessor.
-fn segment_grid(total: u64, sm_count: u32) -> (u64, u32) {
-    let target = (sm_count * BLOCKS_PER_SM) as u64;
+/// elements per thread, about one chunk per resident block (`resident` blocks at once).
+fn segment_grid(total: u64, resident: u32) -> (u64, u32) {
+    let target = resident.max(1) as u64;
     let chunk = total.div_ceil(target).max(4 * BLOCK as u64);
     let blocks = total.div_ceil(chunk).clamp(1, target) as u32;
     (chunk, blocks)
@@ -874,7 +919,7 @@ mod tests {
             for sm_count in [1u32, 7, 132] {
                 let nseg = offsets.len() - 1;
                 let total = offsets[nseg];
-                let (chunk, blocks) = segment_grid(total, sm_count);
+                let (chunk, blocks) = segment_grid(total, sm_count * BLOCKS_PER_SM);
                 let mut seen = vec![0u8; total as usize];
                 for block in 0..blocks as u64 {
                     let mut c0 = block * chunk;

@@ -15,7 +15,7 @@ pub mod cka;
 pub mod device;
 pub mod kernels;
 
-pub use cka::{cka_batch_moments, cka_feature_terms, cka_gram_terms, column_means};
+pub use cka::{cka_batch_moments, cka_feature_terms, cka_gram_terms, column_means, last_phases, GramAlgo};
 pub use device::{CudaDevice, DeviceBuffer, DeviceElement, MatrixShape, SegmentSums};
 
 use crate::error::{fail, Result};
