@@ -71,59 +71,56 @@ pub(crate) fn column_means(m: &Matrix, name: &str) -> Result<Vec<f64>> {
         fail!(DegenerateInput, "{name} has 0 rows (samples)");
     }
     let slice = host_slice(m, name)?;
-    struct Partial {
-        sum: Vec<f64>,
-        min: Vec<f64>,
-        max: Vec<f64>,
-        bad: Option<(usize, usize, f64)>,
-    }
+    let first = with_rows!(slice, |data| data[..cols].iter().map(|v| v.to_f64()).collect::<Vec<_>>());
+    // Branch-free, so that the loop vectorises: a NaN or Inf makes its column's sum non-finite
+    // (found afterwards, on the slow path); a column differing from its first value "varies".
     let chunk = rows_per_task(cols);
-    let partial = with_rows!(slice, |data| {
+    let (sum, varies) = with_rows!(slice, |data| {
         (0..rows.div_ceil(chunk))
             .into_par_iter()
             .map(|t| {
-                let mut p = Partial {
-                    sum: vec![0.0; cols],
-                    min: vec![f64::INFINITY; cols],
-                    max: vec![f64::NEG_INFINITY; cols],
-                    bad: None,
-                };
+                let (mut sum, mut varies) = (vec![0.0f64; cols], vec![false; cols]);
                 for r in t * chunk..((t + 1) * chunk).min(rows) {
                     let row = &data[r * stride..r * stride + cols];
-                    for (c, &v) in row.iter().enumerate() {
+                    for (((s, d), &v), &f) in sum.iter_mut().zip(varies.iter_mut()).zip(row).zip(&first) {
                         let v = v.to_f64();
-                        if !v.is_finite() && p.bad.is_none() {
-                            p.bad = Some((r, c, v));
-                        }
-                        p.sum[c] += v;
-                        p.min[c] = p.min[c].min(v);
-                        p.max[c] = p.max[c].max(v);
+                        *s += v;
+                        *d |= v != f;
                     }
                 }
-                p
+                (sum, varies)
             })
-            .reduce_with(|mut a, b| {
-                for c in 0..cols {
-                    a.sum[c] += b.sum[c];
-                    a.min[c] = a.min[c].min(b.min[c]);
-                    a.max[c] = a.max[c].max(b.max[c]);
-                }
-                // Keep the earliest position so that the message does not depend on scheduling.
-                a.bad = match (a.bad, b.bad) {
-                    (Some(x), Some(y)) => Some(if (x.0, x.1) <= (y.0, y.1) { x } else { y }),
-                    (x, y) => x.or(y),
-                };
-                a
+            .reduce_with(|(mut sa, mut va), (sb, vb)| {
+                sa.iter_mut().zip(&sb).for_each(|(a, b)| *a += b);
+                va.iter_mut().zip(&vb).for_each(|(a, b)| *a |= b);
+                (sa, va)
             })
             .expect("rows > 0")
     });
-    if let Some((r, c, v)) = partial.bad {
-        fail!(NonFinite, "{name} holds {v} at row {r}, column {c}");
+    if sum.iter().any(|s| !s.is_finite()) {
+        return Err(first_non_finite(m, name));
     }
-    let first = with_rows!(slice, |data| data[..cols].iter().map(|v| v.to_f64()).collect::<Vec<_>>());
-    Ok((0..cols)
-        .map(|c| if partial.min[c] == partial.max[c] { first[c] } else { partial.sum[c] / rows as f64 })
-        .collect())
+    Ok((0..cols).map(|c| if varies[c] { sum[c] / rows as f64 } else { first[c] }).collect())
+}
+
+/// The error for a matrix known to hold a NaN or an Inf (or values whose sum overflows),
+/// naming the first such position in row order.
+fn first_non_finite(m: &Matrix, name: &str) -> crate::Error {
+    let (cols, stride) = (m.cols(), m.row_stride());
+    let found = host_slice(m, name).ok().and_then(|slice| {
+        with_rows!(slice, |data| (0..m.rows()).find_map(|r| {
+            data[r * stride..r * stride + cols]
+                .iter()
+                .position(|v| !v.to_f64().is_finite())
+                .map(|c| (r, c, data[r * stride + c].to_f64()))
+        }))
+    });
+    match found {
+        Some((r, c, v)) => crate::Error::NonFinite(format!("{name} holds {v} at row {r}, column {c}")),
+        None => {
+            crate::Error::NonFinite(format!("{name}: its values are too large: sums over the samples overflow f64"))
+        }
+    }
 }
 
 /// Writes `(row - shift)` of every row of `m` into columns `0..rows` of the column-major block
@@ -141,33 +138,38 @@ pub(crate) fn write_shifted_transpose<T: Real>(
     debug_assert!(shift.len() == cols && offset + cols <= ld && out.len() >= rows * ld);
     let slice = host_slice(m, name)?;
     let mut norms = vec![0.0f64; rows];
-    let bad = with_rows!(slice, |data| {
-        out[..rows * ld]
-            .par_chunks_mut(ld)
-            .zip(norms.par_iter_mut())
-            .enumerate()
-            .map(|(r, (dst, norm))| {
-                let src = &data[r * stride..r * stride + cols];
-                let mut acc = 0.0f64;
-                let mut bad = None;
-                for ((d, &s), &c) in dst[offset..offset + cols].iter_mut().zip(src).zip(shift) {
-                    let v = s.to_f64();
-                    if !v.is_finite() && bad.is_none() {
-                        bad = Some((r, v));
-                    }
-                    let z = T::from_f64(v - c);
-                    *d = z;
+    with_rows!(slice, |data| {
+        out[..rows * ld].par_chunks_mut(ld).zip(norms.par_iter_mut()).enumerate().for_each(|(r, (dst, norm))| {
+            let src = &data[r * stride..r * stride + cols];
+            let dst = &mut dst[offset..offset + cols];
+            // Eight partial sums and no branch, so that the loop vectorises; a NaN or Inf
+            // makes the norm non-finite and is located afterwards.
+            const LANES: usize = 8;
+            let mut acc = [0.0f64; LANES];
+            let split = cols - cols % LANES;
+            for ((d, s), c) in dst[..split]
+                .chunks_exact_mut(LANES)
+                .zip(src[..split].chunks_exact(LANES))
+                .zip(shift[..split].chunks_exact(LANES))
+            {
+                for l in 0..LANES {
+                    let z = T::from_f64(s[l].to_f64() - c[l]);
+                    d[l] = z;
                     let z = z.to_f64();
-                    acc += z * z;
+                    acc[l] += z * z;
                 }
-                *norm = acc;
-                bad
-            })
-            .find_first(|b| b.is_some())
-            .flatten()
+            }
+            let mut total: f64 = acc.iter().sum();
+            for ((d, s), c) in dst[split..].iter_mut().zip(&src[split..]).zip(&shift[split..]) {
+                let z = T::from_f64(s.to_f64() - c);
+                *d = z;
+                total += z.to_f64() * z.to_f64();
+            }
+            *norm = total;
+        })
     });
-    if let Some((r, v)) = bad {
-        fail!(NonFinite, "{name} holds {v} in row {r}");
+    if norms.iter().any(|n| !n.is_finite()) {
+        return Err(first_non_finite(m, name));
     }
     Ok(norms)
 }
