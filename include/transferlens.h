@@ -80,6 +80,43 @@ typedef enum tl_cka_estimator {
 } tl_cka_estimator;
 
 /**
+ * How tensor names are grouped into modules (see tl_params_set_grouping).
+ */
+typedef enum tl_module_grouping {
+  /**
+   * The first dot-separated component of the name (the default): "layer1.0.conv1.weight"
+   * is in module "layer1".
+   */
+  TL_MODULE_GROUPING_FIRST = 0,
+  /**
+   * The first `depth` components.
+   */
+  TL_MODULE_GROUPING_DEPTH = 1,
+  /**
+   * Explicit prefixes, matched on whole components; the longest match wins.
+   */
+  TL_MODULE_GROUPING_PREFIXES = 2,
+  /**
+   * Every tensor is its own module.
+   */
+  TL_MODULE_GROUPING_TENSOR = 3,
+} tl_module_grouping;
+
+/**
+ * What prefix grouping does with a weight no prefix matches.
+ */
+typedef enum tl_unmatched {
+  /**
+   * The tensor forms a module of its own, named by its full name.
+   */
+  TL_UNMATCHED_OWN_GROUP = 0,
+  /**
+   * TL_STATUS_NOT_FOUND naming the tensor.
+   */
+  TL_UNMATCHED_ERROR = 1,
+} tl_unmatched;
+
+/**
  * Exact streaming CKA of nx x ny layer pairs: feeding batches gives the same result as the
  * concatenated data, whatever the batch sizes. The first update fixes each layer's feature
  * count; a later batch with other counts is TL_STATUS_SHAPE_MISMATCH.
@@ -104,6 +141,16 @@ typedef struct tl_cka_accumulator tl_cka_accumulator;
 typedef struct tl_context tl_context;
 
 /**
+ * A parameter set: named tensors grouped into modules, loaded from a safetensors file, wrapped
+ * around the caller's memory, or cloned. Tensors of dtype F32, F64, F16 and BF16 are weights;
+ * other dtypes are carried through untouched and left out of every weight-space figure.
+ *
+ * Thread safety: a set may be read by several threads at once (distances, as the a or b of an
+ * interpolation); a call that writes into it (as out, or regrouping it) needs it exclusively.
+ */
+typedef struct tl_params tl_params;
+
+/**
  * A row-major matrix view: rows = samples, cols = features. Not owned: the memory stays the
  * caller's and must stay valid during the call that receives the view.
  */
@@ -124,6 +171,60 @@ typedef struct tl_matrix {
    */
   int32_t device;
 } tl_matrix;
+
+/**
+ * One tensor in the caller's memory, for tl_params_wrap.
+ */
+typedef struct tl_tensor {
+  /**
+   * NUL-terminated UTF-8 name, e.g. "layer1.0.conv1.weight"; copied by tl_params_wrap.
+   */
+  const char *name;
+  /**
+   * The elements, C order, aligned for the dtype. Used in place, not copied.
+   */
+  void *data;
+  tl_dtype dtype;
+  /**
+   * `ndim` dimensions (NULL allowed when ndim is 0: a scalar); copied by tl_params_wrap.
+   */
+  const uint64_t *shape;
+  size_t ndim;
+  /**
+   * -1: host memory; k >= 0: memory of CUDA device k (not computed on in this version).
+   */
+  int32_t device;
+} tl_tensor;
+
+/**
+ * The figures of one module comparing sets a and b.
+ */
+typedef struct tl_module_geometry {
+  /**
+   * Elements of the module's weights.
+   */
+  uint64_t numel;
+  /**
+   * ||a - b||_2.
+   */
+  double distance;
+  /**
+   * ||a||_2.
+   */
+  double norm_a;
+  /**
+   * ||b||_2.
+   */
+  double norm_b;
+  /**
+   * ||a - b|| / ||a||.
+   */
+  double relative;
+  /**
+   * <a, b> / (||a|| ||b||).
+   */
+  double cosine;
+} tl_module_geometry;
 
 #ifdef __cplusplus
 extern "C" {
@@ -268,6 +369,170 @@ void tl_context_destroy(struct tl_context *ctx);
  * Writes the context's resolved backend (TL_BACKEND_CPU or TL_BACKEND_CUDA) to *out.
  */
 enum tl_status tl_context_backend(const struct tl_context *ctx, enum tl_backend *out);
+
+/**
+ * Loads a safetensors file (memory-mapped, copy-on-write: the file is never modified).
+ * A file that cannot be opened is TL_STATUS_IO; a malformed, truncated or inconsistent one is
+ * TL_STATUS_FORMAT with a message naming the file and the tensor at fault. Modules are grouped
+ * by the first name component until tl_params_set_grouping says otherwise.
+ * On success *out owns a set to free with tl_params_destroy.
+ */
+enum tl_status tl_params_load(struct tl_context *ctx,
+                              const char *safetensors_path,
+                              struct tl_params **out);
+
+/**
+ * Writes the set as a safetensors file, atomically (a temporary file in the same folder,
+ * flushed, then renamed over the path). Tensors keep their order; a loaded file's metadata is
+ * kept.
+ */
+enum tl_status tl_params_save(const struct tl_params *params, const char *safetensors_path);
+
+/**
+ * Frees a set; NULL is a no-op. A wrapped set's memory stays the caller's.
+ */
+void tl_params_destroy(struct tl_params *params);
+
+/**
+ * Makes a set over the caller's memory, zero-copy: `count` tensors described by `tensors`.
+ * Names and shapes are copied; the data is used in place and must stay valid, and not be
+ * used by anything else during a call that writes into the set, until tl_params_destroy.
+ * All wrapped tensors are weights (tl_dtype). Tensors must not overlap in memory (wrap tied
+ * weights once). On success *out owns a set to free with tl_params_destroy.
+ */
+enum tl_status tl_params_wrap(struct tl_context *ctx,
+                              const struct tl_tensor *tensors,
+                              size_t count,
+                              struct tl_params **out);
+
+/**
+ * Makes a deep copy of `params` in memory the new set owns (same tensors, grouping and
+ * metadata): a place to write interpolations into. On success *out owns a set to free with
+ * tl_params_destroy.
+ */
+enum tl_status tl_params_clone(const struct tl_params *params, struct tl_params **out);
+
+/**
+ * Regroups the set's weights into modules. `depth` (>= 1) is read for
+ * TL_MODULE_GROUPING_DEPTH only; `prefixes` (`n_prefixes` non-empty strings) and `unmatched`
+ * for TL_MODULE_GROUPING_PREFIXES only. On failure the grouping is unchanged.
+ */
+enum tl_status tl_params_set_grouping(struct tl_params *params,
+                                      tl_module_grouping grouping,
+                                      uint32_t depth,
+                                      const char *const *prefixes,
+                                      size_t n_prefixes,
+                                      tl_unmatched unmatched);
+
+/**
+ * The number of modules of the set (0 when params is NULL).
+ */
+size_t tl_params_module_count(const struct tl_params *params);
+
+/**
+ * Writes the module's name (NUL-terminated) into buf; returns the length it needs.
+ * The length counts the terminating NUL: a buffer of that many bytes holds the whole name. A
+ * shorter buffer (buf_len > 0) receives the name cut short and NUL-terminated; buf may be NULL
+ * when buf_len is 0. Returns 0 when params is NULL or module is out of range.
+ */
+size_t tl_params_module_name(const struct tl_params *params,
+                             size_t module,
+                             char *buf,
+                             size_t buf_len);
+
+/**
+ * Finds the module called `name` and writes its index to *out; TL_STATUS_NOT_FOUND if there
+ * is none.
+ */
+enum tl_status tl_params_find_module(const struct tl_params *params, const char *name, size_t *out);
+
+/**
+ * The number of tensors of the set, weights and carried-through ones (0 when params is NULL).
+ */
+size_t tl_params_tensor_count(const struct tl_params *params);
+
+/**
+ * Gives the weight tensor called `name`: its dtype, the address of its elements (host memory,
+ * valid until the set is destroyed; read-only unless the set wraps the caller's memory) and
+ * its element count. TL_STATUS_NOT_FOUND if there is none; TL_STATUS_UNSUPPORTED_DTYPE for a
+ * carried-through (non-weight) tensor.
+ */
+enum tl_status tl_params_tensor_data(const struct tl_params *params,
+                                     const char *name,
+                                     tl_dtype *dtype,
+                                     const void **data,
+                                     uint64_t *numel);
+
+/**
+ * out_per_module has tl_params_module_count entries; out_total may be NULL.
+ * Distances ||a_i - b_i||_2 per module of a (its grouping), accumulated in f64, and the total
+ * sqrt(sum of squares). a and b must hold the same weights (names and shapes; dtypes may
+ * differ): otherwise TL_STATUS_SHAPE_MISMATCH naming the first differing tensor.
+ */
+enum tl_status tl_params_distance(struct tl_context *ctx,
+                                  const struct tl_params *a,
+                                  const struct tl_params *b,
+                                  double *out_per_module,
+                                  double *out_total);
+
+/**
+ * Norms ||p_i||_2 per module (tl_params_module_count entries in out_per_module) and of all
+ * weights (out_total, may be NULL), accumulated in f64.
+ */
+enum tl_status tl_params_norms(struct tl_context *ctx,
+                               const struct tl_params *params,
+                               double *out_per_module,
+                               double *out_total);
+
+/**
+ * Distance, norms, relative distance and cosine per module of a (tl_params_module_count(a)
+ * entries in out_per_module) and over all weights (out_total, may be NULL). A module that is
+ * all zeros in a or b is TL_STATUS_DEGENERATE_INPUT naming it.
+ */
+enum tl_status tl_params_compare(struct tl_context *ctx,
+                                 const struct tl_params *a,
+                                 const struct tl_params *b,
+                                 struct tl_module_geometry *out_per_module,
+                                 struct tl_module_geometry *out_total);
+
+/**
+ * out = (1 - lambda) a + lambda b, for any real lambda; out must match a and b.
+ * lambda must be finite; outside [0, 1] it extrapolates. Computed in f32 (f64 for f64
+ * tensors) and rounded once; lambda 0 and 1 give a and b bit for bit. out must hold the
+ * weights of a (names, dtypes, shapes) and no others, be a different set from a and b and
+ * share no memory with them; a's non-weight tensors are copied into out where it holds them
+ * (a wrapped set need not).
+ */
+enum tl_status tl_params_interpolate(struct tl_context *ctx,
+                                     const struct tl_params *a,
+                                     const struct tl_params *b,
+                                     double lambda,
+                                     struct tl_params *out);
+
+/**
+ * Moves module `module` (an index into a's modules) to (1 - lambda) a + lambda b and keeps
+ * every other weight at b; non-weight tensors are copied from a. Requirements as for
+ * tl_params_interpolate; a module index out of range is TL_STATUS_NOT_FOUND.
+ */
+enum tl_status tl_params_interpolate_module(struct tl_context *ctx,
+                                            const struct tl_params *a,
+                                            const struct tl_params *b,
+                                            double lambda,
+                                            size_t module,
+                                            struct tl_params *out);
+
+/**
+ * Rewinds module `module` of `final_params` toward `initial`: that module becomes
+ * (1 - alpha) initial + alpha final, every other weight stays at final. alpha = 1 gives the
+ * final weights and alpha = 0 the module at its initial value, bit for bit. Non-weight tensors
+ * are copied from initial. Requirements as for tl_params_interpolate_module.
+ */
+enum tl_status tl_params_rewind(struct tl_context *ctx,
+                                const struct tl_params *initial,
+                                const struct tl_params *final_params,
+                                size_t module,
+                                double alpha,
+                                struct tl_params *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -27,11 +27,14 @@ pub mod backend;
 pub mod cka;
 pub mod error;
 pub mod ffi;
+pub mod geometry;
+pub mod params;
 pub mod rng;
 pub mod tensor;
 
 pub use backend::{Backend, BackendChoice, Context};
 pub use error::{Error, Result, Status};
+pub use params::{Grouping, ParamSet};
 pub use tensor::{DType, Element, Matrix};
 
 /// The crate version, `"MAJOR.MINOR.PATCH"`.

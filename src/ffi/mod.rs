@@ -15,10 +15,12 @@
 
 mod cka;
 mod context;
+mod params;
 
 #[allow(unused_imports)]
 pub use cka::*;
 pub use context::*;
+pub use params::*;
 
 use crate::error::{Error, Result, Status};
 use std::cell::RefCell;

@@ -5,6 +5,7 @@
 
 mod cka;
 mod common;
+mod weights;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
     name = "tlens",
     version,
     about = "What is being transferred in transfer learning? Linear CKA, weight-space distances and the study's other analyses, for checkpoints and activations saved as safetensors.",
-    after_help = "Examples:\n  tlens cka acts_pretrained.safetensors acts_finetuned.safetensors\n  tlens study --quick"
+    after_help = "Examples:\n  tlens inspect model.safetensors\n  tlens distance pt_t1.safetensors pt_t2.safetensors --json\n  tlens interpolate a.safetensors b.safetensors --lambda 0.5 --output mid.safetensors\n  tlens cka acts_pretrained.safetensors acts_finetuned.safetensors\n  tlens study --quick"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Inspect(weights::InspectArgs),
+    Distance(weights::DistanceArgs),
+    Interpolate(weights::InterpolateArgs),
     Cka(cka::CkaArgs),
     Study(StudyArgs),
 }
@@ -43,6 +47,9 @@ fn main() -> ExitCode {
     common::quiet_panics();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Inspect(args) => weights::inspect(args),
+        Command::Distance(args) => weights::distance(args),
+        Command::Interpolate(args) => weights::interpolate(args),
         Command::Cka(args) => cka::run(args),
         Command::Study(_) => {
             eprintln!("tlens study: the embedded study is not implemented in this version yet (it arrives with the landscape and criticality analyses)");

@@ -1,0 +1,544 @@
+//! `tl_params`: parameter sets, module grouping and weight-space arithmetic.
+
+use super::{
+    arg_mut, arg_ref, arg_slice, arg_slice_mut, arg_str, destroy, guard, guard_value, hand_out,
+    tl_context, RawDType,
+};
+use crate::error::{Error, Result, Status};
+use crate::geometry::{self, ModuleGeometry};
+use crate::params::{Grouping, ParamSet, TensorSpec, Unmatched};
+use crate::tensor::DType;
+use std::ffi::{c_char, c_void};
+
+/// A parameter set: named tensors grouped into modules, loaded from a safetensors file, wrapped
+/// around the caller's memory, or cloned. Tensors of dtype F32, F64, F16 and BF16 are weights;
+/// other dtypes are carried through untouched and left out of every weight-space figure.
+///
+/// Thread safety: a set may be read by several threads at once (distances, as the a or b of an
+/// interpolation); a call that writes into it (as out, or regrouping it) needs it exclusively.
+pub struct tl_params {
+    pub(crate) inner: ParamSet,
+}
+
+/// How tensor names are grouped into modules (see tl_params_set_grouping).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleGrouping {
+    /// The first dot-separated component of the name (the default): "layer1.0.conv1.weight"
+    /// is in module "layer1".
+    First = 0,
+    /// The first `depth` components.
+    Depth = 1,
+    /// Explicit prefixes, matched on whole components; the longest match wins.
+    Prefixes = 2,
+    /// Every tensor is its own module.
+    Tensor = 3,
+}
+
+/// What prefix grouping does with a weight no prefix matches.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmatchedPolicy {
+    /// The tensor forms a module of its own, named by its full name.
+    OwnGroup = 0,
+    /// TL_STATUS_NOT_FOUND naming the tensor.
+    Error = 1,
+}
+
+/// A `tl_module_grouping` value as received from C.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawGrouping(pub u32);
+
+/// A `tl_unmatched` value as received from C.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawUnmatched(pub u32);
+
+/// One tensor in the caller's memory, for tl_params_wrap.
+#[repr(C)]
+pub struct tl_tensor {
+    /// NUL-terminated UTF-8 name, e.g. "layer1.0.conv1.weight"; copied by tl_params_wrap.
+    pub name: *const c_char,
+    /// The elements, C order, aligned for the dtype. Used in place, not copied.
+    pub data: *mut c_void,
+    pub dtype: RawDType,
+    /// `ndim` dimensions (NULL allowed when ndim is 0: a scalar); copied by tl_params_wrap.
+    pub shape: *const u64,
+    pub ndim: usize,
+    /// -1: host memory; k >= 0: memory of CUDA device k (not computed on in this version).
+    pub device: i32,
+}
+
+/// The figures of one module comparing sets a and b.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct tl_module_geometry {
+    /// Elements of the module's weights.
+    pub numel: u64,
+    /// ||a - b||_2.
+    pub distance: f64,
+    /// ||a||_2.
+    pub norm_a: f64,
+    /// ||b||_2.
+    pub norm_b: f64,
+    /// ||a - b|| / ||a||.
+    pub relative: f64,
+    /// <a, b> / (||a|| ||b||).
+    pub cosine: f64,
+}
+
+impl From<ModuleGeometry> for tl_module_geometry {
+    fn from(g: ModuleGeometry) -> Self {
+        tl_module_geometry {
+            numel: g.numel,
+            distance: g.distance,
+            norm_a: g.norm_a,
+            norm_b: g.norm_b,
+            relative: g.relative,
+            cosine: g.cosine,
+        }
+    }
+}
+
+fn dtype_to_raw(d: DType) -> RawDType {
+    RawDType(d as u32)
+}
+
+/// `out` must be a set distinct from `a` and `b`: the library writes it while reading them.
+fn check_out_distinct(
+    out: *const tl_params,
+    a: *const tl_params,
+    b: *const tl_params,
+) -> Result<()> {
+    if out == a || out == b {
+        return Err(Error::InvalidArgument(
+            "out is the same set as a or b; write into a separate set (tl_params_clone makes one)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads a safetensors file (memory-mapped, copy-on-write: the file is never modified).
+/// A file that cannot be opened is TL_STATUS_IO; a malformed, truncated or inconsistent one is
+/// TL_STATUS_FORMAT with a message naming the file and the tensor at fault. Modules are grouped
+/// by the first name component until tl_params_set_grouping says otherwise.
+/// On success *out owns a set to free with tl_params_destroy.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_load(
+    ctx: *mut tl_context,
+    safetensors_path: *const c_char,
+    out: *mut *mut tl_params,
+) -> Status {
+    guard(|| {
+        let out = unsafe { arg_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
+        let _ctx = unsafe { arg_ref(ctx, "ctx") }?;
+        let path = unsafe { arg_str(safetensors_path, "safetensors_path") }?;
+        hand_out(
+            tl_params {
+                inner: ParamSet::load(path)?,
+            },
+            out,
+        );
+        Ok(())
+    })
+}
+
+/// Writes the set as a safetensors file, atomically (a temporary file in the same folder,
+/// flushed, then renamed over the path). Tensors keep their order; a loaded file's metadata is
+/// kept.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_save(
+    params: *const tl_params,
+    safetensors_path: *const c_char,
+) -> Status {
+    guard(|| {
+        let params = unsafe { arg_ref(params, "params") }?;
+        let path = unsafe { arg_str(safetensors_path, "safetensors_path") }?;
+        params.inner.save(path)
+    })
+}
+
+/// Frees a set; NULL is a no-op. A wrapped set's memory stays the caller's.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_destroy(params: *mut tl_params) {
+    guard_value((), || unsafe { destroy(params) })
+}
+
+/// Makes a set over the caller's memory, zero-copy: `count` tensors described by `tensors`.
+/// Names and shapes are copied; the data is used in place and must stay valid, and not be
+/// used by anything else during a call that writes into the set, until tl_params_destroy.
+/// All wrapped tensors are weights (tl_dtype). Tensors must not overlap in memory (wrap tied
+/// weights once). On success *out owns a set to free with tl_params_destroy.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_wrap(
+    ctx: *mut tl_context,
+    tensors: *const tl_tensor,
+    count: usize,
+    out: *mut *mut tl_params,
+) -> Status {
+    guard(|| {
+        let out = unsafe { arg_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
+        let _ctx = unsafe { arg_ref(ctx, "ctx") }?;
+        let views = unsafe { arg_slice(tensors, count, "tensors") }?;
+        let mut specs = Vec::with_capacity(views.len());
+        for (i, v) in views.iter().enumerate() {
+            let name = unsafe { arg_str(v.name, &format!("tensors[{i}].name")) }?.to_string();
+            let dtype = DType::from_raw(v.dtype.0, &format!("tensors[{i}].dtype"))?;
+            let dims = unsafe { arg_slice(v.shape, v.ndim, &format!("tensors[{i}].shape")) }?;
+            let shape = dims
+                .iter()
+                .map(|&d| {
+                    usize::try_from(d).map_err(|_| {
+                        Error::InvalidArgument(format!(
+                            "tensors[{i}] ({name:?}): dimension {d} exceeds the address space"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            specs.push(TensorSpec {
+                name,
+                dtype,
+                shape,
+                ptr: v.data as *mut u8,
+                device: v.device,
+            });
+        }
+        // SAFETY: the caller's promise in the doc comment.
+        let inner = unsafe { ParamSet::wrap(specs) }?;
+        hand_out(tl_params { inner }, out);
+        Ok(())
+    })
+}
+
+/// Makes a deep copy of `params` in memory the new set owns (same tensors, grouping and
+/// metadata): a place to write interpolations into. On success *out owns a set to free with
+/// tl_params_destroy.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_clone(
+    params: *const tl_params,
+    out: *mut *mut tl_params,
+) -> Status {
+    guard(|| {
+        let out = unsafe { arg_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
+        let params = unsafe { arg_ref(params, "params") }?;
+        hand_out(
+            tl_params {
+                inner: params.inner.try_clone()?,
+            },
+            out,
+        );
+        Ok(())
+    })
+}
+
+/// Regroups the set's weights into modules. `depth` (>= 1) is read for
+/// TL_MODULE_GROUPING_DEPTH only; `prefixes` (`n_prefixes` non-empty strings) and `unmatched`
+/// for TL_MODULE_GROUPING_PREFIXES only. On failure the grouping is unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_set_grouping(
+    params: *mut tl_params,
+    grouping: RawGrouping,
+    depth: u32,
+    prefixes: *const *const c_char,
+    n_prefixes: usize,
+    unmatched: RawUnmatched,
+) -> Status {
+    guard(|| {
+        let params = unsafe { arg_mut(params, "params") }?;
+        let g = match grouping.0 {
+            0 => Grouping::First,
+            1 => Grouping::Depth(depth as usize),
+            2 => {
+                let unmatched = match unmatched.0 {
+                    0 => Unmatched::OwnGroup,
+                    1 => Unmatched::Error,
+                    v => {
+                        return Err(Error::InvalidArgument(format!(
+                        "unmatched: unknown value {v} (expected 0 = OWN_GROUP, 1 = ERROR)"
+                    )))
+                    }
+                };
+                let list = unsafe { arg_slice(prefixes, n_prefixes, "prefixes") }?;
+                let prefixes = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| unsafe { arg_str(p, &format!("prefixes[{i}]")) }.map(str::to_string))
+                    .collect::<Result<Vec<_>>>()?;
+                Grouping::Prefixes {
+                    prefixes,
+                    unmatched,
+                }
+            }
+            3 => Grouping::Tensor,
+            v => {
+                return Err(Error::InvalidArgument(format!(
+                    "grouping: unknown value {v} (expected 0 = FIRST, 1 = DEPTH, 2 = PREFIXES, 3 = TENSOR)"
+                )))
+            }
+        };
+        params.inner.set_grouping(g)
+    })
+}
+
+/// The number of modules of the set (0 when params is NULL).
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_module_count(params: *const tl_params) -> usize {
+    guard_value(0, || {
+        unsafe { params.as_ref() }.map_or(0, |p| p.inner.modules().len())
+    })
+}
+
+/// Writes the module's name (NUL-terminated) into buf; returns the length it needs.
+/// The length counts the terminating NUL: a buffer of that many bytes holds the whole name. A
+/// shorter buffer (buf_len > 0) receives the name cut short and NUL-terminated; buf may be NULL
+/// when buf_len is 0. Returns 0 when params is NULL or module is out of range.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_module_name(
+    params: *const tl_params,
+    module: usize,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    guard_value(0, || {
+        let Some(p) = (unsafe { params.as_ref() }) else {
+            return 0;
+        };
+        let Some(m) = p.inner.modules().get(module) else {
+            return 0;
+        };
+        let name = m.name.as_bytes();
+        if !buf.is_null() && buf_len > 0 {
+            let n = name.len().min(buf_len - 1);
+            // SAFETY: the caller promises buf_len writable bytes at buf.
+            unsafe {
+                std::ptr::copy_nonoverlapping(name.as_ptr() as *const c_char, buf, n);
+                *buf.add(n) = 0;
+            }
+        }
+        name.len() + 1
+    })
+}
+
+/// Finds the module called `name` and writes its index to *out; TL_STATUS_NOT_FOUND if there
+/// is none.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_find_module(
+    params: *const tl_params,
+    name: *const c_char,
+    out: *mut usize,
+) -> Status {
+    guard(|| {
+        let params = unsafe { arg_ref(params, "params") }?;
+        let name = unsafe { arg_str(name, "name") }?;
+        let out = unsafe { arg_mut(out, "out") }?;
+        *out = geometry::module_named(&params.inner, name)?;
+        Ok(())
+    })
+}
+
+/// The number of tensors of the set, weights and carried-through ones (0 when params is NULL).
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_tensor_count(params: *const tl_params) -> usize {
+    guard_value(0, || {
+        unsafe { params.as_ref() }.map_or(0, |p| p.inner.tensors().len())
+    })
+}
+
+/// Gives the weight tensor called `name`: its dtype, the address of its elements (host memory,
+/// valid until the set is destroyed; read-only unless the set wraps the caller's memory) and
+/// its element count. TL_STATUS_NOT_FOUND if there is none; TL_STATUS_UNSUPPORTED_DTYPE for a
+/// carried-through (non-weight) tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_tensor_data(
+    params: *const tl_params,
+    name: *const c_char,
+    dtype: *mut RawDType,
+    data: *mut *const c_void,
+    numel: *mut u64,
+) -> Status {
+    guard(|| {
+        let params = unsafe { arg_ref(params, "params") }?;
+        let name = unsafe { arg_str(name, "name") }?;
+        let dtype = unsafe { arg_mut(dtype, "dtype") }?;
+        let data = unsafe { arg_mut(data, "data") }?;
+        let numel = unsafe { arg_mut(numel, "numel") }?;
+        let t = params
+            .inner
+            .tensor(name)
+            .ok_or_else(|| Error::NotFound(format!("no tensor {name:?} in the set")))?;
+        let host = t.host()?;
+        *dtype = dtype_to_raw(host.dtype());
+        *data = t.bytes()?.as_ptr() as *const c_void;
+        *numel = t.numel() as u64;
+        Ok(())
+    })
+}
+
+/// The caller's array of tl_params_module_count(a) entries (NULL allowed only when 0).
+fn per_module_out<'a>(out: *mut f64, a: &ParamSet) -> Result<&'a mut [f64]> {
+    unsafe { arg_slice_mut(out, a.modules().len(), "out_per_module") }
+}
+
+/// out_per_module has tl_params_module_count entries; out_total may be NULL.
+/// Distances ||a_i - b_i||_2 per module of a (its grouping), accumulated in f64, and the total
+/// sqrt(sum of squares). a and b must hold the same weights (names and shapes; dtypes may
+/// differ): otherwise TL_STATUS_SHAPE_MISMATCH naming the first differing tensor.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_distance(
+    ctx: *mut tl_context,
+    a: *const tl_params,
+    b: *const tl_params,
+    out_per_module: *mut f64,
+    out_total: *mut f64,
+) -> Status {
+    guard(|| {
+        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
+        let a = unsafe { arg_ref(a, "a") }?;
+        let b = unsafe { arg_ref(b, "b") }?;
+        let out = per_module_out(out_per_module, &a.inner)?;
+        let d = geometry::distance(&ctx.inner, &a.inner, &b.inner)?;
+        out.copy_from_slice(&d.modules);
+        if let Some(t) = unsafe { out_total.as_mut() } {
+            *t = d.total;
+        }
+        Ok(())
+    })
+}
+
+/// Norms ||p_i||_2 per module (tl_params_module_count entries in out_per_module) and of all
+/// weights (out_total, may be NULL), accumulated in f64.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_norms(
+    ctx: *mut tl_context,
+    params: *const tl_params,
+    out_per_module: *mut f64,
+    out_total: *mut f64,
+) -> Status {
+    guard(|| {
+        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
+        let p = unsafe { arg_ref(params, "params") }?;
+        let out = per_module_out(out_per_module, &p.inner)?;
+        let d = geometry::norms(&ctx.inner, &p.inner)?;
+        out.copy_from_slice(&d.modules);
+        if let Some(t) = unsafe { out_total.as_mut() } {
+            *t = d.total;
+        }
+        Ok(())
+    })
+}
+
+/// Distance, norms, relative distance and cosine per module of a (tl_params_module_count(a)
+/// entries in out_per_module) and over all weights (out_total, may be NULL). A module that is
+/// all zeros in a or b is TL_STATUS_DEGENERATE_INPUT naming it.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_compare(
+    ctx: *mut tl_context,
+    a: *const tl_params,
+    b: *const tl_params,
+    out_per_module: *mut tl_module_geometry,
+    out_total: *mut tl_module_geometry,
+) -> Status {
+    guard(|| {
+        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
+        let a = unsafe { arg_ref(a, "a") }?;
+        let b = unsafe { arg_ref(b, "b") }?;
+        let n = a.inner.modules().len();
+        let out = unsafe { arg_slice_mut(out_per_module, n, "out_per_module") }?;
+        let (modules, total) = geometry::compare(&ctx.inner, &a.inner, &b.inner)?;
+        for (o, g) in out.iter_mut().zip(modules) {
+            *o = g.into();
+        }
+        if let Some(t) = unsafe { out_total.as_mut() } {
+            *t = total.into();
+        }
+        Ok(())
+    })
+}
+
+/// out = (1 - lambda) a + lambda b, for any real lambda; out must match a and b.
+/// lambda must be finite; outside [0, 1] it extrapolates. Computed in f32 (f64 for f64
+/// tensors) and rounded once; lambda 0 and 1 give a and b bit for bit. out must hold the
+/// weights of a (names, dtypes, shapes) and no others, be a different set from a and b and
+/// share no memory with them; a's non-weight tensors are copied into out where it holds them
+/// (a wrapped set need not).
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_interpolate(
+    ctx: *mut tl_context,
+    a: *const tl_params,
+    b: *const tl_params,
+    lambda: f64,
+    out: *mut tl_params,
+) -> Status {
+    guard(|| {
+        check_out_distinct(out, a, b)?;
+        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
+        let a = unsafe { arg_ref(a, "a") }?;
+        let b = unsafe { arg_ref(b, "b") }?;
+        let out = unsafe { arg_mut(out, "out") }?;
+        geometry::interpolate(&ctx.inner, &a.inner, &b.inner, lambda, &mut out.inner)
+    })
+}
+
+/// Moves module `module` (an index into a's modules) to (1 - lambda) a + lambda b and keeps
+/// every other weight at b; non-weight tensors are copied from a. Requirements as for
+/// tl_params_interpolate; a module index out of range is TL_STATUS_NOT_FOUND.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_interpolate_module(
+    ctx: *mut tl_context,
+    a: *const tl_params,
+    b: *const tl_params,
+    lambda: f64,
+    module: usize,
+    out: *mut tl_params,
+) -> Status {
+    guard(|| {
+        check_out_distinct(out, a, b)?;
+        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
+        let a = unsafe { arg_ref(a, "a") }?;
+        let b = unsafe { arg_ref(b, "b") }?;
+        let out = unsafe { arg_mut(out, "out") }?;
+        geometry::interpolate_module(
+            &ctx.inner,
+            &a.inner,
+            &b.inner,
+            lambda,
+            module,
+            &mut out.inner,
+        )
+    })
+}
+
+/// Rewinds module `module` of `final_params` toward `initial`: that module becomes
+/// (1 - alpha) initial + alpha final, every other weight stays at final. alpha = 1 gives the
+/// final weights and alpha = 0 the module at its initial value, bit for bit. Non-weight tensors
+/// are copied from initial. Requirements as for tl_params_interpolate_module.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_rewind(
+    ctx: *mut tl_context,
+    initial: *const tl_params,
+    final_params: *const tl_params,
+    module: usize,
+    alpha: f64,
+    out: *mut tl_params,
+) -> Status {
+    guard(|| {
+        check_out_distinct(out, initial, final_params)?;
+        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
+        let initial = unsafe { arg_ref(initial, "initial") }?;
+        let final_params = unsafe { arg_ref(final_params, "final_params") }?;
+        let out = unsafe { arg_mut(out, "out") }?;
+        geometry::rewind(
+            &ctx.inner,
+            &initial.inner,
+            &final_params.inner,
+            module,
+            alpha,
+            &mut out.inner,
+        )
+    })
+}
