@@ -213,6 +213,12 @@ fn target_opts(cfg: &Config, pretrained: bool, seed: u64) -> TrainOptions {
     TrainOptions { epochs: cfg.target_epochs, batch: 16, lr, momentum: 0.9, weight_decay: 0.0, seed }
 }
 
+/// The sweep trains P-T and RI-T alike, so that their training losses compare optimisation
+/// speed rather than step sizes.
+fn sweep_opts(cfg: &Config, seed: u64) -> TrainOptions {
+    target_opts(cfg, false, seed)
+}
+
 /// P with a fresh head (the last layer re-initialised from `seed`).
 fn with_fresh_head(ctx: &Context, mlp: &Mlp, p: &ParamSet, seed: u64) -> Result<ParamSet> {
     let fresh = mlp.init(seed)?;
@@ -524,9 +530,9 @@ pub fn run(cfg: &Config, progress: Progress) -> Result<Outcome> {
         let train = shuffled(&tgt.train, b, 9)?;
         let test = shuffled(&tgt.test, b, 9)?;
         let mut pt = m.pt_init.try_clone()?;
-        let hp = mlp.train(&mut pt, &train, &target_opts(cfg, true, 200))?;
+        let hp = mlp.train(&mut pt, &train, &sweep_opts(cfg, 200))?;
         let mut ri = m.rit_init[0].try_clone()?;
-        let hr = mlp.train(&mut ri, &train, &target_opts(cfg, false, 300))?;
+        let hr = mlp.train(&mut ri, &train, &sweep_opts(cfg, 300))?;
         let (ap, ar) = (mlp.evaluate(&pt, &test)?.accuracy, mlp.evaluate(&ri, &test)?.accuracy);
         let (ep, er) = (mean(&hp[..early]), mean(&hr[..early]));
         tables.push_str(&format!("  {b:>5} {ap:>10.4} {ar:>10.4} {:>8.4} {ep:>16.4} {er:>16.4}\n", ap - ar));
