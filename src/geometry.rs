@@ -10,6 +10,30 @@
 //! chunk in a tight loop the compiler vectorises. Partial sums are added in a fixed order, so a
 //! result does not depend on the number of threads. The per-chunk loops ([`kernels`]) work on
 //! host slices and are what a device backend replaces.
+//!
+//! ```
+//! use transferlens::{geometry, Context, ParamSet};
+//! // A safetensors file holding fc.weight (F32 [2]) and fc.bias (F32 scalar).
+//! fn file(w: [f32; 2], b: f32) -> Vec<u8> {
+//!     let header = br#"{"fc.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"fc.bias":{"dtype":"F32","shape":[],"data_offsets":[8,12]}}"#;
+//!     let mut f = (header.len() as u64).to_le_bytes().to_vec();
+//!     f.extend_from_slice(header);
+//!     for v in [w[0], w[1], b] {
+//!         f.extend(v.to_le_bytes());
+//!     }
+//!     f
+//! }
+//! let a = ParamSet::from_bytes(&file([1.0, 2.0], 0.5), "a")?;
+//! let b = ParamSet::from_bytes(&file([4.0, 6.0], 0.5), "b")?;
+//! let ctx = Context::cpu();
+//! let d = geometry::distance(&ctx, &a, &b)?;
+//! assert_eq!(a.modules()[0].name, "fc"); // the first name component
+//! assert_eq!(d.modules, [5.0]);
+//! let mut mid = a.try_clone()?;
+//! geometry::interpolate(&ctx, &a, &b, 0.5, &mut mid)?;
+//! assert_eq!(geometry::distance(&ctx, &a, &mid)?.total, 2.5);
+//! # Ok::<(), transferlens::Error>(())
+//! ```
 
 use crate::backend::Context;
 use crate::error::{fail, Error, Result};
@@ -21,49 +45,67 @@ use rayon::prelude::*;
 const CHUNK: usize = 1 << 16;
 
 /// Per-element kernels on host slices: the primitives a device backend would replace.
+///
+/// Each kernel is one generic body compiled twice: for the baseline target and, on x86-64, with
+/// AVX2 enabled, chosen at run time (the baseline x86-64 target only has SSE2). The bodies are
+/// plain loops over fixed-width blocks that the compiler vectorises.
 pub mod kernels {
     use half::slice::HalfFloatSliceExt;
     use half::{bf16, f16};
 
-    /// Elements converted per block into stack scratch.
-    const BLOCK: usize = 256;
-
-    /// Conversion of a storage dtype to f64 in blocks.
+    /// Exact conversion of a storage element to f64, inlined into the loops below.
     pub trait Load: Copy + Send + Sync {
-        fn load(src: &[Self], dst: &mut [f64]);
+        fn f64(self) -> f64;
+        /// Eight elements (`x.len() == 8`) as f64; `HW`: F16C and AVX may be used.
+        #[inline(always)]
+        fn load8<const HW: bool>(x: &[Self]) -> [f64; 8] {
+            std::array::from_fn(|k| x[k].f64())
+        }
     }
     impl Load for f64 {
-        #[inline]
-        fn load(src: &[f64], dst: &mut [f64]) {
-            dst.copy_from_slice(src);
+        #[inline(always)]
+        fn f64(self) -> f64 {
+            self
         }
     }
     impl Load for f32 {
-        #[inline]
-        fn load(src: &[f32], dst: &mut [f64]) {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = *s as f64;
-            }
+        #[inline(always)]
+        fn f64(self) -> f64 {
+            self as f64
         }
     }
     impl Load for f16 {
-        #[inline]
-        fn load(src: &[f16], dst: &mut [f64]) {
-            // half converts slices with F16C where the CPU has it.
-            let mut tmp = [0f32; BLOCK];
-            let tmp = &mut tmp[..src.len()];
-            src.convert_to_f32_slice(tmp);
-            for (d, s) in dst.iter_mut().zip(tmp.iter()) {
-                *d = *s as f64;
+        #[inline(always)]
+        fn f64(self) -> f64 {
+            f16_to_f32(self.to_bits()) as f64
+        }
+        #[inline(always)]
+        fn load8<const HW: bool>(x: &[f16]) -> [f64; 8] {
+            #[cfg(target_arch = "x86_64")]
+            if HW {
+                use std::arch::x86_64::*;
+                assert!(x.len() == 8);
+                let mut out = [0f64; 8];
+                // SAFETY: HW is true only in code that runs after the CPU reported AVX2 and F16C;
+                // x holds 8 elements (16 bytes) and out 8 f64.
+                unsafe {
+                    let h = _mm_loadu_si128(x.as_ptr() as *const __m128i);
+                    let f = _mm256_cvtph_ps(h);
+                    _mm256_storeu_pd(out.as_mut_ptr(), _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+                    _mm256_storeu_pd(
+                        out.as_mut_ptr().add(4),
+                        _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)),
+                    );
+                }
+                return out;
             }
+            std::array::from_fn(|k| x[k].f64())
         }
     }
     impl Load for bf16 {
-        #[inline]
-        fn load(src: &[bf16], dst: &mut [f64]) {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = bf16_to_f32(s.to_bits()) as f64;
-            }
+        #[inline(always)]
+        fn f64(self) -> f64 {
+            bf16_to_f32(self.to_bits()) as f64
         }
     }
 
@@ -71,6 +113,24 @@ pub mod kernels {
     #[inline(always)]
     pub fn bf16_to_f32(bits: u16) -> f32 {
         f32::from_bits((bits as u32) << 16)
+    }
+
+    /// f16 to f32, exact, branch-free so that it vectorises: the exponent is rebased by a
+    /// multiplication by 2^112 (which also normalises subnormals); Inf and NaN keep their
+    /// payload.
+    #[inline(always)]
+    pub fn f16_to_f32(bits: u16) -> f32 {
+        let h = bits as u32;
+        let sign = (h & 0x8000) << 16;
+        let em = h & 0x7fff;
+        let finite = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000); // 2^112
+        let special = 0x7f80_0000 | ((em & 0x3ff) << 13);
+        let magnitude = if em >= 0x7c00 {
+            special
+        } else {
+            finite.to_bits()
+        };
+        f32::from_bits(sign | magnitude)
     }
 
     /// f32 to bf16, rounding to nearest even; NaN stays NaN (quietened).
@@ -86,139 +146,347 @@ pub mod kernels {
         }
     }
 
-    /// Sums of a*a, b*b, a*b and (a-b)^2 over f64 blocks, with 4 independent accumulators each.
+    /// Set by tests to run the baseline versions on a CPU that has AVX2.
+    #[cfg(test)]
+    static FORCE_BASELINE: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// Whether the AVX2 versions can run (checked once; the std macro caches).
     #[inline]
-    fn stats_f64(a: &[f64], b: &[f64], acc: &mut [[f64; 4]; 4]) {
-        let (ca, ra) = (a.chunks_exact(4), a.len() % 4);
-        let cb = b.chunks_exact(4);
-        for (x, y) in ca.zip(cb) {
-            for k in 0..4 {
-                let d = x[k] - y[k];
-                acc[0][k] += x[k] * x[k];
-                acc[1][k] += y[k] * y[k];
-                acc[2][k] += x[k] * y[k];
-                acc[3][k] += d * d;
-            }
+    fn avx2() -> bool {
+        #[cfg(test)]
+        if FORCE_BASELINE.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
         }
-        let n = a.len();
-        for i in n - ra..n {
-            let d = a[i] - b[i];
-            acc[0][0] += a[i] * a[i];
-            acc[1][0] += b[i] * b[i];
-            acc[2][0] += a[i] * b[i];
-            acc[3][0] += d * d;
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
         }
     }
 
-    #[inline]
-    fn sq_diff_f64(a: &[f64], b: &[f64], acc: &mut [f64; 8]) {
-        for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-            for k in 0..8 {
+    /// Defines `pub fn $name` that runs `$body` compiled for AVX2 where the CPU has it, else
+    /// compiled for the baseline target.
+    macro_rules! multiversion {
+        ($(#[$doc:meta])* fn $name:ident<$($g:ident: $bound:path),*>($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+            $(#[$doc])*
+            pub fn $name<$($g: $bound),*>($($arg: $ty),*) -> $ret {
+                #[inline(always)]
+                #[allow(non_snake_case)]
+                fn body<const HW: bool, $($g: $bound),*>($($arg: $ty),*) -> $ret $body
+                #[cfg(target_arch = "x86_64")]
+                #[target_feature(enable = "avx2,f16c")]
+                unsafe fn with_avx2<$($g: $bound),*>($($arg: $ty),*) -> $ret {
+                    body::<true, $($g),*>($($arg),*)
+                }
+                #[cfg(target_arch = "x86_64")]
+                if avx2() {
+                    // SAFETY: the CPU supports AVX2 (checked just above).
+                    return unsafe { with_avx2::<$($g),*>($($arg),*) };
+                }
+                body::<false, $($g),*>($($arg),*)
+            }
+        };
+    }
+
+    /// Lanes of independent accumulators: enough to hide the add latency and fill a vector.
+    const LANES: usize = 8;
+
+    // One sum per loop, lane-wise: the loop vectoriser turns each into vertical vector code.
+    // (A loop that updates several sums at once gets packed across the sums instead, with
+    // shuffles, several times slower.)
+
+    #[inline(always)]
+    fn acc_sq_diff<const HW: bool, A: Load, B: Load>(a: &[A], b: &[B], acc: &mut [f64; LANES]) {
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            let (x, y) = (A::load8::<HW>(x), B::load8::<HW>(y));
+            for k in 0..LANES {
                 let d = x[k] - y[k];
                 acc[k] += d * d;
             }
         }
-        let n = a.len();
-        for i in n - n % 8..n {
-            let d = a[i] - b[i];
+        for (x, y) in ra.iter().zip(rb) {
+            let d = x.f64() - y.f64();
             acc[0] += d * d;
         }
     }
 
-    #[inline]
-    fn sq_f64(a: &[f64], acc: &mut [f64; 8]) {
-        for x in a.chunks_exact(8) {
-            for k in 0..8 {
-                acc[k] += x[k] * x[k];
+    #[inline(always)]
+    fn acc_dot<const HW: bool, A: Load, B: Load>(a: &[A], b: &[B], acc: &mut [f64; LANES]) {
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            let (x, y) = (A::load8::<HW>(x), B::load8::<HW>(y));
+            for k in 0..LANES {
+                acc[k] += x[k] * y[k];
             }
         }
-        let n = a.len();
-        for v in &a[n - n % 8..] {
-            acc[0] += v * v;
+        for (x, y) in ra.iter().zip(rb) {
+            acc[0] += x.f64() * y.f64();
         }
     }
 
-    /// Sum of (a - b)^2 in f64.
-    pub fn sum_sq_diff<A: Load, B: Load>(a: &[A], b: &[B]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        let mut acc = [0f64; 8];
-        let (mut xa, mut xb) = ([0f64; BLOCK], [0f64; BLOCK]);
-        for (sa, sb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
-            let n = sa.len();
-            A::load(sa, &mut xa[..n]);
-            B::load(sb, &mut xb[..n]);
-            sq_diff_f64(&xa[..n], &xb[..n], &mut acc);
+    #[inline(always)]
+    fn acc_sq<const HW: bool, A: Load>(a: &[A], acc: &mut [f64; LANES]) {
+        let ca = a.chunks_exact(LANES);
+        let ra = ca.remainder();
+        for x in ca {
+            let x = A::load8::<HW>(x);
+            for k in 0..LANES {
+                let v = x[k];
+                acc[k] += v * v;
+            }
         }
+        for x in ra {
+            acc[0] += x.f64() * x.f64();
+        }
+    }
+
+    fn total(acc: [f64; LANES]) -> f64 {
         acc.iter().sum()
     }
 
-    /// Sum of a^2 in f64.
-    pub fn sum_sq<A: Load>(a: &[A]) -> f64 {
-        let mut acc = [0f64; 8];
-        let mut xa = [0f64; BLOCK];
-        for sa in a.chunks(BLOCK) {
-            let n = sa.len();
-            A::load(sa, &mut xa[..n]);
-            sq_f64(&xa[..n], &mut acc);
-        }
-        acc.iter().sum()
-    }
-
-    /// `[sum a^2, sum b^2, sum a b, sum (a - b)^2]` in f64.
-    pub fn stats<A: Load, B: Load>(a: &[A], b: &[B]) -> [f64; 4] {
-        assert_eq!(a.len(), b.len());
-        let mut acc = [[0f64; 4]; 4];
-        let (mut xa, mut xb) = ([0f64; BLOCK], [0f64; BLOCK]);
-        for (sa, sb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
-            let n = sa.len();
-            A::load(sa, &mut xa[..n]);
-            B::load(sb, &mut xb[..n]);
-            stats_f64(&xa[..n], &xb[..n], &mut acc);
-        }
-        acc.map(|r| r.iter().sum())
-    }
-
-    /// out = wa a + wb b in f32 (f32 storage).
-    pub fn lerp_f32(a: &[f32], b: &[f32], wa: f32, wb: f32, out: &mut [f32]) {
-        assert!(a.len() == out.len() && b.len() == out.len());
-        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-            *o = wa * *x + wb * *y;
+    multiversion! {
+        /// Sum of (a - b)^2 in f64.
+        fn sum_sq_diff<A: Load, B: Load>(a: &[A], b: &[B]) -> f64 {
+            assert_eq!(a.len(), b.len());
+            let mut acc = [0f64; LANES];
+            acc_sq_diff::<HW, A, B>(a, b, &mut acc);
+            total(acc)
         }
     }
 
-    /// out = wa a + wb b in f64 (f64 storage).
-    pub fn lerp_f64(a: &[f64], b: &[f64], wa: f64, wb: f64, out: &mut [f64]) {
-        assert!(a.len() == out.len() && b.len() == out.len());
-        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-            *o = wa * *x + wb * *y;
+    multiversion! {
+        /// Sum of a^2 in f64.
+        fn sum_sq<A: Load>(a: &[A]) -> f64 {
+            let mut acc = [0f64; LANES];
+            acc_sq::<HW, A>(a, &mut acc);
+            total(acc)
         }
     }
 
-    /// out = wa a + wb b computed in f32, rounded once to f16.
-    pub fn lerp_f16(a: &[f16], b: &[f16], wa: f32, wb: f32, out: &mut [f16]) {
-        assert!(a.len() == out.len() && b.len() == out.len());
-        let (mut xa, mut xb) = ([0f32; BLOCK], [0f32; BLOCK]);
-        for ((sa, sb), so) in a
-            .chunks(BLOCK)
-            .zip(b.chunks(BLOCK))
-            .zip(out.chunks_mut(BLOCK))
-        {
-            let n = sa.len();
-            sa.convert_to_f32_slice(&mut xa[..n]);
-            sb.convert_to_f32_slice(&mut xb[..n]);
-            for (x, y) in xa[..n].iter_mut().zip(&xb[..n]) {
-                *x = wa * *x + wb * *y;
+    multiversion! {
+        /// `[sum a^2, sum b^2, sum a b, sum (a - b)^2]` in f64.
+        fn stats<A: Load, B: Load>(a: &[A], b: &[B]) -> [f64; 4] {
+            assert_eq!(a.len(), b.len());
+            // Four passes over blocks small enough to stay in L1: memory is read once.
+            const SUB: usize = 2048;
+            let mut acc = [[0f64; LANES]; 4];
+            for (x, y) in a.chunks(SUB).zip(b.chunks(SUB)) {
+                acc_sq::<HW, A>(x, &mut acc[0]);
+                acc_sq::<HW, B>(y, &mut acc[1]);
+                acc_dot::<HW, A, B>(x, y, &mut acc[2]);
+                acc_sq_diff::<HW, A, B>(x, y, &mut acc[3]);
             }
-            so.convert_from_f32_slice(&xa[..n]);
+            acc.map(total)
         }
     }
 
-    /// out = wa a + wb b computed in f32, rounded once to bf16.
-    pub fn lerp_bf16(a: &[bf16], b: &[bf16], wa: f32, wb: f32, out: &mut [bf16]) {
-        assert!(a.len() == out.len() && b.len() == out.len());
-        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-            let v = wa * bf16_to_f32(x.to_bits()) + wb * bf16_to_f32(y.to_bits());
-            *o = bf16::from_bits(f32_to_bf16(v));
+    /// Elements per block of [`lerp32`]'s f32 scratch.
+    const BLOCK: usize = 256;
+
+    /// Storage types interpolated in f32 arithmetic.
+    pub trait Lerp32: Copy + Send + Sync {
+        fn to_f32(self) -> f32;
+        fn store(src: &[f32], dst: &mut [Self]);
+        /// out = wa a + wb b on up to one block; `HW`: F16C and AVX may be used.
+        #[inline(always)]
+        fn lerp_block<const HW: bool>(a: &[Self], b: &[Self], wa: f32, wb: f32, out: &mut [Self]) {
+            let mut tmp = [0f32; BLOCK];
+            let n = a.len();
+            for ((t, x), y) in tmp[..n].iter_mut().zip(a).zip(b) {
+                *t = wa * x.to_f32() + wb * y.to_f32();
+            }
+            Self::store(&tmp[..n], out);
+        }
+    }
+    impl Lerp32 for f32 {
+        #[inline(always)]
+        fn to_f32(self) -> f32 {
+            self
+        }
+        #[inline(always)]
+        fn store(src: &[f32], dst: &mut [f32]) {
+            dst.copy_from_slice(src);
+        }
+    }
+    impl Lerp32 for bf16 {
+        #[inline(always)]
+        fn to_f32(self) -> f32 {
+            bf16_to_f32(self.to_bits())
+        }
+        #[inline(always)]
+        fn store(src: &[f32], dst: &mut [bf16]) {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = bf16::from_bits(f32_to_bf16(*s));
+            }
+        }
+    }
+    impl Lerp32 for f16 {
+        #[inline(always)]
+        fn to_f32(self) -> f32 {
+            f16_to_f32(self.to_bits())
+        }
+        #[inline(always)]
+        fn store(src: &[f32], dst: &mut [f16]) {
+            // half rounds to nearest even, with F16C where the CPU has it.
+            dst.convert_from_f32_slice(src);
+        }
+        #[inline(always)]
+        fn lerp_block<const HW: bool>(a: &[f16], b: &[f16], wa: f32, wb: f32, out: &mut [f16]) {
+            #[cfg(target_arch = "x86_64")]
+            if HW {
+                use std::arch::x86_64::*;
+                let n = a.len();
+                assert!(b.len() == n && out.len() == n);
+                let full = n - n % 8;
+                // SAFETY: HW is true only after the CPU reported AVX2 and F16C; every access
+                // is to 8 elements within [0, full) of slices of length n.
+                unsafe {
+                    let (va, vb) = (_mm256_set1_ps(wa), _mm256_set1_ps(wb));
+                    let mut i = 0;
+                    while i < full {
+                        let x =
+                            _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
+                        let y =
+                            _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i));
+                        let v = _mm256_add_ps(_mm256_mul_ps(va, x), _mm256_mul_ps(vb, y));
+                        // Round to nearest even, once.
+                        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
+                        i += 8;
+                    }
+                }
+                for i in full..n {
+                    out[i] = f16::from_f32(wa * a[i].to_f32() + wb * b[i].to_f32());
+                }
+                return;
+            }
+            let mut tmp = [0f32; BLOCK];
+            let n = a.len();
+            for ((t, x), y) in tmp[..n].iter_mut().zip(a).zip(b) {
+                *t = wa * x.to_f32() + wb * y.to_f32();
+            }
+            Self::store(&tmp[..n], out);
+        }
+    }
+
+    multiversion! {
+        /// out = wa a + wb b computed in f32 and rounded once to the storage type.
+        fn lerp32<T: Lerp32>(a: &[T], b: &[T], wa: f32, wb: f32, out: &mut [T]) -> () {
+            assert!(a.len() == out.len() && b.len() == out.len());
+            for ((sa, sb), so) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(out.chunks_mut(BLOCK)) {
+                T::lerp_block::<HW>(sa, sb, wa, wb, so);
+            }
+        }
+    }
+
+    multiversion! {
+        /// out = wa a + wb b in f64.
+        fn lerp_f64<>(a: &[f64], b: &[f64], wa: f64, wb: f64, out: &mut [f64]) -> () {
+            assert!(a.len() == out.len() && b.len() == out.len());
+            for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+                *o = wa * *x + wb * *y;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn f16_conversion_is_exact_for_every_bit_pattern() {
+            for bits in 0..=u16::MAX {
+                let want = f16::from_bits(bits).to_f32();
+                let got = f16_to_f32(bits);
+                if want.is_nan() {
+                    assert!(got.is_nan(), "{bits:#x}");
+                } else {
+                    assert_eq!(got.to_bits(), want.to_bits(), "{bits:#x}");
+                }
+            }
+        }
+
+        #[test]
+        fn kernels_match_f64_loops_on_awkward_lengths() {
+            // Both versions: the one this CPU picks, then the baseline one.
+            check_kernels();
+            FORCE_BASELINE.store(true, std::sync::atomic::Ordering::Relaxed);
+            check_kernels();
+            FORCE_BASELINE.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        fn check_kernels() {
+            let mut s = 777u64;
+            let mut next = || {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 11) as f64 / (1u64 << 52) as f64 * 2.0 - 1.0
+            };
+            for n in [0usize, 1, 3, 7, 8, 9, 17, 255, 2049, 4101] {
+                let x: Vec<f64> = (0..n).map(|_| next()).collect();
+                let y: Vec<f64> = (0..n).map(|_| next()).collect();
+                let xh: Vec<f16> = x.iter().map(|&v| f16::from_f64(v)).collect();
+                let yb: Vec<bf16> = y.iter().map(|&v| bf16::from_f64(v)).collect();
+                let (xq, yq): (Vec<f64>, Vec<f64>) = (
+                    xh.iter().map(|v| v.to_f64()).collect(),
+                    yb.iter().map(|v| v.to_f64()).collect(),
+                );
+                let mut want = [0f64; 4];
+                for i in 0..n {
+                    want[0] += xq[i] * xq[i];
+                    want[1] += yq[i] * yq[i];
+                    want[2] += xq[i] * yq[i];
+                    want[3] += (xq[i] - yq[i]) * (xq[i] - yq[i]);
+                }
+                let got = stats(&xh, &yb);
+                for k in 0..4 {
+                    assert!(
+                        (got[k] - want[k]).abs() <= 1e-12 * want[k].abs().max(1.0),
+                        "n {n} k {k}"
+                    );
+                }
+                let d = sum_sq_diff(&xh, &yb);
+                assert!((d - want[3]).abs() <= 1e-12 * want[3].max(1.0), "n {n}");
+                assert!(
+                    (sum_sq(&xh) - want[0]).abs() <= 1e-12 * want[0].max(1.0),
+                    "n {n}"
+                );
+                // Interpolation in f32, rounded once to f16.
+                let yh: Vec<f16> = y.iter().map(|&v| f16::from_f64(v)).collect();
+                let mut out = vec![f16::ZERO; n];
+                lerp32(&xh, &yh, 1.5, -0.5, &mut out);
+                for i in 0..n {
+                    let w = f16::from_f32(1.5 * xh[i].to_f32() + -0.5 * yh[i].to_f32());
+                    assert_eq!(out[i].to_bits(), w.to_bits(), "n {n} i {i}");
+                }
+            }
+        }
+
+        #[test]
+        fn bf16_rounding_matches_half() {
+            let mut s = 12345u64;
+            for _ in 0..200_000 {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let x = f32::from_bits((s >> 32) as u32);
+                let want = bf16::from_f32(x);
+                let got = f32_to_bf16(x);
+                if x.is_nan() {
+                    assert!(bf16::from_bits(got).is_nan());
+                } else {
+                    assert_eq!(got, want.to_bits(), "{x:e}");
+                }
+            }
         }
     }
 }
@@ -562,7 +830,7 @@ fn interpolate_impl(
         .try_for_each(|(task, o)| -> Result<()> {
             let x = sub(a.tensors()[task.ia].host()?, task.start, task.end);
             let y = sub(b.tensors()[task.ib].host()?, task.start, task.end);
-            let moves = moving_module.is_none_or(|m| m == task.module);
+            let moves = moving_module.map_or(true, |m| m == task.module);
             let l = if moves { lambda } else { 1.0 };
             lerp_slice(
                 x,
@@ -621,7 +889,7 @@ fn lerp_slice(
     match (a, b, out) {
         (H::F32(x), H::F32(y), M::F32(o)) => match endpoint {
             Some(H::F32(e)) => o.copy_from_slice(e),
-            _ => kernels::lerp_f32(x, y, wa as f32, wb as f32, o),
+            _ => kernels::lerp32(x, y, wa as f32, wb as f32, o),
         },
         (H::F64(x), H::F64(y), M::F64(o)) => match endpoint {
             Some(H::F64(e)) => o.copy_from_slice(e),
@@ -629,11 +897,11 @@ fn lerp_slice(
         },
         (H::F16(x), H::F16(y), M::F16(o)) => match endpoint {
             Some(H::F16(e)) => o.copy_from_slice(e),
-            _ => kernels::lerp_f16(x, y, wa as f32, wb as f32, o),
+            _ => kernels::lerp32(x, y, wa as f32, wb as f32, o),
         },
         (H::BF16(x), H::BF16(y), M::BF16(o)) => match endpoint {
             Some(H::BF16(e)) => o.copy_from_slice(e),
-            _ => kernels::lerp_bf16(x, y, wa as f32, wb as f32, o),
+            _ => kernels::lerp32(x, y, wa as f32, wb as f32, o),
         },
         _ => {
             return Err(Error::Panic(

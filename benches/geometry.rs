@@ -1,0 +1,187 @@
+//! Weight-space arithmetic is memory-bound: these benches report bytes touched per second
+//! (read + written) next to plain copies of the same bytes, single-threaded (`copy_from_slice`)
+//! and split across threads like the library does (rayon). The goal is at least 80% of the
+//! faster copy. benches/compare/geometry.py runs numpy's equivalents on the same sizes.
+//!
+//!     cargo bench --bench geometry
+//!     TL_BENCH_ELEMENTS=4000000 cargo bench --bench geometry   # a smaller working set
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::Duration;
+use transferlens::params::{ParamSet, TensorSpec};
+use transferlens::{geometry, Context, DType};
+
+fn elements() -> usize {
+    std::env::var("TL_BENCH_ELEMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64_000_001) // every array well past the last-level cache, and odd
+}
+
+/// Fresh values in [-1, 1) from a small LCG (the data's values do not matter to the speed, but
+/// zeros could flatter the conversions).
+fn fill(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        })
+        .collect()
+}
+
+/// Storage of one dtype with the set wrapped around it.
+struct Buf {
+    bytes: Vec<u64>, // 8-byte aligned storage for any dtype
+    n: usize,
+    dtype: DType,
+}
+
+impl Buf {
+    fn new(values: &[f64], dtype: DType) -> Buf {
+        let n = values.len();
+        let mut bytes = vec![0u64; (n * dtype.size()).div_ceil(8)];
+        let p = bytes.as_mut_ptr() as *mut u8;
+        unsafe {
+            match dtype {
+                DType::F32 => std::slice::from_raw_parts_mut(p as *mut f32, n)
+                    .iter_mut()
+                    .zip(values)
+                    .for_each(|(o, v)| *o = *v as f32),
+                DType::F64 => {
+                    std::slice::from_raw_parts_mut(p as *mut f64, n).copy_from_slice(values)
+                }
+                DType::F16 => std::slice::from_raw_parts_mut(p as *mut f16, n)
+                    .iter_mut()
+                    .zip(values)
+                    .for_each(|(o, v)| *o = f16::from_f64(*v)),
+                DType::BF16 => std::slice::from_raw_parts_mut(p as *mut bf16, n)
+                    .iter_mut()
+                    .zip(values)
+                    .for_each(|(o, v)| *o = bf16::from_f64(*v)),
+            }
+        }
+        Buf { bytes, n, dtype }
+    }
+    fn nbytes(&self) -> usize {
+        self.n * self.dtype.size()
+    }
+    fn set(&mut self) -> ParamSet {
+        // SAFETY: the buffer outlives the set in every bench below and is used by it alone.
+        unsafe {
+            ParamSet::wrap(vec![TensorSpec {
+                name: "layer1.weight".into(),
+                dtype: self.dtype,
+                shape: vec![self.n],
+                ptr: self.bytes.as_mut_ptr() as *mut u8,
+                device: -1,
+            }])
+        }
+        .unwrap()
+    }
+}
+
+fn par_copy(src: &[u64], dst: &mut [u64]) {
+    dst.par_chunks_mut(1 << 14)
+        .zip(src.par_chunks(1 << 14))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+fn bench(c: &mut Criterion) {
+    let n = elements();
+    let ctx = Context::cpu();
+    let (va, vb) = (fill(n, 1), fill(n, 2));
+    let mut g = c.benchmark_group("geometry");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
+        let (mut a, mut b, mut o) = (
+            Buf::new(&va, dtype),
+            Buf::new(&vb, dtype),
+            Buf::new(&vb, dtype),
+        );
+        let bytes = a.nbytes();
+        let (sa, sb, mut so) = (a.set(), b.set(), o.set());
+        let name = dtype.name();
+        // Copies of the same bytes: one array read, one written.
+        g.throughput(Throughput::Bytes(2 * bytes as u64));
+        g.bench_function(BenchmarkId::new("copy", name), |bch| {
+            bch.iter(|| {
+                let (src, dst) = (&a.bytes, &mut o.bytes);
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), src.len()) };
+                black_box(&o.bytes);
+            })
+        });
+        g.bench_function(BenchmarkId::new("copy_parallel", name), |bch| {
+            bch.iter(|| {
+                par_copy(&b.bytes, &mut o.bytes);
+                black_box(&o.bytes);
+            })
+        });
+        // Distance: two arrays read.
+        g.throughput(Throughput::Bytes(2 * bytes as u64));
+        g.bench_function(BenchmarkId::new("distance", name), |bch| {
+            bch.iter(|| black_box(geometry::distance(&ctx, &sa, &sb).unwrap()))
+        });
+        g.bench_function(BenchmarkId::new("compare", name), |bch| {
+            bch.iter(|| black_box(geometry::compare(&ctx, &sa, &sb).unwrap()))
+        });
+        // Interpolation: two arrays read, one written.
+        g.throughput(Throughput::Bytes(3 * bytes as u64));
+        g.bench_function(BenchmarkId::new("interpolate", name), |bch| {
+            bch.iter(|| geometry::interpolate(&ctx, &sa, &sb, 0.3, &mut so).unwrap())
+        });
+        drop((sa, sb, so));
+        let _ = (&mut a, &mut b);
+    }
+    g.finish();
+    // The per-chunk kernels alone, one thread, on one chunk that stays in cache.
+    let mut k = c.benchmark_group("kernels");
+    k.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(1));
+    let (xa, xb): (Vec<f32>, Vec<f32>) = (
+        va[..1 << 16].iter().map(|&v| v as f32).collect(),
+        vb[..1 << 16].iter().map(|&v| v as f32).collect(),
+    );
+    k.throughput(Throughput::Bytes(8 << 16));
+    k.bench_function("sum_sq_diff/f32", |bch| {
+        bch.iter(|| {
+            black_box(geometry::kernels::sum_sq_diff(
+                black_box(&xa[..]),
+                black_box(&xb[..]),
+            ))
+        })
+    });
+    k.bench_function("stats/f32", |bch| {
+        bch.iter(|| {
+            black_box(geometry::kernels::stats(
+                black_box(&xa[..]),
+                black_box(&xb[..]),
+            ))
+        })
+    });
+    let (ha, hb): (Vec<f16>, Vec<f16>) = (
+        xa.iter().map(|&v| f16::from_f32(v)).collect(),
+        xb.iter().map(|&v| f16::from_f32(v)).collect(),
+    );
+    k.throughput(Throughput::Bytes(4 << 16));
+    k.bench_function("sum_sq_diff/f16", |bch| {
+        bch.iter(|| {
+            black_box(geometry::kernels::sum_sq_diff(
+                black_box(&ha[..]),
+                black_box(&hb[..]),
+            ))
+        })
+    });
+    k.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
