@@ -418,11 +418,11 @@ fn largest_sigma(
     if e1 <= eps {
         return Ok(Some((score(1.0), alpha, 1.0, e1)));
     }
-    // The smallest sigma that could still beat the best score; below it nothing helps.
+    // The smallest sigma that could still beat the best score; below it nothing helps. A point
+    // that has not moved (num = 0) scores 0 at any feasible sigma.
     let mut lo = match best {
         Some(b) if num > 0.0 => (num / b.0).sqrt() / s.unit,
-        Some(_) => return Ok(None), // num = 0 scores 0 if feasible at any sigma; checked below
-        None => 1e-16,
+        _ => 1e-16,
     }
     .max(1e-16);
     if lo >= 1.0 {
