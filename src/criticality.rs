@@ -311,7 +311,7 @@ fn module_at_eps(
     let mut s = Search1 { ctx, ev, path, module, opts, live, extra: Vec::new(), point, unit, points: 0 };
     // Best: (score, alpha, sigma, expected).
     let mut best: Option<(f64, f64, f64, f64)> = None;
-    let better = |best: &Option<(f64, f64, f64, f64)>, score: f64| best.is_none_or(|b| score < b.0);
+    let better = |best: &Option<(f64, f64, f64, f64)>, score: f64| best.map_or(true, |b| score < b.0);
     match opts.search {
         Search::Grid { alphas, sigmas } => {
             let sig = linspace(1e-16, 1.0, sigmas);
