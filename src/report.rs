@@ -122,12 +122,14 @@ pub(crate) fn html(
         &layer_ticks,
         &[],
     );
-    let log_crit: Vec<(String, Vec<f64>, Vec<f64>)> =
-        crit.iter().map(|(n, v)| (n.clone(), idx.clone(), v.iter().map(|x| x.log10()).collect())).collect();
+    let log_crit: Vec<(String, Vec<f64>, Vec<f64>)> = crit
+        .iter()
+        .map(|(n, v)| (n.clone(), idx.clone(), v.iter().map(|x| x.ln_1p() / std::f64::consts::LN_10).collect()))
+        .collect();
     let crit_plot = plot(
-        "Module criticality (log10; inf = infeasible)",
+        "Module criticality (log10(1 + mu); inf = infeasible)",
         "module",
-        "log10 criticality",
+        "log10(1 + criticality)",
         &log_crit,
         &layer_ticks,
         &[],
