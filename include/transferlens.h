@@ -117,6 +117,22 @@ typedef enum tl_unmatched {
 } tl_unmatched;
 
 /**
+ * Which metric an analysis reads.
+ */
+typedef enum tl_metric {
+  TL_METRIC_LOSS = 0,
+  TL_METRIC_ERROR = 1,
+  TL_METRIC_ACCURACY = 2,
+} tl_metric;
+
+/**
+ * How the feature route forms a layer's Gram `U~^T U~` (lower triangle), chosen per call from
+ * `TL_CUDA_GRAM` (internal, for benchmarking: `syrk`, `joint`, `recursive` or `recursive:<base>`,
+ * `gemm`); the default is [`GramAlgo::DEFAULT`].
+ */
+typedef struct GramAlgo GramAlgo;
+
+/**
  * Exact streaming CKA of nx x ny layer pairs: feeding batches gives the same result as the
  * concatenated data, whatever the batch sizes. The first update fixes each layer's feature
  * count; a later batch with other counts is TL_STATUS_SHAPE_MISMATCH.
@@ -141,6 +157,13 @@ typedef struct tl_cka_accumulator tl_cka_accumulator;
 typedef struct tl_context tl_context;
 
 /**
+ * An evaluator: the built-in MLP on a data set, or a host callback.
+ *
+ * Thread safety: an evaluator is used by one call at a time.
+ */
+typedef struct tl_evaluator tl_evaluator;
+
+/**
  * A parameter set: named tensors grouped into modules, loaded from a safetensors file, wrapped
  * around the caller's memory, or cloned. Tensors of dtype F32, F64, F16 and BF16 are weights;
  * other dtypes are carried through untouched and left out of every weight-space figure.
@@ -149,6 +172,152 @@ typedef struct tl_context tl_context;
  * interpolation); a call that writes into it (as out, or regrouping it) needs it exclusively.
  */
 typedef struct tl_params tl_params;
+
+/**
+ * Metrics of a parameter set on an evaluation set.
+ */
+typedef struct tl_metrics {
+  /**
+   * Mean loss (the built-in model: softmax cross-entropy in nats).
+   */
+  double loss;
+  /**
+   * The 0-1 error: the fraction of wrong predictions.
+   */
+  double error;
+  /**
+   * 1 - error (a host may report its own accuracy-like figure, e.g. AUC).
+   */
+  double accuracy;
+} tl_metrics;
+
+/**
+ * The host's evaluation function. It evaluates its model, whose weights the library has just
+ * written into `params` (a set the host wrapped around its live model with tl_params_wrap and
+ * passed as `live`), and writes the metrics to `out`. It returns 0 on success; any other value
+ * aborts the analysis with TL_STATUS_CALLBACK, and the host may describe the failure with
+ * tl_set_callback_error first. A model with batch-norm layers recomputes their running statistics
+ * inside the callback (a few training batches in train mode) before it evaluates.
+ */
+typedef int32_t (*tl_eval_fn)(void *user, const struct tl_params *params, struct tl_metrics *out);
+
+/**
+ * A performance barrier (see tl_barrier).
+ */
+typedef struct tl_barrier_result {
+  /**
+   * max over lambda in [0, 1] of the metric's excess over the chord between the endpoints
+   * (for TL_METRIC_ACCURACY, the shortfall below it); >= 0.
+   */
+  double value;
+  /**
+   * Where it peaks.
+   */
+  double peak_lambda;
+  /**
+   * The metric at lambda = 0 and 1.
+   */
+  double start;
+  double end;
+  /**
+   * 1 when value <= tolerance (one basin), else 0.
+   */
+  int32_t same_basin;
+} tl_barrier_result;
+
+/**
+ * Options of module criticality. Set `size` to sizeof(tl_criticality_options) after filling the
+ * struct from tl_criticality_options_default(): fields added in later versions take their
+ * defaults for callers that were built against an older, smaller struct.
+ */
+typedef struct tl_criticality_options {
+  size_t size;
+  /**
+   * The metric constrained (default TL_METRIC_ERROR, the 0-1 error).
+   */
+  tl_metric metric;
+  /**
+   * 1: eps = (1 + eps) x the final model's metric (default, eps = 0.01); 0: eps is absolute.
+   */
+  uint32_t eps_relative;
+  double eps;
+  /**
+   * 1: per-element noise std sigma ||theta_i^F|| / sqrt(k_i); 0: sigma x noise_scale (default).
+   */
+  uint32_t noise_relative;
+  double noise_scale;
+  /**
+   * 0: the public implementation's grid (default); 1: bisection on sigma, then alpha refined.
+   */
+  uint32_t refined;
+  /**
+   * Grid points of alpha (default 11) and, for the grid, of sigma (default 11).
+   */
+  uint32_t alphas;
+  uint32_t sigmas;
+  /**
+   * Refined: stop bisecting when the bracket's ratio is below 1 + tolerance (default 0.01).
+   */
+  double tolerance;
+  /**
+   * Refined: golden-section steps on alpha (default 8; 0 keeps the grid's alphas).
+   */
+  uint32_t alpha_steps;
+  /**
+   * Noise samples per point (default 10).
+   */
+  uint32_t samples;
+  /**
+   * Seeds the Philox noise: the same seed gives the same answer.
+   */
+  uint64_t seed;
+} tl_criticality_options;
+
+/**
+ * One module's criticality.
+ */
+typedef struct tl_criticality {
+  /**
+   * mu_i(eps); +infinity when no point of the search is feasible.
+   */
+  double value;
+  /**
+   * The minimising alpha and sigma (0 when infeasible).
+   */
+  double alpha;
+  double sigma;
+  /**
+   * The per-element noise standard deviation at the minimum.
+   */
+  double noise_std;
+  /**
+   * The mean metric under noise there.
+   */
+  double expected;
+  /**
+   * Elements of the module.
+   */
+  uint64_t numel;
+  /**
+   * Points evaluated, each with `samples` evaluations.
+   */
+  uint64_t points;
+} tl_criticality;
+
+/**
+ * Summary of a network criticality.
+ */
+typedef struct tl_network_summary {
+  /**
+   * Sum over modules; +infinity if a module is infeasible.
+   */
+  double total;
+  /**
+   * The final model's metric and the eps used.
+   */
+  double final_metric;
+  double eps;
+} tl_network_summary;
 
 /**
  * A row-major matrix view: rows = samples, cols = features. Not owned: the memory stays the
@@ -251,6 +420,168 @@ const char *tl_status_name(tl_status status);
  * until this thread's next call of a tl_ function.
  */
 const char *tl_last_error_message(void);
+
+/**
+ * Makes an evaluator from a host callback; `user` is passed back to every call.
+ */
+enum tl_status tl_evaluator_from_callback(tl_eval_fn fn_, void *user, struct tl_evaluator **out);
+
+/**
+ * Makes an evaluator of the built-in MLP with layer widths `sizes` (inputs, hidden..., classes)
+ * on `rows` samples: `x` holds rows x sizes[0] floats (row major), `labels` one class per row.
+ * The data are copied. The sets it evaluates hold tensors fc1.weight (out x in), fc1.bias, ...
+ */
+enum tl_status tl_evaluator_mlp(const uint64_t *sizes,
+                                size_t n_sizes,
+                                const float *x,
+                                const uint32_t *labels,
+                                uint64_t rows,
+                                struct tl_evaluator **out);
+
+/**
+ * Frees an evaluator; NULL is a no-op.
+ */
+void tl_evaluator_destroy(struct tl_evaluator *evaluator);
+
+/**
+ * Records the host's description of a failure, from inside a tl_eval_fn, before it returns
+ * non-zero; the analysis reports it in tl_last_error_message. NULL clears it.
+ */
+void tl_set_callback_error(const char *message);
+
+/**
+ * Initial weights of the built-in MLP with widths `sizes`: He-normal weights from `seed`, zero
+ * biases; tensors fc1.weight, fc1.bias, ... (f32), one module per layer.
+ */
+enum tl_status tl_mlp_init(const uint64_t *sizes,
+                           size_t n_sizes,
+                           uint64_t seed,
+                           struct tl_params **out);
+
+/**
+ * The metrics of `params` (for a callback evaluator: the live set the callback receives).
+ */
+enum tl_status tl_evaluate(struct tl_evaluator *evaluator,
+                           const struct tl_params *params,
+                           struct tl_metrics *out);
+
+/**
+ * The metrics along the segment theta(lambda) = (1 - lambda) a + lambda b at each of the `n`
+ * lambdas (any real values; outside [0, 1] it extrapolates) into out[n]. `module` >= 0 moves only
+ * that module (the rest stays at b); -1 moves all. Each point is written into `live` (the set the
+ * evaluator evaluates: for a callback, the host's wrapped model), which must hold a's weights.
+ */
+enum tl_status tl_interpolation_curve(const struct tl_context *ctx,
+                                      struct tl_evaluator *evaluator,
+                                      const struct tl_params *a,
+                                      const struct tl_params *b,
+                                      struct tl_params *live,
+                                      const double *lambdas,
+                                      size_t n,
+                                      int64_t module,
+                                      struct tl_metrics *out);
+
+/**
+ * The barrier of a curve from tl_interpolation_curve: `lambdas` must contain 0 and 1.
+ */
+enum tl_status tl_barrier(const double *lambdas,
+                          const struct tl_metrics *curve,
+                          size_t n,
+                          tl_metric metric,
+                          double tolerance,
+                          struct tl_barrier_result *out);
+
+/**
+ * The defaults: the public implementation's 11 x 11 grid, 10 samples, 0-1 error, eps = 1.01 x
+ * the final error, absolute noise of scale 1, seed 0.
+ */
+struct tl_criticality_options tl_criticality_options_default(void);
+
+/**
+ * The criticality of module `module` of `final` along the straight path from `init`, or, when
+ * `checkpoints` is not NULL, along the piecewise-linear path through its `n_checkpoints` sets
+ * (first = initial, last = final; init and final are then ignored and may be NULL). Every point
+ * is written into `live` (the set the evaluator evaluates). opts may be NULL for the defaults.
+ */
+enum tl_status tl_module_criticality(const struct tl_context *ctx,
+                                     struct tl_evaluator *evaluator,
+                                     const struct tl_params *init,
+                                     const struct tl_params *final_,
+                                     const struct tl_params *const *checkpoints,
+                                     size_t n_checkpoints,
+                                     struct tl_params *live,
+                                     size_t module,
+                                     const struct tl_criticality_options *opts,
+                                     struct tl_criticality *out);
+
+/**
+ * The criticality of every module of `final` into out_modules[tl_params_module_count(final)]
+ * and their sum into *out (arguments as for tl_module_criticality).
+ */
+enum tl_status tl_network_criticality(const struct tl_context *ctx,
+                                      struct tl_evaluator *evaluator,
+                                      const struct tl_params *init,
+                                      const struct tl_params *final_,
+                                      const struct tl_params *const *checkpoints,
+                                      size_t n_checkpoints,
+                                      struct tl_params *live,
+                                      const struct tl_criticality_options *opts,
+                                      struct tl_criticality *out_modules,
+                                      size_t n_modules,
+                                      struct tl_network_summary *out);
+
+/**
+ * The PAC-Bayes bound of the criticality theorem for `n` modules' results and the eps used, with
+ * m samples and confidence delta: eps + sqrt((1/4 sum_i k_i log(1 + mu_i / k_i) + log(m / delta)) /
+ * (m - 1)). The O~(1) term is omitted, and the expected loss under noise is bounded by eps.
+ * +infinity when a module is infeasible.
+ */
+enum tl_status tl_pac_bayes_bound(const struct tl_criticality *modules,
+                                  size_t n,
+                                  double eps,
+                                  uint64_t m,
+                                  double delta,
+                                  double *out);
+
+/**
+ * The rewind curve of module `module`: the metrics of (theta_i^alpha, Theta_-i^F) for each of the
+ * `n` alphas (1 = final, 0 = initial) into out[n].
+ */
+enum tl_status tl_rewind_curve(const struct tl_context *ctx,
+                               struct tl_evaluator *evaluator,
+                               const struct tl_params *init,
+                               const struct tl_params *final_,
+                               struct tl_params *live,
+                               size_t module,
+                               const double *alphas,
+                               size_t n,
+                               struct tl_metrics *out);
+
+/**
+ * Block shuffle in place: n images of c x h x w floats (row major); each is cut into b x b
+ * blocks (all channels) that are permuted by one permutation drawn from `seed`, the same for
+ * every image. b must divide h and w; b = h = w is the identity.
+ */
+enum tl_status tl_block_shuffle(float *images,
+                                uint64_t n,
+                                uint64_t c,
+                                uint64_t h,
+                                uint64_t w,
+                                uint64_t block,
+                                uint64_t seed);
+
+/**
+ * Agreement of two models' predicted labels `a` and `b` with the true labels over n samples:
+ * counts[5] = both right, only A right, only B right, both wrong with the same label, both wrong
+ * with different labels. `category` (n entries, may be NULL) receives each sample's index 0..4
+ * in that order.
+ */
+enum tl_status tl_prediction_agreement(const uint32_t *a,
+                                       const uint32_t *b,
+                                       const uint32_t *truth,
+                                       size_t n,
+                                       uint64_t *counts,
+                                       uint8_t *category);
 
 /**
  * Linear CKA of `x` and `y` (rows are the same samples) with the given estimator, into *out.

@@ -25,11 +25,18 @@
 
 pub mod backend;
 pub mod cka;
+pub mod criticality;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod ffi;
 pub mod geometry;
+pub mod landscape;
+pub mod model;
 pub mod params;
+mod report;
 pub mod rng;
+pub mod study;
 pub mod tensor;
 
 pub use backend::{Backend, BackendChoice, Context};

@@ -13,10 +13,12 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // each function's safety contract is in its C doc comment
 
+mod analysis;
 mod cka;
 mod context;
 mod params;
 
+pub use analysis::*;
 #[allow(unused_imports)]
 pub use cka::*;
 pub use context::*;

@@ -5,6 +5,7 @@
 
 mod cka;
 mod common;
+mod study;
 mod weights;
 
 use clap::{Parser, Subcommand};
@@ -28,19 +29,7 @@ enum Command {
     Distance(weights::DistanceArgs),
     Interpolate(weights::InterpolateArgs),
     Cka(cka::CkaArgs),
-    Study(StudyArgs),
-}
-
-/// Run the embedded miniature of the study (not available yet).
-#[derive(clap::Args)]
-#[command(after_help = "Example:\n  tlens study --quick --out study-out")]
-struct StudyArgs {
-    /// A small version that finishes in under a minute on two CPU cores.
-    #[arg(long)]
-    quick: bool,
-    /// Folder for study.json and report.html.
-    #[arg(long, default_value = "tlens-study")]
-    out: std::path::PathBuf,
+    Study(study::StudyArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,10 +40,7 @@ fn main() -> ExitCode {
         Command::Distance(args) => weights::distance(args),
         Command::Interpolate(args) => weights::interpolate(args),
         Command::Cka(args) => cka::run(args),
-        Command::Study(_) => {
-            eprintln!("tlens study: the embedded study is not implemented in this version yet (it arrives with the landscape and criticality analyses)");
-            return ExitCode::from(2);
-        }
+        Command::Study(args) => study::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,57 @@
+//! `tlens study`: the embedded miniature of the study.
+
+use std::io::IsTerminal;
+use transferlens::study::{self, Config};
+use transferlens::{Error, Result};
+
+/// Run the embedded miniature of the study: prints the tables, writes DIR/study.json and DIR/report.html.
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  tlens study --quick --out study-out")]
+pub struct StudyArgs {
+    /// A small version that finishes in under a minute on two CPU cores.
+    #[arg(long)]
+    quick: bool,
+    /// A version of a few seconds that checks the pipeline, not the findings (for tests).
+    #[arg(long, hide = true, conflicts_with = "quick")]
+    tiny: bool,
+    /// Folder for study.json and report.html (created if missing).
+    #[arg(long, default_value = "tlens-study")]
+    out: std::path::PathBuf,
+}
+
+pub fn run(args: StudyArgs) -> Result<()> {
+    let cfg = if args.tiny {
+        Config::tiny()
+    } else if args.quick {
+        Config::quick()
+    } else {
+        Config::full()
+    };
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::Io(format!("{}: {e}", args.out.display())))?;
+    let started = std::time::Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut progress = |what: &str, frac: f64| {
+        if tty {
+            let bar = (frac.clamp(0.0, 1.0) * 30.0) as usize;
+            eprint!("\r[{}{}] {:>3.0}% {:<40}", "#".repeat(bar), ".".repeat(30 - bar), frac * 100.0, what);
+            if frac >= 1.0 {
+                eprintln!();
+            }
+        }
+    };
+    let outcome = study::run(&cfg, &mut progress)?;
+    print!("{}", outcome.tables);
+    let json_path = args.out.join("study.json");
+    let html_path = args.out.join("report.html");
+    let text = serde_json::to_string_pretty(&outcome.json).map_err(|e| Error::Panic(e.to_string()))?;
+    study::write_atomic(&json_path, &(text + "\n"))?;
+    study::write_atomic(&html_path, &outcome.html)?;
+    println!(
+        "\nWrote {} and {} ({} run, {:.1} s)",
+        json_path.display(),
+        html_path.display(),
+        cfg.name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

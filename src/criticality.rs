@@ -1,0 +1,514 @@
+//! Module criticality, network criticality, the PAC-Bayes bound and rewind curves
+//! (ANALYSES.md sections 6 and 7; Chatterji, Neyshabur, Sedghi, ICLR 2020).
+//!
+//! For module i, with theta_i(alpha) on the path from the initial weights (alpha = 0) to the final
+//! ones (alpha = 1) and every other module at its final value:
+//!
+//! mu_i(eps) = min over alpha, sigma of ||theta_i(alpha) - theta_i^0||^2 / s^2
+//! subject to mean_k L(theta_i(alpha) + s z_k, Theta_-i^F) <= eps,
+//!
+//! where s is the per-element standard deviation of the noise: `sigma * scale` (absolute
+//! noise) or `sigma * ||theta_i^F|| / sqrt(k_i)` (noise relative to the weights), sigma in
+//! [0, 1]. On the straight path ||theta_i(alpha) - theta_i^0|| = alpha ||theta_i^F - theta_i^0||,
+//! the definition's numerator. The z_k are standard normals from Philox (seed, stream = module
+//! << 32 | k, index = element offset in the module): common random numbers, so the estimate is
+//! the same for a seed whatever the thread count, and moves smoothly with sigma.
+//!
+//! Grid mode is the public implementation's search (alpha in linspace(0, 1, 11), sigma in
+//! linspace(1e-16, 1, 11), 10 samples; the minimum over feasible points), computed exactly but
+//! skipping points that cannot beat the best feasible score found so far. Refined mode finds, for
+//! each alpha of the grid, the largest feasible sigma by bisection, then refines alpha by a
+//! golden-section search around the best one. A module with no feasible point has criticality
+//! +inf.
+
+use crate::backend::Context;
+use crate::error::{fail, Result};
+use crate::eval::{evaluate_points, Evaluator, Metric, Metrics};
+use crate::geometry;
+use crate::landscape::linspace;
+use crate::params::{HostSliceMut, ParamSet};
+
+/// The feasibility threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Eps {
+    /// eps itself.
+    Absolute(f64),
+    /// eps = (1 + r) L(final): r = 0.01 is the public implementation's 1.01.
+    Relative(f64),
+}
+
+/// How sigma becomes the per-element standard deviation of the noise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Noise {
+    /// sigma * scale.
+    Absolute { scale: f64 },
+    /// sigma * ||theta_i^F|| / sqrt(k_i).
+    Relative,
+}
+
+/// The search.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Search {
+    /// The public implementation's grid: `alphas` x `sigmas` points.
+    Grid { alphas: usize, sigmas: usize },
+    /// Bisection on sigma for each of `alphas` grid values (until the bracket's ratio is below
+    /// 1 + `tolerance`), then `alpha_steps` golden-section steps on alpha (0: none).
+    Refined { alphas: usize, tolerance: f64, alpha_steps: usize },
+}
+
+/// Options of the criticality search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub metric: Metric,
+    pub eps: Eps,
+    pub noise: Noise,
+    pub search: Search,
+    /// Noise samples per point.
+    pub samples: usize,
+    pub seed: u64,
+}
+
+impl Default for Options {
+    /// The public implementation: 0-1 error, eps = 1.01 L(final), absolute noise of scale 1, the
+    /// 11 x 11 grid, 10 samples.
+    fn default() -> Self {
+        Options {
+            metric: Metric::Error,
+            eps: Eps::Relative(0.01),
+            noise: Noise::Absolute { scale: 1.0 },
+            search: Search::Grid { alphas: 11, sigmas: 11 },
+            samples: 10,
+            seed: 0,
+        }
+    }
+}
+
+/// The path from the initial to the final weights.
+#[derive(Clone, Copy)]
+pub enum Path<'a> {
+    /// The straight segment theta^0 -> theta^F.
+    Straight { init: &'a ParamSet, final_: &'a ParamSet },
+    /// Checkpoints from the initial (first) to the final (last) weights, piecewise linear; alpha
+    /// in [0, 1] is spread evenly over the segments.
+    Checkpoints(&'a [&'a ParamSet]),
+}
+
+impl<'a> Path<'a> {
+    fn init(&self) -> &'a ParamSet {
+        match self {
+            Path::Straight { init, .. } => init,
+            Path::Checkpoints(c) => c[0],
+        }
+    }
+    fn final_(&self) -> &'a ParamSet {
+        match self {
+            Path::Straight { final_, .. } => final_,
+            Path::Checkpoints(c) => c[c.len() - 1],
+        }
+    }
+    fn check(&self) -> Result<()> {
+        if let Path::Checkpoints(c) = self {
+            if c.len() < 2 {
+                fail!(InvalidArgument, "a checkpoint path needs at least 2 checkpoints, got {}", c.len());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One module's criticality.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleCriticality {
+    pub module: String,
+    /// Elements of the module (k_i).
+    pub numel: u64,
+    /// mu_i(eps); +inf when no point is feasible.
+    pub value: f64,
+    /// The minimising alpha and sigma (NaN-free: 0 when infeasible).
+    pub alpha: f64,
+    pub sigma: f64,
+    /// The per-element noise standard deviation at the minimum.
+    pub noise_std: f64,
+    /// The mean metric under noise at the minimum (the constraint's left side).
+    pub expected: f64,
+    /// Points evaluated (each `samples` evaluations).
+    pub points: usize,
+}
+
+/// Criticality of every module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkCriticality {
+    pub modules: Vec<ModuleCriticality>,
+    /// Sum over modules (+inf if any module is infeasible).
+    pub total: f64,
+    /// The metric of the final weights, and the eps used.
+    pub final_metric: f64,
+    pub eps: f64,
+}
+
+/// Scratch state of a search for one module.
+struct Search1<'c, 'p> {
+    ctx: &'c Context,
+    ev: &'c mut dyn Evaluator,
+    path: Path<'p>,
+    module: usize,
+    opts: &'c Options,
+    live: &'c mut ParamSet,
+    extra: Vec<ParamSet>,
+    point: ParamSet,
+    unit: f64, // the per-element std for sigma = 1
+    points: usize,
+}
+
+impl Search1<'_, '_> {
+    /// Writes theta_i(alpha) (rest final) into `self.point`; returns ||theta_i(alpha) - theta_i^0||^2.
+    fn place(&mut self, alpha: f64) -> Result<f64> {
+        match self.path {
+            Path::Straight { init, final_ } => {
+                geometry::rewind(self.ctx, init, final_, self.module, alpha, &mut self.point)?;
+            }
+            Path::Checkpoints(c) => {
+                let segs = c.len() - 1;
+                let t = alpha.clamp(0.0, 1.0) * segs as f64;
+                let s = (t.floor() as usize).min(segs - 1);
+                let mut tmp = c[0].try_clone()?;
+                geometry::interpolate(self.ctx, c[s], c[s + 1], t - s as f64, &mut tmp)?;
+                geometry::rewind(self.ctx, &tmp, c[segs], self.module, 0.0, &mut self.point)?;
+            }
+        }
+        let d = geometry::distance(self.ctx, &self.point, self.path.init())?;
+        Ok(d.modules[self.module].powi(2))
+    }
+
+    /// Mean metric of the placed point under noise of per-element std `std`.
+    fn mean_under_noise(&mut self, std: f64) -> Result<f64> {
+        let k = self.opts.samples;
+        let (seed, module) = (self.opts.seed, self.module);
+        let point = &self.point;
+        let tensors = point.modules()[module].tensors.clone();
+        let ms: Vec<Metrics> = evaluate_points(self.ev, self.live, &mut self.extra, k, |j, out| {
+            geometry::interpolate(self.ctx, point, point, 1.0, out)?;
+            add_noise(out, &tensors, std, seed, ((module as u64) << 32) | j as u64)
+        })?;
+        self.points += 1;
+        Ok(ms.iter().map(|m| self.opts.metric.of(m)).sum::<f64>() / k as f64)
+    }
+}
+
+/// Adds `std * z` to the tensors `tensors` of `set`, z from Philox (seed, stream, index = offset
+/// within the module).
+fn add_noise(set: &mut ParamSet, tensors: &[usize], std: f64, seed: u64, stream: u64) -> Result<()> {
+    let mut offset = 0u64;
+    let mut z = Vec::new();
+    for &t in tensors {
+        let tensor = &mut set.tensors_mut()[t];
+        let n = tensor.numel();
+        z.resize(n, 0f64);
+        crate::rng::normals_f64(seed, stream, offset, &mut z);
+        offset += n as u64;
+        match tensor.host_mut()? {
+            HostSliceMut::F32(d) => d.iter_mut().zip(&z).for_each(|(d, z)| *d = (*d as f64 + std * z) as f32),
+            HostSliceMut::F64(d) => d.iter_mut().zip(&z).for_each(|(d, z)| *d += std * z),
+            HostSliceMut::F16(d) => {
+                d.iter_mut().zip(&z).for_each(|(d, z)| *d = half::f16::from_f64(d.to_f64() + std * z))
+            }
+            HostSliceMut::BF16(d) => {
+                d.iter_mut().zip(&z).for_each(|(d, z)| *d = half::bf16::from_f64(d.to_f64() + std * z))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_options(o: &Options) -> Result<()> {
+    if o.samples == 0 {
+        fail!(InvalidArgument, "criticality needs at least 1 noise sample");
+    }
+    match o.eps {
+        Eps::Absolute(e) if !e.is_finite() => fail!(InvalidArgument, "eps must be finite, got {e}"),
+        Eps::Relative(r) if !(r.is_finite() && r >= 0.0) => {
+            fail!(InvalidArgument, "relative eps r must be >= 0, got {r}")
+        }
+        _ => {}
+    }
+    if let Noise::Absolute { scale } = o.noise {
+        if !(scale.is_finite() && scale > 0.0) {
+            fail!(InvalidArgument, "the noise scale must be > 0, got {scale}");
+        }
+    }
+    match o.search {
+        Search::Grid { alphas, sigmas } if alphas < 2 || sigmas < 2 => {
+            fail!(InvalidArgument, "the grid needs at least 2 alphas and 2 sigmas")
+        }
+        Search::Refined { alphas, tolerance, .. } if alphas < 2 || !(tolerance > 0.0 && tolerance.is_finite()) => {
+            fail!(InvalidArgument, "the refined search needs at least 2 alphas and a tolerance > 0")
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The metric of the final weights and the eps it implies.
+pub fn eps_for(
+    ctx: &Context,
+    ev: &mut dyn Evaluator,
+    final_: &ParamSet,
+    live: &mut ParamSet,
+    opts: &Options,
+) -> Result<(f64, f64)> {
+    let m =
+        evaluate_points(ev, live, &mut Vec::new(), 1, |_, out| geometry::interpolate(ctx, final_, final_, 1.0, out))?;
+    let l = opts.metric.of(&m[0]);
+    let eps = match opts.eps {
+        Eps::Absolute(e) => e,
+        Eps::Relative(r) => (1.0 + r) * l,
+    };
+    Ok((l, eps))
+}
+
+/// The criticality of module `module` (an index into the final set's modules). `live` receives
+/// each point (the host's wrapped model for a callback evaluator).
+pub fn module_criticality(
+    ctx: &Context,
+    ev: &mut dyn Evaluator,
+    path: Path<'_>,
+    live: &mut ParamSet,
+    module: usize,
+    opts: &Options,
+) -> Result<ModuleCriticality> {
+    check_options(opts)?;
+    path.check()?;
+    let (_, eps) = eps_for(ctx, ev, path.final_(), live, opts)?;
+    module_at_eps(ctx, ev, path, live, module, opts, eps)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn module_at_eps(
+    ctx: &Context,
+    ev: &mut dyn Evaluator,
+    path: Path<'_>,
+    live: &mut ParamSet,
+    module: usize,
+    opts: &Options,
+    eps: f64,
+) -> Result<ModuleCriticality> {
+    let final_ = path.final_();
+    let Some(m) = final_.modules().get(module) else {
+        fail!(NotFound, "module index {module} is out of range: the set has {} modules", final_.modules().len())
+    };
+    let (name, numel) = (m.name.clone(), m.numel);
+    let unit = match opts.noise {
+        Noise::Absolute { scale } => scale,
+        Noise::Relative => {
+            let norm = geometry::norms(ctx, final_)?.modules[module];
+            if norm == 0.0 {
+                fail!(DegenerateInput, "module {name:?} is all zeros, so noise relative to its weights is zero");
+            }
+            norm / (numel as f64).sqrt()
+        }
+    };
+    let point = final_.try_clone()?;
+    let mut s = Search1 { ctx, ev, path, module, opts, live, extra: Vec::new(), point, unit, points: 0 };
+    // Best: (score, alpha, sigma, expected).
+    let mut best: Option<(f64, f64, f64, f64)> = None;
+    let better = |best: &Option<(f64, f64, f64, f64)>, score: f64| best.map_or(true, |b| score < b.0);
+    match opts.search {
+        Search::Grid { alphas, sigmas } => {
+            let sig = linspace(1e-16, 1.0, sigmas);
+            for &alpha in &linspace(0.0, 1.0, alphas) {
+                let num = s.place(alpha)?;
+                // Descending sigma: the first feasible one is this alpha's best score.
+                for &sigma in sig.iter().rev() {
+                    let score = num / (sigma * s.unit).powi(2);
+                    if !better(&best, score) {
+                        break; // smaller sigmas score higher still
+                    }
+                    let e = s.mean_under_noise(sigma * s.unit)?;
+                    if e <= eps {
+                        best = Some((score, alpha, sigma, e));
+                        break;
+                    }
+                }
+            }
+        }
+        Search::Refined { alphas, tolerance, alpha_steps } => {
+            let grid = linspace(0.0, 1.0, alphas);
+            let mut at: Vec<f64> = Vec::with_capacity(alphas);
+            for &alpha in &grid {
+                let r = largest_sigma(&mut s, alpha, eps, tolerance, &best)?;
+                at.push(r.map_or(f64::INFINITY, |r| r.0));
+                if let Some(r) = r {
+                    if better(&best, r.0) {
+                        best = Some(r);
+                    }
+                }
+            }
+            if let Some(b) = best {
+                // Golden-section search on alpha in the bracket of the best grid alpha.
+                let i = grid.iter().position(|&a| a == b.1).unwrap_or(0);
+                let (mut lo, mut hi) = (grid[i.saturating_sub(1)], grid[(i + 1).min(alphas - 1)]);
+                let g = 0.5 * (5f64.sqrt() - 1.0);
+                let eval = |s: &mut Search1, a: f64, best: &mut Option<(f64, f64, f64, f64)>| -> Result<f64> {
+                    let r = largest_sigma(s, a, eps, tolerance, &None)?;
+                    if let Some(r) = r {
+                        if better(best, r.0) {
+                            *best = Some(r);
+                        }
+                    }
+                    Ok(r.map_or(f64::INFINITY, |r| r.0))
+                };
+                let (mut x1, mut x2) = (hi - g * (hi - lo), lo + g * (hi - lo));
+                let mut f1 = if alpha_steps > 0 { eval(&mut s, x1, &mut best)? } else { 0.0 };
+                let mut f2 = if alpha_steps > 0 { eval(&mut s, x2, &mut best)? } else { 0.0 };
+                for _ in 2..alpha_steps {
+                    if f1 <= f2 {
+                        hi = x2;
+                        x2 = x1;
+                        f2 = f1;
+                        x1 = hi - g * (hi - lo);
+                        f1 = eval(&mut s, x1, &mut best)?;
+                    } else {
+                        lo = x1;
+                        x1 = x2;
+                        f1 = f2;
+                        x2 = lo + g * (hi - lo);
+                        f2 = eval(&mut s, x2, &mut best)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(match best {
+        Some((value, alpha, sigma, expected)) => ModuleCriticality {
+            module: name,
+            numel,
+            value,
+            alpha,
+            sigma,
+            noise_std: sigma * s.unit,
+            expected,
+            points: s.points,
+        },
+        None => ModuleCriticality {
+            module: name,
+            numel,
+            value: f64::INFINITY,
+            alpha: 0.0,
+            sigma: 0.0,
+            noise_std: 0.0,
+            expected: 0.0,
+            points: s.points,
+        },
+    })
+}
+
+/// The largest feasible sigma in (0, 1] at `alpha` by geometric bisection, as (score, alpha,
+/// sigma, expected); None if none is feasible or none can beat `best`.
+fn largest_sigma(
+    s: &mut Search1,
+    alpha: f64,
+    eps: f64,
+    tolerance: f64,
+    best: &Option<(f64, f64, f64, f64)>,
+) -> Result<Option<(f64, f64, f64, f64)>> {
+    let num = s.place(alpha)?;
+    let unit = s.unit;
+    let score = move |sigma: f64| num / (sigma * unit).powi(2);
+    let e1 = s.mean_under_noise(s.unit)?;
+    if e1 <= eps {
+        return Ok(Some((score(1.0), alpha, 1.0, e1)));
+    }
+    // The smallest sigma that could still beat the best score; below it nothing helps. A point
+    // that has not moved (num = 0) scores 0 at any feasible sigma.
+    let mut lo = match best {
+        Some(b) if num > 0.0 => (num / b.0).sqrt() / s.unit,
+        _ => 1e-16,
+    }
+    .max(1e-16);
+    if lo >= 1.0 {
+        return Ok(None);
+    }
+    let mut elo = s.mean_under_noise(lo * s.unit)?;
+    if elo > eps {
+        return Ok(None);
+    }
+    let mut hi = 1.0;
+    while hi / lo > 1.0 + tolerance {
+        let mid = (lo * hi).sqrt();
+        let e = s.mean_under_noise(mid * s.unit)?;
+        if e <= eps {
+            lo = mid;
+            elo = e;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some((score(lo), alpha, lo, elo)))
+}
+
+/// The criticality of every module of the final set, and their sum.
+pub fn network_criticality(
+    ctx: &Context,
+    ev: &mut dyn Evaluator,
+    path: Path<'_>,
+    live: &mut ParamSet,
+    opts: &Options,
+) -> Result<NetworkCriticality> {
+    check_options(opts)?;
+    path.check()?;
+    let (final_metric, eps) = eps_for(ctx, ev, path.final_(), live, opts)?;
+    let mut modules = Vec::new();
+    for m in 0..path.final_().modules().len() {
+        modules.push(module_at_eps(ctx, ev, path, live, m, opts, eps)?);
+    }
+    let total = modules.iter().map(|m| m.value).sum();
+    Ok(NetworkCriticality { modules, total, final_metric, eps })
+}
+
+/// The PAC-Bayes bound of the theorem, with the O~(1) term left out:
+/// eps + sqrt((1/4 sum_i k_i log(1 + mu_i / k_i) + log(m / delta)) / (m - 1)), where the
+/// expected loss under noise is bounded by eps (each module's constraint; the joint perturbation
+/// of all modules is not evaluated). +inf when a module is infeasible.
+pub fn pac_bayes_bound(net: &NetworkCriticality, m: u64, delta: f64) -> Result<f64> {
+    check_bound_args(m, delta)?;
+    if !net.total.is_finite() {
+        return Ok(f64::INFINITY);
+    }
+    let kl: f64 = net.modules.iter().map(|c| c.numel as f64 * (c.value / c.numel as f64).ln_1p()).sum();
+    Ok(net.eps + ((0.25 * kl + (m as f64 / delta).ln()) / (m as f64 - 1.0)).sqrt())
+}
+
+/// The short form: eps + sqrt((mu(eps) / 4 + log(m / delta)) / m), O~(1) left out.
+pub fn pac_bayes_short(eps: f64, mu: f64, m: u64, delta: f64) -> Result<f64> {
+    check_bound_args(m, delta)?;
+    if !mu.is_finite() {
+        return Ok(f64::INFINITY);
+    }
+    Ok(eps + ((mu / 4.0 + (m as f64 / delta).ln()) / m as f64).sqrt())
+}
+
+fn check_bound_args(m: u64, delta: f64) -> Result<()> {
+    if m < 2 || !(delta > 0.0 && delta < 1.0) {
+        fail!(InvalidArgument, "the bound needs m >= 2 samples and 0 < delta < 1, got m = {m}, delta = {delta}");
+    }
+    Ok(())
+}
+
+/// The rewind curve of module `module`: the metrics of (theta_i^alpha, Theta_-i^F) for each
+/// alpha (the study runs alpha from 1, the final weights, down to 0, the initial ones).
+pub fn rewind_curve(
+    ctx: &Context,
+    ev: &mut dyn Evaluator,
+    init: &ParamSet,
+    final_: &ParamSet,
+    live: &mut ParamSet,
+    module: usize,
+    alphas: &[f64],
+) -> Result<Vec<Metrics>> {
+    if let Some(a) = alphas.iter().find(|a| !a.is_finite()) {
+        fail!(InvalidArgument, "alpha {a} is not finite");
+    }
+    evaluate_points(ev, live, &mut Vec::new(), alphas.len(), |k, out| {
+        geometry::rewind(ctx, init, final_, module, alphas[k], out)
+    })
+}

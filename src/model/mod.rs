@@ -1,0 +1,578 @@
+//! The built-in reference model: a multilayer perceptron (dense layers, ReLU, softmax
+//! cross-entropy), enough to produce the study's models and to serve as an evaluator.
+//!
+//! Parameters live in a [`ParamSet`] with one module per layer: `fc1.weight` (out x in, row
+//! major) and `fc1.bias`, then `fc2.*`, ... The last layer gives the logits. Products run through
+//! faer's GEMM in f32 (the storage dtype); losses and error rates are summed in f64. Weights of
+//! another dtype (a set loaded from a file) are converted to f32 on the way in.
+
+use crate::error::{fail, Error, Result};
+use crate::params::{HostSliceMut, ParamSet};
+use crate::tensor::HostSlice;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// A labelled data set: `n` rows of `dim` features (row major) and a class per row.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub x: Vec<f32>,
+    pub y: Vec<u32>,
+    pub n: usize,
+    pub dim: usize,
+    pub classes: usize,
+}
+
+impl Dataset {
+    /// Checks sizes and labels.
+    pub fn new(x: Vec<f32>, y: Vec<u32>, dim: usize, classes: usize) -> Result<Dataset> {
+        if dim == 0 || classes < 2 {
+            fail!(InvalidArgument, "a data set needs dim >= 1 and classes >= 2, got dim {dim}, classes {classes}");
+        }
+        let n = y.len();
+        if x.len() != n * dim {
+            fail!(ShapeMismatch, "data set: {} features for {n} labels of dim {dim} (expected {})", x.len(), n * dim);
+        }
+        if let Some(i) = y.iter().position(|&c| c as usize >= classes) {
+            fail!(InvalidArgument, "data set: label {} of row {i} is not below classes = {classes}", y[i]);
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            fail!(NonFinite, "data set: feature {} of row {} is not finite", i % dim, i / dim);
+        }
+        Ok(Dataset { x, y, n, dim, classes })
+    }
+
+    /// Rows `idx` as a new data set.
+    pub fn subset(&self, idx: &[usize]) -> Dataset {
+        let mut x = Vec::with_capacity(idx.len() * self.dim);
+        for &i in idx {
+            x.extend_from_slice(&self.x[i * self.dim..(i + 1) * self.dim]);
+        }
+        Dataset { x, y: idx.iter().map(|&i| self.y[i]).collect(), n: idx.len(), dim: self.dim, classes: self.classes }
+    }
+
+    /// The first `n` rows.
+    pub fn head(&self, n: usize) -> Dataset {
+        self.subset(&(0..n.min(self.n)).collect::<Vec<_>>())
+    }
+}
+
+/// Mean loss, error and accuracy of a model on a data set.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Metrics {
+    /// Mean softmax cross-entropy (nats).
+    pub loss: f64,
+    /// Fraction of rows whose arg-max class is wrong (the 0-1 error).
+    pub error: f64,
+    /// 1 - error.
+    pub accuracy: f64,
+}
+
+/// An MLP's architecture: layer widths from the input to the classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mlp {
+    sizes: Vec<usize>,
+}
+
+/// One layer's weights as f32: `w` is out x in, row major.
+struct Layer<'a> {
+    w: std::borrow::Cow<'a, [f32]>,
+    b: std::borrow::Cow<'a, [f32]>,
+}
+
+fn as_f32(s: HostSlice<'_>) -> std::borrow::Cow<'_, [f32]> {
+    use std::borrow::Cow;
+    match s {
+        HostSlice::F32(x) => Cow::Borrowed(x),
+        HostSlice::F64(x) => Cow::Owned(x.iter().map(|&v| v as f32).collect()),
+        HostSlice::F16(x) => Cow::Owned(x.iter().map(|v| v.to_f32()).collect()),
+        HostSlice::BF16(x) => Cow::Owned(x.iter().map(|v| v.to_f32()).collect()),
+    }
+}
+
+/// A host f32 set of the given tensors, in order: the model's way to hold its own weights.
+pub fn f32_set(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<ParamSet> {
+    // Serialise as safetensors and load from the bytes: the one constructor of owned sets.
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape, data) in tensors {
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            fail!(ShapeMismatch, "tensor {name:?}: shape {shape:?} but {} values", data.len());
+        }
+        let end = offset + 4 * data.len();
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));
+        offset = end;
+    }
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut file = Vec::with_capacity(8 + text.len() + offset);
+    file.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    file.extend_from_slice(&text);
+    for (_, _, data) in tensors {
+        for v in data {
+            file.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    ParamSet::from_bytes(&file, "model weights")
+}
+
+/// Softmax cross-entropy and correctness of one row of logits.
+fn row_loss(logits: &[f32], label: usize) -> (f64, bool) {
+    let mut best = 0;
+    let mut max = f64::NEG_INFINITY;
+    for (j, &v) in logits.iter().enumerate() {
+        if (v as f64) > max {
+            max = v as f64;
+            best = j;
+        }
+    }
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    (max + sum.ln() - logits[label] as f64, best == label)
+}
+
+/// Options of [`Mlp::train`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Seeds the order in which rows are visited each epoch.
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions { epochs: 10, batch: 32, lr: 0.05, momentum: 0.9, weight_decay: 0.0, seed: 0 }
+    }
+}
+
+/// A seeded permutation of 0..n (Fisher-Yates on Philox words): the same for a seed everywhere.
+pub fn permutation(n: usize, seed: u64, stream: u64) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let w = crate::rng::block_words(seed, stream, i as u64);
+        let r = ((w[0] as u64) << 32 | w[1] as u64) as u128;
+        let j = ((r * (i as u128 + 1)) >> 64) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+impl Mlp {
+    /// An MLP with `sizes[0]` inputs, hidden widths `sizes[1..k-1]` and `sizes[k-1]` classes.
+    pub fn new(sizes: &[usize]) -> Result<Mlp> {
+        if sizes.len() < 2 || sizes.contains(&0) {
+            fail!(InvalidArgument, "an MLP needs at least an input and an output width, all >= 1; got {sizes:?}");
+        }
+        if *sizes.last().unwrap() < 2 {
+            fail!(InvalidArgument, "an MLP classifier needs at least 2 classes");
+        }
+        Ok(Mlp { sizes: sizes.to_vec() })
+    }
+
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+    pub fn layers(&self) -> usize {
+        self.sizes.len() - 1
+    }
+    pub fn classes(&self) -> usize {
+        *self.sizes.last().unwrap()
+    }
+    /// Module names, `fc1` .. `fcL`.
+    pub fn layer_names(&self) -> Vec<String> {
+        (1..=self.layers()).map(|l| format!("fc{l}")).collect()
+    }
+
+    /// He-normal weights (std sqrt(2 / fan_in)) from Philox stream `layer` under `seed`, zero biases.
+    pub fn init(&self, seed: u64) -> Result<ParamSet> {
+        let mut t = Vec::new();
+        for l in 0..self.layers() {
+            let (fi, fo) = (self.sizes[l], self.sizes[l + 1]);
+            let mut w = vec![0f32; fi * fo];
+            crate::rng::normals_f32(seed, l as u64, 0, &mut w);
+            let s = (2.0 / fi as f64).sqrt() as f32;
+            w.iter_mut().for_each(|v| *v *= s);
+            t.push((format!("fc{}.weight", l + 1), vec![fo, fi], w));
+            t.push((format!("fc{}.bias", l + 1), vec![fo], vec![0f32; fo]));
+        }
+        f32_set(&t)
+    }
+
+    fn layers_of<'a>(&self, p: &'a ParamSet) -> Result<Vec<Layer<'a>>> {
+        let mut out = Vec::with_capacity(self.layers());
+        for l in 0..self.layers() {
+            let (fi, fo) = (self.sizes[l], self.sizes[l + 1]);
+            let get = |suffix: &str, shape: &[usize]| -> Result<std::borrow::Cow<'a, [f32]>> {
+                let name = format!("fc{}.{suffix}", l + 1);
+                let t = p
+                    .tensor(&name)
+                    .ok_or_else(|| Error::NotFound(format!("the MLP needs a tensor {name:?}, which the set lacks")))?;
+                if t.shape() != shape {
+                    fail!(ShapeMismatch, "tensor {name:?} has shape {:?}, the MLP expects {shape:?}", t.shape());
+                }
+                Ok(as_f32(t.host()?))
+            };
+            out.push(Layer { w: get("weight", &[fo, fi])?, b: get("bias", &[fo])? });
+        }
+        Ok(out)
+    }
+
+    /// Activations of every layer for rows `x` (n x in): hidden layers after ReLU, then logits;
+    /// each n x width, column major.
+    fn forward_layers(&self, layers: &[Layer<'_>], x: &[f32], n: usize) -> Vec<faer::Mat<f32>> {
+        let mut acts: Vec<faer::Mat<f32>> = Vec::with_capacity(layers.len());
+        for (l, layer) in layers.iter().enumerate() {
+            let (fi, fo) = (self.sizes[l], self.sizes[l + 1]);
+            let mut z = faer::Mat::<f32>::zeros(n, fo);
+            let w = MatRef::from_row_major_slice(&layer.w, fo, fi);
+            let input = match acts.last() {
+                Some(h) => h.as_ref(),
+                None => MatRef::from_row_major_slice(x, n, fi),
+            };
+            faer::linalg::matmul::matmul(z.as_mut(), Accum::Replace, input, w.transpose(), 1.0f32, Par::Seq);
+            let last = l + 1 == layers.len();
+            for j in 0..fo {
+                let b = layer.b[j];
+                for v in z.col_mut(j).iter_mut() {
+                    *v += b;
+                    if !last && *v < 0.0 {
+                        *v = 0.0;
+                    }
+                }
+            }
+            acts.push(z);
+        }
+        acts
+    }
+
+    /// Activations of every layer (`fc1` .. after ReLU, the last = logits) for the rows of
+    /// `data`: one row-major `n x width` matrix per layer.
+    pub fn activations(&self, p: &ParamSet, data: &Dataset) -> Result<Vec<Vec<f32>>> {
+        self.check_data(data)?;
+        let layers = self.layers_of(p)?;
+        let acts = self.forward_layers(&layers, &data.x, data.n);
+        Ok(acts
+            .iter()
+            .map(|a| {
+                let mut out = Vec::with_capacity(a.nrows() * a.ncols());
+                for i in 0..a.nrows() {
+                    for j in 0..a.ncols() {
+                        out.push(a[(i, j)]);
+                    }
+                }
+                out
+            })
+            .collect())
+    }
+
+    fn check_data(&self, data: &Dataset) -> Result<()> {
+        if data.dim != self.sizes[0] || data.classes != self.classes() {
+            fail!(
+                ShapeMismatch,
+                "the data set has {} features and {} classes, the MLP {} inputs and {} classes",
+                data.dim,
+                data.classes,
+                self.sizes[0],
+                self.classes()
+            );
+        }
+        if data.n == 0 {
+            fail!(DegenerateInput, "the data set is empty");
+        }
+        Ok(())
+    }
+
+    /// Metrics and predicted classes of `p` on `data`.
+    pub fn evaluate_with_predictions(&self, p: &ParamSet, data: &Dataset) -> Result<(Metrics, Vec<u32>)> {
+        self.check_data(data)?;
+        let layers = self.layers_of(p)?;
+        // Rows in chunks, so that big evaluation sets need little memory.
+        const ROWS: usize = 1024;
+        let c = self.classes();
+        let mut loss = 0.0;
+        let mut wrong = 0usize;
+        let mut pred = Vec::with_capacity(data.n);
+        let mut row = vec![0f32; c];
+        for start in (0..data.n).step_by(ROWS) {
+            let m = ROWS.min(data.n - start);
+            let acts = self.forward_layers(&layers, &data.x[start * data.dim..(start + m) * data.dim], m);
+            let logits = acts.last().unwrap();
+            for i in 0..m {
+                for j in 0..c {
+                    row[j] = logits[(i, j)];
+                }
+                let label = data.y[start + i] as usize;
+                let (l, right) = row_loss(&row, label);
+                loss += l;
+                if !right {
+                    wrong += 1;
+                }
+                let best = (0..c).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+                pred.push(best as u32);
+            }
+        }
+        if !loss.is_finite() {
+            fail!(NonFinite, "the loss is not finite: the weights hold NaN or Inf, or the logits overflow");
+        }
+        let error = wrong as f64 / data.n as f64;
+        Ok((Metrics { loss: loss / data.n as f64, error, accuracy: 1.0 - error }, pred))
+    }
+
+    /// Metrics of `p` on `data`.
+    pub fn evaluate(&self, p: &ParamSet, data: &Dataset) -> Result<Metrics> {
+        Ok(self.evaluate_with_predictions(p, data)?.0)
+    }
+
+    /// Metrics of K parameter sets on one data set, the sets evaluated in parallel (the
+    /// perturbed samples of criticality). Results are in the order of `sets`.
+    pub fn evaluate_many(&self, sets: &[&ParamSet], data: &Dataset) -> Result<Vec<Metrics>> {
+        sets.par_iter().map(|p| self.evaluate(p, data)).collect()
+    }
+
+    /// Mean loss and its gradient over rows `idx` of `data`, for the f32 weights `w` (per layer:
+    /// weight, bias); the gradient has the same layout.
+    fn loss_grad(&self, w: &[Vec<f32>], data: &Dataset, idx: &[usize], grad: &mut [Vec<f32>]) -> f64 {
+        let nb = idx.len();
+        let mut x = Vec::with_capacity(nb * data.dim);
+        for &i in idx {
+            x.extend_from_slice(&data.x[i * data.dim..(i + 1) * data.dim]);
+        }
+        let layers: Vec<Layer<'_>> = (0..self.layers())
+            .map(|l| Layer { w: std::borrow::Cow::Borrowed(&w[2 * l]), b: std::borrow::Cow::Borrowed(&w[2 * l + 1]) })
+            .collect();
+        let acts = self.forward_layers(&layers, &x, nb);
+        let c = self.classes();
+        // dZ of the logits: (softmax - onehot) / nb.
+        let logits = acts.last().unwrap();
+        let mut dz = faer::Mat::<f32>::zeros(nb, c);
+        let mut loss = 0.0;
+        let mut row = vec![0f32; c];
+        for i in 0..nb {
+            for j in 0..c {
+                row[j] = logits[(i, j)];
+            }
+            let label = data.y[idx[i]] as usize;
+            loss += row_loss(&row, label).0;
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+            for j in 0..c {
+                let p = (((row[j] - max) as f64).exp() / sum) as f32;
+                dz[(i, j)] = (p - if j == label { 1.0 } else { 0.0 }) / nb as f32;
+            }
+        }
+        for l in (0..self.layers()).rev() {
+            let (fi, fo) = (self.sizes[l], self.sizes[l + 1]);
+            let input = if l == 0 { MatRef::from_row_major_slice(&x, nb, fi) } else { acts[l - 1].as_ref() };
+            // dW^T (in x out, column major) has the memory layout of dW (out x in, row major).
+            let (gw, rest) = grad.split_at_mut(2 * l + 1);
+            let gw = &mut gw[2 * l];
+            faer::linalg::matmul::matmul(
+                MatMut::from_column_major_slice_mut(gw, fi, fo),
+                Accum::Replace,
+                input.transpose(),
+                dz.as_ref(),
+                1.0f32,
+                Par::Seq,
+            );
+            let gb = &mut rest[0];
+            for j in 0..fo {
+                gb[j] = dz.col(j).iter().sum();
+            }
+            if l > 0 {
+                let mut dh = faer::Mat::<f32>::zeros(nb, fi);
+                let wl = MatRef::from_row_major_slice(&w[2 * l], fo, fi);
+                faer::linalg::matmul::matmul(dh.as_mut(), Accum::Replace, dz.as_ref(), wl, 1.0f32, Par::Seq);
+                let h = &acts[l - 1];
+                for j in 0..fi {
+                    for i in 0..nb {
+                        if h[(i, j)] <= 0.0 {
+                            dh[(i, j)] = 0.0;
+                        }
+                    }
+                }
+                dz = dh;
+            }
+        }
+        loss / nb as f64
+    }
+
+    /// Trains `p` in place by minibatch SGD with momentum on `data`; returns the mean training
+    /// loss of each epoch (as seen during the epoch).
+    pub fn train(&self, p: &mut ParamSet, data: &Dataset, opts: &TrainOptions) -> Result<Vec<f64>> {
+        self.check_data(data)?;
+        if opts.batch == 0 || !(opts.lr > 0.0) || !(0.0..1.0).contains(&opts.momentum) || !(opts.weight_decay >= 0.0) {
+            fail!(
+                InvalidArgument,
+                "training needs batch >= 1, lr > 0, 0 <= momentum < 1 and weight_decay >= 0; got {opts:?}"
+            );
+        }
+        let mut w: Vec<Vec<f32>> =
+            self.layers_of(p)?.into_iter().flat_map(|l| [l.w.into_owned(), l.b.into_owned()]).collect();
+        let mut grad: Vec<Vec<f32>> = w.iter().map(|v| vec![0f32; v.len()]).collect();
+        let mut vel = grad.clone();
+        let (lr, mom, wd) = (opts.lr as f32, opts.momentum as f32, opts.weight_decay as f32);
+        let mut history = Vec::with_capacity(opts.epochs);
+        for epoch in 0..opts.epochs {
+            let order = permutation(data.n, opts.seed, epoch as u64);
+            let mut total = 0.0;
+            let mut batches = 0;
+            for idx in order.chunks(opts.batch) {
+                total += self.loss_grad(&w, data, idx, &mut grad);
+                batches += 1;
+                for ((wt, g), v) in w.iter_mut().zip(&grad).zip(vel.iter_mut()) {
+                    for ((x, &gi), vi) in wt.iter_mut().zip(g).zip(v.iter_mut()) {
+                        *vi = mom * *vi + gi + wd * *x;
+                        *x -= lr * *vi;
+                    }
+                }
+            }
+            let mean = total / batches as f64;
+            if !mean.is_finite() {
+                fail!(
+                    NonFinite,
+                    "training diverged in epoch {} (the loss is not finite); lower the learning rate",
+                    epoch + 1
+                );
+            }
+            history.push(mean);
+        }
+        self.store(p, &w)?;
+        Ok(history)
+    }
+
+    /// Writes f32 weights (per layer: weight, bias) into `p`, rounding to its dtypes.
+    fn store(&self, p: &mut ParamSet, w: &[Vec<f32>]) -> Result<()> {
+        for l in 0..self.layers() {
+            for (k, suffix) in ["weight", "bias"].iter().enumerate() {
+                let name = format!("fc{}.{suffix}", l + 1);
+                let i = p.tensor_index(&name).ok_or_else(|| Error::NotFound(format!("no tensor {name:?}")))?;
+                let src = &w[2 * l + k];
+                match p.tensors_mut()[i].host_mut()? {
+                    HostSliceMut::F32(d) => d.copy_from_slice(src),
+                    HostSliceMut::F64(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = s as f64),
+                    HostSliceMut::F16(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = half::f16::from_f32(s)),
+                    HostSliceMut::BF16(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = half::bf16::from_f32(s)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(n: usize, dim: usize, classes: usize, seed: u64) -> Dataset {
+        let mut x = vec![0f32; n * dim];
+        crate::rng::normals_f32(seed, 99, 0, &mut x);
+        // Labels from a fixed linear rule so that the task is learnable.
+        let y = (0..n)
+            .map(|i| {
+                let r = &x[i * dim..(i + 1) * dim];
+                let s: f32 = r.iter().enumerate().map(|(j, v)| v * ((j % 3) as f32 - 1.0)).sum();
+                ((s.abs() * 1.7) as usize % classes) as u32
+            })
+            .collect();
+        Dataset::new(x, y, dim, classes).unwrap()
+    }
+
+    /// Plain f64 forward: loss of the whole set.
+    fn ref_loss(mlp: &Mlp, w: &[Vec<f64>], d: &Dataset, idx: &[usize]) -> f64 {
+        let mut total = 0.0;
+        for &i in idx {
+            let mut h: Vec<f64> = d.x[i * d.dim..(i + 1) * d.dim].iter().map(|&v| v as f64).collect();
+            for l in 0..mlp.layers() {
+                let (fi, fo) = (mlp.sizes[l], mlp.sizes[l + 1]);
+                let mut z = vec![0.0; fo];
+                for o in 0..fo {
+                    z[o] = w[2 * l + 1][o] + (0..fi).map(|k| w[2 * l][o * fi + k] * h[k]).sum::<f64>();
+                    if l + 1 < mlp.layers() {
+                        z[o] = z[o].max(0.0);
+                    }
+                }
+                h = z;
+            }
+            let max = h.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + h.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+            total += lse - h[d.y[i] as usize];
+        }
+        total / idx.len() as f64
+    }
+
+    fn weights64(mlp: &Mlp, p: &ParamSet) -> Vec<Vec<f64>> {
+        mlp.layers_of(p)
+            .unwrap()
+            .into_iter()
+            .flat_map(|l| [l.w.iter().map(|&v| v as f64).collect(), l.b.iter().map(|&v| v as f64).collect()])
+            .collect()
+    }
+
+    #[test]
+    fn forward_matches_f64_reference() {
+        let mlp = Mlp::new(&[7, 5, 3, 4]).unwrap();
+        let p = mlp.init(3).unwrap();
+        let d = toy(13, 7, 4, 1);
+        let m = mlp.evaluate(&p, &d).unwrap();
+        let r = ref_loss(&mlp, &weights64(&mlp, &p), &d, &(0..13).collect::<Vec<_>>());
+        assert!((m.loss - r).abs() < 1e-5 * r.abs().max(1.0), "{} vs {r}", m.loss);
+        assert_eq!(p.modules().iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["fc1", "fc2", "fc3"]);
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mlp = Mlp::new(&[5, 6, 3]).unwrap();
+        let mut p = mlp.init(5).unwrap();
+        // Non-zero biases, so that their gradient is exercised away from the init.
+        let mut w: Vec<Vec<f32>> =
+            mlp.layers_of(&p).unwrap().into_iter().flat_map(|l| [l.w.into_owned(), l.b.into_owned()]).collect();
+        w[1].iter_mut().enumerate().for_each(|(i, v)| *v = 0.1 * i as f32 - 0.2);
+        mlp.store(&mut p, &w).unwrap();
+        let d = toy(9, 5, 3, 2);
+        let idx: Vec<usize> = (0..9).collect();
+        let mut g: Vec<Vec<f32>> = w.iter().map(|v| vec![0f32; v.len()]).collect();
+        mlp.loss_grad(&w, &d, &idx, &mut g);
+        let w64 = weights64(&mlp, &p);
+        let h = 1e-5;
+        for t in 0..w64.len() {
+            for k in 0..w64[t].len() {
+                let mut plus = w64.clone();
+                plus[t][k] += h;
+                let mut minus = w64.clone();
+                minus[t][k] -= h;
+                let fd = (ref_loss(&mlp, &plus, &d, &idx) - ref_loss(&mlp, &minus, &d, &idx)) / (2.0 * h);
+                assert!((fd - g[t][k] as f64).abs() < 1e-4, "tensor {t} elem {k}: fd {fd} vs {}", g[t][k]);
+            }
+        }
+    }
+
+    #[test]
+    fn training_reduces_the_loss_and_is_seeded() {
+        let mlp = Mlp::new(&[6, 16, 3]).unwrap();
+        let d = toy(120, 6, 3, 4);
+        let mut p = mlp.init(1).unwrap();
+        let before = mlp.evaluate(&p, &d).unwrap();
+        let opts = TrainOptions { epochs: 30, batch: 16, lr: 0.05, ..Default::default() };
+        let hist = mlp.train(&mut p, &d, &opts).unwrap();
+        let after = mlp.evaluate(&p, &d).unwrap();
+        assert!(after.loss < 0.7 * before.loss, "{} -> {}", before.loss, after.loss);
+        assert!(hist.last().unwrap() < &hist[0]);
+        let mut q = mlp.init(1).unwrap();
+        mlp.train(&mut q, &d, &opts).unwrap();
+        assert_eq!(mlp.evaluate(&q, &d).unwrap(), after);
+    }
+
+    #[test]
+    fn permutation_is_a_permutation() {
+        let mut p = permutation(101, 7, 0);
+        assert_ne!(p, (0..101).collect::<Vec<_>>());
+        p.sort();
+        assert_eq!(p, (0..101).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,274 @@
+//! The loss-landscape analyses against analytic cases: criticality of a quadratic toy loss, grid
+//! against refined search, determinism for a seed, barriers and curves of the built-in MLP.
+
+use transferlens::criticality::{self, Eps, Noise, Options, Path, Search};
+use transferlens::eval::{Evaluator, FnEvaluator, Metric, Metrics, MlpEvaluator};
+use transferlens::landscape;
+use transferlens::model::{f32_set, Dataset, Mlp, TrainOptions};
+use transferlens::tensor::HostSlice;
+use transferlens::{Context, Error, ParamSet};
+
+const K: usize = 20000;
+
+/// L(theta) = ||theta||^2 / (2k) over the one module "w" (in f64 from the f32 weights).
+fn quadratic(p: &ParamSet) -> transferlens::Result<Metrics> {
+    let HostSlice::F32(w) = p.tensor("w.weight").unwrap().host()? else { panic!("f32 expected") };
+    let l = w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / (2.0 * K as f64);
+    Ok(Metrics { loss: l, error: l, accuracy: 1.0 - l })
+}
+
+/// theta^0: standard normals (mean square a), theta^F = 0 (the minimum).
+fn toy() -> (ParamSet, ParamSet, f64) {
+    let mut z = vec![0f32; K];
+    transferlens::rng::normals_f32(77, 0, 0, &mut z);
+    let a = z.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / K as f64;
+    let init = f32_set(&[("w.weight".into(), vec![K], z)]).unwrap();
+    let fin = f32_set(&[("w.weight".into(), vec![K], vec![0f32; K])]).unwrap();
+    (init, fin, a)
+}
+
+/// E[L(theta_alpha + sigma z)] = (1 - alpha)^2 a / 2 + sigma^2 / 2 <= eps; minimise
+/// alpha^2 k a / sigma^2 with sigma^2 = 2 eps - (1 - alpha)^2 a (<= 1 here): a 1-d search in f64.
+fn analytic(a: f64, eps: f64) -> f64 {
+    let mut best = f64::INFINITY;
+    for i in 1..=200000 {
+        let alpha = i as f64 / 200000.0;
+        let s2 = 2.0 * eps - (1.0 - alpha).powi(2) * a;
+        if s2 > 0.0 && s2 <= 1.0 {
+            best = best.min(alpha * alpha * K as f64 * a / s2);
+        }
+    }
+    best
+}
+
+fn opts(search: Search) -> Options {
+    Options {
+        metric: Metric::Loss,
+        eps: Eps::Absolute(0.3),
+        noise: Noise::Absolute { scale: 1.0 },
+        search,
+        samples: 10,
+        seed: 3,
+    }
+}
+
+#[test]
+fn refined_criticality_of_a_quadratic_matches_the_analytic_value() {
+    let (init, fin, a) = toy();
+    let ctx = Context::cpu();
+    let mut live = fin.try_clone().unwrap();
+    let mut ev = FnEvaluator(quadratic);
+    let o = opts(Search::Refined { alphas: 11, tolerance: 1e-4, alpha_steps: 40 });
+    let c =
+        criticality::module_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, 0, &o)
+            .unwrap();
+    let want = analytic(a, 0.3);
+    assert!(
+        (c.value - want).abs() < 0.03 * want,
+        "refined {} vs analytic {want} (alpha {}, sigma {})",
+        c.value,
+        c.alpha,
+        c.sigma
+    );
+    assert!(c.expected <= 0.3);
+}
+
+#[test]
+fn refined_search_agrees_with_the_grid() {
+    let (init, fin, _) = toy();
+    let ctx = Context::cpu();
+    let mut live = fin.try_clone().unwrap();
+    let mut ev = FnEvaluator(quadratic);
+    let path = Path::Straight { init: &init, final_: &fin };
+    let tol = 1e-3;
+    let grid = criticality::module_criticality(
+        &ctx,
+        &mut ev,
+        path,
+        &mut live,
+        0,
+        &opts(Search::Grid { alphas: 11, sigmas: 11 }),
+    )
+    .unwrap();
+    let refined = criticality::module_criticality(
+        &ctx,
+        &mut ev,
+        path,
+        &mut live,
+        0,
+        &opts(Search::Refined { alphas: 11, tolerance: tol, alpha_steps: 0 }),
+    )
+    .unwrap();
+    // The grid's point is feasible, so bisection at its alpha finds a sigma at least as large
+    // (up to the bracket); the grid holds a sigma within one step (0.1) below the refined one.
+    assert!(refined.value <= grid.value * (1.0 + tol).powi(2), "refined {} grid {}", refined.value, grid.value);
+    let step = (1.0 - 1e-16) / 10.0;
+    let bound = refined.value * (refined.sigma / (refined.sigma - step)).powi(2);
+    assert!(grid.value <= bound * (1.0 + 1e-9), "grid {} above {bound}", grid.value);
+    assert!(grid.value.is_finite() && grid.sigma > 0.0);
+}
+
+fn task() -> (Mlp, Dataset, Dataset) {
+    let (n, d) = (240, 6);
+    let mut x = vec![0f32; n * d];
+    transferlens::rng::normals_f32(1, 2, 0, &mut x);
+    let y: Vec<u32> =
+        (0..n).map(|i| u32::from(x[i * d] + 0.5 * x[i * d + 1] > 0.0) + 2 * u32::from(x[i * d + 2] > 0.3)).collect();
+    let all = Dataset::new(x, y, d, 4).unwrap();
+    let train = all.subset(&(0..160).collect::<Vec<_>>());
+    let test = all.subset(&(160..240).collect::<Vec<_>>());
+    (Mlp::new(&[d, 12, 8, 4]).unwrap(), train, test)
+}
+
+fn trained(mlp: &Mlp, train: &Dataset) -> (ParamSet, ParamSet) {
+    let init = mlp.init(4).unwrap();
+    let mut fin = init.try_clone().unwrap();
+    mlp.train(&mut fin, train, &TrainOptions { epochs: 40, batch: 16, ..Default::default() }).unwrap();
+    (init, fin)
+}
+
+#[test]
+fn criticality_is_deterministic_for_a_seed_whatever_the_thread_count() {
+    let (mlp, train, test) = task();
+    let (init, fin) = trained(&mlp, &train);
+    let ctx = Context::cpu();
+    let o = Options {
+        noise: Noise::Relative,
+        search: Search::Refined { alphas: 5, tolerance: 0.05, alpha_steps: 3 },
+        samples: 4,
+        seed: 9,
+        ..Options::default()
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut ev = MlpEvaluator::new(mlp.clone(), test.clone());
+            let mut live = fin.try_clone().unwrap();
+            criticality::network_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, &o)
+                .unwrap()
+        })
+    };
+    let (a, b) = (run(1), run(3));
+    assert_eq!(a, b);
+    assert_eq!(a.modules.len(), 3);
+    assert_eq!(a.total, a.modules.iter().map(|m| m.value).sum::<f64>());
+    let other = {
+        let mut ev = MlpEvaluator::new(mlp.clone(), test.clone());
+        let mut live = fin.try_clone().unwrap();
+        let o2 = Options { seed: 10, ..o.clone() };
+        criticality::network_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, &o2)
+            .unwrap()
+    };
+    assert_ne!(a, other, "another seed draws other noise");
+}
+
+#[test]
+fn infeasible_modules_are_infinite_and_so_is_the_bound() {
+    let (mlp, train, test) = task();
+    let (init, fin) = trained(&mlp, &train);
+    let ctx = Context::cpu();
+    let mut ev = MlpEvaluator::new(mlp, test);
+    let mut live = fin.try_clone().unwrap();
+    let o = Options {
+        eps: Eps::Absolute(-1.0),
+        search: Search::Grid { alphas: 3, sigmas: 3 },
+        samples: 2,
+        ..Options::default()
+    };
+    let net =
+        criticality::network_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, &o)
+            .unwrap();
+    assert!(net.modules.iter().all(|m| m.value == f64::INFINITY));
+    assert_eq!(net.total, f64::INFINITY);
+    assert_eq!(criticality::pac_bayes_bound(&net, 80, 0.05).unwrap(), f64::INFINITY);
+    assert!(criticality::pac_bayes_bound(&net, 1, 0.05).is_err());
+}
+
+#[test]
+fn checkpoint_path_of_two_points_is_the_straight_path() {
+    let (mlp, train, test) = task();
+    let (init, fin) = trained(&mlp, &train);
+    let ctx = Context::cpu();
+    let o = Options {
+        search: Search::Grid { alphas: 4, sigmas: 4 },
+        samples: 3,
+        noise: Noise::Relative,
+        ..Options::default()
+    };
+    let mut ev = MlpEvaluator::new(mlp, test);
+    let mut live = fin.try_clone().unwrap();
+    let s =
+        criticality::module_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, 1, &o)
+            .unwrap();
+    let ck = [&init, &fin];
+    let c = criticality::module_criticality(&ctx, &mut ev, Path::Checkpoints(&ck), &mut live, 1, &o).unwrap();
+    assert_eq!(s.alpha, c.alpha);
+    assert!((s.value - c.value).abs() <= 1e-6 * s.value.abs().max(1.0), "{} vs {}", s.value, c.value);
+}
+
+#[test]
+fn rewind_curve_ends_at_the_final_and_initial_module() {
+    let (mlp, train, test) = task();
+    let (init, fin) = trained(&mlp, &train);
+    let ctx = Context::cpu();
+    let mut ev = MlpEvaluator::new(mlp.clone(), test.clone());
+    let mut live = fin.try_clone().unwrap();
+    let c = criticality::rewind_curve(&ctx, &mut ev, &init, &fin, &mut live, 0, &[1.0, 0.5, 0.0]).unwrap();
+    assert_eq!(c[0], mlp.evaluate(&fin, &test).unwrap());
+    let mut rewound = fin.try_clone().unwrap();
+    transferlens::geometry::rewind(&ctx, &init, &fin, 0, 0.0, &mut rewound).unwrap();
+    assert_eq!(c[2], mlp.evaluate(&rewound, &test).unwrap());
+}
+
+#[test]
+fn interpolation_curve_and_barrier_of_two_models() {
+    let (mlp, train, test) = task();
+    let (_, a) = trained(&mlp, &train);
+    let mut b = mlp.init(8).unwrap();
+    mlp.train(&mut b, &train, &TrainOptions { epochs: 40, batch: 16, seed: 5, ..Default::default() }).unwrap();
+    let ctx = Context::cpu();
+    let lambdas = landscape::extrapolation_lambdas(4);
+    let mut ev = MlpEvaluator::new(mlp.clone(), test.clone());
+    let mut live = a.try_clone().unwrap();
+    let curve = landscape::interpolation_curve(&ctx, &mut ev, &a, &b, &mut live, &lambdas, None).unwrap();
+    let i0 = lambdas.iter().position(|&l| l == 0.0).unwrap();
+    let i1 = lambdas.iter().position(|&l| l == 1.0).unwrap();
+    assert_eq!(curve[i0], mlp.evaluate(&a, &test).unwrap());
+    assert_eq!(curve[i1], mlp.evaluate(&b, &test).unwrap());
+    let bar = landscape::curve_barrier(&lambdas, &curve, Metric::Loss, 0.0).unwrap();
+    // The reference: the largest excess over the chord, by hand.
+    let (m0, m1) = (curve[i0].loss, curve[i1].loss);
+    let want = lambdas
+        .iter()
+        .zip(&curve)
+        .filter(|(l, _)| (0.0..=1.0).contains(*l))
+        .map(|(&l, c)| c.loss - ((1.0 - l) * m0 + l * m1))
+        .fold(0.0, f64::max);
+    assert!((bar.value - want).abs() < 1e-12);
+    // Per module at lambda = 1: b itself.
+    let per = landscape::interpolation_curve(&ctx, &mut ev, &a, &b, &mut live, &[1.0], Some(0)).unwrap();
+    assert_eq!(per[0], curve[i1]);
+}
+
+#[test]
+fn a_failing_evaluator_aborts_the_analysis() {
+    let (init, fin, _) = toy();
+    let ctx = Context::cpu();
+    let mut live = fin.try_clone().unwrap();
+    let mut calls = 0;
+    let mut ev = FnEvaluator(|_: &ParamSet| {
+        calls += 1;
+        Err(Error::Callback("host says no".into()))
+    });
+    let e = criticality::module_criticality(
+        &ctx,
+        &mut ev,
+        Path::Straight { init: &init, final_: &fin },
+        &mut live,
+        0,
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e, Error::Callback("host says no".into()));
+    assert_eq!(ev.batch(), 1);
+}
