@@ -1,7 +1,7 @@
 // transferlens for C++17: a header-only layer over the C ABI (include/transferlens.h).
 //
 // - Failures throw transferlens::Error, which carries the tl_status and the library's message.
-// - Context, CkaAccumulator and Params own their C handles (RAII, move-only); nothing leaks on a throw.
+// - Context, CkaAccumulator, Params and Evaluator own their C handles (RAII, move-only); nothing leaks on a throw.
 // - MatrixView is a non-owning row-major view (rows = samples, cols = features); its dtype is
 //   deduced from the element type: float -> F32, double -> F64. f16 and bf16 data are passed as
 //   their uint16_t bit patterns with an explicit DType::F16 or DType::BF16.
