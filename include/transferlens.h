@@ -317,6 +317,11 @@ typedef struct tl_network_summary {
    */
   double final_metric;
   double eps;
+  /**
+   * The mean metric with every module at its minimiser and noise at once: the expectation
+   * term of the PAC-Bayes bound (+infinity when a module is infeasible).
+   */
+  double joint_expected;
 } tl_network_summary;
 
 /**
@@ -531,14 +536,15 @@ enum tl_status tl_network_criticality(const struct tl_context *ctx,
                                       struct tl_network_summary *out);
 
 /**
- * The PAC-Bayes bound of the criticality theorem for `n` modules' results and the eps used, with
- * m samples and confidence delta: eps + sqrt((1/4 sum_i k_i log(1 + mu_i / k_i) + log(m / delta)) /
- * (m - 1)). The O~(1) term is omitted, and the expected loss under noise is bounded by eps.
- * +infinity when a module is infeasible.
+ * The PAC-Bayes bound of the criticality theorem for `n` modules' results, with m samples and
+ * confidence delta: expected + sqrt((1/4 sum_i k_i log(1 + mu_i / k_i) + log(m / delta)) / (m - 1)),
+ * where `expected` is the metric under the joint perturbation (tl_network_summary.joint_expected;
+ * eps bounds it from above for each module alone). The O~(1) term is omitted. +infinity when a
+ * module is infeasible.
  */
 enum tl_status tl_pac_bayes_bound(const struct tl_criticality *modules,
                                   size_t n,
-                                  double eps,
+                                  double expected,
                                   uint64_t m,
                                   double delta,
                                   double *out);

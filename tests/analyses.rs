@@ -272,3 +272,23 @@ fn a_failing_evaluator_aborts_the_analysis() {
     assert_eq!(e, Error::Callback("host says no".into()));
     assert_eq!(ev.batch(), 1);
 }
+
+#[test]
+fn the_bound_uses_the_joint_perturbation_which_for_one_module_is_the_module_constraint() {
+    let (init, fin, _) = toy();
+    let ctx = Context::cpu();
+    let mut live = fin.try_clone().unwrap();
+    let mut ev = FnEvaluator(quadratic);
+    let o = opts(Search::Grid { alphas: 11, sigmas: 11 });
+    let net =
+        criticality::network_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, &o)
+            .unwrap();
+    // One module: the joint point is the module's minimiser with the same noise samples.
+    assert_eq!(net.joint_expected, net.modules[0].expected);
+    let c = &net.modules[0];
+    let kl = c.numel as f64 * (c.value / c.numel as f64).ln_1p();
+    let want = net.joint_expected + ((0.25 * kl + (1000f64 / 0.05).ln()) / 999.0).sqrt();
+    assert!((criticality::pac_bayes_bound(&net, 1000, 0.05).unwrap() - want).abs() < 1e-12);
+    let short = criticality::pac_bayes_short(net.eps, net.total, 1000, 0.05).unwrap();
+    assert!((short - (0.3 + ((net.total / 4.0 + (1000f64 / 0.05).ln()) / 1000.0).sqrt())).abs() < 1e-12);
+}

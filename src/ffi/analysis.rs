@@ -482,6 +482,9 @@ pub struct tl_network_summary {
     /// The final model's metric and the eps used.
     pub final_metric: f64,
     pub eps: f64,
+    /// The mean metric with every module at its minimiser and noise at once: the expectation
+    /// term of the PAC-Bayes bound (+infinity when a module is infeasible).
+    pub joint_expected: f64,
 }
 
 /// The criticality of every module of `final` into out_modules[tl_params_module_count(final)]
@@ -522,20 +525,26 @@ pub unsafe extern "C" fn tl_network_criticality(
         for (o, c) in mods.iter_mut().zip(&net.modules) {
             *o = crit_out(c);
         }
-        *out = tl_network_summary { total: net.total, final_metric: net.final_metric, eps: net.eps };
+        *out = tl_network_summary {
+            total: net.total,
+            final_metric: net.final_metric,
+            eps: net.eps,
+            joint_expected: net.joint_expected,
+        };
         Ok(())
     })
 }
 
-/// The PAC-Bayes bound of the criticality theorem for `n` modules' results and the eps used, with
-/// m samples and confidence delta: eps + sqrt((1/4 sum_i k_i log(1 + mu_i / k_i) + log(m / delta)) /
-/// (m - 1)). The O~(1) term is omitted, and the expected loss under noise is bounded by eps.
-/// +infinity when a module is infeasible.
+/// The PAC-Bayes bound of the criticality theorem for `n` modules' results, with m samples and
+/// confidence delta: expected + sqrt((1/4 sum_i k_i log(1 + mu_i / k_i) + log(m / delta)) / (m - 1)),
+/// where `expected` is the metric under the joint perturbation (tl_network_summary.joint_expected;
+/// eps bounds it from above for each module alone). The O~(1) term is omitted. +infinity when a
+/// module is infeasible.
 #[no_mangle]
 pub unsafe extern "C" fn tl_pac_bayes_bound(
     modules: *const tl_criticality,
     n: usize,
-    eps: f64,
+    expected: f64,
     m: u64,
     delta: f64,
     out: *mut f64,
@@ -559,7 +568,8 @@ pub unsafe extern "C" fn tl_pac_bayes_bound(
                 .collect(),
             total: mods.iter().map(|c| c.value).sum(),
             final_metric: 0.0,
-            eps,
+            eps: expected,
+            joint_expected: expected,
         };
         *out = criticality::pac_bayes_bound(&net, m, delta)?;
         Ok(())

@@ -109,7 +109,7 @@ static void callback_analyses(tl_context *ctx) {
     o.eps = -1;
     tl_network_summary net;
     CHECK_OK(tl_network_criticality(ctx, ev, init, fin, NULL, 0, live, &o, &c2, 1, &net));
-    CHECK(isinf(c2.value) && c2.value > 0 && isinf(net.total));
+    CHECK(isinf(c2.value) && c2.value > 0 && isinf(net.total) && isinf(net.joint_expected));
     double bound = 0;
     CHECK_OK(tl_pac_bayes_bound(&c2, 1, 0.1, 1000, 0.05, &bound));
     CHECK(isinf(bound));
@@ -180,6 +180,7 @@ static void builtin_mlp(tl_context *ctx) {
     CHECK(net.total == net2.total && mods[0].value == again[0].value && mods[1].value == again[1].value);
     CHECK(net.total == mods[0].value + mods[1].value);
     CHECK(net.eps == 1.01 * net.final_metric);
+    CHECK(isinf(net.total) || (net.joint_expected >= 0 && net.joint_expected <= 1));
     CHECK_STATUS(tl_network_criticality(ctx, ev, init, fin, NULL, 0, live, &o, mods, 3, &net), TL_STATUS_SHAPE_MISMATCH);
     uint64_t bad_sizes[2] = {IN, 1};
     tl_evaluator *bad = NULL;
