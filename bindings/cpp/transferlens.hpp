@@ -590,7 +590,7 @@ enum class Metric : uint32_t { Loss = TL_METRIC_LOSS, Error = TL_METRIC_ERROR, A
 using Metrics = tl_metrics;                 // loss, error, accuracy
 using BarrierResult = tl_barrier_result;    // value, peak_lambda, start, end, same_basin
 using Criticality = tl_criticality;         // value (+inf when infeasible), alpha, sigma, ...
-using NetworkSummary = tl_network_summary;  // total, final_metric, eps
+using NetworkSummary = tl_network_summary;  // total, final_metric, eps, joint_expected
 
 // Options of module criticality: the library's defaults, with `size` set to this version's
 // struct size. Change fields after construction.
@@ -774,10 +774,13 @@ inline NetworkCriticality network_criticality(const Context& ctx, Evaluator& eva
     return out;
 }
 
-// The PAC-Bayes bound of the criticality theorem (+inf when a module is infeasible).
-inline double pac_bayes_bound(const std::vector<Criticality>& modules, double eps, uint64_t m, double delta) {
+// The PAC-Bayes bound of the criticality theorem for m samples and confidence delta; `expected`
+// is the metric under the joint perturbation (NetworkSummary::joint_expected). +inf when a
+// module is infeasible.
+inline double pac_bayes_bound(const std::vector<Criticality>& modules, double expected, uint64_t m, double delta) {
     double out = 0;
-    detail::check(tl_pac_bayes_bound(modules.empty() ? nullptr : modules.data(), modules.size(), eps, m, delta, &out));
+    detail::check(
+        tl_pac_bayes_bound(modules.empty() ? nullptr : modules.data(), modules.size(), expected, m, delta, &out));
     return out;
 }
 

@@ -317,9 +317,10 @@ func (c Criticality) toC() C.tl_criticality {
 }
 
 // NetworkSummary sums a network criticality: Total (+Inf if a module is infeasible), the
-// final model's metric and the eps used.
+// final model's metric, the eps used, and JointExpected, the metric with every module at its
+// minimiser at once (the expectation term of PACBayesBound).
 type NetworkSummary struct {
-	Total, FinalMetric, Eps float64
+	Total, FinalMetric, Eps, JointExpected float64
 }
 
 // Path is the path of a criticality: Init to Final straight, or, when Checkpoints is not empty,
@@ -386,19 +387,21 @@ func NetworkCriticality(ctx *Context, ev *Evaluator, path Path, live *Params, op
 	for i := range mods {
 		mods[i] = fromCCriticality(raw[i])
 	}
-	return mods, NetworkSummary{Total: float64(sum.total), FinalMetric: float64(sum.final_metric), Eps: float64(sum.eps)}, nil
+	return mods, NetworkSummary{Total: float64(sum.total), FinalMetric: float64(sum.final_metric), Eps: float64(sum.eps),
+		JointExpected: float64(sum.joint_expected)}, nil
 }
 
 // PACBayesBound returns the PAC-Bayes bound of the criticality theorem for the modules' results
-// and the eps used, with m samples and confidence delta (+Inf when a module is infeasible).
-func PACBayesBound(modules []Criticality, eps float64, m uint64, delta float64) (float64, error) {
+// with m samples and confidence delta; expected is the metric under the joint perturbation
+// (NetworkSummary.JointExpected). +Inf when a module is infeasible.
+func PACBayesBound(modules []Criticality, expected float64, m uint64, delta float64) (float64, error) {
 	raw := make([]C.tl_criticality, len(modules)+1)
 	for i, c := range modules {
 		raw[i] = c.toC()
 	}
 	var out C.double
 	err := call(func() C.enum_tl_status {
-		return C.tl_pac_bayes_bound(&raw[0], C.size_t(len(modules)), C.double(eps), C.uint64_t(m), C.double(delta), &out)
+		return C.tl_pac_bayes_bound(&raw[0], C.size_t(len(modules)), C.double(expected), C.uint64_t(m), C.double(delta), &out)
 	})
 	return float64(out), err
 }

@@ -138,8 +138,11 @@ func TestAnalysisQuadraticCallback(t *testing.T) {
 	c2 := must(ModuleCriticality(ctx, ev, Path{Checkpoints: []*Params{init, fin}}, live, 0, &o))
 	close1(t, c2.Value, c.Value, 1e-6, "criticality through checkpoints")
 	mods, sum, err := NetworkCriticality(ctx, ev, Path{Init: init, Final: fin}, live, &o)
-	if err != nil || len(mods) != 1 || sum.Total != mods[0].Value {
+	if err != nil || len(mods) != 1 || sum.Total != mods[0].Value || math.IsInf(sum.JointExpected, 0) {
 		t.Fatalf("network criticality %+v %+v %v", mods, sum, err)
+	}
+	if b := must(PACBayesBound(mods, sum.JointExpected, 1000, 0.05)); b <= sum.JointExpected {
+		t.Errorf("bound %g below the expectation term %g", b, sum.JointExpected)
 	}
 	bounds := []struct {
 		name    string

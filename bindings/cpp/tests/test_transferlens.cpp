@@ -712,6 +712,8 @@ static void test_analysis() {
     CHECK_CLOSE(c2.value, c.value, 1e-6);
     const tl::NetworkCriticality net = tl::network_criticality(ctx, moved_ev, init, fin, live, o);
     CHECK(net.modules.size() == 1 && net.summary.total == net.modules[0].value);
+    CHECK(std::isfinite(net.summary.joint_expected));
+    CHECK(tl::pac_bayes_bound(net.modules, net.summary.joint_expected, 1000, 0.05) > net.summary.joint_expected);
     const tl::NetworkCriticality net2 = tl::network_criticality(ctx, moved_ev, {&init, &fin}, live, o);
     CHECK_CLOSE(net2.summary.total, net.summary.total, 1e-6);
     const double bound = tl::pac_bayes_bound({c}, 0.1, 1000, 0.05);

@@ -88,11 +88,16 @@ struct Criticality
     points::UInt64
 end
 
-"""A network criticality's summary (mirrors `tl_network_summary`)."""
+"""
+A network criticality's summary (mirrors `tl_network_summary`): `total` (`Inf` if a module is
+infeasible), the final model's metric, the eps used, and `joint_expected`, the metric with every
+module at its minimiser at once (the expectation term of [`pac_bayes_bound`](@ref)).
+"""
 struct NetworkSummary
     total::Float64
     final_metric::Float64
     eps::Float64
+    joint_expected::Float64
 end
 
 """
@@ -305,17 +310,19 @@ function network_criticality(ctx::Context, ev::Evaluator, init, final, live::Par
 end
 
 """
-    pac_bayes_bound(modules, eps, m, delta) -> Float64
+    pac_bayes_bound(modules, expected, m, delta) -> Float64
 
-The PAC-Bayes bound of the criticality theorem (`Inf` when a module is infeasible).
+The PAC-Bayes bound of the criticality theorem for `m` samples and confidence `delta`;
+`expected` is the metric under the joint perturbation (`summary.joint_expected` of
+[`network_criticality`](@ref)). `Inf` when a module is infeasible.
 """
-function pac_bayes_bound(modules::AbstractVector{Criticality}, eps::Real, m::Integer, delta::Real)
+function pac_bayes_bound(modules::AbstractVector{Criticality}, expected::Real, m::Integer, delta::Real)
     mods = Vector{Criticality}(modules)
     out = Ref{Float64}(0.0)
     GC.@preserve mods begin
         check(ccall((:tl_pac_bayes_bound, libtransferlens), UInt32,
                     (Ptr{Criticality}, Csize_t, Float64, UInt64, Float64, Ref{Float64}),
-                    isempty(mods) ? Ptr{Criticality}(C_NULL) : pointer(mods), length(mods), Float64(eps), UInt64(m),
+                    isempty(mods) ? Ptr{Criticality}(C_NULL) : pointer(mods), length(mods), Float64(expected), UInt64(m),
                     Float64(delta), out))
     end
     return out[]

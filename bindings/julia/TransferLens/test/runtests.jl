@@ -383,6 +383,8 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
         @test c2.value ≈ c.value rtol = 1e-6
         net = network_criticality(actx, ev, init, fin, live; opts = o)
         @test net.summary.total == sum(m.value for m in net.modules)
+        @test isfinite(net.summary.joint_expected)
+        @test pac_bayes_bound(net.modules, net.summary.joint_expected, 1000, 0.05) > net.summary.joint_expected
         @test isfinite(pac_bayes_bound([c], 0.1, 1000, 0.05))
         @test status_of(() -> pac_bayes_bound([c], 0.1, 1, 0.05)) == STATUS_INVALID_ARGUMENT
         r = rewind_curve(actx, ev, init, fin, live, 1, [1.0, 0.0])
