@@ -746,3 +746,13 @@ fn callbacks_are_pointers_and_option_structs_are_mirrored() {
     )
     .contains("argument 4: struct tl_eval_options in C"));
 }
+
+#[test]
+fn keyword_field_names_are_spelled_with_var() {
+    // A C field named after a Julia keyword (tl_barrier_result.end) is `var"end"` in the mirror.
+    let header = MINI_HEADER.replace("uint64_t rows;", "uint64_t end;");
+    let julia = GOOD.replace("rows::UInt64", "var\"end\"::UInt64");
+    assert_eq!(check(&header, &[("good.jl", &julia)]), Vec::<String>::new());
+    let wrong = GOOD.replace("rows::UInt64", "var\"stop\"::UInt64");
+    assert!(check(&header, &[("good.jl", &wrong)]).join("\n").contains("TLMatrix.stop::UInt64 does not match"));
+}
