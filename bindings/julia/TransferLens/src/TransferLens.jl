@@ -3,7 +3,9 @@
 
 Julia binding of transferlens (linear CKA, single, layer by layer and streaming with all-reduce
 support; parameter sets: per-module distances, norms, interpolation and rewinding, see
-[`Params`](@ref)) over its C ABI, `include/transferlens.h`.
+[`Params`](@ref); evaluators from Julia functions or the built-in MLP, interpolation curves,
+barriers, module and network criticality, rewind curves, block shuffle and prediction
+agreement, see [`Evaluator`](@ref)) over its C ABI, `include/transferlens.h`.
 
 # Matrices: which way round
 
