@@ -126,13 +126,6 @@ typedef enum tl_metric {
 } tl_metric;
 
 /**
- * How the feature route forms a layer's Gram `U~^T U~` (lower triangle), chosen per call from
- * `TL_CUDA_GRAM` (internal, for benchmarking: `syrk`, `joint`, `recursive` or `recursive:<base>`,
- * `gemm`); the default is [`GramAlgo::DEFAULT`].
- */
-typedef struct GramAlgo GramAlgo;
-
-/**
  * Exact streaming CKA of nx x ny layer pairs: feeding batches gives the same result as the
  * concatenated data, whatever the batch sizes. The first update fixes each layer's feature
  * count; a later batch with other counts is TL_STATUS_SHAPE_MISMATCH.

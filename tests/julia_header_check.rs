@@ -14,8 +14,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Julia structs that mirror C structs field for field.
-const MIRRORS: &[(&str, &str)] =
-    &[("TLMatrix", "tl_matrix"), ("TLTensor", "tl_tensor"), ("ModuleGeometry", "tl_module_geometry")];
+const MIRRORS: &[(&str, &str)] = &[
+    ("TLMatrix", "tl_matrix"),
+    ("TLTensor", "tl_tensor"),
+    ("ModuleGeometry", "tl_module_geometry"),
+    ("Metrics", "tl_metrics"),
+    ("BarrierResult", "tl_barrier_result"),
+    ("CriticalityOptions", "tl_criticality_options"),
+    ("Criticality", "tl_criticality"),
+    ("NetworkSummary", "tl_network_summary"),
+];
 
 /// A type in a form both languages map to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -364,7 +372,10 @@ fn julia_struct_fields(src: &str, name: &str) -> Option<Vec<(String, String)>> {
         if let Some((field, ty)) = l.split_once("::") {
             // `@kwdef` defaults: `size::Csize_t = sizeof(...)`.
             let ty = ty.split_once('=').map_or(ty, |(t, _)| t);
-            fields.push((field.trim().to_string(), ty.trim().to_string()));
+            // A field named after a keyword is spelled `var"end"`.
+            let field = field.trim();
+            let field = field.strip_prefix("var\"").and_then(|f| f.strip_suffix('"')).unwrap_or(field);
+            fields.push((field.to_string(), ty.trim().to_string()));
         }
     }
     None
@@ -734,4 +745,14 @@ fn callbacks_are_pointers_and_option_structs_are_mirrored() {
         CALLBACK_MIRRORS
     )
     .contains("argument 4: struct tl_eval_options in C"));
+}
+
+#[test]
+fn keyword_field_names_are_spelled_with_var() {
+    // A C field named after a Julia keyword (tl_barrier_result.end) is `var"end"` in the mirror.
+    let header = MINI_HEADER.replace("uint64_t rows;", "uint64_t end;");
+    let julia = GOOD.replace("rows::UInt64", "var\"end\"::UInt64");
+    assert_eq!(check(&header, &[("good.jl", &julia)]), Vec::<String>::new());
+    let wrong = GOOD.replace("rows::UInt64", "var\"stop\"::UInt64");
+    assert!(check(&header, &[("good.jl", &wrong)]).join("\n").contains("TLMatrix.stop::UInt64 does not match"));
 }

@@ -1,7 +1,7 @@
 // transferlens for C++17: a header-only layer over the C ABI (include/transferlens.h).
 //
 // - Failures throw transferlens::Error, which carries the tl_status and the library's message.
-// - Context, CkaAccumulator and Params own their C handles (RAII, move-only); nothing leaks on a throw.
+// - Context, CkaAccumulator, Params and Evaluator own their C handles (RAII, move-only); nothing leaks on a throw.
 // - MatrixView is a non-owning row-major view (rows = samples, cols = features); its dtype is
 //   deduced from the element type: float -> F32, double -> F64. f16 and bf16 data are passed as
 //   their uint16_t bit patterns with an explicit DType::F16 or DType::BF16.
@@ -10,12 +10,21 @@
 // Thread safety follows the C ABI: a CPU Context may be shared by threads, a CkaAccumulator may
 // not be used from two threads at once, a Params may be read by several threads but a call that
 // writes into it (as the output of interpolate, interpolate_module, rewind, or a regrouping)
-// needs it alone.
+// needs it alone. An Evaluator is used by one call at a time.
+//
+// Evaluators, curves, barriers, criticality, rewind curves, block shuffle and prediction
+// agreement are at the end: an Evaluator wraps a std::function evaluating the host's model (an
+// exception it throws is caught at the C boundary and reported as TL_STATUS_CALLBACK with its
+// message) or the built-in MLP.
 #ifndef TRANSFERLENS_HPP
 #define TRANSFERLENS_HPP
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -556,6 +565,13 @@ class Params {
 
     tl_params* get() const noexcept { return p_; }
     tl_params* release() noexcept { return std::exchange(p_, nullptr); }
+    // Takes ownership of a set from the C ABI (NULL is refused).
+    static Params adopt(tl_params* raw) {
+        if (!raw) throw Error(TL_STATUS_NULL_ARGUMENT, "Params::adopt of a null tl_params");
+        Params p;
+        p.p_ = raw;
+        return p;
+    }
 
   private:
     Params() = default;
@@ -565,6 +581,244 @@ class Params {
     }
     tl_params* p_ = nullptr;
 };
+
+// ---------------------------------------------------------------------------------------------
+// Evaluators, landscape, criticality, data tools
+
+enum class Metric : uint32_t { Loss = TL_METRIC_LOSS, Error = TL_METRIC_ERROR, Accuracy = TL_METRIC_ACCURACY };
+
+using Metrics = tl_metrics;                 // loss, error, accuracy
+using BarrierResult = tl_barrier_result;    // value, peak_lambda, start, end, same_basin
+using Criticality = tl_criticality;         // value (+inf when infeasible), alpha, sigma, ...
+using NetworkSummary = tl_network_summary;  // total, final_metric, eps, joint_expected
+
+// Options of module criticality: the library's defaults, with `size` set to this version's
+// struct size. Change fields after construction.
+struct CriticalityOptions : tl_criticality_options {
+    CriticalityOptions() : tl_criticality_options(tl_criticality_options_default()) {
+        size = sizeof(tl_criticality_options);
+    }
+};
+
+// Records the host's description of a failure from inside an evaluation callback (an Evaluator
+// built from a std::function does this itself for an exception). nullptr clears it.
+inline void set_callback_error(const char* message) noexcept { tl_set_callback_error(message); }
+
+// An evaluator: a host callback or the built-in MLP. Move-only; used by one call at a time.
+class Evaluator {
+  public:
+    // f evaluates the host's model, whose weights the library has just written into the live
+    // set (the set wrapped around the model's memory and passed as `live`); it receives that
+    // set's handle. An exception thrown by f becomes TL_STATUS_CALLBACK with its what().
+    using Function = std::function<Metrics(const tl_params*)>;
+
+    explicit Evaluator(Function f) : fn_(std::make_unique<Function>(std::move(f))) {
+        if (!*fn_) throw Error(TL_STATUS_NULL_ARGUMENT, "an Evaluator needs a callable");
+        detail::check(tl_evaluator_from_callback(&Evaluator::trampoline, fn_.get(), &ev_));
+    }
+
+    // The built-in MLP with widths `sizes` (inputs, hidden..., classes) on x (rows x sizes[0]
+    // floats, row major) with one label per row. The data are copied.
+    static Evaluator mlp(const std::vector<uint64_t>& sizes, const std::vector<float>& x,
+                         const std::vector<uint32_t>& labels) {
+        if (sizes.empty() || x.size() != labels.size() * sizes[0])
+            throw Error(TL_STATUS_SHAPE_MISMATCH, "x holds " + std::to_string(x.size()) + " floats for " +
+                                                      std::to_string(labels.size()) + " labels");
+        Evaluator e;
+        detail::check(
+            tl_evaluator_mlp(sizes.data(), sizes.size(), x.data(), labels.data(), labels.size(), &e.ev_));
+        return e;
+    }
+
+    ~Evaluator() { tl_evaluator_destroy(ev_); }
+    Evaluator(const Evaluator&) = delete;
+    Evaluator& operator=(const Evaluator&) = delete;
+    Evaluator(Evaluator&& other) noexcept
+        : ev_(std::exchange(other.ev_, nullptr)), fn_(std::move(other.fn_)) {}
+    Evaluator& operator=(Evaluator&& other) noexcept {
+        if (this != &other) {
+            tl_evaluator_destroy(ev_);
+            ev_ = std::exchange(other.ev_, nullptr);
+            fn_ = std::move(other.fn_);
+        }
+        return *this;
+    }
+
+    // The metrics of `params` (for a callback: the live set it evaluates).
+    Metrics evaluate(const Params& params) {
+        Metrics out{};
+        detail::check(tl_evaluate(handle(), params.get(), &out));
+        return out;
+    }
+
+    tl_evaluator* get() const noexcept { return ev_; }
+    tl_evaluator* handle() const {
+        if (!ev_) throw Error(TL_STATUS_NULL_ARGUMENT, "use of a moved-from transferlens::Evaluator");
+        return ev_;
+    }
+
+  private:
+    Evaluator() = default;
+    // No exception crosses into C: it is caught here and reported as the callback's error.
+    static int32_t trampoline(void* user, const tl_params* params, tl_metrics* out) noexcept {
+        try {
+            *out = (*static_cast<Function*>(user))(params);
+            return 0;
+        } catch (const std::exception& e) {
+            tl_set_callback_error(e.what());
+        } catch (...) {
+            tl_set_callback_error("the C++ evaluation callback threw a non-std::exception");
+        }
+        return 1;
+    }
+    tl_evaluator* ev_ = nullptr;
+    std::unique_ptr<Function> fn_;  // stable address: the C evaluator holds it as user data
+};
+
+namespace detail {
+inline const tl_params* params_handle(const Params& p) {
+    if (!p.get()) throw Error(TL_STATUS_NULL_ARGUMENT, "use of a moved-from transferlens::Params");
+    return p.get();
+}
+inline std::vector<const tl_params*> params_handles(const std::vector<const Params*>& sets) {
+    std::vector<const tl_params*> out;
+    out.reserve(sets.size());
+    for (const Params* p : sets) {
+        if (!p) throw Error(TL_STATUS_NULL_ARGUMENT, "a null checkpoint");
+        out.push_back(params_handle(*p));
+    }
+    return out;
+}
+}  // namespace detail
+
+// Initial weights of the built-in MLP: He-normal weights from `seed`, zero biases.
+inline Params mlp_init(const std::vector<uint64_t>& sizes, uint64_t seed) {
+    tl_params* raw = nullptr;
+    detail::check(tl_mlp_init(sizes.data(), sizes.size(), seed, &raw));
+    return Params::adopt(raw);
+}
+
+// The metrics along (1 - lambda) a + lambda b, each point written into `live` (holding a's
+// weights). module >= 0 moves only that module (the rest stays at b); -1 moves all.
+inline std::vector<Metrics> interpolation_curve(const Context& ctx, Evaluator& evaluator, const Params& a,
+                                                const Params& b, Params& live, const std::vector<double>& lambdas,
+                                                int64_t module = -1) {
+    std::vector<Metrics> out(lambdas.size());
+    detail::check(tl_interpolation_curve(detail::context_handle(ctx), evaluator.handle(), detail::params_handle(a),
+                                         detail::params_handle(b), live.get(), lambdas.data(), lambdas.size(),
+                                         module, out.data()));
+    return out;
+}
+
+// The barrier of a curve; lambdas must contain 0 and 1.
+inline BarrierResult barrier(const std::vector<double>& lambdas, const std::vector<Metrics>& curve, Metric metric,
+                             double tolerance = 0.0) {
+    if (lambdas.size() != curve.size())
+        throw Error(TL_STATUS_SHAPE_MISMATCH, std::to_string(lambdas.size()) + " lambdas but " +
+                                                  std::to_string(curve.size()) + " curve points");
+    BarrierResult out{};
+    detail::check(tl_barrier(lambdas.data(), curve.data(), lambdas.size(), static_cast<tl_metric>(metric), tolerance,
+                             &out));
+    return out;
+}
+
+// The criticality of module `module` of `final_params` along the straight path from `init`.
+inline Criticality module_criticality(const Context& ctx, Evaluator& evaluator, const Params& init,
+                                      const Params& final_params, Params& live, size_t module,
+                                      const CriticalityOptions& opts = CriticalityOptions()) {
+    Criticality out{};
+    detail::check(tl_module_criticality(detail::context_handle(ctx), evaluator.handle(), detail::params_handle(init),
+                                        detail::params_handle(final_params), nullptr, 0, live.get(), module, &opts,
+                                        &out));
+    return out;
+}
+
+// The same along the piecewise-linear path through `checkpoints` (first initial, last final).
+inline Criticality module_criticality(const Context& ctx, Evaluator& evaluator,
+                                      const std::vector<const Params*>& checkpoints, Params& live, size_t module,
+                                      const CriticalityOptions& opts = CriticalityOptions()) {
+    const auto raw = detail::params_handles(checkpoints);
+    Criticality out{};
+    detail::check(tl_module_criticality(detail::context_handle(ctx), evaluator.handle(), nullptr, nullptr,
+                                        raw.empty() ? nullptr : raw.data(), raw.size(), live.get(), module, &opts,
+                                        &out));
+    return out;
+}
+
+struct NetworkCriticality {
+    std::vector<Criticality> modules;  // one per module of the final set
+    NetworkSummary summary;
+};
+
+// Every module's criticality and their sum, along the straight path from `init`.
+inline NetworkCriticality network_criticality(const Context& ctx, Evaluator& evaluator, const Params& init,
+                                              const Params& final_params, Params& live,
+                                              const CriticalityOptions& opts = CriticalityOptions()) {
+    NetworkCriticality out{std::vector<Criticality>(final_params.module_count()), NetworkSummary{}};
+    detail::check(tl_network_criticality(detail::context_handle(ctx), evaluator.handle(), detail::params_handle(init),
+                                         detail::params_handle(final_params), nullptr, 0, live.get(), &opts,
+                                         out.modules.data(), out.modules.size(), &out.summary));
+    return out;
+}
+
+// The same along the piecewise-linear path through `checkpoints`.
+inline NetworkCriticality network_criticality(const Context& ctx, Evaluator& evaluator,
+                                              const std::vector<const Params*>& checkpoints, Params& live,
+                                              const CriticalityOptions& opts = CriticalityOptions()) {
+    const auto raw = detail::params_handles(checkpoints);
+    if (raw.empty()) throw Error(TL_STATUS_INVALID_ARGUMENT, "network_criticality needs checkpoints");
+    NetworkCriticality out{std::vector<Criticality>(tl_params_module_count(raw.back())), NetworkSummary{}};
+    detail::check(tl_network_criticality(detail::context_handle(ctx), evaluator.handle(), nullptr, nullptr,
+                                         raw.data(), raw.size(), live.get(), &opts, out.modules.data(),
+                                         out.modules.size(), &out.summary));
+    return out;
+}
+
+// The PAC-Bayes bound of the criticality theorem for m samples and confidence delta; `expected`
+// is the metric under the joint perturbation (NetworkSummary::joint_expected). +inf when a
+// module is infeasible.
+inline double pac_bayes_bound(const std::vector<Criticality>& modules, double expected, uint64_t m, double delta) {
+    double out = 0;
+    detail::check(
+        tl_pac_bayes_bound(modules.empty() ? nullptr : modules.data(), modules.size(), expected, m, delta, &out));
+    return out;
+}
+
+// The metrics of module `module` rewound to (1 - alpha) init + alpha final, the rest at final.
+inline std::vector<Metrics> rewind_curve(const Context& ctx, Evaluator& evaluator, const Params& init,
+                                         const Params& final_params, Params& live, size_t module,
+                                         const std::vector<double>& alphas) {
+    std::vector<Metrics> out(alphas.size());
+    detail::check(tl_rewind_curve(detail::context_handle(ctx), evaluator.handle(), detail::params_handle(init),
+                                  detail::params_handle(final_params), live.get(), module, alphas.data(),
+                                  alphas.size(), out.data()));
+    return out;
+}
+
+// Block shuffle in place of n row-major c x h x w images held by `images`.
+inline void block_shuffle(std::vector<float>& images, uint64_t n, uint64_t c, uint64_t h, uint64_t w,
+                          uint64_t block, uint64_t seed) {
+    if (images.size() != n * c * h * w)
+        throw Error(TL_STATUS_SHAPE_MISMATCH, "the vector holds " + std::to_string(images.size()) + " floats, not " +
+                                                  std::to_string(n * c * h * w));
+    detail::check(tl_block_shuffle(images.data(), n, c, h, w, block, seed));
+}
+
+struct Agreement {
+    // Both right, only A right, only B right, both wrong alike, both wrong differently.
+    std::array<uint64_t, 5> counts;
+    std::vector<uint8_t> category;  // per sample, 0..4 in that order
+};
+
+inline Agreement prediction_agreement(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b,
+                                      const std::vector<uint32_t>& truth) {
+    if (a.size() != truth.size() || b.size() != truth.size())
+        throw Error(TL_STATUS_SHAPE_MISMATCH, "label vectors of different lengths");
+    Agreement out{{}, std::vector<uint8_t>(truth.size())};
+    detail::check(tl_prediction_agreement(a.data(), b.data(), truth.data(), truth.size(), out.counts.data(),
+                                          out.category.data()));
+    return out;
+}
 
 }  // namespace transferlens
 

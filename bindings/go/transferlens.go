@@ -1,7 +1,9 @@
 // Package transferlens is the Go binding of transferlens, a native library for "What is being
 // transferred in transfer learning?" (Neyshabur et al. 2020): linear CKA (single, layer-by-layer,
 // streaming with all-reduce support) and parameter sets (safetensors files or wrapped slices:
-// per-module distances, norms, interpolation, rewinding) over the library's C ABI.
+// per-module distances, norms, interpolation, rewinding) and the landscape analyses (evaluators
+// from Go functions or the built-in MLP, interpolation curves, barriers, module and network
+// criticality, rewind curves, block shuffle, prediction agreement) over the library's C ABI.
 //
 // Errors are *Error values carrying the library's status and message; compare them with
 // errors.Is against the sentinels (ErrDegenerateInput, ErrShapeMismatch, ...). Handles (Context,

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -643,11 +644,157 @@ static void test_params() {
     std::remove(pm.c_str());
 }
 
+// Evaluators, curves, barriers, criticality and rewind with a quadratic toy loss
+// L(w) = ||w||^2 / (2K) evaluated in a C++ callback (a lambda over the host's live model), the
+// built-in MLP, and the data tools.
+static void test_analysis() {
+    const uint64_t K = 1000;
+    tl::Context ctx(tl::Backend::Cpu);
+    std::vector<float> init_w(K), final_w(K, 0.0f), live_w(K, 0.0f);
+    double a = 0;
+    for (auto& x : init_w) {
+        x = static_cast<float>(normal());
+        a += static_cast<double>(x) * x;
+    }
+    a /= static_cast<double>(K);
+    tl::Params init = tl::Params::wrap(ctx, {tl::Tensor("w.weight", init_w.data(), {K})});
+    tl::Params fin = tl::Params::wrap(ctx, {tl::Tensor("w.weight", final_w.data(), {K})});
+    tl::Params live = tl::Params::wrap(ctx, {tl::Tensor("w.weight", live_w.data(), {K})});
+    int calls = 0;
+    const tl_params* live_handle = live.get();
+    tl::Evaluator ev([&](const tl_params* p) {
+        if (p != live_handle) throw std::runtime_error("not the live set");
+        double s = 0;
+        for (float x : live_w) s += static_cast<double>(x) * x;
+        ++calls;
+        const double l = s / (2.0 * static_cast<double>(K));
+        return tl::Metrics{l, l, 1 - l};
+    });
+    tl::Evaluator moved_ev = std::move(ev);  // the callback's address survives a move
+    CHECK(ev.get() == nullptr);
+
+    const std::vector<double> lambdas = {-1, 0, 0.25, 0.5, 1, 1.5, 2};
+    const auto curve = tl::interpolation_curve(ctx, moved_ev, init, fin, live, lambdas);
+    CHECK(calls == 7 && curve.size() == 7);
+    for (size_t i = 0; i < 7; i++)
+        CHECK_CLOSE(curve[i].loss, (1 - lambdas[i]) * (1 - lambdas[i]) * a / 2, 1e-5);
+    CHECK_CLOSE(moved_ev.evaluate(live).loss, a / 2, 1e-5);  // live ends at lambda = 2: (1 - 2)^2
+    tl::BarrierResult bar = tl::barrier(lambdas, curve, tl::Metric::Loss, 1e-9);
+    CHECK(bar.value == 0.0 && bar.same_basin == 1);  // convex: never above the chord
+    // A known bump: accuracy 0.9 -> 0.5 -> 0.8, shortfall below the chord 0.85 - 0.5.
+    const std::vector<tl::Metrics> bump = {{0.1, 0.1, 0.9}, {0.5, 0.5, 0.5}, {0.2, 0.2, 0.8}};
+    bar = tl::barrier({0, 0.5, 1}, bump, tl::Metric::Accuracy, 0.01);
+    CHECK_CLOSE(bar.value, 0.35, 1e-12);
+    CHECK(bar.peak_lambda == 0.5 && bar.same_basin == 0 && bar.start == 0.9 && bar.end == 0.8);
+    CHECK_THROWS(tl::barrier({0.25, 0.5}, {bump[0], bump[1]}, tl::Metric::Loss), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(tl::barrier({0, 1}, bump, tl::Metric::Loss), TL_STATUS_SHAPE_MISMATCH);
+
+    // Criticality: minimise alpha^2 K a / sigma^2 subject to (1 - alpha)^2 a / 2 + sigma^2 / 2 <= eps.
+    const double eps = 0.3;
+    double want = INFINITY;
+    for (int i = 1; i <= 200000; i++) {
+        const double al = i / 200000.0, s2 = 2 * eps - (1 - al) * (1 - al) * a;
+        if (s2 > 0 && s2 <= 1) want = std::fmin(want, al * al * static_cast<double>(K) * a / s2);
+    }
+    tl::CriticalityOptions o;
+    CHECK(o.size == sizeof(tl_criticality_options) && o.alphas == 11 && o.sigmas == 11 && o.samples == 10);
+    o.metric = TL_METRIC_LOSS;
+    o.eps_relative = 0;
+    o.eps = eps;
+    o.refined = 1;
+    o.tolerance = 1e-3;
+    o.alpha_steps = 12;
+    o.seed = 3;
+    const tl::Criticality c = tl::module_criticality(ctx, moved_ev, init, fin, live, 0, o);
+    CHECK_CLOSE(c.value / want, 1.0, 0.05);
+    CHECK(c.expected <= eps && c.numel == K);
+    const tl::Criticality c2 = tl::module_criticality(ctx, moved_ev, {&init, &fin}, live, 0, o);
+    CHECK_CLOSE(c2.value, c.value, 1e-6);
+    const tl::NetworkCriticality net = tl::network_criticality(ctx, moved_ev, init, fin, live, o);
+    CHECK(net.modules.size() == 1 && net.summary.total == net.modules[0].value);
+    CHECK(std::isfinite(net.summary.joint_expected));
+    CHECK(tl::pac_bayes_bound(net.modules, net.summary.joint_expected, 1000, 0.05) > net.summary.joint_expected);
+    const tl::NetworkCriticality net2 = tl::network_criticality(ctx, moved_ev, {&init, &fin}, live, o);
+    CHECK_CLOSE(net2.summary.total, net.summary.total, 1e-6);
+    const double bound = tl::pac_bayes_bound({c}, 0.1, 1000, 0.05);
+    CHECK(std::isfinite(bound) && bound > 0.1);
+    CHECK_THROWS(tl::pac_bayes_bound({c}, 0.1, 1, 0.05), TL_STATUS_INVALID_ARGUMENT);
+    o.eps = -1;  // infeasible: +inf, and so is the bound
+    const tl::Criticality inf = tl::module_criticality(ctx, moved_ev, init, fin, live, 0, o);
+    CHECK(std::isinf(inf.value) && std::isinf(tl::pac_bayes_bound({inf}, 0.1, 1000, 0.05)));
+    o.refined = 2;
+    CHECK_THROWS(tl::module_criticality(ctx, moved_ev, init, fin, live, 0, o), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(tl::module_criticality(ctx, moved_ev, init, fin, live, 5), TL_STATUS_NOT_FOUND);
+
+    const auto rw = tl::rewind_curve(ctx, moved_ev, init, fin, live, 0, {1, 0});
+    CHECK(rw[0].loss == 0.0);
+    CHECK_CLOSE(rw[1].loss, a / 2, 1e-5);
+
+    // Exceptions thrown in the callback stop at the C boundary and come back as TL_STATUS_CALLBACK.
+    tl::Evaluator bad([](const tl_params*) -> tl::Metrics { throw std::runtime_error("host model exploded"); });
+    bool thrown = false;
+    try {
+        tl::interpolation_curve(ctx, bad, init, fin, live, lambdas);
+    } catch (const tl::Error& e) {
+        thrown = e.status() == TL_STATUS_CALLBACK && e.message().find("host model exploded") != std::string::npos;
+    }
+    CHECK(thrown);
+    tl::Evaluator odd([](const tl_params*) -> tl::Metrics { throw 42; });
+    CHECK_THROWS(odd.evaluate(live), TL_STATUS_CALLBACK);
+    CHECK_THROWS(tl::Evaluator(tl::Evaluator::Function()), TL_STATUS_NULL_ARGUMENT);
+
+    // The built-in MLP.
+    const std::vector<uint64_t> sizes = {4, 6, 3};
+    const size_t rows = 40;
+    std::vector<float> x(rows * 4);
+    std::vector<uint32_t> y(rows);
+    for (size_t i = 0; i < rows; i++) {
+        for (size_t j = 0; j < 4; j++) x[i * 4 + j] = static_cast<float>(normal());
+        y[i] = static_cast<uint32_t>(x[i * 4] > 0) + static_cast<uint32_t>(x[i * 4 + 1] > 0.5f);
+    }
+    tl::Evaluator mlp = tl::Evaluator::mlp(sizes, x, y);
+    tl::Params p1 = tl::mlp_init(sizes, 1), p2 = tl::mlp_init(sizes, 2);
+    tl::Params plive = p2.clone();
+    CHECK(p2.module_count() == 2);
+    const tl::Metrics m = mlp.evaluate(p2);
+    CHECK(m.loss > 0 && m.error >= 0 && m.error <= 1 && std::fabs(m.accuracy + m.error - 1) < 1e-12);
+    const auto r = tl::rewind_curve(ctx, mlp, p1, p2, plive, 1, {1, 0.5});
+    CHECK(r[0].loss == m.loss && r[0].error == m.error);
+    tl::CriticalityOptions mo;
+    mo.noise_relative = 1;
+    mo.samples = 3;
+    mo.seed = 11;
+    const auto n1 = tl::network_criticality(ctx, mlp, p1, p2, plive, mo);
+    const auto n2 = tl::network_criticality(ctx, mlp, p1, p2, plive, mo);
+    CHECK(n1.modules.size() == 2 && n1.summary.total == n2.summary.total);
+    CHECK(n1.summary.total == n1.modules[0].value + n1.modules[1].value);
+    CHECK(n1.summary.eps == 1.01 * n1.summary.final_metric);
+    CHECK_THROWS(tl::Evaluator::mlp({4, 1}, x, y), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(tl::Evaluator::mlp(sizes, std::vector<float>(3), y), TL_STATUS_SHAPE_MISMATCH);
+
+    // Block shuffle: b = h = w is the identity; b = 2 moves whole blocks, the same in both images.
+    std::vector<float> img(32), orig(32);
+    for (int i = 0; i < 32; i++) orig[i] = img[i] = static_cast<float>(i);
+    tl::block_shuffle(img, 2, 1, 4, 4, 4, 5);
+    CHECK(img == orig);
+    tl::block_shuffle(img, 2, 1, 4, 4, 2, 5);
+    CHECK(img != orig);
+    for (int i = 0; i < 16; i++) CHECK(img[16 + i] == img[i] + 16);
+    CHECK_THROWS(tl::block_shuffle(img, 2, 1, 4, 4, 3, 5), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(tl::block_shuffle(img, 3, 1, 4, 4, 2, 5), TL_STATUS_SHAPE_MISMATCH);
+
+    const tl::Agreement ag = tl::prediction_agreement({0, 1, 9, 9, 7, 5}, {0, 8, 2, 9, 6, 5}, {0, 1, 2, 3, 4, 5});
+    CHECK(ag.counts[0] == 2 && ag.counts[1] == 1 && ag.counts[2] == 1 && ag.counts[3] == 1 && ag.counts[4] == 1);
+    CHECK((ag.category == std::vector<uint8_t>{0, 1, 2, 3, 4, 0}));
+    CHECK_THROWS(tl::prediction_agreement({0}, {0, 1}, {0, 1}), TL_STATUS_SHAPE_MISMATCH);
+}
+
 int main() {
     const std::pair<const char*, std::function<void()>> tests[] = {
         {"basics", test_basics},       {"context", test_context},       {"cka_linear", test_cka_linear},
         {"views", test_views},         {"errors", test_errors},         {"cka_matrix", test_cka_matrix},
         {"accumulator", test_accumulator}, {"params", test_params},
+        {"analysis", test_analysis},
     };
     for (const auto& t : tests) {
         t.second();

@@ -3,7 +3,9 @@
 
 Julia binding of transferlens (linear CKA, single, layer by layer and streaming with all-reduce
 support; parameter sets: per-module distances, norms, interpolation and rewinding, see
-[`Params`](@ref)) over its C ABI, `include/transferlens.h`.
+[`Params`](@ref); evaluators from Julia functions or the built-in MLP, interpolation curves,
+barriers, module and network criticality, rewind curves, block shuffle and prediction
+agreement, see [`Evaluator`](@ref)) over its C ABI, `include/transferlens.h`.
 
 # Matrices: which way round
 
@@ -48,6 +50,10 @@ export Params, ModuleGeometry, Grouping, Unmatched, GROUP_FIRST, GROUP_DEPTH, GR
        UNMATCHED_OWN_GROUP, UNMATCHED_ERROR
 export load_params, save_params, wrap_params, set_grouping!, module_count, module_name, module_names, find_module,
        tensor_count, tensor_data, distance, norms, compare, interpolate!, interpolate_module!, rewind!
+export Evaluator, Metrics, Metric, METRIC_LOSS, METRIC_ERROR, METRIC_ACCURACY, BarrierResult, finish,
+       CriticalityOptions, Criticality, NetworkSummary
+export set_callback_error, mlp_init, evaluate, interpolation_curve, barrier, module_criticality,
+       network_criticality, pac_bayes_bound, rewind_curve, block_shuffle!, prediction_agreement
 
 const libtransferlens = get(ENV, "TRANSFERLENS_LIB",
                             normpath(joinpath(@__DIR__, "..", "..", "..", "..", "target", "release",
@@ -706,5 +712,7 @@ function rewind!(out::Params, ctx::Context, initial::Params, final::Params, i::I
     end
     return out
 end
+
+include("analysis.jl")
 
 end # module

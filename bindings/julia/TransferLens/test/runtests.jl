@@ -332,6 +332,104 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
         close(pctx)
     end
 
+    # Evaluators, curves, barriers, criticality, rewind and the data tools, with a quadratic toy
+    # loss L(w) = ||w||^2 / (2K) evaluated in a Julia callback.
+    @testset "analysis" begin
+        status_of(f) =
+            try
+                f()
+                nothing
+            catch e
+                e isa TransferLensError || rethrow()
+                e.status
+            end
+        actx = Context(BACKEND_CPU)
+        K = 500
+        init_w = randn(rng, Float32, K)
+        final_w = zeros(Float32, K)
+        live_w = zeros(Float32, K)
+        a = sum(abs2, Float64.(init_w)) / K
+        init = wrap_params(actx, ["w.weight" => init_w])
+        fin = wrap_params(actx, ["w.weight" => final_w])
+        live = wrap_params(actx, ["w.weight" => live_w])
+        calls = Ref(0)
+        ev = Evaluator(function (_)
+                           calls[] += 1
+                           l = sum(abs2, Float64.(live_w)) / (2K)
+                           return Metrics(l, l, 1 - l)
+                       end)
+        lambdas = [-1, 0, 0.25, 0.5, 1, 1.5, 2]
+        curve = interpolation_curve(actx, ev, init, fin, live, lambdas)
+        @test calls[] == 7
+        @test [m.loss for m in curve] ≈ [(1 - l)^2 * a / 2 for l in lambdas] rtol = 1e-5
+        b = barrier(lambdas, curve, METRIC_LOSS; tolerance = 1e-9)
+        @test b.value == 0 && b.same_basin == 1
+        bump = [Metrics(0.1, 0.1, 0.9), Metrics(0.5, 0.5, 0.5), Metrics(0.2, 0.2, 0.8)]
+        b = barrier([0, 0.5, 1], bump, METRIC_ACCURACY; tolerance = 0.01)
+        @test b.value ≈ 0.35 atol = 1e-12
+        @test b.peak_lambda == 0.5 && b.same_basin == 0 && finish(b) == 0.8
+
+        o = CriticalityOptions()
+        @test o.size == sizeof(CriticalityOptions) && o.alphas == 11 && o.samples == 10
+        eps = 0.3
+        want = Inf
+        for i in 1:200000
+            al = i / 200000
+            s2 = 2 * eps - (1 - al)^2 * a
+            if 0 < s2 <= 1
+                want = min(want, al^2 * K * a / s2)
+            end
+        end
+        o = CriticalityOptions(metric = METRIC_LOSS, eps_relative = 0, eps = eps, refined = 1, tolerance = 1e-3,
+                               alpha_steps = 12, seed = 3)
+        c = module_criticality(actx, ev, init, fin, live, 1; opts = o)
+        @test c.value / want ≈ 1 atol = 0.05
+        @test c.numel == K && c.expected <= eps
+        c2 = module_criticality(actx, ev, nothing, nothing, live, 1; checkpoints = [init, fin], opts = o)
+        @test c2.value ≈ c.value rtol = 1e-6
+        net = network_criticality(actx, ev, init, fin, live; opts = o)
+        @test net.summary.total == sum(m.value for m in net.modules)
+        @test isfinite(net.summary.joint_expected)
+        @test pac_bayes_bound(net.modules, net.summary.joint_expected, 1000, 0.05) > net.summary.joint_expected
+        @test isfinite(pac_bayes_bound([c], 0.1, 1000, 0.05))
+        @test status_of(() -> pac_bayes_bound([c], 0.1, 1, 0.05)) == STATUS_INVALID_ARGUMENT
+        r = rewind_curve(actx, ev, init, fin, live, 1, [1.0, 0.0])
+        @test r[1].loss == 0
+        @test r[2].loss ≈ a / 2 rtol = 1e-5
+
+        bad = Evaluator(_ -> error("host model exploded"))
+        err = try
+            interpolation_curve(actx, bad, init, fin, live, lambdas)
+            nothing
+        catch e
+            e
+        end
+        @test err isa TransferLensError && err.status == TransferLens.STATUS_CALLBACK
+        @test occursin("host model exploded", err.message)
+        close(bad)
+        close(ev)
+
+        sizes = [4, 6, 3]
+        x = randn(rng, Float32, 4, 40)
+        y = [UInt32(x[1, i] > 0) + UInt32(x[2, i] > 0.5) for i in 1:40]
+        mlp = Evaluator(sizes, x, y)
+        p1, p2 = mlp_init(sizes, 1), mlp_init(sizes, 2)
+        m = evaluate(mlp, p2)
+        @test m.loss > 0 && m.accuracy + m.error ≈ 1
+        r = rewind_curve(actx, mlp, p1, p2, copy(p2), 2, [1.0, 0.5])
+        @test r[1].loss == m.loss
+
+        img = Float32.(reshape(0:31, 4, 4, 1, 2))
+        orig = copy(img)
+        @test block_shuffle!(img, 4, 5) == orig
+        block_shuffle!(img, 2, 5)
+        @test img != orig && sort(vec(img)) == sort(vec(orig))
+        @test status_of(() -> block_shuffle!(img, 3, 5)) == STATUS_INVALID_ARGUMENT
+        ag = prediction_agreement([0, 1, 9, 9, 7, 5], [0, 8, 2, 9, 6, 5], 0:5)
+        @test ag.counts == [2, 1, 1, 1, 1] && ag.category == [0, 1, 2, 3, 4, 0]
+        close(actx)
+    end
+
     close(ctx)
 
     # The README's example: the same data as the C and Go examples.
