@@ -164,14 +164,9 @@ pub fn cka_matrix_via(
     let n = check_layers(xs, ys)?;
     check_min_samples(n, estimator)?;
     let terms = match route {
-        // Whole data on the device: the feature-space products reduced there, scalars back.
-        Route::Feature if ctx.backend() == Backend::Cuda => whole_data_terms(ctx, xs, ys, Route::Feature)?,
-        Route::Feature => {
-            let mut acc = CkaAccumulator::new(xs.len(), ys.len(), estimator)?;
-            acc.update(ctx, xs, ys)?;
-            acc.terms()
-        }
-        Route::Sample => whole_data_terms(ctx, xs, ys, Route::Sample)?,
+        // Whole data: centered at the exact column means, the products reduced to the terms at
+        // once (the streaming accumulator gives the same values with its f64 state).
+        route => whole_data_terms(ctx, xs, ys, route)?,
     };
     terms.cka(estimator)
 }
@@ -259,8 +254,7 @@ fn labelled<'m, 'a>(xs: &'m [Matrix<'a>], ys: &'m [Matrix<'a>]) -> Vec<(String, 
 }
 
 /// Terms of whole data through `<K_u, K_v>_F`: sample space forms each layer's centered `n x n`
-/// Gram once (on either backend); feature space (CUDA only: on the CPU the accumulator serves)
-/// forms `||U~^T V~||_F^2`, which is the same number.
+/// Gram once; feature space forms `||U~^T V~||_F^2`, which is the same number.
 fn whole_data_terms(ctx: &Context, xs: &[Matrix], ys: &[Matrix], route: Route) -> Result<Terms> {
     let (n, nx, ny) = (xs[0].rows(), xs.len(), ys.len());
     let layers = labelled(xs, ys);
@@ -268,8 +262,12 @@ fn whole_data_terms(ctx: &Context, xs: &[Matrix], ys: &[Matrix], route: Route) -
     let pairs: Vec<(usize, usize)> =
         (0..nx + ny).map(|u| (u, u)).chain((0..nx * ny).map(|k| (k / ny, nx + k % ny))).collect();
     let grams = match ctx.backend() {
-        Backend::Cpu if wants_f64(xs, ys) => cpu::cka_gram_terms::<f64>(&layers, &pairs)?,
-        Backend::Cpu => cpu::cka_gram_terms::<f32>(&layers, &pairs)?,
+        Backend::Cpu => match (route, wants_f64(xs, ys)) {
+            (Route::Feature, true) => cpu::cka_feature_terms::<f64>(&layers, &pairs, nx)?,
+            (Route::Feature, false) => cpu::cka_feature_terms::<f32>(&layers, &pairs, nx)?,
+            (Route::Sample, true) => cpu::cka_gram_terms::<f64>(&layers, &pairs)?,
+            (Route::Sample, false) => cpu::cka_gram_terms::<f32>(&layers, &pairs)?,
+        },
         Backend::Cuda if route == Route::Feature => {
             crate::backend::cuda::cka_feature_terms(ctx, &layers, &pairs, wants_f64(xs, ys))?
         }

@@ -315,3 +315,38 @@ pub(crate) fn cka_gram_terms<T: Real>(layers: &[(String, &Matrix)], pairs: &[(us
     terms.inner = pairs.iter().map(|&(u, v)| symmetric_inner(grams[u].as_ref(), grams[v].as_ref())).collect();
     Ok(terms)
 }
+
+/// Feature-space CKA terms of whole data (see [`CkaGramTerms`]): every layer centered at its
+/// exact column means, then `||U~^T V~||_F^2` for each requested pair from one batch of moments
+/// (the Grams' lower triangles and the cross products), without an accumulator's f64 state.
+pub(crate) fn cka_feature_terms<T: Real>(
+    layers: &[(String, &Matrix)],
+    pairs: &[(usize, usize)],
+    nx: usize,
+) -> Result<CkaGramTerms> {
+    let means = layers.iter().map(|(name, m)| column_means(m, name)).collect::<Result<Vec<_>>>()?;
+    let moments = cka_batch_moments::<T>(layers, &means, nx)?;
+    let widths: Vec<usize> = layers.iter().map(|(_, m)| m.cols()).collect();
+    let offsets = moments.offsets(&widths, nx);
+    let px: usize = widths[..nx].iter().sum();
+    let square = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
+    let inner = pairs
+        .par_iter()
+        .map(|&(u, v)| {
+            if u == v {
+                // Lower triangle of a symmetric matrix: off-diagonal entries count twice.
+                let (p, g) = (widths[u], &moments.grams_lower[u]);
+                (0..p).map(|j| g[j * p + j].powi(2) + 2.0 * square(&g[j * p + j + 1..(j + 1) * p])).sum()
+            } else {
+                // Block (x_u, y_v) of the column-major px x py cross product.
+                (0..widths[v])
+                    .map(|j| {
+                        let start = (offsets[v] + j) * px + offsets[u];
+                        square(&moments.cross[start..start + widths[u]])
+                    })
+                    .sum()
+            }
+        })
+        .collect();
+    Ok(CkaGramTerms { inner, norms: moments.norms })
+}
