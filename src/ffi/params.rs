@@ -346,6 +346,17 @@ fn per_module_out<'a>(out: *mut f64, a: &ParamSet) -> Result<&'a mut [f64]> {
     unsafe { arg_slice_mut(out, a.modules().len(), "out_per_module") }
 }
 
+/// Writes per-module values and, where `out_total` is not NULL, their total.
+///
+/// # Safety
+/// `out_total` is NULL or valid for a write.
+unsafe fn write_module_values(values: &geometry::Distances, out: &mut [f64], out_total: *mut f64) {
+    out.copy_from_slice(&values.modules);
+    if let Some(t) = unsafe { out_total.as_mut() } {
+        *t = values.total;
+    }
+}
+
 /// out_per_module has tl_params_module_count entries; out_total may be NULL.
 /// Distances ||a_i - b_i||_2 per module of a (its grouping), accumulated in f64, and the total
 /// sqrt(sum of squares). a and b must hold the same weights (names and shapes; dtypes may
@@ -364,10 +375,7 @@ pub unsafe extern "C" fn tl_params_distance(
         let b = unsafe { arg_ref(b, "b") }?;
         let out = per_module_out(out_per_module, &a.inner)?;
         let d = geometry::distance(&ctx.inner, &a.inner, &b.inner)?;
-        out.copy_from_slice(&d.modules);
-        if let Some(t) = unsafe { out_total.as_mut() } {
-            *t = d.total;
-        }
+        unsafe { write_module_values(&d, out, out_total) };
         Ok(())
     })
 }
@@ -386,10 +394,7 @@ pub unsafe extern "C" fn tl_params_norms(
         let p = unsafe { arg_ref(params, "params") }?;
         let out = per_module_out(out_per_module, &p.inner)?;
         let d = geometry::norms(&ctx.inner, &p.inner)?;
-        out.copy_from_slice(&d.modules);
-        if let Some(t) = unsafe { out_total.as_mut() } {
-            *t = d.total;
-        }
+        unsafe { write_module_values(&d, out, out_total) };
         Ok(())
     })
 }
