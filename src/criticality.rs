@@ -23,10 +23,10 @@
 
 use crate::backend::Context;
 use crate::error::{fail, Result};
-use crate::eval::{evaluate_points, Evaluator, Metric, Metrics};
+use crate::eval::{add_module_noise, check_metrics, evaluate_points, Evaluator, Metric, Metrics, ModuleNoise};
 use crate::geometry;
 use crate::landscape::linspace;
-use crate::params::{HostSliceMut, ParamSet};
+use crate::params::ParamSet;
 
 /// The feasibility threshold.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -184,49 +184,36 @@ impl Search1<'_, '_> {
         Ok(d.modules[self.module].powi(2))
     }
 
-    /// Mean metric of the placed point under noise of per-element std `std`.
+    /// Mean metric of the placed point under noise of per-element std `std`: the evaluator's
+    /// own way with the noisy copies where it has one, else each copy written into a set.
     fn mean_under_noise(&mut self, std: f64) -> Result<f64> {
         let k = self.opts.samples;
-        let (seed, module) = (self.opts.seed, self.module);
-        let point = &self.point;
-        let tensors = point.modules()[module].tensors.clone();
-        let ms: Vec<Metrics> = evaluate_points(self.ev, self.live, &mut self.extra, k, |j, out| {
-            geometry::interpolate(self.ctx, point, point, 1.0, out)?;
-            add_noise(out, &tensors, std, seed, ((module as u64) << 32) | j as u64)
-        })?;
+        let noise = ModuleNoise { point: &self.point, module: self.module, std, seed: self.opts.seed, samples: k };
+        let ms: Vec<Metrics> = match self.ev.evaluate_module_noise(self.ctx, &noise) {
+            Some(got) => {
+                let got = got?;
+                if got.len() != k {
+                    fail!(Panic, "the evaluator returned {} results for {k} noisy copies", got.len());
+                }
+                for m in &got {
+                    check_metrics(m, "evaluation under noise")?;
+                }
+                got
+            }
+            None => evaluate_points(self.ev, self.live, &mut self.extra, k, |j, out| {
+                geometry::interpolate(self.ctx, noise.point, noise.point, 1.0, out)?;
+                noise.add_to(j, out)
+            })?,
+        };
         self.points += 1;
         Ok(ms.iter().map(|m| self.opts.metric.of(m)).sum::<f64>() / k as f64)
     }
 }
 
-/// Adds `std * z` to the tensors `tensors` of `set`, z from Philox (seed, stream, index = offset
-/// within the module).
-fn add_noise(set: &mut ParamSet, tensors: &[usize], std: f64, seed: u64, stream: u64) -> Result<()> {
-    let mut offset = 0u64;
-    let mut z = Vec::new();
-    for &t in tensors {
-        let tensor = &mut set.tensors_mut()[t];
-        let n = tensor.numel();
-        z.resize(n, 0f64);
-        crate::rng::normals_f64(seed, stream, offset, &mut z);
-        offset += n as u64;
-        match tensor.host_mut()? {
-            HostSliceMut::F32(d) => d.iter_mut().zip(&z).for_each(|(d, z)| *d = (*d as f64 + std * z) as f32),
-            HostSliceMut::F64(d) => d.iter_mut().zip(&z).for_each(|(d, z)| *d += std * z),
-            HostSliceMut::F16(d) => {
-                d.iter_mut().zip(&z).for_each(|(d, z)| *d = half::f16::from_f64(d.to_f64() + std * z))
-            }
-            HostSliceMut::BF16(d) => {
-                d.iter_mut().zip(&z).for_each(|(d, z)| *d = half::bf16::from_f64(d.to_f64() + std * z))
-            }
-        }
-    }
-    Ok(())
-}
-
 fn check_options(o: &Options) -> Result<()> {
-    if o.samples == 0 {
-        fail!(InvalidArgument, "criticality needs at least 1 noise sample");
+    if o.samples == 0 || o.samples > u32::MAX as usize {
+        // Sample k draws from stream module << 32 | k.
+        fail!(InvalidArgument, "criticality needs 1 to 2^32 - 1 noise samples, got {}", o.samples);
     }
     match o.eps {
         Eps::Absolute(e) if !e.is_finite() => fail!(InvalidArgument, "eps must be finite, got {e}"),
@@ -508,7 +495,7 @@ fn joint_mean(
     let ms = evaluate_points(ev, live, &mut Vec::new(), opts.samples, |k, out| {
         geometry::interpolate(ctx, &joint, &joint, 1.0, out)?;
         for (i, c) in modules.iter().enumerate() {
-            add_noise(out, &tensors[i], c.noise_std, seed, ((i as u64) << 32) | k as u64)?;
+            add_module_noise(out, &tensors[i], c.noise_std, seed, ((i as u64) << 32) | k as u64)?;
         }
         Ok(())
     })?;

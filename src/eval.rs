@@ -9,12 +9,16 @@
 //!
 //! The analyses write each point into scratch sets and ask the evaluator for their metrics,
 //! up to [`Evaluator::batch`] sets per call: the MLP evaluates them in parallel, a host callback
-//! sees one live set at a time.
+//! sees one live set at a time. Module criticality's noisy copies ([`ModuleNoise`]) are offered
+//! to [`Evaluator::evaluate_module_noise`] first: the MLP evaluates them without writing sets,
+//! computing the layers below the noisy module once, on the context's backend (CPU or CUDA).
 
-use crate::error::{fail, Result};
+use crate::backend::{cuda, Backend, Context, LayerNoise};
+use crate::error::{fail, Error, Result};
 use crate::model::{Dataset, Mlp};
-use crate::params::ParamSet;
+use crate::params::{HostSliceMut, ParamSet};
 use std::cell::RefCell;
+use std::sync::Arc;
 
 pub use crate::model::Metrics;
 
@@ -55,20 +59,141 @@ pub trait Evaluator {
     fn batch(&self) -> usize {
         1
     }
+    /// The metrics of the noisy copies of `noise`, in order, when this evaluator has a way
+    /// faster than writing each copy into a set; `None` makes the caller write and evaluate the
+    /// copies through [`Evaluator::evaluate`].
+    fn evaluate_module_noise(&mut self, _ctx: &Context, _noise: &ModuleNoise<'_>) -> Option<Result<Vec<Metrics>>> {
+        None
+    }
+}
+
+/// Noisy copies of a point that differ in one module: copy k is `point` with `std * z` added to
+/// every tensor of module `module`, z the Philox normals of (`seed`, stream [`Self::stream`])
+/// at the element's offset within the module (tensors in the module's order), each noisy value
+/// rounded once to its tensor's dtype. Module criticality evaluates these at every point of its
+/// search.
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleNoise<'a> {
+    pub point: &'a ParamSet,
+    pub module: usize,
+    /// The per-element standard deviation.
+    pub std: f64,
+    pub seed: u64,
+    /// Copies (noise samples).
+    pub samples: usize,
+}
+
+impl ModuleNoise<'_> {
+    /// The Philox stream of copy `k`: `module << 32 | k`.
+    pub fn stream(&self, k: usize) -> u64 {
+        ((self.module as u64) << 32) | k as u64
+    }
+
+    /// Adds copy `k`'s noise to `out`, which holds the point's values.
+    pub fn add_to(&self, k: usize, out: &mut ParamSet) -> Result<()> {
+        let Some(m) = self.point.modules().get(self.module) else {
+            fail!(NotFound, "module index {} is out of range", self.module)
+        };
+        add_module_noise(out, &m.tensors, self.std, self.seed, self.stream(k))
+    }
+}
+
+/// Adds `std * z` to the tensors `tensors` of `set` (indices into its tensors), z the Philox
+/// normals of (seed, stream) at the offset within those tensors taken in order, each value
+/// rounded once to its dtype.
+pub fn add_module_noise(set: &mut ParamSet, tensors: &[usize], std: f64, seed: u64, stream: u64) -> Result<()> {
+    let mut offset = 0u64;
+    let mut z = Vec::new();
+    for &t in tensors {
+        let tensor = &mut set.tensors_mut()[t];
+        let n = tensor.numel();
+        z.resize(n, 0f64);
+        crate::rng::normals_f64(seed, stream, offset, &mut z);
+        offset += n as u64;
+        match tensor.host_mut()? {
+            HostSliceMut::F32(d) => d.iter_mut().zip(&z).for_each(|(d, z)| *d = (*d as f64 + std * z) as f32),
+            HostSliceMut::F64(d) => d.iter_mut().zip(&z).for_each(|(d, z)| *d += std * z),
+            HostSliceMut::F16(d) => {
+                d.iter_mut().zip(&z).for_each(|(d, z)| *d = half::f16::from_f64(d.to_f64() + std * z))
+            }
+            HostSliceMut::BF16(d) => {
+                d.iter_mut().zip(&z).for_each(|(d, z)| *d = half::bf16::from_f64(d.to_f64() + std * z))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The built-in MLP on a data set.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MlpEvaluator {
     pub mlp: Mlp,
     pub data: Dataset,
     /// Sets evaluated per call, in parallel.
     pub batch: usize,
+    /// The data on the CUDA device of the last CUDA context used, uploaded once.
+    device_data: Option<Arc<cuda::mlp::DeviceDataset>>,
+}
+
+impl std::fmt::Debug for MlpEvaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlpEvaluator")
+            .field("mlp", &self.mlp)
+            .field("rows", &self.data.n)
+            .field("batch", &self.batch)
+            .field("on_device", &self.device_data.as_ref().map(|d| d.ordinal()))
+            .finish()
+    }
 }
 
 impl MlpEvaluator {
     pub fn new(mlp: Mlp, data: Dataset) -> Self {
-        MlpEvaluator { mlp, data, batch: 10 }
+        MlpEvaluator { mlp, data, batch: 10, device_data: None }
+    }
+
+    /// The layer noise equivalent to `noise`, when its module is exactly one layer of the MLP
+    /// (its weight and bias, in any order); `None` otherwise.
+    fn layer_noise(&self, noise: &ModuleNoise<'_>) -> Option<LayerNoise> {
+        let module = noise.point.modules().get(noise.module)?;
+        let layer = self.mlp.layer_names().iter().position(|n| *n == module.name)?;
+        let (weight, bias) = (format!("{}.weight", module.name), format!("{}.bias", module.name));
+        let (mut weight_index0, mut bias_index0) = (None, None);
+        let mut offset = 0u64;
+        for &t in &module.tensors {
+            let tensor = &noise.point.tensors()[t];
+            match tensor.name() {
+                n if n == weight => weight_index0 = Some(offset),
+                n if n == bias => bias_index0 = Some(offset),
+                _ => return None,
+            }
+            offset += tensor.numel() as u64;
+        }
+        Some(LayerNoise {
+            layer,
+            std: noise.std,
+            seed: noise.seed,
+            stream0: noise.stream(0),
+            draws: noise.samples,
+            weight_index0: weight_index0?,
+            bias_index0: bias_index0?,
+        })
+    }
+
+    /// The noisy copies on the CUDA device of `ctx`.
+    fn evaluate_layer_noise_cuda(&mut self, ctx: &Context, p: &ParamSet, noise: &LayerNoise) -> Result<Vec<Metrics>> {
+        let dev = ctx.cuda_device().ok_or_else(|| Error::Panic("a CUDA context without a device".into()))?;
+        let data = match &self.device_data {
+            Some(d) if d.ordinal() == dev.ordinal() => d.clone(),
+            _ => {
+                let d = &self.data;
+                let up = Arc::new(cuda::mlp::DeviceDataset::upload(dev, &d.x, &d.y, d.dim, d.classes)?);
+                self.device_data = Some(up.clone());
+                up
+            }
+        };
+        let model = cuda::mlp::DeviceMlp::upload(dev, self.mlp.sizes(), &self.mlp.stored_layers(p)?, noise.layer)?;
+        let got = model.evaluate_layer_noise(dev, &data, noise)?;
+        Ok(got.into_iter().map(|(loss, error)| Metrics { loss, error, accuracy: 1.0 - error }).collect())
     }
 }
 
@@ -78,6 +203,13 @@ impl Evaluator for MlpEvaluator {
     }
     fn batch(&self) -> usize {
         self.batch.max(1)
+    }
+    fn evaluate_module_noise(&mut self, ctx: &Context, noise: &ModuleNoise<'_>) -> Option<Result<Vec<Metrics>>> {
+        let layer_noise = self.layer_noise(noise)?;
+        Some(match ctx.backend() {
+            Backend::Cpu => self.mlp.evaluate_layer_noise(noise.point, &self.data, &layer_noise),
+            Backend::Cuda => self.evaluate_layer_noise_cuda(ctx, noise.point, &layer_noise),
+        })
     }
 }
 

@@ -125,7 +125,7 @@ pub enum HostSlice<'a> {
     BF16(&'a [bf16]),
 }
 
-impl HostSlice<'_> {
+impl<'a> HostSlice<'a> {
     pub fn dtype(&self) -> DType {
         match self {
             HostSlice::F32(_) => DType::F32,
@@ -144,6 +144,25 @@ impl HostSlice<'_> {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// The values as f32: borrowed for f32 data, converted (f64 rounded to nearest) otherwise.
+    pub fn to_f32(&self) -> std::borrow::Cow<'a, [f32]> {
+        use std::borrow::Cow;
+        match *self {
+            HostSlice::F32(x) => Cow::Borrowed(x),
+            HostSlice::F64(x) => Cow::Owned(x.iter().map(|&v| v as f32).collect()),
+            HostSlice::F16(x) => Cow::Owned(x.iter().map(|v| v.to_f32()).collect()),
+            HostSlice::BF16(x) => Cow::Owned(x.iter().map(|v| v.to_f32()).collect()),
+        }
+    }
+    /// The first `len` elements (panics past the end, as slicing does).
+    pub fn prefix(&self, len: usize) -> HostSlice<'a> {
+        match *self {
+            HostSlice::F32(s) => HostSlice::F32(&s[..len]),
+            HostSlice::F64(s) => HostSlice::F64(&s[..len]),
+            HostSlice::F16(s) => HostSlice::F16(&s[..len]),
+            HostSlice::BF16(s) => HostSlice::BF16(&s[..len]),
+        }
     }
 }
 

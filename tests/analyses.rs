@@ -1,12 +1,14 @@
 //! The loss-landscape analyses against analytic cases: criticality of a quadratic toy loss, grid
 //! against refined search, determinism for a seed, barriers and curves of the built-in MLP.
 
+mod common;
+
 use transferlens::criticality::{self, Eps, Noise, Options, Path, Search};
-use transferlens::eval::{Evaluator, FnEvaluator, Metric, Metrics, MlpEvaluator};
+use transferlens::eval::{Evaluator, FnEvaluator, Metric, Metrics, MlpEvaluator, ModuleNoise};
 use transferlens::landscape;
 use transferlens::model::{f32_set, Dataset, Mlp, TrainOptions};
 use transferlens::tensor::HostSlice;
-use transferlens::{Context, Error, ParamSet};
+use transferlens::{Context, DType, Error, Grouping, ParamSet};
 
 const K: usize = 20000;
 
@@ -291,4 +293,42 @@ fn the_bound_uses_the_joint_perturbation_which_for_one_module_is_the_module_cons
     assert!((criticality::pac_bayes_bound(&net, 1000, 0.05).unwrap() - want).abs() < 1e-12);
     let short = criticality::pac_bayes_short(net.eps, net.total, 1000, 0.05).unwrap();
     assert!((short - (0.3 + ((net.total / 4.0 + (1000f64 / 0.05).ln()) / 1000.0).sqrt())).abs() < 1e-12);
+}
+
+/// The MLP's own way with criticality's noisy copies (layers below the noisy one computed once,
+/// copies in parallel) gives bit for bit the metrics of writing each copy into a set and
+/// evaluating it, for every layer, every storage dtype (the noise is rounded to it), with and
+/// without noise, over more rows than one forward chunk.
+#[test]
+fn mlp_noisy_copies_match_writing_each_copy() {
+    let (mlp, f32_set, data) = common::mlp_fixture(&[7, 13, 5, 4], 1100, 3);
+    let ctx = Context::cpu();
+    let mut ev = MlpEvaluator::new(mlp.clone(), data.clone());
+    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        let point = common::set_as(&f32_set, dtype);
+        for module in 0..3 {
+            for std in [0.0, 0.02, 0.4] {
+                let noise = ModuleNoise { point: &point, module, std, seed: 11, samples: 5 };
+                let fast = ev.evaluate_module_noise(&ctx, &noise).expect("each module is one MLP layer").unwrap();
+                let slow: Vec<Metrics> = (0..5)
+                    .map(|k| {
+                        let mut copy = point.try_clone().unwrap();
+                        noise.add_to(k, &mut copy).unwrap();
+                        mlp.evaluate(&copy, &data).unwrap()
+                    })
+                    .collect();
+                assert_eq!(fast, slow, "{dtype:?} module {module} std {std}");
+                if std == 0.0 {
+                    assert!(fast.iter().all(|m| *m == mlp.evaluate(&point, &data).unwrap()));
+                } else {
+                    assert_ne!(fast[0].loss, fast[1].loss, "copies draw different noise");
+                }
+            }
+        }
+    }
+    // A module that is not one whole layer (here: one tensor) takes the general path.
+    let mut per_tensor = f32_set.try_clone().unwrap();
+    per_tensor.set_grouping(Grouping::Tensor).unwrap();
+    let noise = ModuleNoise { point: &per_tensor, module: 0, std: 0.1, seed: 1, samples: 2 };
+    assert!(ev.evaluate_module_noise(&ctx, &noise).is_none());
 }

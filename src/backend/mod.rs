@@ -143,3 +143,47 @@ pub fn column_means(ctx: &Context, m: &crate::Matrix, name: &str) -> Result<Vec<
         Backend::Cuda => cuda::column_means(ctx, m, name),
     }
 }
+
+/// One dense layer's parameters as stored: the weight (`out x in`, row major) and the bias.
+#[derive(Debug, Clone, Copy)]
+pub struct DenseLayer<'a> {
+    pub weight: crate::tensor::HostSlice<'a>,
+    pub bias: crate::tensor::HostSlice<'a>,
+}
+
+/// Gaussian noise on one dense layer of the built-in MLP, drawn `draws` times: the noisy copies
+/// that module criticality evaluates at each point of its search. Draw k adds `std * z` to the
+/// layer's weight (row major, `out x in`) and bias, z the Philox normals of [`crate::rng`] for
+/// `(seed, stream0 + k)` at indices `weight_index0 + e` and `bias_index0 + e` (element e), and
+/// rounds each noisy value once to the tensor's storage dtype, as writing it into the set would.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerNoise {
+    /// The layer (0 = the first).
+    pub layer: usize,
+    /// The per-element standard deviation.
+    pub std: f64,
+    pub seed: u64,
+    /// The stream of draw 0; draw k uses `stream0 + k`.
+    pub stream0: u64,
+    pub draws: usize,
+    pub weight_index0: u64,
+    pub bias_index0: u64,
+}
+
+impl LayerNoise {
+    /// Checks the scale and that the streams and indices of every draw fit in 64 bits.
+    pub fn check(&self, weight_len: usize, bias_len: usize) -> Result<()> {
+        if !(self.std.is_finite() && self.std >= 0.0) {
+            fail!(InvalidArgument, "the noise std must be finite and >= 0, got {}", self.std);
+        }
+        if self.draws == 0 {
+            fail!(InvalidArgument, "at least one noise draw is needed");
+        }
+        let fits = |a: u64, n: usize| a.checked_add(n as u64).is_some();
+        if !fits(self.stream0, self.draws) || !fits(self.weight_index0, weight_len) || !fits(self.bias_index0, bias_len)
+        {
+            fail!(InvalidArgument, "noise streams or indices overflow 64 bits: {self:?}");
+        }
+        Ok(())
+    }
+}

@@ -6,6 +6,7 @@
 //! faer's GEMM in f32 (the storage dtype); losses and error rates are summed in f64. Weights of
 //! another dtype (a set loaded from a file) are converted to f32 on the way in.
 
+use crate::backend::{DenseLayer, LayerNoise};
 use crate::error::{fail, Error, Result};
 use crate::params::{HostSliceMut, ParamSet};
 use crate::tensor::HostSlice;
@@ -68,6 +69,9 @@ pub struct Metrics {
     pub accuracy: f64,
 }
 
+/// Rows per forward pass of an evaluation: big evaluation sets need little memory.
+const EVAL_ROWS: usize = 1024;
+
 /// An MLP's architecture: layer widths from the input to the classes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mlp {
@@ -78,16 +82,6 @@ pub struct Mlp {
 struct Layer<'a> {
     w: std::borrow::Cow<'a, [f32]>,
     b: std::borrow::Cow<'a, [f32]>,
-}
-
-fn as_f32(s: HostSlice<'_>) -> std::borrow::Cow<'_, [f32]> {
-    use std::borrow::Cow;
-    match s {
-        HostSlice::F32(x) => Cow::Borrowed(x),
-        HostSlice::F64(x) => Cow::Owned(x.iter().map(|&v| v as f32).collect()),
-        HostSlice::F16(x) => Cow::Owned(x.iter().map(|v| v.to_f32()).collect()),
-        HostSlice::BF16(x) => Cow::Owned(x.iter().map(|v| v.to_f32()).collect()),
-    }
 }
 
 /// A host f32 set of the given tensors, in order: the model's way to hold its own weights.
@@ -119,8 +113,8 @@ pub fn f32_set(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<ParamSet> {
     ParamSet::from_bytes(&file, "model weights")
 }
 
-/// Softmax cross-entropy and correctness of one row of logits.
-fn row_loss(logits: &[f32], label: usize) -> (f64, bool) {
+/// Softmax cross-entropy of one row of logits, and its first arg-max class.
+fn row_loss(logits: &[f32], label: usize) -> (f64, usize) {
     let mut best = 0;
     let mut max = f64::NEG_INFINITY;
     for (j, &v) in logits.iter().enumerate() {
@@ -130,7 +124,61 @@ fn row_loss(logits: &[f32], label: usize) -> (f64, bool) {
         }
     }
     let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
-    (max + sum.ln() - logits[label] as f64, best == label)
+    (max + sum.ln() - logits[label] as f64, best)
+}
+
+/// Loss and errors of the rows seen so far, added row by row in order (so that every way of
+/// computing the logits sums the same terms in the same order).
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    loss: f64,
+    wrong: usize,
+}
+
+impl Tally {
+    /// Adds the rows of `logits` (rows x classes) labelled `labels`; pushes each row's predicted
+    /// class onto `pred` when given.
+    fn add(&mut self, logits: &faer::Mat<f32>, labels: &[u32], mut pred: Option<&mut Vec<u32>>) {
+        let mut row = vec![0f32; logits.ncols()];
+        for (i, &label) in labels.iter().enumerate().take(logits.nrows()) {
+            for (j, r) in row.iter_mut().enumerate() {
+                *r = logits[(i, j)];
+            }
+            let (l, best) = row_loss(&row, label as usize);
+            self.loss += l;
+            if best != label as usize {
+                self.wrong += 1;
+            }
+            if let Some(p) = pred.as_deref_mut() {
+                p.push(best as u32);
+            }
+        }
+    }
+
+    fn metrics(&self, rows: usize) -> Result<Metrics> {
+        if !self.loss.is_finite() {
+            fail!(NonFinite, "the loss is not finite: the weights hold NaN or Inf, or the logits overflow");
+        }
+        let error = self.wrong as f64 / rows as f64;
+        Ok(Metrics { loss: self.loss / rows as f64, error, accuracy: 1.0 - error })
+    }
+}
+
+/// The values of `src` plus `std * z`, z the Philox normals of (seed, stream) from `index0`,
+/// each rounded once to `src`'s dtype (as adding the noise to a stored tensor does), as f32.
+fn noisy_f32(src: HostSlice<'_>, std: f64, seed: u64, stream: u64, index0: u64) -> Vec<f32> {
+    let mut z = vec![0f64; src.len()];
+    crate::rng::normals_f64(seed, stream, index0, &mut z);
+    match src {
+        HostSlice::F32(d) => d.iter().zip(&z).map(|(&v, z)| (v as f64 + std * z) as f32).collect(),
+        HostSlice::F64(d) => d.iter().zip(&z).map(|(&v, z)| (v + std * z) as f32).collect(),
+        HostSlice::F16(d) => {
+            d.iter().zip(&z).map(|(v, z)| half::f16::from_f64(v.to_f64() + std * z).to_f32()).collect()
+        }
+        HostSlice::BF16(d) => {
+            d.iter().zip(&z).map(|(v, z)| half::bf16::from_f64(v.to_f64() + std * z).to_f32()).collect()
+        }
+    }
 }
 
 /// Options of [`Mlp::train`].
@@ -204,23 +252,48 @@ impl Mlp {
         f32_set(&t)
     }
 
+    /// Layer `l`'s weight and bias as stored in `p` (any float dtype), shapes checked.
+    pub fn stored_layer<'a>(&self, p: &'a ParamSet, l: usize) -> Result<DenseLayer<'a>> {
+        let (fi, fo) = (self.sizes[l], self.sizes[l + 1]);
+        let get = |suffix: &str, shape: &[usize]| -> Result<HostSlice<'a>> {
+            let name = format!("fc{}.{suffix}", l + 1);
+            let t = p
+                .tensor(&name)
+                .ok_or_else(|| Error::NotFound(format!("the MLP needs a tensor {name:?}, which the set lacks")))?;
+            if t.shape() != shape {
+                fail!(ShapeMismatch, "tensor {name:?} has shape {:?}, the MLP expects {shape:?}", t.shape());
+            }
+            t.host()
+        };
+        Ok(DenseLayer { weight: get("weight", &[fo, fi])?, bias: get("bias", &[fo])? })
+    }
+
+    /// Every layer as stored in `p`.
+    pub fn stored_layers<'a>(&self, p: &'a ParamSet) -> Result<Vec<DenseLayer<'a>>> {
+        (0..self.layers()).map(|l| self.stored_layer(p, l)).collect()
+    }
+
     fn layers_of<'a>(&self, p: &'a ParamSet) -> Result<Vec<Layer<'a>>> {
-        let mut out = Vec::with_capacity(self.layers());
-        for l in 0..self.layers() {
-            let (fi, fo) = (self.sizes[l], self.sizes[l + 1]);
-            let get = |suffix: &str, shape: &[usize]| -> Result<std::borrow::Cow<'a, [f32]>> {
-                let name = format!("fc{}.{suffix}", l + 1);
-                let t = p
-                    .tensor(&name)
-                    .ok_or_else(|| Error::NotFound(format!("the MLP needs a tensor {name:?}, which the set lacks")))?;
-                if t.shape() != shape {
-                    fail!(ShapeMismatch, "tensor {name:?} has shape {:?}, the MLP expects {shape:?}", t.shape());
+        Ok(self.stored_layers(p)?.into_iter().map(|d| Layer { w: d.weight.to_f32(), b: d.bias.to_f32() }).collect())
+    }
+
+    /// Layer `l` on the rows of `input` (n x in): `input W^T + b`, then ReLU below the logits.
+    fn dense_forward(&self, l: usize, layer: &Layer<'_>, input: MatRef<'_, f32>) -> faer::Mat<f32> {
+        let (fi, fo) = (self.sizes[l], self.sizes[l + 1]);
+        let mut z = faer::Mat::<f32>::zeros(input.nrows(), fo);
+        let w = MatRef::from_row_major_slice(&layer.w, fo, fi);
+        faer::linalg::matmul::matmul(z.as_mut(), Accum::Replace, input, w.transpose(), 1.0f32, Par::Seq);
+        let hidden = l + 1 < self.layers();
+        for j in 0..fo {
+            let b = layer.b[j];
+            for v in z.col_mut(j).iter_mut() {
+                *v += b;
+                if hidden && *v < 0.0 {
+                    *v = 0.0;
                 }
-                Ok(as_f32(t.host()?))
-            };
-            out.push(Layer { w: get("weight", &[fo, fi])?, b: get("bias", &[fo])? });
+            }
         }
-        Ok(out)
+        z
     }
 
     /// Activations of every layer for rows `x` (n x in): hidden layers after ReLU, then logits;
@@ -228,24 +301,11 @@ impl Mlp {
     fn forward_layers(&self, layers: &[Layer<'_>], x: &[f32], n: usize) -> Vec<faer::Mat<f32>> {
         let mut acts: Vec<faer::Mat<f32>> = Vec::with_capacity(layers.len());
         for (l, layer) in layers.iter().enumerate() {
-            let (fi, fo) = (self.sizes[l], self.sizes[l + 1]);
-            let mut z = faer::Mat::<f32>::zeros(n, fo);
-            let w = MatRef::from_row_major_slice(&layer.w, fo, fi);
             let input = match acts.last() {
                 Some(h) => h.as_ref(),
-                None => MatRef::from_row_major_slice(x, n, fi),
+                None => MatRef::from_row_major_slice(x, n, self.sizes[0]),
             };
-            faer::linalg::matmul::matmul(z.as_mut(), Accum::Replace, input, w.transpose(), 1.0f32, Par::Seq);
-            let last = l + 1 == layers.len();
-            for j in 0..fo {
-                let b = layer.b[j];
-                for v in z.col_mut(j).iter_mut() {
-                    *v += b;
-                    if !last && *v < 0.0 {
-                        *v = 0.0;
-                    }
-                }
-            }
+            let z = self.dense_forward(l, layer, input);
             acts.push(z);
         }
         acts
@@ -292,36 +352,14 @@ impl Mlp {
     pub fn evaluate_with_predictions(&self, p: &ParamSet, data: &Dataset) -> Result<(Metrics, Vec<u32>)> {
         self.check_data(data)?;
         let layers = self.layers_of(p)?;
-        // Rows in chunks, so that big evaluation sets need little memory.
-        const ROWS: usize = 1024;
-        let c = self.classes();
-        let mut loss = 0.0;
-        let mut wrong = 0usize;
+        let mut tally = Tally::default();
         let mut pred = Vec::with_capacity(data.n);
-        let mut row = vec![0f32; c];
-        for start in (0..data.n).step_by(ROWS) {
-            let m = ROWS.min(data.n - start);
+        for start in (0..data.n).step_by(EVAL_ROWS) {
+            let m = EVAL_ROWS.min(data.n - start);
             let acts = self.forward_layers(&layers, &data.x[start * data.dim..(start + m) * data.dim], m);
-            let logits = acts.last().unwrap();
-            for i in 0..m {
-                for j in 0..c {
-                    row[j] = logits[(i, j)];
-                }
-                let label = data.y[start + i] as usize;
-                let (l, right) = row_loss(&row, label);
-                loss += l;
-                if !right {
-                    wrong += 1;
-                }
-                let best = (0..c).fold(0, |b, j| if row[j] > row[b] { j } else { b });
-                pred.push(best as u32);
-            }
+            tally.add(acts.last().unwrap(), &data.y[start..start + m], Some(&mut pred));
         }
-        if !loss.is_finite() {
-            fail!(NonFinite, "the loss is not finite: the weights hold NaN or Inf, or the logits overflow");
-        }
-        let error = wrong as f64 / data.n as f64;
-        Ok((Metrics { loss: loss / data.n as f64, error, accuracy: 1.0 - error }, pred))
+        Ok((tally.metrics(data.n)?, pred))
     }
 
     /// Metrics of `p` on `data`.
@@ -329,10 +367,54 @@ impl Mlp {
         Ok(self.evaluate_with_predictions(p, data)?.0)
     }
 
-    /// Metrics of K parameter sets on one data set, the sets evaluated in parallel (the
-    /// perturbed samples of criticality). Results are in the order of `sets`.
+    /// Metrics of K parameter sets on one data set, the sets evaluated in parallel. Results are
+    /// in the order of `sets`.
     pub fn evaluate_many(&self, sets: &[&ParamSet], data: &Dataset) -> Result<Vec<Metrics>> {
         sets.par_iter().map(|p| self.evaluate(p, data)).collect()
+    }
+
+    /// Metrics of the noisy copies of `p` described by `noise` (module criticality's samples),
+    /// on the CPU: the layers below the noisy one are computed once for all copies, the copies
+    /// in parallel from there. The results are bit for bit those of writing each copy into a
+    /// set and calling [`Mlp::evaluate`]; the CUDA version is `backend::cuda::mlp`.
+    pub fn evaluate_layer_noise(&self, p: &ParamSet, data: &Dataset, noise: &LayerNoise) -> Result<Vec<Metrics>> {
+        self.check_data(data)?;
+        let l = noise.layer;
+        if l >= self.layers() {
+            fail!(InvalidArgument, "noise on layer {l}, but the MLP has {} layers", self.layers());
+        }
+        let stored = self.stored_layer(p, l)?;
+        noise.check(stored.weight.len(), stored.bias.len())?;
+        let layers = self.layers_of(p)?;
+        let copies: Vec<Layer<'static>> = (0..noise.draws)
+            .into_par_iter()
+            .map(|k| {
+                let stream = noise.stream0 + k as u64;
+                Layer {
+                    w: noisy_f32(stored.weight, noise.std, noise.seed, stream, noise.weight_index0).into(),
+                    b: noisy_f32(stored.bias, noise.std, noise.seed, stream, noise.bias_index0).into(),
+                }
+            })
+            .collect();
+        let mut tallies = vec![Tally::default(); noise.draws];
+        for start in (0..data.n).step_by(EVAL_ROWS) {
+            let m = EVAL_ROWS.min(data.n - start);
+            let x = MatRef::from_row_major_slice(&data.x[start * data.dim..(start + m) * data.dim], m, data.dim);
+            let mut below: Option<faer::Mat<f32>> = None;
+            for (j, layer) in layers.iter().enumerate().take(l) {
+                below = Some(self.dense_forward(j, layer, below.as_ref().map_or(x, |h| h.as_ref())));
+            }
+            let input = below.as_ref().map_or(x, |h| h.as_ref());
+            let labels = &data.y[start..start + m];
+            copies.par_iter().zip(tallies.par_iter_mut()).for_each(|(copy, tally)| {
+                let mut a = self.dense_forward(l, copy, input);
+                for (j, layer) in layers.iter().enumerate().skip(l + 1) {
+                    a = self.dense_forward(j, layer, a.as_ref());
+                }
+                tally.add(&a, labels, None);
+            });
+        }
+        tallies.iter().map(|t| t.metrics(data.n)).collect()
     }
 
     /// Mean loss and its gradient over rows `idx` of `data`, for the f32 weights `w` (per layer:

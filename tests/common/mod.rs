@@ -225,3 +225,85 @@ pub fn assert_rel(got: f64, want: f64, tol: f64, what: &str) {
         ((got - want) / want).abs()
     );
 }
+
+/// An MLP of widths `sizes` with He-normal weights from `seed`, biases drawn too (so that they
+/// matter), and `rows` rows of standard-normal inputs with labels from a fixed linear rule plus
+/// some label noise: a model that gets some rows right and some wrong.
+pub fn mlp_fixture(
+    sizes: &[usize],
+    rows: usize,
+    seed: u64,
+) -> (transferlens::model::Mlp, transferlens::ParamSet, transferlens::model::Dataset) {
+    use transferlens::model::{f32_set, Dataset, Mlp};
+    let mlp = Mlp::new(sizes).unwrap();
+    let init = mlp.init(seed).unwrap();
+    let mut rng = TestRng::new(seed);
+    let mut tensors = Vec::new();
+    for t in init.tensors() {
+        let transferlens::tensor::HostSlice::F32(v) = t.host().unwrap() else { panic!("init gives f32") };
+        let mut v = v.to_vec();
+        if t.name().ends_with(".bias") {
+            v.iter_mut().for_each(|b| *b = 0.3 * rng.normal() as f32);
+        }
+        tensors.push((t.name().to_string(), t.shape().to_vec(), v));
+    }
+    let set = f32_set(&tensors).unwrap();
+    let (dim, classes) = (sizes[0], *sizes.last().unwrap());
+    let x: Vec<f32> = rng.normals(rows * dim).iter().map(|&v| v as f32).collect();
+    let y = (0..rows)
+        .map(|i| {
+            let r = &x[i * dim..(i + 1) * dim];
+            let s: f32 = r.iter().enumerate().map(|(j, v)| v * (j % 3) as f32).sum();
+            let c = (s.abs() * 1.3) as usize + if rng.below(5) == 0 { rng.below(classes) } else { 0 };
+            (c % classes) as u32
+        })
+        .collect();
+    (mlp, set, Dataset::new(x, y, dim, classes).unwrap())
+}
+
+/// `p` with every tensor stored as `dtype` (values rounded to nearest), through safetensors.
+pub fn set_as(p: &transferlens::ParamSet, dtype: transferlens::DType) -> transferlens::ParamSet {
+    use transferlens::tensor::HostSlice;
+    let (tag, size) = match dtype {
+        transferlens::DType::F32 => ("F32", 4),
+        transferlens::DType::F64 => ("F64", 8),
+        transferlens::DType::F16 => ("F16", 2),
+        transferlens::DType::BF16 => ("BF16", 2),
+    };
+    let mut header = String::from("{");
+    let mut body: Vec<u8> = Vec::new();
+    for (i, t) in p.tensors().iter().enumerate() {
+        let values: Vec<f64> = match t.host().unwrap() {
+            HostSlice::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            HostSlice::F64(v) => v.to_vec(),
+            HostSlice::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            HostSlice::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+        };
+        let start = body.len();
+        for x in values {
+            match dtype {
+                transferlens::DType::F32 => body.extend_from_slice(&(x as f32).to_le_bytes()),
+                transferlens::DType::F64 => body.extend_from_slice(&x.to_le_bytes()),
+                transferlens::DType::F16 => body.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
+                transferlens::DType::BF16 => body.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()),
+            }
+        }
+        assert_eq!(body.len() - start, size * t.numel());
+        let shape: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+        header.push_str(&format!(
+            "{}\"{}\":{{\"dtype\":\"{tag}\",\"shape\":[{}],\"data_offsets\":[{start},{}]}}",
+            if i > 0 { "," } else { "" },
+            t.name(),
+            shape.join(","),
+            body.len()
+        ));
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    file.extend_from_slice(&body);
+    transferlens::ParamSet::from_bytes(&file, "test set").unwrap()
+}

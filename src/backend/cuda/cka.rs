@@ -11,129 +11,16 @@
 //! full f32 or f64; reductions of their results run on the device in f64, and only small
 //! results travel back.
 
-use super::device::{device_err, CudaDevice, DeviceBuffer, DeviceElement, BLOCK, BLOCKS_PER_SM};
+use super::blas::{blas_check, dim, Acc, OP_N, OP_T};
+use super::device::{
+    addr, addr_mut, alloc_zeros, device_err, device_of, download, AnyBuffer, CudaDevice, BLOCK, BLOCKS_PER_SM,
+};
 use crate::backend::{CkaBatchMoments, CkaGramTerms};
 use crate::error::{fail, Error, Result};
 use crate::tensor::{DType, HostSlice, Matrix, Storage};
 use cudarc::cublas::sys as cb;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
-
-/// The arithmetic type of the products: f32 or f64.
-pub(crate) trait Acc: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
-    const SUFFIX: &'static str;
-    fn to_f64(self) -> f64;
-    fn one() -> Self;
-    /// `C = alpha op(A) op(A)^T + beta C`, lower triangle.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn syrk(
-        h: cb::cublasHandle_t,
-        trans: cb::cublasOperation_t,
-        n: i32,
-        k: i32,
-        a: u64,
-        lda: i32,
-        c: u64,
-        ldc: i32,
-    ) -> cb::cublasStatus_t;
-    /// `C = op(A) op(B)`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        h: cb::cublasHandle_t,
-        ta: cb::cublasOperation_t,
-        tb: cb::cublasOperation_t,
-        m: i32,
-        n: i32,
-        k: i32,
-        a: u64,
-        lda: i32,
-        b: u64,
-        ldb: i32,
-        c: u64,
-        ldc: i32,
-    ) -> cb::cublasStatus_t;
-}
-
-macro_rules! impl_acc {
-    ($t:ty, $suffix:literal, $syrk:ident, $gemm:ident) => {
-        impl Acc for $t {
-            const SUFFIX: &'static str = $suffix;
-            fn to_f64(self) -> f64 {
-                self as f64
-            }
-            fn one() -> Self {
-                1.0
-            }
-            unsafe fn syrk(
-                h: cb::cublasHandle_t,
-                trans: cb::cublasOperation_t,
-                n: i32,
-                k: i32,
-                a: u64,
-                lda: i32,
-                c: u64,
-                ldc: i32,
-            ) -> cb::cublasStatus_t {
-                let (one, zero): ($t, $t) = (1.0, 0.0);
-                cb::$syrk(
-                    h,
-                    cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
-                    trans,
-                    n,
-                    k,
-                    &one,
-                    a as *const $t,
-                    lda,
-                    &zero,
-                    c as *mut $t,
-                    ldc,
-                )
-            }
-            unsafe fn gemm(
-                h: cb::cublasHandle_t,
-                ta: cb::cublasOperation_t,
-                tb: cb::cublasOperation_t,
-                m: i32,
-                n: i32,
-                k: i32,
-                a: u64,
-                lda: i32,
-                b: u64,
-                ldb: i32,
-                c: u64,
-                ldc: i32,
-            ) -> cb::cublasStatus_t {
-                let (one, zero): ($t, $t) = (1.0, 0.0);
-                cb::$gemm(h, ta, tb, m, n, k, &one, a as *const $t, lda, b as *const $t, ldb, &zero, c as *mut $t, ldc)
-            }
-        }
-    };
-}
-impl_acc!(f32, "f32", cublasSsyrk_v2, cublasSgemm_v2);
-impl_acc!(f64, "f64", cublasDsyrk_v2, cublasDgemm_v2);
-
-const OP_N: cb::cublasOperation_t = cb::cublasOperation_t::CUBLAS_OP_N;
-const OP_T: cb::cublasOperation_t = cb::cublasOperation_t::CUBLAS_OP_T;
-
-/// A dimension for cuBLAS's 32-bit interface.
-fn dim(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| {
-        Error::InvalidArgument(format!("{what} = {v} is too large for a cuBLAS product (at most {})", i32::MAX))
-    })
-}
-
-fn blas_check(call: &str, status: cb::cublasStatus_t) -> Result<()> {
-    status.result().map_err(|e| Error::Device(format!("{call} failed: {e}")))
-}
-
-/// Memory that keeps a layer's data on the device alive for the call: uploaded (owned) or
-/// the caller's (borrowed, checked to belong to the device).
-enum Held {
-    F32(DeviceBuffer<f32>),
-    F64(DeviceBuffer<f64>),
-    F16(DeviceBuffer<f16>),
-    BF16(DeviceBuffer<bf16>),
-}
 
 /// One layer on the device: a row-major `rows x cols` matrix, rows `stride` elements apart.
 struct Layer<'m> {
@@ -145,7 +32,7 @@ struct Layer<'m> {
     stride: usize,
     /// The host data when the layer came from the host (for reading back single values).
     host: Option<HostSlice<'m>>,
-    _held: Held,
+    _held: AnyBuffer,
 }
 
 impl Layer<'_> {
@@ -162,19 +49,8 @@ fn to_device<'m>(dev: &CudaDevice, name: &str, m: &Matrix<'m>) -> Result<Layer<'
         fail!(DegenerateInput, "{name} has 0 rows (samples)");
     }
     let span = (rows - 1) * stride + cols;
-    fn up<T: DeviceElement>(dev: &CudaDevice, data: &[T]) -> Result<DeviceBuffer<T>> {
-        dev.upload(data)
-    }
     let (held, host) = match m.storage() {
-        Storage::Host(s) => {
-            let held = match *s {
-                HostSlice::F32(d) => Held::F32(up(dev, &d[..span])?),
-                HostSlice::F64(d) => Held::F64(up(dev, &d[..span])?),
-                HostSlice::F16(d) => Held::F16(up(dev, &d[..span])?),
-                HostSlice::BF16(d) => Held::BF16(up(dev, &d[..span])?),
-            };
-            (held, Some(*s))
-        }
+        Storage::Host(s) => (AnyBuffer::upload(dev, s.prefix(span))?, Some(*s)),
         Storage::Device { ptr, dtype, device, .. } => {
             if *device != dev.ordinal() as i32 {
                 fail!(
@@ -193,60 +69,17 @@ fn to_device<'m>(dev: &CudaDevice, name: &str, m: &Matrix<'m>) -> Result<Layer<'
             // this device stay valid for reads while the view lives, which outlasts the call.
             let held = unsafe {
                 match dtype {
-                    DType::F32 => Held::F32(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
-                    DType::F64 => Held::F64(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
-                    DType::F16 => Held::F16(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
-                    DType::BF16 => Held::BF16(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
+                    DType::F32 => AnyBuffer::F32(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
+                    DType::F64 => AnyBuffer::F64(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
+                    DType::F16 => AnyBuffer::F16(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
+                    DType::BF16 => AnyBuffer::BF16(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
                 }
             };
             (held, None)
         }
     };
-    let ptr = match &held {
-        Held::F32(b) => b.device_ptr(),
-        Held::F64(b) => b.device_ptr(),
-        Held::F16(b) => b.device_ptr(),
-        Held::BF16(b) => b.device_ptr(),
-    };
+    let ptr = held.device_ptr();
     Ok(Layer { name: name.to_string(), ptr, dtype: m.dtype(), rows, cols, stride, host, _held: held })
-}
-
-/// The device of a CUDA context.
-fn device_of(ctx: &crate::Context) -> Result<&CudaDevice> {
-    let dev = ctx.cuda_device().ok_or_else(|| Error::Panic("a CUDA context without a device".into()))?;
-    dev.context().bind_to_thread().map_err(device_err("cuCtxSetCurrent"))?;
-    Ok(dev)
-}
-
-fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(dev: &CudaDevice, n: usize, what: &str) -> Result<CudaSlice<T>> {
-    dev.stream()
-        .alloc_zeros::<T>(n.max(1))
-        .map_err(|e| Error::Device(super::device::describe(&format!("cuMemAlloc({what})"), &e)))
-}
-
-fn addr<T>(dev: &CudaDevice, s: &CudaSlice<T>) -> u64 {
-    let (p, _sync) = s.device_ptr(dev.stream());
-    p
-}
-
-fn addr_mut<T>(dev: &CudaDevice, s: &mut CudaSlice<T>) -> u64 {
-    let (p, _sync) = s.device_ptr_mut(dev.stream());
-    p
-}
-
-fn download<T: DeviceRepr + Default + Clone>(
-    dev: &CudaDevice,
-    s: &CudaSlice<T>,
-    len: usize,
-    what: &str,
-) -> Result<Vec<T>> {
-    let mut out = vec![T::default(); len];
-    if len > 0 {
-        dev.stream()
-            .memcpy_dtoh(&s.slice(..len), &mut out)
-            .map_err(|e| Error::Device(super::device::describe(&format!("cuMemcpyDtoHAsync({what})"), &e)))?;
-    }
-    Ok(out)
 }
 
 /// `dev.stream().synchronize()`, reporting a fault of any queued kernel.

@@ -16,7 +16,7 @@
 
 use super::kernels;
 use crate::error::{fail, Error, Result};
-use crate::tensor::{DType, Element};
+use crate::tensor::{DType, Element, HostSlice};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
@@ -168,6 +168,54 @@ impl<T: DeviceElement> DeviceBuffer<T> {
 impl<T: DeviceElement> std::fmt::Debug for DeviceBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DeviceBuffer<{}>[{}]", T::SUFFIX, self.len())
+    }
+}
+
+/// A device buffer of any storage dtype: what keeps data a kernel reads alive for a call
+/// (uploaded, or the caller's memory wrapped in place).
+pub(crate) enum AnyBuffer {
+    F32(DeviceBuffer<f32>),
+    F64(DeviceBuffer<f64>),
+    F16(DeviceBuffer<f16>),
+    BF16(DeviceBuffer<bf16>),
+}
+
+impl AnyBuffer {
+    /// Copies host data to the device, keeping its dtype.
+    pub(crate) fn upload(dev: &CudaDevice, data: HostSlice<'_>) -> Result<AnyBuffer> {
+        Ok(match data {
+            HostSlice::F32(d) => AnyBuffer::F32(dev.upload(d)?),
+            HostSlice::F64(d) => AnyBuffer::F64(dev.upload(d)?),
+            HostSlice::F16(d) => AnyBuffer::F16(dev.upload(d)?),
+            HostSlice::BF16(d) => AnyBuffer::BF16(dev.upload(d)?),
+        })
+    }
+
+    pub(crate) fn device_ptr(&self) -> u64 {
+        match self {
+            AnyBuffer::F32(b) => b.device_ptr(),
+            AnyBuffer::F64(b) => b.device_ptr(),
+            AnyBuffer::F16(b) => b.device_ptr(),
+            AnyBuffer::BF16(b) => b.device_ptr(),
+        }
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            AnyBuffer::F32(_) => DType::F32,
+            AnyBuffer::F64(_) => DType::F64,
+            AnyBuffer::F16(_) => DType::F16,
+            AnyBuffer::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            AnyBuffer::F32(b) => b.len(),
+            AnyBuffer::F64(b) => b.len(),
+            AnyBuffer::F16(b) => b.len(),
+            AnyBuffer::BF16(b) => b.len(),
+        }
     }
 }
 
@@ -842,6 +890,48 @@ impl CudaDevice {
         let r = unsafe { launch.launch(self.grid_2d(shape)) }.map(|_| ());
         self.launched(&name, r)
     }
+}
+
+// ---- helpers of the primitive modules (cka, mlp) --------------------------------------------
+
+/// The device of a CUDA context.
+pub(crate) fn device_of(ctx: &crate::Context) -> Result<&CudaDevice> {
+    let dev = ctx.cuda_device().ok_or_else(|| Error::Panic("a CUDA context without a device".into()))?;
+    dev.context().bind_to_thread().map_err(device_err("cuCtxSetCurrent"))?;
+    Ok(dev)
+}
+
+pub(crate) fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+    dev: &CudaDevice,
+    n: usize,
+    what: &str,
+) -> Result<CudaSlice<T>> {
+    dev.stream().alloc_zeros::<T>(n.max(1)).map_err(|e| Error::Device(describe(&format!("cuMemAlloc({what})"), &e)))
+}
+
+pub(crate) fn addr<T>(dev: &CudaDevice, s: &CudaSlice<T>) -> u64 {
+    let (p, _sync) = s.device_ptr(dev.stream());
+    p
+}
+
+pub(crate) fn addr_mut<T>(dev: &CudaDevice, s: &mut CudaSlice<T>) -> u64 {
+    let (p, _sync) = s.device_ptr_mut(dev.stream());
+    p
+}
+
+pub(crate) fn download<T: DeviceRepr + Default + Clone>(
+    dev: &CudaDevice,
+    s: &CudaSlice<T>,
+    len: usize,
+    what: &str,
+) -> Result<Vec<T>> {
+    let mut out = vec![T::default(); len];
+    if len > 0 {
+        dev.stream()
+            .memcpy_dtoh(&s.slice(..len), &mut out)
+            .map_err(|e| Error::Device(describe(&format!("cuMemcpyDtoHAsync({what})"), &e)))?;
+    }
+    Ok(out)
 }
 
 /// Memory that the device's default pool (which serves the stream-ordered allocations of this

@@ -17,8 +17,11 @@ const HEADERS: [(&str, &str); 2] = [
 ];
 
 /// The kernel files: each is compiled as one NVRTC program and loaded as one module.
-pub const SOURCES: [(&str, &str); 2] =
-    [("weights.cu", include_str!("../../../kernels/weights.cu")), ("cka.cu", include_str!("../../../kernels/cka.cu"))];
+pub const SOURCES: [(&str, &str); 3] = [
+    ("weights.cu", include_str!("../../../kernels/weights.cu")),
+    ("cka.cu", include_str!("../../../kernels/cka.cu")),
+    ("mlp.cu", include_str!("../../../kernels/mlp.cu")),
+];
 
 /// Kernel name suffixes of the four storage types, in `DType` order.
 pub const DTYPE_SUFFIXES: [&str; 4] = ["f32", "f64", "f16", "bf16"];
@@ -58,6 +61,13 @@ pub fn expected_kernels(file: &str) -> Vec<String> {
             }
             names.push("sym_inner_f32".into());
             names.push("sym_inner_f64".into());
+        }
+        "mlp.cu" => {
+            names.push("bias_act_f32".into());
+            names.push("softmax_xent_f32".into());
+            for t in DTYPE_SUFFIXES {
+                names.push(format!("noisy_copies_{t}"));
+            }
         }
         _ => {}
     }
@@ -285,7 +295,7 @@ mod tests {
     #[test]
     fn expected_kernel_names_are_unique_and_defined_in_their_file() {
         let all = all_expected_kernels();
-        assert_eq!(all.len(), 60);
+        assert_eq!(all.len(), 66);
         let mut sorted = all.clone();
         sorted.sort();
         sorted.dedup();

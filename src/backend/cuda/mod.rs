@@ -11,9 +11,11 @@
 //!   helpers);
 //! - [`cka`]: the CKA primitives of the analyses (batch moments, Gram terms, column means).
 
+pub(crate) mod blas;
 pub mod cka;
 pub mod device;
 pub mod kernels;
+pub mod mlp;
 
 pub use cka::{cka_batch_moments, cka_feature_terms, cka_gram_terms, column_means, last_phases, GramAlgo};
 pub use device::{CudaDevice, DeviceBuffer, DeviceElement, MatrixShape, SegmentSums};
