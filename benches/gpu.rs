@@ -4,7 +4,12 @@
 //!
 //! (a) weight-space kernels on 1 GiB arrays against the device-to-device copy bandwidth;
 //! (b) CKA of a 65536 x 2048 f32 pair in device memory against the cuBLAS products alone;
-//! (c) a 5 x 5 layer matrix (n = 8192, p from 256 to 2048).
+//! (c) a 5 x 5 layer matrix (n = 8192, p from 256 to 2048);
+//! (d) batched perturbed-loss evaluation of the built-in MLP 784-1024-1024-1024-10 on 10000 rows,
+//!     K = 10 noisy copies of the last hidden layer, against the FLOP floor of the shared-prefix
+//!     schedule at the SGEMM rate measured on the schedule's largest product. Prints a
+//!     `RESULT mlp_noise_device_ms <ms>` line that `benches/compare/mlp_torch.py` compares with
+//!     PyTorch's torch.func.vmap.
 //!
 //! Times are medians of `REPS` runs after warm-up: CUDA events on the device's stream for the
 //! kernels and products, stream-synchronised wall time for whole CKA calls (which end by
@@ -469,4 +474,133 @@ fn main() {
     if wants("c") {
         layer_matrix(&ctx, &dev);
     }
+    if wants("d") {
+        mlp_noise(&ctx, &dev);
+    }
+}
+
+/// SGEMM `C (m x n) = A^T (m x k) B (k x n)`, column-major, as the MLP's layers call it.
+fn sgemm_tn(h: cb::cublasHandle_t, m: usize, n: usize, k: usize, a: u64, b: u64, c: u64) {
+    let (one, zero) = (1.0f32, 0.0f32);
+    let (mi, ni, ki) = (m as i32, n as i32, k as i32);
+    // SAFETY: a holds k x m, b k x n and c m x n f32 values on the handle's device.
+    unsafe {
+        cb::cublasSgemm_v2(
+            h,
+            cb::cublasOperation_t::CUBLAS_OP_T,
+            cb::cublasOperation_t::CUBLAS_OP_N,
+            mi,
+            ni,
+            ki,
+            &one,
+            a as *const f32,
+            ki,
+            b as *const f32,
+            ki,
+            &zero,
+            c as *mut f32,
+            mi,
+        )
+    }
+    .result()
+    .unwrap();
+}
+
+fn mlp_noise(ctx: &Context, dev: &CudaDevice) {
+    use transferlens::backend::cuda::mlp::{DeviceDataset, DeviceMlp};
+    use transferlens::backend::LayerNoise;
+    use transferlens::eval::{Evaluator, MlpEvaluator, ModuleNoise};
+    use transferlens::model::{Dataset, Mlp};
+    let sizes = [784usize, 1024, 1024, 1024, 10];
+    let (rows, copies, layer) = (10_000usize, 10usize, 2usize);
+    println!(
+        "\n(d) batched perturbed evaluation: MLP {sizes:?}, {rows} rows, K = {copies} noisy copies of fc{} (f32)",
+        layer + 1
+    );
+    let mlp = Mlp::new(&sizes).unwrap();
+    let set = mlp.init(17).unwrap();
+    let mut x = vec![0f32; rows * sizes[0]];
+    transferlens::rng::normals_f32(5, 0, 0, &mut x);
+    let y: Vec<u32> = (0..rows as u32).map(|i| (i * 7 + i / 3) % 10).collect();
+    let data = Dataset::new(x, y, sizes[0], 10).unwrap();
+
+    // The matrix rate: the schedule's largest product, (K 1024) x 1024 by 1024 x rows.
+    let (m, k) = (copies * sizes[layer + 1], sizes[layer]);
+    let a = normals(dev, m * k, 11);
+    let b = normals(dev, k * rows, 12);
+    let c = dev.zeros::<f32>(m * rows).unwrap();
+    let blas = CudaBlas::new(dev.stream().clone()).unwrap();
+    let h = *blas.handle();
+    // SAFETY: a valid handle; CUBLAS_DEFAULT_MATH is full f32, as the library's products.
+    unsafe { cb::cublasSetMathMode(h, cb::cublasMath_t::CUBLAS_DEFAULT_MATH) }.result().unwrap();
+    let gemm_ms = time_events(dev, || sgemm_tn(h, m, rows, k, a.device_ptr(), b.device_ptr(), c.device_ptr()));
+    drop((a, b, c));
+    let rate = 2.0 * (m * rows * k) as f64 / (gemm_ms * 1e-3);
+
+    // FLOPs of the shared-prefix schedule and of K separate forward passes.
+    let mac = |j: usize| (sizes[j] * sizes[j + 1]) as f64;
+    let below: f64 = (0..layer).map(mac).sum();
+    let above: f64 = (layer..sizes.len() - 1).map(mac).sum();
+    let shared_flops = 2.0 * rows as f64 * (below + copies as f64 * above);
+    let separate_flops = 2.0 * rows as f64 * copies as f64 * (below + above);
+    let floor_ms = shared_flops / rate * 1e3;
+
+    let device_data = DeviceDataset::upload(dev, &data.x, &data.y, data.dim, data.classes).unwrap();
+    let stored = mlp.stored_layers(&set).unwrap();
+    let model = DeviceMlp::upload(dev, &sizes, &stored, layer).unwrap();
+    let noise = LayerNoise {
+        layer,
+        std: 0.01,
+        seed: 3,
+        stream0: (layer as u64) << 32,
+        draws: copies,
+        weight_index0: 0,
+        bias_index0: (sizes[layer] * sizes[layer + 1]) as u64,
+    };
+    let mut result = Vec::new();
+    let device_ms = time_wall(dev, || result = model.evaluate_layer_noise(dev, &device_data, &noise).unwrap());
+    let mut ev = MlpEvaluator::new(mlp.clone(), data.clone());
+    let module_noise = ModuleNoise { point: &set, module: layer, std: 0.01, seed: 3, samples: copies };
+    let host_ms = time_wall(dev, || {
+        ev.evaluate_module_noise(ctx, &module_noise).unwrap().unwrap();
+    });
+    let tf = |flops: f64, ms: f64| flops / (ms * 1e-3) / 1e12;
+    println!("{:<52} {:>10} {:>10} {:>10}", "what", "ms", "TFLOP/s", "x floor");
+    println!(
+        "{:<52} {:>10.3} {:>10.1} {:>10}",
+        format!("cuBLAS SGEMM {m} x {rows} x {k} (events): the rate"),
+        gemm_ms,
+        rate / 1e12,
+        "-"
+    );
+    println!(
+        "{:<52} {:>10.3} {:>10.1} {:>10.2}",
+        "FLOP floor of the shared-prefix schedule",
+        floor_ms,
+        rate / 1e12,
+        1.0
+    );
+    println!(
+        "{:<52} {:>10.3} {:>10.1} {:>10.2}",
+        "transferlens, weights and data on the device",
+        device_ms,
+        tf(shared_flops, device_ms),
+        device_ms / floor_ms
+    );
+    println!(
+        "{:<52} {:>10.3} {:>10.1} {:>10.2}",
+        "transferlens, from a host set (evaluator, upload)",
+        host_ms,
+        tf(shared_flops, host_ms),
+        host_ms / floor_ms
+    );
+    println!(
+        "FLOPs: shared prefix {:.1} G; {copies} separate forward passes {:.1} G ({:.2}x)",
+        shared_flops / 1e9,
+        separate_flops / 1e9,
+        separate_flops / shared_flops
+    );
+    println!("copy 0: loss {:.6}, error {:.4}", result[0].0, result[0].1);
+    println!("RESULT mlp_noise_device_ms {device_ms:.4}");
+    println!("RESULT mlp_noise_floor_ms {floor_ms:.4}");
 }

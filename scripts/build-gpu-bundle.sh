@@ -4,7 +4,7 @@
 # CPU architecture and a glibc at least as new as this machine's).
 #
 # Usage: scripts/build-gpu-bundle.sh [cargo target selection]
-#   default selection: --lib --test cuda --test cuda_cka --test nvrtc --bench gpu
+#   default selection: --lib --test cuda --test cuda_cka --test cuda_mlp --test nvrtc --bench gpu
 #   a "--bench NAME" target is bundled too; gpu-check.sh runs it with --bench, after the tests
 # Output: gpu-bundle/bin/<name> and gpu-bundle/manifest.txt, one "<name> <path> [arguments]"
 # line per binary (path relative to gpu-bundle/). gpu-bundle/ is ignored by git.
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 if [ "$#" -gt 0 ]; then
     selection=("$@")
 else
-    selection=(--lib --test cuda --test cuda_cka --test nvrtc --bench gpu)
+    selection=(--lib --test cuda --test cuda_cka --test cuda_mlp --test nvrtc --bench gpu)
 fi
 
 bundle=gpu-bundle
@@ -50,9 +50,9 @@ for line in "${artifacts[@]}"; do
     echo "$name bin/$name $args" >>"$bundle/manifest.txt"
 done
 
-# The PyTorch side-by-side script, run by gpu-check.sh where torch imports.
+# The PyTorch side-by-side scripts, run by gpu-check.sh where torch imports.
 mkdir -p "$bundle/compare"
-cp benches/compare/cka_torch.py "$bundle/compare/"
+cp benches/compare/cka_torch.py benches/compare/mlp_torch.py "$bundle/compare/"
 
 git rev-parse --short HEAD >"$bundle/commit.txt" 2>/dev/null || true
 echo "gpu-bundle: ${#artifacts[@]} binaries, $(du -sh "$bundle" | cut -f1)"

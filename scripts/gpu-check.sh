@@ -3,8 +3,8 @@
 # with a CUDA GPU, requiring the device and NVRTC (TL_REQUIRE_CUDA=1, TL_REQUIRE_NVRTC=1: a
 # test that would skip fails instead), and prints one line per binary: passed or failed, the
 # number of tests, seconds. Then it runs the bundled benchmarks (manifest entries with --bench)
-# and prints their tables, and, where python3 imports torch, benches/compare/cka_torch.py (the
-# PyTorch side of the CKA comparison). Needs no Rust toolchain. Exit status: 0 when every binary
+# and prints their tables, and, where python3 imports torch, the PyTorch sides of the comparisons
+# (benches/compare/cka_torch.py, mlp_torch.py). Needs no Rust toolchain. Exit status: 0 when every binary
 # passed.
 #
 # Usage: scripts/gpu-check.sh [bundle folder, default gpu-bundle] [extra test-binary arguments]
@@ -128,21 +128,29 @@ for b in "${benches[@]}"; do
     cat "$logs/$name.log"
 done
 
-# PyTorch side by side (benches/compare/cka_torch.py), where python3 has torch.
-torch_script=$bundle/compare/cka_torch.py
-[ -f "$torch_script" ] || torch_script=$root/benches/compare/cka_torch.py
-if [ -f "$torch_script" ] && python3 -c 'import torch' 2>/dev/null; then
+# PyTorch side by side, where python3 has torch: benches/compare/cka_torch.py (the published CKA
+# formula) and mlp_torch.py (torch.func.vmap over K perturbed models; it reads the gpu bench's
+# log for the ratios).
+run_torch() {
+    local script=$1 title=$2
+    shift 2
+    local path=$bundle/compare/$script
+    [ -f "$path" ] || path=$root/benches/compare/$script
     echo
-    echo "==== PyTorch, the published feature-space formula ===="
+    echo "==== PyTorch: $title ===="
     start=$(date +%s.%N)
-    PYTHONUNBUFFERED=1 python3 "$torch_script" 2>&1 | tee "$logs/cka_torch.log"
+    PYTHONUNBUFFERED=1 python3 "$path" "$@" 2>&1 | tee "$logs/${script%.py}.log"
     rc=${PIPESTATUS[0]}
     end=$(date +%s.%N)
     secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
     if [ "$rc" -eq 0 ]; then status=passed; else status="FAILED (exit $rc)"; failed=1; fi
-    results+=("$(printf '%-16s %-18s %-24s %8s' "cka_torch.py" "$status" "-" "$secs")")
+    results+=("$(printf '%-16s %-18s %-24s %8s' "$script" "$status" "-" "$secs")")
+}
+if python3 -c 'import torch' 2>/dev/null; then
+    run_torch cka_torch.py "the published feature-space CKA formula"
+    run_torch mlp_torch.py "torch.func.vmap over K perturbed models" --transferlens-log "$logs/gpu.log"
 else
-    echo "gpu-check: python3 with torch not found; the PyTorch comparison is skipped"
+    echo "gpu-check: python3 with torch not found; the PyTorch comparisons are skipped"
 fi
 
 echo
