@@ -358,7 +358,9 @@ typedef struct tl_tensor {
   const uint64_t *shape;
   size_t ndim;
   /**
-   * -1: host memory; k >= 0: memory of CUDA device k (not computed on in this version).
+   * -1: host memory; k >= 0: memory of CUDA device k, used in place by distance, norms,
+   * interpolation and rewind with a CUDA context for that device (synchronise the producer
+   * first); the other operations need host memory.
    */
   int32_t device;
 } tl_tensor;

@@ -4,7 +4,7 @@
 # CPU architecture and a glibc at least as new as this machine's).
 #
 # Usage: scripts/build-gpu-bundle.sh [cargo target selection]
-#   default selection: --lib --test cuda --test cuda_cka --test cuda_mlp --test nvrtc --bench gpu
+#   default selection: --lib --test cuda --test cuda_cka --test cuda_mlp --test cuda_params --test nvrtc --bench gpu
 #   a "--bench NAME" target is bundled too; gpu-check.sh runs it with --bench, after the tests
 # Output: gpu-bundle/bin/<name> and gpu-bundle/manifest.txt, one "<name> <path> [arguments]"
 # line per binary (path relative to gpu-bundle/). gpu-bundle/ is ignored by git.
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 if [ "$#" -gt 0 ]; then
     selection=("$@")
 else
-    selection=(--lib --test cuda --test cuda_cka --test cuda_mlp --test nvrtc --bench gpu)
+    selection=(--lib --test cuda --test cuda_cka --test cuda_mlp --test cuda_params --test nvrtc --bench gpu)
 fi
 
 bundle=gpu-bundle

@@ -152,7 +152,7 @@ impl Tensor {
         if self.device >= 0 {
             fail!(
                 DeviceUnavailable,
-                "tensor {:?} lives on CUDA device {}; this version computes on host memory only",
+                "tensor {:?} lives on CUDA device {}; this operation needs host memory (distance, norms, interpolation and rewind run on the device with a CUDA context)",
                 self.name,
                 self.device
             );
@@ -223,6 +223,11 @@ impl Tensor {
     }
 
     /// Host address range, for overlap checks.
+    /// The address of the first element (host or device memory, see [`Tensor::device`]).
+    pub(crate) fn address(&self) -> u64 {
+        self.ptr as u64
+    }
+
     pub(crate) fn addr_range(&self) -> (usize, usize) {
         (self.ptr as usize, self.ptr as usize + self.nbytes)
     }

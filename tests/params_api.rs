@@ -323,10 +323,17 @@ fn wrap_is_zero_copy_and_checked() {
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     let e = bad(vec![spec("x", p, DType::F32, vec![usize::MAX, 2])]);
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
-    // Device memory is accepted as a description but not computed on in this version.
+    // Device memory is computed on with a CUDA context for that device only (tests/cuda.rs);
+    // a CPU context says so, and a call that mixes host and device memory is refused. Neither
+    // touches the (here fake) device address.
     let dev = unsafe { ParamSet::wrap(vec![TensorSpec { device: 0, ..spec("x", p, DType::F32, vec![1]) }]) }.unwrap();
     let e = geometry::norms(&Context::cpu(), &dev).unwrap_err();
-    assert!(matches!(e, Error::DeviceUnavailable(_)), "{e}");
+    assert!(matches!(&e, Error::DeviceUnavailable(m) if m.contains("CUDA context")), "{e}");
+    let host = unsafe { ParamSet::wrap(vec![spec("x", bias.as_mut_ptr() as *mut u8, DType::F32, vec![1])]) }.unwrap();
+    let e = geometry::distance(&Context::cpu(), &host, &dev).unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("one place")), "{e}");
+    let e = dev.tensors()[0].host().unwrap_err();
+    assert!(matches!(&e, Error::DeviceUnavailable(m) if m.contains("needs host memory")), "{e}");
     // An out that shares memory with an input is refused.
     let mut alias = mk(a.as_ptr() as *mut u8, bias.as_mut_ptr() as *mut u8).unwrap();
     let e = geometry::interpolate(&Context::cpu(), &pa, &pb, 0.5, &mut alias).unwrap_err();

@@ -65,7 +65,9 @@ pub struct tl_tensor {
     /// `ndim` dimensions (NULL allowed when ndim is 0: a scalar); copied by tl_params_wrap.
     pub shape: *const u64,
     pub ndim: usize,
-    /// -1: host memory; k >= 0: memory of CUDA device k (not computed on in this version).
+    /// -1: host memory; k >= 0: memory of CUDA device k, used in place by distance, norms,
+    /// interpolation and rewind with a CUDA context for that device (synchronise the producer
+    /// first); the other operations need host memory.
     pub device: i32,
 }
 

@@ -67,14 +67,7 @@ fn to_device<'m>(dev: &CudaDevice, name: &str, m: &Matrix<'m>) -> Result<Layer<'
             };
             // SAFETY: Matrix::from_device's contract: `span` elements of `dtype` at `ptr` on
             // this device stay valid for reads while the view lives, which outlasts the call.
-            let held = unsafe {
-                match dtype {
-                    DType::F32 => AnyBuffer::F32(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
-                    DType::F64 => AnyBuffer::F64(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
-                    DType::F16 => AnyBuffer::F16(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
-                    DType::BF16 => AnyBuffer::BF16(dev.wrap_device_ptr(*ptr, span).map_err(wrap)?),
-                }
-            };
+            let held = unsafe { AnyBuffer::wrap(dev, *ptr, *dtype, span) }.map_err(wrap)?;
             (held, None)
         }
     };

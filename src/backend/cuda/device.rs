@@ -191,6 +191,23 @@ impl AnyBuffer {
         })
     }
 
+    /// `len` elements of `dtype` at device address `ptr`, in place (see
+    /// [`CudaDevice::wrap_device_ptr`], whose checks and contract apply).
+    ///
+    /// # Safety
+    /// As [`CudaDevice::wrap_device_ptr`].
+    pub(crate) unsafe fn wrap(dev: &CudaDevice, ptr: u64, dtype: DType, len: usize) -> Result<AnyBuffer> {
+        // SAFETY: the caller's contract.
+        unsafe {
+            Ok(match dtype {
+                DType::F32 => AnyBuffer::F32(dev.wrap_device_ptr(ptr, len)?),
+                DType::F64 => AnyBuffer::F64(dev.wrap_device_ptr(ptr, len)?),
+                DType::F16 => AnyBuffer::F16(dev.wrap_device_ptr(ptr, len)?),
+                DType::BF16 => AnyBuffer::BF16(dev.wrap_device_ptr(ptr, len)?),
+            })
+        }
+    }
+
     pub(crate) fn device_ptr(&self) -> u64 {
         match self {
             AnyBuffer::F32(b) => b.device_ptr(),

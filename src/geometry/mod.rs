@@ -9,7 +9,9 @@
 //! The work is memory-bound: every tensor is cut into chunks that run in parallel (rayon), each
 //! chunk in a tight loop the compiler vectorises. Partial sums are added in a fixed order, so a
 //! result does not depend on the number of threads. The per-chunk loops ([`kernels`]) work on
-//! host slices and are what a device backend replaces.
+//! host slices. Sets wrapped over the memory of a CUDA device are computed there, in place, by
+//! the kernels of `kernels/weights.cu` (with a CUDA context for that device): distance, norms,
+//! interpolation and rewind; `compare` needs host sets.
 //!
 //! ```
 //! use transferlens::{geometry, Context, ParamSet};
@@ -39,7 +41,10 @@ use crate::backend::Context;
 use crate::error::{fail, Error, Result};
 use crate::params::{match_all, match_weights, HostSliceMut, ParamSet};
 use crate::tensor::HostSlice;
+use device::Placement;
 use rayon::prelude::*;
+
+mod device;
 
 /// Elements per parallel task: big enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 1 << 16;
@@ -501,23 +506,6 @@ struct Task {
     end: usize,
 }
 
-fn check_host(ctx: &Context, sets: &[&ParamSet]) -> Result<()> {
-    let _ = ctx; // host memory is computed on the CPU whatever the backend
-    for s in sets {
-        for t in s.tensors() {
-            if t.device() >= 0 {
-                fail!(
-                    DeviceUnavailable,
-                    "tensor {:?} lives on CUDA device {}; weight-space arithmetic on device memory is not available in this version",
-                    t.name(),
-                    t.device()
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Chunks of every weight of `a`'s modules, paired with `b` through `pairs`.
 fn tasks(a: &ParamSet, pairs: &[usize], modules: Option<usize>) -> Vec<Task> {
     let mut out = Vec::new();
@@ -606,9 +594,12 @@ fn check_finite(module: &str, what: &str, v: f64) -> Result<f64> {
 
 /// ||a_i - b_i||_2 for every module i of `a` and the total sqrt(sum_i ||a_i - b_i||^2).
 pub fn distance(ctx: &Context, a: &ParamSet, b: &ParamSet) -> Result<Distances> {
-    check_host(ctx, &[a, b])?;
+    let place = device::placement(ctx, &[a, b])?;
     let pairs = match_weights(a, b, "a", "b")?;
-    let sums = reduce(a, b, &pairs, |x, y| [dispatch2!(x, y, sum_sq_diff)])?;
+    let sums = match place {
+        Placement::Host => reduce(a, b, &pairs, |x, y| [dispatch2!(x, y, sum_sq_diff)])?,
+        Placement::Device(dev) => device::module_sums(dev, a, Some((b, &pairs)))?.into_iter().map(|s| [s]).collect(),
+    };
     let mut modules = Vec::with_capacity(sums.len());
     for (m, s) in a.modules().iter().zip(&sums) {
         modules.push(check_finite(&m.name, "the distance", s[0])?.sqrt());
@@ -619,16 +610,20 @@ pub fn distance(ctx: &Context, a: &ParamSet, b: &ParamSet) -> Result<Distances> 
 
 /// ||p_i||_2 for every module i of `p`, and the norm of all weights.
 pub fn norms(ctx: &Context, p: &ParamSet) -> Result<Distances> {
-    check_host(ctx, &[p])?;
-    let pairs: Vec<usize> = (0..p.tensors().len()).collect();
-    let sums = reduce(p, p, &pairs, |x, _| {
-        [match x {
-            HostSlice::F32(x) => kernels::sum_sq(x),
-            HostSlice::F64(x) => kernels::sum_sq(x),
-            HostSlice::F16(x) => kernels::sum_sq(x),
-            HostSlice::BF16(x) => kernels::sum_sq(x),
-        }]
-    })?;
+    let sums = match device::placement(ctx, &[p])? {
+        Placement::Host => {
+            let pairs: Vec<usize> = (0..p.tensors().len()).collect();
+            reduce(p, p, &pairs, |x, _| {
+                [match x {
+                    HostSlice::F32(x) => kernels::sum_sq(x),
+                    HostSlice::F64(x) => kernels::sum_sq(x),
+                    HostSlice::F16(x) => kernels::sum_sq(x),
+                    HostSlice::BF16(x) => kernels::sum_sq(x),
+                }]
+            })?
+        }
+        Placement::Device(dev) => device::module_sums(dev, p, None)?.into_iter().map(|s| [s]).collect(),
+    };
     let mut modules = Vec::with_capacity(sums.len());
     for (m, s) in p.modules().iter().zip(&sums) {
         modules.push(check_finite(&m.name, "the norm", s[0])?.sqrt());
@@ -662,7 +657,13 @@ fn geometry_of(name: &str, numel: u64, s: [f64; 4]) -> Result<ModuleGeometry> {
 /// Distance, norms, relative distance and cosine for every module of `a`, and over all weights.
 /// A module that is all zeros in either set is [`Error::DegenerateInput`].
 pub fn compare(ctx: &Context, a: &ParamSet, b: &ParamSet) -> Result<(Vec<ModuleGeometry>, ModuleGeometry)> {
-    check_host(ctx, &[a, b])?;
+    if let Placement::Device(dev) = device::placement(ctx, &[a, b])? {
+        fail!(
+            DeviceUnavailable,
+            "compare needs inner products, which CUDA device {} does not compute yet; use distance and norms there, or compare host copies",
+            dev.ordinal()
+        );
+    }
     let pairs = match_weights(a, b, "a", "b")?;
     let sums = reduce(a, b, &pairs, |x, y| dispatch2!(x, y, stats))?;
     let mut out = Vec::with_capacity(sums.len());
@@ -732,7 +733,7 @@ fn interpolate_impl(
     out: &mut ParamSet,
 ) -> Result<()> {
     check_lambda(lambda, "lambda")?;
-    check_host(ctx, &[a, b, out])?;
+    let place = device::placement(ctx, &[a, b, out])?;
     let pairs = match_weights(a, b, "a", "b")?;
     let out_of = match_all(a, out, "a", "out")?;
     check_disjoint(out, &[a, b])?;
@@ -747,12 +748,15 @@ fn interpolate_impl(
             );
         }
     }
-    // Non-weights are copied from a; weights outside the moving module are copied from b.
-    let tasks = tasks(a, &pairs, None);
     let moving_module = match moving {
         Moving::All => None,
         Moving::Module(m) => Some(m),
     };
+    if let Placement::Device(dev) = place {
+        return device::interpolate(dev, a, b, &pairs, out, &out_of, lambda, moving_module);
+    }
+    // Non-weights are copied from a; weights outside the moving module are copied from b.
+    let tasks = tasks(a, &pairs, None);
     // Hand each task its own disjoint piece of out.
     let mut pieces: Vec<Option<HostSliceMut<'_>>> = Vec::new();
     let mut copies: Vec<(&[u8], &mut [u8])> = Vec::new();
