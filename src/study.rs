@@ -258,9 +258,9 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-/// Runs the study with configuration `cfg`.
-pub fn run(cfg: &Config, progress: Progress) -> Result<Outcome> {
-    let ctx = Context::cpu();
+/// Runs the study with configuration `cfg`; module criticality evaluates its noisy models on
+/// `ctx`'s backend, everything else runs on the CPU.
+pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let mlp = Mlp::new(&[SIDE * SIDE, 128, 64, 32, CLASSES])?;
     let layers = mlp.layer_names();

@@ -1,10 +1,10 @@
 //! `tlens cka`: linear CKA between every layer of two activation files.
 
-use crate::common::{json_f64, print_json, read_file};
+use crate::common::{json_f64, print_json, read_file, BackendArg};
 use std::path::{Path, PathBuf};
 use transferlens::cka::{cka_matrix, Estimator};
 use transferlens::tensor::HostSlice;
-use transferlens::{Context, Error, Matrix, Result};
+use transferlens::{Error, Matrix, Result};
 
 /// Linear CKA of every layer of A against every layer of B.
 ///
@@ -27,6 +27,9 @@ pub struct CkaArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -125,7 +128,7 @@ pub fn run(args: CkaArgs) -> Result<()> {
         EstimatorArg::Biased => Estimator::Biased,
         EstimatorArg::Debiased => Estimator::Debiased,
     };
-    let ctx = Context::new(transferlens::BackendChoice::Auto, 0)?;
+    let ctx = args.backend.context()?;
     let values = cka_matrix(&ctx, &xs, &ys, estimator)?;
     let ny = b.len();
     if args.json {

@@ -24,3 +24,25 @@ pub fn print_json(value: &serde_json::Value) {
 pub fn json_f64(v: f64) -> serde_json::Value {
     serde_json::Number::from_f64(v).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
 }
+
+/// `--backend`: where the arithmetic runs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BackendArg {
+    /// CUDA when a driver and a device are present, else the CPU.
+    Auto,
+    Cpu,
+    /// CUDA device 0; an error (saying what is missing) without one.
+    Cuda,
+}
+
+impl BackendArg {
+    pub fn context(self) -> Result<transferlens::Context> {
+        use transferlens::BackendChoice;
+        let choice = match self {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Cpu => BackendChoice::Cpu,
+            BackendArg::Cuda => BackendChoice::Cuda,
+        };
+        transferlens::Context::new(choice, 0)
+    }
+}

@@ -1,5 +1,6 @@
 //! `tlens study`: the embedded miniature of the study.
 
+use crate::common::BackendArg;
 use std::io::IsTerminal;
 use transferlens::study::{self, Config};
 use transferlens::{Error, Result};
@@ -17,6 +18,11 @@ pub struct StudyArgs {
     /// Folder for study.json and report.html (created if missing).
     #[arg(long, default_value = "tlens-study")]
     out: std::path::PathBuf,
+    /// Where module criticality evaluates its noisy models. The CPU (the default) gives the same
+    /// figures on every machine; CUDA is faster for the full study, and its figures may differ
+    /// where a noisy model's loss lies within float rounding of the threshold.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendArg,
 }
 
 pub fn run(args: StudyArgs) -> Result<()> {
@@ -39,7 +45,8 @@ pub fn run(args: StudyArgs) -> Result<()> {
             }
         }
     };
-    let outcome = study::run(&cfg, &mut progress)?;
+    let ctx = args.backend.context()?;
+    let outcome = study::run(&ctx, &cfg, &mut progress)?;
     print!("{}", outcome.tables);
     let json_path = args.out.join("study.json");
     let html_path = args.out.join("report.html");
