@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The CPU comparisons in one command: transferlens next to numpy running the published formulas,
+# on this machine, in one run (the machines are shared: compare figures of one run only).
+#
+#   benches/compare/run.sh            # CKA (ratio table), then weight space (GB/s, both sides)
+#   PYTHON=path/to/python benches/compare/run.sh
+#
+# Needs numpy (pip install numpy). On a GPU machine the GPU tables and the PyTorch side come from
+# scripts/build-gpu-bundle.sh (here) and scripts/gpu-check.sh (there).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+py=${PYTHON:-python3}
+if ! "$py" -c 'import numpy' 2>/dev/null; then
+    echo "benches/compare/run.sh: $py cannot import numpy; pip install numpy (or set PYTHON)" >&2
+    exit 2
+fi
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
+echo "==== linear CKA: transferlens / numpy (feature_space_linear_cka) ===="
+"$py" benches/compare/cka.py
+echo
+echo "==== weight space: transferlens (criterion, GB/s = bytes read + written per second) ===="
+cargo bench --bench geometry 2>/dev/null | grep -E '^[a-z_0-9/]+$|thrpt:' || true
+echo
+echo "==== weight space: numpy, same sizes and unit ===="
+"$py" benches/compare/geometry.py
