@@ -5,6 +5,9 @@
 //! (a) weight-space kernels on 1 GiB arrays against the device-to-device copy bandwidth;
 //! (b) CKA of a 65536 x 2048 f32 pair in device memory against the cuBLAS products alone;
 //! (c) a 5 x 5 layer matrix (n = 8192, p from 256 to 2048);
+//! Lines `RESULT <name>_ms <ms>` carry the figures that `benches/compare/cka_torch.py` and
+//! `mlp_torch.py` set against PyTorch's (`--transferlens-log` with this output).
+//!
 //! (d) batched perturbed-loss evaluation of the built-in MLP 784-1024-1024-1024-10 on 10000 rows,
 //!     K = 10 noisy copies of the last hidden layer, against the FLOP floor of the shared-prefix
 //!     schedule at the SGEMM rate measured on the schedule's largest product. Prints a
@@ -226,6 +229,8 @@ fn cka_pair(ctx: &Context, dev: &CudaDevice) {
         debiased / blas_events
     );
     println!("CKA = {value:.6} (FLOPs counted: 2 n p (p + 1) for the two syrk + 2 n p q for the gemm)");
+    println!("RESULT cka_pair_ms {ours:.4}");
+    println!("RESULT cka_pair_debiased_ms {debiased:.4}");
 
     // The three products by each way of forming the Grams, cuBLAS alone (events), on the same
     // shapes: (i) syrk + syrk + gemm (above), (ii) one syrk of the side-by-side [X~ | Y~]
@@ -435,6 +440,9 @@ fn layer_matrix(ctx: &Context, dev: &CudaDevice) {
         });
         let mark = if route == chosen { " (chosen)" } else { "" };
         println!("{:<44} {:>10.3}", format!("cka_matrix 5 x 5, {route:?} route{mark}"), ms);
+        if route == chosen {
+            println!("RESULT cka_matrix_ms {ms:.4}");
+        }
     }
     let diag = cka_matrix(ctx, &xv, &yv, Estimator::Biased).unwrap();
     println!("diagonal: {:?}", (0..5).map(|i| format!("{:.4}", diag[i * 5 + i])).collect::<Vec<_>>());

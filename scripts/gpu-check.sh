@@ -147,7 +147,7 @@ run_torch() {
     results+=("$(printf '%-16s %-18s %-24s %8s' "$script" "$status" "-" "$secs")")
 }
 if python3 -c 'import torch' 2>/dev/null; then
-    run_torch cka_torch.py "the published feature-space CKA formula"
+    run_torch cka_torch.py "the published feature-space CKA formula, minibatch HSIC" --transferlens-log "$logs/gpu.log"
     run_torch mlp_torch.py "torch.func.vmap over K perturbed models" --transferlens-log "$logs/gpu.log"
 else
     echo "gpu-check: python3 with torch not found; the PyTorch comparisons are skipped"

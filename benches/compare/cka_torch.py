@@ -4,14 +4,23 @@
 
   (b) one 65536 x 2048 f32 pair;
   (c) a 5 x 5 layer matrix, n = 8192, widths 256 .. 2048 on both sides (the published function
-      called for each of the 25 pairs, as a user of it would).
+      called for each of the 25 pairs, as a user of it would);
+  and, on (b)'s pair, minibatch linear CKA as the popular PyTorch CKA packages compute it
+  (Nguyen et al. 2021): the unbiased HSIC estimator of Song et al. (2012) on each minibatch of
+  1024 rows, averaged over the minibatches, CKA = mean HSIC(K, L) / sqrt(mean HSIC(K, K) mean
+  HSIC(L, L)). It estimates another quantity than the full-data CKA (the values are printed),
+  at a fraction of the FLOPs; it is what a user of those packages would time.
 
 f32 throughout with TF32 off (full f32 products, as transferlens computes them). Times are
 medians of 15 runs after 3 warm-ups, by CUDA events, each run ending with the scalar on the host
 (`.item()`), as transferlens's calls do.
 
-Usage: python3 benches/compare/cka_torch.py   (prints "skipped: ..." without torch or a GPU)
+Usage: python3 benches/compare/cka_torch.py [--transferlens-log FILE]
+  FILE: the output of `gpu --bench` (benches/gpu.rs), whose "RESULT cka_*_ms" lines give
+  transferlens's times for the ratio lines. Prints "skipped: ..." without torch or a GPU.
 """
+import argparse
+import re
 import statistics
 import sys
 
@@ -47,6 +56,32 @@ def feature_space_linear_cka(x, y, debiased=False):
     return dot_product_similarity / (normalization_x * normalization_y)
 
 
+def unbiased_hsic(k, l):
+    """The unbiased HSIC estimator (Song et al. 2012) of two n x n Gram matrices, n > 3."""
+    n = k.shape[0]
+    k = k - torch.diag(torch.diagonal(k))
+    l = l - torch.diag(torch.diagonal(l))
+    ones = torch.ones(n, 1, device=k.device, dtype=k.dtype)
+    trace = torch.sum(k * l)
+    sums = (ones.T @ k @ ones) * (ones.T @ l @ ones) / ((n - 1) * (n - 2))
+    cross = 2.0 / (n - 2) * (ones.T @ k @ l @ ones)
+    return ((trace + sums - cross) / (n * (n - 3))).squeeze()
+
+
+def minibatch_linear_cka(x, y, batch=1024):
+    """Minibatch linear CKA as the popular PyTorch packages accumulate it."""
+    xy = xx = yy = 0.0
+    batches = 0
+    for start in range(0, x.shape[0] - batch + 1, batch):
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        k, l = xb @ xb.T, yb @ yb.T
+        xy = xy + unbiased_hsic(k, l)
+        xx = xx + unbiased_hsic(k, k)
+        yy = yy + unbiased_hsic(l, l)
+        batches += 1
+    return xy / torch.sqrt(xx * yy)
+
+
 def time_ms(f):
     for _ in range(WARMUP):
         f()
@@ -65,6 +100,12 @@ def time_ms(f):
 
 def main():
     global torch
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--transferlens-log")
+    args = ap.parse_args()
+    ours = {}
+    if args.transferlens_log:
+        ours = {k: float(v) for k, v in re.findall(r"RESULT (cka_\w+_ms) ([0-9.]+)", open(args.transferlens_log).read())}
     try:
         import torch
     except ImportError as e:
@@ -88,6 +129,7 @@ def main():
     print(f"{'what':<44} {'ms':>10} {'TFLOP/s':>10}")
     flops = 2.0 * n * p * p * 3  # three p x p products, as the published formula forms them
     value = None
+    torch_pair = {}
     for debiased in (False, True):
         out = {}
 
@@ -95,10 +137,26 @@ def main():
             out["v"] = feature_space_linear_cka(x, y, debiased).item()
 
         ms = time_ms(run)
+        torch_pair[debiased] = ms
         value = out["v"] if not debiased else value
         name = "feature_space_linear_cka, " + ("debiased" if debiased else "biased")
         print(f"{name:<44} {ms:>10.3f} {flops / (ms * 1e-3) / 1e12:>10.1f}")
     print(f"CKA = {value:.6f}")
+    out = {}
+
+    def minibatch():
+        out["v"] = minibatch_linear_cka(x, y).item()
+
+    mb_ms = time_ms(minibatch)
+    print(f"{'minibatch linear CKA (1024 rows, unbiased HSIC)':<44} {mb_ms:>10.3f}")
+    print(f"minibatch CKA = {out['v']:.6f} (another estimator than the full-data CKA above)")
+    if "cka_pair_ms" in ours:
+        r = ours["cka_pair_ms"] / torch_pair[False]
+        print(f"transferlens {ours['cka_pair_ms']:.3f} ms: {r:.2f}x torch's published formula (goal <= 0.8x), "
+              f"{ours['cka_pair_ms'] / mb_ms:.2f}x the minibatch estimator's time")
+    if "cka_pair_debiased_ms" in ours:
+        r = ours["cka_pair_debiased_ms"] / torch_pair[True]
+        print(f"transferlens debiased {ours['cka_pair_debiased_ms']:.3f} ms: {r:.2f}x torch's debiased formula")
     del x, y
     torch.cuda.empty_cache()
 
@@ -117,6 +175,8 @@ def main():
     print(f"{'feature_space_linear_cka x 25 pairs':<44} {ms:>10.3f}")
     diag = matrix().reshape(5, 5).diagonal()
     print("diagonal: " + str([f"{v:.4f}" for v in diag.tolist()]))
+    if "cka_matrix_ms" in ours:
+        print(f"transferlens {ours['cka_matrix_ms']:.3f} ms: {ours['cka_matrix_ms'] / ms:.2f}x torch (goal <= 0.4x)")
     return 0
 
 
