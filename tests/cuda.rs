@@ -4,6 +4,8 @@
 //! Where no driver or device exists each test prints "skipped: no CUDA device (reason)" and
 //! passes, unless the environment sets `TL_REQUIRE_CUDA=1`, in which case it fails.
 
+mod common;
+
 use half::{bf16, f16};
 use transferlens::backend::cuda::{self, CudaDevice, DeviceBuffer, DeviceElement, MatrixShape};
 use transferlens::{rng, BackendChoice, Context, Element, Error};
@@ -11,17 +13,7 @@ use transferlens::{rng, BackendChoice, Context, Element, Error};
 const SIZES: [usize; 3] = [1, 7, 1_000_003];
 
 fn device() -> Option<CudaDevice> {
-    match CudaDevice::new(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            assert!(
-                !std::env::var("TL_REQUIRE_CUDA").is_ok_and(|v| v == "1"),
-                "TL_REQUIRE_CUDA=1 but no CUDA device: {e}"
-            );
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    CudaDevice::new(0).map_err(|e| common::skip_without_cuda(&e)).ok()
 }
 
 /// xorshift64*: small, seedable, good enough for test data.

@@ -16,19 +16,7 @@ use transferlens::{Backend, BackendChoice, Context, DType, Error, Matrix};
 const ESTIMATORS: [Estimator; 2] = [Estimator::Biased, Estimator::Debiased];
 const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
 
-fn cuda() -> Option<Context> {
-    match Context::new(BackendChoice::Cuda, 0) {
-        Ok(ctx) => Some(ctx),
-        Err(e) => {
-            assert!(
-                !std::env::var("TL_REQUIRE_CUDA").is_ok_and(|v| v == "1"),
-                "TL_REQUIRE_CUDA=1 but no CUDA device: {e}"
-            );
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
+use common::cuda_context as cuda;
 
 /// Host data of one dtype, row-major with a row stride.
 enum Data {

@@ -15,23 +15,11 @@
 mod common;
 use transferlens::criticality::{self, Eps, Noise, Options, Path, Search};
 use transferlens::eval::{Evaluator, Metric, Metrics, MlpEvaluator, ModuleNoise};
-use transferlens::{BackendChoice, Context, DType, Error};
+use transferlens::{Context, DType, Error};
 
 const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
 
-fn cuda() -> Option<Context> {
-    match Context::new(BackendChoice::Cuda, 0) {
-        Ok(ctx) => Some(ctx),
-        Err(e) => {
-            assert!(
-                !std::env::var("TL_REQUIRE_CUDA").is_ok_and(|v| v == "1"),
-                "TL_REQUIRE_CUDA=1 but no CUDA device: {e}"
-            );
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
+use common::cuda_context as cuda;
 
 fn assert_metrics_close(got: &[Metrics], want: &[Metrics], rows: usize, loss_tol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: number of copies");

@@ -10,21 +10,9 @@ use half::{bf16, f16};
 use transferlens::backend::cuda::{CudaDevice, DeviceBuffer};
 use transferlens::params::TensorSpec;
 use transferlens::tensor::HostSlice;
-use transferlens::{geometry, BackendChoice, Context, DType, Error, ParamSet};
+use transferlens::{geometry, Context, DType, Error, ParamSet};
 
-fn cuda() -> Option<Context> {
-    match Context::new(BackendChoice::Cuda, 0) {
-        Ok(ctx) => Some(ctx),
-        Err(e) => {
-            assert!(
-                !std::env::var("TL_REQUIRE_CUDA").is_ok_and(|v| v == "1"),
-                "TL_REQUIRE_CUDA=1 but no CUDA device: {e}"
-            );
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
+use common::cuda_context as cuda;
 
 /// A host set's tensors copied to the device, and the set wrapped over them.
 struct OnDevice {

@@ -2,6 +2,27 @@
 //! reference formulas written independently of the library's code paths.
 #![allow(dead_code)]
 
+/// For a GPU test without a usable CUDA device: prints why it skips, or fails when the
+/// environment sets `TL_REQUIRE_CUDA=1` (the GPU check script does, so that nothing skips there).
+pub fn skip_without_cuda(reason: &dyn std::fmt::Display) {
+    assert!(
+        !std::env::var("TL_REQUIRE_CUDA").is_ok_and(|v| v == "1"),
+        "TL_REQUIRE_CUDA=1 but no CUDA device: {reason}"
+    );
+    println!("skipped: no CUDA device ({reason})");
+}
+
+/// A context on CUDA device 0, or `None` after [`skip_without_cuda`].
+pub fn cuda_context() -> Option<transferlens::Context> {
+    match transferlens::Context::new(transferlens::BackendChoice::Cuda, 0) {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            skip_without_cuda(&e);
+            None
+        }
+    }
+}
+
 /// xoshiro256** seeded through splitmix64: reproducible test data without a dependency.
 pub struct TestRng {
     s: [u64; 4],
