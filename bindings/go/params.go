@@ -1,8 +1,12 @@
 package transferlens
 
 /*
+#include <stdint.h>
 #include <stdlib.h>
 #include "transferlens.h"
+
+// A device address as a pointer, without a uintptr -> unsafe.Pointer conversion in Go.
+static inline void *tl_go_device_address(uintptr_t p) { return (void *)p; }
 */
 import "C"
 
@@ -46,6 +50,27 @@ type Tensor struct {
 	ptr   unsafe.Pointer
 	keep  any
 	bytes uintptr
+	addr  uintptr // device memory (NewDeviceTensor)
+	dev   int32   // CUDA device ordinal + 1; 0 for host memory
+}
+
+// NewDeviceTensor describes a tensor in the memory of CUDA device device (a device pointer
+// from the training framework, e.g. a libtorch tensor's data_ptr()), used in place: distance,
+// norms, interpolation and rewind of a set of such tensors run on that device with a CUDA
+// context for it. Finish the producer's work on the memory first.
+func NewDeviceTensor(name string, ptr uintptr, dtype DType, device int, shape ...uint64) (Tensor, error) {
+	if device < 0 {
+		return Tensor{}, errorf(StatusInvalidArgument, "tensor %s: device %d is not a CUDA ordinal", name, device)
+	}
+	n := uint64(1)
+	for _, d := range shape {
+		n *= d
+	}
+	if n > 0 && ptr == 0 {
+		return Tensor{}, errorf(StatusNullArgument, "tensor %s: the device address is 0 but the shape %v holds %d elements",
+			name, shape, n)
+	}
+	return Tensor{Name: name, DType: dtype, Shape: append([]uint64(nil), shape...), addr: ptr, dev: int32(device) + 1}, nil
 }
 
 // NewTensor describes data (F32 for float32, F64 for float64) with the given shape, whose
@@ -192,7 +217,7 @@ func WrapParams(ctx *Context, tensors []Tensor) (*Params, error) {
 		for i, t := range tensors {
 			name := C.CString(t.Name)
 			cmem = append(cmem, unsafe.Pointer(name))
-			views[i] = C.tl_tensor{name: name, dtype: C.tl_dtype(t.DType), ndim: C.size_t(len(t.Shape)), device: -1}
+			views[i] = C.tl_tensor{name: name, dtype: C.tl_dtype(t.DType), ndim: C.size_t(len(t.Shape)), device: C.int32_t(t.dev - 1)}
 			if len(t.Shape) > 0 {
 				shape := (*C.uint64_t)(alloc(uintptr(len(t.Shape)) * 8))
 				copy(unsafe.Slice((*uint64)(unsafe.Pointer(shape)), len(t.Shape)), t.Shape)
@@ -200,6 +225,9 @@ func WrapParams(ctx *Context, tensors []Tensor) (*Params, error) {
 			}
 			if t.ptr != nil {
 				views[i].data = hold.hostPtr(t.ptr, t.bytes)
+			} else if t.addr != 0 {
+				// Device memory: the address is the library's to use in place, never Go's.
+				views[i].data = C.tl_go_device_address(C.uintptr_t(t.addr))
 			}
 		}
 	}

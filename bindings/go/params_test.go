@@ -233,6 +233,19 @@ func TestParamsWrap(t *testing.T) {
 		t.Fatalf("Tensor16: %v %v", dt, got)
 	}
 	closeTo(t, "bf16 norm", must(w16.Norms(ctx)).Total, math.Sqrt(5), 1e-12)
+	// Device memory: described here, computed on with a CUDA context only. The address is never
+	// touched on a CPU context, so a made-up one serves.
+	if _, err := NewDeviceTensor("d.weight", 0x1000, F32, -1, 2); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("negative device: %v", err)
+	}
+	if _, err := NewDeviceTensor("d.weight", 0, F32, 0, 2); !errors.Is(err, ErrNullArgument) {
+		t.Fatalf("null device address: %v", err)
+	}
+	wd := must(WrapParams(ctx, []Tensor{must(NewDeviceTensor("d.weight", 0x1000, F32, 0, 2))}))
+	defer wd.Close()
+	if _, err := wd.Norms(ctx); !errors.Is(err, ErrDeviceUnavailable) {
+		t.Fatalf("device set on a CPU context: %v", err)
+	}
 	empty := must(WrapParams(ctx, nil))
 	defer empty.Close()
 	if empty.ModuleCount() != 0 {
