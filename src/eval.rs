@@ -72,6 +72,28 @@ pub trait Evaluator {
 /// at the element's offset within the module (tensors in the module's order), each noisy value
 /// rounded once to its tensor's dtype. Module criticality evaluates these at every point of its
 /// search.
+///
+/// The built-in MLP evaluates them without writing sets, on the context's backend; on the CPU
+/// the result is bit for bit that of writing each copy:
+///
+/// ```
+/// use transferlens::eval::{Evaluator, MlpEvaluator, ModuleNoise};
+/// use transferlens::model::{Dataset, Mlp};
+/// use transferlens::Context;
+/// let mlp = Mlp::new(&[4, 8, 3])?;
+/// let point = mlp.init(1)?; // modules fc1, fc2
+/// let x: Vec<f32> = (0..40).map(|i| (i as f32 * 0.37).sin()).collect();
+/// let data = Dataset::new(x, (0..10).map(|i| i % 3).collect(), 4, 3)?;
+/// let mut ev = MlpEvaluator::new(mlp.clone(), data.clone());
+/// let noise = ModuleNoise { point: &point, module: 0, std: 0.1, seed: 7, samples: 4 };
+/// let fast = ev.evaluate_module_noise(&Context::cpu(), &noise).expect("fc1 is one layer")?;
+/// for (k, m) in fast.iter().enumerate() {
+///     let mut copy = point.try_clone()?;
+///     noise.add_to(k, &mut copy)?;
+///     assert_eq!(*m, mlp.evaluate(&copy, &data)?);
+/// }
+/// # Ok::<(), transferlens::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ModuleNoise<'a> {
     pub point: &'a ParamSet,
