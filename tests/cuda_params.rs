@@ -68,7 +68,7 @@ fn to_device(dev: &CudaDevice, host: &ParamSet) -> OnDevice {
     }
     // SAFETY: each buffer holds its tensor's elements on the device and outlives the set.
     let set = unsafe { ParamSet::wrap(specs) }.unwrap();
-    OnDevice { buffers: buffers, set }
+    OnDevice { buffers, set }
 }
 
 fn host_values(t: &transferlens::params::Tensor) -> Vec<f64> {
