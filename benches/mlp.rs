@@ -46,7 +46,7 @@ fn noisy_copies(c: &mut Criterion) {
                     })
                     .collect();
                 let refs: Vec<_> = sets.iter().collect();
-                let m: Vec<Metrics> = ev.evaluate(&refs).unwrap();
+                let m: Vec<Metrics> = ev.evaluate(&ctx, &refs).unwrap();
                 black_box(m)
             })
         });

@@ -200,7 +200,7 @@ impl Search1<'_, '_> {
                 }
                 got
             }
-            None => evaluate_points(self.ev, self.live, &mut self.extra, k, |j, out| {
+            None => evaluate_points(self.ctx, self.ev, self.live, &mut self.extra, k, |j, out| {
                 geometry::interpolate(self.ctx, noise.point, noise.point, 1.0, out)?;
                 noise.add_to(j, out)
             })?,
@@ -247,8 +247,9 @@ pub fn eps_for(
     live: &mut ParamSet,
     opts: &Options,
 ) -> Result<(f64, f64)> {
-    let m =
-        evaluate_points(ev, live, &mut Vec::new(), 1, |_, out| geometry::interpolate(ctx, final_, final_, 1.0, out))?;
+    let m = evaluate_points(ctx, ev, live, &mut Vec::new(), 1, |_, out| {
+        geometry::interpolate(ctx, final_, final_, 1.0, out)
+    })?;
     let l = opts.metric.of(&m[0]);
     let eps = match opts.eps {
         Eps::Absolute(e) => e,
@@ -492,7 +493,7 @@ fn joint_mean(
     }
     let tensors: Vec<Vec<usize>> = final_.modules().iter().map(|m| m.tensors.clone()).collect();
     let seed = opts.seed;
-    let ms = evaluate_points(ev, live, &mut Vec::new(), opts.samples, |k, out| {
+    let ms = evaluate_points(ctx, ev, live, &mut Vec::new(), opts.samples, |k, out| {
         geometry::interpolate(ctx, &joint, &joint, 1.0, out)?;
         for (i, c) in modules.iter().enumerate() {
             add_module_noise(out, &tensors[i], c.noise_std, seed, ((i as u64) << 32) | k as u64)?;
@@ -546,7 +547,7 @@ pub fn rewind_curve(
     if let Some(a) = alphas.iter().find(|a| !a.is_finite()) {
         fail!(InvalidArgument, "alpha {a} is not finite");
     }
-    evaluate_points(ev, live, &mut Vec::new(), alphas.len(), |k, out| {
+    evaluate_points(ctx, ev, live, &mut Vec::new(), alphas.len(), |k, out| {
         geometry::rewind(ctx, init, final_, module, alphas[k], out)
     })
 }

@@ -8,8 +8,9 @@
 //! evaluates, since interpolated or perturbed weights invalidate them.
 //!
 //! The analyses write each point into scratch sets and ask the evaluator for their metrics,
-//! up to [`Evaluator::batch`] sets per call: the MLP evaluates them in parallel, a host callback
-//! sees one live set at a time. Module criticality's noisy copies ([`ModuleNoise`]) are offered
+//! up to [`Evaluator::batch`] sets per call, passing their context: the MLP evaluates them in
+//! parallel on the CPU, or one after the other on the CUDA device of a CUDA context; a host
+//! callback sees one live set at a time. Module criticality's noisy copies ([`ModuleNoise`]) are offered
 //! to [`Evaluator::evaluate_module_noise`] first: the MLP evaluates them without writing sets,
 //! computing the layers below the noisy module once, on the context's backend (CPU or CUDA).
 
@@ -53,8 +54,9 @@ impl Metric {
 
 /// Something that gives the metrics of parameter sets.
 pub trait Evaluator {
-    /// The metrics of each set, in order.
-    fn evaluate(&mut self, sets: &[&ParamSet]) -> Result<Vec<Metrics>>;
+    /// The metrics of each set, in order. `ctx` is the analysis's context: an evaluator may
+    /// compute on its backend (the built-in MLP does); a host callback ignores it.
+    fn evaluate(&mut self, ctx: &Context, sets: &[&ParamSet]) -> Result<Vec<Metrics>>;
     /// How many sets one call should receive (1 for a host that owns one live model).
     fn batch(&self) -> usize {
         1
@@ -201,10 +203,9 @@ impl MlpEvaluator {
         })
     }
 
-    /// The noisy copies on the CUDA device of `ctx`.
-    fn evaluate_layer_noise_cuda(&mut self, ctx: &Context, p: &ParamSet, noise: &LayerNoise) -> Result<Vec<Metrics>> {
-        let dev = ctx.cuda_device().ok_or_else(|| Error::Panic("a CUDA context without a device".into()))?;
-        let data = match &self.device_data {
+    /// The data on the CUDA device of `ctx` (uploaded at the first call on that device).
+    fn device_data(&mut self, dev: &cuda::CudaDevice) -> Result<Arc<cuda::mlp::DeviceDataset>> {
+        Ok(match &self.device_data {
             Some(d) if d.ordinal() == dev.ordinal() => d.clone(),
             _ => {
                 let d = &self.data;
@@ -212,16 +213,35 @@ impl MlpEvaluator {
                 self.device_data = Some(up.clone());
                 up
             }
-        };
+        })
+    }
+
+    /// The noisy copies on the CUDA device of `ctx`.
+    fn evaluate_layer_noise_cuda(&mut self, ctx: &Context, p: &ParamSet, noise: &LayerNoise) -> Result<Vec<Metrics>> {
+        let dev = ctx.cuda_device().ok_or_else(|| Error::Panic("a CUDA context without a device".into()))?;
+        let data = self.device_data(dev)?;
         let model = cuda::mlp::DeviceMlp::upload(dev, self.mlp.sizes(), &self.mlp.stored_layers(p)?, noise.layer)?;
         let got = model.evaluate_layer_noise(dev, &data, noise)?;
         Ok(got.into_iter().map(|(loss, error)| Metrics { loss, error, accuracy: 1.0 - error }).collect())
     }
+
+    /// One set on the CUDA device of `ctx`.
+    fn evaluate_cuda(&mut self, ctx: &Context, p: &ParamSet) -> Result<Metrics> {
+        let dev = ctx.cuda_device().ok_or_else(|| Error::Panic("a CUDA context without a device".into()))?;
+        self.mlp.check_data(&self.data)?;
+        let data = self.device_data(dev)?;
+        let model = cuda::mlp::DeviceMlp::upload(dev, self.mlp.sizes(), &self.mlp.stored_layers(p)?, 0)?;
+        let (loss, error) = model.evaluate(dev, &data)?;
+        Ok(Metrics { loss, error, accuracy: 1.0 - error })
+    }
 }
 
 impl Evaluator for MlpEvaluator {
-    fn evaluate(&mut self, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
-        self.mlp.evaluate_many(sets, &self.data)
+    fn evaluate(&mut self, ctx: &Context, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
+        match ctx.backend() {
+            Backend::Cpu => self.mlp.evaluate_many(sets, &self.data),
+            Backend::Cuda => sets.iter().map(|p| self.evaluate_cuda(ctx, p)).collect(),
+        }
     }
     fn batch(&self) -> usize {
         self.batch.max(1)
@@ -239,7 +259,7 @@ impl Evaluator for MlpEvaluator {
 pub struct FnEvaluator<F: FnMut(&ParamSet) -> Result<Metrics>>(pub F);
 
 impl<F: FnMut(&ParamSet) -> Result<Metrics>> Evaluator for FnEvaluator<F> {
-    fn evaluate(&mut self, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
+    fn evaluate(&mut self, _ctx: &Context, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
         sets.iter().map(|s| (self.0)(s)).collect()
     }
 }
@@ -271,6 +291,7 @@ pub fn check_metrics(m: &Metrics, what: &str) -> Result<()> {
 /// scratch set is `live` (the host's wrapped model); further ones are clones, kept in `extra`
 /// across calls.
 pub fn evaluate_points(
+    ctx: &Context,
     ev: &mut dyn Evaluator,
     live: &mut ParamSet,
     extra: &mut Vec<ParamSet>,
@@ -290,7 +311,7 @@ pub fn evaluate_points(
             write(k + j, &mut extra[j - 1])?;
         }
         let sets: Vec<&ParamSet> = std::iter::once(&*live).chain(extra[..m - 1].iter()).collect();
-        let got = ev.evaluate(&sets)?;
+        let got = ev.evaluate(ctx, &sets)?;
         if got.len() != m {
             fail!(Panic, "the evaluator returned {} results for {m} sets", got.len());
         }

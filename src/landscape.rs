@@ -52,7 +52,7 @@ pub fn interpolation_curve(
         fail!(InvalidArgument, "the lambda grid holds a non-finite value {l}");
     }
     let mut extra = Vec::new();
-    evaluate_points(ev, live, &mut extra, lambdas.len(), |k, out| match module {
+    evaluate_points(ctx, ev, live, &mut extra, lambdas.len(), |k, out| match module {
         None => geometry::interpolate(ctx, a, b, lambdas[k], out),
         Some(m) => geometry::interpolate_module(ctx, a, b, lambdas[k], m, out),
     })

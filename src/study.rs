@@ -258,15 +258,15 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-/// Runs the study with configuration `cfg`; module criticality evaluates its noisy models on
-/// `ctx`'s backend, everything else runs on the CPU.
+/// Runs the study with configuration `cfg`: training on the CPU, the analyses on `ctx`'s backend
+/// where they have a CUDA path (CKA, and the evaluations of curves, barriers and criticality).
 pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let mlp = Mlp::new(&[SIDE * SIDE, 128, 64, 32, CLASSES])?;
     let layers = mlp.layer_names();
     progress("generating the tasks", 0.0);
     let (src, tgt) = tasks(cfg)?;
-    let m = train_models(&ctx, &mlp, cfg, &src, &tgt, progress)?;
+    let m = train_models(ctx, &mlp, cfg, &src, &tgt, progress)?;
     let mut tables = String::new();
     let mut findings: Vec<(String, bool, String)> = Vec::new();
 
@@ -312,7 +312,7 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
             .map(|l| {
                 let mx = Matrix::contiguous(&x[l], n, widths[l])?;
                 let my = Matrix::contiguous(&y[l], n, widths[l])?;
-                cka::linear_cka(&ctx, &mx, &my, Estimator::Biased)
+                cka::linear_cka(ctx, &mx, &my, Estimator::Biased)
             })
             .collect()
     };
@@ -350,7 +350,7 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
 
     // Distances.
     progress("distances", 0.3);
-    let dist = |a: &ParamSet, b: &ParamSet| geometry::distance(&ctx, a, b);
+    let dist = |a: &ParamSet, b: &ParamSet| geometry::distance(ctx, a, b);
     let dist_rows = vec![
         ("2 P-T", dist(&m.pt[0], &m.pt[1])?),
         ("2 RI-T", dist(&m.rit[0], &m.rit[1])?),
@@ -406,7 +406,7 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
         lambdas.len()
     ));
     for (name, a, b) in &pairs {
-        let curve = landscape::interpolation_curve(&ctx, &mut ev, a, b, &mut live, &lambdas, None)?;
+        let curve = landscape::interpolation_curve(ctx, &mut ev, a, b, &mut live, &lambdas, None)?;
         let bar = landscape::curve_barrier(&lambdas, &curve, Metric::Error, BARRIER_TOLERANCE)?;
         tables.push_str(&format!(
             "  {:<24} barrier {:.4} at lambda {:.2} (error {:.4} -> {:.4}): {}\n",
@@ -474,7 +474,7 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
     {
         progress(&format!("module criticality ({name})"), 0.45 + 0.3 * k as f64);
         let net =
-            criticality::network_criticality(&ctx, &mut cev, Path::Straight { init, final_: fin }, &mut live, &copts)?;
+            criticality::network_criticality(ctx, &mut cev, Path::Straight { init, final_: fin }, &mut live, &copts)?;
         let bound = criticality::pac_bayes_bound(&net, crit_eval.n as u64, 0.05)?;
         tables.push_str(&format!("  {name:<6}"));
         let mut row = Map::new();
@@ -510,7 +510,7 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
     for (name, init, fin) in [("P-T", &m.pt_init, &m.pt[0]), ("RI-T", &m.rit_init[0], &m.rit[0])] {
         let mut per = Map::new();
         for (i, l) in layers.iter().enumerate() {
-            let c = criticality::rewind_curve(&ctx, &mut ev, init, fin, &mut live, i, &alphas)?;
+            let c = criticality::rewind_curve(ctx, &mut ev, init, fin, &mut live, i, &alphas)?;
             per.insert(l.clone(), Value::Array(c.iter().map(|x| num(x.error)).collect()));
         }
         rewind_json

@@ -68,6 +68,31 @@ fn noisy_copies_on_cuda_match_the_cpu() {
     }
 }
 
+/// Plain evaluation (what interpolation and rewind curves ask for) runs on the device with a
+/// CUDA context: one model at a time through the same schedule, with no noise.
+#[test]
+fn plain_evaluation_and_curves_on_cuda_match_the_cpu() {
+    let Some(gpu) = cuda() else { return };
+    let cpu = Context::cpu();
+    let sizes = [23usize, 70, 33, 6];
+    let (mlp, a32, data) = common::mlp_fixture(&sizes, 1500, 12);
+    let (_, b32, _) = common::mlp_fixture(&sizes, 1, 13);
+    let mut ev = MlpEvaluator::new(mlp.clone(), data.clone());
+    for dtype in DTYPES {
+        let (a, b) = (common::set_as(&a32, dtype), common::set_as(&b32, dtype));
+        let want = ev.evaluate(&cpu, &[&a, &b]).unwrap();
+        let got = ev.evaluate(&gpu, &[&a, &b]).unwrap();
+        assert_metrics_close(&got, &want, data.n, 2e-5, &format!("{dtype:?} plain"));
+        let lambdas = [-0.5, 0.0, 0.25, 0.5, 1.0, 1.5];
+        let curve = |ctx: &Context, ev: &mut MlpEvaluator| {
+            let mut live = a.try_clone().unwrap();
+            transferlens::landscape::interpolation_curve(ctx, ev, &a, &b, &mut live, &lambdas, None).unwrap()
+        };
+        let (want, got) = (curve(&cpu, &mut ev), curve(&gpu, &mut ev));
+        assert_metrics_close(&got, &want, data.n, 2e-5, &format!("{dtype:?} curve"));
+    }
+}
+
 #[test]
 fn noisy_copies_of_nan_weights_are_an_error_on_cuda() {
     let Some(gpu) = cuda() else { return };

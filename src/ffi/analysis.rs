@@ -80,7 +80,7 @@ struct CallbackEval {
 }
 
 impl Evaluator for CallbackEval {
-    fn evaluate(&mut self, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
+    fn evaluate(&mut self, _ctx: &crate::Context, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
         let mut out = Vec::with_capacity(sets.len());
         for set in sets {
             // tl_params is a ParamSet and nothing else: the handle is the set's own address.
@@ -202,7 +202,8 @@ pub unsafe extern "C" fn tl_evaluate(
         let ev = unsafe { arg_mut(evaluator, "evaluator") }?;
         let p = &unsafe { arg_ref(params, "params") }?.inner;
         let out = unsafe { arg_mut(out, "out") }?;
-        let m = ev.with(|e| e.evaluate(&[p]))?;
+        // No context here: the host evaluates (the analyses pass theirs to the evaluator).
+        let m = ev.with(|e| e.evaluate(&crate::Context::cpu(), &[p]))?;
         eval::check_metrics(&m[0], "evaluation")?;
         *out = m[0].into();
         Ok(())

@@ -331,7 +331,8 @@ impl Mlp {
             .collect())
     }
 
-    fn check_data(&self, data: &Dataset) -> Result<()> {
+    /// Checks that `data` fits the MLP (inputs, classes) and is not empty.
+    pub fn check_data(&self, data: &Dataset) -> Result<()> {
         if data.dim != self.sizes[0] || data.classes != self.classes() {
             fail!(
                 ShapeMismatch,

@@ -167,6 +167,15 @@ impl DeviceMlp {
         Ok(out)
     }
 
+    /// (mean loss, 0-1 error) of the model as uploaded: one copy of the noisy layer with zero
+    /// noise (`theta + 0 z` is `theta` exactly, the normals being finite), i.e. the plain
+    /// forward pass; the copy costs one pass over that layer's weights.
+    pub fn evaluate(&self, dev: &CudaDevice, data: &DeviceDataset) -> Result<(f64, f64)> {
+        let plain =
+            LayerNoise { layer: self.noisy, std: 0.0, seed: 0, stream0: 0, draws: 1, weight_index0: 0, bias_index0: 0 };
+        Ok(self.evaluate_layer_noise(dev, data, &plain)?[0])
+    }
+
     /// At most `MAX_COPIES` draws.
     fn evaluate_group(&self, dev: &CudaDevice, data: &DeviceDataset, noise: &LayerNoise) -> Result<Vec<(f64, f64)>> {
         let g = noise.draws;

@@ -18,9 +18,10 @@ pub struct StudyArgs {
     /// Folder for study.json and report.html (created if missing).
     #[arg(long, default_value = "tlens-study")]
     out: std::path::PathBuf,
-    /// Where module criticality evaluates its noisy models. The CPU (the default) gives the same
-    /// figures on every machine; CUDA is faster for the full study, and its figures may differ
-    /// where a noisy model's loss lies within float rounding of the threshold.
+    /// Where the analyses run (CKA, and the evaluations of curves, barriers and criticality;
+    /// training stays on the CPU). The CPU (the default) gives the same figures on every
+    /// machine; on CUDA a figure may differ where a loss lies within float rounding of a
+    /// threshold.
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendArg,
 }
