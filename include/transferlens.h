@@ -459,7 +459,8 @@ enum tl_status tl_mlp_init(const uint64_t *sizes,
                            struct tl_params **out);
 
 /**
- * The metrics of `params` (for a callback evaluator: the live set the callback receives).
+ * The metrics of `params` (for a callback evaluator: the live set the callback receives),
+ * computed on the host; the analyses evaluate on their context's backend.
  */
 enum tl_status tl_evaluate(struct tl_evaluator *evaluator,
                            const struct tl_params *params,

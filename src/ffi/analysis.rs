@@ -191,7 +191,8 @@ pub unsafe extern "C" fn tl_mlp_init(sizes: *const u64, n_sizes: usize, seed: u6
     })
 }
 
-/// The metrics of `params` (for a callback evaluator: the live set the callback receives).
+/// The metrics of `params` (for a callback evaluator: the live set the callback receives),
+/// computed on the host; the analyses evaluate on their context's backend.
 #[no_mangle]
 pub unsafe extern "C" fn tl_evaluate(
     evaluator: *mut tl_evaluator,
