@@ -20,10 +20,12 @@
 //! * sample space: the `n x n` Gram `X~ X~^T` of each layer, once (cheap when `p` is large:
 //!   `n << p` never builds a `p x p` matrix).
 //!
-//! The feature route is the streaming [`CkaAccumulator`] fed one batch: it accumulates moments
-//! relative to a *shift* (the first batch's column means), so data with a large offset does not
-//! cancel catastrophically, and re-centers exactly at the end. Feeding it batches of any sizes
-//! gives the full-data result up to rounding, and accumulators merge across threads or processes.
+//! Whole data is centered at its exact column means (on the CPU, a layer with a small offset is
+//! multiplied in place and its products centered afterwards), and the products are reduced to
+//! the terms at once. The streaming [`CkaAccumulator`] accumulates moments relative to a *shift*
+//! (the first batch's column means), so data with a large offset does not cancel
+//! catastrophically, and re-centers exactly at the end. Feeding it batches of any sizes gives the
+//! full-data result up to rounding, and accumulators merge across threads or processes.
 //!
 //! [`MinibatchCka`] is the minibatch estimator of Nguyen, Raghu and Kornblith (2021): the mean
 //! over batches of the unbiased `HSIC_1`, a different quantity from full-data CKA.
@@ -267,9 +269,9 @@ fn whole_data_terms(ctx: &Context, xs: &[Matrix], ys: &[Matrix], route: Route, e
     let (inner, traces, norms): (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) = match ctx.backend() {
         Backend::Cpu if route == Route::Feature => {
             let t = if wants_f64(xs, ys) {
-                cpu::cka_feature_terms::<f64>(&layers, &pairs, nx, row_norms)?
+                cpu::cka_feature_terms::<f64>(&layers, &pairs, row_norms)?
             } else {
-                cpu::cka_feature_terms::<f32>(&layers, &pairs, nx, row_norms)?
+                cpu::cka_feature_terms::<f32>(&layers, &pairs, row_norms)?
             };
             (t.inner, t.traces, t.norms)
         }

@@ -431,73 +431,60 @@ pub(crate) struct FeatureTerms {
     pub norms: Vec<Vec<f64>>,
 }
 
-/// The `features x rows` operand of one side (the x layers or the y layers) of the products.
-enum Operand<'a, T> {
-    /// The stored data of a single layer, used in place: column `k` is row `k` of the layer.
+/// One layer as a `features x rows` operand of the products (column `k` is sample `k`).
+struct Operand<'a, T> {
+    data: OperandData<'a, T>,
+    features: usize,
+    /// The mean of the operand's columns: the column means when the layer is used in place,
+    /// zero when it is copied centered.
+    mean: Vec<f64>,
+    /// The squared norms of the centered rows, when asked for.
+    norms: Option<Vec<f64>>,
+}
+
+enum OperandData<'a, T> {
+    /// The stored layer, used in place.
     Stored { data: &'a [T], stride: usize },
-    /// The layers stacked and centered at their exact means, converted to `T`.
+    /// A copy centered at the exact means, converted to `T`.
     Copied(Vec<T>),
 }
 
-impl<T: Real> Operand<'_, T> {
-    fn view(&self, features: usize, rows: usize) -> MatRef<'_, T> {
-        match self {
-            Operand::Stored { data, stride } => MatRef::from_column_major_slice_with_stride(
-                &data[..(rows - 1) * stride + features],
-                features,
-                rows,
-                *stride,
-            ),
-            Operand::Copied(buffer) => MatRef::from_column_major_slice(buffer, features, rows),
-        }
-    }
-}
-
-/// One side's operand, and for each of its layers the mean `d` of the operand's rows (zero when
-/// centered, the column means when used in place) and the centered row norms (when asked for).
-struct Side<'a, T> {
-    operand: Operand<'a, T>,
-    means: Vec<Vec<f64>>,
-    norms: Vec<Vec<f64>>,
-}
-
-/// The operand of the layers of one side (see [`Side`]).
-///
-/// A single layer stored in `T` is used in place, and the products are centered afterwards
-/// (`X~^T X~ = X^T X - n m m^T`) when its offset is at most its spread, `n |m|^2 <= ||X~||_F^2`:
-/// the products' rounding errors then grow by at most a factor 2 against centered data, as
-/// they scale with `sum_k |x_k|^2 = n |m|^2 + ||X~||_F^2`. Otherwise the layers are copied.
-fn side_operand<'a, T: Real>(
-    layers: &[(String, &Matrix<'a>)],
-    stats: &[ColumnStats],
-    row_norms: bool,
-) -> Result<Side<'a, T>> {
-    let rows = layers[0].1.rows();
-    if let [(name, m)] = layers {
+impl<'a, T: Real> Operand<'a, T> {
+    /// A layer stored in `T` is used in place, and the products are centered afterwards
+    /// (`X~^T X~ = X^T X - n m m^T`), when its offset is at most half its spread,
+    /// `4 n |m|^2 <= ||X~||_F^2`. The products' rounding errors grow with the offset (the sums
+    /// drift by `n m_i m_j`): in f32, up to half the spread they match those of a centered copy
+    /// (a few 1e-9 relative in CKA), at one spread they are 2 to 3 times larger. Other layers are
+    /// copied centered.
+    fn new(m: &Matrix<'a>, name: &str, stats: &ColumnStats, row_norms: bool) -> Result<Self> {
+        let (rows, features) = (m.rows(), m.cols());
         let stored = match m.storage() {
             Storage::Host(slice) => T::stored(*slice),
             Storage::Device { .. } => None,
         };
-        let means = &stats[0].means;
-        let offset = rows as f64 * means.iter().map(|v| v * v).sum::<f64>();
-        if let Some(data) = stored.filter(|_| offset <= stats[0].trace) {
-            let norms = if row_norms { vec![centered_row_norms(m, name, means)?] } else { Vec::new() };
-            let operand = Operand::Stored { data, stride: m.row_stride() };
-            return Ok(Side { operand, means: vec![means.clone()], norms });
+        let offset = rows as f64 * stats.means.iter().map(|v| v * v).sum::<f64>();
+        if let Some(data) = stored.filter(|_| 4.0 * offset <= stats.trace) {
+            let norms = if row_norms { Some(centered_row_norms(m, name, &stats.means)?) } else { None };
+            let data = OperandData::Stored { data, stride: m.row_stride() };
+            return Ok(Operand { data, features, mean: stats.means.clone(), norms });
+        }
+        let mut buffer = vec![T::default(); features * rows];
+        let norms = write_shifted_transpose::<T>(m, name, &stats.means, &mut buffer, features, 0)?;
+        let norms = row_norms.then_some(norms);
+        Ok(Operand { data: OperandData::Copied(buffer), features, mean: vec![0.0; features], norms })
+    }
+
+    fn view(&self, rows: usize) -> MatRef<'_, T> {
+        match &self.data {
+            OperandData::Stored { data, stride } => MatRef::from_column_major_slice_with_stride(
+                &data[..(rows - 1) * stride + self.features],
+                self.features,
+                rows,
+                *stride,
+            ),
+            OperandData::Copied(buffer) => MatRef::from_column_major_slice(buffer, self.features, rows),
         }
     }
-    let features: usize = layers.iter().map(|(_, m)| m.cols()).sum();
-    let mut buffer = vec![T::default(); features * rows];
-    let (mut offset, mut norms) = (0, Vec::with_capacity(layers.len()));
-    for ((name, m), st) in layers.iter().zip(stats) {
-        norms.push(write_shifted_transpose::<T>(m, name, &st.means, &mut buffer, features, offset)?);
-        offset += m.cols();
-    }
-    if !row_norms {
-        norms.clear();
-    }
-    let means = layers.iter().map(|(_, m)| vec![0.0; m.cols()]).collect();
-    Ok(Side { operand: Operand::Copied(buffer), means, norms })
 }
 
 /// Squared norms of the rows of `m` centered at `means`, in f64.
@@ -513,24 +500,15 @@ fn centered_row_norms(m: &Matrix, name: &str, means: &[f64]) -> Result<Vec<f64>>
     Ok(norms)
 }
 
-/// `||A - n d e^T||_F^2` in f64 for a block `A` of a product in `T` of operands whose rows
-/// have means `d` and `e`: the squared norm of the product of the centered operands. With
-/// `symmetric`, `A` is a Gram given by its lower triangle (and `e = d`). Columns are summed in
-/// parallel, then in order, so that the result does not depend on the scheduling.
-fn centered_fro2<T: Real>(
-    a: &faer::Mat<T>,
-    rows: (usize, usize),
-    cols: usize,
-    n: f64,
-    d: &[f64],
-    e: &[f64],
-    symmetric: bool,
-) -> f64 {
-    let (first, count) = rows;
-    let per_column: Vec<f64> = (0..e.len())
+/// `||A - n d e^T||_F^2` in f64 for a product `A` in `T` of operands whose columns have means
+/// `d` and `e`: the squared norm of the product of the centered operands. With `symmetric`, `A`
+/// is a Gram given by its lower triangle (and `e = d`). Columns are summed in parallel, then in
+/// order, so that the result does not depend on the scheduling.
+fn centered_fro2<T: Real>(a: MatRef<T>, n: f64, d: &[f64], e: &[f64], symmetric: bool) -> f64 {
+    let per_column: Vec<f64> = (0..a.ncols())
         .into_par_iter()
         .map(|j| {
-            let column = &a.col_as_slice(cols + j)[first..first + count];
+            let column = a.col(j).try_as_col_major().expect("column-major product").as_slice();
             let c = n * e[j];
             let start = if symmetric { j } else { 0 };
             let below = centered_sq_sum(&column[start..], c, &d[start..]);
@@ -545,49 +523,37 @@ fn centered_fro2<T: Real>(
     per_column.iter().sum()
 }
 
-/// Feature-space CKA terms of whole data (see [`FeatureTerms`]): each side's Grams and all cross
-/// products from one operand per side, reduced to the terms in f64 without copies of the
-/// products. `row_norms` asks for the centered row norms (the debiased estimator needs them).
+/// Feature-space CKA terms of whole data (see [`FeatureTerms`]): each layer's Gram and each
+/// pair's cross product, reduced to the terms in f64 as soon as formed, in one buffer.
+/// `row_norms` asks for the centered row norms (the debiased estimator needs them).
 pub(crate) fn cka_feature_terms<T: Real>(
     layers: &[(String, &Matrix)],
     pairs: &[(usize, usize)],
-    nx: usize,
     row_norms: bool,
 ) -> Result<FeatureTerms> {
     let rows = layers[0].1.rows();
     let stats = layers.iter().map(|(name, m)| column_stats(m, name)).collect::<Result<Vec<_>>>()?;
-    let (xs, ys) = (
-        side_operand::<T>(&layers[..nx], &stats[..nx], row_norms)?,
-        side_operand::<T>(&layers[nx..], &stats[nx..], row_norms)?,
-    );
-    let means: Vec<&[f64]> = xs.means.iter().chain(&ys.means).map(|m| m.as_slice()).collect();
-    let widths: Vec<usize> = layers.iter().map(|(_, m)| m.cols()).collect();
-    let offsets: Vec<usize> =
-        (0..widths.len()).map(|u| if u < nx { widths[..u].iter().sum() } else { widths[nx..u].iter().sum() }).collect();
-    let (px, py): (usize, usize) = (widths[..nx].iter().sum(), widths[nx..].iter().sum());
-    let (xt, yt) = (xs.operand.view(px, rows), ys.operand.view(py, rows));
-
-    let mut cross = faer::Mat::<T>::zeros(px, py);
-    cross_product(cross.as_mut(), xt, yt);
-    let grams: Vec<faer::Mat<T>> = (0..widths.len())
-        .map(|u| {
-            let block = if u < nx { xt.subrows(offsets[u], widths[u]) } else { yt.subrows(offsets[u], widths[u]) };
-            let mut g = faer::Mat::<T>::zeros(widths[u], widths[u]);
-            gram_lower(g.as_mut(), block);
-            g
-        })
-        .collect();
+    let operands = layers
+        .iter()
+        .zip(&stats)
+        .map(|((name, m), st)| Operand::<T>::new(m, name, st, row_norms))
+        .collect::<Result<Vec<_>>>()?;
+    let widest = layers.iter().map(|(_, m)| m.cols()).max().unwrap_or(0);
+    let mut buffer = faer::Mat::<T>::zeros(widest, widest);
     let n = rows as f64;
     let inner = pairs
         .iter()
         .map(|&(u, v)| {
+            let (a, b) = (&operands[u], &operands[v]);
+            let mut dst = buffer.as_mut().submatrix_mut(0, 0, a.features, b.features);
             if u == v {
-                centered_fro2(&grams[u], (0, widths[u]), 0, n, means[u], means[u], true)
+                gram_lower(dst.as_mut(), a.view(rows));
             } else {
-                centered_fro2(&cross, (offsets[u], widths[u]), offsets[v], n, means[u], means[v], false)
+                cross_product(dst.as_mut(), a.view(rows), b.view(rows));
             }
+            centered_fro2(dst.as_ref(), n, &a.mean, &b.mean, u == v)
         })
         .collect();
-    let norms = xs.norms.into_iter().chain(ys.norms).collect();
+    let norms = operands.into_iter().filter_map(|o| o.norms).collect();
     Ok(FeatureTerms { inner, traces: stats.iter().map(|s| s.trace).collect(), norms })
 }
