@@ -4,7 +4,7 @@ formula (Kornblith et al. 2019, `feature_space_linear_cka`) on the same data, in
 
 Usage:  python3 benches/compare/cka.py [--quick] [--rounds N]
 Needs numpy; builds and runs `cargo run --release --example time_cka`. Each round times one
-numpy call and one transferlens call back to back (alternating which goes first), so that both
+numpy call and one transferlens call a moment apart (alternating which goes first), so that both
 see the same load on a shared machine. Prints the median times, the median of the per-round
 ratios transferlens / numpy, and the largest difference between the two results.
 """
@@ -57,12 +57,16 @@ def time_rounds(exe, fa, fb, xs, ys, debiased, rounds):
                             stdout=subprocess.PIPE, text=True)
     tl_values = np.array([float(v) for v in proc.stdout.readline().split()])  # after its warm-up
 
+    # Each call starts after a pause: OpenBLAS's and faer's worker threads spin for a while
+    # after a call, and would take a core from the other side's next call.
     def numpy_call():
+        time.sleep(0.3)
         start = time.perf_counter()
         values = [[feature_space_linear_cka(x, y, debiased) for y in ys] for x in xs]
         return time.perf_counter() - start, np.array(values).ravel()
 
     def tl_call():
+        time.sleep(0.3)
         proc.stdin.write("run\n")
         proc.stdin.flush()
         return float(proc.stdout.readline())
