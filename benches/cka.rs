@@ -2,7 +2,7 @@
 //! benches/compare/cka.py; BENCHMARKS.md records both.
 //!
 //! Multiply-adds per call (feature route): n (p^2/2 + q^2/2 + p q) for a pair; the 5 x 5 layer
-//! matrix forms each layer's Gram once and all cross products in one GEMM.
+//! matrix forms each layer's Gram once and each pair's cross product once.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;

@@ -1,10 +1,12 @@
 //! Times `cka_matrix` on activations stored in two safetensors files, for the side-by-side
 //! comparison in benches/compare/cka.py (which writes the files, times numpy on the same data
-//! and prints the ratios).
+//! in alternation with this program and prints the ratios).
 //!
-//! Usage: time_cka A.safetensors B.safetensors ESTIMATOR REPEATS
-//! Prints one line: `median_seconds min_seconds v00 v01 ...` (CKA values, row-major).
+//! Usage: time_cka A.safetensors B.safetensors ESTIMATOR
+//! After a warm-up call, prints the CKA values (row-major) on one line; then times one call per
+//! line read from stdin and prints its seconds on one line, until stdin closes.
 
+use std::io::{BufRead, Write};
 use std::time::Instant;
 use transferlens::cka::{cka_matrix, Estimator};
 use transferlens::{Context, Matrix};
@@ -26,21 +28,21 @@ fn load(path: &str) -> Vec<(Vec<f32>, usize, usize)> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    assert!(args.len() == 5, "usage: time_cka A B biased|debiased REPEATS");
+    assert!(args.len() == 4, "usage: time_cka A B biased|debiased");
     let (a, b) = (load(&args[1]), load(&args[2]));
     let estimator = if args[3] == "debiased" { Estimator::Debiased } else { Estimator::Biased };
-    let repeats: usize = args[4].parse().unwrap();
     let xs: Vec<Matrix> = a.iter().map(|(d, r, c)| Matrix::contiguous(d, *r, *c).unwrap()).collect();
     let ys: Vec<Matrix> = b.iter().map(|(d, r, c)| Matrix::contiguous(d, *r, *c).unwrap()).collect();
     let ctx = Context::cpu();
-    let mut values = cka_matrix(&ctx, &xs, &ys, estimator).unwrap(); // warm-up
-    let mut times = Vec::with_capacity(repeats);
-    for _ in 0..repeats {
-        let start = Instant::now();
-        values = cka_matrix(&ctx, &xs, &ys, estimator).unwrap();
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(|p, q| p.partial_cmp(q).unwrap());
+    let values = cka_matrix(&ctx, &xs, &ys, estimator).unwrap(); // warm-up
     let list: Vec<String> = values.iter().map(|v| format!("{v:.12}")).collect();
-    println!("{:.6} {:.6} {}", times[times.len() / 2], times[0], list.join(" "));
+    let mut out = std::io::stdout();
+    writeln!(out, "{}", list.join(" ")).unwrap();
+    out.flush().unwrap();
+    for _ in std::io::stdin().lock().lines() {
+        let start = Instant::now();
+        std::hint::black_box(cka_matrix(&ctx, &xs, &ys, estimator).unwrap());
+        writeln!(out, "{:.6}", start.elapsed().as_secs_f64()).unwrap();
+        out.flush().unwrap();
+    }
 }

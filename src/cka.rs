@@ -20,16 +20,18 @@
 //! * sample space: the `n x n` Gram `X~ X~^T` of each layer, once (cheap when `p` is large:
 //!   `n << p` never builds a `p x p` matrix).
 //!
-//! The feature route is the streaming [`CkaAccumulator`] fed one batch: it accumulates moments
-//! relative to a *shift* (the first batch's column means), so data with a large offset does not
-//! cancel catastrophically, and re-centers exactly at the end. Feeding it batches of any sizes
-//! gives the full-data result up to rounding, and accumulators merge across threads or processes.
+//! Whole data is centered at its exact column means (on the CPU, a layer with a small offset is
+//! multiplied in place and its products centered afterwards), and the products are reduced to
+//! the terms at once. The streaming [`CkaAccumulator`] accumulates moments relative to a *shift*
+//! (the first batch's column means), so data with a large offset does not cancel
+//! catastrophically, and re-centers exactly at the end. Feeding it batches of any sizes gives the
+//! full-data result up to rounding, and accumulators merge across threads or processes.
 //!
 //! [`MinibatchCka`] is the minibatch estimator of Nguyen, Raghu and Kornblith (2021): the mean
 //! over batches of the unbiased `HSIC_1`, a different quantity from full-data CKA.
 
 use crate::backend::cpu::{self, Real};
-use crate::backend::{column_means, Backend, Context};
+use crate::backend::{column_means, Backend, CkaGramTerms, Context};
 use crate::error::{fail, Result};
 use crate::tensor::{DType, Matrix};
 use faer::MatMut;
@@ -163,12 +165,9 @@ pub fn cka_matrix_via(
 ) -> Result<Vec<f64>> {
     let n = check_layers(xs, ys)?;
     check_min_samples(n, estimator)?;
-    let terms = match route {
-        // Whole data: centered at the exact column means, the products reduced to the terms at
-        // once (the streaming accumulator gives the same values with its f64 state).
-        route => whole_data_terms(ctx, xs, ys, route)?,
-    };
-    terms.cka(estimator)
+    // Whole data: centered at the exact column means, the products reduced to the terms at once
+    // (the streaming accumulator gives the same values with its f64 state).
+    whole_data_terms(ctx, xs, ys, route, estimator)?.cka(estimator)
 }
 
 /// Which products to form.
@@ -255,36 +254,43 @@ fn labelled<'m, 'a>(xs: &'m [Matrix<'a>], ys: &'m [Matrix<'a>]) -> Vec<(String, 
 
 /// Terms of whole data through `<K_u, K_v>_F`: sample space forms each layer's centered `n x n`
 /// Gram once; feature space forms `||U~^T V~||_F^2`, which is the same number.
-fn whole_data_terms(ctx: &Context, xs: &[Matrix], ys: &[Matrix], route: Route) -> Result<Terms> {
+fn whole_data_terms(ctx: &Context, xs: &[Matrix], ys: &[Matrix], route: Route, est: Estimator) -> Result<Terms> {
     let (n, nx, ny) = (xs[0].rows(), xs.len(), ys.len());
     let layers = labelled(xs, ys);
     // Self pairs first, then (x_i, y_j) row-major.
     let pairs: Vec<(usize, usize)> =
         (0..nx + ny).map(|u| (u, u)).chain((0..nx * ny).map(|k| (k / ny, nx + k % ny))).collect();
-    let grams = match ctx.backend() {
-        Backend::Cpu => match (route, wants_f64(xs, ys)) {
-            (Route::Feature, true) => cpu::cka_feature_terms::<f64>(&layers, &pairs, nx)?,
-            (Route::Feature, false) => cpu::cka_feature_terms::<f32>(&layers, &pairs, nx)?,
-            (Route::Sample, true) => cpu::cka_gram_terms::<f64>(&layers, &pairs)?,
-            (Route::Sample, false) => cpu::cka_gram_terms::<f32>(&layers, &pairs)?,
-        },
-        Backend::Cuda if route == Route::Feature => {
-            crate::backend::cuda::cka_feature_terms(ctx, &layers, &pairs, wants_f64(xs, ys))?
+    // Only the debiased estimator needs the row norms; the traces are their sums.
+    let row_norms = est == Estimator::Debiased;
+    let with_traces = |g: CkaGramTerms| {
+        let traces = g.norms.iter().map(|r| r.iter().sum()).collect();
+        (g.inner, traces, g.norms)
+    };
+    let (inner, traces, norms): (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) = match ctx.backend() {
+        Backend::Cpu if route == Route::Feature => {
+            let t = if wants_f64(xs, ys) {
+                cpu::cka_feature_terms::<f64>(&layers, &pairs, row_norms)?
+            } else {
+                cpu::cka_feature_terms::<f32>(&layers, &pairs, row_norms)?
+            };
+            (t.inner, t.traces, t.norms)
         }
-        Backend::Cuda => crate::backend::cuda::cka_gram_terms(ctx, &layers, &pairs, wants_f64(xs, ys))?,
+        Backend::Cpu if wants_f64(xs, ys) => with_traces(cpu::cka_gram_terms::<f64>(&layers, &pairs)?),
+        Backend::Cpu => with_traces(cpu::cka_gram_terms::<f32>(&layers, &pairs)?),
+        Backend::Cuda if route == Route::Feature => {
+            with_traces(crate::backend::cuda::cka_feature_terms(ctx, &layers, &pairs, wants_f64(xs, ys))?)
+        }
+        Backend::Cuda => with_traces(crate::backend::cuda::cka_gram_terms(ctx, &layers, &pairs, wants_f64(xs, ys))?),
     };
     let pair = |k: usize| {
         let (u, v) = pairs[k];
-        PairTerms {
-            cross_fro2: grams.inner[k],
-            row_norms_dot: grams.norms[u].iter().zip(&grams.norms[v]).map(|(a, b)| a * b).sum(),
-        }
+        let row_norms_dot = if row_norms { norms[u].iter().zip(&norms[v]).map(|(a, b)| a * b).sum() } else { 0.0 };
+        PairTerms { cross_fro2: inner[k], row_norms_dot }
     };
-    let trace = |u: usize| grams.norms[u].iter().sum::<f64>();
     Ok(Terms {
         n: n as u64,
-        trace_x: (0..nx).map(trace).collect(),
-        trace_y: (nx..nx + ny).map(trace).collect(),
+        trace_x: traces[..nx].to_vec(),
+        trace_y: traces[nx..].to_vec(),
         self_x: (0..nx).map(pair).collect(),
         self_y: (nx..nx + ny).map(pair).collect(),
         cross: (nx + ny..nx + ny + nx * ny).map(pair).collect(),

@@ -2,9 +2,11 @@
 """Side-by-side CKA timing: transferlens against numpy running the published feature-space
 formula (Kornblith et al. 2019, `feature_space_linear_cka`) on the same data, in one run.
 
-Usage:  python3 benches/compare/cka.py [--quick]
-Needs numpy; builds and runs `cargo run --release --example time_cka`. Prints a table of median
-times, the ratio transferlens / numpy, and the largest difference between the two results.
+Usage:  python3 benches/compare/cka.py [--quick] [--rounds N]
+Needs numpy; builds and runs `cargo run --release --example time_cka`. Each round times one
+numpy call and one transferlens call a moment apart (alternating which goes first), so that both
+see the same load on a shared machine. Prints the median times, the median of the per-round
+ratios transferlens / numpy, and the largest difference between the two results.
 """
 import json
 import os
@@ -49,15 +51,39 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
-def time_numpy(xs, ys, debiased, repeats):
-    values = [[feature_space_linear_cka(x, y, debiased) for y in ys] for x in xs]  # warm-up
-    times = []
-    for _ in range(repeats):
+def time_rounds(exe, fa, fb, xs, ys, debiased, rounds):
+    """Median numpy and transferlens seconds, the median per-round ratio, and both results."""
+    proc = subprocess.Popen([exe, fa, fb, "debiased" if debiased else "biased"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    tl_values = np.array([float(v) for v in proc.stdout.readline().split()])  # after its warm-up
+
+    # Each call starts after a pause: OpenBLAS's and faer's worker threads spin for a while
+    # after a call, and would take a core from the other side's next call.
+    def numpy_call():
+        time.sleep(0.3)
         start = time.perf_counter()
         values = [[feature_space_linear_cka(x, y, debiased) for y in ys] for x in xs]
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2], times[0], np.array(values).ravel()
+        return time.perf_counter() - start, np.array(values).ravel()
+
+    def tl_call():
+        time.sleep(0.3)
+        proc.stdin.write("run\n")
+        proc.stdin.flush()
+        return float(proc.stdout.readline())
+
+    _, np_values = numpy_call()  # warm-up
+    np_times, tl_times = [], []
+    for r in range(rounds):
+        if r % 2:
+            tl_times.append(tl_call())
+            np_times.append(numpy_call()[0])
+        else:
+            np_times.append(numpy_call()[0])
+            tl_times.append(tl_call())
+    proc.stdin.close()
+    proc.wait()
+    ratio = float(np.median(np.array(tl_times) / np.array(np_times)))
+    return float(np.median(np_times)), float(np.median(tl_times)), ratio, np_values, tl_values
 
 
 def main():
@@ -72,14 +98,14 @@ def main():
     ]
     if quick:
         cases = [("pair 4000x256", 4000, [256], [256]), ("3x3 layers, n=1024", 1024, [64, 128, 256], [64, 128, 256])]
-    repeats = 3 if quick else 5
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else (3 if quick else 9)
     try:
         from threadpoolctl import threadpool_info
         blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, {i['num_threads']} threads)" for i in threadpool_info())
     except ImportError:
         blas = "unknown BLAS (pip install threadpoolctl to see it)"
-    print(f"numpy {np.__version__} with {blas}; {os.cpu_count()} CPUs")
-    print(f"{'case':34} {'estimator':9} {'numpy s':>9} {'tlens s':>9} {'ratio':>7} {'max |diff|':>10}")
+    print(f"numpy {np.__version__} with {blas}; {os.cpu_count()} CPUs; medians of {rounds} rounds")
+    print(f"{'case':34} {'estimator':9} {'numpy s':>9} {'tlens s':>9} {'ratio':>7} {'max |diff|':>10} {'load':>5}")
     with tempfile.TemporaryDirectory() as tmp:
         for label, n, ps, qs in cases:
             base = rng.standard_normal((n, 64)).astype(np.float32)
@@ -89,11 +115,9 @@ def main():
             write_safetensors(fa, [(f"x{i}", x) for i, x in enumerate(xs)])
             write_safetensors(fb, [(f"y{i}", y) for i, y in enumerate(ys)])
             for estimator in ("biased", "debiased"):
-                np_med, _, np_values = time_numpy(xs, ys, estimator == "debiased", repeats)
-                out = subprocess.run([exe, fa, fb, estimator, str(repeats)], capture_output=True, text=True, check=True).stdout.split()
-                tl_med, tl_values = float(out[0]), np.array([float(v) for v in out[2:]])
+                np_med, tl_med, ratio, np_values, tl_values = time_rounds(exe, fa, fb, xs, ys, estimator == "debiased", rounds)
                 diff = np.max(np.abs(tl_values - np_values))
-                print(f"{label:34} {estimator:9} {np_med:9.3f} {tl_med:9.3f} {tl_med / np_med:7.2f} {diff:10.2e}")
+                print(f"{label:34} {estimator:9} {np_med:9.3f} {tl_med:9.3f} {ratio:7.2f} {diff:10.2e} {os.getloadavg()[0]:5.2f}")
 
 
 if __name__ == "__main__":

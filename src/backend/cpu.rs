@@ -15,17 +15,31 @@ use rayon::prelude::*;
 /// The arithmetic type of the dense products: f32 for f32/f16/bf16 data, f64 for f64 data.
 pub trait Real: Element + faer::traits::RealField + Copy + Default {
     fn from_f64(v: f64) -> Self;
+    /// The data of `slice` when it is stored in this type, to be used in place.
+    fn stored(slice: HostSlice<'_>) -> Option<&[Self]>;
 }
 impl Real for f32 {
     #[inline]
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    fn stored(slice: HostSlice<'_>) -> Option<&[Self]> {
+        match slice {
+            HostSlice::F32(data) => Some(data),
+            _ => None,
+        }
+    }
 }
 impl Real for f64 {
     #[inline]
     fn from_f64(v: f64) -> Self {
         v
+    }
+    fn stored(slice: HostSlice<'_>) -> Option<&[Self]> {
+        match slice {
+            HostSlice::F64(data) => Some(data),
+            _ => None,
+        }
     }
 }
 
@@ -36,6 +50,109 @@ fn par() -> Par {
 /// Rows per parallel work item in streaming loops: big enough to amortise scheduling.
 fn rows_per_task(cols: usize) -> usize {
     (16384 / cols.max(1)).max(1)
+}
+
+/// Defines `fn $name` whose body is compiled for AVX2 as well as for the baseline target (SSE2
+/// on x86-64), the former used where the CPU has it: the streaming passes over the data run at
+/// twice the vector width. Both versions do the same operations in the same order (no fused
+/// multiply-adds), so they give the same results.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident<$($g:ident: $bound:path),*>($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        fn $name<$($g: $bound),*>($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body<$($g: $bound),*>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn with_avx2<$($g: $bound),*>($($arg: $ty),*) $(-> $ret)? {
+                body::<$($g),*>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { with_avx2::<$($g),*>($($arg),*) };
+            }
+            body::<$($g),*>($($arg),*)
+        }
+    };
+}
+
+/// `sum_i f(i)` for `i < len` in f64 with eight partial sums and no branch, so that the loop
+/// vectorises.
+#[inline(always)]
+fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let split = len - len % LANES;
+    for i in (0..split).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    acc.iter().sum::<f64>() + (split..len).map(f).sum::<f64>()
+}
+
+multiversion! {
+    /// Adds `row - first` and its square to `sum` and `sum_sq` for each row `r` in `rows` of
+    /// `data` (row `r` starts at `r * stride`).
+    fn add_shifted_rows<E: Element>(
+        data: &[E],
+        rows: std::ops::Range<usize>,
+        stride: usize,
+        first: &[f64],
+        sum: &mut [f64],
+        sum_sq: &mut [f64]
+    ) {
+        let cols = first.len();
+        for r in rows {
+            let row = &data[r * stride..r * stride + cols];
+            for (((s, q), &v), &f) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(row).zip(first) {
+                let z = v.to_f64() - f;
+                *s += z;
+                *q += z * z;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Writes `src - shift`, converted to `T`, to `dst` and returns the squared norm of the
+    /// converted values in f64.
+    fn write_shifted_row<E: Element, T: Real>(src: &[E], shift: &[f64], dst: &mut [T]) -> f64 {
+        let (src, shift, dst) = (&src[..dst.len()], &shift[..dst.len()], dst);
+        let mut norm = 0.0;
+        // Blocks of 256, so that the writes and the sum of one block vectorise separately.
+        for ((d, s), c) in dst.chunks_mut(256).zip(src.chunks(256)).zip(shift.chunks(256)) {
+            for ((d, s), c) in d.iter_mut().zip(s).zip(c) {
+                *d = T::from_f64(s.to_f64() - c);
+            }
+            let d = &*d;
+            norm += lane_sum(d.len(), |i| d[i].to_f64() * d[i].to_f64());
+        }
+        norm
+    }
+}
+
+multiversion! {
+    /// `|row - means|^2` in f64.
+    fn centered_sq_norm<E: Element>(row: &[E], means: &[f64]) -> f64 {
+        let means = &means[..row.len()];
+        lane_sum(row.len(), |i| {
+            let z = row[i].to_f64() - means[i];
+            z * z
+        })
+    }
+}
+
+multiversion! {
+    /// `|column - c d|^2` in f64.
+    fn centered_sq_sum<T: Real>(column: &[T], c: f64, d: &[f64]) -> f64 {
+        let d = &d[..column.len()];
+        lane_sum(column.len(), |i| {
+            let v = column[i].to_f64() - c * d[i];
+            v * v
+        })
+    }
 }
 
 /// The host slice of a view, or an error for device memory (served by the CUDA backend).
@@ -61,46 +178,59 @@ macro_rules! with_rows {
     };
 }
 
-/// Column means of `m` in f64, for centering. A column whose entries are all equal gets its
-/// exact value rather than a rounded mean, so that centering gives exact zeros there and a
-/// constant layer is recognised as having no variance. Rejects NaN and Inf, naming the first
-/// position found.
-pub(crate) fn column_means(m: &Matrix, name: &str) -> Result<Vec<f64>> {
+/// Column statistics from one read of a matrix, in f64.
+pub(crate) struct ColumnStats {
+    /// Column means; a constant column gets its exact value, so that centering gives exact
+    /// zeros there and a constant layer is recognised as having no variance.
+    pub means: Vec<f64>,
+    /// `||X~||_F^2`, the sum of squared deviations from the column means.
+    pub trace: f64,
+}
+
+/// Column means and total variance of `m` in one pass. Sums run relative to the first row `f`:
+/// a constant column sums to exact zeros, and since `f` is one of the samples, `n (m - f)^2` is
+/// at most `n` times the column's sum of squared deviations, so the correction
+/// `sum (x - f)^2 - n (m - f)^2` loses at most `log2(n)` bits even for data far from the
+/// origin. Rejects NaN and Inf, naming the first position found.
+pub(crate) fn column_stats(m: &Matrix, name: &str) -> Result<ColumnStats> {
     let (rows, cols, stride) = (m.rows(), m.cols(), m.row_stride());
     if rows == 0 {
         fail!(DegenerateInput, "{name} has 0 rows (samples)");
     }
     let slice = host_slice(m, name)?;
     let first = with_rows!(slice, |data| data[..cols].iter().map(|v| v.to_f64()).collect::<Vec<_>>());
-    // Branch-free, so that the loop vectorises: a NaN or Inf makes its column's sum non-finite
-    // (found afterwards, on the slow path); a column differing from its first value "varies".
-    let chunk = rows_per_task(cols);
-    let (sum, varies) = with_rows!(slice, |data| {
-        (0..rows.div_ceil(chunk))
+    // Branch-free, so that the loop vectorises: a NaN or Inf makes its column's sums non-finite
+    // (found afterwards, on the slow path). Each task folds many rows into one pair of vectors;
+    // the tasks' sums are added in order, so that the result does not depend on the scheduling.
+    let tasks = rows.div_ceil(rows_per_task(cols) * 16).max(1);
+    let chunk = rows.div_ceil(tasks);
+    let partial: Vec<(Vec<f64>, Vec<f64>)> = with_rows!(slice, |data| {
+        (0..tasks)
             .into_par_iter()
             .map(|t| {
-                let (mut sum, mut varies) = (vec![0.0f64; cols], vec![false; cols]);
-                for r in t * chunk..((t + 1) * chunk).min(rows) {
-                    let row = &data[r * stride..r * stride + cols];
-                    for (((s, d), &v), &f) in sum.iter_mut().zip(varies.iter_mut()).zip(row).zip(&first) {
-                        let v = v.to_f64();
-                        *s += v;
-                        *d |= v != f;
-                    }
-                }
-                (sum, varies)
+                let (mut sum, mut sum_sq) = (vec![0.0f64; cols], vec![0.0f64; cols]);
+                add_shifted_rows(data, t * chunk..((t + 1) * chunk).min(rows), stride, &first, &mut sum, &mut sum_sq);
+                (sum, sum_sq)
             })
-            .reduce_with(|(mut sa, mut va), (sb, vb)| {
-                sa.iter_mut().zip(&sb).for_each(|(a, b)| *a += b);
-                va.iter_mut().zip(&vb).for_each(|(a, b)| *a |= b);
-                (sa, va)
-            })
-            .expect("rows > 0")
+            .collect()
     });
-    if sum.iter().any(|s| !s.is_finite()) {
+    let (mut sum, mut sum_sq) = (vec![0.0f64; cols], vec![0.0f64; cols]);
+    for (s, q) in &partial {
+        sum.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        sum_sq.iter_mut().zip(q).for_each(|(a, b)| *a += b);
+    }
+    if sum.iter().chain(&sum_sq).any(|s| !s.is_finite()) {
         return Err(first_non_finite(m, name));
     }
-    Ok((0..cols).map(|c| if varies[c] { sum[c] / rows as f64 } else { first[c] }).collect())
+    let n = rows as f64;
+    let means = first.iter().zip(&sum).map(|(f, s)| f + s / n).collect();
+    let trace = sum.iter().zip(&sum_sq).map(|(s, q)| (q - s * s / n).max(0.0)).sum();
+    Ok(ColumnStats { means, trace })
+}
+
+/// Column means of `m` in f64, for centering (see [`ColumnStats::means`]).
+pub(crate) fn column_means(m: &Matrix, name: &str) -> Result<Vec<f64>> {
+    Ok(column_stats(m, name)?.means)
 }
 
 /// The error for a matrix known to hold a NaN or an Inf (or values whose sum overflows),
@@ -140,32 +270,8 @@ pub(crate) fn write_shifted_transpose<T: Real>(
     let mut norms = vec![0.0f64; rows];
     with_rows!(slice, |data| {
         out[..rows * ld].par_chunks_mut(ld).zip(norms.par_iter_mut()).enumerate().for_each(|(r, (dst, norm))| {
-            let src = &data[r * stride..r * stride + cols];
-            let dst = &mut dst[offset..offset + cols];
-            // Eight partial sums and no branch, so that the loop vectorises; a NaN or Inf
-            // makes the norm non-finite and is located afterwards.
-            const LANES: usize = 8;
-            let mut acc = [0.0f64; LANES];
-            let split = cols - cols % LANES;
-            for ((d, s), c) in dst[..split]
-                .chunks_exact_mut(LANES)
-                .zip(src[..split].chunks_exact(LANES))
-                .zip(shift[..split].chunks_exact(LANES))
-            {
-                for l in 0..LANES {
-                    let z = T::from_f64(s[l].to_f64() - c[l]);
-                    d[l] = z;
-                    let z = z.to_f64();
-                    acc[l] += z * z;
-                }
-            }
-            let mut total: f64 = acc.iter().sum();
-            for ((d, s), c) in dst[split..].iter_mut().zip(&src[split..]).zip(&shift[split..]) {
-                let z = T::from_f64(s.to_f64() - c);
-                *d = z;
-                total += z.to_f64() * z.to_f64();
-            }
-            *norm = total;
+            // A NaN or Inf makes the norm non-finite and is located afterwards.
+            *norm = write_shifted_row(&data[r * stride..r * stride + cols], shift, &mut dst[offset..offset + cols]);
         })
     });
     if norms.iter().any(|n| !n.is_finite()) {
@@ -316,37 +422,138 @@ pub(crate) fn cka_gram_terms<T: Real>(layers: &[(String, &Matrix)], pairs: &[(us
     Ok(terms)
 }
 
-/// Feature-space CKA terms of whole data (see [`CkaGramTerms`]): every layer centered at its
-/// exact column means, then `||U~^T V~||_F^2` for each requested pair from one batch of moments
-/// (the Grams' lower triangles and the cross products), without an accumulator's f64 state.
-pub(crate) fn cka_feature_terms<T: Real>(
-    layers: &[(String, &Matrix)],
-    pairs: &[(usize, usize)],
-    nx: usize,
-) -> Result<CkaGramTerms> {
-    let means = layers.iter().map(|(name, m)| column_means(m, name)).collect::<Result<Vec<_>>>()?;
-    let moments = cka_batch_moments::<T>(layers, &means, nx)?;
-    let widths: Vec<usize> = layers.iter().map(|(_, m)| m.cols()).collect();
-    let offsets = moments.offsets(&widths, nx);
-    let px: usize = widths[..nx].iter().sum();
-    let square = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
-    let inner = pairs
-        .par_iter()
-        .map(|&(u, v)| {
-            if u == v {
-                // Lower triangle of a symmetric matrix: off-diagonal entries count twice.
-                let (p, g) = (widths[u], &moments.grams_lower[u]);
-                (0..p).map(|j| g[j * p + j].powi(2) + 2.0 * square(&g[j * p + j + 1..(j + 1) * p])).sum()
+/// Feature-space CKA terms of whole data: `||U~^T V~||_F^2` for each requested pair `(u, v)`,
+/// each layer's `||U~||_F^2`, and (when asked for) the squared norms of its centered rows.
+pub(crate) struct FeatureTerms {
+    pub inner: Vec<f64>,
+    pub traces: Vec<f64>,
+    /// Empty unless asked for.
+    pub norms: Vec<Vec<f64>>,
+}
+
+/// One layer as a `features x rows` operand of the products (column `k` is sample `k`).
+struct Operand<'a, T> {
+    data: OperandData<'a, T>,
+    features: usize,
+    /// The mean of the operand's columns: the column means when the layer is used in place,
+    /// zero when it is copied centered.
+    mean: Vec<f64>,
+    /// The squared norms of the centered rows, when asked for.
+    norms: Option<Vec<f64>>,
+}
+
+enum OperandData<'a, T> {
+    /// The stored layer, used in place.
+    Stored { data: &'a [T], stride: usize },
+    /// A copy centered at the exact means, converted to `T`.
+    Copied(Vec<T>),
+}
+
+impl<'a, T: Real> Operand<'a, T> {
+    /// A layer stored in `T` is used in place, and the products are centered afterwards
+    /// (`X~^T X~ = X^T X - n m m^T`), when its offset is at most half its spread,
+    /// `4 n |m|^2 <= ||X~||_F^2`. The products' rounding errors grow with the offset (the sums
+    /// drift by `n m_i m_j`): in f32, up to half the spread they match those of a centered copy
+    /// (a few 1e-9 relative in CKA), at one spread they are 2 to 3 times larger. Other layers are
+    /// copied centered.
+    fn new(m: &Matrix<'a>, name: &str, stats: &ColumnStats, row_norms: bool) -> Result<Self> {
+        let (rows, features) = (m.rows(), m.cols());
+        let stored = match m.storage() {
+            Storage::Host(slice) => T::stored(*slice),
+            Storage::Device { .. } => None,
+        };
+        let offset = rows as f64 * stats.means.iter().map(|v| v * v).sum::<f64>();
+        if let Some(data) = stored.filter(|_| 4.0 * offset <= stats.trace) {
+            let norms = if row_norms { Some(centered_row_norms(m, name, &stats.means)?) } else { None };
+            let data = OperandData::Stored { data, stride: m.row_stride() };
+            return Ok(Operand { data, features, mean: stats.means.clone(), norms });
+        }
+        let mut buffer = vec![T::default(); features * rows];
+        let norms = write_shifted_transpose::<T>(m, name, &stats.means, &mut buffer, features, 0)?;
+        let norms = row_norms.then_some(norms);
+        Ok(Operand { data: OperandData::Copied(buffer), features, mean: vec![0.0; features], norms })
+    }
+
+    fn view(&self, rows: usize) -> MatRef<'_, T> {
+        match &self.data {
+            OperandData::Stored { data, stride } => MatRef::from_column_major_slice_with_stride(
+                &data[..(rows - 1) * stride + self.features],
+                self.features,
+                rows,
+                *stride,
+            ),
+            OperandData::Copied(buffer) => MatRef::from_column_major_slice(buffer, self.features, rows),
+        }
+    }
+}
+
+/// Squared norms of the rows of `m` centered at `means`, in f64.
+fn centered_row_norms(m: &Matrix, name: &str, means: &[f64]) -> Result<Vec<f64>> {
+    let (rows, cols, stride) = (m.rows(), m.cols(), m.row_stride());
+    let slice = host_slice(m, name)?;
+    let mut norms = vec![0.0f64; rows];
+    with_rows!(slice, |data| {
+        norms.par_iter_mut().enumerate().for_each(|(r, norm)| {
+            *norm = centered_sq_norm(&data[r * stride..r * stride + cols], means);
+        })
+    });
+    Ok(norms)
+}
+
+/// `||A - n d e^T||_F^2` in f64 for a product `A` in `T` of operands whose columns have means
+/// `d` and `e`: the squared norm of the product of the centered operands. With `symmetric`, `A`
+/// is a Gram given by its lower triangle (and `e = d`). Columns are summed in parallel, then in
+/// order, so that the result does not depend on the scheduling.
+fn centered_fro2<T: Real>(a: MatRef<T>, n: f64, d: &[f64], e: &[f64], symmetric: bool) -> f64 {
+    let per_column: Vec<f64> = (0..a.ncols())
+        .into_par_iter()
+        .map(|j| {
+            let column = a.col(j).try_as_col_major().expect("column-major product").as_slice();
+            let c = n * e[j];
+            let start = if symmetric { j } else { 0 };
+            let below = centered_sq_sum(&column[start..], c, &d[start..]);
+            if symmetric {
+                let diagonal = column[j].to_f64() - c * d[j];
+                2.0 * below - diagonal * diagonal
             } else {
-                // Block (x_u, y_v) of the column-major px x py cross product.
-                (0..widths[v])
-                    .map(|j| {
-                        let start = (offsets[v] + j) * px + offsets[u];
-                        square(&moments.cross[start..start + widths[u]])
-                    })
-                    .sum()
+                below
             }
         })
         .collect();
-    Ok(CkaGramTerms { inner, norms: moments.norms })
+    per_column.iter().sum()
+}
+
+/// Feature-space CKA terms of whole data (see [`FeatureTerms`]): each layer's Gram and each
+/// pair's cross product, reduced to the terms in f64 as soon as formed, in one buffer.
+/// `row_norms` asks for the centered row norms (the debiased estimator needs them).
+pub(crate) fn cka_feature_terms<T: Real>(
+    layers: &[(String, &Matrix)],
+    pairs: &[(usize, usize)],
+    row_norms: bool,
+) -> Result<FeatureTerms> {
+    let rows = layers[0].1.rows();
+    let stats = layers.iter().map(|(name, m)| column_stats(m, name)).collect::<Result<Vec<_>>>()?;
+    let operands = layers
+        .iter()
+        .zip(&stats)
+        .map(|((name, m), st)| Operand::<T>::new(m, name, st, row_norms))
+        .collect::<Result<Vec<_>>>()?;
+    let widest = layers.iter().map(|(_, m)| m.cols()).max().unwrap_or(0);
+    let mut buffer = faer::Mat::<T>::zeros(widest, widest);
+    let n = rows as f64;
+    let inner = pairs
+        .iter()
+        .map(|&(u, v)| {
+            let (a, b) = (&operands[u], &operands[v]);
+            let mut dst = buffer.as_mut().submatrix_mut(0, 0, a.features, b.features);
+            if u == v {
+                gram_lower(dst.as_mut(), a.view(rows));
+            } else {
+                cross_product(dst.as_mut(), a.view(rows), b.view(rows));
+            }
+            centered_fro2(dst.as_ref(), n, &a.mean, &b.mean, u == v)
+        })
+        .collect();
+    let norms = operands.into_iter().filter_map(|o| o.norms).collect();
+    Ok(FeatureTerms { inner, traces: stats.iter().map(|s| s.trace).collect(), norms })
 }
