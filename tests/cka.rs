@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, assert_rel, reference_cka_feature, reference_cka_sample, Dense, TestRng};
 use half::{bf16, f16};
-use transferlens::cka::{self, cka_matrix, cka_matrix_via, linear_cka, CkaAccumulator, Estimator, MinibatchCka, Route};
+use transferlens::cka::{self, cka_matrix_via, linear_cka, CkaAccumulator, Estimator, MinibatchCka, Route};
 use transferlens::{Context, Error, Matrix};
 
 const ESTIMATORS: [Estimator; 2] = [Estimator::Biased, Estimator::Debiased];
@@ -214,6 +214,43 @@ fn large_offsets_keep_full_f64_accuracy() {
 /// Rounds through a storage dtype and back to f64.
 fn rounded(d: &Dense, round: impl Fn(f64) -> f64) -> Dense {
     Dense { data: d.data.iter().map(|&v| round(v)).collect(), ..d.clone() }
+}
+
+/// `x` with every column shifted so that `4 n |mean|^2 = ratio ||x~||_F^2`: the CPU feature route
+/// uses a layer in place when the ratio is at most 1 and copies it centered above.
+fn offset_by(x: &Dense, ratio: f64) -> Dense {
+    let c = x.centered();
+    let spread: f64 = c.data.iter().map(|v| v * v).sum();
+    let shift = (ratio * spread / (4.0 * (x.rows * x.cols) as f64)).sqrt();
+    Dense { data: c.data.iter().map(|v| v + shift).collect(), ..c }
+}
+
+#[test]
+fn offsets_on_both_sides_of_the_in_place_threshold_keep_the_accuracy() {
+    let ctx = Context::cpu();
+    let mut rng = TestRng::new(41);
+    let (n, p, q) = (1201, 13, 9);
+    let x0 = Dense::random(&mut rng, n, p);
+    let y0 = x0.mix(&mut rng, q, 1.0);
+    for ratio in [0.25, 0.98, 1.02, 4.0] {
+        let (x, y) = (offset_by(&x0, ratio), offset_by(&y0, ratio));
+        for est in ESTIMATORS {
+            let what = format!("ratio {ratio} {est:?}");
+            let got = linear_cka(&ctx, &view(&x), &view(&y), est).unwrap();
+            assert_rel(got, reference(&x, &y, est), 1e-9, &format!("f64 {what}"));
+            let (x32, y32): (Vec<f32>, Vec<f32>) =
+                (x.data.iter().map(|&v| v as f32).collect(), y.data.iter().map(|&v| v as f32).collect());
+            let want = reference(&rounded(&x, |v| v as f32 as f64), &rounded(&y, |v| v as f32 as f64), est);
+            let got = linear_cka(
+                &ctx,
+                &Matrix::contiguous(&x32, n, p).unwrap(),
+                &Matrix::contiguous(&y32, n, q).unwrap(),
+                est,
+            )
+            .unwrap();
+            assert_rel(got, want, 2e-5, &format!("f32 {what}"));
+        }
+    }
 }
 
 #[test]
