@@ -10,6 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=${PYTHON:-python3}
+# numpy at its best: OpenBLAS picks the kernels for this CPU (a forced core type such as Haswell
+# on an AVX-512 machine makes numpy slower and the ratios flattering).
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
 if ! "$py" -c 'import numpy' 2>/dev/null; then
     echo "benches/compare/run.sh: $py cannot import numpy; pip install numpy (or set PYTHON)" >&2
     exit 2
