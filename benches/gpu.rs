@@ -165,35 +165,16 @@ fn cka_pair(ctx: &Context, dev: &CudaDevice) {
         unsafe {
             let h = *blas.handle();
             let lower = cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER;
-            let nop = cb::cublasOperation_t::CUBLAS_OP_N;
-            let top = cb::cublasOperation_t::CUBLAS_OP_T;
             let f = |p: u64| p as *const f32;
             let m = |p: u64| p as *mut f32;
-            cb::cublasSsyrk_v2(h, lower, nop, pi, ni, &one, f(x.device_ptr()), pi, &zero, m(gx.device_ptr()), pi)
+            cb::cublasSsyrk_v2(h, lower, OP_N, pi, ni, &one, f(x.device_ptr()), pi, &zero, m(gx.device_ptr()), pi)
                 .result()
                 .unwrap();
-            cb::cublasSsyrk_v2(h, lower, nop, pi, ni, &one, f(y.device_ptr()), pi, &zero, m(gy.device_ptr()), pi)
+            cb::cublasSsyrk_v2(h, lower, OP_N, pi, ni, &one, f(y.device_ptr()), pi, &zero, m(gy.device_ptr()), pi)
                 .result()
                 .unwrap();
-            cb::cublasSgemm_v2(
-                h,
-                nop,
-                top,
-                pi,
-                pi,
-                ni,
-                &one,
-                f(x.device_ptr()),
-                pi,
-                f(y.device_ptr()),
-                pi,
-                &zero,
-                m(c.device_ptr()),
-                pi,
-            )
-            .result()
-            .unwrap();
         }
+        sgemm(*blas.handle(), OP_N, OP_T, p, p, n, x.device_ptr(), p, y.device_ptr(), p, c.device_ptr(), p);
     };
     let blas_events = time_events(dev, products);
     let blas_wall = time_wall(dev, products);
@@ -261,31 +242,7 @@ fn cka_pair(ctx: &Context, dev: &CudaDevice) {
             .unwrap();
         }
     };
-    let cross = || {
-        // SAFETY: as `products`.
-        unsafe {
-            let nop = cb::cublasOperation_t::CUBLAS_OP_N;
-            let top = cb::cublasOperation_t::CUBLAS_OP_T;
-            cb::cublasSgemm_v2(
-                h,
-                nop,
-                top,
-                pi,
-                pi,
-                ni,
-                &one,
-                x.device_ptr() as *const f32,
-                pi,
-                y.device_ptr() as *const f32,
-                pi,
-                &zero,
-                c.device_ptr() as *mut f32,
-                pi,
-            )
-            .result()
-            .unwrap();
-        }
-    };
+    let cross = || sgemm(h, OP_N, OP_T, p, p, n, x.device_ptr(), p, y.device_ptr(), p, c.device_ptr(), p);
     println!("{:<44} {:>10} {:>10} {:>10}", "Gram variant (cuBLAS alone, events)", "ms", "TFLOP/s", "ratio");
     let row = |name: &str, ms: f64| {
         println!("{:<44} {:>10.3} {:>10.1} {:>10.2}", name, ms, tf(ms), ms / blas_events);
@@ -374,53 +331,13 @@ fn rec_syrk(h: cb::cublasHandle_t, p: usize, n: usize, a: u64, lda: usize, c: u6
     let p2 = p - p1;
     rec_syrk(h, p1, n, a, lda, c, ldc, base);
     rec_syrk(h, p2, n, a + 4 * p1 as u64, lda, c + 4 * (p1 * ldc + p1) as u64, ldc, base);
-    // SAFETY: A2 (p2 x n) and A1 (p1 x n) lie in a; C21 in c.
-    unsafe {
-        cb::cublasSgemm_v2(
-            h,
-            cb::cublasOperation_t::CUBLAS_OP_N,
-            cb::cublasOperation_t::CUBLAS_OP_T,
-            p2 as i32,
-            p1 as i32,
-            n as i32,
-            &one,
-            (a + 4 * p1 as u64) as *const f32,
-            lda as i32,
-            a as *const f32,
-            lda as i32,
-            &zero,
-            (c + 4 * p1 as u64) as *mut f32,
-            ldc as i32,
-        )
-        .result()
-        .unwrap();
-    }
+    // A2 (p2 x n) and A1 (p1 x n) lie in a; C21 in c.
+    sgemm(h, OP_N, OP_T, p2, p1, n, a + 4 * p1 as u64, lda, a, lda, c + 4 * p1 as u64, ldc);
 }
 
 /// The full `A A^T` of the `p x n` column-major `A` by one sgemm.
 fn full_gemm(h: cb::cublasHandle_t, p: usize, n: usize, a: u64, c: u64) {
-    let (one, zero) = (1.0f32, 0.0f32);
-    // SAFETY: a is p x n (ld p), c p x p.
-    unsafe {
-        cb::cublasSgemm_v2(
-            h,
-            cb::cublasOperation_t::CUBLAS_OP_N,
-            cb::cublasOperation_t::CUBLAS_OP_T,
-            p as i32,
-            p as i32,
-            n as i32,
-            &one,
-            a as *const f32,
-            p as i32,
-            a as *const f32,
-            p as i32,
-            &zero,
-            c as *mut f32,
-            p as i32,
-        )
-        .result()
-        .unwrap();
-    }
+    sgemm(h, OP_N, OP_T, p, p, n, a, p, a, p, c, p);
 }
 
 fn layer_matrix(ctx: &Context, dev: &CudaDevice) {
@@ -487,27 +404,44 @@ fn main() {
     }
 }
 
-/// SGEMM `C (m x n) = A^T (m x k) B (k x n)`, column-major, as the MLP's layers call it.
-fn sgemm_tn(h: cb::cublasHandle_t, m: usize, n: usize, k: usize, a: u64, b: u64, c: u64) {
+const OP_N: cb::cublasOperation_t = cb::cublasOperation_t::CUBLAS_OP_N;
+const OP_T: cb::cublasOperation_t = cb::cublasOperation_t::CUBLAS_OP_T;
+
+/// `C (m x n) = op_a(A) op_b(B)` in f32 by cublasSgemm, column-major, on device addresses.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    h: cb::cublasHandle_t,
+    ta: cb::cublasOperation_t,
+    tb: cb::cublasOperation_t,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: u64,
+    lda: usize,
+    b: u64,
+    ldb: usize,
+    c: u64,
+    ldc: usize,
+) {
     let (one, zero) = (1.0f32, 0.0f32);
-    let (mi, ni, ki) = (m as i32, n as i32, k as i32);
-    // SAFETY: a holds k x m, b k x n and c m x n f32 values on the handle's device.
+    let i = |v: usize| v as i32;
+    // SAFETY: every caller passes device buffers of the stated shapes on the handle's device.
     unsafe {
         cb::cublasSgemm_v2(
             h,
-            cb::cublasOperation_t::CUBLAS_OP_T,
-            cb::cublasOperation_t::CUBLAS_OP_N,
-            mi,
-            ni,
-            ki,
+            ta,
+            tb,
+            i(m),
+            i(n),
+            i(k),
             &one,
             a as *const f32,
-            ki,
+            i(lda),
             b as *const f32,
-            ki,
+            i(ldb),
             &zero,
             c as *mut f32,
-            mi,
+            i(ldc),
         )
     }
     .result()
@@ -541,7 +475,9 @@ fn mlp_noise(ctx: &Context, dev: &CudaDevice) {
     let h = *blas.handle();
     // SAFETY: a valid handle; CUBLAS_DEFAULT_MATH is full f32, as the library's products.
     unsafe { cb::cublasSetMathMode(h, cb::cublasMath_t::CUBLAS_DEFAULT_MATH) }.result().unwrap();
-    let gemm_ms = time_events(dev, || sgemm_tn(h, m, rows, k, a.device_ptr(), b.device_ptr(), c.device_ptr()));
+    // As the MLP's layers call it: C (m x rows) = A^T B, A stored k x m.
+    let gemm_ms =
+        time_events(dev, || sgemm(h, OP_T, OP_N, m, rows, k, a.device_ptr(), k, b.device_ptr(), k, c.device_ptr(), m));
     drop((a, b, c));
     let rate = 2.0 * (m * rows * k) as f64 / (gemm_ms * 1e-3);
 

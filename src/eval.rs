@@ -148,11 +148,12 @@ pub fn add_module_noise(set: &mut ParamSet, tensors: &[usize], std: f64, seed: u
     Ok(())
 }
 
-/// The built-in MLP on a data set.
+/// The built-in MLP on a data set, both fixed at construction (the data's device copy is
+/// uploaded once).
 #[derive(Clone)]
 pub struct MlpEvaluator {
-    pub mlp: Mlp,
-    pub data: Dataset,
+    mlp: Mlp,
+    data: Dataset,
     /// Sets evaluated per call, in parallel.
     pub batch: usize,
     /// The data on the CUDA device of the last CUDA context used, uploaded once.
@@ -173,6 +174,14 @@ impl std::fmt::Debug for MlpEvaluator {
 impl MlpEvaluator {
     pub fn new(mlp: Mlp, data: Dataset) -> Self {
         MlpEvaluator { mlp, data, batch: 10, device_data: None }
+    }
+
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
+    pub fn data(&self) -> &Dataset {
+        &self.data
     }
 
     /// The layer noise equivalent to `noise`, when its module is exactly one layer of the MLP
@@ -208,6 +217,7 @@ impl MlpEvaluator {
         Ok(match &self.device_data {
             Some(d) if d.ordinal() == dev.ordinal() => d.clone(),
             _ => {
+                self.mlp.check_data(&self.data)?;
                 let d = &self.data;
                 let up = Arc::new(cuda::mlp::DeviceDataset::upload(dev, &d.x, &d.y, d.dim, d.classes)?);
                 self.device_data = Some(up.clone());
@@ -228,7 +238,6 @@ impl MlpEvaluator {
     /// One set on the CUDA device of `ctx`.
     fn evaluate_cuda(&mut self, ctx: &Context, p: &ParamSet) -> Result<Metrics> {
         let dev = ctx.cuda_device().ok_or_else(|| Error::Panic("a CUDA context without a device".into()))?;
-        self.mlp.check_data(&self.data)?;
         let data = self.device_data(dev)?;
         let model = cuda::mlp::DeviceMlp::upload(dev, self.mlp.sizes(), &self.mlp.stored_layers(p)?, 0)?;
         let (loss, error) = model.evaluate(dev, &data)?;

@@ -216,6 +216,21 @@ fn rounded(d: &Dense, round: impl Fn(f64) -> f64) -> Dense {
     Dense { data: d.data.iter().map(|&v| round(v)).collect(), ..d.clone() }
 }
 
+/// CKA of `x` and `y` stored as f32, and the f64 reference on the same rounded values.
+fn f32_cka(ctx: &Context, x: &Dense, y: &Dense, est: Estimator) -> (f64, f64) {
+    let (x32, y32): (Vec<f32>, Vec<f32>) =
+        (x.data.iter().map(|&v| v as f32).collect(), y.data.iter().map(|&v| v as f32).collect());
+    let want = reference(&rounded(x, |v| v as f32 as f64), &rounded(y, |v| v as f32 as f64), est);
+    let got = linear_cka(
+        ctx,
+        &Matrix::contiguous(&x32, x.rows, x.cols).unwrap(),
+        &Matrix::contiguous(&y32, y.rows, y.cols).unwrap(),
+        est,
+    )
+    .unwrap();
+    (got, want)
+}
+
 /// `x` with every column shifted so that `n |mean|^2 = ratio ||x~||_F^2`: the CPU feature route
 /// uses a layer in place when the ratio is at most 1 and copies it centered above.
 fn offset_by(x: &Dense, ratio: f64) -> Dense {
@@ -238,16 +253,7 @@ fn offsets_on_both_sides_of_the_in_place_threshold_keep_the_accuracy() {
             let what = format!("ratio {ratio} {est:?}");
             let got = linear_cka(&ctx, &view(&x), &view(&y), est).unwrap();
             assert_rel(got, reference(&x, &y, est), 1e-9, &format!("f64 {what}"));
-            let (x32, y32): (Vec<f32>, Vec<f32>) =
-                (x.data.iter().map(|&v| v as f32).collect(), y.data.iter().map(|&v| v as f32).collect());
-            let want = reference(&rounded(&x, |v| v as f32 as f64), &rounded(&y, |v| v as f32 as f64), est);
-            let got = linear_cka(
-                &ctx,
-                &Matrix::contiguous(&x32, n, p).unwrap(),
-                &Matrix::contiguous(&y32, n, q).unwrap(),
-                est,
-            )
-            .unwrap();
+            let (got, want) = f32_cka(&ctx, &x, &y, est);
             assert_rel(got, want, 2e-5, &format!("f32 {what}"));
         }
     }
@@ -261,17 +267,7 @@ fn half_and_single_precision_inputs_within_2e5_of_the_rounded_data() {
         let x = Dense::random(&mut rng, n, p);
         let y = x.mix(&mut rng, q, 1.5);
         for est in ESTIMATORS {
-            // f32
-            let (x32, y32): (Vec<f32>, Vec<f32>) =
-                (x.data.iter().map(|&v| v as f32).collect(), y.data.iter().map(|&v| v as f32).collect());
-            let want = reference(&rounded(&x, |v| v as f32 as f64), &rounded(&y, |v| v as f32 as f64), est);
-            let got = linear_cka(
-                &ctx,
-                &Matrix::contiguous(&x32, n, p).unwrap(),
-                &Matrix::contiguous(&y32, n, q).unwrap(),
-                est,
-            )
-            .unwrap();
+            let (got, want) = f32_cka(&ctx, &x, &y, est);
             assert_rel(got, want, 2e-5, &format!("f32 n={n} {est:?}"));
             // f16
             let (x16, y16): (Vec<f16>, Vec<f16>) = (
