@@ -3,9 +3,9 @@
 #
 #   scripts/install.sh --prefix DIR [--no-build | --lib-dir DIR]
 #
-#   DIR/lib/libtransferlens.so.VERSION           the shared library, SONAME libtransferlens.so.MAJOR,
-#   DIR/lib/libtransferlens.so.MAJOR -> .VERSION   with the usual symlinks
-#   DIR/lib/libtransferlens.so -> .so.MAJOR
+#   DIR/lib/libtransferlens.so.VERSION           the shared library (SONAME libtransferlens.so.MAJOR)
+#   DIR/lib/libtransferlens.so.MAJOR -> libtransferlens.so.VERSION
+#   DIR/lib/libtransferlens.so -> libtransferlens.so.MAJOR
 #   DIR/lib/libtransferlens.a                    the static library
 #   DIR/lib/.debug/libtransferlens.so.VERSION.debug
 #                                                the shared library's debug info (gdb finds it there)
