@@ -3,17 +3,27 @@
 #
 #   scripts/install.sh --prefix DIR [--no-build | --lib-dir DIR]
 #
-#   DIR/lib/libtransferlens.so, DIR/lib/libtransferlens.a
+#   DIR/lib/libtransferlens.so.VERSION           the shared library (SONAME libtransferlens.so.MAJOR)
+#   DIR/lib/libtransferlens.so.MAJOR -> libtransferlens.so.VERSION
+#   DIR/lib/libtransferlens.so -> libtransferlens.so.MAJOR
+#   DIR/lib/libtransferlens.a                    the static library
+#   DIR/lib/.debug/libtransferlens.so.VERSION.debug
+#                                                the shared library's debug info (gdb finds it there)
 #   DIR/include/transferlens.h, DIR/include/transferlens.hpp (the C++17 header-only layer)
 #   DIR/lib/pkgconfig/transferlens.pc            pkg-config --cflags --libs transferlens
 #   DIR/lib/cmake/transferlens/transferlensConfig.cmake (+ ConfigVersion)
 #                                                find_package(transferlens) -> transferlens::transferlens
 #                                                (shared) and transferlens::transferlens_static
 #
+# The installed libraries are stripped (strip --strip-unneeded for the .so, --strip-debug for
+# the .a); the .so links to its separate debug file by a .gnu_debuglink section. It ends by
+# printing the PKG_CONFIG_PATH, CMAKE_PREFIX_PATH and LD_LIBRARY_PATH settings for DIR.
+#
 # It builds the release library first (cargo build --release --lib) unless --no-build is given
 # (install what target/release holds) or --lib-dir names the folder holding libtransferlens.so
-# and .a (e.g. a debug build). CARGO and CARGO_TARGET_DIR are honoured. The installed files are
-# relocatable: the pkg-config and CMake files find the prefix from their own location.
+# and .a (e.g. a debug build). CARGO, CARGO_TARGET_DIR, STRIP and OBJCOPY are honoured. The
+# installed files are relocatable: the pkg-config and CMake files find the prefix from their own
+# location.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,13 +58,36 @@ for f in libtransferlens.so libtransferlens.a; do
     fi
 done
 
+strip_tool="${STRIP:-strip}"
+objcopy_tool="${OBJCOPY:-objcopy}"
+for tool in "$strip_tool" "$objcopy_tool"; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "install.sh: $tool is missing (it comes with binutils)" >&2
+        exit 1
+    fi
+done
+
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)"
 major="${version%%.*}"
+so_real="libtransferlens.so.$version"
+so_major="libtransferlens.so.$major"
 mkdir -p "$prefix"
 prefix="$(cd "$prefix" && pwd)"
-install -d "$prefix/lib/pkgconfig" "$prefix/lib/cmake/transferlens" "$prefix/include"
-install -m 0755 "$lib_dir/libtransferlens.so" "$prefix/lib/"
+install -d "$prefix/lib/pkgconfig" "$prefix/lib/cmake/transferlens" "$prefix/lib/.debug" "$prefix/include"
+
+# The shared library: its debug info goes to lib/.debug, where gdb looks for the file that the
+# .gnu_debuglink section names; the library itself keeps only what linking and loading need.
+install -m 0755 "$lib_dir/libtransferlens.so" "$prefix/lib/$so_real"
+debug_file="$prefix/lib/.debug/$so_real.debug"
+"$objcopy_tool" --only-keep-debug "$prefix/lib/$so_real" "$debug_file"
+chmod 0644 "$debug_file"
+"$strip_tool" --strip-unneeded "$prefix/lib/$so_real"
+(cd "$prefix/lib" && "$objcopy_tool" --add-gnu-debuglink=".debug/$so_real.debug" "$so_real")
+ln -sfn "$so_real" "$prefix/lib/$so_major"
+ln -sfn "$so_major" "$prefix/lib/libtransferlens.so"
+
 install -m 0644 "$lib_dir/libtransferlens.a" "$prefix/lib/"
+"$strip_tool" --strip-debug "$prefix/lib/libtransferlens.a"
 install -m 0644 "$root/include/transferlens.h" "$root/bindings/cpp/transferlens.hpp" "$prefix/include/"
 
 # Libraries the Rust standard library needs when the static archive is linked.
@@ -75,7 +108,7 @@ EOF
 
 cat > "$prefix/lib/cmake/transferlens/transferlensConfig.cmake" <<EOF
 # CMake package of transferlens $version: find_package(transferlens) gives the imported targets
-#   transferlens::transferlens         the shared library (libtransferlens.so)
+#   transferlens::transferlens         the shared library (libtransferlens.so.$version)
 #   transferlens::transferlens_static  the static library (libtransferlens.a)
 # with include/transferlens.h and include/transferlens.hpp (C++17) on their include path.
 get_filename_component(_tl_prefix "\${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
@@ -83,10 +116,8 @@ get_filename_component(_tl_prefix "\${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE
 if(NOT TARGET transferlens::transferlens)
   add_library(transferlens::transferlens SHARED IMPORTED)
   set_target_properties(transferlens::transferlens PROPERTIES
-    IMPORTED_LOCATION "\${_tl_prefix}/lib/libtransferlens.so"
-    # The Rust cdylib has no SONAME: link it as -ltransferlens so that executables record the
-    # file name, not the absolute path.
-    IMPORTED_NO_SONAME TRUE
+    IMPORTED_LOCATION "\${_tl_prefix}/lib/$so_real"
+    IMPORTED_SONAME "$so_major"
     INTERFACE_INCLUDE_DIRECTORIES "\${_tl_prefix}/include")
 endif()
 
@@ -131,4 +162,19 @@ if(CMAKE_SIZEOF_VOID_P AND NOT CMAKE_SIZEOF_VOID_P EQUAL 8)
 endif()
 EOF
 
-echo "installed transferlens $version under $prefix"
+# The prefix inside the double-quoted settings below, with \ " $ ` escaped.
+prefix_quoted="$(printf '%s' "$prefix" | sed 's/[\\"$`]/\\&/g')"
+cat <<EOF
+installed transferlens $version under $prefix
+  shared library  $prefix/lib/$so_real (SONAME $so_major; debug info in lib/.debug)
+  static library  $prefix/lib/libtransferlens.a
+  headers         $prefix/include/transferlens.h, transferlens.hpp
+
+To build against it, set (e.g. in ~/.profile):
+  export PKG_CONFIG_PATH="$prefix_quoted/lib/pkgconfig\${PKG_CONFIG_PATH:+:\$PKG_CONFIG_PATH}"
+  export CMAKE_PREFIX_PATH="$prefix_quoted\${CMAKE_PREFIX_PATH:+:\$CMAKE_PREFIX_PATH}"
+and, for programs linked to the shared library to find it at run time (unless they were linked
+with -Wl,-rpath,$prefix/lib, or the prefix is a system one and ldconfig has run):
+  export LD_LIBRARY_PATH="$prefix_quoted/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+Then: cc prog.c \$(pkg-config --cflags --libs transferlens), or find_package(transferlens) in CMake.
+EOF

@@ -1,16 +1,23 @@
 //! The C++ binding (bindings/cpp/transferlens.hpp) tested from C++: its test program is compiled
 //! with g++ -std=c++17 -Wall -Wextra -Werror -fsanitize=address,undefined and run; the example
 //! (bindings/cpp/examples/training_loop.cpp) is built directly, and against the package that
-//! scripts/install.sh installs (CMake find_package and pkg-config), and its printed CKA values
-//! are checked against an f64 reference written here.
+//! scripts/install.sh installs (CMake find_package and pkg-config, set up as install.sh's
+//! closing instructions say), and its printed CKA values are checked against an f64 reference
+//! written here. The installed shared library is checked for its SONAME, its symlinks and the
+//! absence of debug info.
 
 mod bindings_common;
 mod common;
 
 use bindings_common::{check_params_example_output, have, library_dir, root, run_checked, scratch};
 use common::{assert_close, reference_cka_feature, Dense};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// `libtransferlens.so.<major>`, the SONAME of the shared library.
+const SONAME: &str = concat!("libtransferlens.so.", env!("CARGO_PKG_VERSION_MAJOR"));
+/// `libtransferlens.so.<version>`, the file install.sh installs the shared library as.
+const SO_FILE: &str = concat!("libtransferlens.so.", env!("CARGO_PKG_VERSION"));
 
 /// g++ with the warnings and sanitizers of the C++ tests, the header folders and the library.
 fn gxx(lib: &Path, source: &Path, exe: &Path) -> Command {
@@ -141,7 +148,7 @@ fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
     let lib = library_dir();
     let dir = scratch("cpp-install");
     let prefix = dir.join("prefix");
-    run_checked(
+    let printed = run_checked(
         Command::new("bash")
             .arg(root().join("scripts/install.sh"))
             .arg("--prefix")
@@ -150,8 +157,10 @@ fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
             .arg(&lib),
         "scripts/install.sh --prefix",
     );
+    print!("{printed}");
     for file in [
-        "lib/libtransferlens.so",
+        &format!("lib/{SO_FILE}"),
+        &format!("lib/.debug/{SO_FILE}.debug"),
         "lib/libtransferlens.a",
         "include/transferlens.h",
         "include/transferlens.hpp",
@@ -161,6 +170,8 @@ fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
     ] {
         assert!(prefix.join(file).is_file(), "install.sh did not install {file}");
     }
+    check_installed_libraries(&prefix.join("lib"));
+    let settings = printed_settings(&printed, &prefix);
     let example = root().join("bindings/cpp/examples");
 
     if have("cmake") {
@@ -176,6 +187,7 @@ fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
             "cmake configure of bindings/cpp/examples (find_package(transferlens))",
         );
         run_checked(Command::new("cmake").arg("--build").arg(&build), "cmake --build");
+        assert_eq!(needed(&build.join("training_loop")), [SONAME], "training_loop built with CMake");
         let out = run_checked(&mut Command::new(build.join("training_loop")), "training_loop built with CMake");
         check_example_output(&out, "training_loop (CMake)");
         println!("CMake find_package(transferlens): built and checked");
@@ -203,9 +215,14 @@ fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
 
     if have("pkg-config") {
         let pc_path = prefix.join("lib/pkgconfig");
+        // The flags as a new user gets them: PKG_CONFIG_PATH from install.sh's printed settings.
         let flags = run_checked(
-            Command::new("pkg-config").args(["--cflags", "--libs", "transferlens"]).env("PKG_CONFIG_PATH", &pc_path),
-            "pkg-config --cflags --libs transferlens",
+            Command::new("bash")
+                .arg("-c")
+                .arg(format!("{settings}\npkg-config --cflags --libs transferlens"))
+                .env_remove("PKG_CONFIG_PATH")
+                .env_remove("LD_LIBRARY_PATH"),
+            "pkg-config --cflags --libs transferlens after install.sh's settings",
         );
         let exe = dir.join("training_loop_pc");
         let mut cmd = Command::new("g++");
@@ -213,10 +230,29 @@ fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
             .arg(example.join("training_loop.cpp"))
             .arg("-o")
             .arg(&exe)
-            .args(flags.split_whitespace())
-            .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
+            .args(flags.split_whitespace());
         run_checked(&mut cmd, "g++ with pkg-config's flags");
-        let out = run_checked(&mut Command::new(&exe), "training_loop built with pkg-config");
+        assert_eq!(needed(&exe), [SONAME], "training_loop linked through pkg-config");
+        // Run as the settings say (LD_LIBRARY_PATH, no rpath): the loader must pick the installed
+        // libtransferlens.so.<major>.
+        let traced = run_checked(
+            Command::new("bash")
+                .arg("-c")
+                .arg(format!("{settings}\nLD_TRACE_LOADED_OBJECTS=1 \"$0\""))
+                .arg(&exe)
+                .env_remove("LD_LIBRARY_PATH"),
+            "the loader's choice of libtransferlens for training_loop_pc",
+        );
+        let installed = prefix.join("lib").join(SONAME);
+        assert!(
+            traced.lines().any(|l| l.trim().starts_with(&format!("{SONAME} => {}", installed.display()))),
+            "training_loop_pc does not load {}:\n{traced}",
+            installed.display()
+        );
+        let out = run_checked(
+            Command::new("bash").arg("-c").arg(format!("{settings}\n\"$0\"")).arg(&exe).env_remove("LD_LIBRARY_PATH"),
+            "training_loop built with pkg-config",
+        );
         check_example_output(&out, "training_loop (pkg-config)");
         println!("pkg-config transferlens: built and checked");
 
@@ -243,6 +279,51 @@ fn installed_package_builds_the_example_with_cmake_and_pkg_config() {
     } else {
         println!("pkg-config not installed: the pkg-config check was skipped");
     }
+}
+
+/// Checks the installed libraries: the versioned shared library with its SONAME, the two
+/// symlinks, and no debug info in the .so or the .a (the .so's is in lib/.debug).
+fn check_installed_libraries(lib: &Path) {
+    for (link, target) in [(SONAME, SO_FILE), ("libtransferlens.so", SONAME)] {
+        let got = std::fs::read_link(lib.join(link)).unwrap_or_else(|e| panic!("lib/{link} is not a symlink: {e}"));
+        assert_eq!(got, PathBuf::from(target), "lib/{link} points at {}", got.display());
+    }
+    let so = lib.join(SO_FILE);
+    let dynamic = run_checked(Command::new("readelf").arg("-d").arg(&so), "readelf -d");
+    assert!(
+        dynamic.lines().any(|l| l.contains("(SONAME)") && l.contains(&format!("[{SONAME}]"))),
+        "{SO_FILE} has no SONAME {SONAME}:\n{dynamic}"
+    );
+    for file in [so.clone(), lib.join("libtransferlens.a")] {
+        let sections = run_checked(Command::new("readelf").args(["-S", "-W"]).arg(&file), "readelf -S");
+        assert!(!sections.contains(".debug_info"), "{} is not stripped: it has .debug_info", file.display());
+    }
+    let sections = run_checked(Command::new("readelf").args(["-S", "-W"]).arg(&so), "readelf -S");
+    assert!(sections.contains(".gnu_debuglink"), "{SO_FILE} does not name its debug file");
+}
+
+/// The `export` lines that install.sh prints at its end, checked for the prefix, as one script.
+fn printed_settings(printed: &str, prefix: &Path) -> String {
+    let exports: Vec<&str> = printed.lines().map(str::trim).filter(|l| l.starts_with("export ")).collect();
+    let p = prefix.display();
+    for want in [
+        format!("export PKG_CONFIG_PATH=\"{p}/lib/pkgconfig${{PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}}\""),
+        format!("export CMAKE_PREFIX_PATH=\"{p}${{CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}}\""),
+        format!("export LD_LIBRARY_PATH=\"{p}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\""),
+    ] {
+        assert!(exports.contains(&want.as_str()), "install.sh did not print\n  {want}\nin:\n{printed}");
+    }
+    exports.join("\n")
+}
+
+/// The NEEDED entries of an executable that name libtransferlens.
+fn needed(exe: &Path) -> Vec<String> {
+    let dynamic = run_checked(Command::new("readelf").arg("-d").arg(exe), "readelf -d");
+    dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)") && l.contains("libtransferlens"))
+        .filter_map(|l| Some(l[l.find('[')? + 1..l.rfind(']')?].to_string()))
+        .collect()
 }
 
 /// bindings/README.md shows the examples the tests run, verbatim: the C++ example and its
