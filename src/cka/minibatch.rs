@@ -105,7 +105,7 @@ impl MinibatchCka {
         }
         let (nx, ny) = (self.nx, self.ny);
         for u in 0..nx + ny {
-            if !(self.sums[u] > 0.0) {
+            if self.sums[u].is_nan() || self.sums[u] <= 0.0 {
                 let name = if u < nx { label("x", u) } else { label("y", u - nx) };
                 fail!(
                     DegenerateInput,

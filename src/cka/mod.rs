@@ -111,7 +111,7 @@ impl Terms {
                 fail!(DegenerateInput, "{name}[{i}] has zero variance: every feature is constant over the samples");
             }
             let h = hsic(est, n, pair, trace, trace);
-            if !(h > 0.0) {
+            if h.is_nan() || h <= 0.0 {
                 fail!(
                     DegenerateInput,
                     "{name}[{i}]: the {est:?} HSIC of the layer with itself is {h:e}, not positive (too few samples or too little variance)"
