@@ -35,7 +35,6 @@ pub mod geometry;
 pub mod landscape;
 pub mod model;
 pub mod params;
-mod report;
 pub mod rng;
 pub mod study;
 pub mod tensor;
