@@ -3,7 +3,7 @@
 
 use super::models::sweep_opts;
 use super::tasks::{shuffled, SIDE};
-use super::{mean, num, Finding, Inputs, Section};
+use super::{mean, num, Finding, Inputs, Plots, Section};
 use crate::cka::{self, Estimator};
 use crate::data;
 use crate::error::Result;
@@ -48,8 +48,8 @@ pub(super) fn accuracy(inputs: &Inputs) -> Result<Section> {
     })
 }
 
-/// CKA per layer on the target test set for four pairings; also returns the rows for the plot.
-pub(super) fn cka(inputs: &Inputs) -> Result<(Section, Vec<(&'static str, Vec<f64>)>)> {
+/// CKA per layer on the target test set for four pairings.
+pub(super) fn cka(inputs: &Inputs, plots: &mut Plots) -> Result<Section> {
     let (mlp, m, layers) = (inputs.mlp, inputs.models, &inputs.layers);
     let test = &inputs.target.test;
     let acts = |p: &ParamSet| mlp.activations(p, test);
@@ -92,7 +92,8 @@ pub(super) fn cka(inputs: &Inputs) -> Result<(Section, Vec<(&'static str, Vec<f6
     // The head's CKA is dominated by the shared labels; the features are the hidden layers.
     let hidden = layers.len() - 1;
     let (c_ptpt, c_ritrit) = (mean(&rows[1].1[..hidden]), mean(&rows[3].1[..hidden]));
-    let section = Section {
+    plots.cka = rows.iter().map(|(name, v)| (name.to_string(), v.clone())).collect();
+    Ok(Section {
         json: Map::from_iter([("cka".to_string(), Value::Object(cka_json))]),
         table,
         findings: vec![Finding::new(
@@ -100,8 +101,7 @@ pub(super) fn cka(inputs: &Inputs) -> Result<(Section, Vec<(&'static str, Vec<f6
             c_ptpt > c_ritrit,
             format!("P-T & P-T {c_ptpt:.4}, RI-T & RI-T {c_ritrit:.4}"),
         )],
-    };
-    Ok((section, rows))
+    })
 }
 
 /// One block size of the sweep: P-T and RI-T retrained on block-shuffled target images.
@@ -115,8 +115,8 @@ struct SweepPoint {
     rit_train_loss: Vec<f64>,
 }
 
-/// The block-shuffle sweep; also returns (block, P-T accuracy, RI-T accuracy) for the plot.
-pub(super) fn block_shuffle(inputs: &Inputs) -> Result<(Section, Vec<(usize, f64, f64)>)> {
+/// The block-shuffle sweep: P-T and RI-T retrained on block-shuffled target images.
+pub(super) fn block_shuffle(inputs: &Inputs, plots: &mut Plots) -> Result<Section> {
     let (mlp, m, cfg, target) = (inputs.mlp, inputs.models, inputs.cfg, inputs.target);
     let mut table = String::from("\nBlock shuffle (target task; the same permutation for train and test)\n");
     table.push_str(&format!(
@@ -174,10 +174,8 @@ pub(super) fn block_shuffle(inputs: &Inputs) -> Result<(Section, Vec<(usize, f64
                    "pt_train_loss": losses(&s.pt_train_loss), "rit_train_loss": losses(&s.rit_train_loss)})
         })
         .collect();
-    let plot = sweep.iter().map(|s| (s.block, s.pt_accuracy, s.rit_accuracy)).collect();
-    let section =
-        Section { json: Map::from_iter([("block_shuffle".to_string(), Value::Array(json))]), table, findings };
-    Ok((section, plot))
+    plots.block_shuffle = sweep.iter().map(|s| (s.block, s.pt_accuracy, s.rit_accuracy)).collect();
+    Ok(Section { json: Map::from_iter([("block_shuffle".to_string(), Value::Array(json))]), table, findings })
 }
 
 /// Agreement of the predictions of two P-T models, and of a P-T and an RI-T model.

@@ -166,6 +166,23 @@ struct Section {
     findings: Vec<Finding>,
 }
 
+/// A named line of a plot: one value per point.
+type Series = (String, Vec<f64>);
+
+/// What the report plots, filled in by the sections that measure it.
+#[derive(Default)]
+struct Plots {
+    /// The interpolation curves' lambdas, and the target test error along each curve.
+    lambdas: Vec<f64>,
+    interpolation: Vec<Series>,
+    /// CKA per layer of each pairing.
+    cka: Vec<Series>,
+    /// Module criticality of each model.
+    criticality: Vec<Series>,
+    /// (block size, P-T accuracy, RI-T accuracy) of the block-shuffle sweep.
+    block_shuffle: Vec<(usize, f64, f64)>,
+}
+
 /// A float for JSON: non-finite values (an infeasible criticality) become null.
 fn num(v: f64) -> Value {
     serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
@@ -186,24 +203,24 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
     let inputs =
         Inputs { ctx, cfg, mlp: &mlp, layers: mlp.layer_names(), source: &source, target: &target, models: &models };
 
+    let mut plots = Plots::default();
     progress("evaluating", 0.2);
-    let accuracy = features::accuracy(&inputs)?;
+    let mut sections = vec![features::accuracy(&inputs)?];
     progress("CKA per layer", 0.25);
-    let (cka, cka_rows) = features::cka(&inputs)?;
+    sections.push(features::cka(&inputs, &mut plots)?);
     progress("distances", 0.3);
-    let distance = weight_space::distance(&inputs)?;
+    sections.push(weight_space::distance(&inputs)?);
     progress("interpolation curves", 0.35);
-    let (barrier, curves) = weight_space::barrier(&inputs)?;
+    sections.push(weight_space::barrier(&inputs, &mut plots)?);
     progress("module criticality", 0.45);
-    let (criticality, criticality_rows) = weight_space::criticality(&inputs, progress)?;
+    sections.push(weight_space::criticality(&inputs, &mut plots, progress)?);
     progress("rewind curves", 0.78);
-    let rewind = weight_space::rewind(&inputs)?;
+    sections.push(weight_space::rewind(&inputs)?);
     progress("block-shuffle sweep", 0.82);
-    let (block_shuffle, sweep) = features::block_shuffle(&inputs)?;
+    sections.push(features::block_shuffle(&inputs, &mut plots)?);
     progress("agreement", 0.95);
-    let agreement = features::agreement(&inputs)?;
+    sections.push(features::agreement(&inputs)?);
 
-    let sections = [accuracy, cka, distance, barrier, criticality, rewind, block_shuffle, agreement];
     let mut tables: String = sections.iter().map(|s| s.table.as_str()).collect();
     let mut json = Map::new();
     json.insert("config".into(), json!(cfg.name));
@@ -220,16 +237,7 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
     );
     json.insert("seconds".into(), num(started.elapsed().as_secs_f64()));
     let json = Value::Object(json);
-    let html = report::html(
-        &json,
-        &inputs.layers,
-        &curves.errors,
-        &curves.lambdas,
-        &cka_rows,
-        &criticality_rows,
-        &sweep,
-        &tables,
-    );
+    let html = report::html(&json, &inputs.layers, &plots, &tables);
     progress("done", 1.0);
     Ok(Outcome { json, tables, html })
 }

@@ -1,7 +1,7 @@
 //! The sections in weight space: distances, interpolation curves and barriers, module
 //! criticality and rewind curves.
 
-use super::{num, Finding, Inputs, Progress, Section, BARRIER_TOLERANCE};
+use super::{num, Finding, Inputs, Plots, Progress, Section, BARRIER_TOLERANCE};
 use crate::criticality::{self, Eps, Noise, Path};
 use crate::error::Result;
 use crate::eval::{Metric, MlpEvaluator};
@@ -59,16 +59,9 @@ pub(super) fn distance(inputs: &Inputs) -> Result<Section> {
     Ok(Section { json, table, findings })
 }
 
-/// The target test error along the line through two models, for the report's plot.
-pub(super) struct Curves {
-    pub lambdas: Vec<f64>,
-    /// (pairing, error at each lambda).
-    pub errors: Vec<(String, Vec<f64>)>,
-}
-
 /// Interpolation curves on [-1, 2] and the barrier on the target test error between pairs of
 /// models.
-pub(super) fn barrier(inputs: &Inputs) -> Result<(Section, Curves)> {
+pub(super) fn barrier(inputs: &Inputs, plots: &mut Plots) -> Result<Section> {
     let (ctx, m) = (inputs.ctx, inputs.models);
     let lambdas = landscape::extrapolation_lambdas(inputs.cfg.lambda_per_unit);
     let mut evaluator = MlpEvaluator::new(inputs.mlp.clone(), inputs.target.test.clone());
@@ -80,7 +73,6 @@ pub(super) fn barrier(inputs: &Inputs) -> Result<(Section, Curves)> {
     ];
     let mut values = Map::new();
     let mut details = Map::new();
-    let mut errors = Vec::with_capacity(pairs.len());
     let mut barriers = Vec::with_capacity(pairs.len());
     let mut table = format!(
         "\nBarrier on the target test error along the segment (tolerance {BARRIER_TOLERANCE}; curves on [-1, 2], {} points)\n",
@@ -107,7 +99,7 @@ pub(super) fn barrier(inputs: &Inputs) -> Result<(Section, Curves)> {
                    "error": curve.iter().map(|c| num(c.error)).collect::<Vec<_>>(),
                    "loss": curve.iter().map(|c| num(c.loss)).collect::<Vec<_>>()}),
         );
-        errors.push((name.to_string(), curve.iter().map(|c| c.error).collect()));
+        plots.interpolation.push((name.to_string(), curve.iter().map(|c| c.error).collect()));
         barriers.push(bar);
     }
     let findings = vec![
@@ -132,12 +124,13 @@ pub(super) fn barrier(inputs: &Inputs) -> Result<(Section, Curves)> {
         ("barrier_details".to_string(), Value::Object(details)),
         ("barrier_tolerance".to_string(), json!(BARRIER_TOLERANCE)),
     ]);
-    Ok((Section { json, table, findings }, Curves { lambdas, errors }))
+    plots.lambdas = lambdas;
+    Ok(Section { json, table, findings })
 }
 
 /// Module and network criticality of P-T and RI-T on a held-out part of the target, with the
-/// PAC-Bayes bound; also returns each model's module criticalities for the plot.
-pub(super) fn criticality(inputs: &Inputs, progress: Progress) -> Result<(Section, Vec<(String, Vec<f64>)>)> {
+/// PAC-Bayes bound.
+pub(super) fn criticality(inputs: &Inputs, plots: &mut Plots, progress: Progress) -> Result<Section> {
     let (ctx, m, cfg, layers) = (inputs.ctx, inputs.models, inputs.cfg, &inputs.layers);
     let held_out = inputs.target.test.head(cfg.criticality_rows);
     let options = criticality::Options {
@@ -152,7 +145,6 @@ pub(super) fn criticality(inputs: &Inputs, progress: Progress) -> Result<(Sectio
     let mut live = m.p.try_clone()?;
     let mut values = Map::new();
     let mut details = Map::new();
-    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
     let mut table = format!(
         "\nModule criticality (0-1 error on {} held-out target images, eps = 1.01 x final error, noise relative to the weights, {} samples; inf = no feasible point)\n",
         held_out.n, cfg.criticality_samples
@@ -190,9 +182,10 @@ pub(super) fn criticality(inputs: &Inputs, progress: Progress) -> Result<(Sectio
             json!({"modules": modules, "network": num(net.total), "final_error": num(net.final_metric), "eps": num(net.eps),
                    "pac_bayes_bound": num(bound), "joint_expected_error": num(net.joint_expected), "bound_note": "m = evaluation images, delta = 0.05; the O~(1) term is omitted; the expectation term is the error with every module perturbed at its minimiser at once"}),
         );
-        rows.push((name.to_string(), net.modules.iter().map(|c| c.value).collect()));
+        plots.criticality.push((name.to_string(), net.modules.iter().map(|c| c.value).collect()));
     }
-    let findings = rows
+    let findings = plots
+        .criticality
         .iter()
         .map(|(name, v)| {
             let (lowest, top_hidden) = (v[0], v[v.len() - 2]);
@@ -208,7 +201,7 @@ pub(super) fn criticality(inputs: &Inputs, progress: Progress) -> Result<(Sectio
         ("criticality_details".to_string(), Value::Object(details)),
         ("criticality_note".to_string(), json!("null stands for +inf: no feasible point")),
     ]);
-    Ok((Section { json, table, findings }, rows))
+    Ok(Section { json, table, findings })
 }
 
 /// Target test error as each module alone is rewound from the final weights to its initial
