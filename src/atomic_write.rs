@@ -42,3 +42,28 @@ pub(crate) fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std
         Error::Io(format!("{what}: {e}"))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("tl-atomic-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.txt");
+        write_atomic(&path, |w| w.write_all(b"first")).unwrap();
+        let e = write_atomic(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(matches!(&e, Error::Io(m) if m.contains("out.txt") && m.contains("disk full")), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        write_atomic(&path, |w| w.write_all(b"second")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["out.txt"], "no temporary file is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
