@@ -17,8 +17,8 @@
 //! out-of-bounds read or an allocation larger than the file.
 //!
 //! Files: `tensor` (one tensor of a set and its host slices), `grouping` (names into modules),
-//! `safetensors` (the one safetensors reader, and the atomic writer), `matching` (pairing the
-//! tensors of two sets).
+//! `safetensors` (the one safetensors reader, which every loader uses, and `save`), `matching`
+//! (pairing the tensors of two sets).
 
 mod grouping;
 mod matching;

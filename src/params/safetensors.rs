@@ -167,12 +167,14 @@ impl ParamSet {
         if usize::try_from(len).is_err() {
             return Err(bad(&what, "too large for this machine's address space"));
         }
-        // SAFETY: a private mapping; see the doc comment about concurrent truncation.
+        // SAFETY: memmap2 asks that nobody change the file while it is mapped. The mapping is
+        // private, so our writes never reach the file; a change by another process is the caveat
+        // of every memory-mapped reader and is documented above (truncation stops the process).
         let mut map = unsafe { memmap2::MmapOptions::new().map_copy(&file) }
             .map_err(|e| Error::Io(format!("{what}: cannot map the file: {e}")))?;
         let header = parse_header(&map, &what)?;
-        let base = map.as_mut_ptr();
-        let mut set = Self::from_header(header, base, &what)?;
+        // SAFETY: `header` was validated against this mapping, which the set keeps alive.
+        let mut set = unsafe { Self::from_header(header, map.as_mut_ptr(), &what) }?;
         set._backing._map = Some(map);
         Ok(set)
     }
@@ -181,8 +183,9 @@ impl ParamSet {
     pub fn from_bytes(file: &[u8], what: &str) -> Result<ParamSet> {
         let header = parse_header(file, what)?;
         let mut owned = aligned_copy(file);
-        let base = owned.as_mut_ptr() as *mut u8;
-        let mut set = Self::from_header(header, base, what)?;
+        // SAFETY: `owned` is a copy of the bytes `header` was validated against, and the set
+        // keeps it alive.
+        let mut set = unsafe { Self::from_header(header, owned.as_mut_ptr() as *mut u8, what) }?;
         set._backing._owned.push(owned);
         Ok(set)
     }
@@ -190,17 +193,23 @@ impl ParamSet {
     /// Builds the tensor table over a validated file image at `base`; weights whose address is
     /// not aligned for their dtype (safetensors does not promise alignment) are copied into
     /// aligned buffers.
-    fn from_header(header: Header, base: *mut u8, what: &str) -> Result<ParamSet> {
+    ///
+    /// # Safety
+    /// `base` must address the writable file image that [`parse_header`] validated `header`
+    /// against, and that image must outlive the set (the caller stores it in the set's backing).
+    unsafe fn from_header(header: Header, base: *mut u8, what: &str) -> Result<ParamSet> {
         let mut backing = Backing::default();
         let mut tensors = Vec::with_capacity(header.entries.len());
         for e in header.entries {
             let (numel, nbytes) = byte_size(&e.shape, e.dtype.to_safetensors())
                 .ok_or_else(|| bad(what, format_args!("tensor {:?}: size overflows", e.name)))?;
-            // SAFETY: parse_header checked data_start + end <= file length.
+            // SAFETY: parse_header checked data_start + end <= the image's length, so the
+            // tensor's bytes lie inside the image at `base` (the caller's contract).
             let mut ptr = unsafe { base.add(header.data_start + e.start) };
             if let TensorDType::Weight(d) = e.dtype {
                 if (ptr as usize) % d.size() != 0 {
-                    // SAFETY: the range was validated above.
+                    // SAFETY: ptr..ptr + nbytes lies inside the image (checked as above), which
+                    // nothing writes while the set is being built.
                     let mut copy = aligned_copy(unsafe { std::slice::from_raw_parts(ptr, nbytes) });
                     ptr = copy.as_mut_ptr() as *mut u8;
                     backing._owned.push(copy);
