@@ -23,6 +23,7 @@
 //! # Ok::<(), transferlens::Error>(())
 //! ```
 
+mod atomic_write;
 pub mod backend;
 pub mod cka;
 pub mod criticality;
@@ -34,7 +35,6 @@ pub mod geometry;
 pub mod landscape;
 pub mod model;
 pub mod params;
-mod report;
 pub mod rng;
 pub mod study;
 pub mod tensor;

@@ -111,6 +111,70 @@ fn bad_input_gives_exit_1_and_one_line() {
     }
 }
 
+/// Writes `(name, dtype, shape, little-endian bytes)` tensors back to back, in the given order.
+fn write_raw(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut text = serde_json::to_vec(&header).unwrap();
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&text);
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn half_precision_and_unaligned_layers_are_read_in_place_of_f64_ones() {
+    let dir = scratch("dtypes");
+    let mut rng = TestRng::new(13);
+    let n = 7;
+    let base = Dense::random(&mut rng, n, 4);
+    // F16 of 7 x 3 takes 42 bytes, so the F32 layer after it starts 2 bytes off 4-byte alignment.
+    let mut h = base.mix(&mut rng, 3, 0.5);
+    h.data.iter_mut().for_each(|v| *v = half::f16::from_f64(*v).to_f64());
+    let mut w = base.mix(&mut rng, 2, 0.5);
+    w.data.iter_mut().for_each(|v| *v = *v as f32 as f64);
+    let y = base.mix(&mut rng, 5, 1.0);
+    let fa = dir.join("a.safetensors");
+    write_raw(
+        &fa,
+        &[
+            ("h", "F16", vec![n, 3], h.data.iter().flat_map(|&v| half::f16::from_f64(v).to_le_bytes()).collect()),
+            ("w", "F32", vec![n, 2], w.data.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect()),
+        ],
+    );
+    let fb = dir.join("b.safetensors");
+    write_layers(&fb, &[("y", &y, &[n, 5])], false);
+    let out = tlens(&["cka", fa.to_str().unwrap(), fb.to_str().unwrap(), "--json", "--backend", "cpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["rows"], serde_json::json!(["h", "w"]));
+    for (i, x) in [&h, &w].iter().enumerate() {
+        let got = json["values"][i][0].as_f64().unwrap();
+        let want = reference_cka_feature(x, &y, false);
+        assert!((got - want).abs() < 1e-6, "row {i}: {got} vs {want}");
+    }
+
+    // A non-float layer and a scalar are refused, naming the tensor.
+    let ints = dir.join("ints.safetensors");
+    write_raw(&ints, &[("steps", "I64", vec![n, 1], vec![0; 8 * n])]);
+    let scalar = dir.join("scalar.safetensors");
+    write_raw(&scalar, &[("loss", "F32", vec![], 1.5f32.to_le_bytes().to_vec())]);
+    for (file, expected) in [(&ints, "\"steps\" has dtype I64"), (&scalar, "\"loss\" is a scalar")] {
+        let out = tlens(&["cka", file.to_str().unwrap(), fb.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     assert_eq!(tlens(&["cka", "only-one-file"]).status.code(), Some(2));

@@ -1,9 +1,9 @@
 //! `tlens cka`: linear CKA between every layer of two activation files.
 
-use crate::common::{json_f64, print_json, read_file, BackendArg};
+use crate::common::{json_f64, print_json, BackendArg};
 use std::path::{Path, PathBuf};
 use transferlens::cka::{cka_matrix, Estimator};
-use transferlens::tensor::HostSlice;
+use transferlens::params::{ParamSet, Tensor};
 use transferlens::{Error, Matrix, Result};
 
 /// Linear CKA of every layer of A against every layer of B.
@@ -38,32 +38,25 @@ enum EstimatorArg {
     Debiased,
 }
 
-/// One layer's activations, decoded from little-endian bytes into an aligned buffer.
-struct Layer {
-    name: String,
-    data: Data,
-    rows: usize,
-    cols: usize,
-}
-
-enum Data {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    F16(Vec<half::f16>),
-    BF16(Vec<half::bf16>),
-}
-
-impl Layer {
-    fn matrix(&self) -> Result<Matrix<'_>> {
-        let slice = match &self.data {
-            Data::F32(v) => HostSlice::F32(v),
-            Data::F64(v) => HostSlice::F64(v),
-            Data::F16(v) => HostSlice::F16(v),
-            Data::BF16(v) => HostSlice::BF16(v),
-        };
-        Matrix::from_host(slice, self.rows, self.cols, self.cols)
-            .map_err(|e| with_context(e, &format!("layer {:?}", self.name)))
+/// A layer's activations as a matrix: the first dimension is the samples, the others are
+/// flattened into features. Scalars and non-float dtypes are refused, naming the layer.
+fn layer_matrix<'a>(layer: &'a Tensor, path: &Path) -> Result<Matrix<'a>> {
+    let name = layer.name();
+    let Some((&rows, rest)) = layer.shape().split_first() else {
+        return Err(Error::ShapeMismatch(format!(
+            "{}: tensor {name:?} is a scalar; activations need a first dimension of samples",
+            path.display()
+        )));
+    };
+    if layer.dtype().weight().is_none() {
+        return Err(Error::UnsupportedDtype(format!(
+            "{}: tensor {name:?} has dtype {}; activations must be F32, F64, F16 or BF16",
+            path.display(),
+            layer.dtype().name()
+        )));
     }
+    let cols: usize = rest.iter().product();
+    Matrix::from_host(layer.host()?, rows, cols, cols).map_err(|e| with_context(e, &format!("layer {name:?}")))
 }
 
 fn with_context(e: Error, what: &str) -> Error {
@@ -77,53 +70,21 @@ fn with_context(e: Error, what: &str) -> Error {
     }
 }
 
-/// Every tensor of a safetensors file as a layer, in file order.
-fn load_layers(path: &Path) -> Result<Vec<Layer>> {
-    let bytes = read_file(path)?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::Format(format!("{}: not a valid safetensors file: {e}", path.display())))?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::Format(format!("{}: not a valid safetensors file: {e}", path.display())))?;
-    let mut layers = Vec::new();
-    for name in metadata.offset_keys() {
-        let view = file.tensor(&name).map_err(|e| Error::Format(format!("{}: {name}: {e}", path.display())))?;
-        let shape = view.shape();
-        let Some((&rows, rest)) = shape.split_first() else {
-            return Err(Error::ShapeMismatch(format!(
-                "{}: tensor {name:?} is a scalar; activations need a first dimension of samples",
-                path.display()
-            )));
-        };
-        let cols: usize = rest.iter().product::<usize>().max(if rest.is_empty() { 1 } else { 0 });
-        let raw = view.data();
-        use safetensors::Dtype as D;
-        let data = match view.dtype() {
-            D::F32 => Data::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
-            D::F64 => Data::F64(raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()),
-            D::F16 => Data::F16(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap())).collect()),
-            D::BF16 => {
-                Data::BF16(raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap())).collect())
-            }
-            other => {
-                return Err(Error::UnsupportedDtype(format!(
-                    "{}: tensor {name:?} has dtype {other:?}; activations must be F32, F64, F16 or BF16",
-                    path.display()
-                )))
-            }
-        };
-        layers.push(Layer { name, data, rows, cols });
-    }
-    if layers.is_empty() {
+/// The layers of an activations file (one tensor per layer, in file order), read by the
+/// library's safetensors reader.
+fn load_layers(path: &Path) -> Result<ParamSet> {
+    let layers = ParamSet::load(path)?;
+    if layers.tensors().is_empty() {
         return Err(Error::Format(format!("{}: the file holds no tensors", path.display())));
     }
     Ok(layers)
 }
 
 pub fn run(args: CkaArgs) -> Result<()> {
-    let a = load_layers(&args.acts_a)?;
-    let b = load_layers(&args.acts_b)?;
-    let xs = a.iter().map(Layer::matrix).collect::<Result<Vec<_>>>()?;
-    let ys = b.iter().map(Layer::matrix).collect::<Result<Vec<_>>>()?;
+    let (file_a, file_b) = (load_layers(&args.acts_a)?, load_layers(&args.acts_b)?);
+    let (a, b) = (file_a.tensors(), file_b.tensors());
+    let xs = a.iter().map(|l| layer_matrix(l, &args.acts_a)).collect::<Result<Vec<_>>>()?;
+    let ys = b.iter().map(|l| layer_matrix(l, &args.acts_b)).collect::<Result<Vec<_>>>()?;
     let estimator = match args.estimator {
         EstimatorArg::Biased => Estimator::Biased,
         EstimatorArg::Debiased => Estimator::Debiased,
@@ -135,20 +96,20 @@ pub fn run(args: CkaArgs) -> Result<()> {
         let rows: Vec<_> =
             values.chunks(ny).map(|r| serde_json::Value::Array(r.iter().map(|&v| json_f64(v)).collect())).collect();
         print_json(&serde_json::json!({
-            "rows": a.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
-            "cols": b.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
+            "rows": a.iter().map(Tensor::name).collect::<Vec<_>>(),
+            "cols": b.iter().map(Tensor::name).collect::<Vec<_>>(),
             "values": rows,
         }));
     } else {
-        let width = a.iter().map(|l| l.name.len()).max().unwrap_or(0).max(4);
-        let colw = b.iter().map(|l| l.name.len()).max().unwrap_or(0).max(8);
+        let width = a.iter().map(|l| l.name().len()).max().unwrap_or(0).max(4);
+        let colw = b.iter().map(|l| l.name().len()).max().unwrap_or(0).max(8);
         print!("{:width$}", "A \\ B");
-        for l in &b {
-            print!("  {:>colw$}", l.name);
+        for l in b {
+            print!("  {:>colw$}", l.name());
         }
         println!();
         for (l, row) in a.iter().zip(values.chunks(ny)) {
-            print!("{:width$}", l.name);
+            print!("{:width$}", l.name());
             for v in row {
                 print!("  {:>colw$.4}", v);
             }

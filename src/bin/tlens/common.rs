@@ -1,18 +1,12 @@
-//! Helpers shared by the commands: safetensors input, JSON output, panic hygiene.
+//! Helpers shared by the commands: the backend option, JSON output, panic hygiene.
 
-use std::path::Path;
-use transferlens::{Error, Result};
+use transferlens::Result;
 
 /// A panic is a bug: report it in one line, without Rust's panic message and backtrace.
 pub fn quiet_panics() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("tlens: internal error (please report): {info}");
     }));
-}
-
-/// A whole file in memory, with its path in every error message.
-pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
 }
 
 /// Prints a value as pretty JSON on stdout.

@@ -49,11 +49,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
     let ctx = args.backend.context()?;
     let outcome = study::run(&ctx, &cfg, &mut progress)?;
     print!("{}", outcome.tables);
-    let json_path = args.out.join("study.json");
-    let html_path = args.out.join("report.html");
-    let text = serde_json::to_string_pretty(&outcome.json).map_err(|e| Error::Panic(e.to_string()))?;
-    study::write_atomic(&json_path, &(text + "\n"))?;
-    study::write_atomic(&html_path, &outcome.html)?;
+    let (json_path, html_path) = outcome.save(&args.out)?;
     println!(
         "\nWrote {} and {} ({} run, {:.1} s)",
         json_path.display(),

@@ -1,5 +1,6 @@
 //! The study's self-contained HTML report: tables and inline SVG plots, no scripts, no links.
 
+use super::Plots;
 use serde_json::Value;
 
 const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
@@ -92,17 +93,10 @@ fn plot(
     s + "</svg>"
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn html(
-    json: &Value,
-    layers: &[String],
-    curves: &[(String, Vec<f64>)],
-    lambdas: &[f64],
-    cka: &[(&str, Vec<f64>)],
-    crit: &[(String, Vec<f64>)],
-    sweep: &[(usize, f64, f64)],
-    tables: &str,
-) -> String {
+/// The report: findings, plots and the printed tables, as one HTML page.
+pub(super) fn html(json: &Value, layers: &[String], plots: &Plots, tables: &str) -> String {
+    let (curves, lambdas, cka, crit, sweep) =
+        (&plots.interpolation, &plots.lambdas, &plots.cka, &plots.criticality, &plots.block_shuffle);
     let layer_ticks: Vec<(f64, String)> = layers.iter().enumerate().map(|(i, l)| (i as f64, l.clone())).collect();
     let idx: Vec<f64> = (0..layers.len()).map(|i| i as f64).collect();
     let lam_ticks: Vec<(f64, String)> = [-1.0, 0.0, 1.0, 2.0].iter().map(|&x| (x, format!("{x}"))).collect();
@@ -118,7 +112,7 @@ pub(crate) fn html(
         "CKA per layer",
         "layer",
         "CKA",
-        &cka.iter().map(|(n, v)| (n.to_string(), idx.clone(), v.clone())).collect::<Vec<_>>(),
+        &cka.iter().map(|(n, v)| (n.clone(), idx.clone(), v.clone())).collect::<Vec<_>>(),
         &layer_ticks,
         &[],
     );
