@@ -360,6 +360,8 @@ fn minibatch_cka_says_it_runs_on_the_cpu() {
     assert!(matches!(e, Error::DeviceUnavailable(ref m) if m.contains("CPU")), "{e:?}");
 }
 
+/// Needs the `bench` feature, which compiles the algorithms other than `syrk`.
+#[cfg(feature = "bench")]
 #[test]
 fn every_gram_algorithm_matches_cpu() {
     // TL_CUDA_GRAM picks how the feature route forms its Grams (syrk, one joint syrk of the pair,
