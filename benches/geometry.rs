@@ -44,6 +44,8 @@ impl Buf {
         let n = values.len();
         let mut bytes = vec![0u64; (n * dtype.size()).div_ceil(8)];
         let p = bytes.as_mut_ptr() as *mut u8;
+        // SAFETY: bytes holds at least n elements of the dtype, 8-byte aligned, and is not used
+        // otherwise while the typed slice lives.
         unsafe {
             match dtype {
                 DType::F32 => std::slice::from_raw_parts_mut(p as *mut f32, n)
@@ -101,6 +103,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("copy", name), |bch| {
             bch.iter(|| {
                 let (src, dst) = (&a.bytes, &mut o.bytes);
+                // SAFETY: two distinct buffers of the same length.
                 unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), src.len()) };
                 black_box(&o.bytes);
             })

@@ -583,12 +583,15 @@ fn wrapped_device_pointers_are_used_in_place_and_not_freed() {
     assert_eq!(dev.download(&da).unwrap(), a);
 
     // Misuse is reported, naming the argument.
+    // SAFETY: refused before use: the address is NULL.
     let err = unsafe { dev.wrap_device_ptr::<f32>(0, 4) }.unwrap_err();
     assert!(matches!(err, Error::NullArgument(ref m) if m.starts_with("ptr")), "{err}");
+    // SAFETY: refused before use: the address is misaligned.
     let err = unsafe { dev.wrap_device_ptr::<f32>(da.device_ptr() + 2, 4) }.unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(ref m) if m.contains("aligned")), "{err}");
     // Plain host memory is no device memory (unless the platform maps it, as with HMM).
     let host = [0u64; 4];
+    // SAFETY: host holds 4 f64-sized values and outlives the wrapper; nothing runs on it.
     match unsafe { dev.wrap_device_ptr::<f64>(host.as_ptr() as u64, 4) } {
         Err(err) => {
             assert!(matches!(err, Error::InvalidArgument(ref m) if m.starts_with("ptr")), "{err}")

@@ -303,6 +303,8 @@ fn device_pointer_inputs_are_used_in_place() {
         OnDevice::F64(b) => b.device_ptr(),
         _ => unreachable!(),
     };
+    // SAFETY: the buffer holds 37 x 4 f64 values; the view names device 7, which the call
+    // refuses before reading.
     let wrong = unsafe { Matrix::from_device(ptr, DType::F64, 7, 37, 4, 4) }.unwrap();
     let e = cka_matrix(&ctx, &[wrong], &[d.view()], Estimator::Biased).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(ref m) if m.contains("x[0]") && m.contains("device 7")), "{e:?}");

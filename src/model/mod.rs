@@ -399,8 +399,8 @@ impl Mlp {
                 Par::Seq,
             );
             let gb = &mut rest[0];
-            for j in 0..fo {
-                gb[j] = dz.col(j).iter().sum();
+            for (j, g) in gb.iter_mut().enumerate().take(fo) {
+                *g = dz.col(j).iter().sum();
             }
             if l > 0 {
                 let mut dh = faer::Mat::<f32>::zeros(nb, fi);
@@ -424,7 +424,10 @@ impl Mlp {
     /// loss of each epoch (as seen during the epoch).
     pub fn train(&self, p: &mut ParamSet, data: &Dataset, opts: &TrainOptions) -> Result<Vec<f64>> {
         self.check_data(data)?;
-        if opts.batch == 0 || !(opts.lr > 0.0) || !(0.0..1.0).contains(&opts.momentum) || !(opts.weight_decay >= 0.0) {
+        // NaN fails every check.
+        let lr_ok = opts.lr > 0.0;
+        let decay_ok = opts.weight_decay >= 0.0;
+        if opts.batch == 0 || !lr_ok || !(0.0..1.0).contains(&opts.momentum) || !decay_ok {
             fail!(
                 InvalidArgument,
                 "training needs batch >= 1, lr > 0, 0 <= momentum < 1 and weight_decay >= 0; got {opts:?}"

@@ -186,11 +186,11 @@ fn means_of(dev: &CudaDevice, layers: &[Layer]) -> Result<Vec<Vec<f64>>> {
         let (rows, cols) = (l.rows as u64, l.cols as u64);
         let (cfg, rpb) = colstats_grid(dev, rows, cols);
         let (sum, varies, first_bad) = (ps + 8 * start as u64, pv + 4 * start as u64, pb + 8 * u as u64);
+        let args = (l.ptr, rows, cols, l.stride as u64, sum, varies, first_bad, rpb);
         // SAFETY: colstats_<t>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* sum,
         // int* varies, tl_u64* first_bad, tl_u64 rows_per_block); the layer spans rows x cols
         // with its stride, sums and flags hold this layer's cols entries from `start`, first_bad
         // its one flag.
-        let args = (l.ptr, rows, cols, l.stride as u64, sum, varies, first_bad, rpb);
         unsafe { dev.launch(&format!("colstats_{}", l.suffix()), cfg, args) }?;
         start += l.cols;
     }
@@ -313,18 +313,18 @@ fn shift_layers<A: BlasScalar>(
         let name = format!("shift_{}_to_{}", l.suffix(), A::SUFFIX);
         let cfg = shift_grid(dev, dev.function(&name)?, l.rows, l.cols);
         let (shift, first_bad, ldg) = (pshift + 8 * start as u64, pbad + 8 * u as u64, ld[g] as u64);
+        let args = (l.ptr, rows as u64, cols, l.stride as u64, shift, y, ldg, first_bad);
         // SAFETY: shift_<t>_to_<a>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
         // const double* shift, A* y, tl_u64 ld, tl_u64* first_bad); the layer spans rows x cols
         // with its stride, shift holds its cols values, y points at its first feature within a
         // group buffer of ld x rows elements.
-        let args = (l.ptr, rows as u64, cols, l.stride as u64, shift, y, ldg, first_bad);
         unsafe { dev.launch(&name, cfg, args) }?;
         // Squared row norms of the rounded values: the layer's block read as row-major
         // `rows x cols` with row stride ld; one warp per row.
         let norms_out = pnorms + 8 * (u * rows) as u64;
+        let args = (y, rows as u64, cols, ldg, norms_out);
         // SAFETY: row_sqnorms_<a>(const A* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
         // double* out); the block was just written, out holds this layer's rows norms.
-        let args = (y, rows as u64, cols, ldg, norms_out);
         unsafe { dev.launch(&format!("row_sqnorms_{}", A::SUFFIX), dev.grid_1d(rows as u64 * 32), args) }?;
         start += l.cols;
     }

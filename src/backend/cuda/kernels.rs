@@ -235,6 +235,7 @@ fn compile_source(file: &str, src: &str, options: &[String], output: Output) -> 
                 .result()
                 .map_err(|e| nvrtc_err("nvrtcGetCUBINSize", file, e))?;
             let mut image = vec![0u8; size];
+            // SAFETY: as above; image has the `size` bytes nvrtcGetCUBINSize reported.
             unsafe { sys::nvrtcGetCUBIN(prog.0, image.as_mut_ptr().cast()) }
                 .result()
                 .map_err(|e| nvrtc_err("nvrtcGetCUBIN", file, e))?;

@@ -77,6 +77,7 @@ pub fn check_available(device: i32) -> Result<()> {
             "CUDA backend unavailable: NVRTC (libnvrtc.so.13) was not found; install CUDA 13's NVRTC (the toolkit, or the pip package nvidia-cuda-nvrtc) and put its folder on LD_LIBRARY_PATH, or use the CPU backend"
         );
     }
+    // SAFETY: as above.
     if !unsafe { cudarc::cublas::sys::is_culib_present() } {
         fail!(
             DeviceUnavailable,
