@@ -11,6 +11,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Duration;
+use transferlens::backend::cpu::weights;
 use transferlens::params::{ParamSet, TensorSpec};
 use transferlens::{geometry, Context, DType};
 
@@ -43,6 +44,8 @@ impl Buf {
         let n = values.len();
         let mut bytes = vec![0u64; (n * dtype.size()).div_ceil(8)];
         let p = bytes.as_mut_ptr() as *mut u8;
+        // SAFETY: bytes holds at least n elements of the dtype, 8-byte aligned, and is not used
+        // otherwise while the typed slice lives.
         unsafe {
             match dtype {
                 DType::F32 => std::slice::from_raw_parts_mut(p as *mut f32, n)
@@ -100,6 +103,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("copy", name), |bch| {
             bch.iter(|| {
                 let (src, dst) = (&a.bytes, &mut o.bytes);
+                // SAFETY: two distinct buffers of the same length.
                 unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), src.len()) };
                 black_box(&o.bytes);
             })
@@ -134,16 +138,14 @@ fn bench(c: &mut Criterion) {
         (va[..1 << 16].iter().map(|&v| v as f32).collect(), vb[..1 << 16].iter().map(|&v| v as f32).collect());
     k.throughput(Throughput::Bytes(8 << 16));
     k.bench_function("sum_sq_diff/f32", |bch| {
-        bch.iter(|| black_box(geometry::kernels::sum_sq_diff(black_box(&xa[..]), black_box(&xb[..]))))
+        bch.iter(|| black_box(weights::sum_sq_diff(black_box(&xa[..]), black_box(&xb[..]))))
     });
-    k.bench_function("stats/f32", |bch| {
-        bch.iter(|| black_box(geometry::kernels::stats(black_box(&xa[..]), black_box(&xb[..]))))
-    });
+    k.bench_function("stats/f32", |bch| bch.iter(|| black_box(weights::stats(black_box(&xa[..]), black_box(&xb[..])))));
     let (ha, hb): (Vec<f16>, Vec<f16>) =
         (xa.iter().map(|&v| f16::from_f32(v)).collect(), xb.iter().map(|&v| f16::from_f32(v)).collect());
     k.throughput(Throughput::Bytes(4 << 16));
     k.bench_function("sum_sq_diff/f16", |bch| {
-        bch.iter(|| black_box(geometry::kernels::sum_sq_diff(black_box(&ha[..]), black_box(&hb[..]))))
+        bch.iter(|| black_box(weights::sum_sq_diff(black_box(&ha[..]), black_box(&hb[..]))))
     });
     k.finish();
 }

@@ -1,6 +1,8 @@
-//! GPU benchmarks, printed as short tables: run with `cargo bench --bench gpu` on a machine with
-//! a CUDA device (or from the GPU bundle: `scripts/gpu-check.sh`). Without `--bench` (as
-//! `cargo test` runs it) or without a device it says so and exits successfully.
+//! GPU benchmarks, printed as short tables: run with `cargo bench --features bench --bench gpu`
+//! on a machine with a CUDA device (or from the GPU bundle: `scripts/gpu-check.sh`). The `bench`
+//! feature compiles the library's benchmark knobs (`TL_CUDA_GRAM`, `TL_CKA_PHASES`) and makes
+//! its cuBLAS helper public. Without `--bench` or without a device it says so and exits
+//! successfully.
 //!
 //! (a) weight-space kernels on 1 GiB arrays against the device-to-device copy bandwidth;
 //! (b) CKA of a 65536 x 2048 f32 pair in device memory against the cuBLAS products alone;
@@ -21,6 +23,7 @@
 use cudarc::cublas::sys as cb;
 use cudarc::cublas::CudaBlas;
 use std::time::Instant;
+use transferlens::backend::cuda::blas::{Gemm, Handle, Op, Syrk, OP_N, OP_T};
 use transferlens::backend::cuda::{last_phases, CudaDevice, DeviceBuffer};
 use transferlens::cka::{choose_route, cka_matrix, cka_matrix_via, Estimator, Route};
 use transferlens::{BackendChoice, Context, DType, Matrix};
@@ -97,8 +100,6 @@ fn bandwidth(dev: &CudaDevice) {
     };
     let ms = time_events(dev, || dev.lerp(&a, &b, 0.3, &mut out).unwrap());
     row("lerp_f32", 3 * GIB, ms);
-    let ms = time_events(dev, || dev.perturb(&a, &b, 0.3, 0.01, 7, 3, 0, &mut out).unwrap());
-    row("perturb_f32", 3 * GIB, ms);
     // 100 segments of uneven sizes: a network's modules.
     let mut offsets: Vec<u64> = (0..100u64).map(|s| (s * s) * (n32 as u64 / 9801)).collect();
     offsets.push(n32 as u64);
@@ -120,15 +121,13 @@ fn bandwidth(dev: &CudaDevice) {
     let mut o16 = dev.zeros::<half::bf16>(n16).unwrap();
     let ms = time_events(dev, || dev.lerp(&a16, &b16, 0.3, &mut o16).unwrap());
     row("lerp_bf16", 3 * GIB, ms);
-    let ms = time_events(dev, || dev.perturb(&a16, &b16, 0.3, 0.01, 7, 3, 0, &mut o16).unwrap());
-    row("perturb_bf16", 3 * GIB, ms);
 }
 
-/// `y = 0.6 x + 0.8 noise + 1`: correlated with x, offset from zero.
+/// `y = 0.6 x + 0.4 noise`: correlated with x.
 fn correlated(dev: &CudaDevice, x: &DeviceBuffer<f32>, stream: u64) -> DeviceBuffer<f32> {
     let noise = normals(dev, x.len(), stream);
     let mut y = dev.zeros::<f32>(x.len()).unwrap();
-    dev.perturb(x, &noise, 0.4, 0.0, 0, 0, 0, &mut y).unwrap();
+    dev.lerp(x, &noise, 0.4, &mut y).unwrap();
     y
 }
 
@@ -158,23 +157,11 @@ fn cka_pair(ctx: &Context, dev: &CudaDevice) {
     let gx = dev.zeros::<f32>(p * p).unwrap();
     let gy = dev.zeros::<f32>(p * p).unwrap();
     let c = dev.zeros::<f32>(p * p).unwrap();
-    let (one, zero) = (1.0f32, 0.0f32);
-    let (pi, ni) = (p as i32, n as i32);
     let products = || {
-        // SAFETY: x, y hold p x n column-major f32 values; gx, gy, c hold p x p.
-        unsafe {
-            let h = *blas.handle();
-            let lower = cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER;
-            let f = |p: u64| p as *const f32;
-            let m = |p: u64| p as *mut f32;
-            cb::cublasSsyrk_v2(h, lower, OP_N, pi, ni, &one, f(x.device_ptr()), pi, &zero, m(gx.device_ptr()), pi)
-                .result()
-                .unwrap();
-            cb::cublasSsyrk_v2(h, lower, OP_N, pi, ni, &one, f(y.device_ptr()), pi, &zero, m(gy.device_ptr()), pi)
-                .result()
-                .unwrap();
-        }
-        sgemm(*blas.handle(), OP_N, OP_T, p, p, n, x.device_ptr(), p, y.device_ptr(), p, c.device_ptr(), p);
+        let h = *blas.handle();
+        ssyrk(h, p, n, x.device_ptr(), p, gx.device_ptr(), p);
+        ssyrk(h, p, n, y.device_ptr(), p, gy.device_ptr(), p);
+        sgemm(h, OP_N, OP_T, p, p, n, x.device_ptr(), p, y.device_ptr(), p, c.device_ptr(), p);
     };
     let blas_events = time_events(dev, products);
     let blas_wall = time_wall(dev, products);
@@ -221,27 +208,7 @@ fn cka_pair(ctx: &Context, dev: &CudaDevice) {
     let joint = dev.zeros::<f32>(2 * n * p).unwrap();
     let gj = dev.zeros::<f32>(4 * p * p).unwrap();
     let h = *blas.handle();
-    let joint_syrk = || {
-        let w = (2 * p) as i32;
-        // SAFETY: joint holds w x n column-major f32; gj holds w x w.
-        unsafe {
-            cb::cublasSsyrk_v2(
-                h,
-                cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                w,
-                ni,
-                &one,
-                joint.device_ptr() as *const f32,
-                w,
-                &zero,
-                gj.device_ptr() as *mut f32,
-                w,
-            )
-            .result()
-            .unwrap();
-        }
-    };
+    let joint_syrk = || ssyrk(h, 2 * p, n, joint.device_ptr(), 2 * p, gj.device_ptr(), 2 * p);
     let cross = || sgemm(h, OP_N, OP_T, p, p, n, x.device_ptr(), p, y.device_ptr(), p, c.device_ptr(), p);
     println!("{:<44} {:>10} {:>10} {:>10}", "Gram variant (cuBLAS alone, events)", "ms", "TFLOP/s", "ratio");
     let row = |name: &str, ms: f64| {
@@ -304,27 +271,9 @@ fn cka_pair(ctx: &Context, dev: &CudaDevice) {
 /// The lower triangle of `A A^T` for the `p x n` column-major `A` by a 2 x 2 split: two half
 /// Grams (recursively) and one sgemm for the block below the diagonal, syrk at widths <= base.
 #[allow(clippy::too_many_arguments)]
-fn rec_syrk(h: cb::cublasHandle_t, p: usize, n: usize, a: u64, lda: usize, c: u64, ldc: usize, base: usize) {
-    let (one, zero) = (1.0f32, 0.0f32);
+fn rec_syrk(h: Handle, p: usize, n: usize, a: u64, lda: usize, c: u64, ldc: usize, base: usize) {
     if p <= base {
-        // SAFETY: a is p x n (ld lda), c p x p (ld ldc).
-        unsafe {
-            cb::cublasSsyrk_v2(
-                h,
-                cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                p as i32,
-                n as i32,
-                &one,
-                a as *const f32,
-                lda as i32,
-                &zero,
-                c as *mut f32,
-                ldc as i32,
-            )
-            .result()
-            .unwrap();
-        }
+        ssyrk(h, p, n, a, lda, c, ldc);
         return;
     }
     let p1 = (p / 2).next_multiple_of(32).min(p - 32);
@@ -336,7 +285,7 @@ fn rec_syrk(h: cb::cublasHandle_t, p: usize, n: usize, a: u64, lda: usize, c: u6
 }
 
 /// The full `A A^T` of the `p x n` column-major `A` by one sgemm.
-fn full_gemm(h: cb::cublasHandle_t, p: usize, n: usize, a: u64, c: u64) {
+fn full_gemm(h: Handle, p: usize, n: usize, a: u64, c: u64) {
     sgemm(h, OP_N, OP_T, p, p, n, a, p, a, p, c, p);
 }
 
@@ -404,15 +353,13 @@ fn main() {
     }
 }
 
-const OP_N: cb::cublasOperation_t = cb::cublasOperation_t::CUBLAS_OP_N;
-const OP_T: cb::cublasOperation_t = cb::cublasOperation_t::CUBLAS_OP_T;
-
-/// `C (m x n) = op_a(A) op_b(B)` in f32 by cublasSgemm, column-major, on device addresses.
+/// `C (m x n) = op_a(A) op_b(B)` in f32 by the library's cuBLAS helper, column-major, on device
+/// addresses.
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
-    h: cb::cublasHandle_t,
-    ta: cb::cublasOperation_t,
-    tb: cb::cublasOperation_t,
+    h: Handle,
+    ta: Op,
+    tb: Op,
     m: usize,
     n: usize,
     k: usize,
@@ -423,29 +370,16 @@ fn sgemm(
     c: u64,
     ldc: usize,
 ) {
-    let (one, zero) = (1.0f32, 0.0f32);
-    let i = |v: usize| v as i32;
+    let product = Gemm { ta, tb, m, n, k, a, lda, b, ldb, c, ldc };
     // SAFETY: every caller passes device buffers of the stated shapes on the handle's device.
-    unsafe {
-        cb::cublasSgemm_v2(
-            h,
-            ta,
-            tb,
-            i(m),
-            i(n),
-            i(k),
-            &one,
-            a as *const f32,
-            i(lda),
-            b as *const f32,
-            i(ldb),
-            &zero,
-            c as *mut f32,
-            i(ldc),
-        )
-    }
-    .result()
-    .unwrap();
+    unsafe { product.run::<f32>(h, "benchmark sgemm") }.unwrap();
+}
+
+/// The lower triangle of `C = A A^T` (`C` p x p, `A` p x n) in f32 by the library's helper.
+fn ssyrk(h: Handle, p: usize, n: usize, a: u64, lda: usize, c: u64, ldc: usize) {
+    let gram = Syrk { trans: OP_N, n: p, k: n, a, lda, c, ldc };
+    // SAFETY: every caller passes device buffers of the stated shapes on the handle's device.
+    unsafe { gram.run::<f32>(h, "benchmark ssyrk") }.unwrap();
 }
 
 fn mlp_noise(ctx: &Context, dev: &CudaDevice) {

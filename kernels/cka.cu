@@ -1,65 +1,16 @@
-// CKA kernels: the O(n p) work around the cuBLAS Gram and cross products: column sums,
-// centering, row norms and Frobenius norms. Names are <op>_<dtype>.
+// CKA kernels: the O(n p) work around the cuBLAS Gram and cross products: column statistics,
+// the shifted (centered) copies, row norms and Frobenius norms. Names are <op>_<dtype>.
+// CPU twin: src/backend/cpu/cka.rs; host code: src/backend/cuda/cka.rs.
 //
 // Matrices are row-major, rows = samples, cols = features, row starts `stride` elements apart.
 // Sums accumulate in f64; a shift vector (a reference mean) is subtracted first so that data
 // with a large offset does not cancel catastrophically.
 #include "common.cuh"
 
-// Column tile of colsum: 32 columns (one warp reads 32 consecutive elements of a row) by 8 rows.
-#define TL_COLSUM_W 32
-#define TL_COLSUM_H 8
-
-// out[c] += sum over rows r of (x[r, c] - shift[c]) (shift may be NULL), in f64. Block
-// (32, 8); blockIdx.x walks column tiles, blockIdx.y chunks of rows_per_block rows; each block
-// adds one partial per column with an atomic. out must be zeroed first.
-template <typename T>
-__device__ void colsum_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
-                            const double* shift, double* out, tl_u64 rows_per_block) {
-    typedef tl_elem<T> E;
-    __shared__ double partial[TL_COLSUM_H][TL_COLSUM_W + 1];
-    const unsigned tx = threadIdx.x, ty = threadIdx.y;
-    for (tl_u64 r0 = (tl_u64)blockIdx.y * rows_per_block; r0 < rows;
-         r0 += (tl_u64)gridDim.y * rows_per_block) {
-        const tl_u64 r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-        for (tl_u64 tile = blockIdx.x; tile * TL_COLSUM_W < cols; tile += gridDim.x) {
-            const tl_u64 c = tile * TL_COLSUM_W + tx;
-            double s = 0.0;
-            if (c < cols) {
-                const double sh = shift != 0 ? shift[c] : 0.0;
-                for (tl_u64 r = r0 + ty; r < r1; r += TL_COLSUM_H) {
-                    s += E::to_f64(x[r * stride + c]) - sh;
-                }
-            }
-            partial[ty][tx] = s;
-            __syncthreads();
-            if (ty == 0) {
-                double t = 0.0;
-#pragma unroll
-                for (int k = 0; k < TL_COLSUM_H; ++k) {
-                    t += partial[k][tx];
-                }
-                if (c < cols) {
-                    atomicAdd(out + c, t);
-                }
-            }
-            __syncthreads();  // partial is rewritten by the next tile
-        }
-    }
-}
-
-// y[r, c] = x[r, c] - shift[c] (shift may be NULL), computed in f64 and rounded once to the
-// output type; y is contiguous (row stride = cols). blockIdx.y walks rows, x columns.
-template <typename T, typename O>
-__device__ void center_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
-                            const double* shift, O* y) {
-    for (tl_u64 r = blockIdx.y; r < rows; r += gridDim.y) {
-        TL_GRID_STRIDE(c, cols) {
-            const double sh = shift != 0 ? shift[c] : 0.0;
-            y[r * cols + c] = (O)(tl_elem<T>::to_f64(x[r * stride + c]) - sh);
-        }
-    }
-}
+// Column tile of colstats: 32 columns (one warp reads 32 consecutive elements of a row) by 8
+// rows.
+#define TL_COLSTATS_W 32
+#define TL_COLSTATS_H 8
 
 // out[r] = sum over c of x[r, c]^2, in f64. One warp per row; blocks of a multiple of 32
 // threads; warps walk rows grid-stride.
@@ -106,20 +57,21 @@ __device__ __forceinline__ bool tl_nonfinite(double v) {
 
 // Column statistics for centering, in one pass: sum[c] += sum over rows of x[r, c] (f64),
 // varies[c] = 1 when some x[r, c] differs from x[0, c], and *first_bad = the smallest r * cols + c
-// whose value is NaN or Inf (atomicMin; start it at ~0). Blocks and grid as colsum; sum and
-// varies must be zeroed first.
+// whose value is NaN or Inf (atomicMin; start it at ~0). Block (32, 8); blockIdx.x walks column
+// tiles, blockIdx.y chunks of rows_per_block rows; each block adds one partial per column with an
+// atomic. sum and varies must be zeroed first.
 template <typename T>
 __device__ void colstats_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* sum,
                               int* varies, tl_u64* first_bad, tl_u64 rows_per_block) {
     typedef tl_elem<T> E;
-    __shared__ double partial[TL_COLSUM_H][TL_COLSUM_W + 1];
-    __shared__ int differs[TL_COLSUM_H][TL_COLSUM_W + 1];
+    __shared__ double partial[TL_COLSTATS_H][TL_COLSTATS_W + 1];
+    __shared__ int differs[TL_COLSTATS_H][TL_COLSTATS_W + 1];
     const unsigned tx = threadIdx.x, ty = threadIdx.y;
     for (tl_u64 r0 = (tl_u64)blockIdx.y * rows_per_block; r0 < rows;
          r0 += (tl_u64)gridDim.y * rows_per_block) {
         const tl_u64 r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-        for (tl_u64 tile = blockIdx.x; tile * TL_COLSUM_W < cols; tile += gridDim.x) {
-            const tl_u64 c = tile * TL_COLSUM_W + tx;
+        for (tl_u64 tile = blockIdx.x; tile * TL_COLSTATS_W < cols; tile += gridDim.x) {
+            const tl_u64 c = tile * TL_COLSTATS_W + tx;
             double s = 0.0;
             int d = 0;
             if (c < cols) {
@@ -127,22 +79,22 @@ __device__ void colstats_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 strid
                 // Four rows per step: four independent loads in flight per thread before the
                 // dependent f64 additions (which keep the row order of the plain loop).
                 tl_u64 r = r0 + ty;
-                for (; r + 3 * TL_COLSUM_H < r1; r += 4 * TL_COLSUM_H) {
+                for (; r + 3 * TL_COLSTATS_H < r1; r += 4 * TL_COLSTATS_H) {
                     double v[4];
 #pragma unroll
                     for (int q = 0; q < 4; ++q) {
-                        v[q] = E::to_f64(x[(r + q * TL_COLSUM_H) * stride + c]);
+                        v[q] = E::to_f64(x[(r + q * TL_COLSTATS_H) * stride + c]);
                     }
 #pragma unroll
                     for (int q = 0; q < 4; ++q) {
                         if (tl_nonfinite(v[q])) {
-                            atomicMin(first_bad, (r + q * TL_COLSUM_H) * cols + c);
+                            atomicMin(first_bad, (r + q * TL_COLSTATS_H) * cols + c);
                         }
                         d |= v[q] != first;
                         s += v[q];
                     }
                 }
-                for (; r < r1; r += TL_COLSUM_H) {
+                for (; r < r1; r += TL_COLSTATS_H) {
                     const double v = E::to_f64(x[r * stride + c]);
                     if (tl_nonfinite(v)) {
                         atomicMin(first_bad, r * cols + c);
@@ -158,7 +110,7 @@ __device__ void colstats_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 strid
                 double t = 0.0;
                 int any = 0;
 #pragma unroll
-                for (int k = 0; k < TL_COLSUM_H; ++k) {
+                for (int k = 0; k < TL_COLSTATS_H; ++k) {
                     t += partial[k][tx];
                     any |= differs[k][tx];
                 }
@@ -229,21 +181,6 @@ __device__ void sym_inner_impl(const T* a, const T* b, tl_u64 n, tl_u64 ld, doub
 }
 
 #define TL_CKA_OPS(NAME, T)                                                                  \
-    extern "C" __global__ void colsum_##NAME(const T* x, tl_u64 rows, tl_u64 cols,           \
-                                             tl_u64 stride, const double* shift, double* out, \
-                                             tl_u64 rows_per_block) {                        \
-        colsum_impl<T>(x, rows, cols, stride, shift, out, rows_per_block);                   \
-    }                                                                                        \
-    extern "C" __global__ void center_##NAME##_to_f32(const T* x, tl_u64 rows, tl_u64 cols,  \
-                                                      tl_u64 stride, const double* shift,    \
-                                                      float* y) {                            \
-        center_impl<T, float>(x, rows, cols, stride, shift, y);                              \
-    }                                                                                        \
-    extern "C" __global__ void center_##NAME##_to_f64(const T* x, tl_u64 rows, tl_u64 cols,  \
-                                                      tl_u64 stride, const double* shift,    \
-                                                      double* y) {                           \
-        center_impl<T, double>(x, rows, cols, stride, shift, y);                             \
-    }                                                                                        \
     extern "C" __global__ void row_sqnorms_##NAME(const T* x, tl_u64 rows, tl_u64 cols,      \
                                                   tl_u64 stride, double* out) {              \
         row_sqnorms_impl<T>(x, rows, cols, stride, out);                                     \

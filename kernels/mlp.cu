@@ -1,6 +1,7 @@
 // Kernels of the built-in MLP's batched perturbed evaluation (module criticality): K noisy
 // copies of one layer, the dense layers' bias and ReLU, and the softmax cross-entropy with the
 // 0-1 error reduced per copy. The products themselves are cuBLAS SGEMMs. Names are <op>_<dtype>.
+// CPU twin: src/backend/cpu/mlp.rs; host code: src/backend/cuda/mlp.rs.
 //
 // Layout: activations are column-major `width x columns` (a row-major `rows x width` matrix),
 // so a layer is Z = W H with W the row-major `out x in` weight. The perturbed layer's K weight
@@ -14,7 +15,8 @@
 // storage type T (as writing it into a set of that dtype would), then widened to f32 for the
 // products. Arithmetic in T's acc type (f64 for f64 data). Threads walk Philox blocks, so each
 // Philox call serves up to four elements. n >= 1; the host checks index0 + n and the streams
-// for overflow.
+// for overflow. Where the CPU twin differs: it computes theta + sigma z in f64 from its f64
+// normals, rounded once to T, so a noisy value can land on the neighbouring value of T.
 template <typename T>
 __device__ void noisy_copies_impl(float* out, const T* theta, tl_u64 n,
                                   typename tl_elem<T>::acc sigma, tl_u64 seed, tl_u64 stream0,
@@ -72,8 +74,9 @@ extern "C" __global__ void bias_act_f32(float* z, const float* bias, tl_u64 rows
 // (bx, k) sums the rows i = bx, bx + gridDim.x, ... (in units of blockDim.x) of set k and
 // writes partial_loss[k gridDim.x + bx] and partial_wrong[k gridDim.x + bx]; the host adds the
 // partials of each set in order, so results do not vary from run to run. Per row, in f64 as
-// the CPU backend: loss = max + log sum exp(z - max) - z[label]; wrong when the first arg-max
-// is not the label. NaN logits give a NaN loss, which the host reports.
+// the CPU twin: loss = max + log sum exp(z - max) - z[label]; wrong when the first arg-max
+// is not the label. NaN logits give a NaN loss, which the host reports. Where the CPU twin
+// differs: exp and log are the C library's there, and it adds the rows in order.
 extern "C" __global__ void softmax_xent_f32(const float* logits, const tl_u32* labels,
                                             tl_u64 rows, tl_u32 classes, tl_u32 sets,
                                             double* partial_loss, double* partial_wrong) {

@@ -1,14 +1,16 @@
-// Weight-space kernels: interpolation, fused Gaussian perturbation, segmented sums of squares
-// and dtype conversion. Names are <op>_<dtype>; one template per op, instantiated at the end.
+// Weight-space kernels: interpolation, segmented sums of squares, the raw Philox normals and
+// dtype conversion. Names are <op>_<dtype>; one template per op, instantiated at the end.
+// CPU twin: src/backend/cpu/weights.rs; host code: src/backend/cuda/weights.rs.
 //
 // Arithmetic is in f32 for f16 / bf16 / f32 storage and in f64 for f64, rounded once to the
 // storage type. Reductions accumulate in f64.
 #include "common.cuh"
 #include "philox.cuh"
 
-// out = (1 - l) a + l b, as fma(l, b, (1 - l) a) in acc, then rounded to T once. The same
-// expression on the CPU (f32::mul_add) gives the same bits. l = 0 and l = 1 copy the endpoint's
-// bits (the formula would turn -0 into +0 and NaN payloads into the default NaN).
+// out = (1 - l) a + l b, as fma(l, b, (1 - l) a) in acc, then rounded to T once. The CPU twin
+// computes the same expression (lerp32 / lerp_f64, with mul_add) and gives the same bits. l = 0
+// and l = 1 copy the endpoint's bits (the formula would turn -0 into +0 and NaN payloads into
+// the default NaN).
 template <typename T>
 __device__ void lerp_impl(T* out, const T* a, const T* b, tl_u64 n,
                           typename tl_elem<T>::acc l) {
@@ -44,87 +46,8 @@ __device__ void lerp_impl(T* out, const T* a, const T* b, tl_u64 n,
     }
 }
 
-// out[e] = (1 - alpha) theta0[e] + alpha thetaF[e] + sigma z(seed, stream, index0 + e),
-// z the Philox normal of philox.cuh. Threads walk noise blocks, so one Philox call serves up
-// to four elements whatever index0 is. n >= 1 and index0 + n must not overflow (the host
-// checks both).
-template <typename T>
-__device__ void perturb_scalar(T* out, const T* theta0, const T* thetaF, tl_u64 n,
-                               typename tl_elem<T>::acc alpha, typename tl_elem<T>::acc sigma,
-                               tl_u64 seed, tl_u64 stream, tl_u64 index0) {
-    typedef tl_elem<T> E;
-    typedef typename E::acc A;
-    const A m = A(1) - alpha;
-    const tl_u64 first = index0 >> 2;
-    const tl_u64 count = ((index0 + n - 1) >> 2) - first + 1;
-    TL_GRID_STRIDE(j, count) {
-        const tl_u64 blk = first + j;
-        A z[4];
-        tl_normals4(seed, stream, blk, z);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const tl_u64 idx = 4 * blk + (tl_u64)k;
-            if (idx >= index0 && idx - index0 < n) {
-                const tl_u64 e = idx - index0;
-                const A t = tl_fma(alpha, E::load(thetaF[e]), m * E::load(theta0[e]));
-                out[e] = E::store(tl_fma(sigma, z[k], t));
-            }
-        }
-    }
-}
-
-// The vector path: with index0 a multiple of 4 and aligned pointers, a thread takes a group of
-// G = max(4, V) consecutive elements (G / V 16-byte vectors per array, G / 4 Philox calls), so
-// every Philox call serves exactly four elements, element e getting normal (index0 + e) % 4 of
-// block (index0 + e) / 4, as src/rng.rs. The loads are issued before the Philox rounds so that
-// the memory latency overlaps the arithmetic. What is left (fewer than G elements, or
-// everything when the vector path does not apply) goes through perturb_scalar.
-template <typename T>
-__device__ void perturb_impl(T* out, const T* theta0, const T* thetaF, tl_u64 n,
-                             typename tl_elem<T>::acc alpha, typename tl_elem<T>::acc sigma,
-                             tl_u64 seed, tl_u64 stream, tl_u64 index0) {
-    typedef tl_elem<T> E;
-    typedef typename E::acc A;
-    const int V = tl_pack<T>::N;
-    const int G = V > 4 ? V : 4;
-    const int P = G / V;  // vectors per group and array
-    const bool vec = (index0 & 3u) == 0u && tl_aligned16(out) && tl_aligned16(theta0) &&
-                     tl_aligned16(thetaF);
-    const tl_u64 groups = vec ? n / G : 0;
-    const A m = A(1) - alpha;
-    TL_GRID_STRIDE(g, groups) {
-        const tl_u64 e0 = g * G;
-        tl_pack<T> p0[P], pf[P];
-#pragma unroll
-        for (int q = 0; q < P; ++q) {
-            p0[q] = tl_load16(theta0 + e0 + q * V);
-            pf[q] = tl_load16(thetaF + e0 + q * V);
-        }
-        A z[G];
-#pragma unroll
-        for (int c = 0; c < G / 4; ++c) {
-            tl_normals4(seed, stream, ((index0 + e0) >> 2) + (tl_u64)c, z + 4 * c);
-        }
-#pragma unroll
-        for (int q = 0; q < P; ++q) {
-            tl_pack<T> po;
-#pragma unroll
-            for (int k = 0; k < V; ++k) {
-                const A t = tl_fma(alpha, E::load(pf[q].v[k]), m * E::load(p0[q].v[k]));
-                po.v[k] = E::store(tl_fma(sigma, z[q * V + k], t));
-            }
-            tl_store16(out + e0 + q * V, po);
-        }
-    }
-    const tl_u64 done = groups * G;
-    if (done < n) {
-        perturb_scalar<T>(out + done, theta0 + done, thetaF + done, n - done, alpha, sigma, seed,
-                          stream, index0 + done);
-    }
-}
-
-// out[e] = z(seed, stream, index0 + e): the raw stream, for tests and for callers that add
-// noise themselves.
+// out[e] = z(seed, stream, index0 + e): the raw stream of philox.cuh, which the tests compare
+// with src/rng.rs and the GPU benchmark uses for its data.
 template <typename A>
 __device__ void normals_impl(A* out, tl_u64 n, tl_u64 seed, tl_u64 stream, tl_u64 index0) {
     const tl_u64 first = index0 >> 2;
@@ -243,12 +166,6 @@ __device__ void convert_impl(D* out, const S* in, tl_u64 n) {
     extern "C" __global__ void lerp_##NAME(T* out, const T* a, const T* b, tl_u64 n,            \
                                            tl_elem<T>::acc l) {                                 \
         lerp_impl<T>(out, a, b, n, l);                                                          \
-    }                                                                                           \
-    extern "C" __global__ void perturb_##NAME(T* out, const T* theta0, const T* thetaF,         \
-                                              tl_u64 n, tl_elem<T>::acc alpha,                  \
-                                              tl_elem<T>::acc sigma, tl_u64 seed, tl_u64 stream, \
-                                              tl_u64 index0) {                                  \
-        perturb_impl<T>(out, theta0, thetaF, n, alpha, sigma, seed, stream, index0);            \
     }                                                                                           \
     extern "C" __global__ void segment_sumsq_##NAME(const T* a, const T* b,                     \
                                                     const tl_u64* offsets, tl_u32 nseg,         \

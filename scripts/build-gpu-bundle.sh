@@ -6,6 +6,8 @@
 # Usage: scripts/build-gpu-bundle.sh [cargo target selection]
 #   default selection: --lib --test cuda --test cuda_cka --test cuda_mlp --test cuda_params --test nvrtc --bench gpu
 #   a "--bench NAME" target is bundled too; gpu-check.sh runs it with --bench, after the tests
+# Everything is built with the crate's `bench` feature, which the GPU benchmark requires (the
+# benchmark knobs TL_CUDA_GRAM and TL_CKA_PHASES, and the test of every Gram algorithm).
 # Output: gpu-bundle/bin/<name> and gpu-bundle/manifest.txt, one "<name> <path> [arguments]"
 # line per binary (path relative to gpu-bundle/). gpu-bundle/ is ignored by git.
 set -euo pipefail
@@ -24,7 +26,7 @@ mkdir -p "$bundle/bin"
 # cargo reports each built executable as a one-line JSON message with an "executable" field;
 # test harnesses have "test":true in their profile (plain binaries, built for the integration
 # tests, do not).
-json=$(cargo test --release --no-run --message-format=json "${selection[@]}")
+json=$(cargo test --release --no-run --message-format=json --features bench "${selection[@]}")
 mapfile -t artifacts < <(printf '%s\n' "$json" | grep '"reason":"compiler-artifact"' |
     grep '"test":true},"features"' | grep '"executable":"')
 if [ "${#artifacts[@]}" -eq 0 ]; then

@@ -275,7 +275,7 @@ impl<'a> Matrix<'a> {
     }
     /// The same view restricted to rows `start..start + count`.
     pub fn row_range(&self, start: usize, count: usize) -> Result<Matrix<'a>> {
-        if start.checked_add(count).is_none_or(|end| end > self.rows) {
+        if !matches!(start.checked_add(count), Some(end) if end <= self.rows) {
             fail!(
                 InvalidArgument,
                 "rows {start}..{} out of a matrix of {} rows",

@@ -210,7 +210,7 @@ fn lerp_endpoints_keep_special_values_bit_for_bit() {
     assert!(matches!(err, Error::ShapeMismatch(ref m) if m.contains('b')), "{err}");
 }
 
-// ---- normals and perturbation ----------------------------------------------------------------
+// ---- normals ----------------------------------------------------------------------------------
 
 #[test]
 fn device_normals_match_cpu_stream() {
@@ -243,61 +243,6 @@ fn device_normals_match_cpu_stream() {
             }
         }
     }
-}
-
-fn check_perturb<T: TestElem>(dev: &CudaDevice) {
-    let mut rng = Rng::new(3);
-    let (seed, stream) = (42u64, 7u64);
-    for n in SIZES {
-        let t0: Vec<T> = random(&mut rng, n);
-        let tf: Vec<T> = random(&mut rng, n);
-        let (d0, df) = (upload(dev, &t0), upload(dev, &tf));
-        let mut out = dev.zeros::<T>(n).unwrap();
-        for (alpha, sigma, index0) in
-            [(0.25, 0.01, 0u64), (0.9, 1.0, 3), (-0.5, 0.3, (1 << 33) + 1), (0.5, 0.5, 4), (0.1, 2.0, 8)]
-        {
-            dev.perturb(&d0, &df, alpha, sigma, seed, stream, index0, &mut out).unwrap();
-            let got = dev.download(&out).unwrap();
-            let mut z = vec![0.0f64; n];
-            rng::normals_f64(seed, stream, index0, &mut z);
-            for i in 0..n {
-                let (x, y) = (t0[i].to_f64(), tf[i].to_f64());
-                let reference = (1.0 - alpha) * x + alpha * y + sigma * z[i];
-                let mag = (1.0 - alpha).abs() * x.abs() + alpha.abs() * y.abs() + sigma * z[i].abs();
-                // As for the normals: the reference rounds 2 pi v before its sin / cos (r <= 5.8).
-                let tol = 8.0 * T::ACC_EPS * (mag + 6.0 * sigma) + T::EPS * reference.abs();
-                let g = got[i].to_f64();
-                assert!(
-                    (g - reference).abs() <= tol,
-                    "{} n {n} alpha {alpha} sigma {sigma} index {}: {g} vs {reference}",
-                    T::SUFFIX,
-                    index0 + i as u64
-                );
-            }
-            // Same arguments, same bits.
-            let mut again = dev.zeros::<T>(n).unwrap();
-            dev.perturb(&d0, &df, alpha, sigma, seed, stream, index0, &mut again).unwrap();
-            let again = dev.download(&again).unwrap();
-            assert!(got.iter().zip(&again).all(|(p, q)| p.bits() == q.bits()));
-        }
-        // No noise and alpha = 0: theta0 exactly.
-        dev.perturb(&d0, &df, 0.0, 0.0, seed, stream, 0, &mut out).unwrap();
-        let got = dev.download(&out).unwrap();
-        assert!(got.iter().zip(&t0).all(|(p, q)| p.bits() == q.bits()));
-    }
-}
-
-#[test]
-fn perturb_matches_f64_reference() {
-    let Some(dev) = device() else { return };
-    check_perturb::<f32>(&dev);
-    check_perturb::<f64>(&dev);
-    check_perturb::<f16>(&dev);
-    check_perturb::<bf16>(&dev);
-    let x = upload(&dev, &[1.0f32]);
-    let mut out = dev.zeros::<f32>(1).unwrap();
-    let err = dev.perturb(&x, &x, 0.5, -1.0, 0, 0, 0, &mut out).unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument(ref m) if m.contains("sigma")), "{err}");
 }
 
 // ---- segmented sums of squares ---------------------------------------------------------------
@@ -550,51 +495,18 @@ fn check_cka_helpers<T: TestElem>(dev: &CudaDevice) {
     let mut rng = Rng::new(6);
     for shape in shapes() {
         let len = (shape.rows - 1) * shape.stride + shape.cols;
-        // A large common offset: the shift must cancel it before the sums.
+        // A large common offset, which the centered matrix below no longer has.
         let x: Vec<T> = (0..len).map(|_| T::from_f64(100.0 + rng.value())).collect();
         let at = |r: usize, c: usize| x[r * shape.stride + c].to_f64();
         let shift: Vec<f64> =
             (0..shape.cols).map(|c| (0..shape.rows).map(|r| at(r, c)).sum::<f64>() / shape.rows as f64).collect();
         let dx = upload(dev, &x);
-        let dshift = dev.upload(&shift).unwrap();
 
-        // colsum, accumulated twice to check that it adds.
-        let mut sums = dev.zeros::<f64>(shape.cols).unwrap();
-        dev.colsum(&dx, shape, Some(&dshift), &mut sums).unwrap();
-        dev.colsum(&dx, shape, Some(&dshift), &mut sums).unwrap();
-        let sums = dev.download(&sums).unwrap();
-        for c in 0..shape.cols {
-            let want: f64 = (0..shape.rows).map(|r| at(r, c) - shift[c]).sum::<f64>() * 2.0;
-            let scale: f64 = (0..shape.rows).map(|r| (at(r, c) - shift[c]).abs()).sum::<f64>();
-            assert!(
-                (sums[c] - want).abs() <= 1e-10 * 2.0 * scale,
-                "{} colsum {shape:?} col {c}: {} vs {want}",
-                T::SUFFIX,
-                sums[c]
-            );
-        }
-        let mut plain = dev.zeros::<f64>(shape.cols).unwrap();
-        dev.colsum(&dx, shape, None, &mut plain).unwrap();
-        let plain = dev.download(&plain).unwrap();
-        for (c, got) in plain.iter().enumerate() {
-            let want: f64 = (0..shape.rows).map(|r| at(r, c)).sum();
-            assert!((got - want).abs() <= 1e-10 * want.abs(), "colsum no shift");
-        }
-
-        // center: one f64 subtraction, rounded once; the same expression here gives the bits.
-        let n = shape.rows * shape.cols;
-        let mut y32 = dev.zeros::<f32>(n).unwrap();
-        let mut y64 = dev.zeros::<f64>(n).unwrap();
-        dev.center(&dx, shape, Some(&dshift), &mut y32).unwrap();
-        dev.center(&dx, shape, Some(&dshift), &mut y64).unwrap();
-        let (y32, y64) = (dev.download(&y32).unwrap(), dev.download(&y64).unwrap());
-        for r in 0..shape.rows {
-            for c in 0..shape.cols {
-                let want = at(r, c) - shift[c];
-                assert_eq!(y64[r * shape.cols + c].to_bits(), want.to_bits(), "center f64");
-                assert_eq!(y32[r * shape.cols + c].to_bits(), (want as f32).to_bits(), "center f32");
-            }
-        }
+        // The centered matrix, contiguous, in f64.
+        let y64: Vec<f64> = (0..shape.rows)
+            .flat_map(|r| (0..shape.cols).map(move |c| (r, c)))
+            .map(|(r, c)| at(r, c) - shift[c])
+            .collect();
 
         // row norms and the Frobenius norm of the centered f64 matrix, and of x itself.
         let cshape = MatrixShape::contiguous(shape.rows, shape.cols);
@@ -632,7 +544,7 @@ fn cka_helpers_match_f64_reference() {
     let x = upload(&dev, &[1.0f32; 10]);
     let mut out = dev.zeros::<f64>(3).unwrap();
     let bad = MatrixShape { rows: 4, cols: 3, stride: 3 };
-    let err = dev.colsum(&x, bad, None, &mut out).unwrap_err();
+    let err = dev.row_sqnorms(&x, bad, &mut out).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch(ref m) if m.starts_with("x:")), "{err}");
 }
 
@@ -671,12 +583,15 @@ fn wrapped_device_pointers_are_used_in_place_and_not_freed() {
     assert_eq!(dev.download(&da).unwrap(), a);
 
     // Misuse is reported, naming the argument.
+    // SAFETY: refused before use: the address is NULL.
     let err = unsafe { dev.wrap_device_ptr::<f32>(0, 4) }.unwrap_err();
     assert!(matches!(err, Error::NullArgument(ref m) if m.starts_with("ptr")), "{err}");
+    // SAFETY: refused before use: the address is misaligned.
     let err = unsafe { dev.wrap_device_ptr::<f32>(da.device_ptr() + 2, 4) }.unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(ref m) if m.contains("aligned")), "{err}");
     // Plain host memory is no device memory (unless the platform maps it, as with HMM).
     let host = [0u64; 4];
+    // SAFETY: host holds 4 f64-sized values and outlives the wrapper; nothing runs on it.
     match unsafe { dev.wrap_device_ptr::<f64>(host.as_ptr() as u64, 4) } {
         Err(err) => {
             assert!(matches!(err, Error::InvalidArgument(ref m) if m.starts_with("ptr")), "{err}")
@@ -716,14 +631,6 @@ fn check_paths_agree<T: TestElem>(dev: &CudaDevice) {
         let (x, y) = (dev.download(&aligned).unwrap(), dev.download(&shifted_out).unwrap());
         for i in 0..n {
             assert_eq!(x[i].bits(), y[i + 1].bits(), "lerp {} l {lambda} i {i}", T::SUFFIX);
-        }
-    }
-    for index0 in [0u64, 4, 5] {
-        dev.perturb(&a1, &b1, 0.3, 0.7, 9, 2, index0, &mut aligned).unwrap();
-        dev.perturb(&wa, &wb, 0.3, 0.7, 9, 2, index0, &mut wout).unwrap();
-        let (x, y) = (dev.download(&aligned).unwrap(), dev.download(&shifted_out).unwrap());
-        for i in 0..n {
-            assert_eq!(x[i].bits(), y[i + 1].bits(), "perturb {} index0 {index0} i {i}", T::SUFFIX);
         }
     }
     let offsets = [0u64, 5, 6, 40_000, n as u64];

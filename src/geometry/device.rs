@@ -1,12 +1,14 @@
 //! Weight-space arithmetic on sets whose tensors live in the memory of the context's CUDA device
 //! (wrapped in place from PyTorch, libtorch, CUDA.jl, ... through [`ParamSet::wrap`] or
-//! `tl_params_wrap`): the kernels of `kernels/weights.cu` run on that memory, and only the
-//! per-tensor sums travel to the host. The semantics are the host path's: sums of squares in
+//! `tl_params_wrap`): where the tensors live, and the walk over the sets' tensors; the kernels of
+//! `kernels/weights.cu` (host code in `backend/cuda/weights.rs`) run on that memory, and only
+//! the per-tensor sums travel to the host. The semantics are the host path's: sums of squares in
 //! f64, interpolation in f32 (f64 for f64 data) rounded once to the storage type, lambda 0 and 1
 //! copying an endpoint bit for bit. Host sets are computed on the host whatever the backend: a
 //! copy to the device and back would cost more than the arithmetic.
 
-use crate::backend::cuda::device::{AnyBuffer, CudaDevice, DeviceBuffer};
+use crate::backend::cuda::device::{device_err, AnyBuffer, CudaDevice};
+use crate::backend::cuda::weights;
 use crate::backend::{Backend, Context};
 use crate::error::{fail, Error, Result};
 use crate::params::{ParamSet, Tensor};
@@ -43,7 +45,7 @@ pub(super) fn placement<'c>(ctx: &'c Context, sets: &[&ParamSet]) -> Result<Plac
         (Backend::Cuda, Some(dev)) if dev.ordinal() as i32 == ordinal => {
             dev.context()
                 .bind_to_thread()
-                .map_err(crate::backend::cuda::device::device_err("cuCtxSetCurrent"))?;
+                .map_err(device_err("cuCtxSetCurrent"))?;
             Ok(Placement::Device(dev))
         }
         (Backend::Cuda, Some(dev)) => fail!(
@@ -105,24 +107,7 @@ pub(super) fn module_sums(dev: &CudaDevice, a: &ParamSet, b: Option<(&ParamSet, 
                 }
                 None => None,
             };
-            let offsets = [0, ta.numel() as u64];
-            macro_rules! sum {
-                ($x:expr, $y:expr) => {{
-                    let r = dev.segment_sumsq($x, $y, &offsets, $y.is_none())?;
-                    r.diff.or(r.a).map_or(0.0, |v| v[0])
-                }};
-            }
-            sums[m] += match (&x, &y) {
-                (AnyBuffer::F32(x), None) => sum!(x, None::<&DeviceBuffer<f32>>),
-                (AnyBuffer::F64(x), None) => sum!(x, None::<&DeviceBuffer<f64>>),
-                (AnyBuffer::F16(x), None) => sum!(x, None::<&DeviceBuffer<half::f16>>),
-                (AnyBuffer::BF16(x), None) => sum!(x, None::<&DeviceBuffer<half::bf16>>),
-                (AnyBuffer::F32(x), Some(AnyBuffer::F32(y))) => sum!(x, Some(y)),
-                (AnyBuffer::F64(x), Some(AnyBuffer::F64(y))) => sum!(x, Some(y)),
-                (AnyBuffer::F16(x), Some(AnyBuffer::F16(y))) => sum!(x, Some(y)),
-                (AnyBuffer::BF16(x), Some(AnyBuffer::BF16(y))) => sum!(x, Some(y)),
-                _ => return Err(Error::Panic("mixed dtypes after the dtype check".into())),
-            };
+            sums[m] += weights::sum_sq(dev, &x, y.as_ref())?;
         }
     }
     Ok(sums)
@@ -168,13 +153,7 @@ pub(super) fn interpolate(
         if o.dtype() != x.dtype() {
             return Err(mixed(ta, to));
         }
-        match (&x, &y, &mut o) {
-            (AnyBuffer::F32(x), AnyBuffer::F32(y), AnyBuffer::F32(o)) => dev.lerp(x, y, l, o)?,
-            (AnyBuffer::F64(x), AnyBuffer::F64(y), AnyBuffer::F64(o)) => dev.lerp(x, y, l, o)?,
-            (AnyBuffer::F16(x), AnyBuffer::F16(y), AnyBuffer::F16(o)) => dev.lerp(x, y, l, o)?,
-            (AnyBuffer::BF16(x), AnyBuffer::BF16(y), AnyBuffer::BF16(o)) => dev.lerp(x, y, l, o)?,
-            _ => return Err(Error::Panic("mixed dtypes after the dtype check".into())),
-        }
+        weights::lerp(dev, &x, &y, l, &mut o)?;
     }
     dev.synchronize()
 }

@@ -6,6 +6,7 @@
 //! faer's GEMM in f32 (the storage dtype); losses and error rates are summed in f64. Weights of
 //! another dtype (a set loaded from a file) are converted to f32 on the way in.
 
+use crate::backend::cpu::mlp::{bias_act, noisy_copy, row_loss, SoftmaxXent};
 use crate::backend::{DenseLayer, LayerNoise};
 use crate::error::{fail, Error, Result};
 use crate::params::{HostSliceMut, ParamSet};
@@ -113,72 +114,13 @@ pub fn f32_set(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<ParamSet> {
     ParamSet::from_bytes(&file, "model weights")
 }
 
-/// Softmax cross-entropy of one row of logits, and its first arg-max class.
-fn row_loss(logits: &[f32], label: usize) -> (f64, usize) {
-    let mut best = 0;
-    let mut max = f64::NEG_INFINITY;
-    for (j, &v) in logits.iter().enumerate() {
-        if (v as f64) > max {
-            max = v as f64;
-            best = j;
-        }
+/// The metrics of the rows a [`SoftmaxXent`] has seen.
+fn metrics_of(tally: &SoftmaxXent, rows: usize) -> Result<Metrics> {
+    if !tally.loss.is_finite() {
+        fail!(NonFinite, "the loss is not finite: the weights hold NaN or Inf, or the logits overflow");
     }
-    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
-    (max + sum.ln() - logits[label] as f64, best)
-}
-
-/// Loss and errors of the rows seen so far, added row by row in order (so that every way of
-/// computing the logits sums the same terms in the same order).
-#[derive(Debug, Clone, Default)]
-struct Tally {
-    loss: f64,
-    wrong: usize,
-}
-
-impl Tally {
-    /// Adds the rows of `logits` (rows x classes) labelled `labels`; pushes each row's predicted
-    /// class onto `pred` when given.
-    fn add(&mut self, logits: &faer::Mat<f32>, labels: &[u32], mut pred: Option<&mut Vec<u32>>) {
-        let mut row = vec![0f32; logits.ncols()];
-        for (i, &label) in labels.iter().enumerate().take(logits.nrows()) {
-            for (j, r) in row.iter_mut().enumerate() {
-                *r = logits[(i, j)];
-            }
-            let (l, best) = row_loss(&row, label as usize);
-            self.loss += l;
-            if best != label as usize {
-                self.wrong += 1;
-            }
-            if let Some(p) = pred.as_deref_mut() {
-                p.push(best as u32);
-            }
-        }
-    }
-
-    fn metrics(&self, rows: usize) -> Result<Metrics> {
-        if !self.loss.is_finite() {
-            fail!(NonFinite, "the loss is not finite: the weights hold NaN or Inf, or the logits overflow");
-        }
-        let error = self.wrong as f64 / rows as f64;
-        Ok(Metrics { loss: self.loss / rows as f64, error, accuracy: 1.0 - error })
-    }
-}
-
-/// The values of `src` plus `std * z`, z the Philox normals of (seed, stream) from `index0`,
-/// each rounded once to `src`'s dtype (as adding the noise to a stored tensor does), as f32.
-fn noisy_f32(src: HostSlice<'_>, std: f64, seed: u64, stream: u64, index0: u64) -> Vec<f32> {
-    let mut z = vec![0f64; src.len()];
-    crate::rng::normals_f64(seed, stream, index0, &mut z);
-    match src {
-        HostSlice::F32(d) => d.iter().zip(&z).map(|(&v, z)| (v as f64 + std * z) as f32).collect(),
-        HostSlice::F64(d) => d.iter().zip(&z).map(|(&v, z)| (v + std * z) as f32).collect(),
-        HostSlice::F16(d) => {
-            d.iter().zip(&z).map(|(v, z)| half::f16::from_f64(v.to_f64() + std * z).to_f32()).collect()
-        }
-        HostSlice::BF16(d) => {
-            d.iter().zip(&z).map(|(v, z)| half::bf16::from_f64(v.to_f64() + std * z).to_f32()).collect()
-        }
-    }
+    let error = tally.wrong as f64 / rows as f64;
+    Ok(Metrics { loss: tally.loss / rows as f64, error, accuracy: 1.0 - error })
 }
 
 /// Options of [`Mlp::train`].
@@ -283,16 +225,7 @@ impl Mlp {
         let mut z = faer::Mat::<f32>::zeros(input.nrows(), fo);
         let w = MatRef::from_row_major_slice(&layer.w, fo, fi);
         faer::linalg::matmul::matmul(z.as_mut(), Accum::Replace, input, w.transpose(), 1.0f32, Par::Seq);
-        let hidden = l + 1 < self.layers();
-        for j in 0..fo {
-            let b = layer.b[j];
-            for v in z.col_mut(j).iter_mut() {
-                *v += b;
-                if hidden && *v < 0.0 {
-                    *v = 0.0;
-                }
-            }
-        }
+        bias_act(z.as_mut(), &layer.b, l + 1 < self.layers());
         z
     }
 
@@ -353,14 +286,14 @@ impl Mlp {
     pub fn evaluate_with_predictions(&self, p: &ParamSet, data: &Dataset) -> Result<(Metrics, Vec<u32>)> {
         self.check_data(data)?;
         let layers = self.layers_of(p)?;
-        let mut tally = Tally::default();
+        let mut tally = SoftmaxXent::default();
         let mut pred = Vec::with_capacity(data.n);
         for start in (0..data.n).step_by(EVAL_ROWS) {
             let m = EVAL_ROWS.min(data.n - start);
             let acts = self.forward_layers(&layers, &data.x[start * data.dim..(start + m) * data.dim], m);
-            tally.add(acts.last().unwrap(), &data.y[start..start + m], Some(&mut pred));
+            tally.add(acts.last().unwrap().as_ref(), &data.y[start..start + m], Some(&mut pred));
         }
-        Ok((tally.metrics(data.n)?, pred))
+        Ok((metrics_of(&tally, data.n)?, pred))
     }
 
     /// Metrics of `p` on `data`.
@@ -377,7 +310,9 @@ impl Mlp {
     /// Metrics of the noisy copies of `p` described by `noise` (module criticality's samples),
     /// on the CPU: the layers below the noisy one are computed once for all copies, the copies
     /// in parallel from there. The results are bit for bit those of writing each copy into a
-    /// set and calling [`Mlp::evaluate`]; the CUDA version is `backend::cuda::mlp`.
+    /// set and calling [`Mlp::evaluate`]. The pieces around the products are
+    /// [`crate::backend::cpu::mlp`], the CPU twin of `kernels/mlp.cu`; the CUDA version of the
+    /// whole schedule is `backend::cuda::mlp`.
     pub fn evaluate_layer_noise(&self, p: &ParamSet, data: &Dataset, noise: &LayerNoise) -> Result<Vec<Metrics>> {
         self.check_data(data)?;
         let l = noise.layer;
@@ -392,12 +327,12 @@ impl Mlp {
             .map(|k| {
                 let stream = noise.stream0 + k as u64;
                 Layer {
-                    w: noisy_f32(stored.weight, noise.std, noise.seed, stream, noise.weight_index0).into(),
-                    b: noisy_f32(stored.bias, noise.std, noise.seed, stream, noise.bias_index0).into(),
+                    w: noisy_copy(stored.weight, noise.std, noise.seed, stream, noise.weight_index0).into(),
+                    b: noisy_copy(stored.bias, noise.std, noise.seed, stream, noise.bias_index0).into(),
                 }
             })
             .collect();
-        let mut tallies = vec![Tally::default(); noise.draws];
+        let mut tallies = vec![SoftmaxXent::default(); noise.draws];
         for start in (0..data.n).step_by(EVAL_ROWS) {
             let m = EVAL_ROWS.min(data.n - start);
             let x = MatRef::from_row_major_slice(&data.x[start * data.dim..(start + m) * data.dim], m, data.dim);
@@ -412,10 +347,10 @@ impl Mlp {
                 for (j, layer) in layers.iter().enumerate().skip(l + 1) {
                     a = self.dense_forward(j, layer, a.as_ref());
                 }
-                tally.add(&a, labels, None);
+                tally.add(a.as_ref(), labels, None);
             });
         }
-        tallies.iter().map(|t| t.metrics(data.n)).collect()
+        tallies.iter().map(|t| metrics_of(t, data.n)).collect()
     }
 
     /// Mean loss and its gradient over rows `idx` of `data`, for the f32 weights `w` (per layer:
@@ -464,8 +399,8 @@ impl Mlp {
                 Par::Seq,
             );
             let gb = &mut rest[0];
-            for j in 0..fo {
-                gb[j] = dz.col(j).iter().sum();
+            for (j, g) in gb.iter_mut().enumerate().take(fo) {
+                *g = dz.col(j).iter().sum();
             }
             if l > 0 {
                 let mut dh = faer::Mat::<f32>::zeros(nb, fi);
@@ -489,7 +424,10 @@ impl Mlp {
     /// loss of each epoch (as seen during the epoch).
     pub fn train(&self, p: &mut ParamSet, data: &Dataset, opts: &TrainOptions) -> Result<Vec<f64>> {
         self.check_data(data)?;
-        if opts.batch == 0 || !(opts.lr > 0.0) || !(0.0..1.0).contains(&opts.momentum) || !(opts.weight_decay >= 0.0) {
+        // NaN fails every check.
+        let lr_ok = opts.lr > 0.0;
+        let decay_ok = opts.weight_decay >= 0.0;
+        if opts.batch == 0 || !lr_ok || !(0.0..1.0).contains(&opts.momentum) || !decay_ok {
             fail!(
                 InvalidArgument,
                 "training needs batch >= 1, lr > 0, 0 <= momentum < 1 and weight_decay >= 0; got {opts:?}"

@@ -1,6 +1,6 @@
-//! The CKA primitives on the device: the CUDA side of [`crate::backend::CkaBatchMoments`],
-//! [`crate::backend::CkaGramTerms`] and column means, with the semantics of the CPU versions in
-//! `backend/cpu.rs`.
+//! CUDA host code of `kernels/cka.cu`; CPU twin in `backend/cpu/cka.rs` (whose module doc says
+//! where the two round alike and where not). The CUDA side of
+//! [`crate::backend::CkaBatchMoments`], [`crate::backend::CkaGramTerms`] and column means.
 //!
 //! Each layer is read where it lives: host data is uploaded once per call (the rows it spans,
 //! strides included), device memory (`Storage::Device`) is used in place after checking that it
@@ -11,16 +11,23 @@
 //! full f32 or f64; reductions of their results run on the device in f64, and only small
 //! results travel back.
 
-use super::blas::{blas_check, dim, Acc, OP_N, OP_T};
+use super::blas::{BlasScalar, Gemm, Syrk, OP_N, OP_T};
 use super::device::{
-    addr, addr_mut, alloc_zeros, device_err, device_of, download, AnyBuffer, CudaDevice, BLOCK, BLOCKS_PER_SM,
+    addr, addr_mut, alloc_zeros, check_vec, device_err, device_of, download, AnyBuffer, CudaDevice, DeviceBuffer,
+    DeviceElement, MatrixShape, BLOCK, BLOCKS_PER_SM,
 };
 use crate::backend::{CkaBatchMoments, CkaGramTerms};
 use crate::error::{fail, Error, Result};
 use crate::tensor::{DType, HostSlice, Matrix, Storage};
-use cudarc::cublas::sys as cb;
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::{bf16, f16};
+
+#[cfg(feature = "bench")]
+mod bench;
+#[cfg(feature = "bench")]
+use bench::Phases;
+#[cfg(feature = "bench")]
+pub use bench::{last_phases, GramAlgo};
 
 /// One layer on the device: a row-major `rows x cols` matrix, rows `stride` elements apart.
 struct Layer<'m> {
@@ -80,189 +87,54 @@ fn sync(dev: &CudaDevice) -> Result<()> {
     dev.synchronize()
 }
 
-/// Launches kernel `name` with `cfg` and 64-bit arguments (device addresses and sizes).
-fn launch(dev: &CudaDevice, name: &str, cfg: LaunchConfig, args: &[u64]) -> Result<()> {
-    let f = dev.function(name)?;
-    let mut b = dev.stream().launch_builder(f);
-    for a in args {
-        b.arg(a);
+/// Without the `bench` feature the phase timer of `gram_terms` does nothing.
+#[cfg(not(feature = "bench"))]
+struct Phases;
+
+#[cfg(not(feature = "bench"))]
+impl Phases {
+    fn new() -> Self {
+        Phases
     }
-    // SAFETY: every caller passes the kernel's parameters, all of which are 64 bits wide
-    // (pointers and tl_u64), in order, with buffers sized for the shape it passes.
-    let r = unsafe { b.launch(cfg) }.map(|_| ());
-    dev.launched(name, r)
+    fn mark(&mut self, _dev: &CudaDevice, _phase: &str) -> Result<()> {
+        Ok(())
+    }
+    fn finish(self) {}
 }
 
-/// How the feature route forms a layer's Gram `U~^T U~` (lower triangle), chosen per call from
-/// `TL_CUDA_GRAM` (internal, for benchmarking: `syrk`, `joint`, `recursive` or `recursive:<base>`,
-/// `gemm`); the default is [`GramAlgo::DEFAULT`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GramAlgo {
-    /// One `cublas<t>syrk` per Gram.
-    Syrk,
-    /// With exactly two layers (a pair), one `syrk` of the side-by-side `[X~ | Y~]` buffer: its
-    /// lower triangle holds both Grams and the cross product `Y~^T X~`. Otherwise as `Syrk`.
-    Joint,
-    /// A 2 x 2 split: two half-size Grams (recursively) and one `gemm` for the off-diagonal
-    /// block, down to `syrk` at widths <= base.
-    Recursive(usize),
-    /// The full `gemm` `U~^T U~` (twice the FLOPs of `syrk`, at the gemm rate).
-    Gemm,
-}
-
-impl GramAlgo {
-    /// Measured on an H200 (docs/gpu-runs.md, 2026-11-27): for a 65536 x 2048 pair, cka_matrix
-    /// took 26.4 ms with `syrk`, 28.0 with `joint`, 31.1 with `recursive:1024`, 33.4 with `gemm`.
-    pub const DEFAULT: GramAlgo = GramAlgo::Syrk;
-
-    /// Parses `syrk`, `joint`, `recursive`, `recursive:<base>` or `gemm`.
-    pub fn parse(s: &str) -> Option<GramAlgo> {
-        match s.trim() {
-            "syrk" => Some(GramAlgo::Syrk),
-            "joint" => Some(GramAlgo::Joint),
-            "gemm" => Some(GramAlgo::Gemm),
-            "recursive" => Some(GramAlgo::Recursive(1024)),
-            r => r
-                .strip_prefix("recursive:")
-                .and_then(|b| b.parse::<usize>().ok())
-                .filter(|&b| b >= 32)
-                .map(GramAlgo::Recursive),
-        }
-    }
-
-    fn from_env() -> GramAlgo {
-        std::env::var("TL_CUDA_GRAM").ok().and_then(|v| GramAlgo::parse(&v)).unwrap_or(GramAlgo::DEFAULT)
-    }
-}
-
-/// The lower triangle of `C = A A^T` for the `p x k` column-major `A` (leading dimension `lda`)
-/// into `C` (leading dimension `ldc`), by `algo` (`Joint` is decided by the caller and is
-/// `Syrk` here).
+/// The lower triangle of the Gram `C = A A^T` of the `p x k` column-major `A` (leading
+/// dimension `lda`) into `C` (leading dimension `ldc`): one `syrk` (with the `bench` feature,
+/// the algorithm `TL_CUDA_GRAM` names).
+///
+/// # Safety
+/// As [`Syrk::run`] for these shapes.
 #[allow(clippy::too_many_arguments)]
-fn gram<A: Acc>(
-    h: cb::cublasHandle_t,
-    algo: GramAlgo,
+unsafe fn feature_gram<A: BlasScalar>(
+    h: super::blas::Handle,
     p: usize,
-    k: i32,
+    k: usize,
     a: u64,
     lda: usize,
     c: u64,
     ldc: usize,
 ) -> Result<()> {
-    let sz = std::mem::size_of::<A>() as u64;
-    match algo {
-        GramAlgo::Recursive(base) if p > base && p >= 64 => {
-            // Split at a multiple of 32 near the middle: C11 = A1 A1^T, C22 = A2 A2^T,
-            // C21 = A2 A1^T (p2 x p1, below the diagonal).
-            let p1 = (p / 2).next_multiple_of(32).min(p - 32);
-            let p2 = p - p1;
-            gram::<A>(h, algo, p1, k, a, lda, c, ldc)?;
-            gram::<A>(h, algo, p2, k, a + sz * p1 as u64, lda, c + sz * (p1 * ldc + p1) as u64, ldc)?;
-            // SAFETY: A2 is p2 x k and A1 p1 x k within A (ld lda); C21 lies within C.
-            blas_check("cublas gemm (Gram block)", unsafe {
-                A::gemm(
-                    h,
-                    OP_N,
-                    OP_T,
-                    dim(p2, "features")?,
-                    dim(p1, "features")?,
-                    k,
-                    a + sz * p1 as u64,
-                    dim(lda, "ld")?,
-                    a,
-                    dim(lda, "ld")?,
-                    c + sz * p1 as u64,
-                    dim(ldc, "ld")?,
-                )
-            })
-        }
-        GramAlgo::Gemm => {
-            // SAFETY: A is p x k (ld lda); C holds p x p (ld ldc).
-            blas_check("cublas gemm (Gram)", unsafe {
-                A::gemm(
-                    h,
-                    OP_N,
-                    OP_T,
-                    dim(p, "features")?,
-                    dim(p, "features")?,
-                    k,
-                    a,
-                    dim(lda, "ld")?,
-                    a,
-                    dim(lda, "ld")?,
-                    c,
-                    dim(ldc, "ld")?,
-                )
-            })
-        }
-        _ => {
-            // SAFETY: A is p x k (ld lda); C holds p x p (ld ldc).
-            blas_check("cublas syrk (Gram)", unsafe {
-                A::syrk(h, OP_N, dim(p, "features")?, k, a, dim(lda, "ld")?, c, dim(ldc, "ld")?)
-            })
-        }
+    #[cfg(feature = "bench")]
+    // SAFETY: the caller's contract.
+    return unsafe { bench::gram::<A>(h, GramAlgo::from_env(), p, k, a, lda, c, ldc) };
+    #[cfg(not(feature = "bench"))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        Syrk { trans: OP_N, n: p, k, a, lda, c, ldc }.run::<A>(h, "Gram")
     }
 }
 
-/// Wall time per phase of the last `gram_terms` call, when `TL_CKA_PHASES=1` (which also
-/// synchronises the stream at each phase boundary, so the phases do not overlap).
-static LAST_PHASES: std::sync::Mutex<Vec<(String, f64)>> = std::sync::Mutex::new(Vec::new());
-
-/// The phases of the last CKA terms call made with `TL_CKA_PHASES=1`: (name, milliseconds).
-#[doc(hidden)]
-pub fn last_phases() -> Vec<(String, f64)> {
-    LAST_PHASES.lock().map(|v| v.clone()).unwrap_or_default()
-}
-
-struct Phases {
-    on: bool,
-    t: std::time::Instant,
-    acc: Vec<(String, f64)>,
-}
-
-impl Phases {
-    fn new() -> Self {
-        Phases {
-            on: std::env::var("TL_CKA_PHASES").is_ok_and(|v| v == "1"),
-            t: std::time::Instant::now(),
-            acc: Vec::new(),
-        }
-    }
-    /// Ends the current phase (synchronising first), adding its time to `name`.
-    fn mark(&mut self, dev: &CudaDevice, name: &str) -> Result<()> {
-        if !self.on {
-            return Ok(());
-        }
-        sync(dev)?;
-        let ms = self.t.elapsed().as_secs_f64() * 1e3;
-        match self.acc.iter_mut().find(|(n, _)| n == name) {
-            Some(e) => e.1 += ms,
-            None => self.acc.push((name.to_string(), ms)),
-        }
-        self.t = std::time::Instant::now();
-        Ok(())
-    }
-    fn finish(self) {
-        if self.on {
-            if let Ok(mut g) = LAST_PHASES.lock() {
-                *g = self.acc;
-            }
-        }
-    }
-}
-
-/// The grid of `colstats` (as `colsum`'s): column tiles of 32 by chunks of rows.
+/// The grid of `colstats`: column tiles of 32 by chunks of rows.
 fn colstats_grid(dev: &CudaDevice, rows: u64, cols: u64) -> (LaunchConfig, u64) {
     let target = (dev.sm_count() * BLOCKS_PER_SM) as u64;
     let gx = cols.div_ceil(32).clamp(1, 1024);
     let gy = (target / gx).clamp(1, 65_535).min(rows.div_ceil(8)).max(1);
     let rows_per_block = rows.div_ceil(gy).next_multiple_of(8);
     (LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }, rows_per_block)
-}
-
-/// Grid of a row-by-column kernel (x over columns, y over rows), as `CudaDevice::grid_2d`.
-fn grid_2d(dev: &CudaDevice, rows: usize, cols: usize) -> LaunchConfig {
-    dev.grid_2d(super::MatrixShape::contiguous(rows, cols))
 }
 
 /// The NonFinite error for the first bad element `index = r * cols + c` of a layer.
@@ -313,12 +185,13 @@ fn means_of(dev: &CudaDevice, layers: &[Layer]) -> Result<Vec<Vec<f64>>> {
     for (u, l) in layers.iter().enumerate() {
         let (rows, cols) = (l.rows as u64, l.cols as u64);
         let (cfg, rpb) = colstats_grid(dev, rows, cols);
-        launch(
-            dev,
-            &format!("colstats_{}", l.suffix()),
-            cfg,
-            &[l.ptr, rows, cols, l.stride as u64, ps + 8 * start as u64, pv + 4 * start as u64, pb + 8 * u as u64, rpb],
-        )?;
+        let (sum, varies, first_bad) = (ps + 8 * start as u64, pv + 4 * start as u64, pb + 8 * u as u64);
+        let args = (l.ptr, rows, cols, l.stride as u64, sum, varies, first_bad, rpb);
+        // SAFETY: colstats_<t>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* sum,
+        // int* varies, tl_u64* first_bad, tl_u64 rows_per_block); the layer spans rows x cols
+        // with its stride, sums and flags hold this layer's cols entries from `start`, first_bad
+        // its one flag.
+        unsafe { dev.launch(&format!("colstats_{}", l.suffix()), cfg, args) }?;
         start += l.cols;
     }
     let bad = download(dev, &bad, nl, "flags")?;
@@ -388,7 +261,7 @@ pub fn column_means(ctx: &crate::Context, m: &Matrix, name: &str) -> Result<Vec<
 
 /// The shifted, converted layers: `(x - shift)` of every layer, written into column-major
 /// `features x rows` buffers, each layer at its feature offset within its group's buffer.
-struct Shifted<A: Acc> {
+struct Shifted<A: BlasScalar> {
     /// One buffer per group; `ld[g]` features (rows of the column-major matrix) each.
     bufs: Vec<CudaSlice<A>>,
     ld: Vec<usize>,
@@ -402,7 +275,7 @@ struct Shifted<A: Acc> {
 
 /// Shifts every layer; `group_of(u)` puts layer `u` in a buffer. Returns the first NaN / Inf as
 /// an error.
-fn shift_layers<A: Acc>(
+fn shift_layers<A: BlasScalar>(
     dev: &CudaDevice,
     layers: &[Layer],
     shifts: &[Vec<f64>],
@@ -422,8 +295,8 @@ fn shift_layers<A: Acc>(
     for &g in &ld {
         // SAFETY: uninitialised, but the shift pass below writes every element: each layer's
         // `cols` features of every row, and the layers of a group tile its `ld` features.
-        let buf = unsafe { dev.stream().alloc::<A>((g * rows).max(1)) }
-            .map_err(|e| Error::Device(super::device::describe("cuMemAlloc(shifted layers)", &e)))?;
+        let buf =
+            unsafe { dev.stream().alloc::<A>((g * rows).max(1)) }.map_err(device_err("cuMemAlloc(shifted layers)"))?;
         bufs.push(buf);
     }
     let flat: Vec<f64> = shifts.concat();
@@ -438,29 +311,21 @@ fn shift_layers<A: Acc>(
         let (g, cols) = (group[u], l.cols as u64);
         let y = base[g] + size * offset[u] as u64;
         let name = format!("shift_{}_to_{}", l.suffix(), A::SUFFIX);
-        launch(
-            dev,
-            &name,
-            shift_grid(dev, dev.function(&name)?, l.rows, l.cols),
-            &[
-                l.ptr,
-                rows as u64,
-                cols,
-                l.stride as u64,
-                pshift + 8 * start as u64,
-                y,
-                ld[g] as u64,
-                pbad + 8 * u as u64,
-            ],
-        )?;
+        let cfg = shift_grid(dev, dev.function(&name)?, l.rows, l.cols);
+        let (shift, first_bad, ldg) = (pshift + 8 * start as u64, pbad + 8 * u as u64, ld[g] as u64);
+        let args = (l.ptr, rows as u64, cols, l.stride as u64, shift, y, ldg, first_bad);
+        // SAFETY: shift_<t>_to_<a>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+        // const double* shift, A* y, tl_u64 ld, tl_u64* first_bad); the layer spans rows x cols
+        // with its stride, shift holds its cols values, y points at its first feature within a
+        // group buffer of ld x rows elements.
+        unsafe { dev.launch(&name, cfg, args) }?;
         // Squared row norms of the rounded values: the layer's block read as row-major
         // `rows x cols` with row stride ld; one warp per row.
-        launch(
-            dev,
-            &format!("row_sqnorms_{}", A::SUFFIX),
-            dev.grid_1d(rows as u64 * 32),
-            &[y, rows as u64, cols, ld[g] as u64, pnorms + 8 * (u * rows) as u64],
-        )?;
+        let norms_out = pnorms + 8 * (u * rows) as u64;
+        let args = (y, rows as u64, cols, ldg, norms_out);
+        // SAFETY: row_sqnorms_<a>(const A* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+        // double* out); the block was just written, out holds this layer's rows norms.
+        unsafe { dev.launch(&format!("row_sqnorms_{}", A::SUFFIX), dev.grid_1d(rows as u64 * 32), args) }?;
         start += l.cols;
     }
     let bad = download(dev, &bad, nl, "flags")?;
@@ -473,7 +338,7 @@ fn shift_layers<A: Acc>(
     Ok(Shifted { bufs, ld, group, offset, norms })
 }
 
-impl<A: Acc> Shifted<A> {
+impl<A: BlasScalar> Shifted<A> {
     /// Device address and leading dimension of layer `u`'s `features x rows` block.
     fn block(&self, dev: &CudaDevice, u: usize) -> (u64, usize) {
         let g = self.group[u];
@@ -481,8 +346,8 @@ impl<A: Acc> Shifted<A> {
     }
 }
 
-fn to_f64<A: Acc>(v: Vec<A>) -> Vec<f64> {
-    v.into_iter().map(Acc::to_f64).collect()
+fn to_f64<A: BlasScalar>(v: Vec<A>) -> Vec<f64> {
+    v.into_iter().map(BlasScalar::to_f64).collect()
 }
 
 fn check_layers(layers: &[(String, &Matrix)]) -> Result<usize> {
@@ -494,7 +359,7 @@ fn check_layers(layers: &[(String, &Matrix)]) -> Result<usize> {
 }
 
 /// The moments of one batch (see [`CkaBatchMoments`]) in arithmetic `A`.
-pub(crate) fn batch_moments<A: Acc>(
+pub(crate) fn batch_moments<A: BlasScalar>(
     dev: &CudaDevice,
     layers: &[(String, &Matrix)],
     shifts: &[Vec<f64>],
@@ -506,7 +371,6 @@ pub(crate) fn batch_moments<A: Acc>(
     let widths: Vec<usize> = dl.iter().map(|l| l.cols).collect();
     let z = shift_layers::<A>(dev, &dl, shifts, 2, |u| if u < nx { 0 } else { 1 })?;
     let (px, py) = (z.ld[0], z.ld[1]);
-    let k = dim(rows, "rows")?;
     let blas = dev.blas()?;
     let h = *blas.handle();
 
@@ -514,23 +378,10 @@ pub(crate) fn batch_moments<A: Acc>(
     let mut cross = alloc_zeros::<A>(dev, px * py, "cross products")?;
     let pc = addr_mut(dev, &mut cross);
     let (bx, by) = (addr(dev, &z.bufs[0]), addr(dev, &z.bufs[1]));
-    // SAFETY: column-major operands of the stated shapes in live buffers.
-    blas_check("cublas gemm (cross products)", unsafe {
-        A::gemm(
-            h,
-            OP_N,
-            OP_T,
-            dim(px, "x features")?,
-            dim(py, "y features")?,
-            k,
-            bx,
-            dim(px, "ld")?,
-            by,
-            dim(py, "ld")?,
-            pc,
-            dim(px, "ld")?,
-        )
-    })?;
+    let products = Gemm { ta: OP_N, tb: OP_T, m: px, n: py, k: rows, a: bx, lda: px, b: by, ldb: py, c: pc, ldc: px };
+    // SAFETY: the x and y buffers are px x rows and py x rows (column-major, ld px and py), the
+    // cross products px x py, all live on this device.
+    unsafe { products.run::<A>(h, "cross products") }?;
 
     // Each layer's Gram, lower triangle.
     let mut grams = Vec::with_capacity(nl);
@@ -538,10 +389,8 @@ pub(crate) fn batch_moments<A: Acc>(
         let mut g = alloc_zeros::<A>(dev, p * p, "Gram")?;
         let (pa, lda) = z.block(dev, u);
         let pg = addr_mut(dev, &mut g);
-        // SAFETY: as above.
-        blas_check("cublas syrk (Gram)", unsafe {
-            A::syrk(h, OP_N, dim(p, "features")?, k, pa, dim(lda, "ld")?, pg, dim(p, "ld")?)
-        })?;
+        // SAFETY: block(u) is p x rows (ld lda) within its group buffer; g holds p x p.
+        unsafe { Syrk { trans: OP_N, n: p, k: rows, a: pa, lda, c: pg, ldc: p }.run::<A>(h, "Gram") }?;
         grams.push(g);
     }
 
@@ -555,7 +404,9 @@ pub(crate) fn batch_moments<A: Acc>(
             .map_err(device_err("cuMemcpyDtoDAsync(norms)"))?;
     } else {
         let n = (nl * rows) as u64;
-        launch(dev, "convert_f64_to_f32", dev.grid_1d(n), &[prhs, addr(dev, &z.norms), n])?;
+        // SAFETY: convert_f64_to_f32(float* out, const double* in, tl_u64 n); rhs holds
+        // (nl + 1) rows f32 values, the norms nl rows f64 values.
+        unsafe { dev.launch("convert_f64_to_f32", dev.grid_1d(n), (prhs, addr(dev, &z.norms), n)) }?;
     }
     let ones = vec![A::one(); rows];
     dev.stream().memcpy_htod(&ones, &mut rhs.slice_mut(nl * rows..)).map_err(device_err("cuMemcpyHtoDAsync(ones)"))?;
@@ -565,23 +416,10 @@ pub(crate) fn batch_moments<A: Acc>(
         let mut t = alloc_zeros::<A>(dev, p * (nl + 1), "third moments")?;
         let (pa, lda) = z.block(dev, v);
         let pt = addr_mut(dev, &mut t);
-        // SAFETY: as above.
-        blas_check("cublas gemm (third moments)", unsafe {
-            A::gemm(
-                h,
-                OP_N,
-                OP_N,
-                dim(p, "features")?,
-                dim(nl + 1, "layers")?,
-                k,
-                pa,
-                dim(lda, "ld")?,
-                prhs,
-                k,
-                pt,
-                dim(p, "ld")?,
-            )
-        })?;
+        let third_moments =
+            Gemm { ta: OP_N, tb: OP_N, m: p, n: nl + 1, k: rows, a: pa, lda, b: prhs, ldb: rows, c: pt, ldc: p };
+        // SAFETY: block(v) is p x rows (ld lda), rhs rows x (nl + 1), t p x (nl + 1).
+        unsafe { third_moments.run::<A>(h, "third moments") }?;
         third.push(t);
     }
     drop(blas);
@@ -617,7 +455,7 @@ pub(crate) enum TermsRoute {
 
 /// `<K_u, K_v>_F` of the centered layers for each pair, and each layer's centered squared row
 /// norms (see [`CkaGramTerms`]), in arithmetic `A`; only these scalars leave the device.
-pub(crate) fn gram_terms<A: Acc>(
+pub(crate) fn gram_terms<A: BlasScalar>(
     dev: &CudaDevice,
     layers: &[(String, &Matrix)],
     pairs: &[(usize, usize)],
@@ -633,145 +471,123 @@ pub(crate) fn gram_terms<A: Acc>(
     let z = shift_layers::<A>(dev, &dl, &means, 1, |_| 0)?;
     ph.mark(dev, "centering + row norms")?;
     let widths: Vec<usize> = dl.iter().map(|l| l.cols).collect();
-    let k = dim(rows, "rows")?;
     let blas = dev.blas()?;
     let h = *blas.handle();
     let mut inner = alloc_zeros::<f64>(dev, pairs.len(), "inner products")?;
     let pinner = addr_mut(dev, &mut inner);
-    let target = (dev.sm_count() * BLOCKS_PER_SM) as u64;
-    let sym_inner = |a: u64, b: u64, n: usize, out: u64| -> Result<()> {
-        let n64 = n as u64;
-        let gx = n64.div_ceil(BLOCK as u64).clamp(1, target);
-        let gy = (target / gx).clamp(1, 65_535).min(n64).max(1);
-        let cfg = LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch(dev, &format!("sym_inner_{}", A::SUFFIX), cfg, &[a, b, n64, n64, out])
-    };
+    // Kept until the results are downloaded: the kernels queued on them may still run.
+    let mut products: Vec<CudaSlice<A>> = Vec::new();
     match route {
         TermsRoute::Sample => {
-            let n = dim(rows, "rows")?;
-            let mut grams = Vec::with_capacity(nl);
             for (u, &p) in widths.iter().enumerate() {
                 let mut g = alloc_zeros::<A>(dev, rows * rows, "sample Gram")?;
                 let (pa, lda) = z.block(dev, u);
                 let pg = addr_mut(dev, &mut g);
-                // SAFETY: block(u) is p_u x rows (ld lda); g is rows x rows.
-                blas_check("cublas syrk (sample Gram)", unsafe {
-                    A::syrk(h, OP_T, n, dim(p, "features")?, pa, dim(lda, "ld")?, pg, n)
-                })?;
-                grams.push(g);
+                // SAFETY: block(u) is p_u x rows (ld lda) within its group buffer; g holds
+                // rows x rows.
+                unsafe {
+                    Syrk { trans: OP_T, n: rows, k: p, a: pa, lda, c: pg, ldc: rows }.run::<A>(h, "sample Gram")
+                }?;
+                products.push(g);
             }
             for (k, &(u, v)) in pairs.iter().enumerate() {
-                sym_inner(addr(dev, &grams[u]), addr(dev, &grams[v]), rows, pinner + 8 * k as u64)?;
+                let (gu, gv) = (addr(dev, &products[u]), addr(dev, &products[v]));
+                // SAFETY: both Grams are rows x rows (ld rows); the output is pair k's slot.
+                unsafe { sym_inner::<A>(dev, gu, gv, rows, rows, pinner + 8 * k as u64) }?;
             }
-            drop(blas);
-            let inner = download(dev, &inner, pairs.len(), "inner products")?;
-            let norms = download(dev, &z.norms, nl * rows, "row norms")?;
-            sync(dev)?;
-            drop(grams);
-            Ok(CkaGramTerms { inner, norms: norms.chunks(rows).map(|c| c.to_vec()).collect() })
+        }
+        #[cfg(feature = "bench")]
+        TermsRoute::Feature if nl == 2 && GramAlgo::from_env() == GramAlgo::Joint => {
+            // SAFETY: z holds the two shifted layers in one group; inner holds one f64 per pair.
+            products.push(unsafe { bench::joint_products::<A>(dev, h, &z, &widths, pairs, rows, pinner, &mut ph) }?);
         }
         TermsRoute::Feature => {
-            let algo = GramAlgo::from_env();
-            let sz = std::mem::size_of::<A>() as u64;
-            if algo == GramAlgo::Joint && nl == 2 {
-                // One syrk of the side-by-side buffer (both layers in group 0, ld = p + q): the
-                // lower triangle holds Gram(0), Gram(1) and block (1, 0) = U~_1^T U~_0.
-                let w = z.ld[0];
-                let mut scratch = alloc_zeros::<A>(dev, w * w, "products")?;
-                let ps = addr_mut(dev, &mut scratch);
-                let (base, ldb) = z.block(dev, 0);
-                // SAFETY: the buffer is w x rows (ld w); scratch holds w x w.
-                blas_check("cublas syrk (joint Gram)", unsafe {
-                    A::syrk(h, OP_N, dim(w, "features")?, k, base, dim(ldb, "ld")?, ps, dim(w, "ld")?)
-                })?;
-                ph.mark(dev, "products")?;
-                for (idx, &(u, v)) in pairs.iter().enumerate() {
-                    let out = pinner + 8 * idx as u64;
-                    let (ou, ov) = (z.offset[u], z.offset[v]);
-                    if u == v {
-                        let d = ps + sz * (ou * w + ou) as u64;
-                        launch(
-                            dev,
-                            &format!("sym_inner_{}", A::SUFFIX),
-                            sym_cfg(dev, widths[u]),
-                            &[d, d, widths[u] as u64, w as u64, out],
-                        )?;
-                    } else {
-                        // The block below the diagonal: rows of the later layer, columns of the
-                        // earlier; read row-major it is (earlier width) x (later width), stride w.
-                        let ((oa, pa), (ob, pb)) = if ou < ov {
-                            ((ou, widths[u]), (ov, widths[v]))
-                        } else {
-                            ((ov, widths[v]), (ou, widths[u]))
-                        };
-                        launch(
-                            dev,
-                            &format!("sumsq_{}", A::SUFFIX),
-                            grid_2d(dev, pa, pb),
-                            &[ps + sz * (oa * w + ob) as u64, pa as u64, pb as u64, w as u64, out],
-                        )?;
-                    }
-                }
-                ph.mark(dev, "reductions")?;
-                drop(blas);
-                let inner = download(dev, &inner, pairs.len(), "inner products")?;
-                let norms = download(dev, &z.norms, nl * rows, "row norms")?;
-                sync(dev)?;
-                ph.mark(dev, "results")?;
-                ph.finish();
-                return Ok(CkaGramTerms { inner, norms: norms.chunks(rows).map(|c| c.to_vec()).collect() });
-            }
             let largest = pairs.iter().map(|&(u, v)| widths[u] * widths[v]).max().unwrap_or(1);
             let mut scratch = alloc_zeros::<A>(dev, largest, "products")?;
             let ps = addr_mut(dev, &mut scratch);
+            products.push(scratch);
             for (idx, &(u, v)) in pairs.iter().enumerate() {
                 let out = pinner + 8 * idx as u64;
                 let (pu, pv) = (widths[u], widths[v]);
                 let (au, ldu) = z.block(dev, u);
                 if u == v {
-                    gram::<A>(h, algo, pu, k, au, ldu, ps, pu)?;
+                    // SAFETY: block(u) is p_u x rows (ld ldu); scratch holds at least p_u^2.
+                    unsafe { feature_gram::<A>(h, pu, rows, au, ldu, ps, pu) }?;
                     ph.mark(dev, "products")?;
-                    sym_inner(ps, ps, pu, out)?;
+                    // SAFETY: the Gram's lower triangle, p_u x p_u (ld p_u), in scratch.
+                    unsafe { sym_inner::<A>(dev, ps, ps, pu, pu, out) }?;
                     ph.mark(dev, "reductions")?;
                 } else {
                     let (av, ldv) = z.block(dev, v);
+                    let cross = Gemm {
+                        ta: OP_N,
+                        tb: OP_T,
+                        m: pu,
+                        n: pv,
+                        k: rows,
+                        a: au,
+                        lda: ldu,
+                        b: av,
+                        ldb: ldv,
+                        c: ps,
+                        ldc: pu,
+                    };
                     // SAFETY: blocks of p_u x rows and p_v x rows; scratch holds p_u p_v.
-                    blas_check("cublas gemm (cross product)", unsafe {
-                        A::gemm(
-                            h,
-                            OP_N,
-                            OP_T,
-                            dim(pu, "features")?,
-                            dim(pv, "features")?,
-                            k,
-                            au,
-                            dim(ldu, "ld")?,
-                            av,
-                            dim(ldv, "ld")?,
-                            ps,
-                            dim(pu, "ld")?,
-                        )
-                    })?;
+                    unsafe { cross.run::<A>(h, "cross product") }?;
                     ph.mark(dev, "products")?;
                     // ||C||_F^2 of the p_u x p_v product, read as row-major p_v x p_u.
-                    launch(
-                        dev,
-                        &format!("sumsq_{}", A::SUFFIX),
-                        grid_2d(dev, pv, pu),
-                        &[ps, pv as u64, pu as u64, pu as u64, out],
-                    )?;
+                    // SAFETY: scratch holds the p_u p_v product.
+                    unsafe { sumsq::<A>(dev, ps, pv, pu, pu, out) }?;
                     ph.mark(dev, "reductions")?;
                 }
             }
-            drop(blas);
-            let inner = download(dev, &inner, pairs.len(), "inner products")?;
-            let norms = download(dev, &z.norms, nl * rows, "row norms")?;
-            sync(dev)?;
-            ph.mark(dev, "results")?;
-            ph.finish();
-            Ok(CkaGramTerms { inner, norms: norms.chunks(rows).map(|c| c.to_vec()).collect() })
         }
     }
+    drop(blas);
+    let inner = download(dev, &inner, pairs.len(), "inner products")?;
+    let norms = download(dev, &z.norms, nl * rows, "row norms")?;
+    sync(dev)?;
+    drop(products);
+    ph.mark(dev, "results")?;
+    ph.finish();
+    Ok(CkaGramTerms { inner, norms: norms.chunks(rows).map(|c| c.to_vec()).collect() })
+}
+
+/// `out[0] += <A, B>_F` in f64 (`sym_inner_<a>`) of the symmetric `n x n` matrices given by
+/// the lower triangles of the column-major `a` and `b` (leading dimension `ld`).
+///
+/// # Safety
+/// `a` and `b` address `n x n` matrices of `A` (ld `ld`) and `out` one f64, all live on `dev`.
+pub(super) unsafe fn sym_inner<A: BlasScalar>(
+    dev: &CudaDevice,
+    a: u64,
+    b: u64,
+    n: usize,
+    ld: usize,
+    out: u64,
+) -> Result<()> {
+    // SAFETY: sym_inner_<a>(const A* a, const A* b, tl_u64 n, tl_u64 ld, double* out); the
+    // caller's contract covers the memory.
+    unsafe { dev.launch(&format!("sym_inner_{}", A::SUFFIX), sym_cfg(dev, n), (a, b, n as u64, ld as u64, out)) }
+}
+
+/// `out[0] += ||X||_F^2` in f64 (`sumsq_<a>`) of the row-major `rows x cols` matrix `x` (rows
+/// `stride` elements apart).
+///
+/// # Safety
+/// `x` addresses such a matrix of `A` and `out` one f64, all live on `dev`.
+pub(super) unsafe fn sumsq<A: BlasScalar>(
+    dev: &CudaDevice,
+    x: u64,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    out: u64,
+) -> Result<()> {
+    let cfg = dev.grid_2d(MatrixShape { rows, cols, stride });
+    // SAFETY: sumsq_<a>(const A* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* out); the
+    // caller's contract covers the memory.
+    unsafe { dev.launch(&format!("sumsq_{}", A::SUFFIX), cfg, (x, rows as u64, cols as u64, stride as u64, out)) }
 }
 
 /// Grid of `shift` (four rows per block step): x over columns, y over groups of four rows, at
@@ -792,31 +608,32 @@ fn sym_cfg(dev: &CudaDevice, n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Entry points with the CPU's signatures (`wide`: f64 arithmetic).
+/// The CPU's entry points on the device. `products_in_f64` picks the arithmetic of the shifted
+/// copies and the products: f64 (for f64 data), else f32.
 pub fn cka_batch_moments(
     ctx: &crate::Context,
     layers: &[(String, &Matrix)],
     shifts: &[Vec<f64>],
     nx: usize,
-    wide: bool,
+    products_in_f64: bool,
 ) -> Result<CkaBatchMoments> {
     let dev = device_of(ctx)?;
-    if wide {
+    if products_in_f64 {
         batch_moments::<f64>(dev, layers, shifts, nx)
     } else {
         batch_moments::<f32>(dev, layers, shifts, nx)
     }
 }
 
-/// Sample-space CKA terms on the device.
+/// Sample-space CKA terms on the device (`products_in_f64` as for [`cka_batch_moments`]).
 pub fn cka_gram_terms(
     ctx: &crate::Context,
     layers: &[(String, &Matrix)],
     pairs: &[(usize, usize)],
-    wide: bool,
+    products_in_f64: bool,
 ) -> Result<CkaGramTerms> {
     let dev = device_of(ctx)?;
-    if wide {
+    if products_in_f64 {
         gram_terms::<f64>(dev, layers, pairs, TermsRoute::Sample)
     } else {
         gram_terms::<f32>(dev, layers, pairs, TermsRoute::Sample)
@@ -829,12 +646,52 @@ pub fn cka_feature_terms(
     ctx: &crate::Context,
     layers: &[(String, &Matrix)],
     pairs: &[(usize, usize)],
-    wide: bool,
+    products_in_f64: bool,
 ) -> Result<CkaGramTerms> {
     let dev = device_of(ctx)?;
-    if wide {
+    if products_in_f64 {
         gram_terms::<f64>(dev, layers, pairs, TermsRoute::Feature)
     } else {
         gram_terms::<f32>(dev, layers, pairs, TermsRoute::Feature)
+    }
+}
+
+impl CudaDevice {
+    /// `out[r] = sum over c of x[r, c]^2`, in f64 (overwrites `out`, `rows` elements).
+    pub fn row_sqnorms<T: DeviceElement>(
+        &self,
+        x: &DeviceBuffer<T>,
+        shape: MatrixShape,
+        out: &mut DeviceBuffer<f64>,
+    ) -> Result<()> {
+        shape.check(x.len(), "x")?;
+        check_vec(Some(out.len()), shape.rows, "out")?;
+        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
+        let (px, _gx) = x.slice.device_ptr(self.stream());
+        let (po, _go) = out.slice.device_ptr_mut(self.stream());
+        // One warp per row.
+        let cfg = self.grid_1d(rows * 32);
+        // SAFETY: row_sqnorms_<t>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+        // double* out); the shape was checked against x, out holds rows values.
+        unsafe { self.launch(&format!("row_sqnorms_{}", T::SUFFIX), cfg, (px, rows, cols, stride, po)) }
+    }
+
+    /// Adds the sum of squares of all elements of the matrix to `out[0]`, in f64.
+    pub fn sumsq<T: DeviceElement>(
+        &self,
+        x: &DeviceBuffer<T>,
+        shape: MatrixShape,
+        out: &mut DeviceBuffer<f64>,
+    ) -> Result<()> {
+        shape.check(x.len(), "x")?;
+        if out.is_empty() {
+            fail!(ShapeMismatch, "out: needs 1 element, the buffer is empty");
+        }
+        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
+        let (px, _gx) = x.slice.device_ptr(self.stream());
+        let (po, _go) = out.slice.device_ptr_mut(self.stream());
+        // SAFETY: sumsq_<t>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* out);
+        // the shape was checked against x, out holds at least one value.
+        unsafe { self.launch(&format!("sumsq_{}", T::SUFFIX), self.grid_2d(shape), (px, rows, cols, stride, po)) }
     }
 }

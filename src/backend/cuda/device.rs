@@ -1,5 +1,7 @@
-//! A CUDA device: its primary context, a stream of our own, the kernels compiled for it, and
-//! the device-side primitives built from them.
+//! A CUDA device: its primary context, a stream of our own, the kernels compiled for it, its
+//! buffers, and [`CudaDevice::launch`], the one way the crate launches a kernel. The kernels'
+//! host code lives beside their files' names: `weights.rs` (`kernels/weights.cu`), `cka.rs`
+//! (`kernels/cka.cu`), `mlp.rs` (`kernels/mlp.cu`).
 //!
 //! The primary context is the one the CUDA runtime uses, so memory allocated by PyTorch,
 //! libtorch, CUDA.jl or Go code on the same device is valid here. All work is queued on the
@@ -19,8 +21,8 @@ use crate::error::{fail, Error, Result};
 use crate::tensor::{DType, Element, HostSlice};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchArgs,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use half::{bf16, f16};
 use std::collections::HashMap;
@@ -47,21 +49,22 @@ pub(crate) fn device_err(call: &str) -> impl Fn(DriverError) -> Error + '_ {
 
 /// A storage type the kernels accept: f32, f64, f16, bf16.
 ///
-/// f16 and bf16 travel as their 16-bit patterns (`Bits = u16`); `Acc` is the arithmetic type of
-/// the kernels (f32, or f64 for f64 data).
+/// f16 and bf16 travel as their 16-bit patterns (`Bits = u16`); `Arith` is the arithmetic type
+/// of the kernels (`tl_elem<T>::acc`: f32, or f64 for f64 data).
 pub trait DeviceElement: Element {
     type Bits: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + 'static;
-    type Acc: DeviceRepr + Copy;
+    type Arith: DeviceRepr + Copy;
     /// The kernel name suffix: `"f32"`, `"f64"`, `"f16"`, `"bf16"`.
     const SUFFIX: &'static str;
     fn as_bits(data: &[Self]) -> &[Self::Bits];
     fn from_bits(bits: Vec<Self::Bits>) -> Vec<Self>;
-    fn acc(v: f64) -> Self::Acc;
+    /// `v` rounded to the arithmetic type.
+    fn arith(v: f64) -> Self::Arith;
 }
 
 impl DeviceElement for f32 {
     type Bits = f32;
-    type Acc = f32;
+    type Arith = f32;
     const SUFFIX: &'static str = "f32";
     fn as_bits(data: &[Self]) -> &[f32] {
         data
@@ -69,14 +72,14 @@ impl DeviceElement for f32 {
     fn from_bits(bits: Vec<f32>) -> Vec<Self> {
         bits
     }
-    fn acc(v: f64) -> f32 {
+    fn arith(v: f64) -> f32 {
         v as f32
     }
 }
 
 impl DeviceElement for f64 {
     type Bits = f64;
-    type Acc = f64;
+    type Arith = f64;
     const SUFFIX: &'static str = "f64";
     fn as_bits(data: &[Self]) -> &[f64] {
         data
@@ -84,14 +87,14 @@ impl DeviceElement for f64 {
     fn from_bits(bits: Vec<f64>) -> Vec<Self> {
         bits
     }
-    fn acc(v: f64) -> f64 {
+    fn arith(v: f64) -> f64 {
         v
     }
 }
 
 impl DeviceElement for f16 {
     type Bits = u16;
-    type Acc = f32;
+    type Arith = f32;
     const SUFFIX: &'static str = "f16";
     fn as_bits(data: &[Self]) -> &[u16] {
         half::slice::HalfFloatSliceExt::reinterpret_cast(data)
@@ -99,14 +102,14 @@ impl DeviceElement for f16 {
     fn from_bits(bits: Vec<u16>) -> Vec<Self> {
         bits.into_iter().map(f16::from_bits).collect()
     }
-    fn acc(v: f64) -> f32 {
+    fn arith(v: f64) -> f32 {
         v as f32
     }
 }
 
 impl DeviceElement for bf16 {
     type Bits = u16;
-    type Acc = f32;
+    type Arith = f32;
     const SUFFIX: &'static str = "bf16";
     fn as_bits(data: &[Self]) -> &[u16] {
         half::slice::HalfFloatSliceExt::reinterpret_cast(data)
@@ -114,7 +117,7 @@ impl DeviceElement for bf16 {
     fn from_bits(bits: Vec<u16>) -> Vec<Self> {
         bits.into_iter().map(bf16::from_bits).collect()
     }
-    fn acc(v: f64) -> f32 {
+    fn arith(v: f64) -> f32 {
         v as f32
     }
 }
@@ -252,7 +255,7 @@ impl MatrixShape {
     }
 
     /// Checks the shape against a buffer of `len` elements; `what` names the argument.
-    fn check(&self, len: usize, what: &str) -> Result<()> {
+    pub(crate) fn check(&self, len: usize, what: &str) -> Result<()> {
         if self.cols == 0 || self.rows == 0 {
             fail!(InvalidArgument, "{what}: a matrix of {} x {} has no elements", self.rows, self.cols);
         }
@@ -272,15 +275,6 @@ impl MatrixShape {
             ),
         }
     }
-}
-
-/// Per-segment sums of squares from [`CudaDevice::segment_sumsq`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct SegmentSums {
-    /// `sum (a - b)^2` per segment, when `b` was given.
-    pub diff: Option<Vec<f64>>,
-    /// `sum a^2` per segment, when asked for.
-    pub a: Option<Vec<f64>>,
 }
 
 /// Compiled kernel files per compute capability.
@@ -309,6 +303,32 @@ fn compiled_for(capability: (i32, i32)) -> Result<Arc<Vec<kernels::CompiledFile>
     let files = Arc::new(files);
     cache.insert(capability, files.clone());
     Ok(files)
+}
+
+/// The arguments of one kernel launch, in the order of the kernel's parameters: a tuple of
+/// plain values (device addresses as `u64`, sizes, scalars), each passed as its own type.
+pub(crate) trait KernelArgs {
+    /// Pushes each argument onto `launch`, which keeps a reference to it until the launch.
+    fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>);
+}
+
+macro_rules! kernel_args_for_tuples {
+    ($(($($t:ident . $i:tt),+))+) => {$(
+        impl<$($t: DeviceRepr),+> KernelArgs for ($($t,)+) {
+            fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>) {
+                $(launch.arg(&self.$i);)+
+            }
+        }
+    )+};
+}
+
+kernel_args_for_tuples! {
+    (A.0, B.1, C.2)
+    (A.0, B.1, C.2, D.3)
+    (A.0, B.1, C.2, D.3, E.4)
+    (A.0, B.1, C.2, D.3, E.4, F.5)
+    (A.0, B.1, C.2, D.3, E.4, F.5, G.6)
+    (A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7)
 }
 
 /// One CUDA device, on its primary context, with its own stream.
@@ -469,10 +489,23 @@ impl CudaDevice {
             .ok_or_else(|| Error::Panic(format!("kernel {name} is not among the compiled kernels")))
     }
 
-    /// Checks a queued launch; with `TL_CUDA_SYNC=1` also waits for it, so that a fault inside
-    /// the kernel is reported with the kernel's name.
-    pub(crate) fn launched(&self, kernel: &str, r: std::result::Result<(), DriverError>) -> Result<()> {
-        r.map_err(|e| Error::Device(describe(&format!("launch of {kernel}"), &e)))?;
+    /// Launches kernel `kernel` with `cfg` and `args` (the kernel's parameters, in order) on the
+    /// device's stream, and checks the launch; with `TL_CUDA_SYNC=1` also waits for it, so that
+    /// a fault inside the kernel is reported with the kernel's name. Errors name the kernel.
+    ///
+    /// # Safety
+    /// `args` matches the kernel's parameter list in number, order and type (device addresses
+    /// as `u64` for pointers, `tl_u64` as `u64`, `tl_u32` as `u32`, `acc` as `T::Arith`), and
+    /// every address points at live device memory of this device as large as the kernel reads
+    /// or writes for those arguments and `cfg`.
+    pub(crate) unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: impl KernelArgs) -> Result<()> {
+        let f = self.function(kernel)?;
+        let mut builder = self.stream.launch_builder(f);
+        args.push(&mut builder);
+        // SAFETY: the arguments match the kernel's parameters and address memory it may use (the
+        // caller's contract); the builder holds references to them until the launch is queued.
+        let queued = unsafe { builder.launch(cfg) };
+        queued.map_err(|e| Error::Device(describe(&format!("launch of {kernel}"), &e)))?;
         if self.sync_launches {
             self.stream.synchronize().map_err(|e| Error::Device(describe(&format!("kernel {kernel}"), &e)))?;
         }
@@ -579,334 +612,6 @@ impl CudaDevice {
         self.synchronize()?;
         Ok(T::from_bits(bits))
     }
-
-    /// Sets every element of `buf` to zero.
-    pub fn fill_zeros<T: DeviceElement>(&self, buf: &mut DeviceBuffer<T>) -> Result<()> {
-        self.stream.memset_zeros(&mut *buf.slice).map_err(device_err("cuMemsetD8Async"))
-    }
-
-    // ---- weight space -------------------------------------------------------------------------
-
-    /// `out = (1 - lambda) a + lambda b`, elementwise, computed as `fma(l, b, (1 - l) a)` in f32
-    /// (f64 for f64 data) with `l = lambda` rounded to that type, then rounded once to `T`.
-    /// `lambda = 0` and `1` copy `a` and `b` bit for bit. Any finite lambda is allowed
-    /// (extrapolation).
-    pub fn lerp<T: DeviceElement>(
-        &self,
-        a: &DeviceBuffer<T>,
-        b: &DeviceBuffer<T>,
-        lambda: f64,
-        out: &mut DeviceBuffer<T>,
-    ) -> Result<()> {
-        if !lambda.is_finite() {
-            fail!(InvalidArgument, "lambda: interpolation weight must be finite, got {lambda}");
-        }
-        same_len(&[("a", a.len()), ("b", b.len()), ("out", out.len())])?;
-        let n = a.len() as u64;
-        if n == 0 {
-            return Ok(());
-        }
-        let name = format!("lerp_{}", T::SUFFIX);
-        let f = self.function(&name)?;
-        let l = T::acc(lambda);
-        let (pa, _ga) = a.slice.device_ptr(&self.stream);
-        let (pb, _gb) = b.slice.device_ptr(&self.stream);
-        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(&po).arg(&pa).arg(&pb).arg(&n).arg(&l);
-        // SAFETY: the kernel's parameters are (T*, const T*, const T*, u64, acc), matched above;
-        // the three buffers hold n elements each.
-        let r = unsafe { launch.launch(self.grid_1d_for(f, n / 4)) }.map(|_| ());
-        self.launched(&name, r)
-    }
-
-    /// The fused perturbation of module criticality:
-    /// `out[e] = (1 - alpha) theta0[e] + alpha theta_f[e] + sigma z(seed, stream, index0 + e)`,
-    /// with `z` the Philox normals of [`crate::rng`], computed in f32 (f64 for f64 data) and
-    /// rounded once to `T`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn perturb<T: DeviceElement>(
-        &self,
-        theta0: &DeviceBuffer<T>,
-        theta_f: &DeviceBuffer<T>,
-        alpha: f64,
-        sigma: f64,
-        seed: u64,
-        stream: u64,
-        index0: u64,
-        out: &mut DeviceBuffer<T>,
-    ) -> Result<()> {
-        if !alpha.is_finite() {
-            fail!(InvalidArgument, "alpha: must be finite, got {alpha}");
-        }
-        if !sigma.is_finite() || sigma < 0.0 {
-            fail!(InvalidArgument, "sigma: noise scale must be finite and >= 0, got {sigma}");
-        }
-        same_len(&[("theta0", theta0.len()), ("theta_f", theta_f.len()), ("out", out.len())])?;
-        let n = theta0.len() as u64;
-        if n == 0 {
-            return Ok(());
-        }
-        if index0.checked_add(n).is_none() {
-            fail!(InvalidArgument, "index0: noise indices {index0} + {n} elements overflow 64 bits");
-        }
-        let name = format!("perturb_{}", T::SUFFIX);
-        let f = self.function(&name)?;
-        let (a, s) = (T::acc(alpha), T::acc(sigma));
-        let (p0, _g0) = theta0.slice.device_ptr(&self.stream);
-        let (pf, _gf) = theta_f.slice.device_ptr(&self.stream);
-        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
-        let blocks = ((index0 + n - 1) >> 2) - (index0 >> 2) + 1;
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(&po).arg(&p0).arg(&pf).arg(&n).arg(&a).arg(&s).arg(&seed).arg(&stream).arg(&index0);
-        // SAFETY: parameters (T*, const T*, const T*, u64, acc, acc, u64, u64, u64) as above;
-        // each buffer holds n elements.
-        let r = unsafe { launch.launch(self.grid_1d_for(f, blocks)) }.map(|_| ());
-        self.launched(&name, r)
-    }
-
-    /// Standard normals of `crate::rng`'s stream into `out` (elements `index0 ..`), computed
-    /// on the device in f32.
-    pub fn normals_f32(&self, seed: u64, stream: u64, index0: u64, out: &mut DeviceBuffer<f32>) -> Result<()> {
-        self.normals("normals_f32", seed, stream, index0, &mut out.slice)
-    }
-
-    /// As [`Self::normals_f32`], computed in f64.
-    pub fn normals_f64(&self, seed: u64, stream: u64, index0: u64, out: &mut DeviceBuffer<f64>) -> Result<()> {
-        self.normals("normals_f64", seed, stream, index0, &mut out.slice)
-    }
-
-    fn normals<B>(&self, name: &str, seed: u64, stream: u64, index0: u64, out: &mut CudaSlice<B>) -> Result<()> {
-        let n = out.len() as u64;
-        if n == 0 {
-            return Ok(());
-        }
-        if index0.checked_add(n).is_none() {
-            fail!(InvalidArgument, "index0: noise indices {index0} + {n} elements overflow 64 bits");
-        }
-        let f = self.function(name)?;
-        let (po, _go) = out.device_ptr_mut(&self.stream);
-        let blocks = ((index0 + n - 1) >> 2) - (index0 >> 2) + 1;
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(&po).arg(&n).arg(&seed).arg(&stream).arg(&index0);
-        // SAFETY: parameters (A*, u64, u64, u64, u64); out holds n elements.
-        let r = unsafe { launch.launch(self.grid_1d(blocks)) }.map(|_| ());
-        self.launched(name, r)
-    }
-
-    /// Sums of squares per segment, all segments in one launch, accumulated in f64: segment
-    /// `s` covers elements `offsets[s] .. offsets[s + 1]`. Returns `sum (a - b)^2` per segment
-    /// when `b` is given and `sum a^2` when `with_norms_of_a`. The atomic accumulation makes
-    /// the last bits vary between runs.
-    pub fn segment_sumsq<T: DeviceElement>(
-        &self,
-        a: &DeviceBuffer<T>,
-        b: Option<&DeviceBuffer<T>>,
-        offsets: &[u64],
-        with_norms_of_a: bool,
-    ) -> Result<SegmentSums> {
-        if let Some(b) = b {
-            same_len(&[("a", a.len()), ("b", b.len())])?;
-        }
-        if offsets.len() < 2 {
-            fail!(InvalidArgument, "offsets: need at least 2 entries (one segment), got {}", offsets.len());
-        }
-        let nseg = offsets.len() - 1;
-        if nseg > u32::MAX as usize {
-            fail!(InvalidArgument, "offsets: {nseg} segments are too many");
-        }
-        if let Some(i) = (1..offsets.len()).find(|&i| offsets[i] < offsets[i - 1]) {
-            fail!(
-                InvalidArgument,
-                "offsets: must not decrease, but offsets[{i}] = {} < offsets[{}] = {}",
-                offsets[i],
-                i - 1,
-                offsets[i - 1]
-            );
-        }
-        let total = offsets[nseg];
-        if total > a.len() as u64 {
-            fail!(ShapeMismatch, "offsets: the last offset {total} is past the end of a ({} elements)", a.len());
-        }
-        if b.is_none() && !with_norms_of_a {
-            return Ok(SegmentSums { diff: None, a: None });
-        }
-        let name = format!("segment_sumsq_{}", T::SUFFIX);
-        let f = self.function(&name)?;
-        let offs = self.stream.clone_htod(offsets).map_err(device_err("cuMemcpyHtoDAsync(offsets)"))?;
-        let mut diff = self.stream.alloc_zeros::<f64>(nseg).map_err(device_err("cuMemAlloc(segment sums)"))?;
-        let mut norms = self.stream.alloc_zeros::<f64>(nseg).map_err(device_err("cuMemAlloc(segment sums)"))?;
-        let (chunk, blocks) = segment_grid(total, self.resident_blocks(f));
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        let nseg32 = nseg as u32;
-        {
-            let (pa, _ga) = a.slice.device_ptr(&self.stream);
-            let b_ptr = b.map(|b| b.slice.device_ptr(&self.stream));
-            let pb = b_ptr.as_ref().map_or(0, |(p, _)| *p);
-            let (poff, _goff) = offs.device_ptr(&self.stream);
-            let (pd, _gd) = diff.device_ptr_mut(&self.stream);
-            let (pn, _gn) = norms.device_ptr_mut(&self.stream);
-            let pn = if with_norms_of_a { pn } else { 0 };
-            let mut launch = self.stream.launch_builder(f);
-            launch.arg(&pa).arg(&pb).arg(&poff).arg(&nseg32).arg(&chunk).arg(&pd).arg(&pn);
-            // SAFETY: parameters (const T*, const T* or NULL, const u64*, u32, u64, double*,
-            // double* or NULL); offsets are non-decreasing and end within a (and b).
-            let r = unsafe { launch.launch(cfg) }.map(|_| ());
-            self.launched(&name, r)?;
-        }
-        let fetch = |s: &CudaSlice<f64>| -> Result<Vec<f64>> {
-            let v = self.stream.clone_dtoh(s).map_err(device_err("cuMemcpyDtoHAsync(segment sums)"))?;
-            self.synchronize()?;
-            Ok(v)
-        };
-        Ok(SegmentSums {
-            diff: b.is_some().then(|| fetch(&diff)).transpose()?,
-            a: with_norms_of_a.then(|| fetch(&norms)).transpose()?,
-        })
-    }
-
-    /// `out = input` converted to `D`, rounded once to nearest even (f64 to f16 / bf16
-    /// correctly rounded, without passing through f32 rounding).
-    pub fn convert<S: DeviceElement, D: DeviceElement>(
-        &self,
-        input: &DeviceBuffer<S>,
-        out: &mut DeviceBuffer<D>,
-    ) -> Result<()> {
-        same_len(&[("input", input.len()), ("out", out.len())])?;
-        let n = input.len() as u64;
-        if n == 0 {
-            return Ok(());
-        }
-        if S::DTYPE == D::DTYPE {
-            fail!(InvalidArgument, "convert: input and out are both {}; copy instead", S::SUFFIX);
-        }
-        let name = format!("convert_{}_to_{}", S::SUFFIX, D::SUFFIX);
-        let f = self.function(&name)?;
-        let (pi, _gi) = input.slice.device_ptr(&self.stream);
-        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(&po).arg(&pi).arg(&n);
-        // SAFETY: parameters (D*, const S*, u64); both buffers hold n elements.
-        let r = unsafe { launch.launch(self.grid_1d(n)) }.map(|_| ());
-        self.launched(&name, r)
-    }
-
-    // ---- CKA ----------------------------------------------------------------------------------
-
-    /// Adds to `out[c]` the sum over rows of `x[r, c] - shift[c]` (shift 0 when `None`), in
-    /// f64. Adding (rather than overwriting) lets one accumulator run over several batches;
-    /// start from [`Self::zeros`].
-    pub fn colsum<T: DeviceElement>(
-        &self,
-        x: &DeviceBuffer<T>,
-        shape: MatrixShape,
-        shift: Option<&DeviceBuffer<f64>>,
-        out: &mut DeviceBuffer<f64>,
-    ) -> Result<()> {
-        shape.check(x.len(), "x")?;
-        check_vec(shift.map(|s| s.len()), shape.cols, "shift")?;
-        check_vec(Some(out.len()), shape.cols, "out")?;
-        let name = format!("colsum_{}", T::SUFFIX);
-        let f = self.function(&name)?;
-        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
-        let target = (self.sm_count * BLOCKS_PER_SM) as u64;
-        let gx = cols.div_ceil(32).clamp(1, 1024);
-        let gy = (target / gx).clamp(1, 65_535).min(rows.div_ceil(8)).max(1);
-        let rows_per_block = rows.div_ceil(gy).next_multiple_of(8);
-        let cfg = LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-        let (px, _gx) = x.slice.device_ptr(&self.stream);
-        let shift_ptr = shift.map(|s| s.slice.device_ptr(&self.stream));
-        let ps = shift_ptr.as_ref().map_or(0, |(p, _)| *p);
-        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(&px).arg(&rows).arg(&cols).arg(&stride).arg(&ps).arg(&po).arg(&rows_per_block);
-        // SAFETY: parameters (const T*, u64, u64, u64, const double* or NULL, double*, u64);
-        // the shape was checked against x, shift and out hold cols elements.
-        let r = unsafe { launch.launch(cfg) }.map(|_| ());
-        self.launched(&name, r)
-    }
-
-    /// `y[r, c] = x[r, c] - shift[c]` (shift 0 when `None`), computed in f64 and rounded once
-    /// to `O` (f32 or f64); `y` is contiguous, `rows * cols` elements.
-    pub fn center<T: DeviceElement, O: DeviceElement>(
-        &self,
-        x: &DeviceBuffer<T>,
-        shape: MatrixShape,
-        shift: Option<&DeviceBuffer<f64>>,
-        y: &mut DeviceBuffer<O>,
-    ) -> Result<()> {
-        shape.check(x.len(), "x")?;
-        check_vec(shift.map(|s| s.len()), shape.cols, "shift")?;
-        if !matches!(O::DTYPE, DType::F32 | DType::F64) {
-            fail!(UnsupportedDtype, "y: centered output must be f32 or f64, got {}", O::SUFFIX);
-        }
-        if y.len() != shape.rows * shape.cols {
-            fail!(
-                ShapeMismatch,
-                "y: needs rows * cols = {} elements, the buffer holds {}",
-                shape.rows * shape.cols,
-                y.len()
-            );
-        }
-        let name = format!("center_{}_to_{}", T::SUFFIX, O::SUFFIX);
-        let f = self.function(&name)?;
-        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
-        let (px, _gx) = x.slice.device_ptr(&self.stream);
-        let shift_ptr = shift.map(|s| s.slice.device_ptr(&self.stream));
-        let ps = shift_ptr.as_ref().map_or(0, |(p, _)| *p);
-        let (py, _gy) = y.slice.device_ptr_mut(&self.stream);
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(&px).arg(&rows).arg(&cols).arg(&stride).arg(&ps).arg(&py);
-        // SAFETY: parameters (const T*, u64, u64, u64, const double* or NULL, O*), checked.
-        let r = unsafe { launch.launch(self.grid_2d(shape)) }.map(|_| ());
-        self.launched(&name, r)
-    }
-
-    /// `out[r] = sum over c of x[r, c]^2`, in f64 (overwrites `out`, `rows` elements).
-    pub fn row_sqnorms<T: DeviceElement>(
-        &self,
-        x: &DeviceBuffer<T>,
-        shape: MatrixShape,
-        out: &mut DeviceBuffer<f64>,
-    ) -> Result<()> {
-        shape.check(x.len(), "x")?;
-        check_vec(Some(out.len()), shape.rows, "out")?;
-        let name = format!("row_sqnorms_{}", T::SUFFIX);
-        let f = self.function(&name)?;
-        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
-        let (px, _gx) = x.slice.device_ptr(&self.stream);
-        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(&px).arg(&rows).arg(&cols).arg(&stride).arg(&po);
-        // One warp per row.
-        let cfg = self.grid_1d(rows * 32);
-        // SAFETY: parameters (const T*, u64, u64, u64, double*), checked.
-        let r = unsafe { launch.launch(cfg) }.map(|_| ());
-        self.launched(&name, r)
-    }
-
-    /// Adds the sum of squares of all elements of the matrix to `out[0]`, in f64.
-    pub fn sumsq<T: DeviceElement>(
-        &self,
-        x: &DeviceBuffer<T>,
-        shape: MatrixShape,
-        out: &mut DeviceBuffer<f64>,
-    ) -> Result<()> {
-        shape.check(x.len(), "x")?;
-        if out.is_empty() {
-            fail!(ShapeMismatch, "out: needs 1 element, the buffer is empty");
-        }
-        let name = format!("sumsq_{}", T::SUFFIX);
-        let f = self.function(&name)?;
-        let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
-        let (px, _gx) = x.slice.device_ptr(&self.stream);
-        let (po, _go) = out.slice.device_ptr_mut(&self.stream);
-        let mut launch = self.stream.launch_builder(f);
-        launch.arg(&px).arg(&rows).arg(&cols).arg(&stride).arg(&po);
-        // SAFETY: parameters (const T*, u64, u64, u64, double*), checked.
-        let r = unsafe { launch.launch(self.grid_2d(shape)) }.map(|_| ());
-        self.launched(&name, r)
-    }
 }
 
 // ---- helpers of the primitive modules (cka, mlp) --------------------------------------------
@@ -978,17 +683,8 @@ fn keep_pool_memory(ctx: &CudaContext) {
     }
 }
 
-/// Chunk length and block count of `segment_sumsq` for `total` elements: chunks of at least 4
-/// elements per thread, about one chunk per resident block (`resident` blocks at once).
-fn segment_grid(total: u64, resident: u32) -> (u64, u32) {
-    let target = resident.max(1) as u64;
-    let chunk = total.div_ceil(target).max(4 * BLOCK as u64);
-    let blocks = total.div_ceil(chunk).clamp(1, target) as u32;
-    (chunk, blocks)
-}
-
 /// ShapeMismatch unless every named length equals the first.
-fn same_len(lens: &[(&str, usize)]) -> Result<()> {
+pub(crate) fn same_len(lens: &[(&str, usize)]) -> Result<()> {
     let (first, n) = lens[0];
     for &(name, len) in &lens[1..] {
         if len != n {
@@ -999,65 +695,9 @@ fn same_len(lens: &[(&str, usize)]) -> Result<()> {
 }
 
 /// ShapeMismatch unless a present vector has `want` elements.
-fn check_vec(len: Option<usize>, want: usize, what: &str) -> Result<()> {
+pub(crate) fn check_vec(len: Option<usize>, want: usize, what: &str) -> Result<()> {
     match len {
         Some(n) if n != want => fail!(ShapeMismatch, "{what}: needs {want} elements, the buffer holds {n}"),
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A port of the block / segment walk of `segment_sumsq_impl` (kernels/weights.cu) with the
-    /// launch geometry above: every element of every segment is visited exactly once, by one
-    /// block, and attributed to its own segment.
-    #[test]
-    fn segment_walk_visits_each_element_once() {
-        let cases: [&[u64]; 5] = [
-            &[0, 1],
-            &[0, 7],
-            &[0, 1, 8, 8, 1007, 500_000, 1_000_003],
-            &[3, 5, 999_999],
-            &[0, 0, 0, 5000, 5000, 70_001],
-        ];
-        for offsets in cases {
-            for sm_count in [1u32, 7, 132] {
-                let nseg = offsets.len() - 1;
-                let total = offsets[nseg];
-                let (chunk, blocks) = segment_grid(total, sm_count * BLOCKS_PER_SM);
-                let mut seen = vec![0u8; total as usize];
-                for block in 0..blocks as u64 {
-                    let mut c0 = block * chunk;
-                    while c0 < total {
-                        let c1 = (c0 + chunk).min(total);
-                        let (mut lo, mut hi) = (0usize, nseg);
-                        while lo < hi {
-                            let mid = (lo + hi) / 2;
-                            if offsets[mid + 1] > c0 {
-                                hi = mid;
-                            } else {
-                                lo = mid + 1;
-                            }
-                        }
-                        let mut s = lo;
-                        while s < nseg && offsets[s] < c1 {
-                            let (s0, s1) = (offsets[s].max(c0), offsets[s + 1].min(c1));
-                            for i in s0..s1 {
-                                assert!(offsets[s] <= i && i < offsets[s + 1]);
-                                seen[i as usize] += 1;
-                            }
-                            s += 1;
-                        }
-                        c0 += blocks as u64 * chunk;
-                    }
-                }
-                for (i, &n) in seen.iter().enumerate() {
-                    let inside = i as u64 >= offsets[0];
-                    assert_eq!(n, inside as u8, "offsets {offsets:?} sm {sm_count} element {i}");
-                }
-            }
-        }
     }
 }

@@ -1,6 +1,7 @@
-//! The built-in MLP's batched perturbed evaluation on the device: the metrics of K noisy
-//! copies of one layer ([`LayerNoise`]) in one schedule, with the semantics of the CPU version
-//! (`Mlp::evaluate_layer_noise`):
+//! CUDA host code of `kernels/mlp.cu`; CPU twin in `backend/cpu/mlp.rs` (whose module doc says
+//! where the two round alike and where not). The built-in MLP's batched perturbed evaluation on
+//! the device: the metrics of K noisy copies of one layer ([`LayerNoise`]) in one schedule,
+//! with the semantics of the CPU version (`Mlp::evaluate_layer_noise`):
 //!
 //! 1. the K noisy copies of the layer's weight and bias (`noisy_copies_<dtype>`: Philox noise,
 //!    rounded once to the storage dtype, widened to f32), stacked;
@@ -14,13 +15,12 @@
 //! f64. Work: `2 rows (sum_{j < l} in_j out_j + K sum_{j >= l} in_j out_j)` FLOPs, against
 //! `2 rows K sum_j in_j out_j` for K separate forward passes.
 
-use super::blas::{blas_check, dim, Acc, OP_N, OP_T};
+use super::blas::{Gemm, Handle, OP_N, OP_T};
 use super::device::{addr, addr_mut, describe, device_err, AnyBuffer, CudaDevice, DeviceBuffer, BLOCK};
 use crate::backend::{DenseLayer, LayerNoise};
 use crate::error::{fail, Error, Result};
 use crate::tensor::DType;
-use cudarc::cublas::sys as cb;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Copies evaluated together: the stacked activations grow with K, and `softmax_xent_f32` puts
 /// one grid row per copy.
@@ -214,7 +214,9 @@ impl DeviceMlp {
             }
             // The noisy layer: the K copies' weights stacked as one (K out) x in matrix.
             let first = addr_mut(dev, &mut stacked[0]);
-            gemm(h, g * fo, m, fi, addr(dev, &weights), input, first)?;
+            // SAFETY: the stacked weights hold (g fo) x fi values, the input fi x m, the first
+            // stacked buffer at least (g fo) x m.
+            unsafe { dense_product(h, g * fo, m, fi, addr(dev, &weights), input, first) }?;
             bias_act(dev, first, addr(dev, &biases), g * fo, m, l + 1 < layers)?;
             // The layers above, on the stacked m x K columns.
             let mut cur = 0;
@@ -247,47 +249,50 @@ impl DeviceMlp {
     }
 
     /// Layer `j` (not the noisy one) on `cols` columns at `input`, into `out`.
-    fn dense(
-        &self,
-        dev: &CudaDevice,
-        h: cb::cublasHandle_t,
-        j: usize,
-        input: u64,
-        cols: usize,
-        out: u64,
-    ) -> Result<()> {
+    fn dense(&self, dev: &CudaDevice, h: Handle, j: usize, input: u64, cols: usize, out: u64) -> Result<()> {
         let (fi, fo) = (self.sizes[j], self.sizes[j + 1]);
         let Some((w, b)) = &self.dense[j] else {
             fail!(Panic, "layer {j} is the noisy layer and has no dense copy");
         };
-        gemm(h, fo, cols, fi, w.device_ptr(), input, out)?;
+        // SAFETY: w holds fo x fi values; the caller passes an input of fi x cols values and an
+        // output of fo x cols.
+        unsafe { dense_product(h, fo, cols, fi, w.device_ptr(), input, out) }?;
         bias_act(dev, out, b.device_ptr(), fo, cols, j + 2 < self.sizes.len())
     }
 }
 
 /// `out (rows x cols) = W (rows x inner, row major) input (inner x cols)`, all column-major to
 /// cuBLAS: the row-major W is its column-major transpose.
-fn gemm(h: cb::cublasHandle_t, rows: usize, cols: usize, inner: usize, w: u64, input: u64, out: u64) -> Result<()> {
-    let (m, n, k) = (dim(rows, "layer width")?, dim(cols, "columns")?, dim(inner, "layer input width")?);
-    // SAFETY: w holds rows x inner, input inner x cols and out rows x cols f32 values on the
-    // handle's device; the leading dimensions are those of contiguous matrices.
-    blas_check("cublasSgemm (dense layer)", unsafe {
-        <f32 as Acc>::gemm(h, OP_T, OP_N, m, n, k, w, k, input, k, out, m)
-    })
+///
+/// # Safety
+/// `w` holds rows x inner, `input` inner x cols and `out` rows x cols f32 values on the
+/// handle's device, `out` apart from the other two.
+unsafe fn dense_product(h: Handle, rows: usize, cols: usize, inner: usize, w: u64, input: u64, out: u64) -> Result<()> {
+    let product = Gemm {
+        ta: OP_T,
+        tb: OP_N,
+        m: rows,
+        n: cols,
+        k: inner,
+        a: w,
+        lda: inner,
+        b: input,
+        ldb: inner,
+        c: out,
+        ldc: rows,
+    };
+    // SAFETY: the caller's contract; the leading dimensions are those of contiguous matrices.
+    unsafe { product.run::<f32>(h, "dense layer") }
 }
 
 /// `z = act(z + bias)` per row of the column-major `rows x cols` z (`bias_act_f32`).
 fn bias_act(dev: &CudaDevice, z: u64, bias: u64, rows: usize, cols: usize, relu: bool) -> Result<()> {
     let name = "bias_act_f32";
-    let f = dev.function(name)?;
     let (rows, cols, relu) = (rows as u64, cols as u64, relu as u32);
-    let cfg = dev.grid_1d_for(f, rows * cols / 4);
-    let mut b = dev.stream().launch_builder(f);
-    b.arg(&z).arg(&bias).arg(&rows).arg(&cols).arg(&relu);
-    // SAFETY: parameters (float*, const float*, u64, u64, u32); z holds rows x cols values and
-    // bias rows.
-    let r = unsafe { b.launch(cfg) }.map(|_| ());
-    dev.launched(name, r)
+    let cfg = dev.grid_1d_for(dev.function(name)?, rows * cols / 4);
+    // SAFETY: bias_act_f32(float* z, const float* bias, tl_u64 rows, tl_u64 cols, tl_u32 relu);
+    // z holds rows x cols values and bias rows (the callers' buffers).
+    unsafe { dev.launch(name, cfg, (z, bias, rows, cols, relu)) }
 }
 
 /// `out[k n + e]` = element e of `theta` plus noise of draw k, rounded to theta's dtype, as f32.
@@ -303,26 +308,23 @@ fn noisy_copies(
         return Ok(());
     }
     let name = format!("noisy_copies_{}", theta.dtype().name());
-    let f = dev.function(&name)?;
     let count = ((index0 + n - 1) >> 2) - (index0 >> 2) + 1;
     let copies = noise.draws as u32;
     // Enough blocks in all to fill the device, spread over the copies (grid y).
-    let per_copy = dev.grid_1d_for(f, count).grid_dim.0.div_ceil(copies).max(1);
+    let per_copy = dev.grid_1d_for(dev.function(&name)?, count).grid_dim.0.div_ceil(copies).max(1);
     let cfg = LaunchConfig { grid_dim: (per_copy, copies, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
     let (po, pt) = (addr_mut(dev, out), theta.device_ptr());
-    let (sigma32, sigma64) = (noise.std as f32, noise.std);
-    let mut b = dev.stream().launch_builder(f);
-    b.arg(&po).arg(&pt).arg(&n);
-    if theta.dtype() == DType::F64 {
-        b.arg(&sigma64);
-    } else {
-        b.arg(&sigma32);
+    let (seed, stream0) = (noise.seed, noise.stream0);
+    // SAFETY: noisy_copies_<t>(float* out, const T* theta, tl_u64 n, acc sigma, tl_u64 seed,
+    // tl_u64 stream0, tl_u64 index0, tl_u32 copies), acc = double for f64 data, else float;
+    // out holds copies x n values, theta n.
+    unsafe {
+        if theta.dtype() == DType::F64 {
+            dev.launch(&name, cfg, (po, pt, n, noise.std, seed, stream0, index0, copies))
+        } else {
+            dev.launch(&name, cfg, (po, pt, n, noise.std as f32, seed, stream0, index0, copies))
+        }
     }
-    b.arg(&noise.seed).arg(&noise.stream0).arg(&index0).arg(&copies);
-    // SAFETY: parameters (float*, const T*, u64, acc, u64, u64, u64, u32) with acc = f64 for
-    // f64 data, else f32; out holds copies x n values, theta n.
-    let r = unsafe { b.launch(cfg) }.map(|_| ());
-    dev.launched(&name, r)
 }
 
 /// Per-copy partial sums of the loss and the 0-1 error of `rows` rows (`softmax_xent_f32`).
@@ -338,18 +340,13 @@ fn softmax_xent(
     part_loss: &mut CudaSlice<f64>,
     part_wrong: &mut CudaSlice<f64>,
 ) -> Result<()> {
-    let name = "softmax_xent_f32";
-    let f = dev.function(name)?;
     let (rows, classes, sets) = (rows as u64, classes as u32, copies as u32);
     let cfg = LaunchConfig { grid_dim: (blocks as u32, sets, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
     let (pl, pw) = (addr_mut(dev, part_loss), addr_mut(dev, part_wrong));
-    let mut b = dev.stream().launch_builder(f);
-    b.arg(&logits).arg(&labels).arg(&rows).arg(&classes).arg(&sets).arg(&pl).arg(&pw);
-    // SAFETY: parameters (const float*, const u32*, u64, u32, u32, double*, double*); logits
-    // hold classes x rows x sets values, labels rows (each < classes), the partials sets x
-    // blocks.
-    let r = unsafe { b.launch(cfg) }.map(|_| ());
-    dev.launched(name, r)
+    // SAFETY: softmax_xent_f32(const float* logits, const tl_u32* labels, tl_u64 rows,
+    // tl_u32 classes, tl_u32 sets, double* partial_loss, double* partial_wrong); logits hold
+    // classes x rows x sets values, labels rows (each < classes), the partials sets x blocks.
+    unsafe { dev.launch("softmax_xent_f32", cfg, (logits, labels, rows, classes, sets, pl, pw)) }
 }
 
 fn alloc_f32(dev: &CudaDevice, n: usize, what: &str) -> Result<CudaSlice<f32>> {

@@ -6,19 +6,30 @@
 //! [`crate::Error::DeviceUnavailable`].
 //!
 //! - [`kernels`]: the kernel sources and their compilation by NVRTC;
-//! - [`CudaDevice`]: a device's primary context, stream, compiled kernels, cuBLAS handle and the
-//!   device-side primitives (interpolation, fused perturbation, segmented norms, conversions, CKA
-//!   helpers);
-//! - [`cka`]: the CKA primitives of the analyses (batch moments, Gram terms, column means).
+//! - [`device`]: a device's primary context, stream, compiled kernels, buffers, cuBLAS handle,
+//!   and [`CudaDevice::launch`](device::CudaDevice), the one way a kernel is launched;
+//! - [`blas`]: the one place cuBLAS products are called;
+//! - the host code of each kernel file, named after it: [`weights`] (`kernels/weights.cu`:
+//!   interpolation, segmented sums of squares, normals, conversions), [`cka`] (`kernels/cka.cu`:
+//!   batch moments, Gram terms, column means), [`mlp`] (`kernels/mlp.cu`: the MLP's noisy
+//!   copies). Their CPU twins are `backend/cpu/weights.rs`, `cka.rs` and `mlp.rs`.
 
+// The GPU benchmark calls cuBLAS through the same helper as the library.
+#[cfg(feature = "bench")]
+pub mod blas;
+#[cfg(not(feature = "bench"))]
 pub(crate) mod blas;
 pub mod cka;
 pub mod device;
 pub mod kernels;
 pub mod mlp;
+pub mod weights;
 
-pub use cka::{cka_batch_moments, cka_feature_terms, cka_gram_terms, column_means, last_phases, GramAlgo};
-pub use device::{CudaDevice, DeviceBuffer, DeviceElement, MatrixShape, SegmentSums};
+pub use cka::{cka_batch_moments, cka_feature_terms, cka_gram_terms, column_means};
+#[cfg(feature = "bench")]
+pub use cka::{last_phases, GramAlgo};
+pub use device::{CudaDevice, DeviceBuffer, DeviceElement, MatrixShape};
+pub use weights::SegmentSums;
 
 use crate::error::{fail, Result};
 
@@ -66,6 +77,7 @@ pub fn check_available(device: i32) -> Result<()> {
             "CUDA backend unavailable: NVRTC (libnvrtc.so.13) was not found; install CUDA 13's NVRTC (the toolkit, or the pip package nvidia-cuda-nvrtc) and put its folder on LD_LIBRARY_PATH, or use the CPU backend"
         );
     }
+    // SAFETY: as above.
     if !unsafe { cudarc::cublas::sys::is_culib_present() } {
         fail!(
             DeviceUnavailable,

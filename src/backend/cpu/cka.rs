@@ -1,11 +1,27 @@
-//! CPU primitives: conversion with a shift, Gram and cross products through faer's GEMM on all
-//! cores, and the f64 reductions the analyses are built from.
+//! CPU twin of `kernels/cka.cu`; CUDA host code in `backend/cuda/cka.rs`. Column statistics,
+//! the shifted copies of the layers and their row norms, the products (faer's GEMM on all
+//! cores, where the device calls cuBLAS) and the f64 reductions of the products.
 //!
 //! Dense work buffers hold the *transpose* of a batch: a column-major `features x rows` matrix
 //! whose column `k` is sample `k`. Converting a row-major input is then a streaming copy (row `k`
 //! of the input becomes contiguous column `k`), and faer's GEMM reads either orientation.
+//!
+//! Rounding against the kernels:
+//! - the shifted copy (`shift_<t>_to_<a>`): `x - shift` in f64, rounded once to f32 or f64, on
+//!   both: the same bits;
+//! - row norms (`row_sqnorms`), the squared norm of a product (`sumsq`), the inner product of
+//!   two Grams (`sym_inner`): f64 sums on both, in another order (eight lanes here, a warp or a
+//!   block and atomics there), and `row_sqnorms` and `sumsq` fuse each multiply-add (`fma`)
+//!   where this file rounds the square first: they agree to a few units in the last place of
+//!   an f64;
+//! - column statistics (`colstats`): here the sums run relative to the first row (see
+//!   [`column_stats`]); the device sums the raw values in f64. A constant column gets its exact
+//!   value on both;
+//! - the products: faer and cuBLAS, both in full f32 (f64 for f64 data), sum in different
+//!   orders; a layer stored in `T` with a small offset is used in place here and centered
+//!   after the product (see `Operand::new`), where the device always multiplies centered copies.
 
-use super::{CkaBatchMoments, CkaGramTerms};
+use crate::backend::{CkaBatchMoments, CkaGramTerms};
 use crate::error::{fail, Result};
 use crate::tensor::{Element, HostSlice, Matrix, Storage};
 use faer::linalg::matmul::triangular::BlockStructure;
@@ -50,31 +66,6 @@ fn par() -> Par {
 /// Rows per parallel work item in streaming loops: big enough to amortise scheduling.
 fn rows_per_task(cols: usize) -> usize {
     (16384 / cols.max(1)).max(1)
-}
-
-/// Defines `fn $name` whose body is compiled for AVX2 as well as for the baseline target (SSE2
-/// on x86-64), the former used where the CPU has it: the streaming passes over the data run at
-/// twice the vector width. Both versions do the same operations in the same order (no fused
-/// multiply-adds), so they give the same results.
-macro_rules! multiversion {
-    ($(#[$doc:meta])* fn $name:ident<$($g:ident: $bound:path),*>($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
-        $(#[$doc])*
-        fn $name<$($g: $bound),*>($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn body<$($g: $bound),*>($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            unsafe fn with_avx2<$($g: $bound),*>($($arg: $ty),*) $(-> $ret)? {
-                body::<$($g),*>($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { with_avx2::<$($g),*>($($arg),*) };
-            }
-            body::<$($g),*>($($arg),*)
-        }
-    };
 }
 
 /// `sum_i f(i)` for `i < len` in f64 with eight partial sums and no branch, so that the loop
