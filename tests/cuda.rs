@@ -1,8 +1,9 @@
 //! The CUDA primitives against plain f64 references computed here on the CPU, on fresh random
 //! data of awkward sizes (1, 7, 1000003 elements), never on zeros.
 //!
-//! Where no driver or device exists each test prints "skipped: no CUDA device (reason)" and
-//! passes, unless the environment sets `TL_REQUIRE_CUDA=1`, in which case it fails.
+//! Where no driver or device works the tests that need one are reported as ignored (the
+//! closing line counts them), unless the environment sets `TL_REQUIRE_CUDA=1`: then they run and
+//! fail. The harness is `common::run_gpu_tests` (`harness = false` in Cargo.toml).
 
 mod common;
 
@@ -12,8 +13,9 @@ use transferlens::{rng, BackendChoice, Context, Element, Error};
 
 const SIZES: [usize; 3] = [1, 7, 1_000_003];
 
-fn device() -> Option<CudaDevice> {
-    CudaDevice::new(0).map_err(|e| common::skip_without_cuda(&e)).ok()
+/// Device 0, for a test that the harness runs only where a device works.
+fn device() -> CudaDevice {
+    CudaDevice::new(0).unwrap_or_else(|e| panic!("no CUDA device although the GPU tests were run: {e}"))
 }
 
 /// xorshift64*: small, seedable, good enough for test data.
@@ -117,7 +119,6 @@ fn upload<T: TestElem>(dev: &CudaDevice, v: &[T]) -> DeviceBuffer<T> {
 
 // ---- runs everywhere -----------------------------------------------------------------------
 
-#[test]
 fn auto_context_and_device_probe_never_panic() {
     let probe = cuda::check_device(0);
     let ctx = Context::new(BackendChoice::Auto, 0).unwrap();
@@ -177,9 +178,8 @@ fn check_lerp_bits_f32_formula<T: TestElem>(dev: &CudaDevice) {
     }
 }
 
-#[test]
 fn lerp_matches_f64_reference() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     check_lerp::<f32>(&dev);
     check_lerp::<f64>(&dev);
     check_lerp::<f16>(&dev);
@@ -189,9 +189,8 @@ fn lerp_matches_f64_reference() {
     check_lerp_bits_f32_formula::<bf16>(&dev);
 }
 
-#[test]
 fn lerp_endpoints_keep_special_values_bit_for_bit() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     let a = [-0.0f32, f32::from_bits(0x7fc0_1234), f32::INFINITY, 1e-40, -3.5];
     let b = [0.0f32, 1.0, f32::NEG_INFINITY, -1e-40, f32::from_bits(0xffc0_0042)];
     let (da, db) = (upload(&dev, &a), upload(&dev, &b));
@@ -212,9 +211,8 @@ fn lerp_endpoints_keep_special_values_bit_for_bit() {
 
 // ---- normals ----------------------------------------------------------------------------------
 
-#[test]
 fn device_normals_match_cpu_stream() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     let (seed, stream) = (0xdead_beef_u64, 5u64);
     for n in SIZES {
         for index0 in [0u64, 1, 2, 3, (1 << 40) + 3] {
@@ -283,9 +281,8 @@ fn check_segment_sumsq<T: TestElem>(dev: &CudaDevice) {
     }
 }
 
-#[test]
 fn segment_sumsq_matches_f64_reference() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     check_segment_sumsq::<f32>(&dev);
     check_segment_sumsq::<f64>(&dev);
     check_segment_sumsq::<f16>(&dev);
@@ -433,18 +430,16 @@ fn check_convert_from<S: TestElem + ConvertRef>(dev: &CudaDevice) {
     }
 }
 
-#[test]
 fn conversions_round_to_nearest_even() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     check_convert_from::<f32>(&dev);
     check_convert_from::<f64>(&dev);
     check_convert_from::<f16>(&dev);
     check_convert_from::<bf16>(&dev);
 }
 
-#[test]
 fn f16_and_bf16_widen_like_half_on_every_value() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     let all: Vec<u16> = (0..=u16::MAX).collect();
     let h: Vec<f16> = all.iter().map(|&b| f16::from_bits(b)).collect();
     let bh: Vec<bf16> = all.iter().map(|&b| bf16::from_bits(b)).collect();
@@ -534,9 +529,8 @@ fn check_cka_helpers<T: TestElem>(dev: &CudaDevice) {
     }
 }
 
-#[test]
 fn cka_helpers_match_f64_reference() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     check_cka_helpers::<f32>(&dev);
     check_cka_helpers::<f64>(&dev);
     check_cka_helpers::<f16>(&dev);
@@ -550,9 +544,8 @@ fn cka_helpers_match_f64_reference() {
 
 // ---- memory of other libraries -----------------------------------------------------------------
 
-#[test]
 fn wrapped_device_pointers_are_used_in_place_and_not_freed() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     let mut rng = Rng::new(7);
     let n = 1003;
     let a: Vec<f32> = random(&mut rng, n);
@@ -650,11 +643,15 @@ fn check_paths_agree<T: TestElem>(dev: &CudaDevice) {
     drop((wa, wb, wout));
 }
 
-#[test]
 fn vector_and_scalar_paths_agree() {
-    let Some(dev) = device() else { return };
+    let dev = device();
     check_paths_agree::<f32>(&dev);
     check_paths_agree::<f64>(&dev);
     check_paths_agree::<f16>(&dev);
     check_paths_agree::<bf16>(&dev);
+}
+
+gpu_test_main! {
+    everywhere: [auto_context_and_device_probe_never_panic],
+    on_device: [lerp_matches_f64_reference, lerp_endpoints_keep_special_values_bit_for_bit, device_normals_match_cpu_stream, segment_sumsq_matches_f64_reference, conversions_round_to_nearest_even, f16_and_bf16_widen_like_half_on_every_value, cka_helpers_match_f64_reference, wrapped_device_pointers_are_used_in_place_and_not_freed, vector_and_scalar_paths_agree],
 }

@@ -2,8 +2,9 @@
 //! routes, every dtype, awkward sizes, layer matrices, the streaming accumulator over uneven
 //! batches, device-pointer inputs, and the error paths.
 //!
-//! Where no driver or device exists each test prints "skipped: no CUDA device (reason)" and
-//! passes, unless the environment sets `TL_REQUIRE_CUDA=1`, in which case it fails.
+//! Where no driver or device works the tests that need one are reported as ignored (the
+//! closing line counts them), unless the environment sets `TL_REQUIRE_CUDA=1`: then they run and
+//! fail. The harness is `common::run_gpu_tests` (`harness = false` in Cargo.toml).
 
 mod common;
 
@@ -150,10 +151,9 @@ fn pair(rng: &mut TestRng, n: usize, p: usize, q: usize) -> (Dense, Dense) {
     (x, y)
 }
 
-#[test]
 fn context_resolves_to_cuda_where_a_device_works() {
     let auto = Context::new(BackendChoice::Auto, 0).unwrap();
-    match cuda() {
+    match Context::new(BackendChoice::Cuda, 0).ok() {
         Some(ctx) => {
             assert_eq!(ctx.backend(), Backend::Cuda);
             assert_eq!(auto.backend(), Backend::Cuda, "Auto must pick CUDA where it works");
@@ -168,9 +168,8 @@ fn context_resolves_to_cuda_where_a_device_works() {
     }
 }
 
-#[test]
 fn both_routes_match_cpu_for_every_dtype_and_awkward_size() {
-    let Some(ctx) = cuda() else { return };
+    let ctx = cuda();
     let cpu = Context::cpu();
     let mut rng = TestRng::new(11);
     let shapes = [(4, 1, 3), (4, 3, 1), (37, 65, 3), (37, 300, 65), (1031, 1, 300), (1031, 65, 65), (37, 3, 300)];
@@ -193,9 +192,8 @@ fn both_routes_match_cpu_for_every_dtype_and_awkward_size() {
     }
 }
 
-#[test]
 fn layer_matrix_matches_cpu() {
-    let Some(ctx) = cuda() else { return };
+    let ctx = cuda();
     let cpu = Context::cpu();
     let mut rng = TestRng::new(12);
     for n in [37, 1031] {
@@ -219,9 +217,8 @@ fn layer_matrix_matches_cpu() {
     }
 }
 
-#[test]
 fn accumulator_over_uneven_batches_matches_cpu() {
-    let Some(ctx) = cuda() else { return };
+    let ctx = cuda();
     let cpu = Context::cpu();
     let mut rng = TestRng::new(13);
     for (n, splits) in [(37usize, vec![1usize, 5, 1, 30]), (1031, vec![1, 500, 1, 1, 528])] {
@@ -251,9 +248,8 @@ fn accumulator_over_uneven_batches_matches_cpu() {
     }
 }
 
-#[test]
 fn device_pointer_inputs_are_used_in_place() {
-    let Some(ctx) = cuda() else { return };
+    let ctx = cuda();
     let cpu = Context::cpu();
     let mut rng = TestRng::new(14);
     for dtype in DTYPES {
@@ -310,9 +306,8 @@ fn device_pointer_inputs_are_used_in_place() {
     assert!(matches!(e, Error::InvalidArgument(ref m) if m.contains("x[0]") && m.contains("device 7")), "{e:?}");
 }
 
-#[test]
 fn constant_layers_and_nan_are_errors() {
-    let Some(ctx) = cuda() else { return };
+    let ctx = cuda();
     let mut rng = TestRng::new(15);
     let (x, mut y) = pair(&mut rng, 37, 3, 4);
     let constant = Dense { rows: 37, cols: 3, data: vec![2.5; 37 * 3] };
@@ -351,9 +346,8 @@ fn constant_layers_and_nan_are_errors() {
     }
 }
 
-#[test]
 fn minibatch_cka_says_it_runs_on_the_cpu() {
-    let Some(ctx) = cuda() else { return };
+    let ctx = cuda();
     let mut rng = TestRng::new(16);
     let (x, y) = pair(&mut rng, 16, 3, 4);
     let (tx, ty) = (Typed::new(&x, DType::F32, 0), Typed::new(&y, DType::F32, 0));
@@ -364,13 +358,12 @@ fn minibatch_cka_says_it_runs_on_the_cpu() {
 
 /// Needs the `bench` feature, which compiles the algorithms other than `syrk`.
 #[cfg(feature = "bench")]
-#[test]
 fn every_gram_algorithm_matches_cpu() {
     // TL_CUDA_GRAM picks how the feature route forms its Grams (syrk, one joint syrk of the pair,
     // recursive syrk from gemm blocks, full gemm); small bases make the recursion split these
     // widths several times, oddly. The variable is process-wide, so tests running meanwhile
     // may take any of these algorithms, all of which must agree with the CPU.
-    let Some(ctx) = cuda() else { return };
+    let ctx = cuda();
     let cpu = Context::cpu();
     let mut rng = TestRng::new(13);
     for (n, p, q) in [(1031, 300, 65), (517, 200, 200), (64, 1, 97)] {
@@ -389,4 +382,16 @@ fn every_gram_algorithm_matches_cpu() {
             std::env::remove_var("TL_CUDA_GRAM");
         }
     }
+}
+
+#[cfg(not(feature = "bench"))]
+gpu_test_main! {
+    everywhere: [context_resolves_to_cuda_where_a_device_works],
+    on_device: [both_routes_match_cpu_for_every_dtype_and_awkward_size, layer_matrix_matches_cpu, accumulator_over_uneven_batches_matches_cpu, device_pointer_inputs_are_used_in_place, constant_layers_and_nan_are_errors, minibatch_cka_says_it_runs_on_the_cpu],
+}
+
+#[cfg(feature = "bench")]
+gpu_test_main! {
+    everywhere: [context_resolves_to_cuda_where_a_device_works],
+    on_device: [both_routes_match_cpu_for_every_dtype_and_awkward_size, layer_matrix_matches_cpu, accumulator_over_uneven_batches_matches_cpu, device_pointer_inputs_are_used_in_place, constant_layers_and_nan_are_errors, minibatch_cka_says_it_runs_on_the_cpu, every_gram_algorithm_matches_cpu],
 }

@@ -3,8 +3,9 @@
 //! awkward widths, more copies than one device group, one row, NaN weights; and whole
 //! criticality searches on both backends.
 //!
-//! Where no driver or device exists each test prints "skipped: no CUDA device (reason)" and
-//! passes, unless the environment sets `TL_REQUIRE_CUDA=1`, in which case it fails.
+//! Where no driver or device works the tests that need one are reported as ignored (the
+//! closing line counts them), unless the environment sets `TL_REQUIRE_CUDA=1`: then they run and
+//! fail. The harness is `common::run_gpu_tests` (`harness = false` in Cargo.toml).
 //!
 //! Tolerances: the products run in f32 on both sides, in different summation orders, so
 //! activations differ by a few ulp; the noise is the same Philox stream, computed in f32 on the
@@ -32,9 +33,8 @@ fn assert_metrics_close(got: &[Metrics], want: &[Metrics], rows: usize, loss_tol
     }
 }
 
-#[test]
 fn noisy_copies_on_cuda_match_the_cpu() {
-    let Some(gpu) = cuda() else { return };
+    let gpu = cuda();
     let cpu = Context::cpu();
     // (widths, rows, copies): awkward widths, widths not a multiple of 4 (the scalar bias path),
     // one row, a two-layer net, more copies than one device group (256).
@@ -70,9 +70,8 @@ fn noisy_copies_on_cuda_match_the_cpu() {
 
 /// Plain evaluation (what interpolation and rewind curves ask for) runs on the device with a
 /// CUDA context: one model at a time through the same schedule, with no noise.
-#[test]
 fn plain_evaluation_and_curves_on_cuda_match_the_cpu() {
-    let Some(gpu) = cuda() else { return };
+    let gpu = cuda();
     let cpu = Context::cpu();
     let sizes = [23usize, 70, 33, 6];
     let (mlp, a32, data) = common::mlp_fixture(&sizes, 1500, 12);
@@ -93,9 +92,8 @@ fn plain_evaluation_and_curves_on_cuda_match_the_cpu() {
     }
 }
 
-#[test]
 fn noisy_copies_of_nan_weights_are_an_error_on_cuda() {
-    let Some(gpu) = cuda() else { return };
+    let gpu = cuda();
     let (mlp, set, data) = common::mlp_fixture(&[6, 8, 3], 50, 2);
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = set
         .tensors()
@@ -123,9 +121,8 @@ fn noisy_copies_of_nan_weights_are_an_error_on_cuda() {
 /// grid point's decision compares a device loss with eps. The grid makes the same decisions,
 /// hence the same values, unless a point's mean loss lies within the loss tolerance (2e-5
 /// relative) of eps, which these seeds do not produce.
-#[test]
 fn network_criticality_on_cuda_matches_the_cpu() {
-    let Some(gpu) = cuda() else { return };
+    let gpu = cuda();
     let (mlp, init, data) = common::mlp_fixture(&[12, 40, 24, 5], 600, 8);
     let mut fin = init.try_clone().unwrap();
     let train = transferlens::model::TrainOptions { epochs: 15, batch: 32, lr: 0.02, ..Default::default() };
@@ -157,4 +154,9 @@ fn network_criticality_on_cuda_matches_the_cpu() {
             w.expected
         );
     }
+}
+
+gpu_test_main! {
+    everywhere: [],
+    on_device: [noisy_copies_on_cuda_match_the_cpu, plain_evaluation_and_curves_on_cuda_match_the_cpu, noisy_copies_of_nan_weights_are_an_error_on_cuda, network_criticality_on_cuda_matches_the_cpu],
 }

@@ -4,8 +4,9 @@
 //! the refusals (compare, a context on another backend). Interpolation and rewind give the CPU's
 //! bits exactly.
 //!
-//! Where no driver or device exists each test prints "skipped: no CUDA device (reason)" and
-//! passes, unless the environment sets `TL_REQUIRE_CUDA=1`, in which case it fails.
+//! Where no driver or device works the tests that need one are reported as ignored (the
+//! closing line counts them), unless the environment sets `TL_REQUIRE_CUDA=1`: then they run and
+//! fail. The harness is `common::run_gpu_tests` (`harness = false` in Cargo.toml).
 mod common;
 use half::{bf16, f16};
 use transferlens::backend::cuda::{CudaDevice, DeviceBuffer};
@@ -81,9 +82,8 @@ fn host_values(t: &transferlens::params::Tensor) -> Vec<f64> {
     }
 }
 
-#[test]
 fn weight_space_on_device_memory_matches_the_cpu() {
-    let Some(ctx) = cuda() else { return };
+    let ctx = cuda();
     let dev = ctx.cuda_device().unwrap().clone();
     let cpu = Context::cpu();
     let (_, a32, _) = common::mlp_fixture(&[37, 129, 65, 10], 1, 1);
@@ -139,4 +139,9 @@ fn weight_space_on_device_memory_matches_the_cpu() {
         let e = geometry::distance(&cpu, &da.set, &db.set).unwrap_err();
         assert!(matches!(e, Error::DeviceUnavailable(_)), "{e:?}");
     }
+}
+
+gpu_test_main! {
+    everywhere: [],
+    on_device: [weight_space_on_device_memory_matches_the_cpu],
 }

@@ -2,25 +2,55 @@
 //! reference formulas written independently of the library's code paths.
 #![allow(dead_code)]
 
-/// For a GPU test without a usable CUDA device: prints why it skips, or fails when the
-/// environment sets `TL_REQUIRE_CUDA=1` (the GPU check script does, so that nothing skips there).
-pub fn skip_without_cuda(reason: &dyn std::fmt::Display) {
-    assert!(
-        !std::env::var("TL_REQUIRE_CUDA").is_ok_and(|v| v == "1"),
-        "TL_REQUIRE_CUDA=1 but no CUDA device: {reason}"
-    );
-    println!("skipped: no CUDA device ({reason})");
+/// The `main` of a GPU test binary (these are built with `harness = false`): runs the tests
+/// through libtest-mimic, so that a test needing a CUDA device is reported as *ignored*, with
+/// its count in the closing line, where no device works: nothing that did not run is counted
+/// as passed. `TL_REQUIRE_CUDA=1` (set by the GPU check script) runs them whatever the probe
+/// says, so that a missing device fails there instead of skipping.
+///
+/// ```ignore
+/// gpu_test_main! { everywhere: [probe_never_panics], on_device: [lerp_matches_reference] }
+/// ```
+#[macro_export]
+macro_rules! gpu_test_main {
+    (everywhere: [$($everywhere:ident),* $(,)?], on_device: [$($on_device:ident),* $(,)?] $(,)?) => {
+        fn main() -> std::process::ExitCode {
+            common::run_gpu_tests(
+                &[$((stringify!($everywhere), $everywhere as fn())),*],
+                &[$((stringify!($on_device), $on_device as fn())),*],
+            )
+        }
+    };
 }
 
-/// A context on CUDA device 0, or `None` after [`skip_without_cuda`].
-pub fn cuda_context() -> Option<transferlens::Context> {
-    match transferlens::Context::new(transferlens::BackendChoice::Cuda, 0) {
-        Ok(ctx) => Some(ctx),
-        Err(e) => {
-            skip_without_cuda(&e);
-            None
-        }
+/// Runs the tests of a GPU test binary; see [`gpu_test_main!`].
+pub fn run_gpu_tests(
+    everywhere: &[(&'static str, fn())],
+    on_device: &[(&'static str, fn())],
+) -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let required = std::env::var("TL_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+    let missing = transferlens::Context::new(transferlens::BackendChoice::Cuda, 0).err();
+    let skip = missing.is_some() && !required;
+    if let (true, Some(reason)) = (skip, &missing) {
+        // One line the CI log shows; the closing line counts them as ignored.
+        println!("skipped: {} GPU tests need a CUDA device ({reason})", on_device.len());
     }
+    let trial = |&(name, test): &(&'static str, fn())| {
+        libtest_mimic::Trial::test(name, move || {
+            test();
+            Ok(())
+        })
+    };
+    let trials =
+        everywhere.iter().map(trial).chain(on_device.iter().map(|t| trial(t).with_ignored_flag(skip))).collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// A context on CUDA device 0 for a test that the harness runs only where a device works.
+pub fn cuda_context() -> transferlens::Context {
+    transferlens::Context::new(transferlens::BackendChoice::Cuda, 0)
+        .unwrap_or_else(|e| panic!("no CUDA device although the GPU tests were run: {e}"))
 }
 
 /// xoshiro256** seeded through splitmix64: reproducible test data without a dependency.
