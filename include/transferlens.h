@@ -190,7 +190,9 @@ typedef struct tl_metrics {
  * passed as `live`), and writes the metrics to `out`. It returns 0 on success; any other value
  * aborts the analysis with TL_STATUS_CALLBACK, and the host may describe the failure with
  * tl_set_callback_error first. A model with batch-norm layers recomputes their running statistics
- * inside the callback (a few training batches in train mode) before it evaluates.
+ * inside the callback (a few training batches in train mode) before it evaluates. The callback
+ * may read `params` (tl_params_tensor_data, ...) but must not change it, and must not use the
+ * evaluator or the sets of the analysis that called it in any other way.
  */
 typedef int32_t (*tl_eval_fn)(void *user, const struct tl_params *params, struct tl_metrics *out);
 
@@ -470,7 +472,8 @@ enum tl_status tl_evaluate(struct tl_evaluator *evaluator,
  * The metrics along the segment theta(lambda) = (1 - lambda) a + lambda b at each of the `n`
  * lambdas (any real values; outside [0, 1] it extrapolates) into out[n]. `module` >= 0 moves only
  * that module (the rest stays at b); -1 moves all. Each point is written into `live` (the set the
- * evaluator evaluates: for a callback, the host's wrapped model), which must hold a's weights.
+ * evaluator evaluates: for a callback, the host's wrapped model), which must hold a's weights
+ * and be neither a nor b nor share memory with them.
  */
 enum tl_status tl_interpolation_curve(const struct tl_context *ctx,
                                       struct tl_evaluator *evaluator,
@@ -502,7 +505,8 @@ struct tl_criticality_options tl_criticality_options_default(void);
  * The criticality of module `module` of `final` along the straight path from `init`, or, when
  * `checkpoints` is not NULL, along the piecewise-linear path through its `n_checkpoints` sets
  * (first = initial, last = final; init and final are then ignored and may be NULL). Every point
- * is written into `live` (the set the evaluator evaluates). opts may be NULL for the defaults.
+ * is written into `live` (the set the evaluator evaluates), which must be none of the path's sets
+ * nor share memory with them. opts may be NULL for the defaults.
  */
 enum tl_status tl_module_criticality(const struct tl_context *ctx,
                                      struct tl_evaluator *evaluator,
@@ -547,7 +551,8 @@ enum tl_status tl_pac_bayes_bound(const struct tl_criticality *modules,
 
 /**
  * The rewind curve of module `module`: the metrics of (theta_i^alpha, Theta_-i^F) for each of the
- * `n` alphas (1 = final, 0 = initial) into out[n].
+ * `n` alphas (1 = final, 0 = initial) into out[n]. Each point is written into `live`, which must
+ * be neither init nor final nor share memory with them.
  */
 enum tl_status tl_rewind_curve(const struct tl_context *ctx,
                                struct tl_evaluator *evaluator,

@@ -23,6 +23,7 @@
 //! # Ok::<(), transferlens::Error>(())
 //! ```
 
+mod aliasing;
 pub mod backend;
 pub mod cka;
 pub mod criticality;
