@@ -133,6 +133,7 @@ pub unsafe extern "C" fn tl_evaluator_from_callback(
     guard(|| {
         // SAFETY: out is NULL or valid for a write (the C contract).
         let out = unsafe { try_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
         let Some(f) = fn_ else { fail!(NullArgument, "fn is NULL") };
         hand_out(HostEvaluator::Callback(CallbackEvaluator { f, user }), out);
         Ok(())
@@ -164,8 +165,11 @@ pub unsafe extern "C" fn tl_evaluator_mlp(
     out: *mut *mut tl_evaluator,
 ) -> Status {
     guard(|| {
-        // SAFETY: out is NULL or valid for a write, sizes NULL or n_sizes values (the C contract).
-        let (out, mlp) = unsafe { (try_mut(out, "out")?, mlp_of(sizes, n_sizes)?) };
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
+        // SAFETY: sizes is NULL or n_sizes values (the C contract).
+        let mlp = unsafe { mlp_of(sizes, n_sizes) }?;
         let rows = to_usize(rows, "rows")?;
         let dim = mlp.sizes()[0];
         let n = element_count(&[("rows", rows), ("sizes[0]", dim)])?;
@@ -203,8 +207,11 @@ pub unsafe extern "C" fn tl_set_callback_error(message: *const c_char) {
 #[no_mangle]
 pub unsafe extern "C" fn tl_mlp_init(sizes: *const u64, n_sizes: usize, seed: u64, out: *mut *mut tl_params) -> Status {
     guard(|| {
-        // SAFETY: out is NULL or valid for a write, sizes NULL or n_sizes values (the C contract).
-        let (out, mlp) = unsafe { (try_mut(out, "out")?, mlp_of(sizes, n_sizes)?) };
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
+        // SAFETY: sizes is NULL or n_sizes values (the C contract).
+        let mlp = unsafe { mlp_of(sizes, n_sizes) }?;
         hand_out(mlp.init(seed)?, out);
         Ok(())
     })
