@@ -381,7 +381,7 @@ pub extern "C" fn tl_criticality_options_default() -> tl_criticality_options {
     }
 }
 
-fn flag(v: u32, name: &str) -> Result<bool> {
+fn bool_field(v: u32, name: &str) -> Result<bool> {
     match v {
         0 => Ok(false),
         1 => Ok(true),
@@ -413,13 +413,13 @@ unsafe fn read_options(opts: *const tl_criticality_options) -> Result<criticalit
     let (alphas, sigmas) = (o.alphas as usize, o.sigmas as usize);
     Ok(criticality::Options {
         metric: o.metric.get("opts->metric")?,
-        eps: if flag(o.eps_relative, "opts->eps_relative")? { Eps::Relative(o.eps) } else { Eps::Absolute(o.eps) },
-        noise: if flag(o.noise_relative, "opts->noise_relative")? {
+        eps: if bool_field(o.eps_relative, "opts->eps_relative")? { Eps::Relative(o.eps) } else { Eps::Absolute(o.eps) },
+        noise: if bool_field(o.noise_relative, "opts->noise_relative")? {
             Noise::Relative
         } else {
             Noise::Absolute { scale: o.noise_scale }
         },
-        search: if flag(o.refined, "opts->refined")? {
+        search: if bool_field(o.refined, "opts->refined")? {
             Search::Refined { alphas, tolerance: o.tolerance, alpha_steps: o.alpha_steps as usize }
         } else {
             Search::Grid { alphas, sigmas }
@@ -448,7 +448,7 @@ pub struct tl_criticality {
     pub points: u64,
 }
 
-fn crit_out(c: &criticality::ModuleCriticality) -> tl_criticality {
+fn criticality_to_c(c: &criticality::ModuleCriticality) -> tl_criticality {
     tl_criticality {
         value: c.value,
         alpha: c.alpha,
@@ -561,7 +561,7 @@ pub unsafe extern "C" fn tl_module_criticality(
             )
         };
         let c = criticality::module_criticality(ctx, ev.as_dyn(), path, live, module, &opts)?;
-        *out = crit_out(&c);
+        *out = criticality_to_c(&c);
         Ok(())
     })
 }
@@ -624,7 +624,7 @@ pub unsafe extern "C" fn tl_network_criticality(
             );
         }
         for (o, c) in mods.iter_mut().zip(&net.modules) {
-            *o = crit_out(c);
+            *o = criticality_to_c(c);
         }
         *out = tl_network_summary {
             total: net.total,
