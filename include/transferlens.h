@@ -8,8 +8,8 @@
  *   tl_status_name() names a code.
  * - Handles are opaque. A function that makes one writes it to its last argument, out:
  *   tl_context_create; tl_params_load, tl_params_wrap, tl_params_clone and tl_mlp_init (sets);
- *   tl_evaluator_from_callback and tl_evaluator_mlp; tl_cka_accumulator_create. *out is NULL
- *   after a failure. Each handle is freed by its tl_<thing>_destroy (NULL is a no-op).
+ *   tl_evaluator_from_callback and tl_evaluator_mlp; tl_cka_accumulator_create. A failed call
+ *   makes no handle. Each handle is freed by its tl_<thing>_destroy (NULL is a no-op).
  * - Pointers: NULL is TL_STATUS_NULL_ARGUMENT unless a function's comment allows it; an array of
  *   length 0 may be NULL. Any other pointer must be valid for the length the comment gives, for
  *   the whole call; arrays are the caller's, and the library writes only into outputs.

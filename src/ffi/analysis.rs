@@ -133,7 +133,6 @@ pub unsafe extern "C" fn tl_evaluator_from_callback(
     guard(|| {
         // SAFETY: out is NULL or valid for a write (the C contract).
         let out = unsafe { try_mut(out, "out") }?;
-        *out = std::ptr::null_mut();
         let Some(f) = fn_ else { fail!(NullArgument, "fn is NULL") };
         hand_out(HostEvaluator::Callback(CallbackEvaluator { f, user }), out);
         Ok(())
@@ -167,7 +166,6 @@ pub unsafe extern "C" fn tl_evaluator_mlp(
     guard(|| {
         // SAFETY: out is NULL or valid for a write (the C contract).
         let out = unsafe { try_mut(out, "out") }?;
-        *out = std::ptr::null_mut();
         // SAFETY: sizes is NULL or n_sizes values (the C contract).
         let mlp = unsafe { mlp_of(sizes, n_sizes) }?;
         let rows = to_usize(rows, "rows")?;
@@ -209,7 +207,6 @@ pub unsafe extern "C" fn tl_mlp_init(sizes: *const u64, n_sizes: usize, seed: u6
     guard(|| {
         // SAFETY: out is NULL or valid for a write (the C contract).
         let out = unsafe { try_mut(out, "out") }?;
-        *out = std::ptr::null_mut();
         // SAFETY: sizes is NULL or n_sizes values (the C contract).
         let mlp = unsafe { mlp_of(sizes, n_sizes) }?;
         hand_out(mlp.init(seed)?, out);
@@ -413,7 +410,11 @@ unsafe fn read_options(opts: *const tl_criticality_options) -> Result<criticalit
     let (alphas, sigmas) = (o.alphas as usize, o.sigmas as usize);
     Ok(criticality::Options {
         metric: o.metric.get("opts->metric")?,
-        eps: if bool_field(o.eps_relative, "opts->eps_relative")? { Eps::Relative(o.eps) } else { Eps::Absolute(o.eps) },
+        eps: if bool_field(o.eps_relative, "opts->eps_relative")? {
+            Eps::Relative(o.eps)
+        } else {
+            Eps::Absolute(o.eps)
+        },
         noise: if bool_field(o.noise_relative, "opts->noise_relative")? {
             Noise::Relative
         } else {
