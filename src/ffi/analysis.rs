@@ -255,8 +255,9 @@ pub unsafe extern "C" fn tl_interpolation_curve(
     guard(|| {
         ensure_distinct("live", live, &[("a", a), ("b", b)])?;
         // SAFETY: ctx is NULL or a live context; evaluator NULL or a live evaluator, a and b NULL
-        // or live sets, and live NULL or a live set distinct from them (checked above), each of
-        // the last two used by this call alone; lambdas and out NULL or n values (the C contract).
+        // or live sets, and live NULL or a live set distinct from them (checked above); evaluator
+        // and live are used by this call alone; lambdas and out are NULL or n values (the C
+        // contract).
         let (ctx, ev, a, b, live, lambdas, out) = unsafe {
             (
                 handle_ref(ctx, "ctx")?,

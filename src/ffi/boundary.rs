@@ -136,8 +136,11 @@ pub(crate) unsafe fn destroy<H: Handle>(handle: *mut H) {
 
 /// Fails with `TL_STATUS_INVALID_ARGUMENT` when the output handle `out` (named `out_name`) is one
 /// of `inputs`: the call would read a set while writing it. Compares addresses only, so it runs
-/// before any reference to the sets is formed.
+/// before any reference to the sets is formed. NULL is left to the NULL checks that follow.
 pub(crate) fn ensure_distinct<H>(out_name: &str, out: *const H, inputs: &[(&str, *const H)]) -> Result<()> {
+    if out.is_null() {
+        return Ok(());
+    }
     if let Some((name, _)) = inputs.iter().find(|(_, input)| std::ptr::eq(*input, out)) {
         fail!(InvalidArgument, "{out_name} is {name}: the call writes {out_name} while it reads {name}; pass a set of its own (tl_params_clone makes one)");
     }
@@ -197,6 +200,7 @@ mod tests {
     fn the_same_handle_as_an_input_is_refused_by_name() {
         let (a, b) = (1u8, 2u8);
         ensure_distinct("live", &b, &[("a", &a as *const u8)]).unwrap();
+        ensure_distinct::<u8>("live", std::ptr::null(), &[("a", std::ptr::null())]).unwrap();
         let msg =
             ensure_distinct("live", &b, &[("a", &a as *const u8), ("checkpoints[1]", &b)]).unwrap_err().to_string();
         assert!(msg.starts_with("live is checkpoints[1]: "), "{msg}");

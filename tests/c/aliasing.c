@@ -93,6 +93,9 @@ int main(void) {
     CHECK_REFUSED(tl_interpolation_curve(ctx, ev, p0, p1, over_w1, grid, 2, -1, curve), "b");
     CHECK_REFUSED(tl_rewind_curve(ctx, ev, p1, p2, over_w1, 0, grid, 2, curve), "init");
 
+    /* A NULL live is a NULL argument, whatever the inputs. */
+    CHECK_STATUS(tl_interpolation_curve(ctx, ev, NULL, p1, NULL, grid, 2, -1, curve), TL_STATUS_NULL_ARGUMENT);
+
     /* A set of its own is accepted, and the refusals above left the inputs untouched. */
     CHECK_OK(tl_module_criticality(ctx, ev, NULL, NULL, ck, 3, live, 0, &o, c));
     CHECK_OK(tl_interpolation_curve(ctx, ev, p0, p1, live, grid, 2, -1, curve));
