@@ -21,6 +21,7 @@
 //! golden-section search around the best one. A module with no feasible point has criticality
 //! +inf.
 
+use crate::aliasing::ensure_disjoint;
 use crate::backend::Context;
 use crate::error::{fail, Result};
 use crate::eval::{add_module_noise, check_metrics, evaluate_points, Evaluator, Metric, Metrics, ModuleNoise};
@@ -106,13 +107,20 @@ impl<'a> Path<'a> {
             Path::Checkpoints(c) => c[c.len() - 1],
         }
     }
-    fn check(&self) -> Result<()> {
-        if let Path::Checkpoints(c) = self {
-            if c.len() < 2 {
-                fail!(InvalidArgument, "a checkpoint path needs at least 2 checkpoints, got {}", c.len());
+    /// Checks the path's length, and that `live` (written at every point) shares no memory with
+    /// any set of the path.
+    fn check(&self, live: &ParamSet) -> Result<()> {
+        match self {
+            Path::Straight { init, final_ } => ensure_disjoint("live", live, &[("init", init), ("final", final_)]),
+            Path::Checkpoints(c) => {
+                if c.len() < 2 {
+                    fail!(InvalidArgument, "a checkpoint path needs at least 2 checkpoints, got {}", c.len());
+                }
+                let names: Vec<String> = (0..c.len()).map(|i| format!("checkpoints[{i}]")).collect();
+                let inputs: Vec<(&str, &ParamSet)> = names.iter().map(String::as_str).zip(c.iter().copied()).collect();
+                ensure_disjoint("live", live, &inputs)
             }
         }
-        Ok(())
     }
 }
 
@@ -150,21 +158,42 @@ pub struct NetworkCriticality {
     pub joint_expected: f64,
 }
 
-/// Scratch state of a search for one module.
-struct Search1<'c, 'p> {
+/// The state of the search over (alpha, sigma) for one module: where the points are written and
+/// how many have been evaluated.
+struct ModuleSearch<'c, 'p> {
     ctx: &'c Context,
     ev: &'c mut dyn Evaluator,
     path: Path<'p>,
     module: usize,
     opts: &'c Options,
     live: &'c mut ParamSet,
+    /// Further scratch sets for evaluators that take several sets per call.
     extra: Vec<ParamSet>,
+    /// theta_i(alpha) with the other modules final, before noise.
     point: ParamSet,
-    unit: f64, // the per-element std for sigma = 1
+    /// The per-element noise std at sigma = 1.
+    unit: f64,
+    /// Points evaluated so far.
     points: usize,
 }
 
-impl Search1<'_, '_> {
+/// A feasible point of the search: its score ||theta_i(alpha) - theta_i^0||^2 / s^2 (the
+/// criticality when it is the minimum), where it lies, and the metric under noise there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Candidate {
+    score: f64,
+    alpha: f64,
+    sigma: f64,
+    /// The mean metric under noise (<= eps).
+    expected: f64,
+}
+
+/// Whether a point scoring `score` beats the best feasible point found so far.
+fn beats(best: Option<Candidate>, score: f64) -> bool {
+    best.map_or(true, |b| score < b.score)
+}
+
+impl ModuleSearch<'_, '_> {
     /// Writes theta_i(alpha) (rest final) into `self.point`; returns ||theta_i(alpha) - theta_i^0||^2.
     fn place(&mut self, alpha: f64) -> Result<f64> {
         match self.path {
@@ -193,7 +222,7 @@ impl Search1<'_, '_> {
             Some(got) => {
                 let got = got?;
                 if got.len() != k {
-                    fail!(Panic, "the evaluator returned {} results for {k} noisy copies", got.len());
+                    fail!(Callback, "the evaluator returned {} results for {k} noisy copies", got.len());
                 }
                 for m in &got {
                     check_metrics(m, "evaluation under noise")?;
@@ -247,6 +276,7 @@ pub fn eps_for(
     live: &mut ParamSet,
     opts: &Options,
 ) -> Result<(f64, f64)> {
+    ensure_disjoint("live", live, &[("final", final_)])?;
     let m = evaluate_points(ctx, ev, live, &mut Vec::new(), 1, |_, out| {
         geometry::interpolate(ctx, final_, final_, 1.0, out)
     })?;
@@ -269,7 +299,7 @@ pub fn module_criticality(
     opts: &Options,
 ) -> Result<ModuleCriticality> {
     check_options(opts)?;
-    path.check()?;
+    path.check(live)?;
     let (_, eps) = eps_for(ctx, ev, path.final_(), live, opts)?;
     module_at_eps(ctx, ev, path, live, module, opts, eps)
 }
@@ -300,10 +330,8 @@ fn module_at_eps(
         }
     };
     let point = final_.try_clone()?;
-    let mut s = Search1 { ctx, ev, path, module, opts, live, extra: Vec::new(), point, unit, points: 0 };
-    // Best: (score, alpha, sigma, expected).
-    let mut best: Option<(f64, f64, f64, f64)> = None;
-    let better = |best: &Option<(f64, f64, f64, f64)>, score: f64| best.map_or(true, |b| score < b.0);
+    let mut s = ModuleSearch { ctx, ev, path, module, opts, live, extra: Vec::new(), point, unit, points: 0 };
+    let mut best: Option<Candidate> = None;
     match opts.search {
         Search::Grid { alphas, sigmas } => {
             let sig = linspace(1e-16, 1.0, sigmas);
@@ -312,12 +340,12 @@ fn module_at_eps(
                 // Descending sigma: the first feasible one is this alpha's best score.
                 for &sigma in sig.iter().rev() {
                     let score = num / (sigma * s.unit).powi(2);
-                    if !better(&best, score) {
+                    if !beats(best, score) {
                         break; // smaller sigmas score higher still
                     }
-                    let e = s.mean_under_noise(sigma * s.unit)?;
-                    if e <= eps {
-                        best = Some((score, alpha, sigma, e));
+                    let expected = s.mean_under_noise(sigma * s.unit)?;
+                    if expected <= eps {
+                        best = Some(Candidate { score, alpha, sigma, expected });
                         break;
                     }
                 }
@@ -325,29 +353,27 @@ fn module_at_eps(
         }
         Search::Refined { alphas, tolerance, alpha_steps } => {
             let grid = linspace(0.0, 1.0, alphas);
-            let mut at: Vec<f64> = Vec::with_capacity(alphas);
             for &alpha in &grid {
-                let r = largest_sigma(&mut s, alpha, eps, tolerance, &best)?;
-                at.push(r.map_or(f64::INFINITY, |r| r.0));
-                if let Some(r) = r {
-                    if better(&best, r.0) {
-                        best = Some(r);
+                if let Some(c) = largest_sigma(&mut s, alpha, eps, tolerance, best)? {
+                    if beats(best, c.score) {
+                        best = Some(c);
                     }
                 }
             }
             if let Some(b) = best {
                 // Golden-section search on alpha in the bracket of the best grid alpha.
-                let i = grid.iter().position(|&a| a == b.1).unwrap_or(0);
+                let i = grid.iter().position(|&a| a == b.alpha).unwrap_or(0);
                 let (mut lo, mut hi) = (grid[i.saturating_sub(1)], grid[(i + 1).min(alphas - 1)]);
                 let g = 0.5 * (5f64.sqrt() - 1.0);
-                let eval = |s: &mut Search1, a: f64, best: &mut Option<(f64, f64, f64, f64)>| -> Result<f64> {
-                    let r = largest_sigma(s, a, eps, tolerance, &None)?;
-                    if let Some(r) = r {
-                        if better(best, r.0) {
-                            *best = Some(r);
+                // The best score at alpha `a` (+inf when infeasible), recorded in `best` if it wins.
+                let eval = |s: &mut ModuleSearch, a: f64, best: &mut Option<Candidate>| -> Result<f64> {
+                    let found = largest_sigma(s, a, eps, tolerance, None)?;
+                    if let Some(c) = found {
+                        if beats(*best, c.score) {
+                            *best = Some(c);
                         }
                     }
-                    Ok(r.map_or(f64::INFINITY, |r| r.0))
+                    Ok(found.map_or(f64::INFINITY, |c| c.score))
                 };
                 let (mut x1, mut x2) = (hi - g * (hi - lo), lo + g * (hi - lo));
                 let mut f1 = if alpha_steps > 0 { eval(&mut s, x1, &mut best)? } else { 0.0 };
@@ -371,10 +397,10 @@ fn module_at_eps(
         }
     }
     Ok(match best {
-        Some((value, alpha, sigma, expected)) => ModuleCriticality {
+        Some(Candidate { score, alpha, sigma, expected }) => ModuleCriticality {
             module: name,
             numel,
-            value,
+            value: score,
             alpha,
             sigma,
             noise_std: sigma * s.unit,
@@ -394,26 +420,26 @@ fn module_at_eps(
     })
 }
 
-/// The largest feasible sigma in (0, 1] at `alpha` by geometric bisection, as (score, alpha,
-/// sigma, expected); None if none is feasible or none can beat `best`.
+/// The largest feasible sigma in (0, 1] at `alpha` by geometric bisection; None if none is
+/// feasible or none can beat `best`.
 fn largest_sigma(
-    s: &mut Search1,
+    s: &mut ModuleSearch,
     alpha: f64,
     eps: f64,
     tolerance: f64,
-    best: &Option<(f64, f64, f64, f64)>,
-) -> Result<Option<(f64, f64, f64, f64)>> {
+    best: Option<Candidate>,
+) -> Result<Option<Candidate>> {
     let num = s.place(alpha)?;
     let unit = s.unit;
     let score = move |sigma: f64| num / (sigma * unit).powi(2);
     let e1 = s.mean_under_noise(s.unit)?;
     if e1 <= eps {
-        return Ok(Some((score(1.0), alpha, 1.0, e1)));
+        return Ok(Some(Candidate { score: score(1.0), alpha, sigma: 1.0, expected: e1 }));
     }
     // The smallest sigma that could still beat the best score; below it nothing helps. A point
     // that has not moved (num = 0) scores 0 at any feasible sigma.
     let mut lo = match best {
-        Some(b) if num > 0.0 => (num / b.0).sqrt() / s.unit,
+        Some(b) if num > 0.0 => (num / b.score).sqrt() / s.unit,
         _ => 1e-16,
     }
     .max(1e-16);
@@ -435,7 +461,7 @@ fn largest_sigma(
             hi = mid;
         }
     }
-    Ok(Some((score(lo), alpha, lo, elo)))
+    Ok(Some(Candidate { score: score(lo), alpha, sigma: lo, expected: elo }))
 }
 
 /// The criticality of every module of the final set, and their sum.
@@ -447,7 +473,7 @@ pub fn network_criticality(
     opts: &Options,
 ) -> Result<NetworkCriticality> {
     check_options(opts)?;
-    path.check()?;
+    path.check(live)?;
     let (final_metric, eps) = eps_for(ctx, ev, path.final_(), live, opts)?;
     let mut modules = Vec::new();
     for m in 0..path.final_().modules().len() {
@@ -474,7 +500,7 @@ fn joint_mean(
     let mut next = final_.try_clone()?;
     for (i, c) in modules.iter().enumerate() {
         let point = final_.try_clone()?;
-        let mut s = Search1 {
+        let mut s = ModuleSearch {
             ctx,
             ev: &mut *ev,
             path,
@@ -547,6 +573,7 @@ pub fn rewind_curve(
     if let Some(a) = alphas.iter().find(|a| !a.is_finite()) {
         fail!(InvalidArgument, "alpha {a} is not finite");
     }
+    ensure_disjoint("live", live, &[("init", init), ("final", final_)])?;
     evaluate_points(ctx, ev, live, &mut Vec::new(), alphas.len(), |k, out| {
         geometry::rewind(ctx, init, final_, module, alphas[k], out)
     })

@@ -22,8 +22,14 @@ fn check_block(h: usize, w: usize, b: usize) -> Result<()> {
 /// image (train and test alike). b = H = W is the identity.
 pub fn block_shuffle(images: &mut [f32], n: usize, c: usize, h: usize, w: usize, b: usize, seed: u64) -> Result<()> {
     check_block(h, w, b)?;
-    let size = c * h * w;
-    if images.len() != n * size {
+    if c == 0 {
+        fail!(InvalidArgument, "images of 0 channels have no blocks to shuffle");
+    }
+    let size = c.checked_mul(h).and_then(|v| v.checked_mul(w));
+    let Some((size, total)) = size.and_then(|size| Some((size, n.checked_mul(size)?))) else {
+        fail!(InvalidArgument, "{n} images of {c} x {h} x {w} values overflow the address space")
+    };
+    if images.len() != total {
         fail!(ShapeMismatch, "{} values for {n} images of {c} x {h} x {w}", images.len());
     }
     let perm = block_permutation(h, w, b, seed)?;
@@ -128,6 +134,14 @@ mod tests {
         sorted.sort_by(f32::total_cmp);
         assert_eq!(sorted, orig);
         assert!(block_shuffle(&mut x, n, c, h, w, 4, 1).is_err());
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_refused() {
+        let e = block_shuffle(&mut [], 0, usize::MAX, 2, 2, 1, 0).unwrap_err();
+        assert_eq!(e.status(), crate::Status::InvalidArgument);
+        assert!(block_shuffle(&mut [], usize::MAX, 1, 2, 2, 1, 0).is_err());
+        assert_eq!(block_shuffle(&mut [], 0, 0, 2, 2, 1, 0).unwrap_err().status(), crate::Status::InvalidArgument);
     }
 
     #[test]

@@ -43,10 +43,11 @@ pub enum Error {
     /// A CUDA call failed.
     #[error("{0}")]
     Device(String),
-    /// A host callback reported failure.
+    /// The caller's evaluator failed: a host callback reported failure, or an evaluator broke its
+    /// contract (for example, returned a different number of results than it was given sets).
     #[error("{0}")]
     Callback(String),
-    /// A bug inside the library.
+    /// A bug inside the library, never the caller's doing.
     #[error("internal error (please report): {0}")]
     Panic(String),
 }

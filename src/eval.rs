@@ -322,7 +322,7 @@ pub fn evaluate_points(
         let sets: Vec<&ParamSet> = std::iter::once(&*live).chain(extra[..m - 1].iter()).collect();
         let got = ev.evaluate(ctx, &sets)?;
         if got.len() != m {
-            fail!(Panic, "the evaluator returned {} results for {m} sets", got.len());
+            fail!(Callback, "the evaluator returned {} results for {m} sets", got.len());
         }
         for g in &got {
             check_metrics(g, "evaluation")?;

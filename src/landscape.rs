@@ -6,6 +6,7 @@
 //! metric is the largest excess of the curve over the chord between its endpoints on [0, 1];
 //! for an accuracy-like metric the sign flips.
 
+use crate::aliasing::ensure_disjoint;
 use crate::backend::Context;
 use crate::error::{fail, Result};
 use crate::eval::{evaluate_points, Evaluator, Metric, Metrics};
@@ -35,7 +36,8 @@ pub fn extrapolation_lambdas(per_unit: usize) -> Vec<f64> {
 
 /// The metrics of the sets along the segment from `a` (lambda = 0) to `b` (lambda = 1) at each
 /// lambda; `module` moves only that module (the rest stays at `b`). `live` receives the weights
-/// (the host's wrapped model for a callback evaluator); it must hold the weights of `a`.
+/// (the host's wrapped model for a callback evaluator); it must hold the weights of `a` and share
+/// no memory with `a` or `b`.
 pub fn interpolation_curve(
     ctx: &Context,
     ev: &mut dyn Evaluator,
@@ -51,6 +53,7 @@ pub fn interpolation_curve(
     if let Some(l) = lambdas.iter().find(|l| !l.is_finite()) {
         fail!(InvalidArgument, "the lambda grid holds a non-finite value {l}");
     }
+    ensure_disjoint("live", live, &[("a", a), ("b", b)])?;
     let mut extra = Vec::new();
     evaluate_points(ctx, ev, live, &mut extra, lambdas.len(), |k, out| match module {
         None => geometry::interpolate(ctx, a, b, lambdas[k], out),
@@ -79,7 +82,7 @@ pub fn barrier(lambdas: &[f64], values: &[f64], larger_is_worse: bool, tolerance
     if lambdas.len() != values.len() {
         fail!(ShapeMismatch, "{} lambdas but {} values", lambdas.len(), values.len());
     }
-    if !(tolerance >= 0.0) || !tolerance.is_finite() {
+    if !(tolerance.is_finite() && tolerance >= 0.0) {
         fail!(InvalidArgument, "the tolerance must be a finite number >= 0, got {tolerance}");
     }
     if let Some(v) = values.iter().find(|v| !v.is_finite()) {

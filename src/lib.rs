@@ -23,6 +23,7 @@
 //! # Ok::<(), transferlens::Error>(())
 //! ```
 
+mod aliasing;
 mod atomic_write;
 pub mod backend;
 pub mod cka;

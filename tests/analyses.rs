@@ -7,6 +7,7 @@ use transferlens::criticality::{self, Eps, Noise, Options, Path, Search};
 use transferlens::eval::{Evaluator, FnEvaluator, Metric, Metrics, MlpEvaluator, ModuleNoise};
 use transferlens::landscape;
 use transferlens::model::{f32_set, Dataset, Mlp, TrainOptions};
+use transferlens::params::TensorSpec;
 use transferlens::tensor::HostSlice;
 use transferlens::{Context, DType, Error, Grouping, ParamSet};
 
@@ -273,6 +274,83 @@ fn a_failing_evaluator_aborts_the_analysis() {
     .unwrap_err();
     assert_eq!(e, Error::Callback("host says no".into()));
     assert_eq!(ev.batch(), 1);
+}
+
+/// A second set over the weights of `set` (the one tensor "w.weight"), as a C caller makes by
+/// wrapping the same array twice.
+///
+/// # Safety
+/// The returned set must not outlive `set`, and neither set may be written while both live.
+unsafe fn over_the_memory_of(set: &ParamSet) -> ParamSet {
+    let t = set.tensor("w.weight").unwrap();
+    let ptr = t.bytes().unwrap().as_ptr() as *mut u8;
+    let spec = TensorSpec { name: "w.weight".into(), dtype: DType::F32, shape: t.shape().to_vec(), ptr, device: -1 };
+    // SAFETY: the caller's contract; the memory is `set`'s, valid and aligned for its f32s.
+    unsafe { ParamSet::wrap(vec![spec]) }.unwrap()
+}
+
+#[test]
+fn a_live_set_over_the_memory_of_an_input_is_refused_by_name() {
+    let (init, fin, _) = toy();
+    let mid = init.try_clone().unwrap();
+    let ctx = Context::cpu();
+    let mut ev = FnEvaluator(quadratic);
+    let refused = |e: Error, input: &str| {
+        let msg = e.to_string();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{msg}");
+        assert!(msg.starts_with(&format!("live shares memory with {input} (tensor \"w.weight\")")), "{msg}");
+    };
+    let o = Options {
+        search: Search::Grid { alphas: 2, sigmas: 2 },
+        samples: 1,
+        ..opts(Search::Grid { alphas: 2, sigmas: 2 })
+    };
+    let checkpoints = [&init, &mid, &fin];
+    for (i, set) in checkpoints.iter().enumerate() {
+        // SAFETY: each refusal happens before anything is written, and `live` is dropped first.
+        let mut live = unsafe { over_the_memory_of(set) };
+        let path = Path::Checkpoints(&checkpoints);
+        refused(
+            criticality::module_criticality(&ctx, &mut ev, path, &mut live, 0, &o).unwrap_err(),
+            &format!("checkpoints[{i}]"),
+        );
+        refused(
+            criticality::network_criticality(&ctx, &mut ev, path, &mut live, &o).unwrap_err(),
+            &format!("checkpoints[{i}]"),
+        );
+    }
+    for (name, set) in [("init", &init), ("final", &fin)] {
+        // SAFETY: as above.
+        let mut live = unsafe { over_the_memory_of(set) };
+        let path = Path::Straight { init: &init, final_: &fin };
+        refused(criticality::module_criticality(&ctx, &mut ev, path, &mut live, 0, &o).unwrap_err(), name);
+        refused(criticality::network_criticality(&ctx, &mut ev, path, &mut live, &o).unwrap_err(), name);
+        refused(criticality::rewind_curve(&ctx, &mut ev, &init, &fin, &mut live, 0, &[0.5]).unwrap_err(), name);
+    }
+    for (name, set) in [("a", &init), ("b", &fin)] {
+        // SAFETY: as above.
+        let mut live = unsafe { over_the_memory_of(set) };
+        let e = landscape::interpolation_curve(&ctx, &mut ev, &init, &fin, &mut live, &[0.5], None).unwrap_err();
+        refused(e, name);
+    }
+    assert_eq!(init.tensors()[0].bytes().unwrap(), mid.tensors()[0].bytes().unwrap(), "nothing was written");
+}
+
+/// An evaluator that breaks its contract: one result too many.
+struct OneTooMany;
+
+impl Evaluator for OneTooMany {
+    fn evaluate(&mut self, _ctx: &Context, sets: &[&ParamSet]) -> transferlens::Result<Vec<Metrics>> {
+        Ok(vec![Metrics { loss: 0.0, error: 0.0, accuracy: 1.0 }; sets.len() + 1])
+    }
+}
+
+#[test]
+fn an_evaluator_with_the_wrong_result_count_is_a_callback_error_not_a_panic() {
+    let (init, fin, _) = toy();
+    let mut live = fin.try_clone().unwrap();
+    let e = criticality::rewind_curve(&Context::cpu(), &mut OneTooMany, &init, &fin, &mut live, 0, &[1.0]).unwrap_err();
+    assert_eq!(e, Error::Callback("the evaluator returned 2 results for 1 sets".into()));
 }
 
 #[test]

@@ -289,6 +289,8 @@ fn wrap_is_zero_copy_and_checked() {
         ptr,
         device: -1,
     };
+    // SAFETY: every pointer given to mk addresses a live array of 7 x 11 x 13 f32 / 3 f64 that
+    // outlives the sets; only `out` and `bias` are written, through `po` alone.
     let mk = |w: *mut u8, bi: *mut u8| unsafe {
         ParamSet::wrap(vec![
             spec("fc.weight", w, DType::F32, vec![7, 11, 13]),
@@ -309,14 +311,18 @@ fn wrap_is_zero_copy_and_checked() {
         close(bias[i], 0.7 * ab[i] + 0.3 * bb[i], 1e-15, "bias");
     }
     // Misaligned, overlapping, NULL, duplicate, empty, device.
+    // SAFETY: each of these is refused before any set exists, so no memory is touched.
     let bad = |specs: Vec<TensorSpec>| unsafe { ParamSet::wrap(specs) }.unwrap_err();
     let p = a.as_ptr() as *mut u8;
+    // SAFETY: 1 byte into a's allocation.
     let e = bad(vec![spec("x", unsafe { p.add(1) }, DType::F32, vec![2])]);
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("aligned")), "{e}");
+    // SAFETY: 8 bytes into a's allocation.
     let e = bad(vec![spec("x", p, DType::F32, vec![4]), spec("y", unsafe { p.add(8) }, DType::F32, vec![4])]);
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("overlap")), "{e}");
     let e = bad(vec![spec("x", std::ptr::null_mut(), DType::F32, vec![4])]);
     assert!(matches!(e, Error::NullArgument(_)), "{e}");
+    // SAFETY: 4 bytes into a's allocation.
     let e = bad(vec![spec("x", p, DType::F32, vec![1]), spec("x", unsafe { p.add(4) }, DType::F32, vec![1])]);
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("twice")), "{e}");
     let e = bad(vec![spec("", p, DType::F32, vec![1])]);
@@ -326,9 +332,11 @@ fn wrap_is_zero_copy_and_checked() {
     // Device memory is computed on with a CUDA context for that device only (tests/cuda.rs);
     // a CPU context says so, and a call that mixes host and device memory is refused. Neither
     // touches the (here fake) device address.
+    // SAFETY: the fake device address is never dereferenced: every use below is refused first.
     let dev = unsafe { ParamSet::wrap(vec![TensorSpec { device: 0, ..spec("x", p, DType::F32, vec![1]) }]) }.unwrap();
     let e = geometry::norms(&Context::cpu(), &dev).unwrap_err();
     assert!(matches!(&e, Error::DeviceUnavailable(m) if m.contains("CUDA context")), "{e}");
+    // SAFETY: `bias` holds 3 f64, more than the one f32 wrapped, and outlives the set.
     let host = unsafe { ParamSet::wrap(vec![spec("x", bias.as_mut_ptr() as *mut u8, DType::F32, vec![1])]) }.unwrap();
     let e = geometry::distance(&Context::cpu(), &host, &dev).unwrap_err();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("one place")), "{e}");

@@ -1,6 +1,10 @@
 //! Evaluators, landscape, criticality and the data tools through the C ABI.
 
-use super::{arg_mut, arg_ref, arg_slice, arg_slice_mut, destroy, guard, guard_value, hand_out, tl_context, tl_params};
+use super::boundary::{
+    destroy, element_count, ensure_distinct, hand_out, handle_mut, handle_of, handle_ref, to_usize, try_mut, try_slice,
+    try_slice_mut, Handle,
+};
+use super::{guard, guard_value, tl_context, tl_params};
 use crate::criticality::{self, Eps, Noise, Path, Search};
 use crate::error::{fail, Error, Result, Status};
 use crate::eval::{self, Evaluator, Metric, MlpEvaluator};
@@ -58,37 +62,47 @@ impl RawMetric {
 /// passed as `live`), and writes the metrics to `out`. It returns 0 on success; any other value
 /// aborts the analysis with TL_STATUS_CALLBACK, and the host may describe the failure with
 /// tl_set_callback_error first. A model with batch-norm layers recomputes their running statistics
-/// inside the callback (a few training batches in train mode) before it evaluates.
+/// inside the callback (a few training batches in train mode) before it evaluates. The callback
+/// may read `params` (tl_params_tensor_data, ...) but must not change it, and must not use the
+/// evaluator or the sets of the analysis that called it in any other way.
 pub type tl_eval_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, params: *const tl_params, out: *mut tl_metrics) -> i32>;
-
-enum Kind {
-    Mlp(MlpEvaluator),
-    Callback { f: unsafe extern "C" fn(*mut c_void, *const tl_params, *mut tl_metrics) -> i32, user: *mut c_void },
-}
 
 /// An evaluator: the built-in MLP on a data set, or a host callback.
 ///
 /// Thread safety: an evaluator is used by one call at a time.
 pub struct tl_evaluator {
-    kind: Kind,
+    _opaque: [u8; 0],
 }
 
-struct CallbackEval {
+/// What a `tl_evaluator` handle points at.
+pub(crate) enum HostEvaluator {
+    Mlp(MlpEvaluator),
+    Callback(CallbackEvaluator),
+}
+
+// SAFETY: tl_evaluator is never instantiated; its pointers come from hand_out of a HostEvaluator.
+unsafe impl Handle for tl_evaluator {
+    type Target = HostEvaluator;
+}
+
+/// The host's evaluation function and its `user` pointer.
+pub(crate) struct CallbackEvaluator {
     f: unsafe extern "C" fn(*mut c_void, *const tl_params, *mut tl_metrics) -> i32,
     user: *mut c_void,
 }
 
-impl Evaluator for CallbackEval {
+impl Evaluator for CallbackEvaluator {
     fn evaluate(&mut self, _ctx: &crate::Context, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
         let mut out = Vec::with_capacity(sets.len());
         for set in sets {
-            // tl_params is a ParamSet and nothing else: the handle is the set's own address.
-            const { assert!(std::mem::offset_of!(tl_params, inner) == 0) };
-            let handle = *set as *const ParamSet as *const tl_params;
+            // The sets are the caller's live set (or the set of tl_evaluate): the callback gets
+            // back the handle it passed, derived from the reference the analysis holds.
+            let handle = handle_of::<tl_params>(set);
             let mut m = tl_metrics::default();
             eval::take_callback_error();
-            // SAFETY: the host promised a valid function; handle and &mut m are valid for the call.
+            // SAFETY: the host gave a valid function for this evaluator (tl_evaluator_from_callback's
+            // contract); handle points at a set readable for the call, and &mut m is valid.
             let rc = unsafe { (self.f)(self.user, handle, &mut m) };
             if rc != 0 {
                 let msg = eval::take_callback_error().unwrap_or_else(|| "no message was set".into());
@@ -100,11 +114,11 @@ impl Evaluator for CallbackEval {
     }
 }
 
-impl tl_evaluator {
-    fn with<T>(&mut self, body: impl FnOnce(&mut dyn Evaluator) -> Result<T>) -> Result<T> {
-        match &mut self.kind {
-            Kind::Mlp(m) => body(m),
-            Kind::Callback { f, user } => body(&mut CallbackEval { f: *f, user: *user }),
+impl HostEvaluator {
+    fn as_dyn(&mut self) -> &mut dyn Evaluator {
+        match self {
+            HostEvaluator::Mlp(m) => m,
+            HostEvaluator::Callback(c) => c,
         }
     }
 }
@@ -117,19 +131,23 @@ pub unsafe extern "C" fn tl_evaluator_from_callback(
     out: *mut *mut tl_evaluator,
 ) -> Status {
     guard(|| {
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
         let Some(f) = fn_ else { fail!(NullArgument, "fn is NULL") };
-        hand_out(tl_evaluator { kind: Kind::Callback { f, user } }, out);
+        hand_out(HostEvaluator::Callback(CallbackEvaluator { f, user }), out);
         Ok(())
     })
 }
 
-fn mlp_of(sizes: *const u64, n_sizes: usize) -> Result<Mlp> {
-    let sizes = unsafe { arg_slice(sizes, n_sizes, "sizes") }?;
-    let sizes: Vec<usize> = sizes
-        .iter()
-        .map(|&s| usize::try_from(s).map_err(|_| Error::InvalidArgument(format!("width {s} is too large"))))
-        .collect::<Result<_>>()?;
+/// The built-in MLP with the caller's layer widths.
+///
+/// # Safety
+/// `sizes` is NULL or points to `n_sizes` readable values.
+unsafe fn mlp_of(sizes: *const u64, n_sizes: usize) -> Result<Mlp> {
+    // SAFETY: the caller's contract.
+    let sizes = unsafe { try_slice(sizes, n_sizes, "sizes") }?;
+    let sizes: Vec<usize> =
+        sizes.iter().enumerate().map(|(i, &s)| to_usize(s, &format!("sizes[{i}]"))).collect::<Result<_>>()?;
     Mlp::new(&sizes)
 }
 
@@ -146,15 +164,17 @@ pub unsafe extern "C" fn tl_evaluator_mlp(
     out: *mut *mut tl_evaluator,
 ) -> Status {
     guard(|| {
-        let out = unsafe { arg_mut(out, "out") }?;
-        let mlp = mlp_of(sizes, n_sizes)?;
-        let rows = usize::try_from(rows).map_err(|_| Error::InvalidArgument("rows is too large".into()))?;
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
+        // SAFETY: sizes is NULL or n_sizes values (the C contract).
+        let mlp = unsafe { mlp_of(sizes, n_sizes) }?;
+        let rows = to_usize(rows, "rows")?;
         let dim = mlp.sizes()[0];
-        let n = rows.checked_mul(dim).ok_or_else(|| Error::InvalidArgument("rows x inputs overflows".into()))?;
-        let x = unsafe { arg_slice(x, n, "x") }?.to_vec();
-        let y = unsafe { arg_slice(labels, rows, "labels") }?.to_vec();
+        let n = element_count(&[("rows", rows), ("sizes[0]", dim)])?;
+        // SAFETY: x is NULL or rows x sizes[0] values, labels NULL or rows values (the C contract).
+        let (x, y) = unsafe { (try_slice(x, n, "x")?.to_vec(), try_slice(labels, rows, "labels")?.to_vec()) };
         let data = Dataset::new(x, y, dim, mlp.classes())?;
-        hand_out(tl_evaluator { kind: Kind::Mlp(MlpEvaluator::new(mlp, data)) }, out);
+        hand_out(HostEvaluator::Mlp(MlpEvaluator::new(mlp, data)), out);
         Ok(())
     })
 }
@@ -162,6 +182,7 @@ pub unsafe extern "C" fn tl_evaluator_mlp(
 /// Frees an evaluator; NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn tl_evaluator_destroy(evaluator: *mut tl_evaluator) {
+    // SAFETY: evaluator is NULL or one made by this library, destroyed once (the C contract).
     guard_value((), || unsafe { destroy(evaluator) })
 }
 
@@ -173,7 +194,7 @@ pub unsafe extern "C" fn tl_set_callback_error(message: *const c_char) {
         if message.is_null() {
             eval::take_callback_error();
         } else {
-            // SAFETY: the caller passes a NUL-terminated string.
+            // SAFETY: a non-NULL message is a NUL-terminated string (the C contract).
             eval::set_callback_error(&unsafe { CStr::from_ptr(message) }.to_string_lossy());
         }
     })
@@ -184,9 +205,11 @@ pub unsafe extern "C" fn tl_set_callback_error(message: *const c_char) {
 #[no_mangle]
 pub unsafe extern "C" fn tl_mlp_init(sizes: *const u64, n_sizes: usize, seed: u64, out: *mut *mut tl_params) -> Status {
     guard(|| {
-        let out = unsafe { arg_mut(out, "out") }?;
-        let p = mlp_of(sizes, n_sizes)?.init(seed)?;
-        hand_out(tl_params { inner: p }, out);
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
+        // SAFETY: sizes is NULL or n_sizes values (the C contract).
+        let mlp = unsafe { mlp_of(sizes, n_sizes) }?;
+        hand_out(mlp.init(seed)?, out);
         Ok(())
     })
 }
@@ -200,29 +223,23 @@ pub unsafe extern "C" fn tl_evaluate(
     out: *mut tl_metrics,
 ) -> Status {
     guard(|| {
-        let ev = unsafe { arg_mut(evaluator, "evaluator") }?;
-        let p = &unsafe { arg_ref(params, "params") }?.inner;
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: evaluator is NULL or a live evaluator used by this call alone, params NULL or a
+        // live set, out NULL or valid for a write (the C contract).
+        let (ev, p, out) =
+            unsafe { (handle_mut(evaluator, "evaluator")?, handle_ref(params, "params")?, try_mut(out, "out")?) };
         // No context here: the host evaluates (the analyses pass theirs to the evaluator).
-        let m = ev.with(|e| e.evaluate(&crate::Context::cpu(), &[p]))?;
+        let m = ev.as_dyn().evaluate(&crate::Context::cpu(), &[p])?;
         eval::check_metrics(&m[0], "evaluation")?;
         *out = m[0].into();
         Ok(())
     })
 }
 
-/// Checks that `live` is a set of its own, distinct from the inputs.
-fn distinct(live: *mut tl_params, others: &[*const tl_params]) -> Result<()> {
-    if others.iter().any(|&o| std::ptr::eq(o, live)) {
-        fail!(InvalidArgument, "live must be a set of its own, not one of the inputs");
-    }
-    Ok(())
-}
-
 /// The metrics along the segment theta(lambda) = (1 - lambda) a + lambda b at each of the `n`
 /// lambdas (any real values; outside [0, 1] it extrapolates) into out[n]. `module` >= 0 moves only
 /// that module (the rest stays at b); -1 moves all. Each point is written into `live` (the set the
-/// evaluator evaluates: for a callback, the host's wrapped model), which must hold a's weights.
+/// evaluator evaluates: for a callback, the host's wrapped model), which must hold a's weights
+/// and be neither a nor b nor share memory with them.
 #[no_mangle]
 pub unsafe extern "C" fn tl_interpolation_curve(
     ctx: *const tl_context,
@@ -236,19 +253,28 @@ pub unsafe extern "C" fn tl_interpolation_curve(
     out: *mut tl_metrics,
 ) -> Status {
     guard(|| {
-        let ctx = &unsafe { arg_ref(ctx, "ctx") }?.inner;
-        let ev = unsafe { arg_mut(evaluator, "evaluator") }?;
-        distinct(live, &[a, b])?;
-        let (a, b) = (&unsafe { arg_ref(a, "a") }?.inner, &unsafe { arg_ref(b, "b") }?.inner);
-        let live = &mut unsafe { arg_mut(live, "live") }?.inner;
-        let lambdas = unsafe { arg_slice(lambdas, n, "lambdas") }?;
-        let out = unsafe { arg_slice_mut(out, n, "out") }?;
+        ensure_distinct("live", live, &[("a", a), ("b", b)])?;
+        // SAFETY: ctx is NULL or a live context; evaluator NULL or a live evaluator, a and b NULL
+        // or live sets, and live NULL or a live set distinct from them (checked above); evaluator
+        // and live are used by this call alone; lambdas and out are NULL or n values (the C
+        // contract).
+        let (ctx, ev, a, b, live, lambdas, out) = unsafe {
+            (
+                handle_ref(ctx, "ctx")?,
+                handle_mut(evaluator, "evaluator")?,
+                handle_ref(a, "a")?,
+                handle_ref(b, "b")?,
+                handle_mut(live, "live")?,
+                try_slice(lambdas, n, "lambdas")?,
+                try_slice_mut(out, n, "out")?,
+            )
+        };
         let module = match module {
             -1 => None,
             m if m >= 0 => Some(m as usize),
             m => fail!(InvalidArgument, "module must be -1 (all) or a module index, got {m}"),
         };
-        let curve = ev.with(|e| crate::landscape::interpolation_curve(ctx, e, a, b, live, lambdas, module))?;
+        let curve = crate::landscape::interpolation_curve(ctx, ev.as_dyn(), a, b, live, lambdas, module)?;
         for (o, c) in out.iter_mut().zip(curve) {
             *o = c.into();
         }
@@ -283,9 +309,10 @@ pub unsafe extern "C" fn tl_barrier(
     out: *mut tl_barrier_result,
 ) -> Status {
     guard(|| {
-        let lambdas = unsafe { arg_slice(lambdas, n, "lambdas") }?;
-        let curve = unsafe { arg_slice(curve, n, "curve") }?;
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: lambdas and curve are NULL or n values, out NULL or valid for a write (the C
+        // contract).
+        let (lambdas, curve, out) =
+            unsafe { (try_slice(lambdas, n, "lambdas")?, try_slice(curve, n, "curve")?, try_mut(out, "out")?) };
         let metric = metric.get("metric")?;
         let curve: Vec<Metrics> =
             curve.iter().map(|m| Metrics { loss: m.loss, error: m.error, accuracy: m.accuracy }).collect();
@@ -352,7 +379,7 @@ pub extern "C" fn tl_criticality_options_default() -> tl_criticality_options {
     }
 }
 
-fn flag(v: u32, name: &str) -> Result<bool> {
+fn bool_field(v: u32, name: &str) -> Result<bool> {
     match v {
         0 => Ok(false),
         1 => Ok(true),
@@ -361,28 +388,40 @@ fn flag(v: u32, name: &str) -> Result<bool> {
 }
 
 /// The caller's options over the defaults, for the first `size` bytes the caller knows.
+///
+/// # Safety
+/// `opts` is NULL or points to a struct of at least `opts->size` readable bytes (an older caller's
+/// struct may be smaller than ours), starting with its `size` field.
 unsafe fn read_options(opts: *const tl_criticality_options) -> Result<criticality::Options> {
     let mut o = tl_criticality_options_default();
     if !opts.is_null() {
-        // SAFETY: the caller's struct holds at least its `size` field.
-        let size = unsafe { std::ptr::read_unaligned(opts as *const usize) };
+        // SAFETY: the caller's struct holds at least its `size` field, first.
+        let size = unsafe { std::ptr::read_unaligned(opts.cast::<usize>()) };
         if size < std::mem::size_of::<usize>() {
             fail!(InvalidArgument, "opts->size is {size}; set it to sizeof(tl_criticality_options)");
         }
         let n = size.min(std::mem::size_of::<tl_criticality_options>());
-        // SAFETY: the caller promises `size` readable bytes; we copy no more than ours.
-        unsafe { std::ptr::copy_nonoverlapping(opts as *const u8, &mut o as *mut _ as *mut u8, n) };
+        // SAFETY: the caller's struct has `size` readable bytes and ours `n` <= size writable ones;
+        // every field is a plain integer or float (the enum field is a RawMetric), so any bytes
+        // are a valid value, checked below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(opts.cast::<u8>(), (&mut o as *mut tl_criticality_options).cast::<u8>(), n)
+        };
     }
     let (alphas, sigmas) = (o.alphas as usize, o.sigmas as usize);
     Ok(criticality::Options {
         metric: o.metric.get("opts->metric")?,
-        eps: if flag(o.eps_relative, "opts->eps_relative")? { Eps::Relative(o.eps) } else { Eps::Absolute(o.eps) },
-        noise: if flag(o.noise_relative, "opts->noise_relative")? {
+        eps: if bool_field(o.eps_relative, "opts->eps_relative")? {
+            Eps::Relative(o.eps)
+        } else {
+            Eps::Absolute(o.eps)
+        },
+        noise: if bool_field(o.noise_relative, "opts->noise_relative")? {
             Noise::Relative
         } else {
             Noise::Absolute { scale: o.noise_scale }
         },
-        search: if flag(o.refined, "opts->refined")? {
+        search: if bool_field(o.refined, "opts->refined")? {
             Search::Refined { alphas, tolerance: o.tolerance, alpha_steps: o.alpha_steps as usize }
         } else {
             Search::Grid { alphas, sigmas }
@@ -411,7 +450,7 @@ pub struct tl_criticality {
     pub points: u64,
 }
 
-fn crit_out(c: &criticality::ModuleCriticality) -> tl_criticality {
+fn criticality_to_c(c: &criticality::ModuleCriticality) -> tl_criticality {
     tl_criticality {
         value: c.value,
         alpha: c.alpha,
@@ -423,30 +462,74 @@ fn crit_out(c: &criticality::ModuleCriticality) -> tl_criticality {
     }
 }
 
-unsafe fn path_of<'a>(
-    init: *const tl_params,
-    final_: *const tl_params,
-    checkpoints: *const *const tl_params,
-    n_checkpoints: usize,
-    store: &'a mut Vec<&'a ParamSet>,
-) -> Result<Path<'a>> {
-    if !checkpoints.is_null() || n_checkpoints > 0 {
-        let ptrs = unsafe { arg_slice(checkpoints, n_checkpoints, "checkpoints") }?;
-        for (i, &p) in ptrs.iter().enumerate() {
-            store.push(&unsafe { arg_ref(p, &format!("checkpoints[{i}]")) }?.inner);
+/// The handles of a path as the C functions receive it, before any is dereferenced: the
+/// checkpoints when given, else init and final.
+enum PathHandles<'a> {
+    Straight { init: *const tl_params, final_: *const tl_params },
+    Checkpoints(&'a [*const tl_params]),
+}
+
+impl<'a> PathHandles<'a> {
+    /// # Safety
+    /// `checkpoints` is NULL or points to `n_checkpoints` readable pointers.
+    unsafe fn new(
+        init: *const tl_params,
+        final_: *const tl_params,
+        checkpoints: *const *const tl_params,
+        n_checkpoints: usize,
+    ) -> Result<Self> {
+        if checkpoints.is_null() && n_checkpoints == 0 {
+            return Ok(PathHandles::Straight { init, final_ });
         }
-        return Ok(Path::Checkpoints(store));
+        // SAFETY: the caller's contract.
+        Ok(PathHandles::Checkpoints(unsafe { try_slice(checkpoints, n_checkpoints, "checkpoints") }?))
     }
-    Ok(Path::Straight {
-        init: &unsafe { arg_ref(init, "init") }?.inner,
-        final_: &unsafe { arg_ref(final_, "final") }?.inner,
-    })
+
+    /// Each handle the analysis reads, with its argument's name.
+    fn named(&self) -> Vec<(String, *const tl_params)> {
+        match self {
+            PathHandles::Straight { init, final_ } => vec![("init".into(), *init), ("final".into(), *final_)],
+            PathHandles::Checkpoints(c) => {
+                c.iter().enumerate().map(|(i, &p)| (format!("checkpoints[{i}]"), p)).collect()
+            }
+        }
+    }
+
+    /// Refuses `live` when it is one of the path's sets.
+    fn ensure_live_is_not_one(&self, live: *const tl_params) -> Result<()> {
+        let named = self.named();
+        let inputs: Vec<(&str, *const tl_params)> = named.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        ensure_distinct("live", live, &inputs)
+    }
+
+    /// The sets behind the handles; `store` holds the checkpoints' references.
+    ///
+    /// # Safety
+    /// Each handle is NULL or a live set that nothing writes while `'s` lasts.
+    unsafe fn resolve<'s>(&self, store: &'s mut Vec<&'s ParamSet>) -> Result<Path<'s>> {
+        match self {
+            PathHandles::Straight { init, final_ } => Ok(Path::Straight {
+                // SAFETY: the caller's contract.
+                init: unsafe { handle_ref(*init, "init") }?,
+                // SAFETY: the caller's contract.
+                final_: unsafe { handle_ref(*final_, "final") }?,
+            }),
+            PathHandles::Checkpoints(c) => {
+                for (i, &p) in c.iter().enumerate() {
+                    // SAFETY: the caller's contract.
+                    store.push(unsafe { handle_ref(p, &format!("checkpoints[{i}]")) }?);
+                }
+                Ok(Path::Checkpoints(store))
+            }
+        }
+    }
 }
 
 /// The criticality of module `module` of `final` along the straight path from `init`, or, when
 /// `checkpoints` is not NULL, along the piecewise-linear path through its `n_checkpoints` sets
 /// (first = initial, last = final; init and final are then ignored and may be NULL). Every point
-/// is written into `live` (the set the evaluator evaluates). opts may be NULL for the defaults.
+/// is written into `live` (the set the evaluator evaluates), which must be none of the path's sets
+/// nor share memory with them. opts may be NULL for the defaults.
 #[no_mangle]
 pub unsafe extern "C" fn tl_module_criticality(
     ctx: *const tl_context,
@@ -461,16 +544,26 @@ pub unsafe extern "C" fn tl_module_criticality(
     out: *mut tl_criticality,
 ) -> Status {
     guard(|| {
-        let ctx = &unsafe { arg_ref(ctx, "ctx") }?.inner;
-        let ev = unsafe { arg_mut(evaluator, "evaluator") }?;
-        distinct(live, &[init, final_])?;
-        let opts = unsafe { read_options(opts) }?;
+        // SAFETY: checkpoints is NULL or n_checkpoints pointers (the C contract).
+        let handles = unsafe { PathHandles::new(init, final_, checkpoints, n_checkpoints) }?;
+        handles.ensure_live_is_not_one(live)?;
         let mut store = Vec::new();
-        let path = unsafe { path_of(init, final_, checkpoints, n_checkpoints, &mut store) }?;
-        let live = &mut unsafe { arg_mut(live, "live") }?.inner;
-        let out = unsafe { arg_mut(out, "out") }?;
-        let c = ev.with(|e| criticality::module_criticality(ctx, e, path, live, module, &opts))?;
-        *out = crit_out(&c);
+        // SAFETY: ctx is NULL or a live context; evaluator NULL or a live evaluator, the path's
+        // sets NULL or live sets, and live NULL or a live set distinct from them (checked above),
+        // evaluator and live used by this call alone; opts as read_options needs, out NULL or valid
+        // for a write (the C contract).
+        let (ctx, ev, path, live, opts, out) = unsafe {
+            (
+                handle_ref(ctx, "ctx")?,
+                handle_mut(evaluator, "evaluator")?,
+                handles.resolve(&mut store)?,
+                handle_mut(live, "live")?,
+                read_options(opts)?,
+                try_mut(out, "out")?,
+            )
+        };
+        let c = criticality::module_criticality(ctx, ev.as_dyn(), path, live, module, &opts)?;
+        *out = criticality_to_c(&c);
         Ok(())
     })
 }
@@ -506,16 +599,24 @@ pub unsafe extern "C" fn tl_network_criticality(
     out: *mut tl_network_summary,
 ) -> Status {
     guard(|| {
-        let ctx = &unsafe { arg_ref(ctx, "ctx") }?.inner;
-        let ev = unsafe { arg_mut(evaluator, "evaluator") }?;
-        distinct(live, &[init, final_])?;
-        let opts = unsafe { read_options(opts) }?;
+        // SAFETY: checkpoints is NULL or n_checkpoints pointers (the C contract).
+        let handles = unsafe { PathHandles::new(init, final_, checkpoints, n_checkpoints) }?;
+        handles.ensure_live_is_not_one(live)?;
         let mut store = Vec::new();
-        let path = unsafe { path_of(init, final_, checkpoints, n_checkpoints, &mut store) }?;
-        let live = &mut unsafe { arg_mut(live, "live") }?.inner;
-        let out = unsafe { arg_mut(out, "out") }?;
-        let mods = unsafe { arg_slice_mut(out_modules, n_modules, "out_modules") }?;
-        let net = ev.with(|e| criticality::network_criticality(ctx, e, path, live, &opts))?;
+        // SAFETY: as in tl_module_criticality, and out_modules is NULL or n_modules writable
+        // entries (the C contract).
+        let (ctx, ev, path, live, opts, out, mods) = unsafe {
+            (
+                handle_ref(ctx, "ctx")?,
+                handle_mut(evaluator, "evaluator")?,
+                handles.resolve(&mut store)?,
+                handle_mut(live, "live")?,
+                read_options(opts)?,
+                try_mut(out, "out")?,
+                try_slice_mut(out_modules, n_modules, "out_modules")?,
+            )
+        };
+        let net = criticality::network_criticality(ctx, ev.as_dyn(), path, live, &opts)?;
         if mods.len() != net.modules.len() {
             fail!(
                 ShapeMismatch,
@@ -525,7 +626,7 @@ pub unsafe extern "C" fn tl_network_criticality(
             );
         }
         for (o, c) in mods.iter_mut().zip(&net.modules) {
-            *o = crit_out(c);
+            *o = criticality_to_c(c);
         }
         *out = tl_network_summary {
             total: net.total,
@@ -552,8 +653,8 @@ pub unsafe extern "C" fn tl_pac_bayes_bound(
     out: *mut f64,
 ) -> Status {
     guard(|| {
-        let mods = unsafe { arg_slice(modules, n, "modules") }?;
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: modules is NULL or n entries, out NULL or valid for a write (the C contract).
+        let (mods, out) = unsafe { (try_slice(modules, n, "modules")?, try_mut(out, "out")?) };
         let net = criticality::NetworkCriticality {
             modules: mods
                 .iter()
@@ -579,7 +680,8 @@ pub unsafe extern "C" fn tl_pac_bayes_bound(
 }
 
 /// The rewind curve of module `module`: the metrics of (theta_i^alpha, Theta_-i^F) for each of the
-/// `n` alphas (1 = final, 0 = initial) into out[n].
+/// `n` alphas (1 = final, 0 = initial) into out[n]. Each point is written into `live`, which must
+/// be neither init nor final nor share memory with them.
 #[no_mangle]
 pub unsafe extern "C" fn tl_rewind_curve(
     ctx: *const tl_context,
@@ -593,18 +695,26 @@ pub unsafe extern "C" fn tl_rewind_curve(
     out: *mut tl_metrics,
 ) -> Status {
     guard(|| {
-        let ctx = &unsafe { arg_ref(ctx, "ctx") }?.inner;
-        let ev = unsafe { arg_mut(evaluator, "evaluator") }?;
-        distinct(live, &[init, final_])?;
-        let init = &unsafe { arg_ref(init, "init") }?.inner;
-        let final_ = &unsafe { arg_ref(final_, "final") }?.inner;
-        let live = &mut unsafe { arg_mut(live, "live") }?.inner;
-        let alphas = unsafe { arg_slice(alphas, n, "alphas") }?;
-        let out = unsafe { arg_slice_mut(out, n, "out") }?;
+        ensure_distinct("live", live, &[("init", init), ("final", final_)])?;
+        // SAFETY: ctx is NULL or a live context; evaluator NULL or a live evaluator, init and
+        // final NULL or live sets, and live NULL or a live set distinct from them (checked above),
+        // evaluator and live used by this call alone; alphas and out NULL or n values (the C
+        // contract).
+        let (ctx, ev, init, final_, live, alphas, out) = unsafe {
+            (
+                handle_ref(ctx, "ctx")?,
+                handle_mut(evaluator, "evaluator")?,
+                handle_ref(init, "init")?,
+                handle_ref(final_, "final")?,
+                handle_mut(live, "live")?,
+                try_slice(alphas, n, "alphas")?,
+                try_slice_mut(out, n, "out")?,
+            )
+        };
         if module >= final_.modules().len() {
             fail!(NotFound, "module index {module} is out of range: the set has {} modules", final_.modules().len());
         }
-        let c = ev.with(|e| criticality::rewind_curve(ctx, e, init, final_, live, module, alphas))?;
+        let c = criticality::rewind_curve(ctx, ev.as_dyn(), init, final_, live, module, alphas)?;
         for (o, m) in out.iter_mut().zip(c) {
             *o = m.into();
         }
@@ -626,16 +736,12 @@ pub unsafe extern "C" fn tl_block_shuffle(
     seed: u64,
 ) -> Status {
     guard(|| {
-        let dims: Vec<usize> = [n, c, h, w, block]
-            .iter()
-            .map(|&v| usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("{v} is too large"))))
-            .collect::<Result<_>>()?;
-        let len = dims[..4]
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| Error::InvalidArgument("n x c x h x w overflows".into()))?;
-        let images = unsafe { arg_slice_mut(images, len, "images") }?;
-        crate::data::block_shuffle(images, dims[0], dims[1], dims[2], dims[3], dims[4], seed)
+        let (n, c, h, w) = (to_usize(n, "n")?, to_usize(c, "c")?, to_usize(h, "h")?, to_usize(w, "w")?);
+        let block = to_usize(block, "block")?;
+        let len = element_count(&[("n", n), ("c", c), ("h", h), ("w", w)])?;
+        // SAFETY: images is NULL or n x c x h x w writable floats (the C contract).
+        let images = unsafe { try_slice_mut(images, len, "images") }?;
+        crate::data::block_shuffle(images, n, c, h, w, block, seed)
     })
 }
 
@@ -653,16 +759,23 @@ pub unsafe extern "C" fn tl_prediction_agreement(
     category: *mut u8,
 ) -> Status {
     guard(|| {
-        let a = unsafe { arg_slice(a, n, "a") }?;
-        let b = unsafe { arg_slice(b, n, "b") }?;
-        let t = unsafe { arg_slice(truth, n, "truth") }?;
-        let counts = unsafe { arg_slice_mut(counts, 5, "counts") }?;
+        // SAFETY: a, b and truth are NULL or n labels, counts NULL or 5 writable counts (the C
+        // contract).
+        let (a, b, t, counts) = unsafe {
+            (
+                try_slice(a, n, "a")?,
+                try_slice(b, n, "b")?,
+                try_slice(truth, n, "truth")?,
+                try_slice_mut(counts, 5, "counts")?,
+            )
+        };
         let g = crate::data::prediction_agreement(a, b, t)?;
         for (o, c) in counts.iter_mut().zip(g.counts()) {
             *o = c as u64;
         }
         if !category.is_null() {
-            let cat = unsafe { arg_slice_mut(category, n, "category") }?;
+            // SAFETY: a non-NULL category holds n writable entries (the C contract).
+            let cat = unsafe { try_slice_mut(category, n, "category") }?;
             for (k, list) in
                 [&g.both_right, &g.only_a, &g.only_b, &g.both_wrong_same, &g.both_wrong_different].iter().enumerate()
             {

@@ -1,9 +1,11 @@
 //! Linear CKA: `tl_matrix`, `tl_cka_linear`, `tl_cka_matrix` and the streaming accumulator.
 
-use super::context::tl_context;
-use super::{
-    arg_mut, arg_ref, arg_slice, arg_slice_mut, destroy, guard, guard_value, hand_out, RawDType, RawEstimator,
+use super::boundary::{
+    destroy, element_count, hand_out, handle_mut, handle_ref, to_usize, try_mut, try_ref, try_slice, try_slice_mut,
+    Handle,
 };
+use super::context::tl_context;
+use super::{guard, guard_value, RawDType, RawEstimator};
 use crate::cka::{self, CkaAccumulator, Estimator};
 use crate::error::{fail, Result, Status};
 use crate::tensor::{DType, HostSlice, Matrix};
@@ -41,15 +43,12 @@ pub struct tl_matrix {
     pub device: i32,
 }
 
-fn to_usize(v: u64, what: &str) -> Result<usize> {
-    usize::try_from(v).or_else(|_| fail!(InvalidArgument, "{what} = {v} does not fit in this platform's size_t"))
-}
-
 impl tl_matrix {
     /// A checked view of the caller's memory.
     ///
     /// # Safety
-    /// `data` must point to `(rows - 1) * row_stride + cols` readable elements of `dtype`.
+    /// `data` must point to `(rows - 1) * row_stride + cols` elements of `dtype` (host memory, or
+    /// device memory of `device`) that nothing writes while `'a` lasts.
     unsafe fn view<'a>(&self, name: &str) -> Result<Matrix<'a>> {
         let dtype = DType::from_raw(self.dtype.0, &format!("{name}.dtype"))?;
         let rows = to_usize(self.rows, &format!("{name}.rows"))?;
@@ -89,13 +88,14 @@ impl tl_matrix {
         if (self.data as usize) % dtype.size() != 0 {
             fail!(InvalidArgument, "{name}.data is not aligned to {} bytes for {}", dtype.size(), dtype.name());
         }
-        // SAFETY: non-NULL (or len == 0), aligned, and `len` elements readable by the contract.
+        // SAFETY: aligned (checked above), and `len` elements of `dtype` unwritten for 'a by this
+        // function's contract; every bit pattern is a valid value of these float types.
         let slice = unsafe {
             match dtype {
-                DType::F32 => HostSlice::F32(arg_slice(self.data as *const f32, len, name)?),
-                DType::F64 => HostSlice::F64(arg_slice(self.data as *const f64, len, name)?),
-                DType::F16 => HostSlice::F16(arg_slice(self.data as *const half::f16, len, name)?),
-                DType::BF16 => HostSlice::BF16(arg_slice(self.data as *const half::bf16, len, name)?),
+                DType::F32 => HostSlice::F32(try_slice(self.data.cast::<f32>(), len, name)?),
+                DType::F64 => HostSlice::F64(try_slice(self.data.cast::<f64>(), len, name)?),
+                DType::F16 => HostSlice::F16(try_slice(self.data.cast::<half::f16>(), len, name)?),
+                DType::BF16 => HostSlice::BF16(try_slice(self.data.cast::<half::bf16>(), len, name)?),
             }
         };
         Matrix::from_host(slice, rows, cols, stride).map_err(|e| prefix(e, name))
@@ -112,13 +112,16 @@ fn prefix(e: crate::Error, name: &str) -> crate::Error {
 }
 
 /// Views of `count` matrices at `ptr`, named `name[i]` in messages.
+///
+/// # Safety
+/// `ptr` is NULL or points to `count` matrix descriptions, each valid as [`tl_matrix::view`]
+/// requires, that nothing writes while `'a` lasts.
 unsafe fn views<'a>(ptr: *const tl_matrix, count: usize, name: &str) -> Result<Vec<Matrix<'a>>> {
     if count == 0 {
         fail!(InvalidArgument, "{name}: the count of matrices is 0");
     }
-    // SAFETY: the caller promises `count` tl_matrix values at `ptr`.
-    let mats = unsafe { arg_slice(ptr, count, name) }?;
-    mats.iter().enumerate().map(|(i, m)| unsafe { m.view(&format!("{name}[{i}]")) }).collect()
+    // SAFETY: the caller's contract covers the descriptions and the memory they describe.
+    unsafe { try_slice(ptr, count, name)?.iter().enumerate().map(|(i, m)| m.view(&format!("{name}[{i}]"))).collect() }
 }
 
 /// Linear CKA of `x` and `y` (rows are the same samples) with the given estimator, into *out.
@@ -133,12 +136,13 @@ pub unsafe extern "C" fn tl_cka_linear(
     out: *mut f64,
 ) -> Status {
     guard(|| {
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let x = unsafe { arg_ref(x, "x")?.view("x") }?;
-        let y = unsafe { arg_ref(y, "y")?.view("y") }?;
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: ctx is NULL or a live context, x and y NULL or valid matrix descriptions of
+        // readable memory, out NULL or valid for a write (the C contract).
+        let (ctx, x, y, out) = unsafe {
+            (handle_ref(ctx, "ctx")?, try_ref(x, "x")?.view("x")?, try_ref(y, "y")?.view("y")?, try_mut(out, "out")?)
+        };
         let estimator = Estimator::from_raw(estimator.0, "estimator")?;
-        *out = cka::linear_cka(&ctx.inner, &x, &y, estimator)?;
+        *out = cka::linear_cka(ctx, &x, &y, estimator)?;
         Ok(())
     })
 }
@@ -156,13 +160,14 @@ pub unsafe extern "C" fn tl_cka_matrix(
     out: *mut f64,
 ) -> Status {
     guard(|| {
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let xs = unsafe { views(xs, nx, "xs") }?;
-        let ys = unsafe { views(ys, ny, "ys") }?;
-        let total = nx.checked_mul(ny).ok_or_else(|| crate::Error::InvalidArgument("nx * ny overflows".into()))?;
-        let out = unsafe { arg_slice_mut(out, total, "out") }?;
+        let pairs = element_count(&[("nx", nx), ("ny", ny)])?;
+        // SAFETY: ctx is NULL or a live context, xs and ys NULL or nx and ny valid matrix
+        // descriptions, out NULL or nx * ny writable values (the C contract).
+        let (ctx, xs, ys, out) = unsafe {
+            (handle_ref(ctx, "ctx")?, views(xs, nx, "xs")?, views(ys, ny, "ys")?, try_slice_mut(out, pairs, "out")?)
+        };
         let estimator = Estimator::from_raw(estimator.0, "estimator")?;
-        out.copy_from_slice(&cka::cka_matrix(&ctx.inner, &xs, &ys, estimator)?);
+        out.copy_from_slice(&cka::cka_matrix(ctx, &xs, &ys, estimator)?);
         Ok(())
     })
 }
@@ -180,8 +185,19 @@ pub unsafe extern "C" fn tl_cka_matrix(
 /// Thread safety: one accumulator must not be used from two threads at once; separate
 /// accumulators are independent.
 pub struct tl_cka_accumulator {
+    _opaque: [u8; 0],
+}
+
+/// What a `tl_cka_accumulator` handle points at: the accumulator and the backend it runs on.
+pub(crate) struct AccumulatorOnContext {
     ctx: Context,
-    inner: CkaAccumulator,
+    acc: CkaAccumulator,
+}
+
+// SAFETY: tl_cka_accumulator is never instantiated; its pointers come from hand_out of an
+// AccumulatorOnContext.
+unsafe impl Handle for tl_cka_accumulator {
+    type Target = AccumulatorOnContext;
 }
 
 /// Makes an accumulator for nx layers of x and ny layers of y on ctx's backend. The
@@ -195,12 +211,14 @@ pub unsafe extern "C" fn tl_cka_accumulator_create(
     out: *mut *mut tl_cka_accumulator,
 ) -> Status {
     guard(|| {
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
         *out = std::ptr::null_mut();
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
+        // SAFETY: ctx is NULL or a live context (the C contract).
+        let ctx = unsafe { handle_ref(ctx, "ctx") }?;
         let estimator = Estimator::from_raw(estimator.0, "estimator")?;
-        let inner = CkaAccumulator::new(nx, ny, estimator)?;
-        hand_out(tl_cka_accumulator { ctx: ctx.inner.clone(), inner }, out);
+        let acc = CkaAccumulator::new(nx, ny, estimator)?;
+        hand_out(AccumulatorOnContext { ctx: ctx.clone(), acc }, out);
         Ok(())
     })
 }
@@ -213,11 +231,12 @@ pub unsafe extern "C" fn tl_cka_accumulator_update(
     ys: *const tl_matrix,
 ) -> Status {
     guard(|| {
-        let acc = unsafe { arg_mut(acc, "acc") }?;
-        let (nx, ny) = acc.inner.layer_counts();
-        let xs = unsafe { views(xs, nx, "xs") }?;
-        let ys = unsafe { views(ys, ny, "ys") }?;
-        acc.inner.update(&acc.ctx, &xs, &ys)
+        // SAFETY: acc is NULL or a live accumulator used by this call alone (the C contract).
+        let acc = unsafe { handle_mut(acc, "acc") }?;
+        let (nx, ny) = acc.acc.layer_counts();
+        // SAFETY: xs and ys are NULL or the accumulator's nx and ny valid matrix descriptions.
+        let (xs, ys) = unsafe { (views(xs, nx, "xs")?, views(ys, ny, "ys")?) };
+        acc.acc.update(&acc.ctx, &xs, &ys)
     })
 }
 
@@ -228,9 +247,12 @@ pub unsafe extern "C" fn tl_cka_accumulator_merge(
     from: *const tl_cka_accumulator,
 ) -> Status {
     guard(|| {
-        let from = unsafe { arg_ref(from, "from") }?.inner.clone();
-        let into = unsafe { arg_mut(into, "into") }?;
-        into.inner.merge(&from)
+        // The state of `from` is copied before `into` is borrowed, so into == from is sound.
+        // SAFETY: from is NULL or a live accumulator (the C contract).
+        let from = unsafe { handle_ref(from, "from") }?.acc.clone();
+        // SAFETY: into is NULL or a live accumulator, used by this call alone (the C contract).
+        let into = unsafe { handle_mut(into, "into") }?;
+        into.acc.merge(&from)
     })
 }
 
@@ -238,10 +260,13 @@ pub unsafe extern "C" fn tl_cka_accumulator_merge(
 #[no_mangle]
 pub unsafe extern "C" fn tl_cka_accumulator_result(acc: *const tl_cka_accumulator, out: *mut f64) -> Status {
     guard(|| {
-        let acc = unsafe { arg_ref(acc, "acc") }?;
-        let (nx, ny) = acc.inner.layer_counts();
-        let out = unsafe { arg_slice_mut(out, nx * ny, "out") }?;
-        out.copy_from_slice(&acc.inner.result()?);
+        // SAFETY: acc is NULL or a live accumulator (the C contract).
+        let acc = unsafe { handle_ref(acc, "acc") }?;
+        let (nx, ny) = acc.acc.layer_counts();
+        let pairs = element_count(&[("nx", nx), ("ny", ny)])?;
+        // SAFETY: out is NULL or holds nx * ny writable values (the C contract).
+        let out = unsafe { try_slice_mut(out, pairs, "out") }?;
+        out.copy_from_slice(&acc.acc.result()?);
         Ok(())
     })
 }
@@ -249,6 +274,7 @@ pub unsafe extern "C" fn tl_cka_accumulator_result(acc: *const tl_cka_accumulato
 /// Frees an accumulator; NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn tl_cka_accumulator_destroy(acc: *mut tl_cka_accumulator) {
+    // SAFETY: acc is NULL or an accumulator made by this library, destroyed once (the C contract).
     guard_value((), || unsafe { destroy(acc) })
 }
 
@@ -262,10 +288,12 @@ pub unsafe extern "C" fn tl_cka_accumulator_state_size(
     moments_len: *mut usize,
 ) -> Status {
     guard(|| {
-        let acc = unsafe { arg_ref(acc, "acc") }?;
-        let shift_len = unsafe { arg_mut(shift_len, "shift_len") }?;
-        let moments_len = unsafe { arg_mut(moments_len, "moments_len") }?;
-        (*shift_len, *moments_len) = acc.inner.state_len();
+        // SAFETY: acc is NULL or a live accumulator, the lengths NULL or valid for a write (the C
+        // contract).
+        let (acc, shift_len, moments_len) = unsafe {
+            (handle_ref(acc, "acc")?, try_mut(shift_len, "shift_len")?, try_mut(moments_len, "moments_len")?)
+        };
+        (*shift_len, *moments_len) = acc.acc.state_len();
         Ok(())
     })
 }
@@ -280,10 +308,16 @@ pub unsafe extern "C" fn tl_cka_accumulator_export(
     moments_len: usize,
 ) -> Status {
     guard(|| {
-        let acc = unsafe { arg_ref(acc, "acc") }?;
-        let shift = unsafe { arg_slice_mut(shift, shift_len, "shift") }?;
-        let moments = unsafe { arg_slice_mut(moments, moments_len, "moments") }?;
-        acc.inner.export(shift, moments)
+        // SAFETY: acc is NULL or a live accumulator, shift and moments NULL or writable for their
+        // lengths (the C contract).
+        let (acc, shift, moments) = unsafe {
+            (
+                handle_ref(acc, "acc")?,
+                try_slice_mut(shift, shift_len, "shift")?,
+                try_slice_mut(moments, moments_len, "moments")?,
+            )
+        };
+        acc.acc.export(shift, moments)
     })
 }
 
@@ -296,9 +330,10 @@ pub unsafe extern "C" fn tl_cka_accumulator_rebase(
     shift_len: usize,
 ) -> Status {
     guard(|| {
-        let acc = unsafe { arg_mut(acc, "acc") }?;
-        let shift = unsafe { arg_slice(shift, shift_len, "shift") }?;
-        acc.inner.rebase(shift)
+        // SAFETY: acc is NULL or a live accumulator used by this call alone, shift NULL or
+        // readable for its length (the C contract).
+        let (acc, shift) = unsafe { (handle_mut(acc, "acc")?, try_slice(shift, shift_len, "shift")?) };
+        acc.acc.rebase(shift)
     })
 }
 
@@ -313,10 +348,16 @@ pub unsafe extern "C" fn tl_cka_accumulator_import(
     moments_len: usize,
 ) -> Status {
     guard(|| {
-        let acc = unsafe { arg_mut(acc, "acc") }?;
-        let shift = unsafe { arg_slice(shift, shift_len, "shift") }?;
-        let moments = unsafe { arg_slice(moments, moments_len, "moments") }?;
-        acc.inner.import(shift, moments)
+        // SAFETY: acc is NULL or a live accumulator used by this call alone, shift and moments
+        // NULL or readable for their lengths (the C contract).
+        let (acc, shift, moments) = unsafe {
+            (
+                handle_mut(acc, "acc")?,
+                try_slice(shift, shift_len, "shift")?,
+                try_slice(moments, moments_len, "moments")?,
+            )
+        };
+        acc.acc.import(shift, moments)
     })
 }
 
@@ -329,14 +370,15 @@ pub unsafe extern "C" fn tl_cka_accumulator_set_widths(
     len: usize,
 ) -> Status {
     guard(|| {
-        let acc = unsafe { arg_mut(acc, "acc") }?;
-        let widths = unsafe { arg_slice(widths, len, "widths") }?;
+        // SAFETY: acc is NULL or a live accumulator used by this call alone, widths NULL or
+        // readable for `len` values (the C contract).
+        let (acc, widths) = unsafe { (handle_mut(acc, "acc")?, try_slice(widths, len, "widths")?) };
         let widths = widths
             .iter()
             .enumerate()
             .map(|(i, &w)| to_usize(w, &format!("widths[{i}]")))
             .collect::<Result<Vec<_>>>()?;
-        acc.inner.set_widths(&widths)
+        acc.acc.set_widths(&widths)
     })
 }
 

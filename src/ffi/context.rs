@@ -1,6 +1,7 @@
 //! `tl_context`: where the arithmetic runs.
 
-use super::{arg_mut, arg_ref, destroy, guard, guard_value, hand_out, RawBackend};
+use super::boundary::{destroy, hand_out, handle_ref, try_mut, Handle};
+use super::{guard, guard_value, RawBackend};
 use crate::backend::{Backend, BackendChoice, Context};
 use crate::error::Status;
 
@@ -9,7 +10,12 @@ use crate::error::Status;
 /// Thread safety: a context on the CPU backend may be used from several threads at once. A CUDA
 /// context owns one stream: give each thread its own context.
 pub struct tl_context {
-    pub(crate) inner: Context,
+    _opaque: [u8; 0],
+}
+
+// SAFETY: tl_context is never instantiated; its pointers come from hand_out of a Context.
+unsafe impl Handle for tl_context {
+    type Target = Context;
 }
 
 /// Makes a context. `backend` AUTO picks CUDA when a driver and a device are present, else the
@@ -19,10 +25,11 @@ pub struct tl_context {
 #[no_mangle]
 pub unsafe extern "C" fn tl_context_create(backend: RawBackend, device: i32, out: *mut *mut tl_context) -> Status {
     guard(|| {
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
         *out = std::ptr::null_mut();
         let choice = BackendChoice::from_raw(backend.0, "backend")?;
-        hand_out(tl_context { inner: Context::new(choice, device)? }, out);
+        hand_out(Context::new(choice, device)?, out);
         Ok(())
     })
 }
@@ -30,6 +37,7 @@ pub unsafe extern "C" fn tl_context_create(backend: RawBackend, device: i32, out
 /// Frees a context made by tl_context_create; NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn tl_context_destroy(ctx: *mut tl_context) {
+    // SAFETY: ctx is NULL or a context from tl_context_create, destroyed once (the C contract).
     guard_value((), || unsafe { destroy(ctx) })
 }
 
@@ -37,9 +45,9 @@ pub unsafe extern "C" fn tl_context_destroy(ctx: *mut tl_context) {
 #[no_mangle]
 pub unsafe extern "C" fn tl_context_backend(ctx: *const tl_context, out: *mut BackendChoice) -> Status {
     guard(|| {
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let out = unsafe { arg_mut(out, "out") }?;
-        *out = match ctx.inner.backend() {
+        // SAFETY: ctx is NULL or a live context, out NULL or valid for a write (the C contract).
+        let (ctx, out) = unsafe { (handle_ref(ctx, "ctx")?, try_mut(out, "out")?) };
+        *out = match ctx.backend() {
             Backend::Cpu => BackendChoice::Cpu,
             Backend::Cuda => BackendChoice::Cuda,
         };

@@ -5,15 +5,26 @@
 //! bug reaches the caller as `TL_STATUS_PANIC` with a message, never as an abort. The message of
 //! a failure is kept per thread and read with `tl_last_error_message`.
 //!
+//! Pointers become references only through [`boundary`], which states each conversion's safety
+//! contract; handles are opaque markers whose pointers point at the Rust value (see
+//! [`boundary::Handle`]). The safety contract of every `extern "C"` function is the C one written
+//! in its doc comment and in the header's conventions: each pointer is NULL where the doc allows
+//! it, or valid for the documented length, and a set written by the call is not used by anything
+//! else during it.
+//!
 //! Enum values arrive from C as plain integers and are validated before use (an out-of-range
 //! value in a Rust enum would be undefined behaviour), so parameters and struct fields declared
 //! in the header as `tl_dtype`, `tl_backend` and `tl_cka_estimator` are received here through
 //! the `Raw*` newtypes.
 
 #![allow(non_camel_case_types)]
-#![allow(clippy::missing_safety_doc)] // each function's safety contract is in its C doc comment
+// Each extern function's safety contract is in its C doc comment and the header's conventions
+// (see above); the crate-internal unsafe fns carry a `# Safety` section.
+#![allow(clippy::missing_safety_doc)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod analysis;
+mod boundary;
 mod cka;
 mod context;
 mod params;
@@ -91,64 +102,6 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     }
 }
 
-/// `&*ptr`, or `TL_STATUS_NULL_ARGUMENT` naming the argument.
-pub(crate) unsafe fn arg_ref<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> {
-    // SAFETY: the caller promises that a non-NULL pointer is valid for 'a.
-    unsafe { ptr.as_ref() }.ok_or_else(|| Error::NullArgument(format!("{name} is NULL")))
-}
-
-/// `&mut *ptr`, or `TL_STATUS_NULL_ARGUMENT` naming the argument.
-pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
-    // SAFETY: as for arg_ref, and the pointee is not aliased for 'a.
-    unsafe { ptr.as_mut() }.ok_or_else(|| Error::NullArgument(format!("{name} is NULL")))
-}
-
-/// A slice of `len` elements at `ptr`; NULL is accepted only when `len` is 0.
-pub(crate) unsafe fn arg_slice<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T]> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    if ptr.is_null() {
-        return Err(Error::NullArgument(format!("{name} is NULL but its length is {len}")));
-    }
-    // SAFETY: the caller promises `len` readable elements at a non-NULL `ptr`.
-    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
-}
-
-/// A mutable slice of `len` elements at `ptr`; NULL is accepted only when `len` is 0.
-pub(crate) unsafe fn arg_slice_mut<'a, T>(ptr: *mut T, len: usize, name: &str) -> Result<&'a mut [T]> {
-    if len == 0 {
-        return Ok(&mut []);
-    }
-    if ptr.is_null() {
-        return Err(Error::NullArgument(format!("{name} is NULL but its length is {len}")));
-    }
-    // SAFETY: the caller promises `len` writable elements at a non-NULL `ptr`.
-    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
-}
-
-/// A NUL-terminated string argument as UTF-8.
-pub(crate) unsafe fn arg_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
-    if ptr.is_null() {
-        return Err(Error::NullArgument(format!("{name} is NULL")));
-    }
-    // SAFETY: the caller promises a NUL-terminated string.
-    unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| Error::InvalidArgument(format!("{name} is not valid UTF-8")))
-}
-
-/// Moves `value` to the heap and hands its ownership to C through `out`.
-pub(crate) fn hand_out<T>(value: T, out: &mut *mut T) {
-    *out = Box::into_raw(Box::new(value));
-}
-
-/// Takes back ownership of a handle made by [`hand_out`] and drops it; NULL is a no-op.
-pub(crate) unsafe fn destroy<T>(handle: *mut T) {
-    if !handle.is_null() {
-        // SAFETY: the handle came from hand_out and is destroyed once, as documented.
-        drop(unsafe { Box::from_raw(handle) });
-    }
-}
-
 // Static NUL-terminated strings for the getters below.
 static VERSION_CSTR: &CStr = {
     match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
@@ -206,9 +159,11 @@ mod tests {
     #[test]
     fn status_names_match_the_rust_names() {
         for s in Status::ALL {
+            // SAFETY: tl_status_name returns a static NUL-terminated string.
             let name = unsafe { CStr::from_ptr(tl_status_name(RawStatus(s as u32))) }.to_str().unwrap();
             assert_eq!(name, s.name());
         }
+        // SAFETY: as above.
         let unknown = unsafe { CStr::from_ptr(tl_status_name(RawStatus(99))) }.to_str().unwrap();
         assert_eq!(unknown, "TL_STATUS_UNKNOWN");
     }
@@ -217,6 +172,7 @@ mod tests {
     fn a_panic_becomes_a_status_and_a_message() {
         let status = guard(|| panic!("boom"));
         assert_eq!(status, Status::Panic);
+        // SAFETY: the message stays valid until this thread's next tl_ call.
         let msg = unsafe { CStr::from_ptr(tl_last_error_message()) }.to_str().unwrap();
         assert!(msg.contains("boom"), "{msg}");
     }

@@ -1,8 +1,10 @@
 //! `tl_params`: parameter sets, module grouping and weight-space arithmetic.
 
-use super::{
-    arg_mut, arg_ref, arg_slice, arg_slice_mut, arg_str, destroy, guard, guard_value, hand_out, tl_context, RawDType,
+use super::boundary::{
+    destroy, ensure_distinct, hand_out, handle_mut, handle_ref, optional_mut, try_mut, try_slice, try_slice_mut,
+    try_str, Handle,
 };
+use super::{guard, guard_value, tl_context, RawDType};
 use crate::error::{Error, Result, Status};
 use crate::geometry::{self, ModuleGeometry};
 use crate::params::{Grouping, ParamSet, TensorSpec, Unmatched};
@@ -16,7 +18,13 @@ use std::ffi::{c_char, c_void};
 /// Thread safety: a set may be read by several threads at once (distances, as the a or b of an
 /// interpolation); a call that writes into it (as out, or regrouping it) needs it exclusively.
 pub struct tl_params {
-    pub(crate) inner: ParamSet,
+    _opaque: [u8; 0],
+}
+
+// SAFETY: tl_params is never instantiated; its pointers come from hand_out or handle_of of a
+// ParamSet.
+unsafe impl Handle for tl_params {
+    type Target = ParamSet;
 }
 
 /// How tensor names are grouped into modules (see tl_params_set_grouping).
@@ -106,16 +114,6 @@ fn dtype_to_raw(d: DType) -> RawDType {
     RawDType(d as u32)
 }
 
-/// `out` must be a set distinct from `a` and `b`: the library writes it while reading them.
-fn check_out_distinct(out: *const tl_params, a: *const tl_params, b: *const tl_params) -> Result<()> {
-    if out == a || out == b {
-        return Err(Error::InvalidArgument(
-            "out is the same set as a or b; write into a separate set (tl_params_clone makes one)".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Loads a safetensors file (memory-mapped, copy-on-write: the file is never modified).
 /// A file that cannot be opened is TL_STATUS_IO; a malformed, truncated or inconsistent one is
 /// TL_STATUS_FORMAT with a message naming the file and the tensor at fault. Modules are grouped
@@ -128,11 +126,12 @@ pub unsafe extern "C" fn tl_params_load(
     out: *mut *mut tl_params,
 ) -> Status {
     guard(|| {
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
         *out = std::ptr::null_mut();
-        let _ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let path = unsafe { arg_str(safetensors_path, "safetensors_path") }?;
-        hand_out(tl_params { inner: ParamSet::load(path)? }, out);
+        // SAFETY: ctx is NULL or a live context; the path NULL or a NUL-terminated string.
+        let (_ctx, path) = unsafe { (handle_ref(ctx, "ctx")?, try_str(safetensors_path, "safetensors_path")?) };
+        hand_out(ParamSet::load(path)?, out);
         Ok(())
     })
 }
@@ -143,15 +142,16 @@ pub unsafe extern "C" fn tl_params_load(
 #[no_mangle]
 pub unsafe extern "C" fn tl_params_save(params: *const tl_params, safetensors_path: *const c_char) -> Status {
     guard(|| {
-        let params = unsafe { arg_ref(params, "params") }?;
-        let path = unsafe { arg_str(safetensors_path, "safetensors_path") }?;
-        params.inner.save(path)
+        // SAFETY: params is NULL or a live set; the path NULL or a NUL-terminated string.
+        let (params, path) = unsafe { (handle_ref(params, "params")?, try_str(safetensors_path, "safetensors_path")?) };
+        params.save(path)
     })
 }
 
 /// Frees a set; NULL is a no-op. A wrapped set's memory stays the caller's.
 #[no_mangle]
 pub unsafe extern "C" fn tl_params_destroy(params: *mut tl_params) {
+    // SAFETY: params is NULL or a set made by this library, destroyed once (the C contract).
     guard_value((), || unsafe { destroy(params) })
 }
 
@@ -168,15 +168,22 @@ pub unsafe extern "C" fn tl_params_wrap(
     out: *mut *mut tl_params,
 ) -> Status {
     guard(|| {
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
         *out = std::ptr::null_mut();
-        let _ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let views = unsafe { arg_slice(tensors, count, "tensors") }?;
+        // SAFETY: ctx is NULL or a live context; tensors NULL or `count` descriptions.
+        let (_ctx, views) = unsafe { (handle_ref(ctx, "ctx")?, try_slice(tensors, count, "tensors")?) };
         let mut specs = Vec::with_capacity(views.len());
         for (i, v) in views.iter().enumerate() {
-            let name = unsafe { arg_str(v.name, &format!("tensors[{i}].name")) }?.to_string();
+            // SAFETY: each description's name is NULL or a NUL-terminated string, and its shape
+            // NULL or `ndim` values (the C contract).
+            let (name, dims) = unsafe {
+                (
+                    try_str(v.name, &format!("tensors[{i}].name"))?.to_string(),
+                    try_slice(v.shape, v.ndim, &format!("tensors[{i}].shape"))?,
+                )
+            };
             let dtype = DType::from_raw(v.dtype.0, &format!("tensors[{i}].dtype"))?;
-            let dims = unsafe { arg_slice(v.shape, v.ndim, &format!("tensors[{i}].shape")) }?;
             let shape = dims
                 .iter()
                 .map(|&d| {
@@ -189,9 +196,10 @@ pub unsafe extern "C" fn tl_params_wrap(
                 .collect::<Result<Vec<_>>>()?;
             specs.push(TensorSpec { name, dtype, shape, ptr: v.data as *mut u8, device: v.device });
         }
-        // SAFETY: the caller's promise in the doc comment.
-        let inner = unsafe { ParamSet::wrap(specs) }?;
-        hand_out(tl_params { inner }, out);
+        // SAFETY: the data stays valid and unused by others while the set lives (the C contract
+        // in the doc comment), which is ParamSet::wrap's contract.
+        let set = unsafe { ParamSet::wrap(specs) }?;
+        hand_out(set, out);
         Ok(())
     })
 }
@@ -202,10 +210,10 @@ pub unsafe extern "C" fn tl_params_wrap(
 #[no_mangle]
 pub unsafe extern "C" fn tl_params_clone(params: *const tl_params, out: *mut *mut tl_params) -> Status {
     guard(|| {
-        let out = unsafe { arg_mut(out, "out") }?;
+        // SAFETY: out is NULL or valid for a write, params NULL or a live set (the C contract).
+        let (out, params) = unsafe { (try_mut(out, "out")?, handle_ref(params, "params")) };
         *out = std::ptr::null_mut();
-        let params = unsafe { arg_ref(params, "params") }?;
-        hand_out(tl_params { inner: params.inner.try_clone()? }, out);
+        hand_out(params?.try_clone()?, out);
         Ok(())
     })
 }
@@ -223,7 +231,8 @@ pub unsafe extern "C" fn tl_params_set_grouping(
     unmatched: RawUnmatched,
 ) -> Status {
     guard(|| {
-        let params = unsafe { arg_mut(params, "params") }?;
+        // SAFETY: params is NULL or a live set used by this call alone (the C contract).
+        let params = unsafe { handle_mut(params, "params") }?;
         let g = match grouping.0 {
             0 => Grouping::First,
             1 => Grouping::Depth(depth as usize),
@@ -237,12 +246,15 @@ pub unsafe extern "C" fn tl_params_set_grouping(
                         )))
                     }
                 };
-                let list = unsafe { arg_slice(prefixes, n_prefixes, "prefixes") }?;
-                let prefixes = list
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &p)| unsafe { arg_str(p, &format!("prefixes[{i}]")) }.map(str::to_string))
-                    .collect::<Result<Vec<_>>>()?;
+                // SAFETY: prefixes is NULL or `n_prefixes` pointers, each NULL or a NUL-terminated
+                // string (the C contract).
+                let prefixes = unsafe {
+                    try_slice(prefixes, n_prefixes, "prefixes")?
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &p)| try_str(p, &format!("prefixes[{i}]")).map(str::to_string))
+                        .collect::<Result<Vec<_>>>()?
+                };
                 Grouping::Prefixes { prefixes, unmatched }
             }
             3 => Grouping::Tensor,
@@ -252,14 +264,15 @@ pub unsafe extern "C" fn tl_params_set_grouping(
                 )))
             }
         };
-        params.inner.set_grouping(g)
+        params.set_grouping(g)
     })
 }
 
 /// The number of modules of the set (0 when params is NULL).
 #[no_mangle]
 pub unsafe extern "C" fn tl_params_module_count(params: *const tl_params) -> usize {
-    guard_value(0, || unsafe { params.as_ref() }.map_or(0, |p| p.inner.modules().len()))
+    // SAFETY: params is NULL or a live set (the C contract).
+    guard_value(0, || unsafe { handle_ref(params, "params") }.map_or(0, |p| p.modules().len()))
 }
 
 /// Writes the module's name (NUL-terminated) into buf; returns the length it needs.
@@ -274,19 +287,20 @@ pub unsafe extern "C" fn tl_params_module_name(
     buf_len: usize,
 ) -> usize {
     guard_value(0, || {
-        let Some(p) = (unsafe { params.as_ref() }) else {
+        // SAFETY: params is NULL or a live set (the C contract).
+        let Ok(p) = (unsafe { handle_ref(params, "params") }) else {
             return 0;
         };
-        let Some(m) = p.inner.modules().get(module) else {
+        let Some(m) = p.modules().get(module) else {
             return 0;
         };
         let name = m.name.as_bytes();
-        if !buf.is_null() && buf_len > 0 {
-            let n = name.len().min(buf_len - 1);
-            // SAFETY: the caller promises buf_len writable bytes at buf.
-            unsafe {
-                std::ptr::copy_nonoverlapping(name.as_ptr() as *const c_char, buf, n);
-                *buf.add(n) = 0;
+        // SAFETY: buf is NULL or holds buf_len writable bytes (the C contract).
+        if let Ok(buf) = unsafe { try_slice_mut(buf.cast::<u8>(), buf_len, "buf") } {
+            if !buf.is_empty() {
+                let n = name.len().min(buf.len() - 1);
+                buf[..n].copy_from_slice(&name[..n]);
+                buf[n] = 0;
             }
         }
         name.len() + 1
@@ -302,10 +316,11 @@ pub unsafe extern "C" fn tl_params_find_module(
     out: *mut usize,
 ) -> Status {
     guard(|| {
-        let params = unsafe { arg_ref(params, "params") }?;
-        let name = unsafe { arg_str(name, "name") }?;
-        let out = unsafe { arg_mut(out, "out") }?;
-        *out = geometry::module_named(&params.inner, name)?;
+        // SAFETY: params is NULL or a live set, name NULL or a NUL-terminated string, out NULL or
+        // valid for a write (the C contract).
+        let (params, name, out) =
+            unsafe { (handle_ref(params, "params")?, try_str(name, "name")?, try_mut(out, "out")?) };
+        *out = geometry::module_named(params, name)?;
         Ok(())
     })
 }
@@ -313,7 +328,8 @@ pub unsafe extern "C" fn tl_params_find_module(
 /// The number of tensors of the set, weights and carried-through ones (0 when params is NULL).
 #[no_mangle]
 pub unsafe extern "C" fn tl_params_tensor_count(params: *const tl_params) -> usize {
-    guard_value(0, || unsafe { params.as_ref() }.map_or(0, |p| p.inner.tensors().len()))
+    // SAFETY: params is NULL or a live set (the C contract).
+    guard_value(0, || unsafe { handle_ref(params, "params") }.map_or(0, |p| p.tensors().len()))
 }
 
 /// Gives the weight tensor called `name`: its dtype, the address of its elements (host memory,
@@ -329,12 +345,18 @@ pub unsafe extern "C" fn tl_params_tensor_data(
     numel: *mut u64,
 ) -> Status {
     guard(|| {
-        let params = unsafe { arg_ref(params, "params") }?;
-        let name = unsafe { arg_str(name, "name") }?;
-        let dtype = unsafe { arg_mut(dtype, "dtype") }?;
-        let data = unsafe { arg_mut(data, "data") }?;
-        let numel = unsafe { arg_mut(numel, "numel") }?;
-        let t = params.inner.tensor(name).ok_or_else(|| Error::NotFound(format!("no tensor {name:?} in the set")))?;
+        // SAFETY: params is NULL or a live set, name NULL or a NUL-terminated string, and each
+        // output NULL or valid for a write (the C contract).
+        let (params, name, dtype, data, numel) = unsafe {
+            (
+                handle_ref(params, "params")?,
+                try_str(name, "name")?,
+                try_mut(dtype, "dtype")?,
+                try_mut(data, "data")?,
+                try_mut(numel, "numel")?,
+            )
+        };
+        let t = params.tensor(name).ok_or_else(|| Error::NotFound(format!("no tensor {name:?} in the set")))?;
         let host = t.host()?;
         *dtype = dtype_to_raw(host.dtype());
         *data = t.bytes()?.as_ptr() as *const c_void;
@@ -344,17 +366,18 @@ pub unsafe extern "C" fn tl_params_tensor_data(
 }
 
 /// The caller's array of tl_params_module_count(a) entries (NULL allowed only when 0).
-fn per_module_out<'a>(out: *mut f64, a: &ParamSet) -> Result<&'a mut [f64]> {
-    unsafe { arg_slice_mut(out, a.modules().len(), "out_per_module") }
-}
-
-/// Writes per-module values and, where `out_total` is not NULL, their total.
 ///
 /// # Safety
-/// `out_total` is NULL or valid for a write.
-unsafe fn write_module_values(values: &geometry::Distances, out: &mut [f64], out_total: *mut f64) {
+/// `out` is NULL or points to that many writable values that nothing else uses during the call.
+unsafe fn per_module_out<'a>(out: *mut f64, a: &ParamSet) -> Result<&'a mut [f64]> {
+    // SAFETY: the caller's contract.
+    unsafe { try_slice_mut(out, a.modules().len(), "out_per_module") }
+}
+
+/// Writes per-module values and, where the caller asked for it, their total.
+fn write_module_values(values: &geometry::Distances, out: &mut [f64], out_total: Option<&mut f64>) {
     out.copy_from_slice(&values.modules);
-    if let Some(t) = unsafe { out_total.as_mut() } {
+    if let Some(t) = out_total {
         *t = values.total;
     }
 }
@@ -372,12 +395,12 @@ pub unsafe extern "C" fn tl_params_distance(
     out_total: *mut f64,
 ) -> Status {
     guard(|| {
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let a = unsafe { arg_ref(a, "a") }?;
-        let b = unsafe { arg_ref(b, "b") }?;
-        let out = per_module_out(out_per_module, &a.inner)?;
-        let d = geometry::distance(&ctx.inner, &a.inner, &b.inner)?;
-        unsafe { write_module_values(&d, out, out_total) };
+        // SAFETY: ctx is NULL or a live context, a and b NULL or live sets (the C contract).
+        let (ctx, a, b) = unsafe { (handle_ref(ctx, "ctx")?, handle_ref(a, "a")?, handle_ref(b, "b")?) };
+        // SAFETY: the outputs are NULL or valid for their documented lengths (the C contract).
+        let (out, out_total) = unsafe { (per_module_out(out_per_module, a)?, optional_mut(out_total)) };
+        let d = geometry::distance(ctx, a, b)?;
+        write_module_values(&d, out, out_total);
         Ok(())
     })
 }
@@ -392,11 +415,12 @@ pub unsafe extern "C" fn tl_params_norms(
     out_total: *mut f64,
 ) -> Status {
     guard(|| {
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let p = unsafe { arg_ref(params, "params") }?;
-        let out = per_module_out(out_per_module, &p.inner)?;
-        let d = geometry::norms(&ctx.inner, &p.inner)?;
-        unsafe { write_module_values(&d, out, out_total) };
+        // SAFETY: ctx is NULL or a live context, params NULL or a live set (the C contract).
+        let (ctx, p) = unsafe { (handle_ref(ctx, "ctx")?, handle_ref(params, "params")?) };
+        // SAFETY: the outputs are NULL or valid for their documented lengths (the C contract).
+        let (out, out_total) = unsafe { (per_module_out(out_per_module, p)?, optional_mut(out_total)) };
+        let d = geometry::norms(ctx, p)?;
+        write_module_values(&d, out, out_total);
         Ok(())
     })
 }
@@ -413,16 +437,16 @@ pub unsafe extern "C" fn tl_params_compare(
     out_total: *mut tl_module_geometry,
 ) -> Status {
     guard(|| {
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let a = unsafe { arg_ref(a, "a") }?;
-        let b = unsafe { arg_ref(b, "b") }?;
-        let n = a.inner.modules().len();
-        let out = unsafe { arg_slice_mut(out_per_module, n, "out_per_module") }?;
-        let (modules, total) = geometry::compare(&ctx.inner, &a.inner, &b.inner)?;
+        // SAFETY: ctx is NULL or a live context, a and b NULL or live sets (the C contract).
+        let (ctx, a, b) = unsafe { (handle_ref(ctx, "ctx")?, handle_ref(a, "a")?, handle_ref(b, "b")?) };
+        // SAFETY: the outputs are NULL or valid for their documented lengths (the C contract).
+        let (out, out_total) =
+            unsafe { (try_slice_mut(out_per_module, a.modules().len(), "out_per_module")?, optional_mut(out_total)) };
+        let (modules, total) = geometry::compare(ctx, a, b)?;
         for (o, g) in out.iter_mut().zip(modules) {
             *o = g.into();
         }
-        if let Some(t) = unsafe { out_total.as_mut() } {
+        if let Some(t) = out_total {
             *t = total.into();
         }
         Ok(())
@@ -444,12 +468,12 @@ pub unsafe extern "C" fn tl_params_interpolate(
     out: *mut tl_params,
 ) -> Status {
     guard(|| {
-        check_out_distinct(out, a, b)?;
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let a = unsafe { arg_ref(a, "a") }?;
-        let b = unsafe { arg_ref(b, "b") }?;
-        let out = unsafe { arg_mut(out, "out") }?;
-        geometry::interpolate(&ctx.inner, &a.inner, &b.inner, lambda, &mut out.inner)
+        ensure_distinct("out", out, &[("a", a), ("b", b)])?;
+        // SAFETY: ctx is NULL or a live context; a, b and out NULL or live sets, out distinct from
+        // a and b (checked above) and used by this call alone (the C contract).
+        let (ctx, a, b, out) =
+            unsafe { (handle_ref(ctx, "ctx")?, handle_ref(a, "a")?, handle_ref(b, "b")?, handle_mut(out, "out")?) };
+        geometry::interpolate(ctx, a, b, lambda, out)
     })
 }
 
@@ -466,12 +490,11 @@ pub unsafe extern "C" fn tl_params_interpolate_module(
     out: *mut tl_params,
 ) -> Status {
     guard(|| {
-        check_out_distinct(out, a, b)?;
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let a = unsafe { arg_ref(a, "a") }?;
-        let b = unsafe { arg_ref(b, "b") }?;
-        let out = unsafe { arg_mut(out, "out") }?;
-        geometry::interpolate_module(&ctx.inner, &a.inner, &b.inner, lambda, module, &mut out.inner)
+        ensure_distinct("out", out, &[("a", a), ("b", b)])?;
+        // SAFETY: as in tl_params_interpolate.
+        let (ctx, a, b, out) =
+            unsafe { (handle_ref(ctx, "ctx")?, handle_ref(a, "a")?, handle_ref(b, "b")?, handle_mut(out, "out")?) };
+        geometry::interpolate_module(ctx, a, b, lambda, module, out)
     })
 }
 
@@ -489,11 +512,16 @@ pub unsafe extern "C" fn tl_params_rewind(
     out: *mut tl_params,
 ) -> Status {
     guard(|| {
-        check_out_distinct(out, initial, final_params)?;
-        let ctx = unsafe { arg_ref(ctx, "ctx") }?;
-        let initial = unsafe { arg_ref(initial, "initial") }?;
-        let final_params = unsafe { arg_ref(final_params, "final_params") }?;
-        let out = unsafe { arg_mut(out, "out") }?;
-        geometry::rewind(&ctx.inner, &initial.inner, &final_params.inner, module, alpha, &mut out.inner)
+        ensure_distinct("out", out, &[("initial", initial), ("final_params", final_params)])?;
+        // SAFETY: as in tl_params_interpolate.
+        let (ctx, initial, final_params, out) = unsafe {
+            (
+                handle_ref(ctx, "ctx")?,
+                handle_ref(initial, "initial")?,
+                handle_ref(final_params, "final_params")?,
+                handle_mut(out, "out")?,
+            )
+        };
+        geometry::rewind(ctx, initial, final_params, module, alpha, out)
     })
 }
