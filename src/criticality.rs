@@ -1,5 +1,5 @@
 //! Module criticality, network criticality, the PAC-Bayes bound and rewind curves
-//! (ANALYSES.md sections 6 and 7; Chatterji, Neyshabur, Sedghi, ICLR 2020).
+//! (docs/analyses.md, sections 6 and 7; Chatterji, Neyshabur, Sedghi, ICLR 2020).
 //!
 //! For module i, with theta_i(alpha) on the path from the initial weights (alpha = 0) to the final
 //! ones (alpha = 1) and every other module at its final value:
@@ -190,7 +190,7 @@ struct Candidate {
 
 /// Whether a point scoring `score` beats the best feasible point found so far.
 fn beats(best: Option<Candidate>, score: f64) -> bool {
-    best.map_or(true, |b| score < b.score)
+    best.is_none_or(|b| score < b.score)
 }
 
 impl ModuleSearch<'_, '_> {

@@ -1,4 +1,4 @@
-//! Data tools of the study: block shuffle (ANALYSES.md section 8) and the agreement of two
+//! Data tools of the study: block shuffle (docs/analyses.md, section 8) and the agreement of two
 //! models' predictions (section 9).
 
 use crate::error::{fail, Result};
@@ -11,7 +11,7 @@ pub fn block_permutation(h: usize, w: usize, b: usize, seed: u64) -> Result<Vec<
 }
 
 fn check_block(h: usize, w: usize, b: usize) -> Result<()> {
-    if b == 0 || h == 0 || w == 0 || h % b != 0 || w % b != 0 {
+    if b == 0 || h == 0 || w == 0 || !h.is_multiple_of(b) || !w.is_multiple_of(b) {
         fail!(InvalidArgument, "block size {b} must divide the image height {h} and width {w}");
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Interpolation curves and performance barriers (ANALYSES.md sections 4 and 5).
+//! Interpolation curves and performance barriers (docs/analyses.md, sections 4 and 5).
 //!
 //! A curve evaluates theta(lambda) = (1 - lambda) a + lambda b (or, per module, module i moved
 //! and the rest at b) at every lambda of a grid; the weights are written by

@@ -85,7 +85,7 @@ impl tl_matrix {
         if len > 0 && self.data.is_null() {
             fail!(NullArgument, "{name}.data is NULL");
         }
-        if (self.data as usize) % dtype.size() != 0 {
+        if !(self.data as usize).is_multiple_of(dtype.size()) {
             fail!(InvalidArgument, "{name}.data is not aligned to {} bytes for {}", dtype.size(), dtype.name());
         }
         // SAFETY: aligned (checked above), and `len` elements of `dtype` unwritten for 'a by this

@@ -140,7 +140,7 @@ pub(super) fn interpolate(
             continue;
         }
         let (tb, l) = if ta.is_weight() {
-            let moves = moving.map_or(true, |m| m == module_of[i]);
+            let moves = moving.is_none_or(|m| m == module_of[i]);
             (&b.tensors()[pairs[i]], if moves { lambda } else { 1.0 })
         } else {
             (ta, 0.0)

@@ -270,38 +270,6 @@ fn check_lambda(lambda: f64, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Rejects an output that shares memory with an input: the writes would race the reads.
-fn check_disjoint(out: &ParamSet, inputs: &[&ParamSet]) -> Result<()> {
-    let mut spans: Vec<(usize, usize, &str)> = out
-        .tensors()
-        .iter()
-        .filter(|t| t.nbytes() > 0)
-        .map(|t| {
-            let (s, e) = t.addr_range();
-            (s, e, t.name())
-        })
-        .collect();
-    spans.sort();
-    for set in inputs {
-        for t in set.tensors().iter().filter(|t| t.nbytes() > 0) {
-            let (s, e) = t.addr_range();
-            // The first out span that ends after s.
-            let k = spans.partition_point(|x| x.1 <= s);
-            if let Some(x) = spans.get(k) {
-                if x.0 < e {
-                    fail!(
-                        InvalidArgument,
-                        "out tensor {:?} shares memory with input tensor {:?}; write into a separate set",
-                        x.2,
-                        t.name()
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 fn interpolate_impl(
     ctx: &Context,
     a: &ParamSet,
@@ -314,7 +282,7 @@ fn interpolate_impl(
     let place = device::placement(ctx, &[a, b, out])?;
     let pairs = match_weights(a, b, "a", "b")?;
     let out_of = match_all(a, out, "a", "out")?;
-    check_disjoint(out, &[a, b])?;
+    crate::aliasing::ensure_disjoint("out", out, &[("a", a), ("b", b)])?;
     for (i, t) in a.tensors().iter().enumerate() {
         if t.is_weight() && t.dtype() != b.tensors()[pairs[i]].dtype() {
             fail!(
@@ -367,7 +335,7 @@ fn interpolate_impl(
     jobs.par_iter_mut().try_for_each(|(task, o)| -> Result<()> {
         let x = sub(a.tensors()[task.ia].host()?, task.start, task.end);
         let y = sub(b.tensors()[task.ib].host()?, task.start, task.end);
-        let moves = moving_module.map_or(true, |m| m == task.module);
+        let moves = moving_module.is_none_or(|m| m == task.module);
         lerp_slice(x, y, if moves { lambda } else { 1.0 }, o)
     })?;
     copies.par_iter_mut().for_each(|(src, dst)| dst.copy_from_slice(src));

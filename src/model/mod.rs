@@ -100,7 +100,7 @@ pub fn f32_set(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<ParamSet> {
         offset = end;
     }
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut file = Vec::with_capacity(8 + text.len() + offset);

@@ -126,7 +126,7 @@ impl ParamSet {
                     s.shape
                 );
             }
-            if (s.ptr as usize) % s.dtype.size() != 0 {
+            if !(s.ptr as usize).is_multiple_of(s.dtype.size()) {
                 fail!(
                     InvalidArgument,
                     "tensor {:?}: data is not aligned to {} bytes, as {} elements need",

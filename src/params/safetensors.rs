@@ -207,7 +207,7 @@ impl ParamSet {
             // tensor's bytes lie inside the image at `base` (the caller's contract).
             let mut ptr = unsafe { base.add(header.data_start + e.start) };
             if let TensorDType::Weight(d) = e.dtype {
-                if (ptr as usize) % d.size() != 0 {
+                if !(ptr as usize).is_multiple_of(d.size()) {
                     // SAFETY: ptr..ptr + nbytes lies inside the image (checked as above), which
                     // nothing writes while the set is being built.
                     let mut copy = aligned_copy(unsafe { std::slice::from_raw_parts(ptr, nbytes) });
@@ -248,7 +248,7 @@ impl ParamSet {
         // does not matter to readers: the offsets fix the file order.
         let mut text = serde_json::to_string(&header).expect("header serialises");
         // Pad with spaces so that the data starts 8-byte aligned, as the reference writer does.
-        while (8 + text.len()) % 8 != 0 {
+        while !(8 + text.len()).is_multiple_of(8) {
             text.push(' ');
         }
         write_atomic(path, |w| {

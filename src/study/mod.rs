@@ -1,5 +1,5 @@
 //! The embedded study: a miniature of "What is being transferred in transfer learning?" that
-//! runs with no download (ANALYSES.md section 10).
+//! runs with no download (docs/analyses.md, section 10).
 //!
 //! Two image tasks are generated procedurally: 12 x 12 single-channel images of short strokes.
 //! The source task's class is the orientation of its strokes (8 orientations); the target's class

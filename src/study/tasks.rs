@@ -59,7 +59,7 @@ fn make(target: bool, n: usize, seed: u64) -> Result<Dataset> {
         let c = (uniform(seed, 2_000_000, i as u64) * CLASSES as f64) as usize % CLASSES;
         let strokes: Vec<(f64, f64)> = if target {
             let theta = (2 * (c / 2) + 1) as f64 * pi / 8.0;
-            let len = if c % 2 == 0 { 7.0 } else { 3.0 };
+            let len = if c.is_multiple_of(2) { 7.0 } else { 3.0 };
             vec![(theta, len); 2]
         } else {
             let k = 2 + (uniform(seed, 2_000_001, i as u64) * 2.0) as usize;

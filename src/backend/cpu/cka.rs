@@ -351,7 +351,7 @@ pub(crate) fn cka_batch_moments<T: Real>(
     // Third moments `sum a_u w_v` for every (u, v), and the column sums, as one product per
     // layer v with the stacked squared row norms and a column of ones.
     let mut norms_t: Vec<T> = moments.norms.iter().flat_map(|n| n.iter().map(|&a| T::from_f64(a))).collect();
-    norms_t.extend(std::iter::repeat(T::one_impl()).take(rows));
+    norms_t.extend(std::iter::repeat_n(T::one_impl(), rows));
     let norms_mat = MatRef::from_column_major_slice(&norms_t, rows, nl + 1);
     moments.third = (0..nl)
         .map(|v| {

@@ -575,7 +575,7 @@ impl CudaDevice {
             fail!(NullArgument, "ptr: device address is NULL");
         }
         let align = std::mem::align_of::<T::Bits>() as u64;
-        if ptr % align != 0 {
+        if !ptr.is_multiple_of(align) {
             fail!(InvalidArgument, "ptr: device address {ptr:#x} is not aligned to {align} bytes for {}", T::SUFFIX);
         }
         if len.checked_mul(std::mem::size_of::<T::Bits>()).is_none() {
