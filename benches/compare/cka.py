@@ -2,11 +2,15 @@
 """Side-by-side CKA timing: transferlens against numpy running the published feature-space
 formula (Kornblith et al. 2019, `feature_space_linear_cka`) on the same data, in one run.
 
-Usage:  python3 benches/compare/cka.py [--quick] [--rounds N]
+Usage:  python3 benches/compare/cka.py [--quick] [--rounds N] [--baseline EXE]
 Needs numpy; builds and runs `cargo run --release --example time_cka`. Each round times one
 numpy call and one transferlens call a moment apart (alternating which goes first), so that both
 see the same load on a shared machine. Prints the median times, the median of the per-round
 ratios transferlens / numpy, and the largest difference between the two results.
+
+--baseline EXE times a second build of the `time_cka` example (an earlier commit's, say) in the
+same rounds, right after this build's call, and prints its ratio to numpy beside this one's: a
+before/after comparison under the same load.
 """
 import json
 import os
@@ -51,11 +55,25 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
-def time_rounds(exe, fa, fb, xs, ys, debiased, rounds):
-    """Median numpy and transferlens seconds, the median per-round ratio, and both results."""
+def start(exe, fa, fb, debiased):
+    """Starts a time_cka process; returns it and its values (printed after its warm-up)."""
     proc = subprocess.Popen([exe, fa, fb, "debiased" if debiased else "biased"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    tl_values = np.array([float(v) for v in proc.stdout.readline().split()])  # after its warm-up
+    return proc, np.array([float(v) for v in proc.stdout.readline().split()])
+
+
+def timed_call(proc):
+    time.sleep(0.3)
+    proc.stdin.write("run\n")
+    proc.stdin.flush()
+    return float(proc.stdout.readline())
+
+
+def time_rounds(exe, fa, fb, xs, ys, debiased, rounds, baseline=None):
+    """Median numpy and transferlens seconds, the median per-round ratio, both results, and the
+    baseline build's median per-round ratio (None without one)."""
+    proc, tl_values = start(exe, fa, fb, debiased)
+    base = start(baseline, fa, fb, debiased)[0] if baseline else None
 
     # Each call starts after a pause: OpenBLAS's and faer's worker threads spin for a while
     # after a call, and would take a core from the other side's next call.
@@ -65,25 +83,23 @@ def time_rounds(exe, fa, fb, xs, ys, debiased, rounds):
         values = [[feature_space_linear_cka(x, y, debiased) for y in ys] for x in xs]
         return time.perf_counter() - start, np.array(values).ravel()
 
-    def tl_call():
-        time.sleep(0.3)
-        proc.stdin.write("run\n")
-        proc.stdin.flush()
-        return float(proc.stdout.readline())
-
     _, np_values = numpy_call()  # warm-up
-    np_times, tl_times = [], []
+    np_times, tl_times, base_times = [], [], []
     for r in range(rounds):
         if r % 2:
-            tl_times.append(tl_call())
+            tl_times.append(timed_call(proc))
             np_times.append(numpy_call()[0])
         else:
             np_times.append(numpy_call()[0])
-            tl_times.append(tl_call())
-    proc.stdin.close()
-    proc.wait()
+            tl_times.append(timed_call(proc))
+        if base:
+            base_times.append(timed_call(base))
+    for p in (proc, base) if base else (proc,):
+        p.stdin.close()
+        p.wait()
     ratio = float(np.median(np.array(tl_times) / np.array(np_times)))
-    return float(np.median(np_times)), float(np.median(tl_times)), ratio, np_values, tl_values
+    base_ratio = float(np.median(np.array(base_times) / np.array(np_times))) if base else None
+    return float(np.median(np_times)), float(np.median(tl_times)), ratio, np_values, tl_values, base_ratio
 
 
 def main():
@@ -99,13 +115,15 @@ def main():
     if quick:
         cases = [("pair 4000x256", 4000, [256], [256]), ("3x3 layers, n=1024", 1024, [64, 128, 256], [64, 128, 256])]
     rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else (3 if quick else 9)
+    baseline = sys.argv[sys.argv.index("--baseline") + 1] if "--baseline" in sys.argv else None
     try:
         from threadpoolctl import threadpool_info
         blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, {i['num_threads']} threads)" for i in threadpool_info())
     except ImportError:
         blas = "unknown BLAS (pip install threadpoolctl to see it)"
     print(f"numpy {np.__version__} with {blas}; {os.cpu_count()} CPUs; medians of {rounds} rounds")
-    print(f"{'case':34} {'estimator':9} {'numpy s':>9} {'tlens s':>9} {'ratio':>7} {'max |diff|':>10} {'load':>5}")
+    print(f"{'case':34} {'estimator':9} {'numpy s':>9} {'tlens s':>9} {'ratio':>7} {'max |diff|':>10} {'load':>5}"
+          + (f" {'baseline ratio':>14}" if baseline else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for label, n, ps, qs in cases:
             base = rng.standard_normal((n, 64)).astype(np.float32)
@@ -115,9 +133,11 @@ def main():
             write_safetensors(fa, [(f"x{i}", x) for i, x in enumerate(xs)])
             write_safetensors(fb, [(f"y{i}", y) for i, y in enumerate(ys)])
             for estimator in ("biased", "debiased"):
-                np_med, tl_med, ratio, np_values, tl_values = time_rounds(exe, fa, fb, xs, ys, estimator == "debiased", rounds)
+                np_med, tl_med, ratio, np_values, tl_values, base_ratio = time_rounds(
+                    exe, fa, fb, xs, ys, estimator == "debiased", rounds, baseline)
                 diff = np.max(np.abs(tl_values - np_values))
-                print(f"{label:34} {estimator:9} {np_med:9.3f} {tl_med:9.3f} {ratio:7.2f} {diff:10.2e} {os.getloadavg()[0]:5.2f}")
+                print(f"{label:34} {estimator:9} {np_med:9.3f} {tl_med:9.3f} {ratio:7.2f} {diff:10.2e} {os.getloadavg()[0]:5.2f}"
+                      + (f" {base_ratio:14.2f}" if baseline else ""))
 
 
 if __name__ == "__main__":
