@@ -128,7 +128,7 @@ pub extern "C" fn tl_abi_version() -> u32 {
 /// no status. The string is static.
 #[no_mangle]
 pub extern "C" fn tl_status_name(status: RawStatus) -> *const c_char {
-    const NAMES: [&CStr; 14] = [
+    const NAMES: [&CStr; 15] = [
         c"TL_STATUS_OK",
         c"TL_STATUS_NULL_ARGUMENT",
         c"TL_STATUS_INVALID_ARGUMENT",
@@ -143,6 +143,7 @@ pub extern "C" fn tl_status_name(status: RawStatus) -> *const c_char {
         c"TL_STATUS_DEVICE",
         c"TL_STATUS_CALLBACK",
         c"TL_STATUS_PANIC",
+        c"TL_STATUS_OUT_OF_MEMORY",
     ];
     NAMES.get(status.0 as usize).copied().unwrap_or(c"TL_STATUS_UNKNOWN").as_ptr()
 }

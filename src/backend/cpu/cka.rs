@@ -22,7 +22,7 @@
 //!   after the product (see `Operand::new`), where the device always multiplies centered copies.
 
 use crate::backend::{CkaBatchMoments, CkaGramTerms};
-use crate::error::{fail, Result};
+use crate::error::{fail, human_bytes, try_filled, Result};
 use crate::tensor::{Element, HostSlice, Matrix, Storage};
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -320,8 +320,8 @@ pub(crate) fn cka_batch_moments<T: Real>(
     let mut moments = CkaBatchMoments { rows, ..Default::default() };
     let offsets = moments.offsets(&widths, nx);
     let (px, py): (usize, usize) = (widths[..nx].iter().sum(), widths[nx..].iter().sum());
-    let mut bx = vec![T::default(); px * rows];
-    let mut by = vec![T::default(); py * rows];
+    let mut bx = try_filled(px * rows, T::default(), "the batch's x layers, shifted")?;
+    let mut by = try_filled(py * rows, T::default(), "the batch's y layers, shifted")?;
     for (u, (name, m)) in layers.iter().enumerate() {
         let (buf, ld) = if u < nx { (&mut bx, px) } else { (&mut by, py) };
         moments.norms.push(write_shifted_transpose::<T>(m, name, &shifts[u], buf, ld, offsets[u])?);
@@ -337,16 +337,17 @@ pub(crate) fn cka_batch_moments<T: Real>(
     };
 
     // Second moments: all cross products at once, and each layer's Gram (lower triangle).
-    let mut cross = faer::Mat::<T>::zeros(px, py);
-    cross_product(cross.as_mut(), xt, yt);
-    moments.cross = to_f64_column_major(cross.as_ref());
+    let mut cross = try_filled(px * py, T::default(), "the batch's cross products")?;
+    cross_product(MatMut::from_column_major_slice_mut(&mut cross, px, py), xt, yt);
+    moments.cross = to_f64(&cross)?;
     moments.grams_lower = (0..nl)
         .map(|u| {
-            let mut g = faer::Mat::<T>::zeros(widths[u], widths[u]);
-            gram_lower(g.as_mut(), block(u));
-            to_f64_column_major(g.as_ref())
+            let p = widths[u];
+            let mut g = try_filled(p * p, T::default(), "a layer's Gram")?;
+            gram_lower(MatMut::from_column_major_slice_mut(&mut g, p, p), block(u));
+            to_f64(&g)
         })
-        .collect();
+        .collect::<Result<_>>()?;
 
     // Third moments `sum a_u w_v` for every (u, v), and the column sums, as one product per
     // layer v with the stacked squared row norms and a column of ones.
@@ -355,23 +356,33 @@ pub(crate) fn cka_batch_moments<T: Real>(
     let norms_mat = MatRef::from_column_major_slice(&norms_t, rows, nl + 1);
     moments.third = (0..nl)
         .map(|v| {
-            let mut t = faer::Mat::<T>::zeros(widths[v], nl + 1);
-            product(t.as_mut(), block(v), norms_mat);
-            to_f64_column_major(t.as_ref())
+            let mut t = try_filled(widths[v] * (nl + 1), T::default(), "a layer's third moments")?;
+            product(MatMut::from_column_major_slice_mut(&mut t, widths[v], nl + 1), block(v), norms_mat);
+            to_f64(&t)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(moments)
 }
 
-/// A dense column-major f64 copy.
-fn to_f64_column_major<T: Real>(m: MatRef<T>) -> Vec<f64> {
-    let rows = m.nrows();
-    let mut out = vec![0.0; rows * m.ncols()];
-    out.par_chunks_mut(rows.max(1)).enumerate().for_each(|(j, column)| {
-        let src = m.col(j);
-        column.iter_mut().enumerate().for_each(|(i, o)| *o = src[i].to_f64());
+/// A zero `rows x cols` matrix, for sizes a caller controls: a failed allocation is
+/// `TL_STATUS_OUT_OF_MEMORY` naming `what` and the size, never an abort.
+fn try_zero_mat<T: Real>(rows: usize, cols: usize, what: &str) -> Result<faer::Mat<T>> {
+    let mut m = faer::Mat::<T>::new();
+    m.try_reserve(rows, cols).map_err(|_| {
+        let bytes = rows as u128 * cols as u128 * std::mem::size_of::<T>() as u128;
+        crate::Error::OutOfMemory(format!("{what}: could not allocate {rows} x {cols} values ({})", human_bytes(bytes)))
+    })?;
+    m.resize_with(rows, cols, |_, _| T::zero_impl());
+    Ok(m)
+}
+
+/// An f64 copy of a dense buffer.
+fn to_f64<T: Real>(values: &[T]) -> Result<Vec<f64>> {
+    let mut out = try_filled(values.len(), 0.0, "an f64 copy of a product")?;
+    out.par_chunks_mut(4096).zip(values.par_chunks(4096)).for_each(|(o, v)| {
+        o.iter_mut().zip(v).for_each(|(o, v)| *o = v.to_f64());
     });
-    out
+    Ok(out)
 }
 
 /// The centered `n x n` Gram of one layer (lower triangle; the strict upper triangle is zero)
@@ -379,10 +390,10 @@ fn to_f64_column_major<T: Real>(m: MatRef<T>) -> Vec<f64> {
 pub(crate) fn centered_gram<T: Real>(m: &Matrix, name: &str) -> Result<(faer::Mat<T>, Vec<f64>)> {
     let n = m.rows();
     let means = column_means(m, name)?;
-    let mut buffer = vec![T::default(); n * m.cols()];
+    let mut buffer = try_filled(n * m.cols(), T::default(), &format!("{name}, centered"))?;
     let norms = write_shifted_transpose::<T>(m, name, &means, &mut buffer, m.cols(), 0)?;
     let zt = MatRef::from_column_major_slice(&buffer, m.cols(), n);
-    let mut gram = faer::Mat::<T>::zeros(n, n);
+    let mut gram = try_zero_mat::<T>(n, n, &format!("{name}'s Gram of the samples"))?;
     gram_lower(gram.as_mut(), zt.transpose());
     Ok((gram, norms))
 }
@@ -460,7 +471,7 @@ impl<'a, T: Real> Operand<'a, T> {
             let data = OperandData::Stored { data, stride: m.row_stride() };
             return Ok(Operand { data, features, mean: stats.means.clone(), norms });
         }
-        let mut buffer = vec![T::default(); features * rows];
+        let mut buffer = try_filled(features * rows, T::default(), &format!("{name}, centered"))?;
         let norms = write_shifted_transpose::<T>(m, name, &stats.means, &mut buffer, features, 0)?;
         let norms = row_norms.then_some(norms);
         Ok(Operand { data: OperandData::Copied(buffer), features, mean: vec![0.0; features], norms })
@@ -531,7 +542,7 @@ pub(crate) fn cka_feature_terms<T: Real>(
         .map(|((name, m), st)| Operand::<T>::new(m, name, st, row_norms))
         .collect::<Result<Vec<_>>>()?;
     let widest = layers.iter().map(|(_, m)| m.cols()).max().unwrap_or(0);
-    let mut buffer = faer::Mat::<T>::zeros(widest, widest);
+    let mut buffer = try_zero_mat::<T>(widest, widest, "the products of the layers")?;
     let n = rows as f64;
     let inner = pairs
         .iter()
