@@ -73,7 +73,7 @@ impl Real for f64 {
 /// activations of 1e-23 or 1e19 give the f64 answer instead of zeros and infinities.
 pub(crate) fn product_scale<T: Real>(mean_square: f64) -> f64 {
     const SAFE: f64 = 1_125_899_906_842_624.0; // 2^50
-    if !T::SCALES || !(mean_square > 0.0 && mean_square.is_finite()) || (1.0 / SAFE..=SAFE).contains(&mean_square) {
+    if !(T::SCALES && mean_square > 0.0 && mean_square.is_finite()) || (1.0 / SAFE..=SAFE).contains(&mean_square) {
         return 1.0;
     }
     2f64.powi((-0.5 * mean_square.log2()).round() as i32)
