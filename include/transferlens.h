@@ -56,6 +56,7 @@ typedef enum tl_status {
   TL_STATUS_DEVICE = 11,
   TL_STATUS_CALLBACK = 12,
   TL_STATUS_PANIC = 13,
+  TL_STATUS_OUT_OF_MEMORY = 14,
 } tl_status;
 
 /**

@@ -1,13 +1,19 @@
 //! Data tools of the study: block shuffle (docs/analyses.md, section 8) and the agreement of two
 //! models' predictions (section 9).
 
-use crate::error::{fail, Result};
+use crate::error::{fail, try_filled, try_with_capacity, Result};
 
 /// The permutation of blocks that [`block_shuffle`] applies for `seed`: entry `j` is the source
 /// block of destination block `j`, blocks numbered row by row.
 pub fn block_permutation(h: usize, w: usize, b: usize, seed: u64) -> Result<Vec<usize>> {
     check_block(h, w, b)?;
-    Ok(crate::model::permutation((h / b) * (w / b), seed, 0x626c6f636b))
+    let blocks = (h / b).checked_mul(w / b).ok_or_else(|| {
+        crate::Error::InvalidArgument(format!("{h} x {w} images in blocks of {b} have too many blocks to count"))
+    })?;
+    let mut perm = try_with_capacity(blocks, &format!("the permutation of {blocks} blocks"))?;
+    perm.extend(0..blocks);
+    crate::model::shuffle(&mut perm, seed, 0x626c6f636b);
+    Ok(perm)
 }
 
 fn check_block(h: usize, w: usize, b: usize) -> Result<()> {
@@ -32,9 +38,13 @@ pub fn block_shuffle(images: &mut [f32], n: usize, c: usize, h: usize, w: usize,
     if images.len() != total {
         fail!(ShapeMismatch, "{} values for {n} images of {c} x {h} x {w}", images.len());
     }
+    if n == 0 {
+        // Nothing to move: the permutation (one entry per block) is not drawn at all.
+        return Ok(());
+    }
     let perm = block_permutation(h, w, b, seed)?;
     let bw = w / b;
-    let mut src = vec![0f32; size];
+    let mut src = try_filled(size, 0f32, "a copy of one image")?;
     for img in images.chunks_mut(size) {
         src.copy_from_slice(img);
         for (dst_block, &src_block) in perm.iter().enumerate() {

@@ -50,6 +50,10 @@ pub enum Error {
     /// A bug inside the library, never the caller's doing.
     #[error("internal error (please report): {0}")]
     Panic(String),
+    /// Memory for a size the caller chose could not be had; the message says how much and what
+    /// for.
+    #[error("{0}")]
+    OutOfMemory(String),
 }
 
 /// Status codes of the C ABI; `TL_STATUS_OK` is 0. The values are fixed forever.
@@ -70,11 +74,12 @@ pub enum Status {
     Device = 11,
     Callback = 12,
     Panic = 13,
+    OutOfMemory = 14,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 14] = [
+    pub const ALL: [Status; 15] = [
         Status::Ok,
         Status::NullArgument,
         Status::InvalidArgument,
@@ -89,6 +94,7 @@ impl Status {
         Status::Device,
         Status::Callback,
         Status::Panic,
+        Status::OutOfMemory,
     ];
 
     /// The C name of the code, e.g. `"TL_STATUS_SHAPE_MISMATCH"`.
@@ -108,6 +114,7 @@ impl Status {
             Status::Device => "TL_STATUS_DEVICE",
             Status::Callback => "TL_STATUS_CALLBACK",
             Status::Panic => "TL_STATUS_PANIC",
+            Status::OutOfMemory => "TL_STATUS_OUT_OF_MEMORY",
         }
     }
 }
@@ -129,6 +136,7 @@ impl Error {
             Error::Device(_) => Status::Device,
             Error::Callback(_) => Status::Callback,
             Error::Panic(_) => Status::Panic,
+            Error::OutOfMemory(_) => Status::OutOfMemory,
         }
     }
 }
@@ -137,6 +145,43 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e.to_string())
     }
+}
+
+/// A byte count for a person: "128 GiB", "3.5 MiB", "12 bytes".
+pub(crate) fn human_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{} {}", format!("{value:.1}").trim_end_matches(".0"), UNITS[unit])
+}
+
+/// The error for `count` elements of `T` that could not be allocated for `what`.
+fn out_of_memory<T>(count: usize, what: &str) -> Error {
+    let bytes = count as u128 * std::mem::size_of::<T>() as u128;
+    Error::OutOfMemory(format!("{what}: could not allocate {} ({count} values)", human_bytes(bytes)))
+}
+
+/// An empty vector with room for `count` elements, for a size a caller controls: a failed
+/// allocation (or a byte size past `isize::MAX`) is [`Error::OutOfMemory`] naming `what` and
+/// the size, never an abort.
+pub(crate) fn try_with_capacity<T>(count: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(count).map_err(|_| out_of_memory::<T>(count, what))?;
+    Ok(v)
+}
+
+/// `count` copies of `value`, allocated as [`try_with_capacity`] does.
+pub(crate) fn try_filled<T: Clone>(count: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(count, what)?;
+    v.resize(count, value);
+    Ok(v)
 }
 
 /// `Err(Error::$variant(format!(...)))`, for early returns with a formatted message.

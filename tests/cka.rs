@@ -539,3 +539,93 @@ fn debiased_self_similarity_that_is_not_positive_is_degenerate() {
         Err(e) => assert_eq!(e.status(), Status::DegenerateInput, "{e}"),
     }
 }
+
+/// Every exponent of f32, f16 and bf16: the data times 2^e, stored in the type, gives the CKA of
+/// the f64 reference on the same stored values (linear CKA, both routes of the matrix, and the
+/// accumulator), from the subnormals to the largest finite values. CKA does not change when a
+/// layer is scaled, so the library may scale each layer into range; it must not let f32 products
+/// underflow to zero or overflow to infinity.
+#[test]
+fn every_exponent_of_f32_f16_and_bf16_gives_the_f64_answer() {
+    let ctx = Context::cpu();
+    let mut rng = TestRng::new(13);
+    let (n, p, p2, q) = (41, 6, 5, 4);
+    let x = Dense::random(&mut rng, n, p);
+    let x2 = x.mix(&mut rng, p2, 1.0);
+    let y = x.mix(&mut rng, q, 1.5);
+    // |normal| < 8 = 2^3, so 2^(e + 3) stays below each type's largest value.
+    for (dtype, exponents) in [("f32", -146..=124), ("f16", -22..=12), ("bf16", -130..=124)] {
+        for e in exponents {
+            let stored = |d: &Dense| Stored::new(d, 2f64.powi(e), dtype);
+            let (xs, x2s, ys) = (stored(&x), stored(&x2), stored(&y));
+            for est in ESTIMATORS {
+                let what = format!("{dtype} x 2^{e} {est:?}");
+                let want = [reference(&xs.exact, &ys.exact, est), reference(&x2s.exact, &ys.exact, est)];
+                assert!(want.iter().all(|w| w.is_finite() && w.abs() <= 1.0), "{what}: reference {want:?}");
+                let got =
+                    linear_cka(&ctx, &xs.rows(0..n), &ys.rows(0..n), est).unwrap_or_else(|err| panic!("{what}: {err}"));
+                assert_rel(got, want[0], 2e-5, &format!("linear CKA, {what}"));
+                for route in [Route::Feature, Route::Sample] {
+                    let got = cka_matrix_via(&ctx, &[xs.rows(0..n), x2s.rows(0..n)], &[ys.rows(0..n)], est, route)
+                        .unwrap_or_else(|err| panic!("{what} {route:?}: {err}"));
+                    assert_rel(got[0], want[0], 2e-5, &format!("matrix {route:?}, {what}"));
+                    assert_rel(got[1], want[1], 2e-5, &format!("matrix {route:?}, {what}"));
+                }
+                let mut acc = CkaAccumulator::new(2, 1, est).unwrap();
+                for rows in [0..17, 17..n] {
+                    acc.update(&ctx, &[xs.rows(rows.clone()), x2s.rows(rows.clone())], &[ys.rows(rows)])
+                        .unwrap_or_else(|err| panic!("accumulator {what}: {err}"));
+                }
+                let got = acc.result().unwrap_or_else(|err| panic!("accumulator {what}: {err}"));
+                assert_rel(got[0], want[0], 2e-5, &format!("accumulator, {what}"));
+                assert_rel(got[1], want[1], 2e-5, &format!("accumulator, {what}"));
+            }
+        }
+    }
+}
+
+/// A layer times `scale`, stored in a narrow type, and the stored values in f64 divided by
+/// `scale` again (exactly: a power of two), where the plain f64 reference neither underflows nor
+/// overflows: its CKA is that of the stored values.
+struct Stored {
+    exact: Dense,
+    f32: Vec<f32>,
+    f16: Vec<f16>,
+    bf16: Vec<bf16>,
+}
+
+impl Stored {
+    fn new(d: &Dense, scale: f64, dtype: &str) -> Self {
+        let values = d.data.iter().map(|&v| v * scale);
+        let mut s = Stored { exact: d.clone(), f32: Vec::new(), f16: Vec::new(), bf16: Vec::new() };
+        s.exact.data = match dtype {
+            "f32" => {
+                s.f32 = values.map(|v| v as f32).collect();
+                s.f32.iter().map(|&v| v as f64 / scale).collect()
+            }
+            "f16" => {
+                s.f16 = values.map(f16::from_f64).collect();
+                s.f16.iter().map(|v| v.to_f64() / scale).collect()
+            }
+            _ => {
+                s.bf16 = values.map(bf16::from_f64).collect();
+                s.bf16.iter().map(|v| v.to_f64() / scale).collect()
+            }
+        };
+        s
+    }
+
+    /// Rows `range` of the stored layer.
+    fn rows(&self, range: std::ops::Range<usize>) -> Matrix<'_> {
+        let cols = self.exact.cols;
+        let (start, end, rows) = (range.start * cols, range.end * cols, range.len());
+        if !self.f32.is_empty() {
+            Matrix::contiguous(&self.f32[start..end], rows, cols)
+        } else if !self.f16.is_empty() {
+            Matrix::contiguous(&self.f16[start..end], rows, cols)
+        } else {
+            Matrix::contiguous(&self.bf16[start..end], rows, cols)
+        }
+        .unwrap()
+    }
+}

@@ -63,6 +63,7 @@ const (
 	StatusDevice            Status = C.TL_STATUS_DEVICE
 	StatusCallback          Status = C.TL_STATUS_CALLBACK
 	StatusPanic             Status = C.TL_STATUS_PANIC
+	StatusOutOfMemory       Status = C.TL_STATUS_OUT_OF_MEMORY
 )
 
 // String returns the status's C name, e.g. "TL_STATUS_DEGENERATE_INPUT".
@@ -103,6 +104,7 @@ var (
 	ErrDevice            = &Error{Status: StatusDevice}
 	ErrCallback          = &Error{Status: StatusCallback}
 	ErrPanic             = &Error{Status: StatusPanic}
+	ErrOutOfMemory       = &Error{Status: StatusOutOfMemory}
 )
 
 func errorf(s Status, format string, args ...any) error {

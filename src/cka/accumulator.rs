@@ -3,9 +3,24 @@
 use super::{check_same_rows, labelled, wants_f64, Estimator, PairTerms, Terms};
 use crate::backend::cpu;
 use crate::backend::{column_means, Backend, Context};
-use crate::error::{fail, Result};
-use crate::tensor::Matrix;
+use crate::error::{fail, human_bytes, try_filled, try_with_capacity, Result};
+use crate::tensor::{HostSlice, Matrix, Storage};
 use rayon::prelude::*;
+
+/// The most f64 values the additive moments may take (16 GiB). Layers wider than that (a
+/// 131072-wide layer's Gram alone is 128 GiB) make the accumulator keep their samples instead
+/// and compute in sample space at the end, as `tl_cka_linear` does for wide layers.
+const MOMENT_LIMIT: u128 = 1 << 31;
+
+/// The f64 values of the additive moments for these layer widths (x layers first): every
+/// layer's Gram and every (x, y) cross product, their third moments and the column sums.
+fn moment_values(widths: &[usize], nx: usize) -> u128 {
+    let w: Vec<u128> = widths.iter().map(|&p| p as u128).collect();
+    let pair = |u: usize, v: usize| w[u] * w[v] + w[u] + w[v] + 1;
+    let selfs: u128 = (0..w.len()).map(|u| pair(u, u)).sum();
+    let cross: u128 = (0..nx).flat_map(|i| (nx..w.len()).map(move |j| (i, j))).map(|(i, j)| pair(i, j)).sum();
+    1 + 2 * w.iter().sum::<u128>() + w.len() as u128 + selfs + cross
+}
 
 /// Adds the symmetric `p x p` matrix whose lower triangle is that of the column-major `lower`
 /// to the column-major `dst`.
@@ -53,7 +68,11 @@ struct PairMoments {
 /// process imports (shift, summed moments). Within one process, [`CkaAccumulator::merge`] does
 /// all of this.
 ///
-/// Memory: `sum_i p_i^2 + sum_ij p_i q_j` f64 values (every layer's Gram and every cross product).
+/// Memory: `sum_i p_i^2 + sum_ij p_i q_j` f64 values (every layer's Gram and every cross
+/// product). Where that passes 2^31 values (16 GiB), the accumulator keeps every sample instead
+/// (`n x p` f64 values per layer, growing with the data) and computes in sample space at the end,
+/// as [`super::cka_matrix`] does for wide layers; such a state is not additive, so export,
+/// import and rebase refuse it (merge still works).
 #[derive(Debug, Clone)]
 pub struct CkaAccumulator {
     estimator: Estimator,
@@ -69,6 +88,9 @@ pub struct CkaAccumulator {
     sum_sq: Vec<f64>,
     /// Self pairs `(u, u)` for every layer, then `(x_i, y_j)` row-major.
     pairs: Vec<PairMoments>,
+    /// For layers too wide for the moments: every sample seen, per layer, row-major
+    /// `count x p`; `None` while the moments are kept.
+    samples: Option<Vec<Vec<f64>>>,
 }
 
 impl CkaAccumulator {
@@ -76,6 +98,10 @@ impl CkaAccumulator {
     pub fn new(nx: usize, ny: usize, estimator: Estimator) -> Result<Self> {
         if nx == 0 || ny == 0 {
             fail!(InvalidArgument, "nx and ny must be positive (got {nx} and {ny})");
+        }
+        // Every layer and every pair gets state: the counts must be countable.
+        if nx.checked_mul(ny).and_then(|pairs| pairs.checked_add(nx)).and_then(|n| n.checked_add(ny)).is_none() {
+            fail!(InvalidArgument, "nx ({nx}) and ny ({ny}) are too many layers: nx x ny + nx + ny overflows size_t");
         }
         Ok(CkaAccumulator {
             estimator,
@@ -87,6 +113,7 @@ impl CkaAccumulator {
             sum: Vec::new(),
             sum_sq: Vec::new(),
             pairs: Vec::new(),
+            samples: None,
         })
     }
 
@@ -109,24 +136,97 @@ impl CkaAccumulator {
         &self.widths
     }
 
-    fn init(&mut self, widths: Vec<usize>, shift: Vec<Vec<f64>>) {
+    /// Whether the layers are too wide for additive moments (see the type's docs).
+    pub fn keeps_samples(&self) -> bool {
+        self.samples.is_some()
+    }
+
+    /// Fixes the layer widths and allocates the state: the moments, or (for layers too wide) the
+    /// sample store. A failed allocation is an error, not an abort.
+    fn init(&mut self, widths: Vec<usize>, shift: Vec<Vec<f64>>) -> Result<()> {
         let (nx, ny) = (self.nx, self.ny);
-        let layer_pairs = (0..nx + ny).map(|u| (u, u)).chain((0..nx * ny).map(|k| (k / ny, nx + k % ny)));
-        self.pairs = layer_pairs
-            .map(|(u, v)| PairMoments {
-                u,
-                v,
-                zw: vec![0.0; widths[u] * widths[v]],
-                ab: 0.0,
-                aw: vec![0.0; widths[v]],
-                bz: vec![0.0; widths[u]],
-            })
-            .collect();
-        self.sum = widths.iter().map(|&p| vec![0.0; p]).collect();
-        self.sum_sq = vec![0.0; widths.len()];
+        if moment_values(&widths, nx) > MOMENT_LIMIT {
+            self.samples = Some(vec![Vec::new(); widths.len()]);
+            self.pairs = Vec::new();
+            self.sum = Vec::new();
+            self.sum_sq = Vec::new();
+        } else {
+            let what = "the accumulator's moments";
+            let mut pairs = try_with_capacity(nx * ny + nx + ny, what)?;
+            for (u, v) in (0..nx + ny).map(|u| (u, u)).chain((0..nx * ny).map(|k| (k / ny, nx + k % ny))) {
+                pairs.push(PairMoments {
+                    u,
+                    v,
+                    zw: try_filled(widths[u] * widths[v], 0.0, what)?,
+                    ab: 0.0,
+                    aw: try_filled(widths[v], 0.0, what)?,
+                    bz: try_filled(widths[u], 0.0, what)?,
+                });
+            }
+            self.pairs = pairs;
+            self.sum = widths.iter().map(|&p| try_filled(p, 0.0, what)).collect::<Result<_>>()?;
+            self.sum_sq = vec![0.0; widths.len()];
+            self.samples = None;
+        }
         self.widths = widths;
         self.shift = shift;
         self.count = 0.0;
+        Ok(())
+    }
+
+    /// Fails for an accumulator that keeps samples: `what` needs additive moments.
+    fn ensure_moments(&self, what: &str) -> Result<()> {
+        if self.keeps_samples() {
+            let bytes = moment_values(&self.widths, self.nx) * 8;
+            fail!(
+                InvalidArgument,
+                "cannot {what}: the layers are too wide for additive moments ({} of them), so this accumulator keeps its samples, whose state is not additive; gather the samples and use one accumulator (or tl_cka_matrix)",
+                human_bytes(bytes)
+            );
+        }
+        Ok(())
+    }
+
+    /// Appends the batch's rows to the sample store, in f64 (exact for every input dtype).
+    fn keep_samples(&mut self, layers: &[(String, &Matrix)]) -> Result<()> {
+        let store = self.samples.as_mut().expect("keep_samples on an accumulator of moments");
+        for ((name, m), kept) in layers.iter().zip(store.iter_mut()) {
+            let (rows, cols, stride) = (m.rows(), m.cols(), m.row_stride());
+            let slice = match m.storage() {
+                Storage::Host(slice) => *slice,
+                Storage::Device { .. } => fail!(
+                    InvalidArgument,
+                    "{name}: layers this wide are kept as samples in host memory; pass host matrices"
+                ),
+            };
+            let added = rows * cols;
+            kept.try_reserve(added).map_err(|_| {
+                crate::Error::OutOfMemory(format!(
+                    "{name}: could not keep {rows} more samples of {cols} features ({} more)",
+                    human_bytes(added as u128 * 8)
+                ))
+            })?;
+            macro_rules! append {
+                ($data:expr) => {
+                    for r in 0..rows {
+                        kept.extend($data[r * stride..r * stride + cols].iter().map(|v| v.to_f64()));
+                    }
+                };
+            }
+            use crate::tensor::Element;
+            match slice {
+                HostSlice::F32(d) => append!(d),
+                HostSlice::F64(d) => append!(d),
+                HostSlice::F16(d) => append!(d),
+                HostSlice::BF16(d) => append!(d),
+            }
+            if let Some(i) = kept[kept.len() - added..].iter().position(|v| !v.is_finite()) {
+                let value = kept[kept.len() - added + i];
+                kept.truncate(kept.len() - added);
+                fail!(NonFinite, "{name} holds {value} at row {}, column {}", i / cols, i % cols);
+            }
+        }
+        Ok(())
     }
 
     /// Adds a batch: `xs[i]` and `ys[j]` hold the same rows (samples) of each layer. A batch of
@@ -150,7 +250,7 @@ impl CkaAccumulator {
                 return Ok(());
             }
             let shift = layers.iter().map(|(name, m)| column_means(ctx, m, name)).collect::<Result<Vec<_>>>()?;
-            self.init(layers.iter().map(|(_, m)| m.cols()).collect(), shift);
+            self.init(layers.iter().map(|(_, m)| m.cols()).collect(), shift)?;
         } else {
             for (u, (name, m)) in layers.iter().enumerate() {
                 if m.cols() != self.widths[u] {
@@ -165,6 +265,11 @@ impl CkaAccumulator {
             if rows == 0 {
                 return Ok(());
             }
+        }
+        if self.keeps_samples() {
+            self.keep_samples(&layers)?;
+            self.count += rows as f64;
+            return Ok(());
         }
         self.accumulate(ctx, &layers, wants_f64(xs, ys))
     }
@@ -212,6 +317,7 @@ impl CkaAccumulator {
     /// Re-expresses the moments relative to a new shift (exactly, up to rounding); later
     /// updates use it too. `shift` holds every layer's features, x layers then y layers.
     pub fn rebase(&mut self, shift: &[f64]) -> Result<()> {
+        self.ensure_moments("rebase")?;
         if self.widths.is_empty() {
             fail!(InvalidArgument, "the accumulator has no data yet: its first update fixes the layer shapes");
         }
@@ -322,6 +428,19 @@ impl CkaAccumulator {
                 other.widths
             );
         }
+        if let (Some(mine), Some(theirs)) = (self.samples.as_mut(), other.samples.as_ref()) {
+            for (kept, more) in mine.iter_mut().zip(theirs) {
+                kept.try_reserve(more.len()).map_err(|_| {
+                    crate::Error::OutOfMemory(format!(
+                        "could not keep the merged accumulator's samples ({} more)",
+                        human_bytes(more.len() as u128 * 8)
+                    ))
+                })?;
+                kept.extend_from_slice(more);
+            }
+            self.count += other.count;
+            return Ok(());
+        }
         let mut other = other.clone();
         other.rebase(&self.shift.concat())?;
         self.count += other.count;
@@ -339,9 +458,9 @@ impl CkaAccumulator {
     }
 
     /// Lengths of the two export buffers: `(shift, moments)`; `(0, 0)` before the layer shapes
-    /// are fixed.
+    /// are fixed, and for an accumulator that keeps samples (it has no exportable state).
     pub fn state_len(&self) -> (usize, usize) {
-        if self.widths.is_empty() {
+        if self.widths.is_empty() || self.keeps_samples() {
             return (0, 0);
         }
         let shift: usize = self.widths.iter().sum();
@@ -352,7 +471,8 @@ impl CkaAccumulator {
         (shift, moments)
     }
 
-    fn check_state_buffers(&self, shift: usize, moments: usize) -> Result<()> {
+    fn check_state_buffers(&self, what: &str, shift: usize, moments: usize) -> Result<()> {
+        self.ensure_moments(what)?;
         let (ls, lm) = self.state_len();
         if ls == 0 {
             fail!(
@@ -369,7 +489,7 @@ impl CkaAccumulator {
     /// Writes the shift and the moments. The moments buffer is additive between accumulators
     /// with equal shifts (see the type's docs); its first value is the sample count.
     pub fn export(&self, shift: &mut [f64], moments: &mut [f64]) -> Result<()> {
-        self.check_state_buffers(shift.len(), moments.len())?;
+        self.check_state_buffers("export the state", shift.len(), moments.len())?;
         shift.copy_from_slice(&self.shift.concat());
         let mut out = Vec::with_capacity(moments.len());
         out.push(self.count);
@@ -388,7 +508,7 @@ impl CkaAccumulator {
     /// Replaces the state with an exported one. The layer shapes must already be fixed (by an
     /// update, or by [`CkaAccumulator::set_widths`]).
     pub fn import(&mut self, shift: &[f64], moments: &[f64]) -> Result<()> {
-        self.check_state_buffers(shift.len(), moments.len())?;
+        self.check_state_buffers("import a state", shift.len(), moments.len())?;
         if let Some(i) = shift.iter().position(|v| !v.is_finite()) {
             fail!(NonFinite, "shift[{i}] is {}", shift[i]);
         }
@@ -439,9 +559,18 @@ impl CkaAccumulator {
         if let Some(u) = widths.iter().position(|&p| p == 0) {
             fail!(InvalidArgument, "widths[{u}] is 0: every layer needs at least one feature");
         }
-        let shift = widths.iter().map(|&p| vec![0.0; p]).collect();
-        self.init(widths.to_vec(), shift);
-        Ok(())
+        let values = moment_values(widths, self.nx);
+        if values > MOMENT_LIMIT {
+            fail!(
+                OutOfMemory,
+                "widths ({} features in all): the additive state would take {}, more than the {} an accumulator keeps as moments; layers this wide keep their samples, and such a state cannot be imported",
+                widths.iter().map(|&p| p as u128).sum::<u128>(),
+                human_bytes(values * 8),
+                human_bytes(MOMENT_LIMIT * 8)
+            );
+        }
+        let shift = widths.iter().map(|&p| try_filled(p, 0.0, "the accumulator's shift")).collect::<Result<_>>()?;
+        self.init(widths.to_vec(), shift)
     }
 
     /// The terms of every pair, re-centered at the exact column means.
@@ -477,6 +606,16 @@ impl CkaAccumulator {
     pub fn result(&self) -> Result<Vec<f64>> {
         if self.count == 0.0 {
             fail!(DegenerateInput, "the accumulator has seen no samples");
+        }
+        if let Some(store) = &self.samples {
+            let n = self.count as usize;
+            let views = store
+                .iter()
+                .zip(&self.widths)
+                .map(|(data, &p)| Matrix::from_host(HostSlice::F64(data), n, p, p))
+                .collect::<Result<Vec<_>>>()?;
+            let (xs, ys) = views.split_at(self.nx);
+            return super::cka_matrix(&Context::cpu(), xs, ys, self.estimator);
         }
         self.terms().cka(self.estimator)
     }

@@ -70,7 +70,7 @@ impl MinibatchCka {
         // Batches are small: centered Grams in f64 with zeroed diagonals, each formed once.
         let mut grams = Vec::with_capacity(xs.len() + ys.len());
         for (name, x) in labelled(xs, ys) {
-            let (mut gram, _) = cpu::centered_gram::<f64>(x, &name)?;
+            let (mut gram, _, _) = cpu::centered_gram::<f64>(x, &name)?;
             mirror_lower(gram.as_mut());
             for i in 0..m {
                 gram[(i, i)] = 0.0;

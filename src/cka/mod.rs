@@ -129,7 +129,8 @@ impl Terms {
         let mut out = Vec::with_capacity(self.cross.len());
         for (k, &pair) in self.cross.iter().enumerate() {
             let (i, j) = (k / ny, k % ny);
-            let value = hsic(est, n, pair, self.trace_x[i], self.trace_y[j]) / (hx[i] * hy[j]).sqrt();
+            // Two roots, not the root of a product, which would underflow or overflow first.
+            let value = hsic(est, n, pair, self.trace_x[i], self.trace_y[j]) / (hx[i].sqrt() * hy[j].sqrt());
             if !value.is_finite() {
                 fail!(Panic, "CKA of x[{i}] and y[{j}] evaluated to {value} from finite, non-degenerate input");
             }

@@ -133,6 +133,7 @@ pub unsafe extern "C" fn tl_evaluator_from_callback(
     guard(|| {
         // SAFETY: out is NULL or valid for a write (the C contract).
         let out = unsafe { try_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
         let Some(f) = fn_ else { fail!(NullArgument, "fn is NULL") };
         hand_out(HostEvaluator::Callback(CallbackEvaluator { f, user }), out);
         Ok(())
@@ -166,6 +167,7 @@ pub unsafe extern "C" fn tl_evaluator_mlp(
     guard(|| {
         // SAFETY: out is NULL or valid for a write (the C contract).
         let out = unsafe { try_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
         // SAFETY: sizes is NULL or n_sizes values (the C contract).
         let mlp = unsafe { mlp_of(sizes, n_sizes) }?;
         let rows = to_usize(rows, "rows")?;
@@ -207,6 +209,7 @@ pub unsafe extern "C" fn tl_mlp_init(sizes: *const u64, n_sizes: usize, seed: u6
     guard(|| {
         // SAFETY: out is NULL or valid for a write (the C contract).
         let out = unsafe { try_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
         // SAFETY: sizes is NULL or n_sizes values (the C contract).
         let mlp = unsafe { mlp_of(sizes, n_sizes) }?;
         hand_out(mlp.init(seed)?, out);

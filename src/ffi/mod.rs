@@ -3,7 +3,8 @@
 //! This layer holds no math. Each function checks its pointers and sizes, calls the Rust API and
 //! maps the outcome to a [`Status`]. Every function runs inside [`guard`], a panic boundary: a
 //! bug reaches the caller as `TL_STATUS_PANIC` with a message, never as an abort. The message of
-//! a failure is kept per thread and read with `tl_last_error_message`.
+//! a failure is kept per thread and read with `tl_last_error_message`. [`guard`] also keeps a
+//! forked child from waiting on the parent's lost threads (see `backend::cpu::pool`).
 //!
 //! Pointers become references only through [`boundary`], which states each conversion's safety
 //! contract; handles are opaque markers whose pointers point at the Rust value (see
@@ -73,14 +74,15 @@ fn set_last_error(message: &str) {
 /// Runs `body` inside the panic boundary; maps its outcome to a status and records the message
 /// of a failure for `tl_last_error_message`.
 pub(crate) fn guard(body: impl FnOnce() -> Result<()>) -> Status {
-    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
-        Err(Error::Panic(what))
-    });
+    let outcome =
+        catch_unwind(AssertUnwindSafe(|| crate::backend::cpu::pool::fork_safe(body))).unwrap_or_else(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(Error::Panic(what))
+        });
     match outcome {
         Ok(()) => Status::Ok,
         Err(e) => {
@@ -126,7 +128,7 @@ pub extern "C" fn tl_abi_version() -> u32 {
 /// no status. The string is static.
 #[no_mangle]
 pub extern "C" fn tl_status_name(status: RawStatus) -> *const c_char {
-    const NAMES: [&CStr; 14] = [
+    const NAMES: [&CStr; 15] = [
         c"TL_STATUS_OK",
         c"TL_STATUS_NULL_ARGUMENT",
         c"TL_STATUS_INVALID_ARGUMENT",
@@ -141,6 +143,7 @@ pub extern "C" fn tl_status_name(status: RawStatus) -> *const c_char {
         c"TL_STATUS_DEVICE",
         c"TL_STATUS_CALLBACK",
         c"TL_STATUS_PANIC",
+        c"TL_STATUS_OUT_OF_MEMORY",
     ];
     NAMES.get(status.0 as usize).copied().unwrap_or(c"TL_STATUS_UNKNOWN").as_ptr()
 }

@@ -8,7 +8,7 @@
 
 use crate::backend::cpu::mlp::{bias_act, noisy_copy, row_loss, SoftmaxXent};
 use crate::backend::{DenseLayer, LayerNoise};
-use crate::error::{fail, Error, Result};
+use crate::error::{fail, try_filled, try_with_capacity, Error, Result};
 use crate::params::{HostSliceMut, ParamSet};
 use crate::tensor::HostSlice;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -103,7 +103,7 @@ pub fn f32_set(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<ParamSet> {
     while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
-    let mut file = Vec::with_capacity(8 + text.len() + offset);
+    let mut file = try_with_capacity(8 + text.len() + offset, "the set's tensors")?;
     file.extend_from_slice(&(text.len() as u64).to_le_bytes());
     file.extend_from_slice(&text);
     for (_, _, data) in tensors {
@@ -144,13 +144,18 @@ impl Default for TrainOptions {
 /// A seeded permutation of 0..n (Fisher-Yates on Philox words): the same for a seed everywhere.
 pub fn permutation(n: usize, seed: u64, stream: u64) -> Vec<usize> {
     let mut p: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
+    shuffle(&mut p, seed, stream);
+    p
+}
+
+/// Permutes `p` in place as [`permutation`] permutes `0..p.len()`.
+pub(crate) fn shuffle(p: &mut [usize], seed: u64, stream: u64) {
+    for i in (1..p.len()).rev() {
         let w = crate::rng::block_words(seed, stream, i as u64);
         let r = ((w[0] as u64) << 32 | w[1] as u64) as u128;
         let j = ((r * (i as u128 + 1)) >> 64) as usize;
         p.swap(i, j);
     }
-    p
 }
 
 impl Mlp {
@@ -184,11 +189,15 @@ impl Mlp {
         let mut t = Vec::new();
         for l in 0..self.layers() {
             let (fi, fo) = (self.sizes[l], self.sizes[l + 1]);
-            let mut w = vec![0f32; fi * fo];
+            let name = format!("fc{}.weight", l + 1);
+            let Some(count) = fi.checked_mul(fo) else {
+                fail!(InvalidArgument, "{name}: {fo} x {fi} values overflow size_t");
+            };
+            let mut w = try_filled(count, 0f32, &name)?;
             crate::rng::normals_f32(seed, l as u64, 0, &mut w);
             let s = (2.0 / fi as f64).sqrt() as f32;
             w.iter_mut().for_each(|v| *v *= s);
-            t.push((format!("fc{}.weight", l + 1), vec![fo, fi], w));
+            t.push((name, vec![fo, fi], w));
             t.push((format!("fc{}.bias", l + 1), vec![fo], vec![0f32; fo]));
         }
         f32_set(&t)

@@ -22,7 +22,7 @@
 //!   after the product (see `Operand::new`), where the device always multiplies centered copies.
 
 use crate::backend::{CkaBatchMoments, CkaGramTerms};
-use crate::error::{fail, Result};
+use crate::error::{fail, human_bytes, try_filled, Result};
 use crate::tensor::{Element, HostSlice, Matrix, Storage};
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -30,11 +30,16 @@ use rayon::prelude::*;
 
 /// The arithmetic type of the dense products: f32 for f32/f16/bf16 data, f64 for f64 data.
 pub trait Real: Element + faer::traits::RealField + Copy + Default {
+    /// Whether layers are scaled into this type's range before the products (see
+    /// [`product_scale`]): f32 products of values near the ends of f32's range would underflow
+    /// or overflow, where their f64 sums fit.
+    const SCALES: bool;
     fn from_f64(v: f64) -> Self;
     /// The data of `slice` when it is stored in this type, to be used in place.
     fn stored(slice: HostSlice<'_>) -> Option<&[Self]>;
 }
 impl Real for f32 {
+    const SCALES: bool = true;
     #[inline]
     fn from_f64(v: f64) -> Self {
         v as f32
@@ -47,6 +52,7 @@ impl Real for f32 {
     }
 }
 impl Real for f64 {
+    const SCALES: bool = false;
     #[inline]
     fn from_f64(v: f64) -> Self {
         v
@@ -57,6 +63,20 @@ impl Real for f64 {
             _ => None,
         }
     }
+}
+
+/// The power of two a layer is multiplied by before its products in `T`, from the mean square
+/// of its centered (or shifted) values: 1 where that lies within 2^-50 ..= 2^50 (the products
+/// of f32 values there are far from underflow and overflow), else the power of two that brings
+/// it near 1. CKA does not change when a layer is scaled, and every term is scaled back in f64
+/// (exactly: a power of two), where the terms of any finite f32, f16 or bf16 input fit; so f32
+/// activations of 1e-23 or 1e19 give the f64 answer instead of zeros and infinities.
+pub(crate) fn product_scale<T: Real>(mean_square: f64) -> f64 {
+    const SAFE: f64 = 1_125_899_906_842_624.0; // 2^50
+    if !(T::SCALES && mean_square > 0.0 && mean_square.is_finite()) || (1.0 / SAFE..=SAFE).contains(&mean_square) {
+        return 1.0;
+    }
+    2f64.powi((-0.5 * mean_square.log2()).round() as i32)
 }
 
 fn par() -> Par {
@@ -107,15 +127,15 @@ multiversion! {
 }
 
 multiversion! {
-    /// Writes `src - shift`, converted to `T`, to `dst` and returns the squared norm of the
-    /// converted values in f64.
-    fn write_shifted_row<E: Element, T: Real>(src: &[E], shift: &[f64], dst: &mut [T]) -> f64 {
+    /// Writes `(src - shift) * scale`, converted to `T`, to `dst` and returns the squared norm
+    /// of the converted values in f64.
+    fn write_shifted_row<E: Element, T: Real>(src: &[E], shift: &[f64], scale: f64, dst: &mut [T]) -> f64 {
         let (src, shift, dst) = (&src[..dst.len()], &shift[..dst.len()], dst);
         let mut norm = 0.0;
         // Blocks of 256, so that the writes and the sum of one block vectorise separately.
         for ((d, s), c) in dst.chunks_mut(256).zip(src.chunks(256)).zip(shift.chunks(256)) {
             for ((d, s), c) in d.iter_mut().zip(s).zip(c) {
-                *d = T::from_f64(s.to_f64() - c);
+                *d = T::from_f64((s.to_f64() - c) * scale);
             }
             let d = &*d;
             norm += lane_sum(d.len(), |i| d[i].to_f64() * d[i].to_f64());
@@ -244,13 +264,14 @@ fn first_non_finite(m: &Matrix, name: &str) -> crate::Error {
     }
 }
 
-/// Writes `(row - shift)` of every row of `m` into columns `0..rows` of the column-major block
-/// `out` (leading dimension `ld`, starting at feature offset `offset`), converted to `T`, and
-/// returns each row's squared norm in f64. Rejects NaN and Inf.
+/// Writes `(row - shift) * scale` of every row of `m` into columns `0..rows` of the column-major
+/// block `out` (leading dimension `ld`, starting at feature offset `offset`), converted to `T`,
+/// and returns each row's squared norm in f64, scaled back (`/ scale^2`). Rejects NaN and Inf.
 pub(crate) fn write_shifted_transpose<T: Real>(
     m: &Matrix,
     name: &str,
     shift: &[f64],
+    scale: f64,
     out: &mut [T],
     ld: usize,
     offset: usize,
@@ -262,11 +283,16 @@ pub(crate) fn write_shifted_transpose<T: Real>(
     with_rows!(slice, |data| {
         out[..rows * ld].par_chunks_mut(ld).zip(norms.par_iter_mut()).enumerate().for_each(|(r, (dst, norm))| {
             // A NaN or Inf makes the norm non-finite and is located afterwards.
-            *norm = write_shifted_row(&data[r * stride..r * stride + cols], shift, &mut dst[offset..offset + cols]);
+            *norm =
+                write_shifted_row(&data[r * stride..r * stride + cols], shift, scale, &mut dst[offset..offset + cols]);
         })
     });
     if norms.iter().any(|n| !n.is_finite()) {
         return Err(first_non_finite(m, name));
+    }
+    if scale != 1.0 {
+        let back = 1.0 / (scale * scale);
+        norms.iter_mut().for_each(|n| *n *= back);
     }
     Ok(norms)
 }
@@ -320,11 +346,20 @@ pub(crate) fn cka_batch_moments<T: Real>(
     let mut moments = CkaBatchMoments { rows, ..Default::default() };
     let offsets = moments.offsets(&widths, nx);
     let (px, py): (usize, usize) = (widths[..nx].iter().sum(), widths[nx..].iter().sum());
-    let mut bx = vec![T::default(); px * rows];
-    let mut by = vec![T::default(); py * rows];
+    let mut bx = try_filled(px * rows, T::default(), "the batch's x layers, shifted")?;
+    let mut by = try_filled(py * rows, T::default(), "the batch's y layers, shifted")?;
+    // Each layer's scale from the mean square of its shifted batch (see `product_scale`).
+    let mut scales = Vec::with_capacity(nl);
     for (u, (name, m)) in layers.iter().enumerate() {
+        let scale = if T::SCALES {
+            let norms = centered_row_norms(m, name, &shifts[u])?;
+            product_scale::<T>(norms.iter().sum::<f64>() / (rows * widths[u]) as f64)
+        } else {
+            1.0
+        };
+        scales.push(scale);
         let (buf, ld) = if u < nx { (&mut bx, px) } else { (&mut by, py) };
-        moments.norms.push(write_shifted_transpose::<T>(m, name, &shifts[u], buf, ld, offsets[u])?);
+        moments.norms.push(write_shifted_transpose::<T>(m, name, &shifts[u], scale, buf, ld, offsets[u])?);
     }
     let xt = MatRef::from_column_major_slice(&bx, px, rows);
     let yt = MatRef::from_column_major_slice(&by, py, rows);
@@ -337,54 +372,84 @@ pub(crate) fn cka_batch_moments<T: Real>(
     };
 
     // Second moments: all cross products at once, and each layer's Gram (lower triangle).
-    let mut cross = faer::Mat::<T>::zeros(px, py);
-    cross_product(cross.as_mut(), xt, yt);
-    moments.cross = to_f64_column_major(cross.as_ref());
+    let mut cross = try_filled(px * py, T::default(), "the batch's cross products")?;
+    cross_product(MatMut::from_column_major_slice_mut(&mut cross, px, py), xt, yt);
+    moments.cross = to_f64(&cross, 1.0)?;
+    if scales.iter().any(|&s| s != 1.0) {
+        // Scale back block (x_u, y_v) by 1 / (s_u s_v), feature by feature.
+        let per_feature = |range: std::ops::Range<usize>| -> Vec<f64> {
+            range.flat_map(|u| std::iter::repeat_n(1.0 / scales[u], widths[u])).collect()
+        };
+        let (fx, fy) = (per_feature(0..nx), per_feature(nx..nl));
+        moments.cross.par_chunks_mut(px.max(1)).zip(fy.par_iter()).for_each(|(column, gy)| {
+            column.iter_mut().zip(&fx).for_each(|(c, gx)| *c *= gx * gy);
+        });
+    }
     moments.grams_lower = (0..nl)
         .map(|u| {
-            let mut g = faer::Mat::<T>::zeros(widths[u], widths[u]);
-            gram_lower(g.as_mut(), block(u));
-            to_f64_column_major(g.as_ref())
+            let p = widths[u];
+            let mut g = try_filled(p * p, T::default(), "a layer's Gram")?;
+            gram_lower(MatMut::from_column_major_slice_mut(&mut g, p, p), block(u));
+            to_f64(&g, 1.0 / (scales[u] * scales[u]))
         })
-        .collect();
+        .collect::<Result<_>>()?;
 
     // Third moments `sum a_u w_v` for every (u, v), and the column sums, as one product per
     // layer v with the stacked squared row norms and a column of ones.
-    let mut norms_t: Vec<T> = moments.norms.iter().flat_map(|n| n.iter().map(|&a| T::from_f64(a))).collect();
+    let mut norms_t: Vec<T> =
+        moments.norms.iter().zip(&scales).flat_map(|(n, &s)| n.iter().map(move |&a| T::from_f64(a * s * s))).collect();
     norms_t.extend(std::iter::repeat_n(T::one_impl(), rows));
     let norms_mat = MatRef::from_column_major_slice(&norms_t, rows, nl + 1);
     moments.third = (0..nl)
         .map(|v| {
-            let mut t = faer::Mat::<T>::zeros(widths[v], nl + 1);
-            product(t.as_mut(), block(v), norms_mat);
-            to_f64_column_major(t.as_ref())
+            let mut t = try_filled(widths[v] * (nl + 1), T::default(), "a layer's third moments")?;
+            product(MatMut::from_column_major_slice_mut(&mut t, widths[v], nl + 1), block(v), norms_mat);
+            // Column u is scaled by s_v s_u^2, the last (the sums) by s_v.
+            let mut t = to_f64(&t, 1.0 / scales[v])?;
+            for (u, column) in t.chunks_mut(widths[v]).enumerate().take(nl) {
+                let back = 1.0 / (scales[u] * scales[u]);
+                column.iter_mut().for_each(|c| *c *= back);
+            }
+            Ok(t)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(moments)
 }
 
-/// A dense column-major f64 copy.
-fn to_f64_column_major<T: Real>(m: MatRef<T>) -> Vec<f64> {
-    let rows = m.nrows();
-    let mut out = vec![0.0; rows * m.ncols()];
-    out.par_chunks_mut(rows.max(1)).enumerate().for_each(|(j, column)| {
-        let src = m.col(j);
-        column.iter_mut().enumerate().for_each(|(i, o)| *o = src[i].to_f64());
-    });
-    out
+/// A zero `rows x cols` matrix, for sizes a caller controls: a failed allocation is
+/// `TL_STATUS_OUT_OF_MEMORY` naming `what` and the size, never an abort.
+fn try_zero_mat<T: Real>(rows: usize, cols: usize, what: &str) -> Result<faer::Mat<T>> {
+    let mut m = faer::Mat::<T>::new();
+    m.try_reserve(rows, cols).map_err(|_| {
+        let bytes = rows as u128 * cols as u128 * std::mem::size_of::<T>() as u128;
+        crate::Error::OutOfMemory(format!("{what}: could not allocate {rows} x {cols} values ({})", human_bytes(bytes)))
+    })?;
+    m.resize_with(rows, cols, |_, _| T::zero_impl());
+    Ok(m)
 }
 
-/// The centered `n x n` Gram of one layer (lower triangle; the strict upper triangle is zero)
-/// and the squared row norms of the centered layer, in f64.
-pub(crate) fn centered_gram<T: Real>(m: &Matrix, name: &str) -> Result<(faer::Mat<T>, Vec<f64>)> {
+/// An f64 copy of a dense buffer, times `factor` (a power of two that undoes the scales).
+fn to_f64<T: Real>(values: &[T], factor: f64) -> Result<Vec<f64>> {
+    let mut out = try_filled(values.len(), 0.0, "an f64 copy of a product")?;
+    out.par_chunks_mut(4096).zip(values.par_chunks(4096)).for_each(|(o, v)| {
+        o.iter_mut().zip(v).for_each(|(o, v)| *o = v.to_f64() * factor);
+    });
+    Ok(out)
+}
+
+/// The centered `n x n` Gram of one layer scaled by `scale^2` (lower triangle; the strict upper
+/// triangle is zero), the squared row norms of the centered layer in f64 (not scaled), and
+/// `scale`, the layer's [`product_scale`].
+pub(crate) fn centered_gram<T: Real>(m: &Matrix, name: &str) -> Result<(faer::Mat<T>, Vec<f64>, f64)> {
     let n = m.rows();
-    let means = column_means(m, name)?;
-    let mut buffer = vec![T::default(); n * m.cols()];
-    let norms = write_shifted_transpose::<T>(m, name, &means, &mut buffer, m.cols(), 0)?;
+    let stats = column_stats(m, name)?;
+    let scale = product_scale::<T>(stats.trace / (n * m.cols()) as f64);
+    let mut buffer = try_filled(n * m.cols(), T::default(), &format!("{name}, centered"))?;
+    let norms = write_shifted_transpose::<T>(m, name, &stats.means, scale, &mut buffer, m.cols(), 0)?;
     let zt = MatRef::from_column_major_slice(&buffer, m.cols(), n);
-    let mut gram = faer::Mat::<T>::zeros(n, n);
+    let mut gram = try_zero_mat::<T>(n, n, &format!("{name}'s Gram of the samples"))?;
     gram_lower(gram.as_mut(), zt.transpose());
-    Ok((gram, norms))
+    Ok((gram, norms, scale))
 }
 
 /// `<A, B>_F` in f64 for symmetric matrices given by their lower triangles.
@@ -403,13 +468,21 @@ pub(crate) fn symmetric_inner<T: Real>(a: MatRef<T>, b: MatRef<T>) -> f64 {
 /// Sample-space CKA terms (see [`CkaGramTerms`]).
 pub(crate) fn cka_gram_terms<T: Real>(layers: &[(String, &Matrix)], pairs: &[(usize, usize)]) -> Result<CkaGramTerms> {
     let mut grams = Vec::with_capacity(layers.len());
+    let mut scales = Vec::with_capacity(layers.len());
     let mut terms = CkaGramTerms::default();
     for (name, m) in layers {
-        let (gram, norms) = centered_gram::<T>(m, name)?;
+        let (gram, norms, scale) = centered_gram::<T>(m, name)?;
         grams.push(gram);
+        scales.push(scale);
         terms.norms.push(norms);
     }
-    terms.inner = pairs.iter().map(|&(u, v)| symmetric_inner(grams[u].as_ref(), grams[v].as_ref())).collect();
+    terms.inner = pairs
+        .iter()
+        .map(|&(u, v)| {
+            let back = 1.0 / (scales[u] * scales[v]);
+            symmetric_inner(grams[u].as_ref(), grams[v].as_ref()) * back * back
+        })
+        .collect();
     Ok(terms)
 }
 
@@ -429,8 +502,10 @@ struct Operand<'a, T> {
     /// The mean of the operand's columns: the column means when the layer is used in place,
     /// zero when it is copied centered.
     mean: Vec<f64>,
-    /// The squared norms of the centered rows, when asked for.
+    /// The squared norms of the centered rows (not scaled), when asked for.
     norms: Option<Vec<f64>>,
+    /// The layer's [`product_scale`]: the operand holds the layer times it.
+    scale: f64,
 }
 
 enum OperandData<'a, T> {
@@ -455,15 +530,16 @@ impl<'a, T: Real> Operand<'a, T> {
             Storage::Device { .. } => None,
         };
         let offset = rows as f64 * stats.means.iter().map(|v| v * v).sum::<f64>();
-        if let Some(data) = stored.filter(|_| offset <= stats.trace) {
+        let scale = product_scale::<T>(stats.trace / (rows * features) as f64);
+        if let Some(data) = stored.filter(|_| offset <= stats.trace && scale == 1.0) {
             let norms = if row_norms { Some(centered_row_norms(m, name, &stats.means)?) } else { None };
             let data = OperandData::Stored { data, stride: m.row_stride() };
-            return Ok(Operand { data, features, mean: stats.means.clone(), norms });
+            return Ok(Operand { data, features, mean: stats.means.clone(), norms, scale });
         }
-        let mut buffer = vec![T::default(); features * rows];
-        let norms = write_shifted_transpose::<T>(m, name, &stats.means, &mut buffer, features, 0)?;
+        let mut buffer = try_filled(features * rows, T::default(), &format!("{name}, centered"))?;
+        let norms = write_shifted_transpose::<T>(m, name, &stats.means, scale, &mut buffer, features, 0)?;
         let norms = row_norms.then_some(norms);
-        Ok(Operand { data: OperandData::Copied(buffer), features, mean: vec![0.0; features], norms })
+        Ok(Operand { data: OperandData::Copied(buffer), features, mean: vec![0.0; features], norms, scale })
     }
 
     fn view(&self, rows: usize) -> MatRef<'_, T> {
@@ -531,7 +607,7 @@ pub(crate) fn cka_feature_terms<T: Real>(
         .map(|((name, m), st)| Operand::<T>::new(m, name, st, row_norms))
         .collect::<Result<Vec<_>>>()?;
     let widest = layers.iter().map(|(_, m)| m.cols()).max().unwrap_or(0);
-    let mut buffer = faer::Mat::<T>::zeros(widest, widest);
+    let mut buffer = try_zero_mat::<T>(widest, widest, "the products of the layers")?;
     let n = rows as f64;
     let inner = pairs
         .iter()
@@ -543,7 +619,8 @@ pub(crate) fn cka_feature_terms<T: Real>(
             } else {
                 cross_product(dst.as_mut(), a.view(rows), b.view(rows));
             }
-            centered_fro2(dst.as_ref(), n, &a.mean, &b.mean, u == v)
+            let back = 1.0 / (a.scale * b.scale);
+            centered_fro2(dst.as_ref(), n, &a.mean, &b.mean, u == v) * back * back
         })
         .collect();
     let norms = operands.into_iter().filter_map(|o| o.norms).collect();

@@ -7,6 +7,7 @@
 //!   code in `backend/cuda/weights.rs`.
 //! - [`mlp`]: CPU twin of `kernels/mlp.cu` (noisy copies of a layer, bias and ReLU, softmax
 //!   cross-entropy); CUDA host code in `backend/cuda/mlp.rs`.
+//! - [`pool`]: the threads after a `fork` (a forked child computes on the calling thread).
 //!
 //! Each twin's module doc says where its rounding equals the kernel's and where it differs.
 //! The streaming loops are compiled twice by [`multiversion!`]: for the baseline target and,
@@ -44,6 +45,7 @@ macro_rules! multiversion {
 
 pub mod cka;
 pub mod mlp;
+pub(crate) mod pool;
 pub mod weights;
 
 pub use cka::Real;
