@@ -45,7 +45,10 @@ impl DType {
             1 => DType::F64,
             2 => DType::F16,
             3 => DType::BF16,
-            _ => fail!(InvalidArgument, "{what}: unknown dtype value {raw} (expected 0..=3)"),
+            _ => fail!(
+                UnsupportedDtype,
+                "{what}: unknown dtype value {raw} (expected 0 = F32, 1 = F64, 2 = F16, 3 = BF16)"
+            ),
         })
     }
 }

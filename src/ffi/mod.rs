@@ -37,9 +37,11 @@ pub use context::*;
 pub use params::*;
 
 use crate::error::{Error, Result, Status};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
 
 /// A `tl_dtype` value as received from C; see the module docs.
 #[repr(transparent)]
@@ -71,18 +73,54 @@ fn set_last_error(message: &str) {
     LAST_ERROR.with(|slot| *slot.borrow_mut() = text);
 }
 
+/// C calls in progress, process-wide: a panic on one of our worker threads during a call is
+/// part of that call (rayon carries it to the caller's catch_unwind).
+static CALLS_IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// How deep this thread is inside the panic boundary.
+    static BOUNDARY_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether a panic on this thread now is one the boundary catches, so that its message goes to
+/// `tl_last_error_message` and never to the host's stderr.
+fn panic_is_caught_by_the_boundary() -> bool {
+    BOUNDARY_DEPTH.with(Cell::get) > 0
+        || (CALLS_IN_PROGRESS.load(Ordering::Relaxed) > 0 && rayon::current_thread_index().is_some())
+}
+
+/// Runs `body` as a C call: inside catch_unwind, with the quiet panic hook installed (once per
+/// process; outside the boundary it defers to the hook that was there before, so a Rust host's
+/// own panics still print).
+fn within_boundary<T>(body: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static QUIET_HOOK: Once = Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !panic_is_caught_by_the_boundary() {
+                previous(info);
+            }
+        }));
+    });
+    CALLS_IN_PROGRESS.fetch_add(1, Ordering::Relaxed);
+    BOUNDARY_DEPTH.with(|d| d.set(d.get() + 1));
+    let outcome = catch_unwind(AssertUnwindSafe(body));
+    BOUNDARY_DEPTH.with(|d| d.set(d.get() - 1));
+    CALLS_IN_PROGRESS.fetch_sub(1, Ordering::Relaxed);
+    outcome
+}
+
 /// Runs `body` inside the panic boundary; maps its outcome to a status and records the message
-/// of a failure for `tl_last_error_message`.
+/// of a failure for `tl_last_error_message`. A panic's message is recorded, never printed.
 pub(crate) fn guard(body: impl FnOnce() -> Result<()>) -> Status {
-    let outcome =
-        catch_unwind(AssertUnwindSafe(|| crate::backend::cpu::pool::fork_safe(body))).unwrap_or_else(|payload| {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(Error::Panic(what))
-        });
+    let outcome = within_boundary(|| crate::backend::cpu::pool::fork_safe(body)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(Error::Panic(what))
+    });
     match outcome {
         Ok(()) => Status::Ok,
         Err(e) => {
@@ -95,7 +133,7 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<()>) -> Status {
 /// Runs an infallible `body` (a destructor, a getter) inside the panic boundary; a panic is
 /// recorded as the last error and `fallback` returned.
 pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    match within_boundary(body) {
         Ok(v) => v,
         Err(_) => {
             set_last_error("internal error (please report): panic in an infallible function");
@@ -178,5 +216,24 @@ mod tests {
         // SAFETY: the message stays valid until this thread's next tl_ call.
         let msg = unsafe { CStr::from_ptr(tl_last_error_message()) }.to_str().unwrap();
         assert!(msg.contains("boom"), "{msg}");
+    }
+
+    /// The quiet hook's decision: a panic inside a C call, on the caller's thread or on one of
+    /// the pool's workers while the call runs, is the boundary's (recorded, not printed); one
+    /// outside every call goes to the hook that was there before.
+    #[test]
+    fn panics_inside_a_call_are_kept_from_the_hosts_stderr() {
+        assert!(!panic_is_caught_by_the_boundary());
+        let mut seen = (false, false);
+        let status = guard(|| {
+            seen.0 = panic_is_caught_by_the_boundary();
+            seen.1 = rayon::join(panic_is_caught_by_the_boundary, panic_is_caught_by_the_boundary) == (true, true);
+            Ok(())
+        });
+        assert_eq!(status, Status::Ok);
+        assert_eq!(seen, (true, true));
+        assert!(!panic_is_caught_by_the_boundary());
+        assert!(guard_value(false, panic_is_caught_by_the_boundary));
+        assert!(!panic_is_caught_by_the_boundary());
     }
 }

@@ -194,7 +194,7 @@ int main(void) {
     {
         tl_matrix bad = mx;
         bad.dtype = (tl_dtype)9;
-        CHECK_STATUS(tl_cka_linear(ctx, &bad, &my, TL_CKA_BIASED, &out), TL_STATUS_INVALID_ARGUMENT);
+        CHECK_STATUS(tl_cka_linear(ctx, &bad, &my, TL_CKA_BIASED, &out), TL_STATUS_UNSUPPORTED_DTYPE);
         CHECK(strstr(tl_last_error_message(), "x.dtype") != NULL);
         bad = mx;
         bad.row_stride = P - 1;

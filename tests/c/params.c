@@ -297,7 +297,7 @@ int main(void) {
         tl_params *bad = (tl_params *)&views; /* must be reset to NULL on failure */
         tl_tensor v = views[0];
         v.dtype = (tl_dtype)9;
-        CHECK_STATUS(tl_params_wrap(ctx, &v, 1, &bad), TL_STATUS_INVALID_ARGUMENT);
+        CHECK_STATUS(tl_params_wrap(ctx, &v, 1, &bad), TL_STATUS_UNSUPPORTED_DTYPE);
         CHECK(bad == NULL);
         v = views[0];
         v.data = (char *)live.conv + 1;
