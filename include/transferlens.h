@@ -240,9 +240,32 @@ typedef struct tl_barrier_result {
 } tl_barrier_result;
 
 /**
- * Options of module criticality. Set `size` to sizeof(tl_criticality_options) after filling the
- * struct from tl_criticality_options_default(): fields added in later versions take their
- * defaults for callers that were built against an older, smaller struct.
+ * A row-major matrix view: rows = samples, cols = features. Not owned: the memory stays the
+ * caller's and must stay valid during the call that receives the view.
+ */
+typedef struct tl_matrix {
+  /**
+   * The first element; aligned for `dtype`.
+   */
+  const void *data;
+  tl_dtype dtype;
+  uint64_t rows;
+  uint64_t cols;
+  /**
+   * Elements between row starts; 0 means `cols`.
+   */
+  uint64_t row_stride;
+  /**
+   * -1: host memory; k >= 0: memory of CUDA device k.
+   */
+  int32_t device;
+} tl_matrix;
+
+/**
+ * Options of module criticality. Fill the struct from tl_criticality_options_default() (or
+ * tl_criticality_options_reference()) and keep its `size`: fields added in later versions take
+ * their defaults for callers that were built against an older, smaller struct. Every numeric
+ * field is checked (TL_STATUS_INVALID_ARGUMENT with the field's name when out of range).
  */
 typedef struct tl_criticality_options {
   size_t size;
@@ -251,52 +274,79 @@ typedef struct tl_criticality_options {
    */
   tl_metric metric;
   /**
-   * 1: eps = (1 + eps) x the final model's metric (default, eps = 0.01); 0: eps is absolute.
+   * How eps is read: 0, the threshold itself; 1, the threshold is (1 + eps) x the final
+   * model's metric (the public implementation, eps = 0.01); 2, the threshold is the final
+   * model's metric + eps, in the metric's units (the default).
    */
   uint32_t eps_relative;
+  /**
+   * Default 0.02: the 0-1 error may rise by 2 points (see docs/analyses.md, section 6).
+   */
   double eps;
   /**
-   * 1: per-element noise std sigma ||theta_i^F|| / sqrt(k_i); 0: sigma x noise_scale (default).
+   * 1: per-element noise std sigma ||theta_i^F|| / sqrt(k_i) (default); 0: sigma x noise_scale.
    */
   uint32_t noise_relative;
+  /**
+   * Absolute noise only: the std at sigma = 1 (finite, > 0; default 1).
+   */
   double noise_scale;
   /**
-   * 0: the public implementation's grid (default); 1: bisection on sigma, then alpha refined.
+   * 1: bisection on sigma, then alpha refined (default); 0: the public implementation's grid.
    */
   uint32_t refined;
   /**
-   * Grid points of alpha (default 11) and, for the grid, of sigma (default 11).
+   * Grid points of alpha (2 to 65536; default 11) and, for the grid, of sigma (default 11).
    */
   uint32_t alphas;
   uint32_t sigmas;
   /**
-   * Refined: stop bisecting when the bracket's ratio is below 1 + tolerance (default 0.01).
+   * Refined: stop bisecting when the bracket's ratio is below 1 + tolerance (>= 1e-12;
+   * default 0.02).
    */
   double tolerance;
   /**
-   * Refined: golden-section steps on alpha (default 8; 0 keeps the grid's alphas).
+   * Refined: golden-section steps on alpha (at most 200; default 6; 0 keeps the grid's alphas).
    */
   uint32_t alpha_steps;
   /**
-   * Noise samples per point (default 10).
+   * Noise samples per point (1 to 2^20; default 10).
    */
   uint32_t samples;
   /**
-   * Seeds the Philox noise: the same seed gives the same answer.
+   * Seeds the Philox noise of the first repeat (repeat r uses seed + r): the same seed gives
+   * the same answer.
    */
   uint64_t seed;
+  /**
+   * The smallest sigma of a feasible point, in [0, 1) (default 1e-3): a module with no feasible
+   * point at or above it is +infinity and flagged infeasible. 0 admits the grid's 1e-16.
+   */
+  double sigma_floor;
+  /**
+   * A point is feasible when its mean metric under noise plus `confidence` standard errors of
+   * that mean is within eps (finite, >= 0; default 2; 0: the mean, as the public
+   * implementation).
+   */
+  double confidence;
+  /**
+   * Independent noise seeds (1 to 1000; default 3): each module reports the mean and the spread.
+   */
+  uint32_t repeats;
 } tl_criticality_options;
 
 /**
- * One module's criticality.
+ * One module's criticality (the first fields of tl_criticality_report, kept for existing
+ * callers).
  */
 typedef struct tl_criticality {
   /**
-   * mu_i(eps); +infinity when no point of the search is feasible.
+   * mu_i(eps), the mean over the repeats; +infinity when no point at or above the sigma floor
+   * is feasible (in any repeat).
    */
   double value;
   /**
-   * The minimising alpha and sigma (0 when infeasible).
+   * The minimising alpha and sigma of the first repeat (0 when infeasible).
    */
   double alpha;
   double sigma;
@@ -313,10 +363,66 @@ typedef struct tl_criticality {
    */
   uint64_t numel;
   /**
-   * Points evaluated, each with `samples` evaluations.
+   * Points evaluated, each with `samples` evaluations (a rewind point: one).
    */
   uint64_t points;
 } tl_criticality;
+
+/**
+ * One module's criticality with its size-aware measures, spread and rewind measures. Set `size`
+ * to sizeof(tl_criticality_report) before the call: the library writes only the bytes the
+ * caller's struct holds.
+ */
+typedef struct tl_criticality_report {
+  size_t size;
+  /**
+   * mu_i(eps), the mean over the repeats; +infinity when infeasible.
+   */
+  double value;
+  /**
+   * value / numel: criticality per parameter, the measure to rank modules of different sizes.
+   */
+  double per_parameter;
+  /**
+   * numel x log(1 + value / numel): the module's term of the PAC-Bayes bound.
+   */
+  double pac_bayes_term;
+  /**
+   * The sample standard deviation of the repeats' values (0 for one repeat; +infinity when
+   * infeasible).
+   */
+  double spread;
+  /**
+   * The minimising alpha and sigma of the first repeat (0 when infeasible), the per-element
+   * noise std there, the mean metric under noise and its standard error.
+   */
+  double alpha;
+  double sigma;
+  double noise_std;
+  double expected;
+  double expected_se;
+  /**
+   * The metric with only this module rewound to its initial weights.
+   */
+  double rewound_metric;
+  /**
+   * The area under the module's rewind curve (alpha from 0 to 1 on the search's alpha grid).
+   */
+  double rewind_area;
+  /**
+   * Elements of the module, and points evaluated.
+   */
+  uint64_t numel;
+  uint64_t points;
+  /**
+   * 1 when every repeat found a feasible point at or above the sigma floor, else 0.
+   */
+  uint32_t feasible;
+  /**
+   * The repeats run.
+   */
+  uint32_t repeats;
+} tl_criticality_report;
 
 /**
  * Summary of a network criticality.
@@ -339,26 +445,67 @@ typedef struct tl_network_summary {
 } tl_network_summary;
 
 /**
- * A row-major matrix view: rows = samples, cols = features. Not owned: the memory stays the
- * caller's and must stay valid during the call that receives the view.
+ * Summary of a network criticality with its repeats and the inputs of the bound. Set `size` to
+ * sizeof(tl_network_report) before the call.
  */
-typedef struct tl_matrix {
+typedef struct tl_network_report {
+  size_t size;
   /**
-   * The first element; aligned for `dtype`.
+   * Sum of the modules' values; +infinity if a module is infeasible.
    */
-  const void *data;
-  tl_dtype dtype;
-  uint64_t rows;
-  uint64_t cols;
+  double total;
   /**
-   * Elements between row starts; 0 means `cols`.
+   * The sample standard deviation of the repeats' totals.
    */
-  uint64_t row_stride;
+  double total_spread;
   /**
-   * -1: host memory; k >= 0: memory of CUDA device k.
+   * The final model's metric and the eps used.
    */
-  int32_t device;
-} tl_matrix;
+  double final_metric;
+  double eps;
+  /**
+   * The metric with every module at its minimiser and noise at once (first repeat): the
+   * expectation term of the PAC-Bayes bound (+infinity when a module is infeasible).
+   */
+  double joint_expected;
+  /**
+   * Sum over modules of numel log(1 + value / numel) (+infinity when a module is infeasible).
+   */
+  double pac_bayes_kl;
+  /**
+   * The fraction of repeats that rank the modules by value / numel as their means do.
+   */
+  double ranking_agreement;
+  /**
+   * 1 when every repeat gives that ranking, 0 when it is unstable.
+   */
+  uint32_t ranking_stable;
+  /**
+   * Modules with no feasible point at or above the sigma floor.
+   */
+  uint32_t infeasible_modules;
+} tl_network_report;
+
+/**
+ * The bound with its reading. Set `size` to sizeof(tl_bound_report) before the call.
+ */
+typedef struct tl_bound_report {
+  size_t size;
+  /**
+   * The PAC-Bayes bound (+infinity when a module is infeasible).
+   */
+  double bound;
+  /**
+   * The held-out estimate test_error + sqrt(log(1 / delta) / (2 n_test)); 0 when no test data
+   * were given (has_held_out = 0).
+   */
+  double held_out;
+  /**
+   * 1 when the bound exceeds 1: it says nothing about a 0-1 error.
+   */
+  uint32_t vacuous;
+  uint32_t has_held_out;
+} tl_bound_report;
 
 /**
  * One tensor in the caller's memory, for tl_params_wrap.
@@ -513,60 +660,6 @@ enum tl_status tl_barrier(const double *lambdas,
                           tl_metric metric,
                           double tolerance,
                           struct tl_barrier_result *out);
-
-/**
- * The defaults: the public implementation's 11 x 11 grid, 10 samples, 0-1 error, eps = 1.01 x
- * the final error, absolute noise of scale 1, seed 0.
- */
-struct tl_criticality_options tl_criticality_options_default(void);
-
-/**
- * The criticality of module `module` of `final` along the straight path from `init`, or, when
- * `checkpoints` is not NULL, along the piecewise-linear path through its `n_checkpoints` sets
- * (first = initial, last = final; init and final are then ignored and may be NULL). Every point
- * is written into `live` (the set the evaluator evaluates), which must be none of the path's sets
- * nor share memory with them. opts may be NULL for the defaults.
- */
-enum tl_status tl_module_criticality(const struct tl_context *ctx,
-                                     struct tl_evaluator *evaluator,
-                                     const struct tl_params *init,
-                                     const struct tl_params *final_,
-                                     const struct tl_params *const *checkpoints,
-                                     size_t n_checkpoints,
-                                     struct tl_params *live,
-                                     size_t module,
-                                     const struct tl_criticality_options *opts,
-                                     struct tl_criticality *out);
-
-/**
- * The criticality of every module of `final` into out_modules[tl_params_module_count(final)]
- * and their sum into *out (arguments as for tl_module_criticality).
- */
-enum tl_status tl_network_criticality(const struct tl_context *ctx,
-                                      struct tl_evaluator *evaluator,
-                                      const struct tl_params *init,
-                                      const struct tl_params *final_,
-                                      const struct tl_params *const *checkpoints,
-                                      size_t n_checkpoints,
-                                      struct tl_params *live,
-                                      const struct tl_criticality_options *opts,
-                                      struct tl_criticality *out_modules,
-                                      size_t n_modules,
-                                      struct tl_network_summary *out);
-
-/**
- * The PAC-Bayes bound of the criticality theorem for `n` modules' results, with m samples and
- * confidence delta: expected + sqrt((1/4 sum_i k_i log(1 + mu_i / k_i) + log(m / delta)) / (m - 1)),
- * where `expected` is the metric under the joint perturbation (tl_network_summary.joint_expected;
- * eps bounds it from above for each module alone). The O~(1) term is omitted. +infinity when a
- * module is infeasible.
- */
-enum tl_status tl_pac_bayes_bound(const struct tl_criticality *modules,
-                                  size_t n,
-                                  double expected,
-                                  uint64_t m,
-                                  double delta,
-                                  double *out);
 
 /**
  * The rewind curve of module `module`: the metrics of (theta_i^alpha, Theta_-i^F) for each of the
@@ -726,6 +819,119 @@ void tl_context_destroy(struct tl_context *ctx);
  * Writes the context's resolved backend (TL_BACKEND_CPU or TL_BACKEND_CUDA) to *out.
  */
 enum tl_status tl_context_backend(const struct tl_context *ctx, enum tl_backend *out);
+
+/**
+ * The defaults, chosen to measure trained networks (docs/analyses.md, section 6): 0-1 error,
+ * eps = final error + 0.02, noise relative to the weights, the refined search (11 alphas,
+ * tolerance 0.02, 6 golden-section steps), 10 samples, sigma floor 1e-3, confidence 2 standard
+ * errors, 3 repeats, seed 0.
+ */
+struct tl_criticality_options tl_criticality_options_default(void);
+
+/**
+ * The public implementation as reference: the 11 x 11 grid with sigma from 1e-16, absolute noise
+ * of scale 1, eps = 1.01 x the final error, 10 samples, the mean within eps, sigma floor 0, one
+ * repeat. On trained networks most modules then score at sigma = 1e-16 (values around 1e32).
+ */
+struct tl_criticality_options tl_criticality_options_reference(void);
+
+/**
+ * The criticality of module `module` of `final` along the straight path from `init`, or, when
+ * `checkpoints` is not NULL, along the piecewise-linear path through its `n_checkpoints` sets
+ * (first = initial, last = final; init and final are then ignored and may be NULL). Every point
+ * is written into `live` (the set the evaluator evaluates), which must be none of the path's sets
+ * nor share memory with them. opts may be NULL for the defaults.
+ */
+enum tl_status tl_module_criticality(const struct tl_context *ctx,
+                                     struct tl_evaluator *evaluator,
+                                     const struct tl_params *init,
+                                     const struct tl_params *final_,
+                                     const struct tl_params *const *checkpoints,
+                                     size_t n_checkpoints,
+                                     struct tl_params *live,
+                                     size_t module,
+                                     const struct tl_criticality_options *opts,
+                                     struct tl_criticality *out);
+
+/**
+ * tl_module_criticality with the full report: per-parameter value, PAC-Bayes term, spread over
+ * the repeats, feasibility and the rewind measures. Set out->size to
+ * sizeof(tl_criticality_report) first.
+ */
+enum tl_status tl_module_criticality_report(const struct tl_context *ctx,
+                                            struct tl_evaluator *evaluator,
+                                            const struct tl_params *init,
+                                            const struct tl_params *final_,
+                                            const struct tl_params *const *checkpoints,
+                                            size_t n_checkpoints,
+                                            struct tl_params *live,
+                                            size_t module,
+                                            const struct tl_criticality_options *opts,
+                                            struct tl_criticality_report *out);
+
+/**
+ * The criticality of every module of `final` into out_modules[tl_params_module_count(final)]
+ * and their sum into *out (arguments as for tl_module_criticality).
+ */
+enum tl_status tl_network_criticality(const struct tl_context *ctx,
+                                      struct tl_evaluator *evaluator,
+                                      const struct tl_params *init,
+                                      const struct tl_params *final_,
+                                      const struct tl_params *const *checkpoints,
+                                      size_t n_checkpoints,
+                                      struct tl_params *live,
+                                      const struct tl_criticality_options *opts,
+                                      struct tl_criticality *out_modules,
+                                      size_t n_modules,
+                                      struct tl_network_summary *out);
+
+/**
+ * The criticality of every module with the full reports: out_modules has n_modules entries of
+ * out_modules[0].size bytes each (set it to sizeof(tl_criticality_report); every entry's size is
+ * written), *out the summary (set out->size first). Other arguments as for
+ * tl_module_criticality.
+ */
+enum tl_status tl_network_criticality_report(const struct tl_context *ctx,
+                                             struct tl_evaluator *evaluator,
+                                             const struct tl_params *init,
+                                             const struct tl_params *final_,
+                                             const struct tl_params *const *checkpoints,
+                                             size_t n_checkpoints,
+                                             struct tl_params *live,
+                                             const struct tl_criticality_options *opts,
+                                             struct tl_criticality_report *out_modules,
+                                             size_t n_modules,
+                                             struct tl_network_report *out);
+
+/**
+ * The PAC-Bayes bound of the criticality theorem for `n` modules' results, with m samples and
+ * confidence delta: expected + sqrt((1/4 sum_i k_i log(1 + mu_i / k_i) + log(m / delta)) / (m - 1)),
+ * where `expected` is the metric under the joint perturbation (tl_network_summary.joint_expected;
+ * eps bounds it from above for each module alone) and m the number of samples the criticality was
+ * measured on (the training sample of the theorem). The O~(1) term is omitted. +infinity when a
+ * module is infeasible; TL_STATUS_INVALID_ARGUMENT for a NaN or negative value or expected, a
+ * module of 0 elements, m < 2 or delta outside (0, 1), TL_STATUS_NON_FINITE when the bound
+ * overflows.
+ */
+enum tl_status tl_pac_bayes_bound(const struct tl_criticality *modules,
+                                  size_t n,
+                                  double expected,
+                                  uint64_t m,
+                                  double delta,
+                                  double *out);
+
+/**
+ * The PAC-Bayes bound from a network report (its pac_bayes_kl and joint_expected) with m = the
+ * number of samples the criticality was measured on and confidence delta, and, when n_test > 0,
+ * the plain held-out estimate from the test error on n_test other samples beside it.
+ * Errors as tl_pac_bayes_bound, and for a test_error outside [0, 1].
+ */
+enum tl_status tl_pac_bayes_report(const struct tl_network_report *net,
+                                   uint64_t m,
+                                   double delta,
+                                   double test_error,
+                                   uint64_t n_test,
+                                   struct tl_bound_report *out);
 
 /**
  * Loads a safetensors file (memory-mapped, copy-on-write: the file is never modified).

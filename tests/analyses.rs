@@ -52,6 +52,7 @@ fn opts(search: Search) -> Options {
         search,
         samples: 10,
         seed: 3,
+        ..Options::reference()
     }
 }
 
@@ -140,7 +141,7 @@ fn criticality_is_deterministic_for_a_seed_whatever_the_thread_count() {
         search: Search::Refined { alphas: 5, tolerance: 0.05, alpha_steps: 3 },
         samples: 4,
         seed: 9,
-        ..Options::default()
+        ..Options::reference()
     };
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -176,7 +177,7 @@ fn infeasible_modules_are_infinite_and_so_is_the_bound() {
         eps: Eps::Absolute(-1.0),
         search: Search::Grid { alphas: 3, sigmas: 3 },
         samples: 2,
-        ..Options::default()
+        ..Options::reference()
     };
     let net =
         criticality::network_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, &o)
@@ -196,7 +197,7 @@ fn checkpoint_path_of_two_points_is_the_straight_path() {
         search: Search::Grid { alphas: 4, sigmas: 4 },
         samples: 3,
         noise: Noise::Relative,
-        ..Options::default()
+        ..Options::reference()
     };
     let mut ev = MlpEvaluator::new(mlp, test);
     let mut live = fin.try_clone().unwrap();
@@ -409,4 +410,293 @@ fn mlp_noisy_copies_match_writing_each_copy() {
     per_tensor.set_grouping(Grouping::Tensor).unwrap();
     let noise = ModuleNoise { point: &per_tensor, module: 0, std: 0.1, seed: 1, samples: 2 };
     assert!(ev.evaluate_module_noise(&ctx, &noise).is_none());
+}
+
+/// Every numeric option is checked before any work: a tolerance with 1 + tol == 1 (which would
+/// bisect forever), sizes that would allocate without bound, NaN and out-of-range values.
+#[test]
+fn every_numeric_option_is_validated() {
+    let (init, fin, _) = toy();
+    let ctx = Context::cpu();
+    let mut live = fin.try_clone().unwrap();
+    let mut ev = FnEvaluator(quadratic);
+    let refined = |tolerance, alpha_steps| Search::Refined { alphas: 3, tolerance, alpha_steps };
+    let bad = [
+        Options { search: refined(1e-300, 0), ..Options::default() },
+        Options { search: refined(f64::NAN, 0), ..Options::default() },
+        Options { search: refined(0.0, 0), ..Options::default() },
+        Options { search: refined(0.01, 1_000_000), ..Options::default() },
+        Options {
+            search: Search::Refined { alphas: u32::MAX as usize, tolerance: 0.1, alpha_steps: 0 },
+            ..Options::default()
+        },
+        Options { search: Search::Grid { alphas: 3, sigmas: u32::MAX as usize }, ..Options::default() },
+        Options { search: Search::Grid { alphas: 1, sigmas: 3 }, ..Options::default() },
+        Options { samples: u32::MAX as usize, ..Options::default() },
+        Options { samples: 0, ..Options::default() },
+        Options { repeats: 0, ..Options::default() },
+        Options { repeats: 1_000_000, ..Options::default() },
+        Options { sigma_floor: 1.0, ..Options::default() },
+        Options { sigma_floor: -0.1, ..Options::default() },
+        Options { sigma_floor: f64::NAN, ..Options::default() },
+        Options { confidence: f64::INFINITY, ..Options::default() },
+        Options { confidence: -1.0, ..Options::default() },
+        Options { eps: Eps::Increase(f64::NAN), ..Options::default() },
+        Options { eps: Eps::Relative(-0.5), ..Options::default() },
+        Options { noise: Noise::Absolute { scale: 0.0 }, ..Options::default() },
+    ];
+    for o in &bad {
+        let path = Path::Straight { init: &init, final_: &fin };
+        let e = criticality::module_criticality(&ctx, &mut ev, path, &mut live, 0, o).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{o:?}: {e}");
+        let e = criticality::network_criticality(&ctx, &mut ev, path, &mut live, o).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{o:?}: {e}");
+    }
+    assert_eq!(ev.batch(), 1, "nothing was evaluated");
+    // The smallest tolerance allowed ends.
+    let o = Options { search: refined(criticality::MIN_TOLERANCE, 0), ..opts(refined(0.1, 0)) };
+    let c =
+        criticality::module_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, 0, &o)
+            .unwrap();
+    assert!(c.value.is_finite());
+}
+
+/// The analytic quadratic with every output: three repeats each near the analytic value, their
+/// spread, the size-aware measures, the rewind measures L(init) = a / 2 and the area a / 6.
+#[test]
+fn quadratic_reports_every_measure() {
+    let (init, fin, a) = toy();
+    let ctx = Context::cpu();
+    let mut live = fin.try_clone().unwrap();
+    let mut ev = FnEvaluator(quadratic);
+    let o = Options { repeats: 3, ..opts(Search::Refined { alphas: 11, tolerance: 1e-4, alpha_steps: 40 }) };
+    let net =
+        criticality::network_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, &o)
+            .unwrap();
+    let c = &net.modules[0];
+    let want = analytic(a, 0.3);
+    assert_eq!(c.repeats.len(), 3);
+    for v in &c.repeats {
+        assert!((v - want).abs() < 0.03 * want, "repeat {v} vs analytic {want}");
+    }
+    assert_ne!(c.repeats[0], c.repeats[1], "each repeat draws its own noise");
+    let mean = c.repeats.iter().sum::<f64>() / 3.0;
+    let sd = (c.repeats.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    assert_eq!(c.value, mean);
+    assert!((c.spread - sd).abs() <= 1e-12 * sd && c.spread > 0.0 && c.spread < 0.03 * want);
+    assert!(c.feasible);
+    assert_eq!(c.per_parameter, c.value / K as f64);
+    assert_eq!(c.pac_bayes_term, K as f64 * (c.value / K as f64).ln_1p());
+    assert!(c.expected + o.confidence * c.expected_se <= 0.3 && c.expected_se > 0.0);
+    assert!((c.rewound_metric - a / 2.0).abs() < 1e-6, "L(init) {} vs {}", c.rewound_metric, a / 2.0);
+    // Trapezoids of (1 - alpha)^2 a / 2 on 11 points: a / 6 plus (h^2 / 12) a, h = 0.1.
+    let area = a / 6.0 + a * 0.01 / 12.0;
+    assert!((c.rewind_area - area).abs() < 1e-6, "area {} vs {area}", c.rewind_area);
+    assert_eq!(net.total, c.value);
+    assert!((net.total_spread - c.spread).abs() <= 1e-12 * sd);
+    assert_eq!(net.ranking_agreement, 1.0, "one module ranks one way");
+}
+
+/// A constraint that only sigma below the floor meets: +inf and infeasible in every mode with the
+/// default floor; the reference grid (floor 0) scores at sigma = 1e-16, as the public
+/// implementation does, and the refined search with floor 0 finds the true small sigma.
+#[test]
+fn below_the_floor_is_infeasible_in_every_mode() {
+    let (init, fin, _) = toy();
+    let ctx = Context::cpu();
+    let mut live = fin.try_clone().unwrap();
+    let mut ev = FnEvaluator(quadratic);
+    let path = Path::Straight { init: &init, final_: &fin };
+    // At alpha = 1, L = sigma^2 / 2 (up to the sample): feasible for sigma up to about 1.4e-4.
+    let base = Options {
+        eps: Eps::Absolute(1e-8),
+        noise: Noise::Absolute { scale: 1.0 },
+        samples: 2,
+        seed: 1,
+        ..Options::default()
+    };
+    for search in
+        [Search::Grid { alphas: 11, sigmas: 11 }, Search::Refined { alphas: 11, tolerance: 0.01, alpha_steps: 2 }]
+    {
+        let o = Options { search, ..base.clone() };
+        let net = criticality::network_criticality(&ctx, &mut ev, path, &mut live, &o).unwrap();
+        let c = &net.modules[0];
+        assert!(c.value == f64::INFINITY && !c.feasible && c.spread == f64::INFINITY, "{search:?}: {c:?}");
+        assert_eq!(c.per_parameter, f64::INFINITY);
+        assert_eq!(net.total, f64::INFINITY);
+        assert_eq!(criticality::pac_bayes_bound(&net, 100, 0.05).unwrap(), f64::INFINITY);
+    }
+    let reference = Options { eps: Eps::Absolute(1e-8), ..Options::reference() };
+    let c = criticality::module_criticality(&ctx, &mut ev, path, &mut live, 0, &reference).unwrap();
+    assert_eq!(c.sigma, 1e-16, "the public grid's smallest sigma");
+    assert!(c.value > 1e30 && c.feasible);
+    let o =
+        Options { sigma_floor: 0.0, search: Search::Refined { alphas: 11, tolerance: 0.01, alpha_steps: 0 }, ..base };
+    let c = criticality::module_criticality(&ctx, &mut ev, path, &mut live, 0, &o).unwrap();
+    assert!(c.feasible && c.sigma > 5e-5 && c.sigma < 2e-4, "sigma {}", c.sigma);
+}
+
+/// The public implementation written plainly: every alpha x sigma point of the 11 x 11 grid, the
+/// mean error of 10 noisy copies (the same Philox streams), feasible when <= 1.01 L(final), the
+/// smallest score. The reference mode returns the same point and value, bit for bit.
+#[test]
+fn reference_grid_is_the_public_implementation() {
+    let (mlp, train, _) = task();
+    let (init, fin) = trained(&mlp, &train);
+    let ctx = Context::cpu();
+    let o = Options::reference();
+    let l = mlp.evaluate(&fin, &train).unwrap().error;
+    for module in 0..3 {
+        let mut ev = MlpEvaluator::new(mlp.clone(), train.clone());
+        let mut live = fin.try_clone().unwrap();
+        let got = criticality::module_criticality(
+            &ctx,
+            &mut ev,
+            Path::Straight { init: &init, final_: &fin },
+            &mut live,
+            module,
+            &o,
+        )
+        .unwrap();
+        let mut want = (f64::INFINITY, 0.0, 0.0);
+        for &alpha in &landscape::linspace(0.0, 1.0, 11) {
+            let mut point = fin.try_clone().unwrap();
+            transferlens::geometry::rewind(&ctx, &init, &fin, module, alpha, &mut point).unwrap();
+            let num = transferlens::geometry::distance(&ctx, &point, &init).unwrap().modules[module].powi(2);
+            for &sigma in &landscape::linspace(1e-16, 1.0, 11) {
+                let noise = ModuleNoise { point: &point, module, std: sigma, seed: 0, samples: 10 };
+                let mean = (0..10)
+                    .map(|k| {
+                        let mut copy = point.try_clone().unwrap();
+                        noise.add_to(k, &mut copy).unwrap();
+                        mlp.evaluate(&copy, &train).unwrap().error
+                    })
+                    .sum::<f64>()
+                    / 10.0;
+                let score = num / (sigma * sigma);
+                if mean <= 1.01 * l && score < want.0 {
+                    want = (score, alpha, sigma);
+                }
+            }
+        }
+        assert_eq!((got.value, got.alpha, got.sigma), want, "module {module}");
+    }
+}
+
+/// The defaults on a trained MLP, measured on its training sample: every module finite, and five
+/// independent seeds agree within the spread they report. The criterion, fixed before the run:
+/// for every module, each seed's value lies within 3 x (the mean reported spread) of the mean over
+/// the seeds.
+#[test]
+fn defaults_on_a_trained_mlp_are_finite_and_stable_over_seeds() {
+    let (mlp, train, _) = task();
+    let (init, fin) = trained(&mlp, &train);
+    let ctx = Context::cpu();
+    let runs: Vec<_> = [0u64, 10, 20, 30, 40]
+        .iter()
+        .map(|&seed| {
+            let mut ev = MlpEvaluator::new(mlp.clone(), train.clone());
+            let mut live = fin.try_clone().unwrap();
+            let o = Options { seed, ..Options::default() };
+            criticality::network_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, &o)
+                .unwrap()
+        })
+        .collect();
+    for (i, name) in ["fc1", "fc2", "fc3"].iter().enumerate() {
+        let values: Vec<f64> = runs.iter().map(|r| r.modules[i].value).collect();
+        let spreads: Vec<f64> = runs.iter().map(|r| r.modules[i].spread).collect();
+        eprintln!("{name}: values {values:?} spreads {spreads:?}");
+        assert!(runs.iter().all(|r| r.modules[i].feasible && r.modules[i].value.is_finite()), "{name}: {values:?}");
+        let mean = values.iter().sum::<f64>() / 5.0;
+        let spread = spreads.iter().sum::<f64>() / 5.0;
+        for v in &values {
+            assert!((v - mean).abs() <= 3.0 * spread, "{name}: {v} vs mean {mean} (spread {spread})");
+        }
+    }
+    for r in &runs {
+        eprintln!("ranking agreement {} bound {:?}", r.ranking_agreement, criticality::pac_bayes(r, 160, 0.05, None));
+    }
+}
+
+/// The bound refuses what would make it NaN, and reads itself: vacuous above 1, the held-out
+/// estimate beside it.
+#[test]
+fn the_bound_refuses_nan_and_says_when_it_is_vacuous() {
+    let (init, fin, _) = toy();
+    let ctx = Context::cpu();
+    let mut live = fin.try_clone().unwrap();
+    let mut ev = FnEvaluator(quadratic);
+    let o = opts(Search::Grid { alphas: 11, sigmas: 11 });
+    let net =
+        criticality::network_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, &o)
+            .unwrap();
+    let b = criticality::pac_bayes(&net, 1000, 0.05, Some(criticality::HeldOut { error: 0.1, n: 500 })).unwrap();
+    assert_eq!(b.value, criticality::pac_bayes_bound(&net, 1000, 0.05).unwrap());
+    assert_eq!(b.vacuous, b.value > 1.0);
+    assert_eq!(b.held_out, Some(0.1 + ((1.0f64 / 0.05).ln() / 1000.0).sqrt()));
+    let small = criticality::pac_bayes_from_kl(0.0, 0.01, 1_000_000, 0.05, None).unwrap();
+    assert!(!small.vacuous && small.value < 1.0 && small.held_out.is_none());
+    let mut bad = net.clone();
+    bad.joint_expected = f64::NAN;
+    assert!(matches!(criticality::pac_bayes_bound(&bad, 1000, 0.05), Err(Error::InvalidArgument(_))));
+    let mut bad = net.clone();
+    bad.modules[0].value = f64::NAN;
+    assert!(matches!(criticality::pac_bayes_bound(&bad, 1000, 0.05), Err(Error::InvalidArgument(_))));
+    let mut bad = net.clone();
+    bad.modules[0].numel = 0;
+    assert!(matches!(criticality::pac_bayes_bound(&bad, 1000, 0.05), Err(Error::InvalidArgument(_))));
+    assert!(criticality::pac_bayes_bound(&net, 1000, f64::NAN).is_err());
+    assert!(criticality::held_out_estimate(1.5, 10, 0.05).is_err());
+    assert!(criticality::held_out_estimate(0.1, 0, 0.05).is_err());
+    assert!(criticality::bound_from_kl(-1.0, 0.0, 1000, 0.05).is_err());
+}
+
+/// The measurement behind the defaults (docs/analyses.md, section 6): the same trained MLP on its
+/// training sample S and on S without one sample, five noise seeds each. The criterion, fixed
+/// before the run: with the defaults no module flips between finite and infinite, and the value
+/// without the sample lies within 3 x the reported spread of the value on S. The public-style
+/// constraint (eps = 1.01 x the final error, the mean within eps, one seed, no floor) is printed
+/// beside it for comparison.
+#[test]
+fn one_sample_of_s_does_not_flip_the_defaults() {
+    let (mlp, train, _) = task();
+    let (init, fin) = trained(&mlp, &train);
+    let ctx = Context::cpu();
+    let run = |data: &Dataset, o: &Options| {
+        let mut ev = MlpEvaluator::new(mlp.clone(), data.clone());
+        let mut live = fin.try_clone().unwrap();
+        criticality::network_criticality(&ctx, &mut ev, Path::Straight { init: &init, final_: &fin }, &mut live, o)
+            .unwrap()
+    };
+    let public_style =
+        Options { eps: Eps::Relative(0.01), sigma_floor: 0.0, confidence: 0.0, repeats: 1, ..Options::default() };
+    for (s, seed) in [0u64, 10, 20, 30, 40].into_iter().enumerate() {
+        // Drop the seed's own sample: a different one each time.
+        let keep: Vec<usize> = (0..train.n).filter(|&i| i != 7 + 31 * s).collect();
+        let without = train.subset(&keep);
+        let o = Options { seed, ..Options::default() };
+        let (full, less) = (run(&train, &o), run(&without, &o));
+        let p = Options { seed, ..public_style.clone() };
+        let (pfull, pless) = (run(&train, &p), run(&without, &p));
+        let values = |n: &criticality::NetworkCriticality| n.modules.iter().map(|m| m.value).collect::<Vec<_>>();
+        eprintln!(
+            "seed {seed}: defaults S {:?} S-1 {:?} spread {:?}; public-style S {:?} S-1 {:?}",
+            values(&full),
+            values(&less),
+            full.modules.iter().map(|m| m.spread).collect::<Vec<_>>(),
+            values(&pfull),
+            values(&pless)
+        );
+        for (a, b) in full.modules.iter().zip(&less.modules) {
+            assert!(a.feasible && b.feasible, "seed {seed} {}: {} vs {}", a.module, a.value, b.value);
+            assert!(
+                (a.value - b.value).abs() <= 3.0 * a.spread,
+                "seed {seed} {}: {} vs {} (spread {})",
+                a.module,
+                a.value,
+                b.value,
+                a.spread
+            );
+        }
+    }
 }

@@ -134,6 +134,7 @@ fn network_criticality_on_cuda_matches_the_cpu() {
         search: Search::Grid { alphas: 6, sigmas: 7 },
         samples: 6,
         seed: 3,
+        ..Options::reference()
     };
     let run = |ctx: &Context| {
         let mut ev = MlpEvaluator::new(mlp.clone(), data.clone());

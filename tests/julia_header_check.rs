@@ -23,6 +23,9 @@ const MIRRORS: &[(&str, &str)] = &[
     ("CriticalityOptions", "tl_criticality_options"),
     ("Criticality", "tl_criticality"),
     ("NetworkSummary", "tl_network_summary"),
+    ("CriticalityReport", "tl_criticality_report"),
+    ("NetworkReport", "tl_network_report"),
+    ("BoundReport", "tl_bound_report"),
 ];
 
 /// A type in a form both languages map to.

@@ -591,12 +591,22 @@ using Metrics = tl_metrics;                 // loss, error, accuracy
 using BarrierResult = tl_barrier_result;    // value, peak_lambda, start, end, same_basin
 using Criticality = tl_criticality;         // value (+inf when infeasible), alpha, sigma, ...
 using NetworkSummary = tl_network_summary;  // total, final_metric, eps, joint_expected
+using CriticalityReport = tl_criticality_report;  // value, per_parameter, pac_bayes_term, spread, ...
+using NetworkReport = tl_network_report;          // total, total_spread, ranking_agreement, ...
+using BoundReport = tl_bound_report;              // bound, held_out, vacuous, has_held_out
 
 // Options of module criticality: the library's defaults, with `size` set to this version's
 // struct size. Change fields after construction.
 struct CriticalityOptions : tl_criticality_options {
     CriticalityOptions() : tl_criticality_options(tl_criticality_options_default()) {
         size = sizeof(tl_criticality_options);
+    }
+    // The public implementation's grid (tl_criticality_options_reference).
+    static CriticalityOptions reference() {
+        CriticalityOptions o;
+        static_cast<tl_criticality_options&>(o) = tl_criticality_options_reference();
+        o.size = sizeof(tl_criticality_options);
+        return o;
     }
 };
 
@@ -781,6 +791,50 @@ inline double pac_bayes_bound(const std::vector<Criticality>& modules, double ex
     double out = 0;
     detail::check(
         tl_pac_bayes_bound(modules.empty() ? nullptr : modules.data(), modules.size(), expected, m, delta, &out));
+    return out;
+}
+
+// tl_module_criticality_report along the straight path from `init`: the full report of one module.
+inline CriticalityReport module_criticality_report(const Context& ctx, Evaluator& evaluator, const Params& init,
+                                                   const Params& final_params, Params& live, size_t module,
+                                                   const CriticalityOptions& opts = CriticalityOptions()) {
+    CriticalityReport out{};
+    out.size = sizeof(CriticalityReport);
+    detail::check(tl_module_criticality_report(detail::context_handle(ctx), evaluator.handle(),
+                                               detail::params_handle(init), detail::params_handle(final_params),
+                                               nullptr, 0, live.get(), module, &opts, &out));
+    return out;
+}
+
+struct NetworkCriticalityReport {
+    std::vector<CriticalityReport> modules;  // one per module of the final set
+    NetworkReport summary;
+};
+
+// tl_network_criticality_report along the straight path from `init`.
+inline NetworkCriticalityReport network_criticality_report(const Context& ctx, Evaluator& evaluator,
+                                                           const Params& init, const Params& final_params,
+                                                           Params& live,
+                                                           const CriticalityOptions& opts = CriticalityOptions()) {
+    CriticalityReport blank{};
+    blank.size = sizeof(CriticalityReport);
+    NetworkCriticalityReport out{std::vector<CriticalityReport>(final_params.module_count(), blank), NetworkReport{}};
+    out.summary.size = sizeof(NetworkReport);
+    if (out.modules.empty()) throw Error(TL_STATUS_INVALID_ARGUMENT, "the final set has no modules");
+    detail::check(tl_network_criticality_report(detail::context_handle(ctx), evaluator.handle(),
+                                                detail::params_handle(init), detail::params_handle(final_params),
+                                                nullptr, 0, live.get(), &opts, out.modules.data(),
+                                                out.modules.size(), &out.summary));
+    return out;
+}
+
+// The PAC-Bayes bound from a network report, m = the samples the criticality was measured on;
+// with n_test > 0 the held-out estimate from test_error beside it.
+inline BoundReport pac_bayes_report(const NetworkReport& net, uint64_t m, double delta, double test_error = 0,
+                                    uint64_t n_test = 0) {
+    BoundReport out{};
+    out.size = sizeof(BoundReport);
+    detail::check(tl_pac_bayes_report(&net, m, delta, test_error, n_test, &out));
     return out;
 }
 

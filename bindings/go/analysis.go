@@ -245,7 +245,7 @@ func Barrier(lambdas []float64, curve []Metrics, metric Metric, tolerance float6
 // DefaultCriticalityOptions. See tl_criticality_options in the C header for each field.
 type CriticalityOptions struct {
 	Metric        Metric
-	EpsRelative   bool // eps = (1 + Eps) x the final model's metric; else Eps is absolute
+	EpsKind       EpsKind
 	Eps           float64
 	NoiseRelative bool // per-element noise std sigma ||theta_i|| / sqrt(k_i); else sigma x NoiseScale
 	NoiseScale    float64
@@ -256,7 +256,19 @@ type CriticalityOptions struct {
 	AlphaSteps    uint32
 	Samples       uint32
 	Seed          uint64
+	SigmaFloor    float64 // the smallest sigma of a feasible point; below it a module is +Inf, infeasible
+	Confidence    float64 // feasible when mean + Confidence standard errors is within eps
+	Repeats       uint32  // independent noise seeds Seed, Seed+1, ...
 }
+
+// EpsKind says how CriticalityOptions.Eps is read.
+type EpsKind uint32
+
+const (
+	EpsAbsolute EpsKind = 0 // Eps is the threshold itself
+	EpsRelative EpsKind = 1 // the threshold is (1 + Eps) x the final model's metric
+	EpsIncrease EpsKind = 2 // the threshold is the final model's metric + Eps (the default)
+)
 
 func b32(b bool) C.uint32_t {
 	if b {
@@ -267,12 +279,22 @@ func b32(b bool) C.uint32_t {
 
 // DefaultCriticalityOptions returns the library's defaults.
 func DefaultCriticalityOptions() CriticalityOptions {
-	d := C.tl_criticality_options_default()
+	return fromCOptions(C.tl_criticality_options_default())
+}
+
+// ReferenceCriticalityOptions returns the public implementation's grid
+// (tl_criticality_options_reference).
+func ReferenceCriticalityOptions() CriticalityOptions {
+	return fromCOptions(C.tl_criticality_options_reference())
+}
+
+func fromCOptions(d C.tl_criticality_options) CriticalityOptions {
 	return CriticalityOptions{
-		Metric: Metric(d.metric), EpsRelative: d.eps_relative != 0, Eps: float64(d.eps),
+		Metric: Metric(d.metric), EpsKind: EpsKind(d.eps_relative), Eps: float64(d.eps),
 		NoiseRelative: d.noise_relative != 0, NoiseScale: float64(d.noise_scale), Refined: d.refined != 0,
 		Alphas: uint32(d.alphas), Sigmas: uint32(d.sigmas), Tolerance: float64(d.tolerance),
 		AlphaSteps: uint32(d.alpha_steps), Samples: uint32(d.samples), Seed: uint64(d.seed),
+		SigmaFloor: float64(d.sigma_floor), Confidence: float64(d.confidence), Repeats: uint32(d.repeats),
 	}
 }
 
@@ -285,7 +307,7 @@ func (o *CriticalityOptions) toC() C.tl_criticality_options {
 	var c C.tl_criticality_options
 	c.size = C.size_t(unsafe.Sizeof(c))
 	c.metric = C.tl_metric(o.Metric)
-	c.eps_relative = b32(o.EpsRelative)
+	c.eps_relative = C.uint32_t(o.EpsKind)
 	c.eps = C.double(o.Eps)
 	c.noise_relative = b32(o.NoiseRelative)
 	c.noise_scale = C.double(o.NoiseScale)
@@ -296,6 +318,9 @@ func (o *CriticalityOptions) toC() C.tl_criticality_options {
 	c.alpha_steps = C.uint32_t(o.AlphaSteps)
 	c.samples = C.uint32_t(o.Samples)
 	c.seed = C.uint64_t(o.Seed)
+	c.sigma_floor = C.double(o.SigmaFloor)
+	c.confidence = C.double(o.Confidence)
+	c.repeats = C.uint32_t(o.Repeats)
 	return c
 }
 
@@ -481,4 +506,101 @@ func f32ptr(s []float32) *C.float {
 		return nil
 	}
 	return (*C.float)(unsafe.Pointer(&s[0]))
+}
+
+// CriticalityReport is one module's full report (tl_criticality_report): Value (the mean over the
+// repeats, +Inf when infeasible), PerParameter (Value / Numel, to rank modules of different
+// sizes), the PAC-Bayes term, the Spread over the repeats, the first repeat's minimiser, the
+// metric with only this module rewound and the area under its rewind curve.
+type CriticalityReport struct {
+	Value, PerParameter, PACBayesTerm, Spread, Alpha, Sigma, NoiseStd, Expected, ExpectedSE float64
+	RewoundMetric, RewindArea                                                               float64
+	Numel, Points                                                                           uint64
+	Feasible                                                                                bool
+	Repeats                                                                                 uint32
+}
+
+func fromCReport(r C.tl_criticality_report) CriticalityReport {
+	return CriticalityReport{Value: float64(r.value), PerParameter: float64(r.per_parameter),
+		PACBayesTerm: float64(r.pac_bayes_term), Spread: float64(r.spread), Alpha: float64(r.alpha),
+		Sigma: float64(r.sigma), NoiseStd: float64(r.noise_std), Expected: float64(r.expected),
+		ExpectedSE: float64(r.expected_se), RewoundMetric: float64(r.rewound_metric), RewindArea: float64(r.rewind_area),
+		Numel: uint64(r.numel), Points: uint64(r.points), Feasible: r.feasible != 0, Repeats: uint32(r.repeats)}
+}
+
+// NetworkReport is a network criticality's report (tl_network_report); keep it whole for
+// PACBayesReport.
+type NetworkReport struct {
+	Total, TotalSpread, FinalMetric, Eps, JointExpected, PACBayesKL, RankingAgreement float64
+	RankingStable                                                                     bool
+	InfeasibleModules                                                                 uint32
+	raw                                                                               C.tl_network_report
+}
+
+// ModuleCriticalityReport is ModuleCriticality with the full report.
+func ModuleCriticalityReport(ctx *Context, ev *Evaluator, path Path, live *Params, module int, opts *CriticalityOptions) (CriticalityReport, error) {
+	if module < 0 {
+		return CriticalityReport{}, errorf(StatusNotFound, "module %d", module)
+	}
+	o := opts.toC()
+	var out C.tl_criticality_report
+	out.size = C.size_t(unsafe.Sizeof(out))
+	err := liveCall(ctx, ev, path.sets(), live, func(c *C.tl_context, e *C.tl_evaluator, hs []*C.tl_params, hl *C.tl_params) C.enum_tl_status {
+		hi, hf, hc, n := path.args(hs)
+		return C.tl_module_criticality_report(c, e, hi, hf, hc, n, hl, C.size_t(module), &o, &out)
+	})
+	if err != nil {
+		return CriticalityReport{}, err
+	}
+	return fromCReport(out), nil
+}
+
+// NetworkCriticalityReport is NetworkCriticality with the full reports.
+func NetworkCriticalityReport(ctx *Context, ev *Evaluator, path Path, live *Params, opts *CriticalityOptions) ([]CriticalityReport, NetworkReport, error) {
+	n := path.final().ModuleCount()
+	if n == 0 {
+		return nil, NetworkReport{}, errorf(StatusInvalidArgument, "the final set has no modules")
+	}
+	o := opts.toC()
+	raw := make([]C.tl_criticality_report, n)
+	raw[0].size = C.size_t(unsafe.Sizeof(raw[0]))
+	var sum C.tl_network_report
+	sum.size = C.size_t(unsafe.Sizeof(sum))
+	err := liveCall(ctx, ev, path.sets(), live, func(c *C.tl_context, e *C.tl_evaluator, hs []*C.tl_params, hl *C.tl_params) C.enum_tl_status {
+		hi, hf, hc, nc := path.args(hs)
+		return C.tl_network_criticality_report(c, e, hi, hf, hc, nc, hl, &o, &raw[0], C.size_t(n), &sum)
+	})
+	if err != nil {
+		return nil, NetworkReport{}, err
+	}
+	mods := make([]CriticalityReport, n)
+	for i := range mods {
+		mods[i] = fromCReport(raw[i])
+	}
+	return mods, NetworkReport{Total: float64(sum.total), TotalSpread: float64(sum.total_spread),
+		FinalMetric: float64(sum.final_metric), Eps: float64(sum.eps), JointExpected: float64(sum.joint_expected),
+		PACBayesKL: float64(sum.pac_bayes_kl), RankingAgreement: float64(sum.ranking_agreement),
+		RankingStable: sum.ranking_stable != 0, InfeasibleModules: uint32(sum.infeasible_modules), raw: sum}, nil
+}
+
+// BoundReport is the PAC-Bayes bound with its reading (tl_bound_report): Vacuous when it
+// exceeds 1; HeldOut, when test data were given, the plain held-out estimate.
+type BoundReport struct {
+	Bound, HeldOut      float64
+	Vacuous, HasHeldOut bool
+}
+
+// PACBayesReport returns the bound from a network report with m = the samples the criticality
+// was measured on; with nTest > 0 the held-out estimate from testError beside it.
+func PACBayesReport(net NetworkReport, m uint64, delta, testError float64, nTest uint64) (BoundReport, error) {
+	var out C.tl_bound_report
+	out.size = C.size_t(unsafe.Sizeof(out))
+	raw := net.raw
+	if err := call(func() C.enum_tl_status {
+		return C.tl_pac_bayes_report(&raw, C.uint64_t(m), C.double(delta), C.double(testError), C.uint64_t(nTest), &out)
+	}); err != nil {
+		return BoundReport{}, err
+	}
+	return BoundReport{Bound: float64(out.bound), HeldOut: float64(out.held_out), Vacuous: out.vacuous != 0,
+		HasHeldOut: out.has_held_out != 0}, nil
 }

@@ -125,11 +125,20 @@ func TestAnalysisQuadraticCallback(t *testing.T) {
 		}
 	}
 	d := DefaultCriticalityOptions()
-	if d.Alphas != 11 || d.Sigmas != 11 || d.Samples != 10 || d.Metric != MetricError || !d.EpsRelative {
+	if d.Alphas != 11 || d.Samples != 10 || d.Metric != MetricError || d.EpsKind != EpsIncrease || !d.Refined ||
+		!d.NoiseRelative || d.SigmaFloor != 1e-3 || d.Confidence != 2 || d.Repeats != 3 {
 		t.Fatalf("defaults %+v", d)
 	}
-	o := d
-	o.Metric, o.EpsRelative, o.Eps, o.Refined, o.Tolerance, o.AlphaSteps, o.Seed = MetricLoss, false, eps, true, 1e-3, 12, 3
+	endless := d
+	endless.Tolerance = 1e-300 // 1 + tol == 1: refused, never an endless bisection
+	if _, err := ModuleCriticality(ctx, ev, Path{Init: init, Final: fin}, live, 0, &endless); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("tolerance 1e-300: %v", err)
+	}
+	o := ReferenceCriticalityOptions()
+	if o.Refined || o.Sigmas != 11 || o.SigmaFloor != 0 || o.Confidence != 0 || o.Repeats != 1 || o.EpsKind != EpsRelative {
+		t.Fatalf("reference %+v", o)
+	}
+	o.Metric, o.EpsKind, o.Eps, o.Refined, o.Tolerance, o.AlphaSteps, o.Seed = MetricLoss, EpsAbsolute, eps, true, 1e-3, 12, 3
 	c := must(ModuleCriticality(ctx, ev, Path{Init: init, Final: fin}, live, 0, &o))
 	close1(t, c.Value/want, 1, 0.05, "criticality / analytic")
 	if c.Numel != K || c.Expected > eps {
@@ -168,6 +177,38 @@ func TestAnalysisQuadraticCallback(t *testing.T) {
 				t.Fatalf("bound %g, %v", b, err)
 			}
 		})
+	}
+	if _, err := PACBayesBound([]Criticality{c}, math.NaN(), 1000, 0.05); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("bound of a NaN expectation: %v", err)
+	}
+	// The full reports: three repeats, the size-aware measures, the rewind measures, the bound's reading.
+	o3 := o
+	o3.Repeats = 3
+	rep := must(ModuleCriticalityReport(ctx, ev, Path{Init: init, Final: fin}, live, 0, &o3))
+	close1(t, rep.Value/want, 1, 0.05, "report / analytic")
+	if !rep.Feasible || rep.Repeats != 3 || rep.Spread <= 0 || rep.PerParameter != rep.Value/K {
+		t.Errorf("report %+v", rep)
+	}
+	close1(t, rep.PACBayesTerm, K*math.Log1p(rep.Value/K), 1e-12, "PAC-Bayes term")
+	close1(t, rep.RewoundMetric, a/2, 1e-5, "rewound metric")
+	close1(t, rep.RewindArea, a/6+a*0.01/12, 1e-5, "rewind area")
+	nmods, nrep, err := NetworkCriticalityReport(ctx, ev, Path{Init: init, Final: fin}, live, &o3)
+	if err != nil || nrep.Total != nmods[0].Value || !nrep.RankingStable || nrep.PACBayesKL != nmods[0].PACBayesTerm || nrep.InfeasibleModules != 0 {
+		t.Fatalf("network report %+v %+v %v", nmods, nrep, err)
+	}
+	br := must(PACBayesReport(nrep, 1000, 0.05, 0.1, 500))
+	if !br.HasHeldOut || br.Vacuous != (br.Bound > 1) {
+		t.Errorf("bound report %+v", br)
+	}
+	close1(t, br.HeldOut, 0.1+math.Sqrt(math.Log(1/0.05)/1000), 1e-12, "held-out estimate")
+	tiny := o
+	tiny.Eps, tiny.Refined, tiny.NoiseRelative, tiny.SigmaFloor = 1e-8, false, false, 1e-3
+	tmods, trep, err := NetworkCriticalityReport(ctx, ev, Path{Init: init, Final: fin}, live, &tiny)
+	if err != nil || !math.IsInf(tmods[0].Value, 1) || tmods[0].Feasible || trep.InfeasibleModules != 1 {
+		t.Fatalf("below the floor %+v %+v %v", tmods, trep, err)
+	}
+	if b := must(PACBayesReport(trep, 1000, 0.05, 0, 0)); !b.Vacuous || !math.IsInf(b.Bound, 1) {
+		t.Errorf("infeasible bound %+v", b)
 	}
 	bad := o
 	bad.Eps = -1
@@ -257,7 +298,7 @@ func TestAnalysisMLP(t *testing.T) {
 	if r[0] != m {
 		t.Errorf("rewind at alpha 1 %+v, want %+v", r[0], m)
 	}
-	o := DefaultCriticalityOptions()
+	o := ReferenceCriticalityOptions()
 	o.NoiseRelative, o.Samples, o.Seed = true, 3, 11
 	m1, s1, err := NetworkCriticality(ctx, ev, Path{Init: p1, Final: p2}, live, &o)
 	if err != nil {

@@ -4,8 +4,9 @@ use super::boundary::{
     destroy, element_count, ensure_distinct, hand_out, handle_mut, handle_of, handle_ref, to_usize, try_mut, try_slice,
     try_slice_mut, Handle,
 };
+use super::criticality::{options_from_c, tl_criticality_options, tl_criticality_options_default};
 use super::{guard, guard_value, tl_context, tl_params};
-use crate::criticality::{self, Eps, Noise, Path, Search};
+use crate::criticality;
 use crate::error::{fail, Error, Result, Status};
 use crate::eval::{self, Evaluator, Metric, MlpEvaluator};
 use crate::model::{Dataset, Metrics, Mlp};
@@ -45,7 +46,7 @@ pub enum MetricKind {
 pub struct RawMetric(pub u32);
 
 impl RawMetric {
-    fn get(self, what: &str) -> Result<Metric> {
+    pub(super) fn get(self, what: &str) -> Result<Metric> {
         Ok(match self.0 {
             0 => Metric::Loss,
             1 => Metric::Error,
@@ -115,7 +116,7 @@ impl Evaluator for CallbackEvaluator {
 }
 
 impl HostEvaluator {
-    fn as_dyn(&mut self) -> &mut dyn Evaluator {
+    pub(super) fn as_dyn(&mut self) -> &mut dyn Evaluator {
         match self {
             HostEvaluator::Mlp(m) => m,
             HostEvaluator::Callback(c) => c,
@@ -331,58 +332,7 @@ pub unsafe extern "C" fn tl_barrier(
     })
 }
 
-/// Options of module criticality. Set `size` to sizeof(tl_criticality_options) after filling the
-/// struct from tl_criticality_options_default(): fields added in later versions take their
-/// defaults for callers that were built against an older, smaller struct.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct tl_criticality_options {
-    pub size: usize,
-    /// The metric constrained (default TL_METRIC_ERROR, the 0-1 error).
-    pub metric: RawMetric,
-    /// 1: eps = (1 + eps) x the final model's metric (default, eps = 0.01); 0: eps is absolute.
-    pub eps_relative: u32,
-    pub eps: f64,
-    /// 1: per-element noise std sigma ||theta_i^F|| / sqrt(k_i); 0: sigma x noise_scale (default).
-    pub noise_relative: u32,
-    pub noise_scale: f64,
-    /// 0: the public implementation's grid (default); 1: bisection on sigma, then alpha refined.
-    pub refined: u32,
-    /// Grid points of alpha (default 11) and, for the grid, of sigma (default 11).
-    pub alphas: u32,
-    pub sigmas: u32,
-    /// Refined: stop bisecting when the bracket's ratio is below 1 + tolerance (default 0.01).
-    pub tolerance: f64,
-    /// Refined: golden-section steps on alpha (default 8; 0 keeps the grid's alphas).
-    pub alpha_steps: u32,
-    /// Noise samples per point (default 10).
-    pub samples: u32,
-    /// Seeds the Philox noise: the same seed gives the same answer.
-    pub seed: u64,
-}
-
-/// The defaults: the public implementation's 11 x 11 grid, 10 samples, 0-1 error, eps = 1.01 x
-/// the final error, absolute noise of scale 1, seed 0.
-#[no_mangle]
-pub extern "C" fn tl_criticality_options_default() -> tl_criticality_options {
-    tl_criticality_options {
-        size: std::mem::size_of::<tl_criticality_options>(),
-        metric: RawMetric(1),
-        eps_relative: 1,
-        eps: 0.01,
-        noise_relative: 0,
-        noise_scale: 1.0,
-        refined: 0,
-        alphas: 11,
-        sigmas: 11,
-        tolerance: 0.01,
-        alpha_steps: 8,
-        samples: 10,
-        seed: 0,
-    }
-}
-
-fn bool_field(v: u32, name: &str) -> Result<bool> {
+pub(super) fn bool_field(v: u32, name: &str) -> Result<bool> {
     match v {
         0 => Ok(false),
         1 => Ok(true),
@@ -395,7 +345,7 @@ fn bool_field(v: u32, name: &str) -> Result<bool> {
 /// # Safety
 /// `opts` is NULL or points to a struct of at least `opts->size` readable bytes (an older caller's
 /// struct may be smaller than ours), starting with its `size` field.
-unsafe fn read_options(opts: *const tl_criticality_options) -> Result<criticality::Options> {
+pub(super) unsafe fn read_options(opts: *const tl_criticality_options) -> Result<criticality::Options> {
     let mut o = tl_criticality_options_default();
     if !opts.is_null() {
         // SAFETY: the caller's struct holds at least its `size` field, first.
@@ -411,275 +361,7 @@ unsafe fn read_options(opts: *const tl_criticality_options) -> Result<criticalit
             std::ptr::copy_nonoverlapping(opts.cast::<u8>(), (&mut o as *mut tl_criticality_options).cast::<u8>(), n)
         };
     }
-    let (alphas, sigmas) = (o.alphas as usize, o.sigmas as usize);
-    Ok(criticality::Options {
-        metric: o.metric.get("opts->metric")?,
-        eps: if bool_field(o.eps_relative, "opts->eps_relative")? {
-            Eps::Relative(o.eps)
-        } else {
-            Eps::Absolute(o.eps)
-        },
-        noise: if bool_field(o.noise_relative, "opts->noise_relative")? {
-            Noise::Relative
-        } else {
-            Noise::Absolute { scale: o.noise_scale }
-        },
-        search: if bool_field(o.refined, "opts->refined")? {
-            Search::Refined { alphas, tolerance: o.tolerance, alpha_steps: o.alpha_steps as usize }
-        } else {
-            Search::Grid { alphas, sigmas }
-        },
-        samples: o.samples as usize,
-        seed: o.seed,
-    })
-}
-
-/// One module's criticality.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct tl_criticality {
-    /// mu_i(eps); +infinity when no point of the search is feasible.
-    pub value: f64,
-    /// The minimising alpha and sigma (0 when infeasible).
-    pub alpha: f64,
-    pub sigma: f64,
-    /// The per-element noise standard deviation at the minimum.
-    pub noise_std: f64,
-    /// The mean metric under noise there.
-    pub expected: f64,
-    /// Elements of the module.
-    pub numel: u64,
-    /// Points evaluated, each with `samples` evaluations.
-    pub points: u64,
-}
-
-fn criticality_to_c(c: &criticality::ModuleCriticality) -> tl_criticality {
-    tl_criticality {
-        value: c.value,
-        alpha: c.alpha,
-        sigma: c.sigma,
-        noise_std: c.noise_std,
-        expected: c.expected,
-        numel: c.numel,
-        points: c.points as u64,
-    }
-}
-
-/// The handles of a path as the C functions receive it, before any is dereferenced: the
-/// checkpoints when given, else init and final.
-enum PathHandles<'a> {
-    Straight { init: *const tl_params, final_: *const tl_params },
-    Checkpoints(&'a [*const tl_params]),
-}
-
-impl<'a> PathHandles<'a> {
-    /// # Safety
-    /// `checkpoints` is NULL or points to `n_checkpoints` readable pointers.
-    unsafe fn new(
-        init: *const tl_params,
-        final_: *const tl_params,
-        checkpoints: *const *const tl_params,
-        n_checkpoints: usize,
-    ) -> Result<Self> {
-        if checkpoints.is_null() && n_checkpoints == 0 {
-            return Ok(PathHandles::Straight { init, final_ });
-        }
-        // SAFETY: the caller's contract.
-        Ok(PathHandles::Checkpoints(unsafe { try_slice(checkpoints, n_checkpoints, "checkpoints") }?))
-    }
-
-    /// Each handle the analysis reads, with its argument's name.
-    fn named(&self) -> Vec<(String, *const tl_params)> {
-        match self {
-            PathHandles::Straight { init, final_ } => vec![("init".into(), *init), ("final".into(), *final_)],
-            PathHandles::Checkpoints(c) => {
-                c.iter().enumerate().map(|(i, &p)| (format!("checkpoints[{i}]"), p)).collect()
-            }
-        }
-    }
-
-    /// Refuses `live` when it is one of the path's sets.
-    fn ensure_live_is_not_one(&self, live: *const tl_params) -> Result<()> {
-        let named = self.named();
-        let inputs: Vec<(&str, *const tl_params)> = named.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-        ensure_distinct("live", live, &inputs)
-    }
-
-    /// The sets behind the handles; `store` holds the checkpoints' references.
-    ///
-    /// # Safety
-    /// Each handle is NULL or a live set that nothing writes while `'s` lasts.
-    unsafe fn resolve<'s>(&self, store: &'s mut Vec<&'s ParamSet>) -> Result<Path<'s>> {
-        match self {
-            PathHandles::Straight { init, final_ } => Ok(Path::Straight {
-                // SAFETY: the caller's contract.
-                init: unsafe { handle_ref(*init, "init") }?,
-                // SAFETY: the caller's contract.
-                final_: unsafe { handle_ref(*final_, "final") }?,
-            }),
-            PathHandles::Checkpoints(c) => {
-                for (i, &p) in c.iter().enumerate() {
-                    // SAFETY: the caller's contract.
-                    store.push(unsafe { handle_ref(p, &format!("checkpoints[{i}]")) }?);
-                }
-                Ok(Path::Checkpoints(store))
-            }
-        }
-    }
-}
-
-/// The criticality of module `module` of `final` along the straight path from `init`, or, when
-/// `checkpoints` is not NULL, along the piecewise-linear path through its `n_checkpoints` sets
-/// (first = initial, last = final; init and final are then ignored and may be NULL). Every point
-/// is written into `live` (the set the evaluator evaluates), which must be none of the path's sets
-/// nor share memory with them. opts may be NULL for the defaults.
-#[no_mangle]
-pub unsafe extern "C" fn tl_module_criticality(
-    ctx: *const tl_context,
-    evaluator: *mut tl_evaluator,
-    init: *const tl_params,
-    final_: *const tl_params,
-    checkpoints: *const *const tl_params,
-    n_checkpoints: usize,
-    live: *mut tl_params,
-    module: usize,
-    opts: *const tl_criticality_options,
-    out: *mut tl_criticality,
-) -> Status {
-    guard(|| {
-        // SAFETY: checkpoints is NULL or n_checkpoints pointers (the C contract).
-        let handles = unsafe { PathHandles::new(init, final_, checkpoints, n_checkpoints) }?;
-        handles.ensure_live_is_not_one(live)?;
-        let mut store = Vec::new();
-        // SAFETY: ctx is NULL or a live context; evaluator NULL or a live evaluator, the path's
-        // sets NULL or live sets, and live NULL or a live set distinct from them (checked above),
-        // evaluator and live used by this call alone; opts as read_options needs, out NULL or valid
-        // for a write (the C contract).
-        let (ctx, ev, path, live, opts, out) = unsafe {
-            (
-                handle_ref(ctx, "ctx")?,
-                handle_mut(evaluator, "evaluator")?,
-                handles.resolve(&mut store)?,
-                handle_mut(live, "live")?,
-                read_options(opts)?,
-                try_mut(out, "out")?,
-            )
-        };
-        let c = criticality::module_criticality(ctx, ev.as_dyn(), path, live, module, &opts)?;
-        *out = criticality_to_c(&c);
-        Ok(())
-    })
-}
-
-/// Summary of a network criticality.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct tl_network_summary {
-    /// Sum over modules; +infinity if a module is infeasible.
-    pub total: f64,
-    /// The final model's metric and the eps used.
-    pub final_metric: f64,
-    pub eps: f64,
-    /// The mean metric with every module at its minimiser and noise at once: the expectation
-    /// term of the PAC-Bayes bound (+infinity when a module is infeasible).
-    pub joint_expected: f64,
-}
-
-/// The criticality of every module of `final` into out_modules[tl_params_module_count(final)]
-/// and their sum into *out (arguments as for tl_module_criticality).
-#[no_mangle]
-pub unsafe extern "C" fn tl_network_criticality(
-    ctx: *const tl_context,
-    evaluator: *mut tl_evaluator,
-    init: *const tl_params,
-    final_: *const tl_params,
-    checkpoints: *const *const tl_params,
-    n_checkpoints: usize,
-    live: *mut tl_params,
-    opts: *const tl_criticality_options,
-    out_modules: *mut tl_criticality,
-    n_modules: usize,
-    out: *mut tl_network_summary,
-) -> Status {
-    guard(|| {
-        // SAFETY: checkpoints is NULL or n_checkpoints pointers (the C contract).
-        let handles = unsafe { PathHandles::new(init, final_, checkpoints, n_checkpoints) }?;
-        handles.ensure_live_is_not_one(live)?;
-        let mut store = Vec::new();
-        // SAFETY: as in tl_module_criticality, and out_modules is NULL or n_modules writable
-        // entries (the C contract).
-        let (ctx, ev, path, live, opts, out, mods) = unsafe {
-            (
-                handle_ref(ctx, "ctx")?,
-                handle_mut(evaluator, "evaluator")?,
-                handles.resolve(&mut store)?,
-                handle_mut(live, "live")?,
-                read_options(opts)?,
-                try_mut(out, "out")?,
-                try_slice_mut(out_modules, n_modules, "out_modules")?,
-            )
-        };
-        let net = criticality::network_criticality(ctx, ev.as_dyn(), path, live, &opts)?;
-        if mods.len() != net.modules.len() {
-            fail!(
-                ShapeMismatch,
-                "out_modules has {} entries but the set has {} modules",
-                mods.len(),
-                net.modules.len()
-            );
-        }
-        for (o, c) in mods.iter_mut().zip(&net.modules) {
-            *o = criticality_to_c(c);
-        }
-        *out = tl_network_summary {
-            total: net.total,
-            final_metric: net.final_metric,
-            eps: net.eps,
-            joint_expected: net.joint_expected,
-        };
-        Ok(())
-    })
-}
-
-/// The PAC-Bayes bound of the criticality theorem for `n` modules' results, with m samples and
-/// confidence delta: expected + sqrt((1/4 sum_i k_i log(1 + mu_i / k_i) + log(m / delta)) / (m - 1)),
-/// where `expected` is the metric under the joint perturbation (tl_network_summary.joint_expected;
-/// eps bounds it from above for each module alone). The O~(1) term is omitted. +infinity when a
-/// module is infeasible.
-#[no_mangle]
-pub unsafe extern "C" fn tl_pac_bayes_bound(
-    modules: *const tl_criticality,
-    n: usize,
-    expected: f64,
-    m: u64,
-    delta: f64,
-    out: *mut f64,
-) -> Status {
-    guard(|| {
-        // SAFETY: modules is NULL or n entries, out NULL or valid for a write (the C contract).
-        let (mods, out) = unsafe { (try_slice(modules, n, "modules")?, try_mut(out, "out")?) };
-        let net = criticality::NetworkCriticality {
-            modules: mods
-                .iter()
-                .map(|c| criticality::ModuleCriticality {
-                    module: String::new(),
-                    numel: c.numel,
-                    value: c.value,
-                    alpha: c.alpha,
-                    sigma: c.sigma,
-                    noise_std: c.noise_std,
-                    expected: c.expected,
-                    points: c.points as usize,
-                })
-                .collect(),
-            total: mods.iter().map(|c| c.value).sum(),
-            final_metric: 0.0,
-            eps: expected,
-            joint_expected: expected,
-        };
-        *out = criticality::pac_bayes_bound(&net, m, delta)?;
-        Ok(())
-    })
+    options_from_c(&o)
 }
 
 /// The rewind curve of module `module`: the metrics of (theta_i^alpha, Theta_-i^F) for each of the

@@ -28,12 +28,14 @@ mod analysis;
 mod boundary;
 mod cka;
 mod context;
+mod criticality;
 mod params;
 
 pub use analysis::*;
 #[allow(unused_imports)]
 pub use cka::*;
 pub use context::*;
+pub use criticality::*;
 pub use params::*;
 
 use crate::error::{Error, Result, Status};

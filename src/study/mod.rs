@@ -40,7 +40,8 @@ pub struct Config {
     pub source_train: usize,
     pub target_train: usize,
     pub target_test: usize,
-    /// Rows of the target's held-out set on which criticality is measured.
+    /// Rows of the target's training sample on which criticality is measured (the sample S of the
+    /// definition and of the bound).
     pub criticality_rows: usize,
     pub source_epochs: usize,
     pub target_epochs: usize,

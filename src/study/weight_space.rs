@@ -2,7 +2,7 @@
 //! criticality and rewind curves.
 
 use super::{num, Finding, Inputs, Plots, Progress, Section, BARRIER_TOLERANCE};
-use crate::criticality::{self, Eps, Noise, Path};
+use crate::criticality::{self, Eps, Path};
 use crate::error::Result;
 use crate::eval::{Metric, MlpEvaluator};
 use crate::geometry;
@@ -128,32 +128,37 @@ pub(super) fn barrier(inputs: &Inputs, plots: &mut Plots) -> Result<Section> {
     Ok(Section { json, table, findings })
 }
 
-/// Module and network criticality of P-T and RI-T on a held-out part of the target, with the
-/// PAC-Bayes bound.
+/// One number of a module's criticality, for a row of the table.
+type ModuleMeasure = fn(&criticality::ModuleCriticality) -> f64;
+
+/// Module and network criticality of P-T and RI-T on the target's training sample S (the sample
+/// of the definition and of the bound), with the PAC-Bayes bound (m = |S|) beside the held-out
+/// estimate from the test set.
 pub(super) fn criticality(inputs: &Inputs, plots: &mut Plots, progress: Progress) -> Result<Section> {
     let (ctx, m, cfg, layers) = (inputs.ctx, inputs.models, inputs.cfg, &inputs.layers);
-    let held_out = inputs.target.test.head(cfg.criticality_rows);
+    let sample = inputs.target.train.head(cfg.criticality_rows);
+    let test = &inputs.target.test;
     let options = criticality::Options {
-        metric: Metric::Error,
-        eps: Eps::Relative(0.01),
-        noise: Noise::Relative,
         search: cfg.criticality_search,
         samples: cfg.criticality_samples,
         seed: 5,
+        ..criticality::Options::default()
     };
-    let mut evaluator = MlpEvaluator::new(inputs.mlp.clone(), held_out.clone());
+    let Eps::Increase(increase) = options.eps else { unreachable!("the default eps is an increase") };
+    let mut evaluator = MlpEvaluator::new(inputs.mlp.clone(), sample.clone());
     let mut live = m.p.try_clone()?;
     let mut values = Map::new();
     let mut details = Map::new();
     let mut table = format!(
-        "\nModule criticality (0-1 error on {} held-out target images, eps = 1.01 x final error, noise relative to the weights, {} samples; inf = no feasible point)\n",
-        held_out.n, cfg.criticality_samples
+        "\nModule criticality (0-1 error on the {} target training images, eps = final error + {increase}, noise relative to the weights, sigma >= {}, mean + {} standard errors within eps, {} samples, {} seeds; inf = no feasible point)\n",
+        sample.n, options.sigma_floor, options.confidence, options.samples, options.repeats
     );
-    table.push_str(&format!("  {:<6}", ""));
+    table.push_str(&format!("  {:<6} {:<12}", "", ""));
     for l in layers {
         table.push_str(&format!(" {l:>10}"));
     }
-    table.push_str(&format!(" {:>10} {:>12}\n", "network", "PAC-Bayes"));
+    table.push_str(&format!(" {:>10} {:>10} {:>10}\n", "network", "PAC-Bayes", "held-out"));
+    let mut rankings = Vec::new();
     for (k, (name, init, final_)) in
         [("P-T", &m.pt_init, &m.pt[0]), ("RI-T", &m.rit_init[0], &m.rit[0])].into_iter().enumerate()
     {
@@ -165,32 +170,70 @@ pub(super) fn criticality(inputs: &Inputs, plots: &mut Plots, progress: Progress
             &mut live,
             &options,
         )?;
-        let bound = criticality::pac_bayes_bound(&net, held_out.n as u64, 0.05)?;
-        table.push_str(&format!("  {name:<6}"));
+        let test_error = inputs.mlp.evaluate(final_, test)?.error;
+        let bound = criticality::pac_bayes(
+            &net,
+            sample.n as u64,
+            0.05,
+            Some(criticality::HeldOut { error: test_error, n: test.n as u64 }),
+        )?;
+        let held_out = bound.held_out.unwrap_or(f64::NAN);
+        let rows: [(&str, ModuleMeasure); 3] =
+            [("mu", |c| c.value), ("spread", |c| c.spread), ("mu / k", |c| c.per_parameter)];
+        for (r, (label, of)) in rows.iter().enumerate() {
+            table.push_str(&format!("  {:<6} {label:<12}", if r == 0 { name } else { "" }));
+            for c in &net.modules {
+                table.push_str(&format!(" {:>10.4}", of(c)));
+            }
+            match r {
+                0 => table.push_str(&format!(
+                    " {:>10.4} {:>10.4} {:>10.4}{}\n",
+                    net.total,
+                    bound.value,
+                    held_out,
+                    if bound.vacuous { " (bound vacuous)" } else { "" }
+                )),
+                1 => table.push_str(&format!(" {:>10.4}\n", net.total_spread)),
+                _ => table.push_str(&format!(
+                    "  ranking by mu / k {} ({:.0}% of seeds agree)\n",
+                    if net.ranking_stable() { "stable" } else { "UNSTABLE" },
+                    100.0 * net.ranking_agreement
+                )),
+            }
+        }
         let mut row = Map::new();
         let mut modules = Vec::new();
         for c in &net.modules {
-            table.push_str(&format!(" {:>10.4}", c.value));
             row.insert(c.module.clone(), num(c.value));
-            modules.push(json!({"module": c.module, "value": num(c.value), "alpha": num(c.alpha), "sigma": num(c.sigma),
-                                "noise_std": num(c.noise_std), "expected_error": num(c.expected), "numel": c.numel, "points": c.points}));
+            modules.push(json!({"module": c.module, "value": num(c.value), "feasible": c.feasible,
+                                "repeats": c.repeats.iter().map(|&v| num(v)).collect::<Vec<_>>(), "spread": num(c.spread),
+                                "per_parameter": num(c.per_parameter), "pac_bayes_term": num(c.pac_bayes_term),
+                                "alpha": num(c.alpha), "sigma": num(c.sigma), "noise_std": num(c.noise_std),
+                                "expected_error": num(c.expected), "expected_error_se": num(c.expected_se),
+                                "rewound_error": num(c.rewound_metric), "rewind_area": num(c.rewind_area),
+                                "numel": c.numel, "points": c.points}));
         }
-        table.push_str(&format!(" {:>10.4} {:>12.4}\n", net.total, bound));
         values.insert(name.into(), Value::Object(row));
         details.insert(
             name.into(),
-            json!({"modules": modules, "network": num(net.total), "final_error": num(net.final_metric), "eps": num(net.eps),
-                   "pac_bayes_bound": num(bound), "joint_expected_error": num(net.joint_expected), "bound_note": "m = evaluation images, delta = 0.05; the O~(1) term is omitted; the expectation term is the error with every module perturbed at its minimiser at once"}),
+            json!({"modules": modules, "network": num(net.total), "network_spread": num(net.total_spread),
+                   "ranking_agreement": num(net.ranking_agreement), "ranking_stable": net.ranking_stable(),
+                   "final_error": num(net.final_metric), "eps": num(net.eps), "measured_on": sample.n,
+                   "pac_bayes_bound": num(bound.value), "bound_vacuous": bound.vacuous,
+                   "held_out_estimate": num(held_out), "test_error": num(test_error), "test_images": test.n,
+                   "joint_expected_error": num(net.joint_expected), "bound_note": "m = the training images criticality was measured on, delta = 0.05; the O~(1) term is omitted; the expectation term is the error with every module perturbed at its minimiser at once; held-out = test error + sqrt(log(1/delta) / (2 n))"}),
         );
         plots.criticality.push((name.to_string(), net.modules.iter().map(|c| c.value).collect()));
+        rankings.push((name, net.modules.iter().map(|c| c.per_parameter).collect::<Vec<f64>>()));
     }
-    let findings = plots
-        .criticality
+    let findings = rankings
         .iter()
         .map(|(name, v)| {
             let (lowest, top_hidden) = (v[0], v[v.len() - 2]);
             Finding::new(
-                format!("Lower modules are less critical than higher ones ({name}: fc1 below the top hidden module)"),
+                format!(
+                    "Lower modules are less critical than higher ones per parameter ({name}: fc1 below the top hidden module, mu / k)"
+                ),
                 lowest < top_hidden,
                 format!("fc1 {lowest:.4}, {} {top_hidden:.4}", layers[layers.len() - 2]),
             )
@@ -199,7 +242,7 @@ pub(super) fn criticality(inputs: &Inputs, plots: &mut Plots, progress: Progress
     let json = Map::from_iter([
         ("criticality".to_string(), Value::Object(values)),
         ("criticality_details".to_string(), Value::Object(details)),
-        ("criticality_note".to_string(), json!("null stands for +inf: no feasible point")),
+        ("criticality_note".to_string(), json!("null stands for +inf: no feasible point at or above the sigma floor")),
     ]);
     Ok(Section { json, table, findings })
 }

@@ -698,6 +698,11 @@ static void test_analysis() {
     }
     tl::CriticalityOptions o;
     CHECK(o.size == sizeof(tl_criticality_options) && o.alphas == 11 && o.sigmas == 11 && o.samples == 10);
+    CHECK(o.refined == 1 && o.noise_relative == 1 && o.sigma_floor == 1e-3 && o.confidence == 2 && o.repeats == 3);
+    o.tolerance = 1e-300;  // 1 + tol == 1: refused, never an endless bisection
+    CHECK_THROWS(tl::module_criticality(ctx, moved_ev, init, fin, live, 0, o), TL_STATUS_INVALID_ARGUMENT);
+    o = tl::CriticalityOptions::reference();
+    CHECK(o.refined == 0 && o.sigma_floor == 0 && o.repeats == 1 && o.size == sizeof(tl_criticality_options));
     o.metric = TL_METRIC_LOSS;
     o.eps_relative = 0;
     o.eps = eps;
@@ -719,6 +724,23 @@ static void test_analysis() {
     const double bound = tl::pac_bayes_bound({c}, 0.1, 1000, 0.05);
     CHECK(std::isfinite(bound) && bound > 0.1);
     CHECK_THROWS(tl::pac_bayes_bound({c}, 0.1, 1, 0.05), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(tl::pac_bayes_bound({c}, NAN, 1000, 0.05), TL_STATUS_INVALID_ARGUMENT);
+    // The full reports: three repeats, the size-aware measures, the rewind measures, the bound's reading.
+    tl::CriticalityOptions o3 = o;
+    o3.repeats = 3;
+    const tl::CriticalityReport rep = tl::module_criticality_report(ctx, moved_ev, init, fin, live, 0, o3);
+    CHECK(rep.size == sizeof(tl::CriticalityReport) && rep.feasible == 1 && rep.repeats == 3);
+    CHECK_CLOSE(rep.value / want, 1.0, 0.05);
+    CHECK(rep.spread > 0 && rep.per_parameter == rep.value / K);
+    CHECK_CLOSE(rep.pac_bayes_term, K * std::log1p(rep.value / K), 1e-12);
+    CHECK_CLOSE(rep.rewound_metric, a / 2, 1e-5);
+    CHECK_CLOSE(rep.rewind_area, a / 6 + a * 0.01 / 12, 1e-5);
+    const tl::NetworkCriticalityReport nrep = tl::network_criticality_report(ctx, moved_ev, init, fin, live, o3);
+    CHECK(nrep.summary.total == nrep.modules[0].value && nrep.summary.ranking_stable == 1);
+    CHECK(nrep.summary.pac_bayes_kl == nrep.modules[0].pac_bayes_term && nrep.summary.infeasible_modules == 0);
+    const tl::BoundReport br = tl::pac_bayes_report(nrep.summary, 1000, 0.05, 0.1, 500);
+    CHECK(br.has_held_out == 1 && br.vacuous == (br.bound > 1 ? 1u : 0u));
+    CHECK_CLOSE(br.held_out, 0.1 + std::sqrt(std::log(1 / 0.05) / 1000), 1e-12);
     o.eps = -1;  // infeasible: +inf, and so is the bound
     const tl::Criticality inf = tl::module_criticality(ctx, moved_ev, init, fin, live, 0, o);
     CHECK(std::isinf(inf.value) && std::isinf(tl::pac_bayes_bound({inf}, 0.1, 1000, 0.05)));
@@ -760,7 +782,7 @@ static void test_analysis() {
     CHECK(m.loss > 0 && m.error >= 0 && m.error <= 1 && std::fabs(m.accuracy + m.error - 1) < 1e-12);
     const auto r = tl::rewind_curve(ctx, mlp, p1, p2, plive, 1, {1, 0.5});
     CHECK(r[0].loss == m.loss && r[0].error == m.error);
-    tl::CriticalityOptions mo;
+    tl::CriticalityOptions mo = tl::CriticalityOptions::reference();
     mo.noise_relative = 1;
     mo.samples = 3;
     mo.seed = 11;

@@ -51,9 +51,10 @@ export Params, ModuleGeometry, Grouping, Unmatched, GROUP_FIRST, GROUP_DEPTH, GR
 export load_params, save_params, wrap_params, set_grouping!, module_count, module_name, module_names, find_module,
        tensor_count, tensor_data, distance, norms, compare, interpolate!, interpolate_module!, rewind!
 export Evaluator, Metrics, Metric, METRIC_LOSS, METRIC_ERROR, METRIC_ACCURACY, BarrierResult, finish,
-       CriticalityOptions, Criticality, NetworkSummary
+       CriticalityOptions, Criticality, NetworkSummary, CriticalityReport, NetworkReport, BoundReport
 export set_callback_error, mlp_init, evaluate, interpolation_curve, barrier, module_criticality,
-       network_criticality, pac_bayes_bound, rewind_curve, block_shuffle!, prediction_agreement
+       network_criticality, pac_bayes_bound, module_criticality_report, network_criticality_report,
+       pac_bayes_report, rewind_curve, block_shuffle!, prediction_agreement
 
 const libtransferlens = get(ENV, "TRANSFERLENS_LIB",
                             normpath(joinpath(@__DIR__, "..", "..", "..", "..", "target", "release",

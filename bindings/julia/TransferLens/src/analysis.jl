@@ -36,9 +36,11 @@ finish(b::BarrierResult) = getfield(b, :end)
     CriticalityOptions(; kwargs...)
 
 Options of module criticality (mirrors `tl_criticality_options`): start from the library's
-defaults (`tl_criticality_options_default`) and override fields by keyword, e.g.
-`CriticalityOptions(metric = METRIC_LOSS, eps_relative = 0, eps = 0.3, refined = 1)`. `size`
-is always `sizeof(CriticalityOptions)`.
+defaults (`tl_criticality_options_default`), or with `reference = true` from the public
+implementation's grid (`tl_criticality_options_reference`), and override fields by keyword, e.g.
+`CriticalityOptions(metric = METRIC_LOSS, eps_relative = 0, eps = 0.3, noise_relative = 0)`.
+`eps_relative` is 0 (eps is the threshold), 1 ((1 + eps) x the final metric) or 2 (the final
+metric + eps, the default). `size` is always `sizeof(CriticalityOptions)`.
 """
 struct CriticalityOptions
     size::Csize_t
@@ -54,10 +56,23 @@ struct CriticalityOptions
     alpha_steps::UInt32
     samples::UInt32
     seed::UInt64
+    sigma_floor::Float64
+    confidence::Float64
+    repeats::UInt32
 end
 
-function CriticalityOptions(; kwargs...)
-    d = ccall((:tl_criticality_options_default, libtransferlens), CriticalityOptions, ())
+function CriticalityOptions(; reference::Bool = false, kwargs...)
+    d = reference ? ccall((:tl_criticality_options_reference, libtransferlens), CriticalityOptions, ()) :
+        ccall((:tl_criticality_options_default, libtransferlens), CriticalityOptions, ())
+    return CriticalityOptions(d; kwargs...)
+end
+
+"""
+    CriticalityOptions(base::CriticalityOptions; kwargs...)
+
+`base` with the fields given by keyword changed.
+"""
+function CriticalityOptions(d::CriticalityOptions; kwargs...)
     vals = Any[]
     for f in fieldnames(CriticalityOptions)
         if f == :size
@@ -99,6 +114,64 @@ struct NetworkSummary
     eps::Float64
     joint_expected::Float64
 end
+
+"""
+One module's full report (mirrors `tl_criticality_report`): `value` (the mean over the repeats,
+`Inf` when infeasible), `per_parameter` (value / numel, to rank modules of different sizes),
+`pac_bayes_term`, `spread` over the repeats, the minimiser of the first repeat, the metric with
+only this module rewound (`rewound_metric`) and the area under its rewind curve, `feasible`
+(1 or 0) and the number of repeats.
+"""
+struct CriticalityReport
+    size::Csize_t
+    value::Float64
+    per_parameter::Float64
+    pac_bayes_term::Float64
+    spread::Float64
+    alpha::Float64
+    sigma::Float64
+    noise_std::Float64
+    expected::Float64
+    expected_se::Float64
+    rewound_metric::Float64
+    rewind_area::Float64
+    numel::UInt64
+    points::UInt64
+    feasible::UInt32
+    repeats::UInt32
+end
+
+"""
+A network criticality's report (mirrors `tl_network_report`): the total and its spread over the
+repeats, the final metric, eps, the joint expectation, the bound's KL sum, how often the repeats
+rank the modules by value / numel alike (`ranking_stable` 1 when always) and the infeasible
+modules.
+"""
+struct NetworkReport
+    size::Csize_t
+    total::Float64
+    total_spread::Float64
+    final_metric::Float64
+    eps::Float64
+    joint_expected::Float64
+    pac_bayes_kl::Float64
+    ranking_agreement::Float64
+    ranking_stable::UInt32
+    infeasible_modules::UInt32
+end
+
+"""The PAC-Bayes bound with its reading (mirrors `tl_bound_report`)."""
+struct BoundReport
+    size::Csize_t
+    bound::Float64
+    held_out::Float64
+    vacuous::UInt32
+    has_held_out::UInt32
+end
+
+# A report struct with only its `size` set, for the library to fill.
+sized(::Type{T}, size::Integer) where {T} =
+    T(Csize_t(size), (zero(fieldtype(T, f)) for f in fieldnames(T)[2:end])...)
 
 """
     Evaluator(f)
@@ -325,6 +398,69 @@ function pac_bayes_bound(modules::AbstractVector{Criticality}, expected::Real, m
                     isempty(mods) ? Ptr{Criticality}(C_NULL) : pointer(mods), length(mods), Float64(expected), UInt64(m),
                     Float64(delta), out))
     end
+    return out[]
+end
+
+"""
+    module_criticality_report(ctx, ev, init, final, live, i; checkpoints = nothing,
+                              opts = CriticalityOptions()) -> CriticalityReport
+
+[`module_criticality`](@ref) with the full report.
+"""
+function module_criticality_report(ctx::Context, ev::Evaluator, init, final, live::Params, i::Integer;
+                                   checkpoints = nothing, opts::CriticalityOptions = CriticalityOptions())
+    m = module_index(i)
+    out = Ref(sized(CriticalityReport, sizeof(CriticalityReport)))
+    GC.@preserve ctx ev init final live checkpoints begin
+        p_init, p_final, ck, nck = path_args(init, final, checkpoints)
+        GC.@preserve ck begin
+            check(ccall((:tl_module_criticality_report, libtransferlens), UInt32,
+                        (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Csize_t, Ptr{Cvoid}, Csize_t,
+                         Ref{CriticalityOptions}, Ref{CriticalityReport}),
+                        handle(ctx), handle(ev), p_init, p_final, isempty(ck) ? Ptr{Ptr{Cvoid}}(C_NULL) : pointer(ck), nck,
+                        handle(live), m, opts, out))
+        end
+    end
+    return out[]
+end
+
+"""
+    network_criticality_report(ctx, ev, init, final, live; checkpoints = nothing,
+                               opts = CriticalityOptions())
+        -> (modules::Vector{CriticalityReport}, summary::NetworkReport)
+
+[`network_criticality`](@ref) with the full reports.
+"""
+function network_criticality_report(ctx::Context, ev::Evaluator, init, final, live::Params;
+                                    checkpoints = nothing, opts::CriticalityOptions = CriticalityOptions())
+    n = module_count(checkpoints === nothing ? final : last(checkpoints))
+    n > 0 || throw(TransferLensError(STATUS_INVALID_ARGUMENT, "the final set has no modules"))
+    mods = [sized(CriticalityReport, sizeof(CriticalityReport)) for _ in 1:n]
+    out = Ref(sized(NetworkReport, sizeof(NetworkReport)))
+    GC.@preserve ctx ev init final live checkpoints mods begin
+        p_init, p_final, ck, nck = path_args(init, final, checkpoints)
+        GC.@preserve ck begin
+            check(ccall((:tl_network_criticality_report, libtransferlens), UInt32,
+                        (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Csize_t, Ptr{Cvoid},
+                         Ref{CriticalityOptions}, Ptr{CriticalityReport}, Csize_t, Ref{NetworkReport}),
+                        handle(ctx), handle(ev), p_init, p_final, isempty(ck) ? Ptr{Ptr{Cvoid}}(C_NULL) : pointer(ck), nck,
+                        handle(live), opts, mods, n, out))
+        end
+    end
+    return (modules = mods, summary = out[])
+end
+
+"""
+    pac_bayes_report(net::NetworkReport, m, delta; test_error = 0.0, n_test = 0) -> BoundReport
+
+The PAC-Bayes bound from a network report with `m` = the samples the criticality was measured
+on, whether it is vacuous, and with `n_test > 0` the held-out estimate beside it.
+"""
+function pac_bayes_report(net::NetworkReport, m::Integer, delta::Real; test_error::Real = 0.0, n_test::Integer = 0)
+    out = Ref(sized(BoundReport, sizeof(BoundReport)))
+    check(ccall((:tl_pac_bayes_report, libtransferlens), UInt32,
+                (Ref{NetworkReport}, UInt64, Float64, Float64, UInt64, Ref{BoundReport}),
+                net, UInt64(m), Float64(delta), Float64(test_error), UInt64(n_test), out))
     return out[]
 end
 

@@ -371,6 +371,12 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
 
         o = CriticalityOptions()
         @test o.size == sizeof(CriticalityOptions) && o.alphas == 11 && o.samples == 10
+        @test o.refined == 1 && o.noise_relative == 1 && o.eps_relative == 2 && o.sigma_floor == 1e-3 &&
+              o.confidence == 2 && o.repeats == 3
+        ref = CriticalityOptions(reference = true)
+        @test ref.refined == 0 && ref.sigmas == 11 && ref.sigma_floor == 0 && ref.confidence == 0 && ref.repeats == 1
+        @test status_of(() -> module_criticality(actx, ev, init, fin, live, 1;
+                                                 opts = CriticalityOptions(tolerance = 1e-300))) == STATUS_INVALID_ARGUMENT
         eps = 0.3
         want = Inf
         for i in 1:200000
@@ -380,8 +386,8 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
                 want = min(want, al^2 * K * a / s2)
             end
         end
-        o = CriticalityOptions(metric = METRIC_LOSS, eps_relative = 0, eps = eps, refined = 1, tolerance = 1e-3,
-                               alpha_steps = 12, seed = 3)
+        o = CriticalityOptions(reference = true, metric = METRIC_LOSS, eps_relative = 0, eps = eps, refined = 1,
+                               tolerance = 1e-3, alpha_steps = 12, seed = 3)
         c = module_criticality(actx, ev, init, fin, live, 1; opts = o)
         @test c.value / want ≈ 1 atol = 0.05
         @test c.numel == K && c.expected <= eps
@@ -393,6 +399,27 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
         @test pac_bayes_bound(net.modules, net.summary.joint_expected, 1000, 0.05) > net.summary.joint_expected
         @test isfinite(pac_bayes_bound([c], 0.1, 1000, 0.05))
         @test status_of(() -> pac_bayes_bound([c], 0.1, 1, 0.05)) == STATUS_INVALID_ARGUMENT
+        @test status_of(() -> pac_bayes_bound([c], NaN, 1000, 0.05)) == STATUS_INVALID_ARGUMENT
+        # The full reports: three repeats, the size-aware measures, the rewind measures.
+        o3 = CriticalityOptions(o; repeats = 3)
+        rep = module_criticality_report(actx, ev, init, fin, live, 1; opts = o3)
+        @test rep.size == sizeof(CriticalityReport) && rep.feasible == 1 && rep.repeats == 3
+        @test rep.value / want ≈ 1 atol = 0.05
+        @test rep.spread > 0 && rep.per_parameter == rep.value / K
+        @test rep.pac_bayes_term ≈ K * log1p(rep.value / K) rtol = 1e-12
+        @test rep.rewound_metric ≈ a / 2 rtol = 1e-5
+        @test rep.rewind_area ≈ a / 6 + a * 0.01 / 12 rtol = 1e-5
+        nrep = network_criticality_report(actx, ev, init, fin, live; opts = o3)
+        @test nrep.summary.total == nrep.modules[1].value && nrep.summary.ranking_stable == 1
+        @test nrep.summary.pac_bayes_kl == nrep.modules[1].pac_bayes_term && nrep.summary.infeasible_modules == 0
+        b = pac_bayes_report(nrep.summary, 1000, 0.05; test_error = 0.1, n_test = 500)
+        @test b.has_held_out == 1 && b.held_out ≈ 0.1 + sqrt(log(1 / 0.05) / 1000) rtol = 1e-12
+        @test b.vacuous == (b.bound > 1)
+        tiny = network_criticality_report(actx, ev, init, fin, live;
+                                          opts = CriticalityOptions(o; eps = 1e-8, noise_relative = 0, refined = 0,
+                                                                    sigma_floor = 1e-3))
+        @test isinf(tiny.modules[1].value) && tiny.modules[1].feasible == 0 && tiny.summary.infeasible_modules == 1
+        @test pac_bayes_report(tiny.summary, 1000, 0.05).vacuous == 1
         r = rewind_curve(actx, ev, init, fin, live, 1, [1.0, 0.0])
         @test r[1].loss == 0
         @test r[2].loss ≈ a / 2 rtol = 1e-5
