@@ -23,7 +23,14 @@
  *   live, an evaluator, an accumulator) needs it to itself. Error messages are per thread.
  * - Panics: no function aborts or unwinds into the caller. A bug inside the library is caught
  *   and returned as TL_STATUS_PANIC with a message (functions without a status return their
- *   documented fallback, e.g. 0).
+ *   documented fallback, e.g. 0). A panic's message goes to tl_last_error_message(), never to
+ *   the process's stderr.
+ * - Live sets: the analyses that evaluate models (curves, rewind, criticality) write
+ *   each model they evaluate into the set passed as `live` and do not restore it. On return,
+ *   success or failure, `live` holds the last model written into it (for a curve the last point
+ *   evaluated; for criticality possibly a noisy model), or its old weights when the call failed
+ *   before evaluating anything. Keep a copy (tl_params_clone) of weights you still need. `live`
+ *   may not be, or share memory with, a set the call reads (TL_STATUS_INVALID_ARGUMENT).
  */
 
 #ifndef TRANSFERLENS_H
@@ -264,7 +271,8 @@ typedef struct tl_matrix {
 /**
  * Options of module criticality. Fill the struct from tl_criticality_options_default() (or
  * tl_criticality_options_reference()) and keep its `size`: fields added in later versions take
- * their defaults for callers that were built against an older, smaller struct. Every numeric
+ * their defaults for callers that were built against an older, smaller struct (a `size` that
+ * ends inside a field is no version of it and is refused). Every numeric
  * field is checked (TL_STATUS_INVALID_ARGUMENT with the field's name when out of range).
  */
 typedef struct tl_criticality_options {
@@ -640,6 +648,7 @@ enum tl_status tl_evaluate(struct tl_evaluator *evaluator,
  * that module (the rest stays at b); -1 moves all. Each point is written into `live` (the set the
  * evaluator evaluates: for a callback, the host's wrapped model), which must hold a's weights
  * and be neither a nor b nor share memory with them.
+ * `live` afterwards, on success or failure: see "Live sets" at the top of the header.
  */
 enum tl_status tl_interpolation_curve(const struct tl_context *ctx,
                                       struct tl_evaluator *evaluator,
@@ -665,6 +674,7 @@ enum tl_status tl_barrier(const double *lambdas,
  * The rewind curve of module `module`: the metrics of (theta_i^alpha, Theta_-i^F) for each of the
  * `n` alphas (1 = final, 0 = initial) into out[n]. Each point is written into `live`, which must
  * be neither init nor final nor share memory with them.
+ * `live` afterwards, on success or failure: see "Live sets" at the top of the header.
  */
 enum tl_status tl_rewind_curve(const struct tl_context *ctx,
                                struct tl_evaluator *evaluator,
@@ -841,6 +851,7 @@ struct tl_criticality_options tl_criticality_options_reference(void);
  * (first = initial, last = final; init and final are then ignored and may be NULL). Every point
  * is written into `live` (the set the evaluator evaluates), which must be none of the path's sets
  * nor share memory with them. opts may be NULL for the defaults.
+ * `live` afterwards, on success or failure: see "Live sets" at the top of the header.
  */
 enum tl_status tl_module_criticality(const struct tl_context *ctx,
                                      struct tl_evaluator *evaluator,
@@ -857,6 +868,7 @@ enum tl_status tl_module_criticality(const struct tl_context *ctx,
  * tl_module_criticality with the full report: per-parameter value, PAC-Bayes term, spread over
  * the repeats, feasibility and the rewind measures. Set out->size to
  * sizeof(tl_criticality_report) first.
+ * `live` afterwards, on success or failure: see "Live sets" at the top of the header.
  */
 enum tl_status tl_module_criticality_report(const struct tl_context *ctx,
                                             struct tl_evaluator *evaluator,
@@ -872,6 +884,7 @@ enum tl_status tl_module_criticality_report(const struct tl_context *ctx,
 /**
  * The criticality of every module of `final` into out_modules[tl_params_module_count(final)]
  * and their sum into *out (arguments as for tl_module_criticality).
+ * `live` afterwards, on success or failure: see "Live sets" at the top of the header.
  */
 enum tl_status tl_network_criticality(const struct tl_context *ctx,
                                       struct tl_evaluator *evaluator,
@@ -890,6 +903,7 @@ enum tl_status tl_network_criticality(const struct tl_context *ctx,
  * out_modules[0].size bytes each (set it to sizeof(tl_criticality_report); every entry's size is
  * written), *out the summary (set out->size first). Other arguments as for
  * tl_module_criticality.
+ * `live` afterwards, on success or failure: see "Live sets" at the top of the header.
  */
 enum tl_status tl_network_criticality_report(const struct tl_context *ctx,
                                              struct tl_evaluator *evaluator,

@@ -1,10 +1,10 @@
-//! Evaluators, landscape, criticality and the data tools through the C ABI.
+//! Evaluators, landscape, rewind curves and the data tools through the C ABI (criticality is in
+//! `criticality.rs`).
 
 use super::boundary::{
     destroy, element_count, ensure_distinct, hand_out, handle_mut, handle_of, handle_ref, to_usize, try_mut, try_slice,
     try_slice_mut, Handle,
 };
-use super::criticality::{options_from_c, tl_criticality_options, tl_criticality_options_default};
 use super::{guard, guard_value, tl_context, tl_params};
 use crate::criticality;
 use crate::error::{fail, Error, Result, Status};
@@ -244,6 +244,7 @@ pub unsafe extern "C" fn tl_evaluate(
 /// that module (the rest stays at b); -1 moves all. Each point is written into `live` (the set the
 /// evaluator evaluates: for a callback, the host's wrapped model), which must hold a's weights
 /// and be neither a nor b nor share memory with them.
+/// `live` afterwards, on success or failure: see "Live sets" at the top of the header.
 #[no_mangle]
 pub unsafe extern "C" fn tl_interpolation_curve(
     ctx: *const tl_context,
@@ -340,33 +341,10 @@ pub(super) fn bool_field(v: u32, name: &str) -> Result<bool> {
     }
 }
 
-/// The caller's options over the defaults, for the first `size` bytes the caller knows.
-///
-/// # Safety
-/// `opts` is NULL or points to a struct of at least `opts->size` readable bytes (an older caller's
-/// struct may be smaller than ours), starting with its `size` field.
-pub(super) unsafe fn read_options(opts: *const tl_criticality_options) -> Result<criticality::Options> {
-    let mut o = tl_criticality_options_default();
-    if !opts.is_null() {
-        // SAFETY: the caller's struct holds at least its `size` field, first.
-        let size = unsafe { std::ptr::read_unaligned(opts.cast::<usize>()) };
-        if size < std::mem::size_of::<usize>() {
-            fail!(InvalidArgument, "opts->size is {size}; set it to sizeof(tl_criticality_options)");
-        }
-        let n = size.min(std::mem::size_of::<tl_criticality_options>());
-        // SAFETY: the caller's struct has `size` readable bytes and ours `n` <= size writable ones;
-        // every field is a plain integer or float (the enum field is a RawMetric), so any bytes
-        // are a valid value, checked below.
-        unsafe {
-            std::ptr::copy_nonoverlapping(opts.cast::<u8>(), (&mut o as *mut tl_criticality_options).cast::<u8>(), n)
-        };
-    }
-    options_from_c(&o)
-}
-
 /// The rewind curve of module `module`: the metrics of (theta_i^alpha, Theta_-i^F) for each of the
 /// `n` alphas (1 = final, 0 = initial) into out[n]. Each point is written into `live`, which must
 /// be neither init nor final nor share memory with them.
+/// `live` afterwards, on success or failure: see "Live sets" at the top of the header.
 #[no_mangle]
 pub unsafe extern "C" fn tl_rewind_curve(
     ctx: *const tl_context,

@@ -4,7 +4,7 @@
 //! built against an older, smaller struct passes its own sizeof, the library reads (options) or
 //! writes (reports) only the bytes that caller knows, and later fields take their defaults.
 
-use super::analysis::{bool_field, read_options, tl_evaluator, RawMetric};
+use super::analysis::{bool_field, tl_evaluator, RawMetric};
 use super::boundary::{ensure_distinct, handle_mut, handle_ref, try_mut, try_slice, try_slice_mut};
 use super::{guard, tl_context, tl_params};
 use crate::criticality::{self, Eps, HeldOut, ModuleCriticality, NetworkCriticality, Noise, Path, Search};
@@ -13,7 +13,8 @@ use crate::params::ParamSet;
 
 /// Options of module criticality. Fill the struct from tl_criticality_options_default() (or
 /// tl_criticality_options_reference()) and keep its `size`: fields added in later versions take
-/// their defaults for callers that were built against an older, smaller struct. Every numeric
+/// their defaults for callers that were built against an older, smaller struct (a `size` that
+/// ends inside a field is no version of it and is refused). Every numeric
 /// field is checked (TL_STATUS_INVALID_ARGUMENT with the field's name when out of range).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -109,9 +110,31 @@ fn options_to_c(o: &criticality::Options) -> tl_criticality_options {
     }
 }
 
+/// The caller's options over the defaults, for the first `size` bytes the caller knows.
+///
+/// # Safety
+/// `opts` is NULL or points to a struct of at least `opts->size` readable bytes (an older caller's
+/// struct may be smaller than ours), starting with its `size` field.
+unsafe fn read_options(opts: *const tl_criticality_options) -> Result<criticality::Options> {
+    let mut o = tl_criticality_options_default();
+    if !opts.is_null() {
+        // SAFETY: the caller's struct holds at least its `size` field, first.
+        let size = unsafe { std::ptr::read_unaligned(opts.cast::<usize>()) };
+        check_version_size::<tl_criticality_options>(size, "opts")?;
+        let n = size.min(std::mem::size_of::<tl_criticality_options>());
+        // SAFETY: the caller's struct has `size` readable bytes and ours `n` <= size writable ones;
+        // every field is a plain integer or float (the enum field is a RawMetric), so any bytes
+        // are a valid value, checked below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(opts.cast::<u8>(), (&mut o as *mut tl_criticality_options).cast::<u8>(), n)
+        };
+    }
+    options_from_c(&o)
+}
+
 /// The Rust options of a caller's struct (read over the defaults by `read_options`); the
 /// numbers are checked by the analysis.
-pub(super) fn options_from_c(o: &tl_criticality_options) -> Result<criticality::Options> {
+fn options_from_c(o: &tl_criticality_options) -> Result<criticality::Options> {
     let (alphas, sigmas) = (o.alphas as usize, o.sigmas as usize);
     Ok(criticality::Options {
         metric: o.metric.get("opts->metric")?,
@@ -233,24 +256,106 @@ fn report_to_c(c: &ModuleCriticality) -> tl_criticality_report {
 ///
 /// # Safety
 /// Implementors are `repr(C)` structs of plain integers and floats whose first field is a `usize`.
-unsafe trait Versioned: Copy {}
-// SAFETY: repr(C), plain numbers, `size: usize` first.
-unsafe impl Versioned for tl_criticality_report {}
-// SAFETY: as above.
-unsafe impl Versioned for tl_network_report {}
-// SAFETY: as above.
-unsafe impl Versioned for tl_bound_report {}
+unsafe trait Versioned: Copy {
+    const NAME: &'static str;
+    /// Where each field ends, in bytes from the start, in order.
+    fn field_ends() -> Vec<usize>;
+}
 
-/// The `size` a caller wrote at `out`, checked to hold at least the size field.
+/// The size of the field a projection selects (no value needed).
+fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
+    std::mem::size_of::<F>()
+}
+
+macro_rules! versioned {
+    ($t:ident { $($field:ident),+ $(,)? }) => {
+        // SAFETY: repr(C), plain numbers (RawMetric is a transparent u32), `size: usize` first.
+        unsafe impl Versioned for $t {
+            const NAME: &'static str = stringify!($t);
+            fn field_ends() -> Vec<usize> {
+                vec![$(std::mem::offset_of!($t, $field) + field_size(|s: &$t| &s.$field)),+]
+            }
+        }
+    };
+}
+
+versioned!(tl_criticality_options {
+    size,
+    metric,
+    eps_relative,
+    eps,
+    noise_relative,
+    noise_scale,
+    refined,
+    alphas,
+    sigmas,
+    tolerance,
+    alpha_steps,
+    samples,
+    seed,
+    sigma_floor,
+    confidence,
+    repeats,
+});
+versioned!(tl_criticality_report {
+    size,
+    value,
+    per_parameter,
+    pac_bayes_term,
+    spread,
+    alpha,
+    sigma,
+    noise_std,
+    expected,
+    expected_se,
+    rewound_metric,
+    rewind_area,
+    numel,
+    points,
+    feasible,
+    repeats,
+});
+versioned!(tl_network_report {
+    size,
+    total,
+    total_spread,
+    final_metric,
+    eps,
+    joint_expected,
+    pac_bayes_kl,
+    ranking_agreement,
+    ranking_stable,
+    infeasible_modules,
+});
+versioned!(tl_bound_report { size, bound, held_out, vacuous, has_held_out });
+
+/// Refuses a `size` that no version of the struct has: one that ends inside a field. A version's
+/// size is where one of its fields ends, padded to the struct's alignment as a C compiler pads
+/// it; a size at least the whole struct is a newer caller's, whose first bytes are ours.
+fn check_version_size<T: Versioned>(size: usize, what: &str) -> Result<()> {
+    let align = std::mem::align_of::<T>();
+    let is_a_version = size >= std::mem::size_of::<T>()
+        || T::field_ends().iter().any(|&end| size == end || size == end.next_multiple_of(align));
+    if !is_a_version {
+        fail!(
+            InvalidArgument,
+            "{what}->size is {size}, which ends inside a field of {}: set it to sizeof({}) of the \
+             header you compile against",
+            T::NAME,
+            T::NAME
+        );
+    }
+    Ok(())
+}
+
+/// The `size` a caller wrote at `out`, checked to be the size of a version of the struct.
 ///
 /// # Safety
 /// `out` is non-NULL and its first `usize` is readable.
 unsafe fn caller_size<T: Versioned>(out: *const T, what: &str) -> Result<usize> {
     // SAFETY: the caller's contract.
     let size = unsafe { std::ptr::read_unaligned(out.cast::<usize>()) };
-    if size < std::mem::size_of::<usize>() {
-        fail!(InvalidArgument, "{what}->size is {size}; set it to sizeof the struct");
-    }
+    check_version_size::<T>(size, what)?;
     Ok(size)
 }
 
@@ -377,6 +482,7 @@ unsafe fn with_path<R>(
 /// (first = initial, last = final; init and final are then ignored and may be NULL). Every point
 /// is written into `live` (the set the evaluator evaluates), which must be none of the path's sets
 /// nor share memory with them. opts may be NULL for the defaults.
+/// `live` afterwards, on success or failure: see "Live sets" at the top of the header.
 #[no_mangle]
 pub unsafe extern "C" fn tl_module_criticality(
     ctx: *const tl_context,
@@ -407,6 +513,7 @@ pub unsafe extern "C" fn tl_module_criticality(
 /// tl_module_criticality with the full report: per-parameter value, PAC-Bayes term, spread over
 /// the repeats, feasibility and the rewind measures. Set out->size to
 /// sizeof(tl_criticality_report) first.
+/// `live` afterwards, on success or failure: see "Live sets" at the top of the header.
 #[no_mangle]
 pub unsafe extern "C" fn tl_module_criticality_report(
     ctx: *const tl_context,
@@ -454,6 +561,7 @@ pub struct tl_network_summary {
 
 /// The criticality of every module of `final` into out_modules[tl_params_module_count(final)]
 /// and their sum into *out (arguments as for tl_module_criticality).
+/// `live` afterwards, on success or failure: see "Live sets" at the top of the header.
 #[no_mangle]
 pub unsafe extern "C" fn tl_network_criticality(
     ctx: *const tl_context,
@@ -552,6 +660,7 @@ pub struct tl_network_report {
 /// out_modules[0].size bytes each (set it to sizeof(tl_criticality_report); every entry's size is
 /// written), *out the summary (set out->size first). Other arguments as for
 /// tl_module_criticality.
+/// `live` afterwards, on success or failure: see "Live sets" at the top of the header.
 #[no_mangle]
 pub unsafe extern "C" fn tl_network_criticality_report(
     ctx: *const tl_context,

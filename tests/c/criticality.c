@@ -153,6 +153,17 @@ static void quadratic_reports(tl_context *ctx) {
     shorter.repeats = 0;
     CHECK_OK(tl_module_criticality_report(ctx, ev, init, fin, NULL, 0, live, 0, &shorter, &rep));
     CHECK(rep.repeats == 3); /* the default */
+    /* A size that ends inside a field is no version of the struct: refused, naming it. */
+    tl_criticality_options cut = o;
+    cut.size = offsetof(tl_criticality_options, eps) + 4;
+    CHECK_STATUS(tl_module_criticality_report(ctx, ev, init, fin, NULL, 0, live, 0, &cut, &rep),
+                 TL_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(tl_last_error_message(), "opts->size") != NULL);
+    tl_criticality_report cut_report;
+    cut_report.size = offsetof(tl_criticality_report, per_parameter) + 3;
+    CHECK_STATUS(tl_module_criticality_report(ctx, ev, init, fin, NULL, 0, live, 0, &o, &cut_report),
+                 TL_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(tl_last_error_message(), "out->size") != NULL);
 
     /* The network report and the bound. */
     tl_network_report net;
