@@ -727,8 +727,11 @@ void tl_context_destroy(struct tl_context *ctx);
 enum tl_status tl_context_backend(const struct tl_context *ctx, enum tl_backend *out);
 
 /**
- * Loads a safetensors file (memory-mapped, copy-on-write: the file is never modified).
- * A file that cannot be opened is TL_STATUS_IO; a malformed, truncated or inconsistent one is
+ * Loads a safetensors file into memory the set owns: the set is a snapshot, and truncating or
+ * rewriting the file afterwards changes nothing in it (the file itself is never modified).
+ * The header is validated against the file's size before the file's size is allocated.
+ * A file that cannot be opened or read, or a path that is not a regular file (a FIFO, device
+ * or directory), is TL_STATUS_IO; a malformed, truncated or inconsistent file is
  * TL_STATUS_FORMAT with a message naming the file and the tensor at fault. Modules are grouped
  * by the first name component until tl_params_set_grouping says otherwise.
  * On success *out owns a set to free with tl_params_destroy.
@@ -736,6 +739,17 @@ enum tl_status tl_context_backend(const struct tl_context *ctx, enum tl_backend 
 enum tl_status tl_params_load(struct tl_context *ctx,
                               const char *safetensors_path,
                               struct tl_params **out);
+
+/**
+ * Like tl_params_load, but maps the file (private, copy-on-write) instead of copying it: pages
+ * are read when first used and writes into the set never reach the file. The file must not be
+ * truncated or modified while the set lives: a truncated file stops the process (SIGBUS) when
+ * a lost page is touched, and a file rewritten in place changes the set's weights under it.
+ * For files larger than the memory a copy may take; tl_params_load is the safe default.
+ */
+enum tl_status tl_params_load_mapped(struct tl_context *ctx,
+                                     const char *safetensors_path,
+                                     struct tl_params **out);
 
 /**
  * Writes the set as a safetensors file, atomically (a temporary file in the same folder,

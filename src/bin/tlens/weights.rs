@@ -257,8 +257,8 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
     let a = load(&args.a)?;
     let b = load(&args.b)?;
     check_pair(&a, &b, &args.a, &args.b)?;
-    // A second, copy-on-write mapping of A receives the result: only pages written are copied.
-    let mut out = ParamSet::load(&args.a)?;
+    // A copy of A receives the result (its non-weights and metadata are A's).
+    let mut out = a.try_clone()?;
     {
         let _p = Progress::start(format!("interpolating (lambda = {})", args.lambda));
         geometry::interpolate(&Context::cpu(), &a, &b, args.lambda, &mut out)
