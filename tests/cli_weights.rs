@@ -343,3 +343,88 @@ fn distance_of_mixed_storage_dtypes_matches_the_reference() {
     let v = json(&tlens(&["distance", s(&pa), s(&pb), "--json"]));
     check_distance_json(&v, &a, &b, 1);
 }
+
+/// Runs tlens with a time limit and returns its exit status, stderr, wall time and peak
+/// resident memory in bytes (from wait4, for this child alone). A run past the limit is killed
+/// and reported as a failure.
+fn tlens_measured(args: &[&str], limit: std::time::Duration) -> (Option<i32>, String, std::time::Duration, u64) {
+    use std::io::Read;
+    let t0 = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlens"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tlens runs");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our child, not yet reaped; status and usage are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert_eq!(r, 0, "wait4 failed");
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("tlens {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, err, t0.elapsed(), usage.ru_maxrss as u64 * 1024)
+}
+
+#[test]
+fn a_header_of_many_empty_tensors_costs_a_small_multiple_of_its_size() {
+    // 300k zero-size tensors: a 19 MB header and no data. Before, reading such a header cost
+    // about 40 times the file in memory (a JSON tree, then the safetensors crate's own parse).
+    let d = dir("bigheader");
+    let n = 300_000;
+    let mut text = String::from("{");
+    for i in 0..n {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&format!("\"t.{i:07}\":{{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}"));
+    }
+    text.push('}');
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text.as_bytes());
+    let p = d.join("empty-tensors.safetensors");
+    std::fs::write(&p, &bytes).unwrap();
+    let size = bytes.len() as u64;
+    // distance loads the file twice (as A and as B).
+    let (code, err, took, peak) =
+        tlens_measured(&["distance", s(&p), s(&p), "--json"], std::time::Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    println!("{} MB header, two loads: {took:?}, peak {} MB", size >> 20, peak >> 20);
+    let bound = 64 * (1 << 20) + 2 * 8 * size;
+    assert!(peak <= bound, "peak memory {} MB is over {} MB for a {} MB file", peak >> 20, bound >> 20, size >> 20);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn paths_that_are_not_regular_files_are_refused_with_one_line() {
+    let d = dir("special");
+    let fifo = d.join("pipe.safetensors");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: c is a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Before: a FIFO blocked tlens forever, waiting for a writer.
+    for (args, kind) in [
+        (vec!["inspect", s(&fifo)], "FIFO"),
+        (vec!["distance", "/dev/zero", s(&fifo)], "character device"),
+        (vec!["inspect", s(&d)], "directory"),
+    ] {
+        let (code, err, _, _) = tlens_measured(&args, std::time::Duration::from_secs(20));
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(kind) && err.contains("regular file"), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
