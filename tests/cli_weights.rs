@@ -347,6 +347,7 @@ fn distance_of_mixed_storage_dtypes_matches_the_reference() {
 /// Runs tlens with a time limit and returns its exit status, stderr, wall time and peak
 /// resident memory in bytes (from wait4, for this child alone). A run past the limit is killed
 /// and reported as a failure.
+#[allow(clippy::zombie_processes)] // the child is reaped by wait4, which std does not see
 fn tlens_measured(args: &[&str], limit: std::time::Duration) -> (Option<i32>, String, std::time::Duration, u64) {
     use std::io::Read;
     let t0 = std::time::Instant::now();
@@ -369,6 +370,7 @@ fn tlens_measured(args: &[&str], limit: std::time::Duration) -> (Option<i32>, St
         assert_eq!(r, 0, "wait4 failed");
         if t0.elapsed() > limit {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("tlens {args:?} still ran after {limit:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
