@@ -430,3 +430,136 @@ fn paths_that_are_not_regular_files_are_refused_with_one_line() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// The names in `d` that look like our temporary files.
+fn temporaries(d: &Path) -> Vec<String> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
+        .collect()
+}
+
+#[test]
+fn interpolate_refuses_to_overwrite_an_input_even_through_links() {
+    let d = dir("self");
+    let (pa, pb, _, _) = pair(&d);
+    let before = std::fs::read(&pa).unwrap();
+    let link = d.join("link.safetensors");
+    std::os::unix::fs::symlink("a.safetensors", &link).unwrap();
+    let hard = d.join("hard.safetensors");
+    std::fs::hard_link(&pb, &hard).unwrap();
+    // Before: each of these replaced an input with the result, exit 0.
+    fails(&["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&pa)], 1, "same file as A");
+    fails(&["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&link)], 1, "same file as A");
+    fails(&["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&hard)], 1, "same file as B");
+    assert_eq!(std::fs::read(&pa).unwrap(), before, "A is untouched");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(temporaries(&d).is_empty(), "{:?}", temporaries(&d));
+}
+
+#[test]
+fn interpolate_keeps_a_symlink_and_the_mode_of_the_file_it_replaces() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = dir("outlink");
+    let (pa, pb, _, _) = pair(&d);
+    std::fs::create_dir(d.join("store")).unwrap();
+    let real = d.join("store/mid.safetensors");
+    std::fs::write(&real, b"old").unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = d.join("mid.safetensors");
+    std::os::unix::fs::symlink("store/mid.safetensors", &link).unwrap();
+    let o = tlens(&["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&link)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Before: the symlink was replaced by a regular file of mode 0644.
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink is kept");
+    assert_eq!(std::fs::metadata(&real).unwrap().permissions().mode() & 0o777, 0o600, "the mode is kept");
+    assert_eq!(read(&real).len(), resnet(1).len(), "the target holds the result");
+}
+
+#[test]
+fn interpolate_refuses_a_non_finite_result_and_writes_nothing() {
+    let d = dir("overflow");
+    let (pa, pb, _, _) = pair(&d);
+    let out = d.join("out.safetensors");
+    // Before: 1e39 became inf in f32 and an all-NaN checkpoint was written with exit 0.
+    for lambda in ["1e39", "1e300", "-3e38"] {
+        fails(&["interpolate", s(&pa), s(&pb), "--lambda", lambda, "--output", s(&out)], 1, "is not finite");
+        assert!(!out.exists(), "lambda {lambda}: no output");
+    }
+    assert!(temporaries(&d).is_empty());
+}
+
+#[test]
+fn sigterm_during_a_write_leaves_no_temporary_file() {
+    let d = dir("signal");
+    let n = 32 << 20; // 128 MB per checkpoint, so that the write takes a while
+    let mut rng = Rng(3);
+    let big = |rng: &mut Rng| {
+        let values: Vec<f64> = (0..1024).map(|_| rng.uniform()).collect();
+        let bytes: Vec<u8> = (0..n).flat_map(|i| (values[i % 1024] as f32).to_le_bytes()).collect();
+        vec![Raw { name: "w.weight".into(), dtype: "F32", shape: vec![n], bytes }]
+    };
+    let (pa, pb) = (d.join("a.safetensors"), d.join("b.safetensors"));
+    write(&pa, &big(&mut rng), &[]);
+    write(&pb, &big(&mut rng), &[]);
+    let out = d.join("out.safetensors");
+    let mut interrupted = 0;
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tlens"))
+            .args(["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&out)])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the temporary file to appear, then stop tlens.
+        let t0 = std::time::Instant::now();
+        loop {
+            if !temporaries(&d).is_empty() {
+                // SAFETY: kill on our own child's pid.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                break;
+            }
+            if child.try_wait().unwrap().is_some() || t0.elapsed().as_secs() > 60 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        if status.signal() == Some(libc::SIGTERM) {
+            interrupted += 1;
+            assert!(!out.exists(), "an interrupted write leaves no output");
+        } else {
+            assert!(status.success(), "{status}: {err}");
+        }
+        assert!(!err.contains("internal error"), "{err}");
+        // Before: a hidden .out.safetensors.tmp-PID-N as large as the checkpoint stayed.
+        assert!(temporaries(&d).is_empty(), "left behind: {:?}", temporaries(&d));
+        let _ = std::fs::remove_file(&out);
+    }
+    assert!(interrupted > 0, "no run was caught during its write");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_closed_stdout_ends_tlens_quietly() {
+    let d = dir("pipe");
+    let (pa, _, _, _) = pair(&d);
+    for args in [vec!["inspect", s(&pa)], vec!["inspect", s(&pa), "--json"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tlens"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // as `| head -0` would
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        // Before: a panic on the failed print, exit 101.
+        assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{args:?}: {} {err}", out.status);
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

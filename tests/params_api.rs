@@ -570,3 +570,15 @@ fn a_header_naming_a_tensor_twice_is_a_format_error() {
     let e = ParamSet::from_bytes(&bytes, "twice").unwrap_err();
     assert!(matches!(&e, Error::Format(m) if m.contains("\"w\" appears twice")), "{e}");
 }
+
+#[test]
+fn an_interpolation_that_overflows_is_non_finite_naming_the_tensor() {
+    let (a, b) = (set(&small(1)), set(&small(2)));
+    let mut out = a.try_clone().unwrap();
+    // Before: 1e39 (inf in f32) and 1e308 gave NaN weights with Ok.
+    for lambda in [1e39, 1e308, -1e300] {
+        let e = geometry::interpolate(&Context::cpu(), &a, &b, lambda, &mut out).unwrap_err();
+        assert!(matches!(&e, Error::NonFinite(m) if m.contains("tensor \"conv1.weight\"")), "{lambda}: {e}");
+    }
+    geometry::interpolate(&Context::cpu(), &a, &b, 2.0, &mut out).unwrap();
+}

@@ -27,6 +27,7 @@ mod safetensors;
 mod tensor;
 
 pub use self::safetensors::{parse_header, Header, HeaderEntry};
+pub use crate::atomic_write::abandon_unfinished_writes;
 pub use grouping::{Grouping, Module, Unmatched};
 pub use matching::{match_all, match_weights};
 pub use tensor::{HostSliceMut, Tensor, TensorDType};

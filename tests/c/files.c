@@ -1,7 +1,7 @@
 /* Files from C: a loaded set is a snapshot of its file (rewriting or truncating the file after
  * tl_params_load changes nothing), tl_params_load_mapped reads the same values, paths that are
- * not regular files are refused at once, and tl_params_save keeps a symlink and the mode of the
- * file it replaces. */
+ * not regular files are refused at once, a non-finite interpolation is an error, and
+ * tl_params_save keeps a symlink and the mode of the file it replaces. */
 #define _POSIX_C_SOURCE 200809L
 #include "transferlens.h"
 #include "check.h"
@@ -106,6 +106,31 @@ int main(void) {
     CHECK_STATUS(tl_params_load_mapped(ctx, path("pipe.safetensors"), &none), TL_STATUS_IO);
     CHECK(none == NULL);
 
+    /* A non-finite result is an error: lambda 1e308 overflows every weight (before: OK). */
+    tl_params *out = NULL;
+    CHECK_OK(tl_params_clone(a, &out));
+    CHECK_STATUS(tl_params_interpolate(ctx, a, a, 1e308, out), TL_STATUS_NON_FINITE);
+    CHECK(strstr(tl_last_error_message(), "w.weight") != NULL);
+    CHECK_OK(tl_params_interpolate(ctx, a, a, 0.5, out));
+    check_weights(out, w);
+    tl_params_destroy(out);
+
+    /* Saving through a symlink replaces the file it points to, keeping the link and the mode
+     * (before: the link became a regular file of mode 0644). */
+    write_weights(path("kept.safetensors"), other);
+    CHECK(chmod(path("kept.safetensors"), 0600) == 0);
+    CHECK(symlink("kept.safetensors", path("link.safetensors")) == 0);
+    CHECK_OK(tl_params_save(a, path("link.safetensors")));
+    {
+        struct stat st;
+        CHECK(lstat(path("link.safetensors"), &st) == 0 && S_ISLNK(st.st_mode));
+        CHECK(stat(path("kept.safetensors"), &st) == 0 && (st.st_mode & 0777) == 0600);
+        tl_params *back = NULL;
+        CHECK_OK(tl_params_load(ctx, path("kept.safetensors"), &back));
+        check_weights(back, w);
+        tl_params_destroy(back);
+    }
+
     tl_params_destroy(a);
     tl_context_destroy(ctx);
     {
@@ -113,6 +138,6 @@ int main(void) {
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
         CHECK(system(cmd) == 0);
     }
-    printf("files: snapshot loads, mapped load, non-regular paths refused\n");
+    printf("files: snapshot loads, mapped load, non-regular paths, non-finite results, symlinks\n");
     return 0;
 }
