@@ -871,7 +871,8 @@ enum tl_status tl_params_compare(struct tl_context *ctx,
  * tensors) and rounded once; lambda 0 and 1 give a and b bit for bit. out must hold the
  * weights of a (names, dtypes, shapes) and no others, be a different set from a and b and
  * share no memory with them; a's non-weight tensors are copied into out where it holds them
- * (a wrapped set need not).
+ * (a wrapped set need not). A result holding NaN or Inf (a non-finite input, or an overflow at
+ * a large lambda) is TL_STATUS_NON_FINITE naming the first such tensor.
  */
 enum tl_status tl_params_interpolate(struct tl_context *ctx,
                                      const struct tl_params *a,

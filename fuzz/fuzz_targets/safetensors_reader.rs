@@ -2,7 +2,7 @@
 //! can be read in full, or a Format error; never a panic, an out-of-bounds read or an
 //! allocation larger than the input.
 //!
-//!     cargo +nightly fuzz run safetensors_reader -- -max_total_time=600
+//!     cargo +nightly fuzz run safetensors_reader fuzz/seeds/safetensors_reader -- -max_total_time=600
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

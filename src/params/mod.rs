@@ -19,8 +19,10 @@
 //!
 //! Files: `tensor` (one tensor of a set and its host slices), `grouping` (names into modules),
 //! `safetensors` (the one safetensors reader, which every loader uses, and `save`), `matching`
-//! (pairing the tensors of two sets).
+//! (pairing the tensors of two sets), `activations` (a set read as per-layer activations, for
+//! `tlens cka`).
 
+mod activations;
 mod grouping;
 mod matching;
 mod safetensors;
@@ -28,6 +30,7 @@ mod tensor;
 
 pub use self::safetensors::{parse_header, Header, HeaderEntry};
 pub use crate::atomic_write::abandon_unfinished_writes;
+pub use activations::activation_layers;
 pub use grouping::{Grouping, Module, Unmatched};
 pub use matching::{match_all, match_weights};
 pub use tensor::{HostSliceMut, Tensor, TensorDType};
