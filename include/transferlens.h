@@ -948,8 +948,11 @@ enum tl_status tl_pac_bayes_report(const struct tl_network_report *net,
                                    struct tl_bound_report *out);
 
 /**
- * Loads a safetensors file (memory-mapped, copy-on-write: the file is never modified).
- * A file that cannot be opened is TL_STATUS_IO; a malformed, truncated or inconsistent one is
+ * Loads a safetensors file into memory the set owns: the set is a snapshot, and truncating or
+ * rewriting the file afterwards changes nothing in it (the file itself is never modified).
+ * The header is validated against the file's size before the file's size is allocated.
+ * A file that cannot be opened or read, or a path that is not a regular file (a FIFO, device
+ * or directory), is TL_STATUS_IO; a malformed, truncated or inconsistent file is
  * TL_STATUS_FORMAT with a message naming the file and the tensor at fault. Modules are grouped
  * by the first name component until tl_params_set_grouping says otherwise.
  * On success *out owns a set to free with tl_params_destroy.
@@ -957,6 +960,17 @@ enum tl_status tl_pac_bayes_report(const struct tl_network_report *net,
 enum tl_status tl_params_load(struct tl_context *ctx,
                               const char *safetensors_path,
                               struct tl_params **out);
+
+/**
+ * Like tl_params_load, but maps the file (private, copy-on-write) instead of copying it: pages
+ * are read when first used and writes into the set never reach the file. The file must not be
+ * truncated or modified while the set lives: a truncated file stops the process (SIGBUS) when
+ * a lost page is touched, and a file rewritten in place changes the set's weights under it.
+ * For files larger than the memory a copy may take; tl_params_load is the safe default.
+ */
+enum tl_status tl_params_load_mapped(struct tl_context *ctx,
+                                     const char *safetensors_path,
+                                     struct tl_params **out);
 
 /**
  * Writes the set as a safetensors file, atomically (a temporary file in the same folder,
@@ -1078,7 +1092,8 @@ enum tl_status tl_params_compare(struct tl_context *ctx,
  * tensors) and rounded once; lambda 0 and 1 give a and b bit for bit. out must hold the
  * weights of a (names, dtypes, shapes) and no others, be a different set from a and b and
  * share no memory with them; a's non-weight tensors are copied into out where it holds them
- * (a wrapped set need not).
+ * (a wrapped set need not). A result holding NaN or Inf (a non-finite input, or an overflow at
+ * a large lambda) is TL_STATUS_NON_FINITE naming the first such tensor.
  */
 enum tl_status tl_params_interpolate(struct tl_context *ctx,
                                      const struct tl_params *a,

@@ -188,3 +188,20 @@ fn usage_errors_exit_2() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("Example"));
 }
+
+#[test]
+fn devices_are_refused_as_not_regular_files() {
+    // Before: /dev/zero read as a "truncated" file (and, earlier, grew without limit).
+    let dir = scratch("devices");
+    let mut rng = TestRng::new(5);
+    let x = Dense::random(&mut rng, 8, 3);
+    let fb = dir.join("b.safetensors");
+    write_layers(&fb, &[("x", &x, &[8, 3])], false);
+    for (a, b) in [("/dev/zero", fb.to_str().unwrap()), (fb.to_str().unwrap(), "/dev/null")] {
+        let out = tlens(&["cka", a, b]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("is a character device; safetensors files must be regular files"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}

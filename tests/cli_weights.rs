@@ -343,3 +343,223 @@ fn distance_of_mixed_storage_dtypes_matches_the_reference() {
     let v = json(&tlens(&["distance", s(&pa), s(&pb), "--json"]));
     check_distance_json(&v, &a, &b, 1);
 }
+
+/// Runs tlens with a time limit and returns its exit status, stderr, wall time and peak
+/// resident memory in bytes (from wait4, for this child alone). A run past the limit is killed
+/// and reported as a failure.
+#[allow(clippy::zombie_processes)] // the child is reaped by wait4, which std does not see
+fn tlens_measured(args: &[&str], limit: std::time::Duration) -> (Option<i32>, String, std::time::Duration, u64) {
+    use std::io::Read;
+    let t0 = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlens"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tlens runs");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our child, not yet reaped; status and usage are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert_eq!(r, 0, "wait4 failed");
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tlens {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, err, t0.elapsed(), usage.ru_maxrss as u64 * 1024)
+}
+
+#[test]
+fn a_header_of_many_empty_tensors_costs_a_small_multiple_of_its_size() {
+    // 300k zero-size tensors: a 19 MB header and no data. Before, reading such a header cost
+    // about 40 times the file in memory (a JSON tree, then the safetensors crate's own parse).
+    let d = dir("bigheader");
+    let n = 300_000;
+    let mut text = String::from("{");
+    for i in 0..n {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&format!("\"t.{i:07}\":{{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}"));
+    }
+    text.push('}');
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text.as_bytes());
+    let p = d.join("empty-tensors.safetensors");
+    std::fs::write(&p, &bytes).unwrap();
+    let size = bytes.len() as u64;
+    // distance loads the file twice (as A and as B).
+    let (code, err, took, peak) =
+        tlens_measured(&["distance", s(&p), s(&p), "--json"], std::time::Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    println!("{} MB header, two loads: {took:?}, peak {} MB", size >> 20, peak >> 20);
+    let bound = 64 * (1 << 20) + 2 * 8 * size;
+    assert!(peak <= bound, "peak memory {} MB is over {} MB for a {} MB file", peak >> 20, bound >> 20, size >> 20);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn paths_that_are_not_regular_files_are_refused_with_one_line() {
+    let d = dir("special");
+    let fifo = d.join("pipe.safetensors");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: c is a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Before: a FIFO blocked tlens forever, waiting for a writer.
+    for (args, kind) in [
+        (vec!["inspect", s(&fifo)], "FIFO"),
+        (vec!["distance", "/dev/zero", s(&fifo)], "character device"),
+        (vec!["inspect", s(&d)], "directory"),
+    ] {
+        let (code, err, _, _) = tlens_measured(&args, std::time::Duration::from_secs(20));
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(kind) && err.contains("regular file"), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The names in `d` that look like our temporary files.
+fn temporaries(d: &Path) -> Vec<String> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
+        .collect()
+}
+
+#[test]
+fn interpolate_refuses_to_overwrite_an_input_even_through_links() {
+    let d = dir("self");
+    let (pa, pb, _, _) = pair(&d);
+    let before = std::fs::read(&pa).unwrap();
+    let link = d.join("link.safetensors");
+    std::os::unix::fs::symlink("a.safetensors", &link).unwrap();
+    let hard = d.join("hard.safetensors");
+    std::fs::hard_link(&pb, &hard).unwrap();
+    // Before: each of these replaced an input with the result, exit 0.
+    fails(&["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&pa)], 1, "same file as A");
+    fails(&["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&link)], 1, "same file as A");
+    fails(&["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&hard)], 1, "same file as B");
+    assert_eq!(std::fs::read(&pa).unwrap(), before, "A is untouched");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(temporaries(&d).is_empty(), "{:?}", temporaries(&d));
+}
+
+#[test]
+fn interpolate_keeps_a_symlink_and_the_mode_of_the_file_it_replaces() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = dir("outlink");
+    let (pa, pb, _, _) = pair(&d);
+    std::fs::create_dir(d.join("store")).unwrap();
+    let real = d.join("store/mid.safetensors");
+    std::fs::write(&real, b"old").unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = d.join("mid.safetensors");
+    std::os::unix::fs::symlink("store/mid.safetensors", &link).unwrap();
+    let o = tlens(&["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&link)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Before: the symlink was replaced by a regular file of mode 0644.
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink is kept");
+    assert_eq!(std::fs::metadata(&real).unwrap().permissions().mode() & 0o777, 0o600, "the mode is kept");
+    assert_eq!(read(&real).len(), resnet(1).len(), "the target holds the result");
+}
+
+#[test]
+fn interpolate_refuses_a_non_finite_result_and_writes_nothing() {
+    let d = dir("overflow");
+    let (pa, pb, _, _) = pair(&d);
+    let out = d.join("out.safetensors");
+    // Before: 1e39 became inf in f32 and an all-NaN checkpoint was written with exit 0.
+    for lambda in ["1e39", "1e300", "-3e38"] {
+        fails(&["interpolate", s(&pa), s(&pb), "--lambda", lambda, "--output", s(&out)], 1, "is not finite");
+        assert!(!out.exists(), "lambda {lambda}: no output");
+    }
+    assert!(temporaries(&d).is_empty());
+}
+
+#[test]
+fn sigterm_during_a_write_leaves_no_temporary_file() {
+    let d = dir("signal");
+    let n = 32 << 20; // 128 MB per checkpoint, so that the write takes a while
+    let mut rng = Rng(3);
+    let big = |rng: &mut Rng| {
+        let values: Vec<f64> = (0..1024).map(|_| rng.uniform()).collect();
+        let bytes: Vec<u8> = (0..n).flat_map(|i| (values[i % 1024] as f32).to_le_bytes()).collect();
+        vec![Raw { name: "w.weight".into(), dtype: "F32", shape: vec![n], bytes }]
+    };
+    let (pa, pb) = (d.join("a.safetensors"), d.join("b.safetensors"));
+    write(&pa, &big(&mut rng), &[]);
+    write(&pb, &big(&mut rng), &[]);
+    let out = d.join("out.safetensors");
+    let mut interrupted = 0;
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tlens"))
+            .args(["interpolate", s(&pa), s(&pb), "--lambda", "0.5", "--output", s(&out)])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the temporary file to appear, then stop tlens.
+        let t0 = std::time::Instant::now();
+        loop {
+            if !temporaries(&d).is_empty() {
+                // SAFETY: kill on our own child's pid.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                break;
+            }
+            if child.try_wait().unwrap().is_some() || t0.elapsed().as_secs() > 60 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        if status.signal() == Some(libc::SIGTERM) {
+            interrupted += 1;
+            assert!(!out.exists(), "an interrupted write leaves no output");
+        } else {
+            assert!(status.success(), "{status}: {err}");
+        }
+        assert!(!err.contains("internal error"), "{err}");
+        // Before: a hidden .out.safetensors.tmp-PID-N as large as the checkpoint stayed.
+        assert!(temporaries(&d).is_empty(), "left behind: {:?}", temporaries(&d));
+        let _ = std::fs::remove_file(&out);
+    }
+    assert!(interrupted > 0, "no run was caught during its write");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_closed_stdout_ends_tlens_quietly() {
+    let d = dir("pipe");
+    let (pa, _, _, _) = pair(&d);
+    for args in [vec!["inspect", s(&pa)], vec!["inspect", s(&pa), "--json"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tlens"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // as `| head -0` would
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        // Before: a panic on the failed print, exit 101.
+        assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{args:?}: {} {err}", out.status);
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

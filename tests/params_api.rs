@@ -496,3 +496,89 @@ fn mutation_fuzzer_over_the_safetensors_reader() {
     println!("mutation fuzzer: 6000 files, {ok} accepted, {err} rejected with a Format error");
     assert!(ok > 100 && err > 3000, "the mutations exercise both outcomes: {ok} ok, {err} errors");
 }
+
+/// The bytes of every tensor of `p`, in set order.
+fn all_bytes(p: &ParamSet) -> Vec<Vec<u8>> {
+    p.tensors().iter().map(|t| t.bytes().unwrap().to_vec()).collect()
+}
+
+#[test]
+fn a_loaded_set_is_a_snapshot_that_rewriting_or_truncating_its_file_cannot_touch() {
+    use std::io::{Seek, SeekFrom, Write};
+    let d = tmp("snapshot");
+    let raws = resnet(4);
+    let bytes = to_bytes(&raws, &[("format", "pt")]);
+    let path = d.join("a.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let p = ParamSet::load(&path).unwrap();
+    let want: Vec<Vec<u8>> = raws.iter().map(|r| r.bytes.clone()).collect();
+    assert_eq!(all_bytes(&p), want);
+    // Rewritten in place (same inode): the data section overwritten with other bytes.
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(8 + n as u64)).unwrap();
+    f.write_all(&vec![0x7f; bytes.len() - 8 - n]).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(all_bytes(&p), want, "rewriting the file changed the loaded set");
+    // Truncated to nothing: a mapped set would stop the process with SIGBUS here.
+    f.set_len(0).unwrap();
+    assert_eq!(all_bytes(&p), want, "truncating the file changed the loaded set");
+    let norms = geometry::norms(&Context::cpu(), &p).unwrap();
+    assert!(norms.total > 0.0);
+    // The explicit mapping reads the same values while the file stays as it is.
+    std::fs::write(&path, &bytes).unwrap();
+    // SAFETY: nothing changes the file while `mapped` lives.
+    let mapped = unsafe { ParamSet::load_mapped(&path) }.unwrap();
+    assert_eq!(all_bytes(&mapped), want);
+    assert_eq!(mapped.metadata(), p.metadata());
+    drop(mapped);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn paths_that_are_not_regular_files_are_refused_at_once() {
+    let d = tmp("special");
+    let fifo = d.join("pipe.safetensors");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: c is a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Before: opening the FIFO waited for a writer forever; /dev/zero read as "truncated".
+    for (path, kind) in
+        [(fifo.as_path(), "FIFO"), (std::path::Path::new("/dev/zero"), "character device"), (&d, "directory")]
+    {
+        let t0 = std::time::Instant::now();
+        let e = ParamSet::load(path).unwrap_err();
+        assert!(
+            matches!(&e, Error::Io(m) if m.contains(kind) && m.contains("regular file")),
+            "{}: {e}",
+            path.display()
+        );
+        assert!(t0.elapsed().as_secs() < 5, "{}: refused only after {:?}", path.display(), t0.elapsed());
+        // SAFETY: the call fails before anything is mapped.
+        let e = unsafe { ParamSet::load_mapped(path) }.unwrap_err();
+        assert!(matches!(&e, Error::Io(m) if m.contains(kind)), "{e}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_header_naming_a_tensor_twice_is_a_format_error() {
+    let text = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text.as_bytes());
+    bytes.extend([0u8; 8]);
+    let e = ParamSet::from_bytes(&bytes, "twice").unwrap_err();
+    assert!(matches!(&e, Error::Format(m) if m.contains("\"w\" appears twice")), "{e}");
+}
+
+#[test]
+fn an_interpolation_that_overflows_is_non_finite_naming_the_tensor() {
+    let (a, b) = (set(&small(1)), set(&small(2)));
+    let mut out = a.try_clone().unwrap();
+    // Before: 1e39 (inf in f32) and 1e308 gave NaN weights with Ok.
+    for lambda in [1e39, 1e308, -1e300] {
+        let e = geometry::interpolate(&Context::cpu(), &a, &b, lambda, &mut out).unwrap_err();
+        assert!(matches!(&e, Error::NonFinite(m) if m.contains("tensor \"conv1.weight\"")), "{lambda}: {e}");
+    }
+    geometry::interpolate(&Context::cpu(), &a, &b, 2.0, &mut out).unwrap();
+}

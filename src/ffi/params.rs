@@ -114,8 +114,11 @@ fn dtype_to_raw(d: DType) -> RawDType {
     RawDType(d as u32)
 }
 
-/// Loads a safetensors file (memory-mapped, copy-on-write: the file is never modified).
-/// A file that cannot be opened is TL_STATUS_IO; a malformed, truncated or inconsistent one is
+/// Loads a safetensors file into memory the set owns: the set is a snapshot, and truncating or
+/// rewriting the file afterwards changes nothing in it (the file itself is never modified).
+/// The header is validated against the file's size before the file's size is allocated.
+/// A file that cannot be opened or read, or a path that is not a regular file (a FIFO, device
+/// or directory), is TL_STATUS_IO; a malformed, truncated or inconsistent file is
 /// TL_STATUS_FORMAT with a message naming the file and the tensor at fault. Modules are grouped
 /// by the first name component until tl_params_set_grouping says otherwise.
 /// On success *out owns a set to free with tl_params_destroy.
@@ -132,6 +135,30 @@ pub unsafe extern "C" fn tl_params_load(
         // SAFETY: ctx is NULL or a live context; the path NULL or a NUL-terminated string.
         let (_ctx, path) = unsafe { (handle_ref(ctx, "ctx")?, try_str(safetensors_path, "safetensors_path")?) };
         hand_out(ParamSet::load(path)?, out);
+        Ok(())
+    })
+}
+
+/// Like tl_params_load, but maps the file (private, copy-on-write) instead of copying it: pages
+/// are read when first used and writes into the set never reach the file. The file must not be
+/// truncated or modified while the set lives: a truncated file stops the process (SIGBUS) when
+/// a lost page is touched, and a file rewritten in place changes the set's weights under it.
+/// For files larger than the memory a copy may take; tl_params_load is the safe default.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_load_mapped(
+    ctx: *mut tl_context,
+    safetensors_path: *const c_char,
+    out: *mut *mut tl_params,
+) -> Status {
+    guard(|| {
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
+        // SAFETY: ctx is NULL or a live context; the path NULL or a NUL-terminated string.
+        let (_ctx, path) = unsafe { (handle_ref(ctx, "ctx")?, try_str(safetensors_path, "safetensors_path")?) };
+        // SAFETY: that the file stays unchanged while the set lives is the caller's contract,
+        // documented above.
+        hand_out(unsafe { ParamSet::load_mapped(path) }?, out);
         Ok(())
     })
 }
@@ -458,7 +485,8 @@ pub unsafe extern "C" fn tl_params_compare(
 /// tensors) and rounded once; lambda 0 and 1 give a and b bit for bit. out must hold the
 /// weights of a (names, dtypes, shapes) and no others, be a different set from a and b and
 /// share no memory with them; a's non-weight tensors are copied into out where it holds them
-/// (a wrapped set need not).
+/// (a wrapped set need not). A result holding NaN or Inf (a non-finite input, or an overflow at
+/// a large lambda) is TL_STATUS_NON_FINITE naming the first such tensor.
 #[no_mangle]
 pub unsafe extern "C" fn tl_params_interpolate(
     ctx: *mut tl_context,

@@ -299,7 +299,17 @@ fn interpolate_impl(
         Moving::Module(m) => Some(m),
     };
     if let Placement::Device(dev) = place {
-        return device::interpolate(dev, a, b, &pairs, out, &out_of, lambda, moving_module);
+        device::interpolate(dev, a, b, &pairs, out, &out_of, lambda, moving_module)?;
+        // Non-finite results are an error: any NaN or Inf makes its module's sum of squares so.
+        let sums = device::module_sums(dev, out, None)?;
+        if let Some(m) = sums.iter().position(|s| !s.is_finite()) {
+            fail!(
+                NonFinite,
+                "module {:?} of the result is not finite at lambda = {lambda} (an input holds NaN or Inf, or the result overflows its dtype)",
+                out.modules()[m].name
+            );
+        }
+        return Ok(());
     }
     // Non-weights are copied from a; weights outside the moving module are copied from b.
     let tasks = tasks(a, &pairs, None);
@@ -332,14 +342,37 @@ fn interpolate_impl(
     }
     let mut jobs: Vec<(&Task, HostSliceMut<'_>)> =
         tasks.iter().zip(pieces.into_iter().map(|p| p.expect("one piece per task"))).collect();
-    jobs.par_iter_mut().try_for_each(|(task, o)| -> Result<()> {
-        let x = sub(a.tensors()[task.ia].host()?, task.start, task.end);
-        let y = sub(b.tensors()[task.ib].host()?, task.start, task.end);
-        let moves = moving_module.is_none_or(|m| m == task.module);
-        lerp_slice(x, y, if moves { lambda } else { 1.0 }, o)
-    })?;
+    let finite: Vec<bool> = jobs
+        .par_iter_mut()
+        .map(|(task, o)| -> Result<bool> {
+            let x = sub(a.tensors()[task.ia].host()?, task.start, task.end);
+            let y = sub(b.tensors()[task.ib].host()?, task.start, task.end);
+            let moves = moving_module.is_none_or(|m| m == task.module);
+            lerp_slice(x, y, if moves { lambda } else { 1.0 }, o)?;
+            Ok(all_finite(o))
+        })
+        .collect::<Result<_>>()?;
+    // Non-finite results are an error, naming the first tensor (in a's order) that holds one.
+    if let Some(k) = finite.iter().position(|&f| !f) {
+        let t = &a.tensors()[tasks[k].ia];
+        fail!(
+            NonFinite,
+            "tensor {:?}: (1 - lambda) a + lambda b is not finite at lambda = {lambda} (an input holds NaN or Inf, or the result overflows {})",
+            t.name(),
+            t.dtype().name()
+        );
+    }
     copies.par_iter_mut().for_each(|(src, dst)| dst.copy_from_slice(src));
     Ok(())
+}
+
+fn all_finite(o: &HostSliceMut<'_>) -> bool {
+    match o {
+        HostSliceMut::F32(x) => x.iter().all(|v| v.is_finite()),
+        HostSliceMut::F64(x) => x.iter().all(|v| v.is_finite()),
+        HostSliceMut::F16(x) => x.iter().all(|v| v.is_finite()),
+        HostSliceMut::BF16(x) => x.iter().all(|v| v.is_finite()),
+    }
 }
 
 fn split_mut(s: HostSliceMut<'_>, at: usize) -> (HostSliceMut<'_>, HostSliceMut<'_>) {
@@ -399,6 +432,8 @@ fn lerp_slice(a: HostSlice<'_>, b: HostSlice<'_>, lambda: f64, out: &mut HostSli
 /// Writes `(1 - lambda) a + lambda b` into `out` for any finite `lambda` (outside [0, 1] it
 /// extrapolates). `out` must hold the weights of `a` (names, dtypes, shapes) and share no
 /// memory with `a` or `b`; non-weight tensors of `a` are copied into `out` where it holds them.
+/// A result holding NaN or Inf (a non-finite input, or an overflow at a large `lambda`) is
+/// [`Error::NonFinite`] naming the first such tensor; `out` then holds partial results.
 pub fn interpolate(ctx: &Context, a: &ParamSet, b: &ParamSet, lambda: f64, out: &mut ParamSet) -> Result<()> {
     interpolate_impl(ctx, a, b, lambda, Moving::All, out)
 }

@@ -6,10 +6,11 @@
 //! byte for byte and left out of every weight-space figure ([`ParamSet::left_out`] lists them).
 //!
 //! Weights are grouped into modules by name ([`Grouping`]); module names are listed in order of
-//! first appearance. A set's memory is one of: a private copy-on-write mapping of a safetensors
-//! file (loading reads only the pages used; writing copies only the pages written), the caller's
-//! own memory ([`ParamSet::wrap`], zero-copy), or buffers the set owns. Every set is writable, so
-//! any of them can receive an interpolation.
+//! first appearance. A set's memory is one of: buffers the set owns (a loaded file is read into
+//! them, so the set is a snapshot that later changes to the file cannot touch), the caller's own
+//! memory ([`ParamSet::wrap`], zero-copy), or, on request, a private copy-on-write mapping of a
+//! file ([`ParamSet::load_mapped`], whose file must not change while the set lives). Every set is
+//! writable, so any of them can receive an interpolation.
 //!
 //! A safetensors file is untrusted input: its header length, offsets, dtypes and shapes are
 //! checked (with overflow-checked arithmetic) against the file's size before any tensor is
@@ -18,14 +19,18 @@
 //!
 //! Files: `tensor` (one tensor of a set and its host slices), `grouping` (names into modules),
 //! `safetensors` (the one safetensors reader, which every loader uses, and `save`), `matching`
-//! (pairing the tensors of two sets).
+//! (pairing the tensors of two sets), `activations` (a set read as per-layer activations, for
+//! `tlens cka`).
 
+mod activations;
 mod grouping;
 mod matching;
 mod safetensors;
 mod tensor;
 
 pub use self::safetensors::{parse_header, Header, HeaderEntry};
+pub use crate::atomic_write::abandon_unfinished_writes;
+pub use activations::activation_layers;
 pub use grouping::{Grouping, Module, Unmatched};
 pub use matching::{match_all, match_weights};
 pub use tensor::{HostSliceMut, Tensor, TensorDType};

@@ -218,3 +218,21 @@ pub(super) fn aligned_copy(bytes: &[u8]) -> Box<[u64]> {
     }
     buf
 }
+
+/// An owned, 8-byte-aligned, zeroed buffer of at least `len` bytes, or None when the allocation
+/// fails (the size comes from a file, so failure is an error, not an abort).
+pub(super) fn aligned_zeroed(len: usize) -> Option<Box<[u64]>> {
+    let words = len.div_ceil(8);
+    if words == 0 {
+        return Some(Box::new([]));
+    }
+    let layout = std::alloc::Layout::array::<u64>(words).ok()?;
+    // SAFETY: the layout has a non-zero size (words > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut u64;
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: ptr was allocated by the global allocator with the layout of `words` u64s, all
+    // zeroed (a valid u64 each); the Box takes ownership and frees it with the same layout.
+    Some(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, words)) })
+}

@@ -1,10 +1,10 @@
 //! `tlens cka`: linear CKA between every layer of two activation files.
 
 use crate::common::{json_f64, print_json, BackendArg};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use transferlens::cka::{cka_matrix, Estimator};
-use transferlens::params::{ParamSet, Tensor};
-use transferlens::{Error, Matrix, Result};
+use transferlens::params::{activation_layers, ParamSet, Tensor};
+use transferlens::Result;
 
 /// Linear CKA of every layer of A against every layer of B.
 ///
@@ -38,53 +38,12 @@ enum EstimatorArg {
     Debiased,
 }
 
-/// A layer's activations as a matrix: the first dimension is the samples, the others are
-/// flattened into features. Scalars and non-float dtypes are refused, naming the layer.
-fn layer_matrix<'a>(layer: &'a Tensor, path: &Path) -> Result<Matrix<'a>> {
-    let name = layer.name();
-    let Some((&rows, rest)) = layer.shape().split_first() else {
-        return Err(Error::ShapeMismatch(format!(
-            "{}: tensor {name:?} is a scalar; activations need a first dimension of samples",
-            path.display()
-        )));
-    };
-    if layer.dtype().weight().is_none() {
-        return Err(Error::UnsupportedDtype(format!(
-            "{}: tensor {name:?} has dtype {}; activations must be F32, F64, F16 or BF16",
-            path.display(),
-            layer.dtype().name()
-        )));
-    }
-    let cols: usize = rest.iter().product();
-    Matrix::from_host(layer.host()?, rows, cols, cols).map_err(|e| with_context(e, &format!("layer {name:?}")))
-}
-
-fn with_context(e: Error, what: &str) -> Error {
-    let msg = format!("{what}: {e}");
-    match e {
-        Error::ShapeMismatch(_) => Error::ShapeMismatch(msg),
-        Error::DegenerateInput(_) => Error::DegenerateInput(msg),
-        Error::NonFinite(_) => Error::NonFinite(msg),
-        Error::InvalidArgument(_) => Error::InvalidArgument(msg),
-        other => other,
-    }
-}
-
-/// The layers of an activations file (one tensor per layer, in file order), read by the
-/// library's safetensors reader.
-fn load_layers(path: &Path) -> Result<ParamSet> {
-    let layers = ParamSet::load(path)?;
-    if layers.tensors().is_empty() {
-        return Err(Error::Format(format!("{}: the file holds no tensors", path.display())));
-    }
-    Ok(layers)
-}
-
 pub fn run(args: CkaArgs) -> Result<()> {
-    let (file_a, file_b) = (load_layers(&args.acts_a)?, load_layers(&args.acts_b)?);
+    // The library's reader and activation loader (the ones the fuzz targets exercise).
+    let (file_a, file_b) = (ParamSet::load(&args.acts_a)?, ParamSet::load(&args.acts_b)?);
+    let xs = activation_layers(&file_a, &args.acts_a.display().to_string())?;
+    let ys = activation_layers(&file_b, &args.acts_b.display().to_string())?;
     let (a, b) = (file_a.tensors(), file_b.tensors());
-    let xs = a.iter().map(|l| layer_matrix(l, &args.acts_a)).collect::<Result<Vec<_>>>()?;
-    let ys = b.iter().map(|l| layer_matrix(l, &args.acts_b)).collect::<Result<Vec<_>>>()?;
     let estimator = match args.estimator {
         EstimatorArg::Biased => Estimator::Biased,
         EstimatorArg::Debiased => Estimator::Debiased,

@@ -1,4 +1,4 @@
-//! Helpers shared by the commands: the backend option, JSON output, panic hygiene.
+//! Helpers shared by the commands: the backend option, JSON output, panic and signal hygiene.
 
 use transferlens::Result;
 
@@ -7,6 +7,45 @@ pub fn quiet_panics() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("tlens: internal error (please report): {info}");
     }));
+}
+
+/// Signals, as Unix tools take them: a closed stdout (`tlens inspect X | head -1`) ends the
+/// process quietly by SIGPIPE instead of a failed print; SIGINT, SIGTERM and SIGHUP first remove
+/// the temporary file of an output being written, then end the process by the same signal.
+///
+/// Call first in `main`, before any thread starts: the three signals are blocked in every thread
+/// and taken by one thread that waits for them.
+pub fn handle_signals() {
+    // SAFETY: plain libc calls on a sigset_t this function owns; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    let set = unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: set is a valid signal set and sig a valid place for the result.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        transferlens::params::abandon_unfinished_writes();
+        // SAFETY: restoring the default action and unblocking the signal in this thread, then
+        // raising it here, ends the process with the signal's status, as if never handled.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut one: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut one);
+            libc::sigaddset(&mut one, sig);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    });
 }
 
 /// Prints a value as pretty JSON on stdout.

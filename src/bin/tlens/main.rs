@@ -1,7 +1,8 @@
 //! `tlens`: the transferlens command line.
 //!
 //! Every command has `--help` with an example. Errors go to stderr as one line: exit status 2 for
-//! bad usage, 1 for a failure; never a panic message.
+//! bad usage, 1 for a failure; never a panic message. A closed stdout ends `tlens` by SIGPIPE, as
+//! other Unix tools; SIGINT and SIGTERM leave no partial output file.
 
 mod cka;
 mod common;
@@ -33,6 +34,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    common::handle_signals();
     common::quiet_panics();
     let cli = Cli::parse();
     let outcome = match cli.command {

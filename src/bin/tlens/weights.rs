@@ -68,7 +68,9 @@ pub struct DistanceArgs {
 ///
 /// Computed in f32 (f64 for f64 tensors) and rounded once to each tensor's dtype; L = 0 and
 /// L = 1 reproduce A and B bit for bit. Non-weight tensors (integer dtypes) are copied from A,
-/// and so is A's metadata. The output is written atomically.
+/// and so is A's metadata. The output is written atomically; it may not be A or B. A symlink at
+/// the output path is kept (the file it points to is replaced, keeping its permissions). A
+/// result that is not finite (an overflow at a large L) is an error and writes nothing.
 #[derive(clap::Args)]
 #[command(
     allow_negative_numbers = true,
@@ -253,12 +255,32 @@ pub fn distance(args: DistanceArgs) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an output that is the same file as an input (also through a symlink or a hard
+/// link): the input would be replaced by the result.
+fn check_output_is_not_an_input(output: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
+    for (role, input) in inputs {
+        if let Ok(m) = std::fs::metadata(input) {
+            if (m.dev(), m.ino()) == (out.dev(), out.ino()) {
+                return Err(Error::InvalidArgument(format!(
+                    "--output {} is the same file as {role} ({}); writing it would replace an input",
+                    output.display(),
+                    input.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn interpolate(args: InterpolateArgs) -> Result<()> {
+    check_output_is_not_an_input(&args.output, &[("A", &args.a), ("B", &args.b)])?;
     let a = load(&args.a)?;
     let b = load(&args.b)?;
     check_pair(&a, &b, &args.a, &args.b)?;
-    // A second, copy-on-write mapping of A receives the result: only pages written are copied.
-    let mut out = ParamSet::load(&args.a)?;
+    // A copy of A receives the result (its non-weights and metadata are A's).
+    let mut out = a.try_clone()?;
     {
         let _p = Progress::start(format!("interpolating (lambda = {})", args.lambda));
         geometry::interpolate(&Context::cpu(), &a, &b, args.lambda, &mut out)

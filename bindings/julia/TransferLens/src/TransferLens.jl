@@ -459,16 +459,24 @@ end
 handle(p::Params) = p.ptr == C_NULL ? throw(TransferLensError(STATUS_NULL_ARGUMENT, "use of a closed Params")) : p.ptr
 
 """
-    load_params(ctx, path) -> Params
+    load_params(ctx, path; mapped=false) -> Params
 
-Loads a safetensors file (memory-mapped, copy-on-write: the file is never modified). A missing
-file is `STATUS_IO`, a malformed one `STATUS_FORMAT`. Modules: the first name component.
+Loads a safetensors file into memory the set owns: later changes to the file do not reach it.
+`mapped=true` maps the file instead (copy-on-write, read when used); the file must then stay
+unchanged while the set lives (a truncated file stops the process). A missing file or a path
+that is not a regular file is `STATUS_IO`, a malformed one `STATUS_FORMAT`. Modules: the first
+name component.
 """
-function load_params(ctx::Context, path::AbstractString)
+function load_params(ctx::Context, path::AbstractString; mapped::Bool=false)
     out = Ref{Ptr{Cvoid}}(C_NULL)
     GC.@preserve ctx begin
-        check(ccall((:tl_params_load, libtransferlens), UInt32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
-                    handle(ctx), path, out))
+        if mapped
+            check(ccall((:tl_params_load_mapped, libtransferlens), UInt32,
+                        (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}), handle(ctx), path, out))
+        else
+            check(ccall((:tl_params_load, libtransferlens), UInt32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
+                        handle(ctx), path, out))
+        end
     end
     return Params(out[])
 end
