@@ -629,3 +629,37 @@ impl Stored {
         .unwrap()
     }
 }
+
+/// f64 input keeps its own range: from 2^-200 to 2^200 every route gives the unscaled answer
+/// (CKA does not change with scale); beyond, where the fourth powers in the terms leave f64, the
+/// answer is still right or a status that says what is wrong (NonFinite, "too large", for an
+/// overflow; DegenerateInput for values whose squares vanish), never a panic or a wrong number.
+#[test]
+fn f64_input_of_any_magnitude_gives_the_answer_or_says_why_not() {
+    let ctx = Context::cpu();
+    let mut rng = TestRng::new(17);
+    let (n, p, q) = (23, 5, 3);
+    let x = Dense::random(&mut rng, n, p);
+    let y = x.mix(&mut rng, q, 1.0);
+    for e in (-1060..=1020).step_by(20) {
+        let scaled =
+            |d: &Dense| Dense { rows: d.rows, cols: d.cols, data: d.data.iter().map(|v| v * 2f64.powi(e)).collect() };
+        let (xs, ys) = (scaled(&x), scaled(&y));
+        for est in ESTIMATORS {
+            let want = reference(&x, &y, est);
+            for route in [Route::Feature, Route::Sample] {
+                let what = format!("f64 x 2^{e} {est:?} {route:?}");
+                match cka_matrix_via(&ctx, &[view(&xs)], &[view(&ys)], est, route) {
+                    Ok(got) => assert_rel(got[0], want, 1e-9, &what),
+                    Err(err) => {
+                        assert!(!(-200..=200).contains(&e), "{what}: {err}");
+                        let (status, msg) = status_of::<()>(Err(err));
+                        let overflow = status == transferlens::Status::NonFinite && msg.contains("too large");
+                        let vanishing = status == transferlens::Status::DegenerateInput;
+                        assert!(overflow || vanishing, "{what}: {status:?} {msg}");
+                    }
+                }
+            }
+        }
+    }
+}

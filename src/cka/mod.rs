@@ -38,7 +38,7 @@ pub use minibatch::{minibatch_cka, MinibatchCka};
 
 use crate::backend::cpu;
 use crate::backend::{Backend, CkaGramTerms, Context};
-use crate::error::{fail, Result};
+use crate::error::{fail, Error, Result};
 use crate::tensor::{DType, Matrix};
 
 /// The HSIC estimator. The discriminants are the C ABI's `tl_cka_estimator` values.
@@ -107,6 +107,9 @@ impl Terms {
         check_min_samples(self.n as usize, est)?;
         let n = self.n as f64;
         let self_hsic = |name: &str, i: usize, pair: PairTerms, trace: f64| -> Result<f64> {
+            if !(trace.is_finite() && pair.cross_fro2.is_finite() && pair.row_norms_dot.is_finite()) {
+                return Err(overflow(&format!("{name}[{i}]")));
+            }
             if trace <= 0.0 {
                 fail!(DegenerateInput, "{name}[{i}] has zero variance: every feature is constant over the samples");
             }
@@ -132,12 +135,22 @@ impl Terms {
             // Two roots, not the root of a product, which would underflow or overflow first.
             let value = hsic(est, n, pair, self.trace_x[i], self.trace_y[j]) / (hx[i].sqrt() * hy[j].sqrt());
             if !value.is_finite() {
-                fail!(Panic, "CKA of x[{i}] and y[{j}] evaluated to {value} from finite, non-degenerate input");
+                return Err(overflow(&format!("x[{i}] and y[{j}]")));
             }
             out.push(value);
         }
         Ok(out)
     }
+}
+
+/// The error for terms that overflow f64: only f64 input of extreme magnitude gets there (the
+/// CPU scales f32, f16 and bf16 layers into range), and the caller can fix it by scaling.
+/// It is NonFinite, like a sum over the samples that overflows (the statistics pass).
+fn overflow(what: &str) -> Error {
+    Error::NonFinite(format!(
+        "{what}: its values are too large: a sum of CKA's terms overflows f64; CKA does not change \
+         when a layer is scaled, so divide the layer by a constant such as its largest value"
+    ))
 }
 
 fn check_min_samples(n: usize, est: Estimator) -> Result<()> {
