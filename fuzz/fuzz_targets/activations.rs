@@ -30,8 +30,11 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(values.len(), layers.len() * layers.len());
                 for v in values {
                     assert!(v.is_finite(), "CKA {v} with status OK");
+                    // Biased CKA lies in [0, 1]; f32, f16 and bf16 layers are multiplied in f32,
+                    // whose rounding can carry CKA(X, X) a few f32 ulps past 1. The tests hold such
+                    // input to 2e-5 of the f64 answer (tests/cka.rs), and so does this bound.
                     if estimator == Estimator::Biased {
-                        assert!((-1e-9..=1.0 + 1e-9).contains(&v), "biased CKA {v} outside [0, 1]");
+                        assert!((-2e-5..=1.0 + 2e-5).contains(&v), "biased CKA {v} outside [0, 1] by more than 2e-5");
                     }
                 }
             }
