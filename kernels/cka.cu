@@ -51,12 +51,6 @@ __device__ void sumsq_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
     }
 }
 
-// Whether a value (widened to f64) is NaN or +-Inf: every exponent bit set. A bit test, so
-// that no compiler flag can fold it away.
-__device__ __forceinline__ bool tl_nonfinite(double v) {
-    return (__double_as_longlong(v) & 0x7ff0000000000000LL) == 0x7ff0000000000000LL;
-}
-
 // Column statistics for centering, in one pass: sum[c] += sum over rows of x[r, c] (f64),
 // varies[c] = 1 when some x[r, c] differs from x[0, c], and *first_bad = the smallest r * cols + c
 // whose value is NaN or Inf (atomicMin; start it at ~0). Block (32, 8); blockIdx.x walks column
