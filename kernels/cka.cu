@@ -32,14 +32,16 @@ __device__ void row_sqnorms_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 st
     }
 }
 
-// out[0] += sum of x[r, c]^2 over the whole matrix, in f64 (Frobenius norm squared). 1-D blocks
-// of a multiple of 32 threads; blockIdx.y walks rows, x columns. out must be zeroed first.
+// out[0] += sum of (x[r, c] - shift[c])^2 over the whole matrix, in f64 (the Frobenius norm
+// squared when shift is NULL: no shift). 1-D blocks of a multiple of 32 threads; blockIdx.y walks
+// rows, x columns. out must be zeroed first.
 template <typename T>
-__device__ void sumsq_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* out) {
+__device__ void sumsq_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+                           const double* shift, double* out) {
     double s = 0.0;
     for (tl_u64 r = blockIdx.y; r < rows; r += gridDim.y) {
         TL_GRID_STRIDE(c, cols) {
-            const double v = tl_elem<T>::to_f64(x[r * stride + c]);
+            const double v = tl_elem<T>::to_f64(x[r * stride + c]) - (shift != 0 ? shift[c] : 0.0);
             s = fma(v, v, s);
         }
     }
@@ -47,12 +49,6 @@ __device__ void sumsq_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, 
     if (threadIdx.x == 0) {
         atomicAdd(out, s);
     }
-}
-
-// Whether a value (widened to f64) is NaN or +-Inf: every exponent bit set. A bit test, so
-// that no compiler flag can fold it away.
-__device__ __forceinline__ bool tl_nonfinite(double v) {
-    return (__double_as_longlong(v) & 0x7ff0000000000000LL) == 0x7ff0000000000000LL;
 }
 
 // Column statistics for centering, in one pass: sum[c] += sum over rows of x[r, c] (f64),
@@ -126,15 +122,17 @@ __device__ void colstats_impl(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 strid
     }
 }
 
-// y[r * ld + c] = x[r, c] - shift[c], computed in f64 and rounded once to the output type (f32
-// or f64), and *first_bad = the smallest r * cols + c whose input is NaN or Inf (atomicMin).
+// y[r * ld + c] = (x[r, c] - shift[c]) * scale, computed in f64 and rounded once to the output
+// type (f32 or f64), and *first_bad = the smallest r * cols + c whose input is NaN or Inf
+// (atomicMin). scale is a power of two (the layer's product scale, see the host code): exact in
+// f64, it brings values near the ends of f32's range into it before the rounding.
 // With ld = cols this is the row-major centered matrix; read column-major it is the
 // `features x rows` transpose that the cuBLAS products take, and ld > cols writes one layer's
 // features into a buffer shared by several layers (y points at the layer's first feature).
 template <typename T, typename O>
 __device__ void shift_impl(const T* __restrict__ x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
-                           const double* __restrict__ shift, O* __restrict__ y, tl_u64 ld,
-                           tl_u64* first_bad) {
+                           const double* __restrict__ shift, double scale, O* __restrict__ y,
+                           tl_u64 ld, tl_u64* first_bad) {
     // Four rows per block step (rows 4 blockIdx.y .. + 3, then the next 4 gridDim.y): each
     // thread has four loads in flight before its four stores (x and y never overlap).
     for (tl_u64 r = 4 * (tl_u64)blockIdx.y; r < rows; r += 4 * (tl_u64)gridDim.y) {
@@ -152,7 +150,7 @@ __device__ void shift_impl(const T* __restrict__ x, tl_u64 rows, tl_u64 cols, tl
                     if (tl_nonfinite(v[q])) {
                         atomicMin(first_bad, (r + q) * cols + c);
                     }
-                    y[(r + q) * ld + c] = (O)(v[q] - sh);
+                    y[(r + q) * ld + c] = (O)((v[q] - sh) * scale);
                 }
             }
         }
@@ -186,8 +184,9 @@ __device__ void sym_inner_impl(const T* a, const T* b, tl_u64 n, tl_u64 ld, doub
         row_sqnorms_impl<T>(x, rows, cols, stride, out);                                     \
     }                                                                                        \
     extern "C" __global__ void sumsq_##NAME(const T* x, tl_u64 rows, tl_u64 cols,            \
-                                            tl_u64 stride, double* out) {                    \
-        sumsq_impl<T>(x, rows, cols, stride, out);                                           \
+                                            tl_u64 stride, const double* shift,              \
+                                            double* out) {                                   \
+        sumsq_impl<T>(x, rows, cols, stride, shift, out);                                    \
     }                                                                                        \
     extern "C" __global__ void colstats_##NAME(const T* x, tl_u64 rows, tl_u64 cols,         \
                                                tl_u64 stride, double* sum, int* varies,      \
@@ -196,15 +195,15 @@ __device__ void sym_inner_impl(const T* a, const T* b, tl_u64 n, tl_u64 ld, doub
     }                                                                                        \
     extern "C" __global__ void shift_##NAME##_to_f32(const T* x, tl_u64 rows, tl_u64 cols,   \
                                                      tl_u64 stride, const double* shift,     \
-                                                     float* y, tl_u64 ld,                    \
+                                                     double scale, float* y, tl_u64 ld,      \
                                                      tl_u64* first_bad) {                    \
-        shift_impl<T, float>(x, rows, cols, stride, shift, y, ld, first_bad);                \
+        shift_impl<T, float>(x, rows, cols, stride, shift, scale, y, ld, first_bad);         \
     }                                                                                        \
     extern "C" __global__ void shift_##NAME##_to_f64(const T* x, tl_u64 rows, tl_u64 cols,   \
                                                      tl_u64 stride, const double* shift,     \
-                                                     double* y, tl_u64 ld,                   \
+                                                     double scale, double* y, tl_u64 ld,     \
                                                      tl_u64* first_bad) {                    \
-        shift_impl<T, double>(x, rows, cols, stride, shift, y, ld, first_bad);               \
+        shift_impl<T, double>(x, rows, cols, stride, shift, scale, y, ld, first_bad);        \
     }
 
 TL_CKA_OPS(f32, float)

@@ -144,6 +144,12 @@ struct tl_elem<tl_bf16> {
 __device__ __forceinline__ float tl_fma(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ double tl_fma(double a, double b, double c) { return fma(a, b, c); }
 
+// Whether a value (widened to f64) is NaN or +-Inf: every exponent bit set. A bit test, so
+// that no compiler flag can fold it away.
+__device__ __forceinline__ bool tl_nonfinite(double v) {
+    return (__double_as_longlong(v) & 0x7ff0000000000000LL) == 0x7ff0000000000000LL;
+}
+
 // ---- 16-byte vectors ----------------------------------------------------------------------------
 // One 16-byte load or store moves 4 f32, 2 f64 or 8 f16 / bf16 (ld.global.v4.u32): a quarter of
 // the memory instructions of scalar access for f32, an eighth for the 2-byte types, and 16 bytes

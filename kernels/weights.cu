@@ -10,10 +10,11 @@
 // out = (1 - l) a + l b, as fma(l, b, (1 - l) a) in acc, then rounded to T once. The CPU twin
 // computes the same expression (lerp32 / lerp_f64, with mul_add) and gives the same bits. l = 0
 // and l = 1 copy the endpoint's bits (the formula would turn -0 into +0 and NaN payloads into
-// the default NaN).
+// the default NaN). When nonfinite is not NULL, *nonfinite = 1 if a result is NaN or Inf (an
+// input holds one, or the result overflows T), as the CPU checks every result.
 template <typename T>
 __device__ void lerp_impl(T* out, const T* a, const T* b, tl_u64 n,
-                          typename tl_elem<T>::acc l) {
+                          typename tl_elem<T>::acc l, int* nonfinite) {
     typedef tl_elem<T> E;
     typedef typename E::acc A;
     const int V = tl_pack<T>::N;
@@ -22,27 +23,42 @@ __device__ void lerp_impl(T* out, const T* a, const T* b, tl_u64 n,
     const bool vec = tl_aligned16(out) && tl_aligned16(a) && tl_aligned16(b);
     const tl_u64 nv = vec ? n / V : 0;
     const tl_u64 done = nv * V;
+    bool bad = false;
     if (l == A(0) || l == A(1)) {
         const T* src = l == A(0) ? a : b;
-        TL_GRID_STRIDE(j, nv) { tl_store16(out + j * V, tl_load16(src + j * V)); }
+        TL_GRID_STRIDE(j, nv) {
+            const tl_pack<T> p = tl_load16(src + j * V);
+            tl_store16(out + j * V, p);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                bad |= tl_nonfinite(E::to_f64(p.v[k]));
+            }
+        }
         for (tl_u64 i = done + tl_thread_id(); i < n; i += tl_thread_count()) {
             out[i] = src[i];
+            bad |= tl_nonfinite(E::to_f64(src[i]));
         }
-        return;
-    }
-    const A m = A(1) - l;
-    TL_GRID_STRIDE(j, nv) {
-        const tl_pack<T> pa = tl_load16(a + j * V);
-        const tl_pack<T> pb = tl_load16(b + j * V);
-        tl_pack<T> po;
+    } else {
+        const A m = A(1) - l;
+        TL_GRID_STRIDE(j, nv) {
+            const tl_pack<T> pa = tl_load16(a + j * V);
+            const tl_pack<T> pb = tl_load16(b + j * V);
+            tl_pack<T> po;
 #pragma unroll
-        for (int k = 0; k < V; ++k) {
-            po.v[k] = E::store(tl_fma(l, E::load(pb.v[k]), m * E::load(pa.v[k])));
+            for (int k = 0; k < V; ++k) {
+                po.v[k] = E::store(tl_fma(l, E::load(pb.v[k]), m * E::load(pa.v[k])));
+                bad |= tl_nonfinite(E::to_f64(po.v[k]));
+            }
+            tl_store16(out + j * V, po);
         }
-        tl_store16(out + j * V, po);
+        for (tl_u64 i = done + tl_thread_id(); i < n; i += tl_thread_count()) {
+            const T r = E::store(tl_fma(l, E::load(b[i]), m * E::load(a[i])));
+            out[i] = r;
+            bad |= tl_nonfinite(E::to_f64(r));
+        }
     }
-    for (tl_u64 i = done + tl_thread_id(); i < n; i += tl_thread_count()) {
-        out[i] = E::store(tl_fma(l, E::load(b[i]), m * E::load(a[i])));
+    if (bad && nonfinite != 0) {
+        *nonfinite = 1;
     }
 }
 
@@ -164,8 +180,8 @@ __device__ void convert_impl(D* out, const S* in, tl_u64 n) {
 
 #define TL_WEIGHTS_OPS(NAME, T)                                                                 \
     extern "C" __global__ void lerp_##NAME(T* out, const T* a, const T* b, tl_u64 n,            \
-                                           tl_elem<T>::acc l) {                                 \
-        lerp_impl<T>(out, a, b, n, l);                                                          \
+                                           tl_elem<T>::acc l, int* nonfinite) {                 \
+        lerp_impl<T>(out, a, b, n, l, nonfinite);                                               \
     }                                                                                           \
     extern "C" __global__ void segment_sumsq_##NAME(const T* a, const T* b,                     \
                                                     const tl_u64* offsets, tl_u32 nseg,         \

@@ -1,6 +1,7 @@
 //! CKA on the CUDA backend against the CPU backend on the same inputs: both estimators, both
 //! routes, every dtype, awkward sizes, layer matrices, the streaming accumulator over uneven
-//! batches, device-pointer inputs, and the error paths.
+//! batches, device-pointer inputs, every exponent of f32, f16 and bf16 (against the f64 answer
+//! too), and the error paths.
 //!
 //! Where no driver or device works the tests that need one are reported as ignored (the
 //! closing line counts them), unless the environment sets `TL_REQUIRE_CUDA=1`: then they run and
@@ -8,10 +9,10 @@
 
 mod common;
 
-use common::{Dense, TestRng};
+use common::{assert_rel, reference_cka_feature, Dense, TestRng};
 use half::{bf16, f16};
 use transferlens::backend::{column_means, cuda::DeviceBuffer};
-use transferlens::cka::{cka_matrix, cka_matrix_via, CkaAccumulator, Estimator, MinibatchCka, Route};
+use transferlens::cka::{cka_matrix, cka_matrix_via, linear_cka, CkaAccumulator, Estimator, MinibatchCka, Route};
 use transferlens::{Backend, BackendChoice, Context, DType, Error, Matrix};
 
 const ESTIMATORS: [Estimator; 2] = [Estimator::Biased, Estimator::Debiased];
@@ -61,6 +62,17 @@ impl Typed {
             Data::BF16(v) => Matrix::new(&v[..len], r, c, s),
         }
         .unwrap()
+    }
+
+    /// The stored values in f64, row-major without the padding.
+    fn values(&self) -> Vec<f64> {
+        let at = |k: usize| match &self.data {
+            Data::F32(v) => v[k] as f64,
+            Data::F64(v) => v[k],
+            Data::F16(v) => v[k].to_f64(),
+            Data::BF16(v) => v[k].to_f64(),
+        };
+        (0..self.rows).flat_map(|r| (0..self.cols).map(move |c| r * self.stride + c)).map(at).collect()
     }
 
     fn dtype(&self) -> DType {
@@ -346,6 +358,83 @@ fn constant_layers_and_nan_are_errors() {
     }
 }
 
+/// `d` times `scale` stored as `dtype` (with `pad` after each row), and the stored values divided
+/// by `scale` again in f64 (exactly: a power of two), where the f64 reference neither underflows
+/// nor overflows: its CKA is the CKA of the stored values.
+fn stored(d: &Dense, scale: f64, dtype: DType, pad: usize) -> (Typed, Dense) {
+    let scaled = Dense { data: d.data.iter().map(|v| v * scale).collect(), ..d.clone() };
+    let t = Typed::new(&scaled, dtype, pad);
+    let exact = Dense { data: t.values().iter().map(|v| v / scale).collect(), ..d.clone() };
+    (t, exact)
+}
+
+/// Every exponent of f32 (down to the subnormals), f16 and bf16: the data times 2^e, stored in the
+/// type, gives on the device the CKA of the f64 reference on the same stored values, and the
+/// CPU's, through `linear_cka` (as `tl_cka_linear`), both routes of the matrix and the
+/// accumulator; from host memory, and from device memory for some exponents. Without the
+/// per-layer power-of-two scale, f32 products of 1e-23 underflow (a biased CKA of hundreds) and
+/// of 1e19 overflow (reported as too little variance).
+fn every_exponent_of_f32_f16_and_bf16_matches_the_cpu_and_the_f64_answer() {
+    let ctx = cuda();
+    let cpu = Context::cpu();
+    let mut rng = TestRng::new(18);
+    let (n, p, p2, q) = (41, 6, 5, 4);
+    let x = Dense::random(&mut rng, n, p);
+    let x2 = x.mix(&mut rng, p2, 1.0);
+    let y = x.mix(&mut rng, q, 1.5);
+    // |normal| < 8 = 2^3, so 2^(e + 3) stays below each type's largest value.
+    for (dtype, exponents) in [(DType::F32, -146..=124), (DType::F16, -22..=12), (DType::BF16, -130..=124)] {
+        for e in exponents {
+            let scale = 2f64.powi(e);
+            let (tx, ex) = stored(&x, scale, dtype, 1);
+            let (tx2, ex2) = stored(&x2, scale, dtype, 0);
+            let (ty, ey) = stored(&y, scale, dtype, 3);
+            let on_device = e % 16 == 0;
+            let dev: Vec<DeviceMatrix> = if on_device {
+                [&tx, &tx2, &ty].iter().map(|t| DeviceMatrix::upload(&ctx, t)).collect()
+            } else {
+                vec![]
+            };
+            let mut inputs = vec![("host", vec![tx.view(), tx2.view(), ty.view()])];
+            if on_device {
+                inputs.push(("device", dev.iter().map(|d| d.view()).collect()));
+            }
+            let host = [tx.view(), tx2.view(), ty.view()];
+            for est in ESTIMATORS {
+                let debiased = est == Estimator::Debiased;
+                let want = [reference_cka_feature(&ex, &ey, debiased), reference_cka_feature(&ex2, &ey, debiased)];
+                assert!(want.iter().all(|w| w.is_finite() && w.abs() <= 1.0), "{dtype:?} 2^{e}: reference {want:?}");
+                for (place, v) in &inputs {
+                    let what = format!("{dtype:?} x 2^{e} {est:?} {place}");
+                    let got = linear_cka(&ctx, &v[0], &v[2], est).unwrap_or_else(|err| panic!("linear {what}: {err}"));
+                    let on_cpu = linear_cka(&cpu, &host[0], &host[2], est).unwrap();
+                    assert_rel(got, want[0], 2e-5, &format!("linear CKA vs f64, {what}"));
+                    assert_rel(got, on_cpu, 2e-5, &format!("linear CKA vs CPU, {what}"));
+                    for route in [Route::Feature, Route::Sample] {
+                        let got = cka_matrix_via(&ctx, &v[..2], &v[2..], est, route)
+                            .unwrap_or_else(|err| panic!("{what} {route:?}: {err}"));
+                        let on_cpu = cka_matrix_via(&cpu, &host[..2], &host[2..], est, route).unwrap();
+                        for k in 0..2 {
+                            assert_rel(got[k], want[k], 2e-5, &format!("matrix {route:?} [{k}] vs f64, {what}"));
+                            assert_rel(got[k], on_cpu[k], 2e-5, &format!("matrix {route:?} [{k}] vs CPU, {what}"));
+                        }
+                    }
+                    let mut acc = CkaAccumulator::new(2, 1, est).unwrap();
+                    for (start, rows) in [(0, 17), (17, n - 17)] {
+                        let part: Vec<Matrix> = v.iter().map(|m| m.row_range(start, rows).unwrap()).collect();
+                        acc.update(&ctx, &part[..2], &part[2..])
+                            .unwrap_or_else(|err| panic!("accumulator {what}: {err}"));
+                    }
+                    let got = acc.result().unwrap_or_else(|err| panic!("accumulator {what}: {err}"));
+                    for k in 0..2 {
+                        assert_rel(got[k], want[k], 2e-5, &format!("accumulator [{k}] vs f64, {what}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn minibatch_cka_says_it_runs_on_the_cpu() {
     let ctx = cuda();
     let mut rng = TestRng::new(16);
@@ -387,11 +476,11 @@ fn every_gram_algorithm_matches_cpu() {
 #[cfg(not(feature = "bench"))]
 gpu_test_main! {
     everywhere: [context_resolves_to_cuda_where_a_device_works],
-    on_device: [both_routes_match_cpu_for_every_dtype_and_awkward_size, layer_matrix_matches_cpu, accumulator_over_uneven_batches_matches_cpu, device_pointer_inputs_are_used_in_place, constant_layers_and_nan_are_errors, minibatch_cka_says_it_runs_on_the_cpu],
+    on_device: [both_routes_match_cpu_for_every_dtype_and_awkward_size, layer_matrix_matches_cpu, accumulator_over_uneven_batches_matches_cpu, device_pointer_inputs_are_used_in_place, constant_layers_and_nan_are_errors, every_exponent_of_f32_f16_and_bf16_matches_the_cpu_and_the_f64_answer, minibatch_cka_says_it_runs_on_the_cpu],
 }
 
 #[cfg(feature = "bench")]
 gpu_test_main! {
     everywhere: [context_resolves_to_cuda_where_a_device_works],
-    on_device: [both_routes_match_cpu_for_every_dtype_and_awkward_size, layer_matrix_matches_cpu, accumulator_over_uneven_batches_matches_cpu, device_pointer_inputs_are_used_in_place, constant_layers_and_nan_are_errors, minibatch_cka_says_it_runs_on_the_cpu, every_gram_algorithm_matches_cpu],
+    on_device: [both_routes_match_cpu_for_every_dtype_and_awkward_size, layer_matrix_matches_cpu, accumulator_over_uneven_batches_matches_cpu, device_pointer_inputs_are_used_in_place, constant_layers_and_nan_are_errors, every_exponent_of_f32_f16_and_bf16_matches_the_cpu_and_the_f64_answer, minibatch_cka_says_it_runs_on_the_cpu, every_gram_algorithm_matches_cpu],
 }

@@ -1,8 +1,8 @@
 //! Weight-space analyses on parameter sets wrapped over CUDA device memory (as a PyTorch or
 //! libtorch caller hands them over), against the same sets on the host with the CPU backend:
 //! distance, norms, interpolation and extrapolation, rewind of one module, in every dtype; and
-//! the refusals (compare, a context on another backend). Interpolation and rewind give the CPU's
-//! bits exactly.
+//! the refusals (compare, a context on another backend); a result that is not finite is the
+//! host's NonFinite error. Interpolation and rewind give the CPU's bits exactly.
 //!
 //! Where no driver or device works the tests that need one are reported as ignored (the
 //! closing line counts them), unless the environment sets `TL_REQUIRE_CUDA=1`: then they run and
@@ -141,7 +141,91 @@ fn weight_space_on_device_memory_matches_the_cpu() {
     }
 }
 
+/// The device and the host give the same result, bit for bit, or the same error message.
+fn assert_same_outcome(
+    got: Result<(), Error>,
+    want: Result<(), Error>,
+    out: &OnDevice,
+    dev: &CudaDevice,
+    want_set: &ParamSet,
+    what: &str,
+) {
+    match (got, want) {
+        (Ok(()), Ok(())) => {
+            for (i, t) in want_set.tensors().iter().enumerate() {
+                let (g, w) = (out.buffers[i].values(dev), host_values(t));
+                assert!(g.iter().zip(&w).all(|(g, w)| g.to_bits() == w.to_bits()), "{what} {}", t.name());
+            }
+        }
+        (Err(Error::NonFinite(g)), Err(Error::NonFinite(w))) => assert_eq!(g, w, "{what}"),
+        (g, w) => panic!("{what}: device {g:?}, host {w:?}"),
+    }
+}
+
+/// An interpolation whose result holds a NaN or an Inf is NonFinite on device sets as on the host,
+/// naming the same tensor: lambda 1e39 (infinite in f32 arithmetic) for f32, f16 and bf16, an
+/// overflow of the stored type, a NaN in an input (also when lambda 1 or a rewind copies it);
+/// and f64 results that are finite although their squares overflow f64 (lambda 1e300) are fine,
+/// as on the host.
+fn non_finite_interpolation_is_an_error_as_on_the_host() {
+    let ctx = cuda();
+    let dev = ctx.cuda_device().unwrap().clone();
+    let cpu = Context::cpu();
+    let sizes = [7, 5, 3];
+    let (_, a32, _) = common::mlp_fixture(&sizes, 1, 1);
+    let (_, b32, _) = common::mlp_fixture(&sizes, 1, 2);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = b32
+        .tensors()
+        .iter()
+        .map(|t| {
+            let HostSlice::F32(v) = t.host().unwrap() else { panic!("the fixture is f32") };
+            (t.name().to_string(), t.shape().to_vec(), v.to_vec())
+        })
+        .collect();
+    tensors[2].2[1] = f32::NAN;
+    let b32_nan = transferlens::model::f32_set(&tensors).unwrap();
+    for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        let a = common::set_as(&a32, dtype);
+        let da = to_device(&dev, &a);
+        let mut out = to_device(&dev, &common::set_as(&a32, dtype));
+        let mut want = common::set_as(&a32, dtype);
+        // The case: lambda 1e39 writes no all-NaN result with status OK.
+        let b = common::set_as(&b32, dtype);
+        let db = to_device(&dev, &b);
+        let e = geometry::interpolate(&ctx, &da.set, &db.set, 1e39, &mut out.set);
+        if dtype == DType::F64 {
+            assert!(e.is_ok(), "{dtype:?}: 1e39 (b - a) fits f64: {e:?}");
+        } else {
+            assert!(
+                matches!(e, Err(Error::NonFinite(ref m)) if m.contains("is not finite at lambda")),
+                "{dtype:?}: {e:?}"
+            );
+        }
+        for (bname, b) in [("b", b), ("b with a NaN", common::set_as(&b32_nan, dtype))] {
+            let db = to_device(&dev, &b);
+            for lambda in [0.0, 1.0, 0.5, 1e39, -1e39, 1e30, 1e300, 1e308] {
+                let what = format!("{dtype:?} {bname} lambda {lambda:e}");
+                let got = geometry::interpolate(&ctx, &da.set, &db.set, lambda, &mut out.set);
+                let host = geometry::interpolate(&cpu, &a, &b, lambda, &mut want);
+                assert_same_outcome(got, host, &out, &dev, &want, &what);
+            }
+            for module in 0..a.modules().len() {
+                let what = format!("{dtype:?} {bname} rewind module {module}");
+                let got = geometry::rewind(&ctx, &da.set, &db.set, module, 0.5, &mut out.set);
+                let host = geometry::rewind(&cpu, &a, &b, module, 0.5, &mut want);
+                assert_same_outcome(got, host, &out, &dev, &want, &what);
+            }
+        }
+        if dtype == DType::F64 {
+            let b = common::set_as(&b32, dtype);
+            let db = to_device(&dev, &b);
+            let e = geometry::interpolate(&ctx, &da.set, &db.set, 1e300, &mut out.set);
+            assert!(e.is_ok(), "f64 results near 1e300 are finite although their squares are not: {e:?}");
+        }
+    }
+}
+
 gpu_test_main! {
     everywhere: [],
-    on_device: [weight_space_on_device_memory_matches_the_cpu],
+    on_device: [weight_space_on_device_memory_matches_the_cpu, non_finite_interpolation_is_an_error_as_on_the_host],
 }

@@ -425,10 +425,23 @@ struct Comparison {
 
 class Params {
   public:
-    // Loads a safetensors file (memory-mapped copy-on-write; the file is never modified).
+    // Loads a safetensors file into memory the set owns: the set is a snapshot, and truncating or
+    // rewriting the file afterwards changes nothing in it (the file itself is never modified).
+    // A missing file, or a path that is not a regular file, is TL_STATUS_IO; a malformed one
+    // TL_STATUS_FORMAT.
     static Params load(const Context& ctx, const std::string& path) {
         Params p;
         detail::check(tl_params_load(detail::context_handle(ctx), path.c_str(), &p.p_));
+        return p;
+    }
+    // Like load, but maps the file (private, copy-on-write) instead of copying it: pages are read
+    // when first used, and writes into the set never reach the file. The file must not be
+    // truncated or modified while the set lives: a truncated file stops the process (SIGBUS) when
+    // a lost page is touched, and a file rewritten in place changes the set's weights under it.
+    // For files larger than the memory a copy may take; load is the safe default.
+    static Params load_mapped(const Context& ctx, const std::string& path) {
+        Params p;
+        detail::check(tl_params_load_mapped(detail::context_handle(ctx), path.c_str(), &p.p_));
         return p;
     }
     // A set over the caller's memory, zero-copy: the tensors' data must outlive the set.

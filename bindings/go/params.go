@@ -133,7 +133,7 @@ type Comparison struct {
 }
 
 // Params is a parameter set: named tensors grouped into modules, loaded from a safetensors file
-// (LoadParams), wrapped around Go slices (WrapParams) or cloned. Close frees it; a finalizer
+// (LoadParams, LoadParamsMapped), wrapped around Go slices (WrapParams) or cloned. Close frees it; a finalizer
 // frees a forgotten one. Several goroutines may read a set at once; a call that writes into it
 // (as the receiver of Interpolate, InterpolateModule, Rewind, or a regrouping) needs it alone.
 type Params struct {
@@ -147,9 +147,24 @@ func newParams(ptr *C.tl_params, hold *wrapHold) *Params {
 	return p
 }
 
-// LoadParams loads a safetensors file (memory-mapped, copy-on-write: the file is never
-// modified). A missing file is ErrIO, a malformed one ErrFormat.
+// LoadParams loads a safetensors file into memory the set owns: the set is a snapshot, and
+// truncating or rewriting the file afterwards changes nothing in it (the file itself is never
+// modified). A missing file, or a path that is not a regular file (a directory, a FIFO), is
+// ErrIO; a malformed one ErrFormat.
 func LoadParams(ctx *Context, path string) (*Params, error) {
+	return loadParams(ctx, path, false)
+}
+
+// LoadParamsMapped is LoadParams with the file mapped (private, copy-on-write) instead of copied:
+// pages are read when first used, and writes into the set never reach the file. The file must not
+// be truncated or modified until the set is closed: a truncated file stops the process (SIGBUS)
+// when a lost page is touched, and a file rewritten in place changes the set's weights under it.
+// For files larger than the memory a copy may take; LoadParams is the safe default.
+func LoadParamsMapped(ctx *Context, path string) (*Params, error) {
+	return loadParams(ctx, path, true)
+}
+
+func loadParams(ctx *Context, path string, mapped bool) (*Params, error) {
 	h, err := ctx.handle()
 	if err != nil {
 		return nil, err
@@ -157,7 +172,12 @@ func LoadParams(ctx *Context, path string) (*Params, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var ptr *C.tl_params
-	err = call(func() C.enum_tl_status { return C.tl_params_load(h, cpath, &ptr) })
+	err = call(func() C.enum_tl_status {
+		if mapped {
+			return C.tl_params_load_mapped(h, cpath, &ptr)
+		}
+		return C.tl_params_load(h, cpath, &ptr)
+	})
 	runtime.KeepAlive(ctx)
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -195,6 +196,65 @@ func TestParamsInterpolateRewindSave(t *testing.T) {
 	}
 }
 
+// LoadParamsMapped reads the values LoadParams reads, and a write into the mapped set (as the
+// output of an interpolation) never reaches the file. LoadParams takes a snapshot: rewriting the
+// file in place afterwards (once the mapped set is closed, as its contract asks) leaves it as it
+// was.
+func TestParamsLoadMapped(t *testing.T) {
+	ctx := cpu(t)
+	ma, mb, a, b, dir := loadPair(t, ctx)
+	path := filepath.Join(dir, "a.safetensors")
+	before := must(os.ReadFile(path))
+	mapped := must(LoadParamsMapped(ctx, path))
+	defer mapped.Close()
+	if mapped.TensorCount() != 5 || mapped.ModuleCount() != 3 {
+		t.Fatalf("mapped: %d tensors, %d modules", mapped.TensorCount(), mapped.ModuleCount())
+	}
+	if !reflect.DeepEqual(must(mapped.TensorF32("conv1.weight")), ma.conv) ||
+		!reflect.DeepEqual(must(mapped.TensorF64("fc.bias")), ma.fc) {
+		t.Fatal("the mapped set does not hold the file's values")
+	}
+	if d := must(mapped.Distance(ctx, a)); d.Total != 0 {
+		t.Fatalf("mapped and copied sets differ: distance %g", d.Total)
+	}
+	// Where the process's mappings can be listed (Linux), the file is among them while the set
+	// lives, and a file loaded by LoadParams is not.
+	if maps := procMaps(); maps != nil && (!maps[path] || maps[filepath.Join(dir, "b.safetensors")]) {
+		t.Fatal("the file of LoadParamsMapped is not mapped, or that of LoadParams is")
+	}
+	noErr(t, mapped.Interpolate(ctx, a, b, 1))
+	if !reflect.DeepEqual(must(mapped.TensorF32("conv1.weight")), mb.conv) {
+		t.Fatal("the mapped set did not take the interpolation")
+	}
+	if !bytes.Equal(must(os.ReadFile(path)), before) {
+		t.Fatal("a write into the mapped set reached the file")
+	}
+	noErr(t, mapped.Close())
+	if procMaps()[path] {
+		t.Fatal("Close left the file mapped")
+	}
+	writeSafetensors(t, path, mb)
+	if !reflect.DeepEqual(must(a.TensorF32("conv1.weight")), ma.conv) {
+		t.Fatal("rewriting the file changed a set loaded by LoadParams")
+	}
+}
+
+// procMaps returns the files this process maps (from /proc/self/maps), or nil where that listing
+// does not exist (not Linux).
+func procMaps() map[string]bool {
+	listing, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		return nil
+	}
+	files := map[string]bool{}
+	for _, line := range strings.Split(string(listing), "\n") {
+		if fields := strings.Fields(line); len(fields) >= 6 {
+			files[fields[5]] = true
+		}
+	}
+	return files
+}
+
 func TestParamsWrap(t *testing.T) {
 	ctx := cpu(t)
 	ma, mb, a, b, _ := loadPair(t, ctx)
@@ -304,6 +364,8 @@ func TestParamsErrors(t *testing.T) {
 		want *Error
 	}{
 		{"missing file", func() error { _, err := LoadParams(ctx, filepath.Join(dir, "missing")); return err }(), ErrIO},
+		{"missing file, mapped", func() error { _, err := LoadParamsMapped(ctx, filepath.Join(dir, "missing")); return err }(), ErrIO},
+		{"a folder, mapped", func() error { _, err := LoadParamsMapped(ctx, dir); return err }(), ErrIO},
 		{"save into a missing folder", out.Save(filepath.Join(dir, "no", "x.safetensors")), ErrIO},
 		{"module name out of range", func() error { _, err := a.ModuleName(3); return err }(), ErrNotFound},
 		{"unknown module", func() error { _, err := a.FindModule("bn"); return err }(), ErrNotFound},

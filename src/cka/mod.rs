@@ -143,8 +143,8 @@ impl Terms {
     }
 }
 
-/// The error for terms that overflow f64: only f64 input of extreme magnitude gets there (the
-/// CPU scales f32, f16 and bf16 layers into range), and the caller can fix it by scaling.
+/// The error for terms that overflow f64: only f64 input of extreme magnitude gets there (both
+/// backends scale f32, f16 and bf16 layers into range), and the caller can fix it by scaling.
 /// It is NonFinite, like a sum over the samples that overflows (the statistics pass).
 fn overflow(what: &str) -> Error {
     Error::NonFinite(format!(

@@ -7,7 +7,7 @@
 //! copying an endpoint bit for bit. Host sets are computed on the host whatever the backend: a
 //! copy to the device and back would cost more than the arithmetic.
 
-use crate::backend::cuda::device::{device_err, AnyBuffer, CudaDevice};
+use crate::backend::cuda::device::{addr_mut, alloc_zeros, device_err, download, AnyBuffer, CudaDevice};
 use crate::backend::cuda::weights;
 use crate::backend::{Backend, Context};
 use crate::error::{fail, Error, Result};
@@ -116,7 +116,8 @@ pub(super) fn module_sums(dev: &CudaDevice, a: &ParamSet, b: Option<(&ParamSet, 
 /// `out = (1 - lambda) a + lambda b` for the weights of module `moving` (every module when
 /// `None`), `out = b` for the other weights, `out = a` for tensors that are not weights; `pairs`
 /// maps `a`'s tensors to `b`'s, `out_of` to `out`'s. Waits for the kernels before returning, so
-/// the caller's framework sees the results.
+/// the caller's framework sees the results. Returns the index in `a` of the first weight whose
+/// result holds a NaN or an Inf (each launch flags its own), as the host path checks.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn interpolate(
     dev: &CudaDevice,
@@ -127,7 +128,9 @@ pub(super) fn interpolate(
     out_of: &[Option<usize>],
     lambda: f64,
     moving: Option<usize>,
-) -> Result<()> {
+) -> Result<Option<usize>> {
+    let mut flags = alloc_zeros::<i32>(dev, a.tensors().len().max(1), "non-finite flags")?;
+    let pflags = addr_mut(dev, &mut flags);
     let mut module_of = vec![usize::MAX; a.tensors().len()];
     for (m, module) in a.modules().iter().enumerate() {
         for &t in &module.tensors {
@@ -153,7 +156,13 @@ pub(super) fn interpolate(
         if o.dtype() != x.dtype() {
             return Err(mixed(ta, to));
         }
-        weights::lerp(dev, &x, &y, l, &mut o)?;
+        // Non-weights are copies the host path does not check either.
+        let flag = if ta.is_weight() { pflags + 4 * i as u64 } else { 0 };
+        // SAFETY: the flag is 0 or tensor i's i32 in `flags`, which lives until the download
+        // below has waited for every kernel.
+        unsafe { weights::lerp(dev, &x, &y, l, &mut o, flag) }?;
     }
-    dev.synchronize()
+    let flags = download(dev, &flags, a.tensors().len(), "non-finite flags")?;
+    dev.synchronize()?;
+    Ok(flags.iter().position(|&f| f != 0))
 }

@@ -299,17 +299,10 @@ fn interpolate_impl(
         Moving::Module(m) => Some(m),
     };
     if let Placement::Device(dev) = place {
-        device::interpolate(dev, a, b, &pairs, out, &out_of, lambda, moving_module)?;
-        // Non-finite results are an error: any NaN or Inf makes its module's sum of squares so.
-        let sums = device::module_sums(dev, out, None)?;
-        if let Some(m) = sums.iter().position(|s| !s.is_finite()) {
-            fail!(
-                NonFinite,
-                "module {:?} of the result is not finite at lambda = {lambda} (an input holds NaN or Inf, or the result overflows its dtype)",
-                out.modules()[m].name
-            );
-        }
-        return Ok(());
+        return match device::interpolate(dev, a, b, &pairs, out, &out_of, lambda, moving_module)? {
+            Some(i) => Err(non_finite_result(&a.tensors()[i], lambda)),
+            None => Ok(()),
+        };
     }
     // Non-weights are copied from a; weights outside the moving module are copied from b.
     let tasks = tasks(a, &pairs, None);
@@ -354,16 +347,19 @@ fn interpolate_impl(
         .collect::<Result<_>>()?;
     // Non-finite results are an error, naming the first tensor (in a's order) that holds one.
     if let Some(k) = finite.iter().position(|&f| !f) {
-        let t = &a.tensors()[tasks[k].ia];
-        fail!(
-            NonFinite,
-            "tensor {:?}: (1 - lambda) a + lambda b is not finite at lambda = {lambda} (an input holds NaN or Inf, or the result overflows {})",
-            t.name(),
-            t.dtype().name()
-        );
+        return Err(non_finite_result(&a.tensors()[tasks[k].ia], lambda));
     }
     copies.par_iter_mut().for_each(|(src, dst)| dst.copy_from_slice(src));
     Ok(())
+}
+
+/// The error for an interpolation whose result for tensor `t` (of `a`) holds a NaN or an Inf.
+fn non_finite_result(t: &crate::params::Tensor, lambda: f64) -> Error {
+    Error::NonFinite(format!(
+        "tensor {:?}: (1 - lambda) a + lambda b is not finite at lambda = {lambda} (an input holds NaN or Inf, or the result overflows {})",
+        t.name(),
+        t.dtype().name()
+    ))
 }
 
 fn all_finite(o: &HostSliceMut<'_>) -> bool {

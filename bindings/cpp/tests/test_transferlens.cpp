@@ -502,6 +502,23 @@ static void write_safetensors(const std::string& path, const Model& m) {
     CHECK(std::fclose(f) == 0);
 }
 
+// Reads the whole file at `path` into `bytes`; false when it cannot be read.
+static bool read_file(const std::string& path, std::string& bytes) {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (f == nullptr) return false;
+    bytes.clear();
+    char buffer[4096];
+    size_t got = 0;
+    while ((got = std::fread(buffer, 1, sizeof buffer, f)) > 0) bytes.append(buffer, got);
+    return std::fclose(f) == 0;
+}
+
+// Whether this process maps the file at `path`: a line of /proc/self/maps ends with it (Linux).
+static bool maps_file(const std::string& path) {
+    std::string maps;
+    return read_file("/proc/self/maps", maps) && maps.find(" " + path + "\n") != std::string::npos;
+}
+
 static std::string scratch_path(const std::string& name) {
     const char* tmp = std::getenv("TMPDIR");
     return std::string(tmp && *tmp ? tmp : "/tmp") + "/tl-cpp-params-" + std::to_string(static_cast<long>(getpid())) +
@@ -590,6 +607,32 @@ static void test_params() {
     const tl::Params mid = tl::Params::load(ctx, pm);
     CHECK(mid.distance(ctx, out).total == 0.0);
     CHECK(mid.tensor_count() == 5);
+
+    // Mapped: the values of the copy; a write into the set (an interpolation) never reaches the
+    // file. A loaded (copied) set is a snapshot: rewriting the file in place afterwards, once the
+    // mapped set is gone as its contract asks, leaves it as it was.
+    {
+        std::string before, after, maps;
+        CHECK(read_file(pa, before));
+        tl::Params mapped = tl::Params::load_mapped(ctx, pa);
+        CHECK(mapped.tensor_count() == 5 && mapped.module_count() == 3);
+        CHECK(mapped.tensor_data("conv1.weight").values<float>() == ma.conv);
+        CHECK(mapped.tensor_data("fc.bias").values<double>() == ma.fc);
+        CHECK(mapped.distance(ctx, a).total == 0.0);
+        // Where the process's mappings can be listed (Linux), the file is among them while the
+        // set lives, and a file loaded by load is not.
+        if (read_file("/proc/self/maps", maps)) CHECK(maps_file(pa) && !maps_file(pb));
+        mapped.interpolate(ctx, a, b, 1.0);
+        CHECK(mapped.tensor_data("conv1.weight").values<float>() == mb.conv);
+        CHECK(read_file(pa, after) && after == before);
+    }
+    CHECK(!maps_file(pa));  // unmapped with the set
+    const tl::Params snapshot = tl::Params::load(ctx, pa);
+    write_safetensors(pa, mb);
+    CHECK(snapshot.tensor_data("conv1.weight").values<float>() == ma.conv);
+    CHECK(a.tensor_data("fc.bias").values<double>() == ma.fc);
+    CHECK_THROWS(tl::Params::load_mapped(ctx, scratch_path("missing.safetensors")), TL_STATUS_IO);
+    CHECK_THROWS(tl::Params::load_mapped(ctx, "."), TL_STATUS_IO);  // a folder, not a regular file
 
     // Wrap: the library reads and writes the caller's vectors in place.
     Model live;

@@ -626,3 +626,28 @@ pub(crate) fn cka_feature_terms<T: Real>(
     let norms = operands.into_iter().filter_map(|o| o.norms).collect();
     Ok(FeatureTerms { inner, traces: stats.iter().map(|s| s.trace).collect(), norms })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::product_scale;
+
+    /// The scale both backends apply to a layer before its f32 products: 1 inside 2^-50 ..= 2^50
+    /// (and for f64 products, and for a statistic that says nothing: zero, NaN, Inf), else an
+    /// exact power of two that brings the mean square near 1, up to the ends of f32's range: the
+    /// smallest subnormal squared (2^-298) and the largest value squared (about 2^256).
+    #[test]
+    fn product_scale_is_one_in_range_and_a_power_of_two_that_brings_the_mean_square_near_one() {
+        for ms in [1.0, 2f64.powi(-50), 2f64.powi(50), 1e-15, 1e15, 0.0, f64::NAN, f64::INFINITY, -1.0] {
+            assert_eq!(product_scale::<f32>(ms), 1.0, "mean square {ms:e}");
+        }
+        for e in [-298, -160, -90, -51, 51, 90, 200, 256] {
+            let ms = 1.5 * 2f64.powi(e);
+            assert_eq!(product_scale::<f64>(ms), 1.0, "f64 products are never scaled: 2^{e}");
+            let s = product_scale::<f32>(ms);
+            assert!(s.is_finite() && s > 0.0, "2^{e}: {s:e}");
+            assert_eq!(s.log2().fract(), 0.0, "2^{e}: the scale {s:e} is a power of two");
+            let scaled = ms * s * s;
+            assert!((0.5..=4.0).contains(&scaled), "2^{e}: mean square {ms:e} scaled to {scaled:e}");
+        }
+    }
+}

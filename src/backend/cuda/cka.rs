@@ -5,17 +5,23 @@
 //! Each layer is read where it lives: host data is uploaded once per call (the rows it spans,
 //! strides included), device memory (`Storage::Device`) is used in place after checking that it
 //! belongs to the context's device. One pass (`shift_<t>_to_<a>`) subtracts the shift in f64,
-//! rounds once to the arithmetic type `a` (f32 for f32, f16 and bf16 data, f64 for f64 data) and
-//! writes the `features x rows` column-major buffer the products take, recording the first NaN
-//! or Inf it meets; the dense products are cuBLAS's (`syrk` for Grams, `gemm` for the rest) in
-//! full f32 or f64; reductions of their results run on the device in f64, and only small
-//! results travel back.
+//! multiplies by the layer's product scale, rounds once to the arithmetic type `a` (f32 for f32,
+//! f16 and bf16 data, f64 for f64 data) and writes the `features x rows` column-major buffer the
+//! products take, recording the first NaN or Inf it meets; the dense products are cuBLAS's
+//! (`syrk` for Grams, `gemm` for the rest) in full f32 or f64; reductions of their results run on
+//! the device in f64, and only small results travel back, where the scales are undone in f64.
+//!
+//! The product scale is the CPU's ([`cpu::cka::product_scale`], from the same statistic: the
+//! mean square of the shifted layer, one `sumsq_<t>` pass before the shift): a power of two that
+//! keeps the f32 products of layers near the ends of f32's range (1e-23, 1e19, subnormals) from
+//! underflowing or overflowing; 1 for ordinary data, which then takes exactly the unscaled path.
 
 use super::blas::{BlasScalar, Gemm, Syrk, OP_N, OP_T};
 use super::device::{
     addr, addr_mut, alloc_zeros, check_vec, device_err, device_of, download, AnyBuffer, CudaDevice, DeviceBuffer,
     DeviceElement, MatrixShape, BLOCK, BLOCKS_PER_SM,
 };
+use crate::backend::cpu::{self, Real};
 use crate::backend::{CkaBatchMoments, CkaGramTerms};
 use crate::error::{fail, Error, Result};
 use crate::tensor::{DType, HostSlice, Matrix, Storage};
@@ -268,14 +274,16 @@ struct Shifted<A: BlasScalar> {
     /// Group and feature offset of each layer.
     group: Vec<usize>,
     offset: Vec<usize>,
-    /// Squared norms of the shifted rows, computed from the rounded values: layer `u` at
-    /// `u * rows`, column-major `rows x layers`.
+    /// Squared norms of the shifted rows, computed from the rounded values (so scaled by the
+    /// square of their layer's scale): layer `u` at `u * rows`, column-major `rows x layers`.
     norms: CudaSlice<f64>,
+    /// Each layer's product scale: the buffers hold `(x - shift) * scale`.
+    scales: Vec<f64>,
 }
 
-/// Shifts every layer; `group_of(u)` puts layer `u` in a buffer. Returns the first NaN / Inf as
-/// an error.
-fn shift_layers<A: BlasScalar>(
+/// Shifts and scales every layer; `group_of(u)` puts layer `u` in a buffer. Returns the first
+/// NaN / Inf as an error.
+fn shift_layers<A: BlasScalar + Real>(
     dev: &CudaDevice,
     layers: &[Layer],
     shifts: &[Vec<f64>],
@@ -301,6 +309,7 @@ fn shift_layers<A: BlasScalar>(
     }
     let flat: Vec<f64> = shifts.concat();
     let dshift = dev.stream().clone_htod(&flat).map_err(device_err("cuMemcpyHtoDAsync(shift)"))?;
+    let scales = product_scales::<A>(dev, layers, addr(dev, &dshift))?;
     let mut bad = dev.stream().clone_htod(&vec![u64::MAX; nl]).map_err(device_err("cuMemcpyHtoDAsync(flags)"))?;
     let mut norms = alloc_zeros::<f64>(dev, nl * rows, "row norms")?;
     let (pshift, pbad, pnorms) = (addr(dev, &dshift), addr_mut(dev, &mut bad), addr_mut(dev, &mut norms));
@@ -313,11 +322,11 @@ fn shift_layers<A: BlasScalar>(
         let name = format!("shift_{}_to_{}", l.suffix(), A::SUFFIX);
         let cfg = shift_grid(dev, dev.function(&name)?, l.rows, l.cols);
         let (shift, first_bad, ldg) = (pshift + 8 * start as u64, pbad + 8 * u as u64, ld[g] as u64);
-        let args = (l.ptr, rows as u64, cols, l.stride as u64, shift, y, ldg, first_bad);
+        let args = (l.ptr, rows as u64, cols, l.stride as u64, shift, scales[u], y, ldg, first_bad);
         // SAFETY: shift_<t>_to_<a>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
-        // const double* shift, A* y, tl_u64 ld, tl_u64* first_bad); the layer spans rows x cols
-        // with its stride, shift holds its cols values, y points at its first feature within a
-        // group buffer of ld x rows elements.
+        // const double* shift, double scale, A* y, tl_u64 ld, tl_u64* first_bad); the layer spans
+        // rows x cols with its stride, shift holds its cols values, y points at its first feature
+        // within a group buffer of ld x rows elements.
         unsafe { dev.launch(&name, cfg, args) }?;
         // Squared row norms of the rounded values: the layer's block read as row-major
         // `rows x cols` with row stride ld; one warp per row.
@@ -335,7 +344,33 @@ fn shift_layers<A: BlasScalar>(
             return Err(nonfinite(dev, l, bad[u]));
         }
     }
-    Ok(Shifted { bufs, ld, group, offset, norms })
+    Ok(Shifted { bufs, ld, group, offset, norms, scales })
+}
+
+/// Each layer's product scale ([`cpu::cka::product_scale`]) from the mean square of
+/// `x - shift` (`shift` addresses the layers' shifts, concatenated), summed in f64 on the
+/// device; all 1 for f64 products, which need none. A NaN or Inf gives scale 1 and is reported by
+/// the shift pass.
+fn product_scales<A: BlasScalar + Real>(dev: &CudaDevice, layers: &[Layer], shift: u64) -> Result<Vec<f64>> {
+    let nl = layers.len();
+    if !A::SCALES {
+        return Ok(vec![1.0; nl]);
+    }
+    let mut sums = alloc_zeros::<f64>(dev, nl, "sums of squares")?;
+    let psums = addr_mut(dev, &mut sums);
+    let mut start = 0u64;
+    for (u, l) in layers.iter().enumerate() {
+        let shape = MatrixShape { rows: l.rows, cols: l.cols, stride: l.stride };
+        let args = (l.ptr, l.rows as u64, l.cols as u64, l.stride as u64, shift + 8 * start, psums + 8 * u as u64);
+        // SAFETY: sumsq_<t>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+        // const double* shift, double* out); the layer spans rows x cols with its stride, shift
+        // holds its cols values, out is its one sum.
+        unsafe { dev.launch(&format!("sumsq_{}", l.suffix()), dev.grid_2d(shape), args) }?;
+        start += l.cols as u64;
+    }
+    let sums = download(dev, &sums, nl, "sums of squares")?;
+    sync(dev)?;
+    Ok(sums.iter().zip(layers).map(|(s, l)| cpu::cka::product_scale::<A>(s / (l.rows * l.cols) as f64)).collect())
 }
 
 impl<A: BlasScalar> Shifted<A> {
@@ -346,8 +381,9 @@ impl<A: BlasScalar> Shifted<A> {
     }
 }
 
-fn to_f64<A: BlasScalar>(v: Vec<A>) -> Vec<f64> {
-    v.into_iter().map(BlasScalar::to_f64).collect()
+/// `v` in f64 times `factor` (a power of two that undoes scales: exact).
+fn scaled_f64<A: BlasScalar>(v: Vec<A>, factor: f64) -> Vec<f64> {
+    v.into_iter().map(|a| BlasScalar::to_f64(a) * factor).collect()
 }
 
 fn check_layers(layers: &[(String, &Matrix)]) -> Result<usize> {
@@ -359,7 +395,7 @@ fn check_layers(layers: &[(String, &Matrix)]) -> Result<usize> {
 }
 
 /// The moments of one batch (see [`CkaBatchMoments`]) in arithmetic `A`.
-pub(crate) fn batch_moments<A: BlasScalar>(
+pub(crate) fn batch_moments<A: BlasScalar + Real>(
     dev: &CudaDevice,
     layers: &[(String, &Matrix)],
     shifts: &[Vec<f64>],
@@ -408,7 +444,7 @@ pub(crate) fn batch_moments<A: BlasScalar>(
         // (nl + 1) rows f32 values, the norms nl rows f64 values.
         unsafe { dev.launch("convert_f64_to_f32", dev.grid_1d(n), (prhs, addr(dev, &z.norms), n)) }?;
     }
-    let ones = vec![A::one(); rows];
+    let ones = vec![<A as BlasScalar>::one(); rows];
     dev.stream().memcpy_htod(&ones, &mut rhs.slice_mut(nl * rows..)).map_err(device_err("cuMemcpyHtoDAsync(ones)"))?;
     let prhs = addr(dev, &rhs);
     let mut third = Vec::with_capacity(nl);
@@ -434,13 +470,47 @@ pub(crate) fn batch_moments<A: BlasScalar>(
         .map(|(t, &p)| download(dev, t, p * (nl + 1), "third moments"))
         .collect::<Result<_>>()?;
     sync(dev)?;
-    Ok(CkaBatchMoments {
-        rows,
-        cross: to_f64(cross),
-        grams_lower: grams.into_iter().map(to_f64).collect(),
-        third: third.into_iter().map(to_f64).collect(),
-        norms: norms_flat.chunks(rows).map(|c| c.to_vec()).collect(),
-    })
+    // Undo the scales (as the CPU does): the cross block (x_u, y_v) carries s_u s_v, a Gram s_u^2,
+    // column u of layer v's third moments s_v s_u^2 (the norms in the right-hand side are those of
+    // the scaled values) and its last column, the sums, s_v.
+    let s = &z.scales;
+    let mut cross = scaled_f64(cross, 1.0);
+    if s.iter().any(|&scale| scale != 1.0) {
+        let per_feature = |range: std::ops::Range<usize>| -> Vec<f64> {
+            range.flat_map(|u| std::iter::repeat_n(1.0 / s[u], widths[u])).collect()
+        };
+        let (fx, fy) = (per_feature(0..nx), per_feature(nx..nl));
+        for (column, gy) in cross.chunks_mut(px.max(1)).zip(&fy) {
+            column.iter_mut().zip(&fx).for_each(|(c, gx)| *c *= gx * gy);
+        }
+    }
+    let grams_lower = grams.into_iter().enumerate().map(|(u, g)| scaled_f64(g, 1.0 / (s[u] * s[u]))).collect();
+    let third = third
+        .into_iter()
+        .zip(&widths)
+        .enumerate()
+        .map(|(v, (t, &p))| {
+            let mut t = scaled_f64(t, 1.0 / s[v]);
+            for (u, column) in t.chunks_mut(p).enumerate().take(nl) {
+                let back = 1.0 / (s[u] * s[u]);
+                column.iter_mut().for_each(|c| *c *= back);
+            }
+            t
+        })
+        .collect();
+    Ok(CkaBatchMoments { rows, cross, grams_lower, third, norms: unscaled_norms(&norms_flat, rows, s) })
+}
+
+/// The row norms of every layer (`rows` per layer, in layer order) with the squares of their
+/// layer's scales undone.
+fn unscaled_norms(flat: &[f64], rows: usize, scales: &[f64]) -> Vec<Vec<f64>> {
+    flat.chunks(rows)
+        .zip(scales)
+        .map(|(norms, &s)| {
+            let back = 1.0 / (s * s);
+            norms.iter().map(|n| n * back).collect()
+        })
+        .collect()
 }
 
 /// Which products [`gram_terms`] forms.
@@ -455,7 +525,7 @@ pub(crate) enum TermsRoute {
 
 /// `<K_u, K_v>_F` of the centered layers for each pair, and each layer's centered squared row
 /// norms (see [`CkaGramTerms`]), in arithmetic `A`; only these scalars leave the device.
-pub(crate) fn gram_terms<A: BlasScalar>(
+pub(crate) fn gram_terms<A: BlasScalar + Real>(
     dev: &CudaDevice,
     layers: &[(String, &Matrix)],
     pairs: &[(usize, usize)],
@@ -544,13 +614,19 @@ pub(crate) fn gram_terms<A: BlasScalar>(
         }
     }
     drop(blas);
-    let inner = download(dev, &inner, pairs.len(), "inner products")?;
+    let mut inner = download(dev, &inner, pairs.len(), "inner products")?;
     let norms = download(dev, &z.norms, nl * rows, "row norms")?;
     sync(dev)?;
     drop(products);
     ph.mark(dev, "results")?;
     ph.finish();
-    Ok(CkaGramTerms { inner, norms: norms.chunks(rows).map(|c| c.to_vec()).collect() })
+    // Undo the scales: pair (u, v)'s products carry s_u s_v, their squares its square.
+    let s = &z.scales;
+    for (value, &(u, v)) in inner.iter_mut().zip(pairs) {
+        let back = 1.0 / (s[u] * s[v]);
+        *value *= back * back;
+    }
+    Ok(CkaGramTerms { inner, norms: unscaled_norms(&norms, rows, s) })
 }
 
 /// `out[0] += <A, B>_F` in f64 (`sym_inner_<a>`) of the symmetric `n x n` matrices given by
@@ -585,9 +661,12 @@ pub(super) unsafe fn sumsq<A: BlasScalar>(
     out: u64,
 ) -> Result<()> {
     let cfg = dev.grid_2d(MatrixShape { rows, cols, stride });
-    // SAFETY: sumsq_<a>(const A* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* out); the
-    // caller's contract covers the memory.
-    unsafe { dev.launch(&format!("sumsq_{}", A::SUFFIX), cfg, (x, rows as u64, cols as u64, stride as u64, out)) }
+    let no_shift = 0u64;
+    // SAFETY: sumsq_<a>(const A* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, const double* shift,
+    // double* out), shift NULL; the caller's contract covers the memory.
+    unsafe {
+        dev.launch(&format!("sumsq_{}", A::SUFFIX), cfg, (x, rows as u64, cols as u64, stride as u64, no_shift, out))
+    }
 }
 
 /// Grid of `shift` (four rows per block step): x over columns, y over groups of four rows, at
@@ -690,8 +769,12 @@ impl CudaDevice {
         let (rows, cols, stride) = (shape.rows as u64, shape.cols as u64, shape.stride as u64);
         let (px, _gx) = x.slice.device_ptr(self.stream());
         let (po, _go) = out.slice.device_ptr_mut(self.stream());
-        // SAFETY: sumsq_<t>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride, double* out);
-        // the shape was checked against x, out holds at least one value.
-        unsafe { self.launch(&format!("sumsq_{}", T::SUFFIX), self.grid_2d(shape), (px, rows, cols, stride, po)) }
+        let no_shift = 0u64;
+        // SAFETY: sumsq_<t>(const T* x, tl_u64 rows, tl_u64 cols, tl_u64 stride,
+        // const double* shift, double* out), shift NULL; the shape was checked against x, out
+        // holds at least one value.
+        unsafe {
+            self.launch(&format!("sumsq_{}", T::SUFFIX), self.grid_2d(shape), (px, rows, cols, stride, no_shift, po))
+        }
     }
 }

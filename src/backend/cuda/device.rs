@@ -329,6 +329,7 @@ kernel_args_for_tuples! {
     (A.0, B.1, C.2, D.3, E.4, F.5)
     (A.0, B.1, C.2, D.3, E.4, F.5, G.6)
     (A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7)
+    (A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8)
 }
 
 /// One CUDA device, on its primary context, with its own stream.

@@ -32,6 +32,24 @@ impl CudaDevice {
         lambda: f64,
         out: &mut DeviceBuffer<T>,
     ) -> Result<()> {
+        // SAFETY: no flag.
+        unsafe { self.lerp_flagging(a, b, lambda, out, 0) }
+    }
+
+    /// [`Self::lerp`], and when `nonfinite` (the device address of an `i32`) is not 0, sets that
+    /// flag to 1 if a result is NaN or Inf.
+    ///
+    /// # Safety
+    /// `nonfinite` is 0 or the address of an `i32` on this device that stays allocated until the
+    /// queued kernel has run.
+    unsafe fn lerp_flagging<T: DeviceElement>(
+        &self,
+        a: &DeviceBuffer<T>,
+        b: &DeviceBuffer<T>,
+        lambda: f64,
+        out: &mut DeviceBuffer<T>,
+        nonfinite: u64,
+    ) -> Result<()> {
         if !lambda.is_finite() {
             fail!(InvalidArgument, "lambda: interpolation weight must be finite, got {lambda}");
         }
@@ -45,9 +63,10 @@ impl CudaDevice {
         let (pa, _ga) = a.slice.device_ptr(self.stream());
         let (pb, _gb) = b.slice.device_ptr(self.stream());
         let (po, _go) = out.slice.device_ptr_mut(self.stream());
-        // SAFETY: lerp_<t>(T* out, const T* a, const T* b, tl_u64 n, acc l); the three buffers
-        // hold n elements each.
-        unsafe { self.launch(&name, cfg, (po, pa, pb, n, T::arith(lambda))) }
+        // SAFETY: lerp_<t>(T* out, const T* a, const T* b, tl_u64 n, acc l, int* nonfinite); the
+        // three buffers hold n elements each; nonfinite is NULL or, by the caller's contract, one
+        // live i32 on this device.
+        unsafe { self.launch(&name, cfg, (po, pa, pb, n, T::arith(lambda), nonfinite)) }
     }
 
     /// Standard normals of `crate::rng`'s stream into `out` (elements `index0 ..`), computed
@@ -191,14 +210,31 @@ pub(crate) fn sum_sq(dev: &CudaDevice, x: &AnyBuffer, y: Option<&AnyBuffer>) -> 
     })
 }
 
-/// [`CudaDevice::lerp`] on buffers of one dtype.
-pub(crate) fn lerp(dev: &CudaDevice, x: &AnyBuffer, y: &AnyBuffer, lambda: f64, out: &mut AnyBuffer) -> Result<()> {
-    match (x, y, out) {
-        (AnyBuffer::F32(x), AnyBuffer::F32(y), AnyBuffer::F32(o)) => dev.lerp(x, y, lambda, o),
-        (AnyBuffer::F64(x), AnyBuffer::F64(y), AnyBuffer::F64(o)) => dev.lerp(x, y, lambda, o),
-        (AnyBuffer::F16(x), AnyBuffer::F16(y), AnyBuffer::F16(o)) => dev.lerp(x, y, lambda, o),
-        (AnyBuffer::BF16(x), AnyBuffer::BF16(y), AnyBuffer::BF16(o)) => dev.lerp(x, y, lambda, o),
-        _ => Err(Error::Panic("interpolation of buffers of several dtypes; the caller checks them".into())),
+/// [`CudaDevice::lerp`] on buffers of one dtype, setting the `i32` flag at device address
+/// `nonfinite` (0: none) to 1 if a result is NaN or Inf.
+///
+/// # Safety
+/// `nonfinite` is 0 or the address of an `i32` on `dev` that stays allocated until the queued
+/// kernel has run.
+pub(crate) unsafe fn lerp(
+    dev: &CudaDevice,
+    x: &AnyBuffer,
+    y: &AnyBuffer,
+    lambda: f64,
+    out: &mut AnyBuffer,
+    nonfinite: u64,
+) -> Result<()> {
+    // SAFETY: every arm passes `nonfinite` on under the caller's contract.
+    unsafe {
+        match (x, y, out) {
+            (AnyBuffer::F32(x), AnyBuffer::F32(y), AnyBuffer::F32(o)) => dev.lerp_flagging(x, y, lambda, o, nonfinite),
+            (AnyBuffer::F64(x), AnyBuffer::F64(y), AnyBuffer::F64(o)) => dev.lerp_flagging(x, y, lambda, o, nonfinite),
+            (AnyBuffer::F16(x), AnyBuffer::F16(y), AnyBuffer::F16(o)) => dev.lerp_flagging(x, y, lambda, o, nonfinite),
+            (AnyBuffer::BF16(x), AnyBuffer::BF16(y), AnyBuffer::BF16(o)) => {
+                dev.lerp_flagging(x, y, lambda, o, nonfinite)
+            }
+            _ => Err(Error::Panic("interpolation of buffers of several dtypes; the caller checks them".into())),
+        }
     }
 }
 
