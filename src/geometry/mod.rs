@@ -356,7 +356,7 @@ fn interpolate_impl(
 /// The error for an interpolation whose result for tensor `t` (of `a`) holds a NaN or an Inf.
 fn non_finite_result(t: &crate::params::Tensor, lambda: f64) -> Error {
     Error::NonFinite(format!(
-        "tensor {:?}: (1 - lambda) a + lambda b is not finite at lambda = {lambda} (an input holds NaN or Inf, or the result overflows {})",
+        "tensor {:?}: (1 - lambda) a + lambda b is not finite at lambda = {lambda:e} (an input holds NaN or Inf, or the result overflows {})",
         t.name(),
         t.dtype().name()
     ))
