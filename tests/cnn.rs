@@ -1,0 +1,228 @@
+//! The built-in CNN (docs/cnn.md): the specification and its errors, initialisation, the forward
+//! pass against an independent numpy reference, gradients against finite differences, training,
+//! determinism across thread counts, activations, the batched noisy evaluation, the evaluator and
+//! the block-shuffle check.
+
+use transferlens::model::cnn::{Layer, Shape, SPEC_METADATA_KEY};
+use transferlens::model::{Cnn, CnnSpec, Dataset};
+use transferlens::Error;
+
+/// The example of docs/cnn.md.
+const DOC_SPEC: &str = r#"{
+  "input": [1, 12, 12],
+  "classes": 8,
+  "layers": [
+    {"type": "conv", "name": "conv1", "out": 16, "kernel": 3, "stride": 1, "padding": 1, "bias": false},
+    {"type": "groupnorm", "name": "gn1", "groups": 4},
+    {"type": "relu"},
+    {"type": "block", "name": "layer1", "out": 16, "stride": 1, "groups": 4},
+    {"type": "block", "name": "layer2", "out": 32, "stride": 2, "groups": 4},
+    {"type": "avgpool", "kernel": 2, "stride": 2},
+    {"type": "global_avgpool"},
+    {"type": "dense", "name": "fc", "out": 8}
+  ]
+}"#;
+
+/// Smooth pseudo-images in [-1, 1] with labels from a fixed rule.
+fn images(n: usize, dim: usize, classes: usize, seed: u64) -> Dataset {
+    let mut x = vec![0f32; n * dim];
+    transferlens::rng::normals_f32(seed, 5, 0, &mut x);
+    let y = (0..n).map(|i| (i * 7 + seed as usize) as u32 % classes as u32).collect();
+    Dataset::new(x, y, dim, classes).unwrap()
+}
+
+#[test]
+fn the_doc_example_lowers_to_its_modules_tensors_and_shapes() {
+    let cnn = Cnn::from_json(DOC_SPEC).unwrap();
+    assert_eq!(cnn.module_names(), ["conv1", "layer1", "layer2", "fc"]);
+    assert_eq!(cnn.input_shape(), Shape { c: 1, h: 12, w: 12 });
+    assert_eq!(cnn.classes(), 8);
+    let shapes: Vec<(usize, usize, usize)> = cnn.output_shapes().iter().map(|s| (s.c, s.h, s.w)).collect();
+    assert_eq!(
+        shapes,
+        [(16, 12, 12), (16, 12, 12), (16, 12, 12), (16, 12, 12), (32, 6, 6), (32, 3, 3), (32, 1, 1), (8, 1, 1)]
+    );
+    assert_eq!(cnn.layer_modules(), [Some(0), Some(0), None, Some(1), Some(2), None, None, Some(3)]);
+    let names: Vec<String> = cnn.tensor_shapes().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            "conv1.weight",
+            "gn1.weight",
+            "gn1.bias",
+            "layer1.conv1.weight",
+            "layer1.gn1.weight",
+            "layer1.gn1.bias",
+            "layer1.conv2.weight",
+            "layer1.gn2.weight",
+            "layer1.gn2.bias",
+            "layer2.conv1.weight",
+            "layer2.gn1.weight",
+            "layer2.gn1.bias",
+            "layer2.conv2.weight",
+            "layer2.gn2.weight",
+            "layer2.gn2.bias",
+            "layer2.downsample.0.weight",
+            "layer2.downsample.1.weight",
+            "layer2.downsample.1.bias",
+            "fc.weight",
+            "fc.bias",
+        ]
+    );
+    assert_eq!(cnn.tensor_shapes()[15].1, [32, 16, 1, 1]);
+    let Layer::Block(b) = &cnn.layers()[4] else { panic!("layer2 is a block") };
+    assert_eq!(b.conv1.stride, 2);
+    assert!(b.downsample.is_some());
+    let Layer::Block(b) = &cnn.layers()[3] else { panic!("layer1 is a block") };
+    assert!(b.downsample.is_none());
+    // The canonical JSON reads back to the same spec.
+    let spec = cnn.spec().clone();
+    assert_eq!(CnnSpec::from_json(&spec.to_json()).unwrap(), spec);
+}
+
+#[test]
+fn spec_errors_name_the_layer_and_the_field() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "conv", "name": "c", "kernel": 3}]}"#,
+            &["layers[0]", "\"c\"", "\"out\"", "missing"],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "conv", "name": "c", "out": 0, "kernel": 3}]}"#,
+            &["layers[0]", "\"out\""],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "conv", "name": "c", "out": 4, "kernel": 9}, {"type": "flatten"}, {"type": "dense", "name": "fc", "out": 2}]}"#,
+            &["layers[0]", "\"kernel\"", "larger"],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "conv", "name": "c", "out": 6, "kernel": 3}, {"type": "groupnorm", "name": "g", "groups": 4}, {"type": "flatten"}, {"type": "dense", "name": "fc", "out": 2}]}"#,
+            &["layers[1]", "\"g\"", "\"groups\"", "divide"],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "dense", "name": "fc", "out": 2}]}"#,
+            &["layers[0]", "\"fc\"", "flatten"],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "flatten"}, {"type": "dense", "name": "fc", "out": 3}]}"#,
+            &["layers[1]", "classes"],
+        ),
+        (r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "pool"}]}"#, &["layers[0]", "\"type\"", "\"pool\""]),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "relu", "kernel": 2}]}"#,
+            &["layers[0]", "\"kernel\""],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "conv", "name": "c", "out": 4, "kernel": 3, "bias": 1}]}"#,
+            &["layers[0]", "\"bias\""],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "flatten"}, {"type": "conv", "name": "c", "out": 4, "kernel": 1}]}"#,
+            &["layers[1]", "vector"],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "flatten"}, {"type": "dense", "name": "fc", "out": 4}, {"type": "dense", "name": "fc", "out": 2}]}"#,
+            &["fc.weight", "twice"],
+        ),
+        (r#"{"input": [1, 8], "classes": 2, "layers": [{"type": "flatten"}]}"#, &["\"input\""]),
+        (r#"{"input": [1, 8, 8], "classes": 1, "layers": [{"type": "flatten"}]}"#, &["\"classes\""]),
+        (r#"{"input": [1, 8, 8], "classes": 2, "layers": []}"#, &["\"layers\""]),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "groupnorm", "name": "g", "groups": 1, "eps": -1}]}"#,
+            &["layers[0]", "\"eps\""],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "avgpool", "kernel": 9}, {"type": "flatten"}, {"type": "dense", "name": "fc", "out": 2}]}"#,
+            &["layers[0]", "\"kernel\""],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "block", "name": "b", "out": 4}]}"#,
+            &["layers[0]", "\"b\"", "\"groups\""],
+        ),
+        (
+            r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "conv", "name": "c", "out": 4, "kernel": 3, "module": ""}]}"#,
+            &["layers[0]", "\"module\""],
+        ),
+        (r#"not json"#, &["JSON"]),
+        (r#"{"input": [1, 8, 8], "classes": 2, "layers": [{"type": "flatten"}], "extra": 1}"#, &["\"extra\""]),
+    ];
+    for (text, needles) in cases {
+        let err = CnnSpec::from_json(text).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{text}: {err:?}");
+        let msg = err.to_string();
+        for n in *needles {
+            assert!(msg.contains(n), "{text}: the message {msg:?} lacks {n:?}");
+        }
+    }
+}
+
+#[test]
+fn module_overrides_group_several_layers() {
+    let spec = r#"{"input": [2, 7, 7], "classes": 3, "layers": [
+        {"type": "conv", "name": "stem", "out": 4, "kernel": 3},
+        {"type": "block", "name": "a", "out": 4, "groups": 2, "module": "stage"},
+        {"type": "block", "name": "b", "out": 8, "stride": 2, "groups": 2, "module": "stage"},
+        {"type": "global_avgpool"},
+        {"type": "dense", "name": "fc", "out": 3}]}"#;
+    let cnn = Cnn::from_json(spec).unwrap();
+    assert_eq!(cnn.module_names(), ["stem", "stage", "fc"]);
+    let p = cnn.init(1).unwrap();
+    let modules: Vec<&str> = p.modules().iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(modules, ["stem", "stage", "fc"]);
+}
+
+#[test]
+fn init_groups_modules_carries_the_spec_and_draws_he_normal_weights() {
+    let cnn = Cnn::from_json(DOC_SPEC).unwrap();
+    let p = cnn.init(9).unwrap();
+    let modules: Vec<&str> = p.modules().iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(modules, ["conv1", "layer1", "layer2", "fc"]);
+    assert_eq!(p.modules()[0].tensors, [0, 1, 2]);
+    let spec = p.metadata().get(SPEC_METADATA_KEY).expect("the spec travels with the weights");
+    assert_eq!(CnnSpec::from_json(spec).unwrap(), *cnn.spec());
+    let read = |name: &str| -> Vec<f32> {
+        let transferlens::tensor::HostSlice::F32(v) = p.tensor(name).unwrap().host().unwrap() else { panic!() };
+        v.to_vec()
+    };
+    // Stream = the tensor's index; std sqrt(2 / fan_in).
+    let w = read("layer2.conv1.weight");
+    let mut z = vec![0f32; w.len()];
+    transferlens::rng::normals_f32(9, 9, 0, &mut z);
+    let s = (2.0f64 / (16.0 * 9.0)).sqrt() as f32;
+    assert!(w.iter().zip(&z).all(|(a, b)| *a == b * s));
+    assert!(read("gn1.weight").iter().all(|&v| v == 1.0));
+    assert!(read("gn1.bias").iter().all(|&v| v == 0.0));
+    assert!(read("fc.bias").iter().all(|&v| v == 0.0));
+    // Saved and loaded, the set still carries the spec.
+    let dir = std::env::temp_dir().join(format!("tl-cnn-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("init.safetensors");
+    p.save(&path).unwrap();
+    let mut q = transferlens::ParamSet::load(&path).unwrap();
+    let again = Cnn::from_metadata(&q).unwrap();
+    q.set_grouping(again.grouping()).unwrap();
+    assert_eq!(q.modules(), p.modules());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn evaluation_checks_the_data_and_the_set() {
+    let cnn = Cnn::from_json(DOC_SPEC).unwrap();
+    let p = cnn.init(1).unwrap();
+    let wrong_dim = images(4, 100, 8, 1);
+    assert!(matches!(cnn.evaluate(&p, &wrong_dim), Err(Error::ShapeMismatch(_))));
+    let wrong_classes = images(4, 144, 7, 1);
+    assert!(matches!(cnn.evaluate(&p, &wrong_classes), Err(Error::ShapeMismatch(_))));
+    let other = Cnn::from_json(
+        &DOC_SPEC
+            .replace("\"out\": 16, \"kernel\": 3", "\"out\": 8, \"kernel\": 3")
+            .replace("\"groups\": 4}", "\"groups\": 4}"),
+    )
+    .unwrap();
+    let q = other.init(1).unwrap();
+    let data = images(4, 144, 8, 1);
+    let err = cnn.evaluate(&q, &data).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch(_)) && err.to_string().contains("conv1.weight"), "{err}");
+    let m = cnn.evaluate(&p, &data).unwrap();
+    assert!(m.loss.is_finite() && m.loss > 0.0);
+}
