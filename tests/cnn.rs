@@ -221,3 +221,63 @@ fn evaluation_checks_the_data_and_the_set() {
     let m = cnn.evaluate(&p, &data).unwrap();
     assert!(m.loss.is_finite() && m.loss > 0.0);
 }
+
+/// The tensors of `prefix/...` in the reference file, as (name without the prefix, shape, f32
+/// values) or, for f64 tensors, their f64 values.
+fn reference_net(file: &transferlens::ParamSet, prefix: &str) -> (Cnn, transferlens::ParamSet, Dataset, Vec<f64>) {
+    use transferlens::tensor::HostSlice;
+    let spec = file.metadata().get(&format!("{prefix}.spec")).unwrap();
+    let cnn = Cnn::from_json(spec).unwrap();
+    let mut weights = Vec::new();
+    let (mut x, mut logits) = (Vec::new(), Vec::new());
+    for t in file.tensors() {
+        let Some(name) = t.name().strip_prefix(&format!("{prefix}/")) else { continue };
+        match (name, t.host().unwrap()) {
+            ("data.x", HostSlice::F32(v)) => x = v.to_vec(),
+            ("data.logits", HostSlice::F64(v)) => logits = v.to_vec(),
+            (_, HostSlice::F32(v)) => weights.push((name.to_string(), t.shape().to_vec(), v.to_vec())),
+            _ => panic!("unexpected tensor {}", t.name()),
+        }
+    }
+    let p = transferlens::model::f32_set(&weights).unwrap();
+    let dim = cnn.input_shape().c * cnn.input_shape().h * cnn.input_shape().w;
+    let n = x.len() / dim;
+    let data = Dataset::new(x, vec![0; n], dim, cnn.classes()).unwrap();
+    (cnn, p, data, logits)
+}
+
+/// The logits of `p` on `data` (the output of the last module, a dense layer).
+fn logits(cnn: &Cnn, p: &transferlens::ParamSet, data: &Dataset) -> Vec<f32> {
+    cnn.activations(p, data).unwrap().pop().unwrap()
+}
+
+#[test]
+fn forward_matches_an_independent_numpy_reference() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cnn_reference.safetensors");
+    let file = transferlens::ParamSet::load(path).unwrap();
+    for prefix in ["net0", "net1"] {
+        let (cnn, p, data, expected) = reference_net(&file, prefix);
+        assert_eq!(p.tensors().len(), cnn.tensor_shapes().len(), "{prefix}: every tensor of the spec is in the file");
+        let got = logits(&cnn, &p, &data);
+        assert_eq!(got.len(), expected.len());
+        let scale = expected.iter().fold(0f64, |a, &b| a.max(b.abs()));
+        for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                (g as f64 - e).abs() <= 1e-4 * e.abs().max(1e-2 * scale),
+                "{prefix}: logit {i}: {g} vs numpy {e}"
+            );
+        }
+        // The metrics are those of the same logits.
+        let m = cnn.evaluate(&p, &data).unwrap();
+        let classes = cnn.classes();
+        let ce: f64 = expected
+            .chunks(classes)
+            .map(|z| {
+                let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln() - z[0]
+            })
+            .sum::<f64>()
+            / data.n as f64;
+        assert!((m.loss - ce).abs() <= 1e-4 * ce.abs(), "{prefix}: loss {} vs numpy {ce}", m.loss);
+    }
+}
