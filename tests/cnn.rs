@@ -262,10 +262,7 @@ fn forward_matches_an_independent_numpy_reference() {
         assert_eq!(got.len(), expected.len());
         let scale = expected.iter().fold(0f64, |a, &b| a.max(b.abs()));
         for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
-            assert!(
-                (g as f64 - e).abs() <= 1e-4 * e.abs().max(1e-2 * scale),
-                "{prefix}: logit {i}: {g} vs numpy {e}"
-            );
+            assert!((g as f64 - e).abs() <= 1e-4 * e.abs().max(1e-2 * scale), "{prefix}: logit {i}: {g} vs numpy {e}");
         }
         // The metrics are those of the same logits.
         let m = cnn.evaluate(&p, &data).unwrap();
@@ -279,5 +276,87 @@ fn forward_matches_an_independent_numpy_reference() {
             .sum::<f64>()
             / data.n as f64;
         assert!((m.loss - ce).abs() <= 1e-4 * ce.abs(), "{prefix}: loss {} vs numpy {ce}", m.loss);
+    }
+}
+
+/// A copy of the f32 set `p` whose tensor `t` is `values`.
+fn with_tensor(p: &transferlens::ParamSet, t: usize, values: &[f32]) -> transferlens::ParamSet {
+    use transferlens::tensor::HostSlice;
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = p
+        .tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let HostSlice::F32(v) = x.host().unwrap() else { panic!("f32 sets only") };
+            (x.name().to_string(), x.shape().to_vec(), if i == t { values.to_vec() } else { v.to_vec() })
+        })
+        .collect();
+    transferlens::model::f32_set(&tensors).unwrap()
+}
+
+fn f32_values(p: &transferlens::ParamSet, t: usize) -> Vec<f32> {
+    let transferlens::tensor::HostSlice::F32(v) = p.tensors()[t].host().unwrap() else { panic!("f32 sets only") };
+    v.to_vec()
+}
+
+/// Central differences of the loss along `dir` (a unit vector over tensor `t`), step `h`.
+fn directional_fd(cnn: &Cnn, p: &transferlens::ParamSet, data: &Dataset, t: usize, dir: &[f64], h: f64) -> f64 {
+    let w = f32_values(p, t);
+    let at = |s: f64| {
+        let moved: Vec<f32> = w.iter().zip(dir).map(|(&v, &d)| (v as f64 + s * d) as f32).collect();
+        cnn.evaluate(&with_tensor(p, t, &moved), data).unwrap().loss
+    };
+    (at(h) - at(-h)) / (2.0 * h)
+}
+
+/// Every layer kind of the reference nets (conv with and without bias, stride and padding;
+/// GroupNorm with random affine parameters; ReLU; average and global average pooling; flatten;
+/// dense with and without bias; blocks with and without downsample): each tensor's gradient
+/// against central differences of the loss along the gradient's own direction, along a random
+/// direction, and at its three largest elements. A gradient off by a factor, a sign or an
+/// element fails one of them by far more than the 1e-2 allowed.
+#[test]
+fn gradients_match_central_differences_for_every_layer_kind() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cnn_reference.safetensors");
+    let file = transferlens::ParamSet::load(path).unwrap();
+    let h = 1e-3;
+    for prefix in ["net0", "net1"] {
+        let (cnn, p, data, _) = reference_net(&file, prefix);
+        let classes = cnn.classes() as u32;
+        let data = Dataset::new(
+            data.x.clone(),
+            (0..data.n as u32).map(|i| (i * 2 + 1) % classes).collect(),
+            data.dim,
+            data.classes,
+        )
+        .unwrap();
+        let (loss, grads) = cnn.loss_gradient(&p, &data).unwrap();
+        assert!((loss - cnn.evaluate(&p, &data).unwrap().loss).abs() < 1e-5 * loss);
+        for (t, g) in grads.iter().enumerate() {
+            let name = p.tensors()[t].name().to_string();
+            let norm = g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(norm > 1e-3, "{prefix} {name}: the gradient is too small ({norm}) for the check to mean anything");
+            let unit: Vec<f64> = g.iter().map(|&v| v as f64 / norm).collect();
+            let along = directional_fd(&cnn, &p, &data, t, &unit, h);
+            assert!((along - norm).abs() < 1e-2 * norm, "{prefix} {name}: along the gradient fd {along} vs |g| {norm}");
+            let mut r = vec![0f64; g.len()];
+            transferlens::rng::normals_f64(3, t as u64, 0, &mut r);
+            let rn = r.iter().map(|v| v * v).sum::<f64>().sqrt();
+            r.iter_mut().for_each(|v| *v /= rn);
+            let dot: f64 = g.iter().zip(&r).map(|(&a, &b)| a as f64 * b).sum();
+            let fd = directional_fd(&cnn, &p, &data, t, &r, h);
+            assert!(
+                (fd - dot).abs() < 1e-2 * norm,
+                "{prefix} {name}: random direction fd {fd} vs g.d {dot} (|g| {norm})"
+            );
+            let mut order: Vec<usize> = (0..g.len()).collect();
+            order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+            for &k in order.iter().take(3) {
+                let mut e = vec![0f64; g.len()];
+                e[k] = 1.0;
+                let fd = directional_fd(&cnn, &p, &data, t, &e, h);
+                assert!((fd - g[k] as f64).abs() < 1e-2 * norm, "{prefix} {name}[{k}]: fd {fd} vs {}", g[k]);
+            }
+        }
     }
 }
