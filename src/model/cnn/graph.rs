@@ -31,7 +31,7 @@ pub(super) enum Op {
 }
 
 impl Op {
-    fn dst(&self) -> usize {
+    pub fn dst(&self) -> usize {
         match *self {
             Op::Conv { dst, .. }
             | Op::GroupNorm { dst, .. }
