@@ -164,11 +164,6 @@ impl Graph {
         self.push(Op::Conv { conv: conv.clone(), geom, src, dst: 0 }, size)
     }
 
-    /// Whether an operation at index `from` or later reads buffer `b`.
-    pub fn read_from(&self, b: usize, from: usize) -> bool {
-        self.last_read[b].is_some_and(|l| l >= from)
-    }
-
     /// A tape for `m` images holding only the input.
     pub fn tape(&self, input: Vec<f32>) -> Tape {
         let mut t = vec![None; self.sizes.len()];
