@@ -506,3 +506,47 @@ fn batched_module_noise_equals_writing_each_copy_bit_for_bit() {
     assert!(matches!(cnn.evaluate_module_noise(&p, &data, 5, 0.1, 1, 2), Err(Error::NotFound(_))));
     assert!(matches!(cnn.evaluate_module_noise(&p, &data, 0, f64::NAN, 1, 2), Err(Error::InvalidArgument(_))));
 }
+
+/// The analyses run on the CNN's evaluator: network criticality (whose noisy copies take the
+/// batched path) gives exactly what writing every copy into a set and evaluating it gives, and
+/// an interpolation curve ends at the two models' own metrics.
+#[test]
+fn criticality_and_interpolation_run_on_the_cnn_evaluator() {
+    use transferlens::criticality::{self, Noise, Options, Path, Search};
+    use transferlens::eval::{CnnEvaluator, FnEvaluator};
+    let cnn = Cnn::from_json(STROKE_CNN).unwrap();
+    let (train, test) = (strokes(400, 1), strokes(120, 2));
+    let init = cnn.init(1).unwrap();
+    let mut fin = init.try_clone().unwrap();
+    let opts = transferlens::model::TrainOptions { epochs: 3, ..stroke_training() };
+    cnn.train(&mut fin, &train, &opts).unwrap();
+    let ctx = transferlens::Context::cpu();
+    let o = Options {
+        noise: Noise::Relative,
+        search: Search::Grid { alphas: 3, sigmas: 3 },
+        samples: 3,
+        seed: 4,
+        ..Options::reference()
+    };
+    let path = Path::Straight { init: &init, final_: &fin };
+    let mut ev = CnnEvaluator::new(cnn.clone(), test.clone());
+    let mut live = fin.try_clone().unwrap();
+    let fast = criticality::network_criticality(&ctx, &mut ev, path, &mut live, &o).unwrap();
+    assert_eq!(fast.modules.len(), 3, "conv1, layer1, fc");
+    assert!(fast.modules.iter().all(|m| m.value.is_finite() && m.value >= 0.0), "{fast:?}");
+    let mut written = FnEvaluator(|p: &transferlens::ParamSet| cnn.evaluate(p, &test));
+    let mut live = fin.try_clone().unwrap();
+    let slow = criticality::network_criticality(&ctx, &mut written, path, &mut live, &o).unwrap();
+    assert_eq!(fast, slow);
+
+    let mut other = cnn.init(2).unwrap();
+    cnn.train(&mut other, &train, &transferlens::model::TrainOptions { seed: 9, ..opts }).unwrap();
+    let lambdas = [0.0, 0.25, 0.5, 0.75, 1.0];
+    let mut live = fin.try_clone().unwrap();
+    let curve =
+        transferlens::landscape::interpolation_curve(&ctx, &mut ev, &fin, &other, &mut live, &lambdas, None).unwrap();
+    assert_eq!(curve.len(), 5);
+    assert_eq!(curve[0], cnn.evaluate(&fin, &test).unwrap());
+    assert_eq!(curve[4], cnn.evaluate(&other, &test).unwrap());
+    assert!(curve.iter().all(|m| m.loss.is_finite()));
+}
