@@ -1,10 +1,15 @@
-//! The built-in reference model: a multilayer perceptron (dense layers, ReLU, softmax
-//! cross-entropy), enough to produce the study's models and to serve as an evaluator.
+//! The built-in reference models: a multilayer perceptron (dense layers, ReLU, softmax
+//! cross-entropy), enough to produce the study's models and to serve as an evaluator, and a small
+//! convolutional network described by a JSON specification ([`cnn`], docs/cnn.md).
 //!
 //! Parameters live in a [`ParamSet`] with one module per layer: `fc1.weight` (out x in, row
 //! major) and `fc1.bias`, then `fc2.*`, ... The last layer gives the logits. Products run through
 //! faer's GEMM in f32 (the storage dtype); losses and error rates are summed in f64. Weights of
 //! another dtype (a set loaded from a file) are converted to f32 on the way in.
+
+pub mod cnn;
+
+pub use cnn::{Cnn, CnnSpec};
 
 use crate::backend::cpu::mlp::{bias_act, noisy_copy, row_loss, SoftmaxXent};
 use crate::backend::{DenseLayer, LayerNoise};
@@ -123,7 +128,19 @@ fn metrics_of(tally: &SoftmaxXent, rows: usize) -> Result<Metrics> {
     Ok(Metrics { loss: tally.loss / rows as f64, error, accuracy: 1.0 - error })
 }
 
-/// Options of [`Mlp::train`].
+/// How the learning rate changes from epoch to epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LrSchedule {
+    /// `lr` in every epoch.
+    #[default]
+    Constant,
+    /// `lr * factor^(epoch / every)`: multiplied by `factor` every `every` epochs.
+    Step { every: usize, factor: f64 },
+    /// `lr * (1 + cos(pi * epoch / epochs)) / 2`: from `lr` down towards 0 over the run.
+    Cosine,
+}
+
+/// Options of [`Mlp::train`] and [`Cnn::train`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOptions {
     pub epochs: usize,
@@ -133,12 +150,66 @@ pub struct TrainOptions {
     pub weight_decay: f64,
     /// Seeds the order in which rows are visited each epoch.
     pub seed: u64,
+    /// The learning rate of each epoch (constant by default).
+    pub schedule: LrSchedule,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { epochs: 10, batch: 32, lr: 0.05, momentum: 0.9, weight_decay: 0.0, seed: 0 }
+        TrainOptions {
+            epochs: 10,
+            batch: 32,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 0,
+            schedule: LrSchedule::Constant,
+        }
     }
+}
+
+impl TrainOptions {
+    /// Checks the options' ranges.
+    pub fn check(&self) -> Result<()> {
+        // NaN fails every check.
+        let lr_ok = self.lr > 0.0 && self.lr.is_finite();
+        let decay_ok = self.weight_decay >= 0.0;
+        let schedule_ok = match self.schedule {
+            LrSchedule::Step { every, factor } => every >= 1 && factor > 0.0 && factor.is_finite(),
+            LrSchedule::Constant | LrSchedule::Cosine => true,
+        };
+        if self.batch == 0 || !lr_ok || !(0.0..1.0).contains(&self.momentum) || !decay_ok || !schedule_ok {
+            fail!(
+                InvalidArgument,
+                "training needs batch >= 1, lr > 0, 0 <= momentum < 1, weight_decay >= 0 and a step schedule with \
+                 every >= 1 and factor > 0; got {self:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The learning rate of epoch `epoch` (from 0).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        match self.schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Step { every, factor } => self.lr * factor.powi((epoch / every.max(1)) as i32),
+            LrSchedule::Cosine => {
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / self.epochs.max(1) as f64).cos())
+            }
+        }
+    }
+}
+
+/// Writes f32 values into tensor `name` of `p`, rounding to its dtype.
+pub(crate) fn store_f32(p: &mut ParamSet, name: &str, src: &[f32]) -> Result<()> {
+    let i = p.tensor_index(name).ok_or_else(|| Error::NotFound(format!("no tensor {name:?}")))?;
+    match p.tensors_mut()[i].host_mut()? {
+        HostSliceMut::F32(d) => d.copy_from_slice(src),
+        HostSliceMut::F64(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = s as f64),
+        HostSliceMut::F16(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = half::f16::from_f32(s)),
+        HostSliceMut::BF16(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = half::bf16::from_f32(s)),
+    }
+    Ok(())
 }
 
 /// A seeded permutation of 0..n (Fisher-Yates on Philox words): the same for a seed everywhere.
@@ -433,22 +504,15 @@ impl Mlp {
     /// loss of each epoch (as seen during the epoch).
     pub fn train(&self, p: &mut ParamSet, data: &Dataset, opts: &TrainOptions) -> Result<Vec<f64>> {
         self.check_data(data)?;
-        // NaN fails every check.
-        let lr_ok = opts.lr > 0.0;
-        let decay_ok = opts.weight_decay >= 0.0;
-        if opts.batch == 0 || !lr_ok || !(0.0..1.0).contains(&opts.momentum) || !decay_ok {
-            fail!(
-                InvalidArgument,
-                "training needs batch >= 1, lr > 0, 0 <= momentum < 1 and weight_decay >= 0; got {opts:?}"
-            );
-        }
+        opts.check()?;
         let mut w: Vec<Vec<f32>> =
             self.layers_of(p)?.into_iter().flat_map(|l| [l.w.into_owned(), l.b.into_owned()]).collect();
         let mut grad: Vec<Vec<f32>> = w.iter().map(|v| vec![0f32; v.len()]).collect();
         let mut vel = grad.clone();
-        let (lr, mom, wd) = (opts.lr as f32, opts.momentum as f32, opts.weight_decay as f32);
+        let (mom, wd) = (opts.momentum as f32, opts.weight_decay as f32);
         let mut history = Vec::with_capacity(opts.epochs);
         for epoch in 0..opts.epochs {
+            let lr = opts.lr_at(epoch) as f32;
             let order = permutation(data.n, opts.seed, epoch as u64);
             let mut total = 0.0;
             let mut batches = 0;
@@ -480,15 +544,7 @@ impl Mlp {
     fn store(&self, p: &mut ParamSet, w: &[Vec<f32>]) -> Result<()> {
         for l in 0..self.layers() {
             for (k, suffix) in ["weight", "bias"].iter().enumerate() {
-                let name = format!("fc{}.{suffix}", l + 1);
-                let i = p.tensor_index(&name).ok_or_else(|| Error::NotFound(format!("no tensor {name:?}")))?;
-                let src = &w[2 * l + k];
-                match p.tensors_mut()[i].host_mut()? {
-                    HostSliceMut::F32(d) => d.copy_from_slice(src),
-                    HostSliceMut::F64(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = s as f64),
-                    HostSliceMut::F16(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = half::f16::from_f32(s)),
-                    HostSliceMut::BF16(d) => d.iter_mut().zip(src).for_each(|(d, &s)| *d = half::bf16::from_f32(s)),
-                }
+                store_f32(p, &format!("fc{}.{suffix}", l + 1), &w[2 * l + k])?;
             }
         }
         Ok(())
@@ -596,6 +652,21 @@ mod tests {
         let mut q = mlp.init(1).unwrap();
         mlp.train(&mut q, &d, &opts).unwrap();
         assert_eq!(mlp.evaluate(&q, &d).unwrap(), after);
+    }
+
+    #[test]
+    fn learning_rate_schedules() {
+        let base = TrainOptions { lr: 0.1, epochs: 4, ..Default::default() };
+        assert_eq!(base.schedule, LrSchedule::Constant);
+        assert!((0..4).all(|e| base.lr_at(e) == 0.1));
+        let step = TrainOptions { schedule: LrSchedule::Step { every: 2, factor: 0.5 }, ..base.clone() };
+        assert_eq!([step.lr_at(0), step.lr_at(1), step.lr_at(2), step.lr_at(5)], [0.1, 0.1, 0.05, 0.025]);
+        let cosine = TrainOptions { schedule: LrSchedule::Cosine, ..base.clone() };
+        assert_eq!(cosine.lr_at(0), 0.1);
+        assert!((cosine.lr_at(2) - 0.05).abs() < 1e-15);
+        assert!(cosine.lr_at(3) < cosine.lr_at(2));
+        assert!(TrainOptions { schedule: LrSchedule::Step { every: 1, factor: 0.0 }, ..base.clone() }.check().is_err());
+        assert!(TrainOptions { lr: f64::INFINITY, ..base }.check().is_err());
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum Grouping {
     Prefixes { prefixes: Vec<String>, unmatched: Unmatched },
     /// Every tensor is its own module.
     Tensor,
+    /// Named modules: each listed tensor (tensor name, module name) is in the module given for
+    /// it; a weight not listed forms a module of its own, named by the tensor. The built-in CNN
+    /// groups its sets so (a GroupNorm joins its conv's module).
+    Explicit(Vec<(String, String)>),
 }
 
 /// What [`Grouping::Prefixes`] does with a weight that no prefix matches.
@@ -78,6 +82,10 @@ impl Grouping {
                 Cow::Borrowed(&name[..end])
             }
             Grouping::Tensor => Cow::Borrowed(name),
+            Grouping::Explicit(pairs) => match pairs.iter().find(|(t, _)| t == name) {
+                Some((_, m)) => Cow::Owned(m.clone()),
+                None => Cow::Borrowed(name),
+            },
             Grouping::Prefixes { prefixes, unmatched } => {
                 let best = prefixes.iter().filter(|p| prefix_matches(p, name)).max_by_key(|p| p.len());
                 match (best, unmatched) {

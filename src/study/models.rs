@@ -21,12 +21,28 @@ pub(super) struct Models {
 }
 
 fn source_opts(cfg: &Config) -> TrainOptions {
-    TrainOptions { epochs: cfg.source_epochs, batch: 32, lr: 0.05, momentum: 0.9, weight_decay: 0.0, seed: 100 }
+    TrainOptions {
+        epochs: cfg.source_epochs,
+        batch: 32,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        seed: 100,
+        ..Default::default()
+    }
 }
 fn target_opts(cfg: &Config, pretrained: bool, seed: u64) -> TrainOptions {
     // Fine-tuning uses a smaller step, as the study's fine-tuning does.
     let lr = if pretrained { 0.01 } else { 0.05 };
-    TrainOptions { epochs: cfg.target_epochs, batch: 16, lr, momentum: 0.9, weight_decay: 0.0, seed }
+    TrainOptions {
+        epochs: cfg.target_epochs,
+        batch: 16,
+        lr,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        seed,
+        ..Default::default()
+    }
 }
 
 /// The sweep trains P-T and RI-T alike, so that their training losses compare optimisation

@@ -7,6 +7,8 @@
 //!   code in `backend/cuda/weights.rs`.
 //! - [`mlp`]: CPU twin of `kernels/mlp.cu` (noisy copies of a layer, bias and ReLU, softmax
 //!   cross-entropy); CUDA host code in `backend/cuda/mlp.rs`.
+//! - [`cnn`]: CPU twin of `kernels/cnn.cu` (im2col, GroupNorm, pooling, the per-copy
+//!   cross-entropy of the CNN); CUDA host code in `backend/cuda/cnn.rs`.
 //! - [`pool`]: the threads after a `fork` (a forked child computes on the calling thread).
 //!
 //! Each twin's module doc says where its rounding equals the kernel's and where it differs.
@@ -44,6 +46,7 @@ macro_rules! multiversion {
 }
 
 pub mod cka;
+pub mod cnn;
 pub mod mlp;
 pub(crate) mod pool;
 pub mod weights;
