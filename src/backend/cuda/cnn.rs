@@ -282,8 +282,8 @@ impl DeviceCnn {
         }
         let mut stacks: Vec<CudaSlice<f32>> = Vec::new();
         let mut params = Params { ptr: Vec::with_capacity(tensors), copies: Vec::with_capacity(tensors) };
-        for i in 0..tensors {
-            if !stacked[i] {
+        for (i, &is_stacked) in stacked.iter().enumerate() {
+            if !is_stacked {
                 params.ptr.push(self.f32_ptr(i));
                 params.copies.push(1);
                 continue;
@@ -462,6 +462,7 @@ impl DeviceCnn {
 
     /// `cur` as `m copies` images when a layer with `copies` stacked parameters reads it
     /// unstacked, into a free buffer not among `keep`; else `cur`.
+    #[allow(clippy::too_many_arguments)]
     fn stacked_input(
         &self,
         dev: &CudaDevice,
