@@ -181,6 +181,54 @@ fn errors_on_cuda_name_the_problem() {
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
 }
 
+/// `CnnEvaluator` on a CUDA context computes on the device: plain sets and module noise as the
+/// CPU context gives them.
+fn the_evaluator_on_cuda_matches_the_cpu() {
+    use transferlens::eval::{CnnEvaluator, Evaluator, ModuleNoise};
+    let gpu = common::cuda_context();
+    let cpu = transferlens::Context::cpu();
+    let (cnn, set, data) = fixture(NET_A, 150, 9);
+    let other = cnn.init(10).unwrap();
+    let mut ev = CnnEvaluator::new(cnn.clone(), data.clone());
+    let want = ev.evaluate(&cpu, &[&set, &other]).unwrap();
+    let got: Vec<(f64, f64)> = ev.evaluate(&gpu, &[&set, &other]).unwrap().iter().map(|m| (m.loss, m.error)).collect();
+    assert_close(&got, &want, data.n, "evaluator, plain");
+    let noise = ModuleNoise { point: &set, module: 2, std: 0.05, seed: 4, samples: 4 };
+    let want = ev.evaluate_module_noise(&cpu, &noise).unwrap().unwrap();
+    let got = ev.evaluate_module_noise(&gpu, &noise).unwrap().unwrap();
+    let got: Vec<(f64, f64)> = got.iter().map(|m| (m.loss, m.error)).collect();
+    assert_close(&got, &want, data.n, "evaluator, noise on layer2");
+}
+
+/// A NaN weight makes the loss NaN: an error on the device as on the CPU, never a metric.
+fn nan_weights_are_an_error_on_cuda() {
+    let dev = device();
+    let (cnn, set, data) = fixture(NET_B, 30, 4);
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = set
+        .tensors()
+        .iter()
+        .map(|t| {
+            let transferlens::tensor::HostSlice::F32(v) = t.host().unwrap() else { unreachable!("the fixture is f32") };
+            let mut v = v.to_vec();
+            if t.name() == "fc2.weight" {
+                v[2] = f32::NAN;
+            }
+            (t.name().to_string(), t.shape().to_vec(), v)
+        })
+        .collect();
+    let mut with_nan = transferlens::model::f32_set(&tensors).unwrap();
+    with_nan.set_grouping(cnn.grouping()).unwrap();
+    let model = DeviceCnn::upload(&dev, &cnn, &with_nan).unwrap();
+    let on_device = upload_data(&dev, &data);
+    let err = model.evaluate(&dev, &on_device).unwrap_err();
+    assert!(matches!(err, Error::NonFinite(_)), "{err:?}");
+    // Noise on the first module: the NaN above it reaches every copy's logits.
+    let err = model.evaluate_module_noise(&dev, &on_device, 0, 0.1, 1, 3).unwrap_err();
+    assert!(matches!(err, Error::NonFinite(_)), "{err:?}");
+    let err = cnn.evaluate_module_noise(&with_nan, &data, 0, 0.1, 1, 3).unwrap_err();
+    assert!(matches!(err, Error::NonFinite(_)), "{err:?}");
+}
+
 /// The nets have the modules the device paths need (an identity block and a downsampling one,
 /// a GroupNorm alone, two dense layers together), and noise on each moves the CPU's loss, so the
 /// comparisons above compare something.
@@ -206,5 +254,7 @@ gpu_test_main! {
         noisy_copies_of_every_module_on_cuda_match_the_cpu,
         more_copies_than_one_group_match_the_cpu,
         errors_on_cuda_name_the_problem,
+        nan_weights_are_an_error_on_cuda,
+        the_evaluator_on_cuda_matches_the_cpu,
     ],
 }

@@ -30,7 +30,7 @@ use super::mlp::{
 use crate::backend::LayerNoise;
 use crate::error::{fail, Result};
 use crate::model::cnn::{BasicBlock, ConvLayer, DenseLayer, GroupNormLayer, Layer, Shape};
-use crate::model::Cnn;
+use crate::model::{Cnn, Dataset};
 use crate::params::ParamSet;
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
 
@@ -87,6 +87,30 @@ struct PoolGeom {
 // SAFETY: #[repr(C)], laid out as tl_pool_geom (one u64, six u32: 32 bytes, no padding); passed
 // by value.
 unsafe impl DeviceRepr for PoolGeom {}
+
+/// An evaluation set's copy on the CUDA device last used, uploaded at the first call on that
+/// device and kept (`eval::CnnEvaluator` holds one).
+#[derive(Clone, Default)]
+pub struct DeviceDataCache(Option<std::sync::Arc<DeviceDataset>>);
+
+impl std::fmt::Debug for DeviceDataCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceDataCache(on device {:?})", self.0.as_ref().map(|d| d.ordinal()))
+    }
+}
+
+impl DeviceDataCache {
+    /// `data` (checked against `cnn`) on `dev`.
+    pub fn get(&mut self, dev: &CudaDevice, cnn: &Cnn, data: &Dataset) -> Result<std::sync::Arc<DeviceDataset>> {
+        if let Some(d) = self.0.as_ref().filter(|d| d.ordinal() == dev.ordinal()) {
+            return Ok(d.clone());
+        }
+        cnn.check_data(data)?;
+        let up = std::sync::Arc::new(DeviceDataset::upload(dev, &data.x, &data.y, data.dim, data.classes)?);
+        self.0 = Some(up.clone());
+        Ok(up)
+    }
+}
 
 /// A CNN's parameters on the device, uploaded once for any number of evaluations: each tensor in
 /// its storage dtype (the noise is rounded to it) and as f32 for the products.
@@ -300,15 +324,7 @@ impl DeviceCnn {
         }
         let got = self.run(dev, data, &params, g);
         drop(stacks);
-        let got = got?;
-        if let Some(k) = got.iter().position(|(l, _)| !l.is_finite()) {
-            fail!(
-                NonFinite,
-                "noise draw {}: the loss is not finite: the weights hold NaN or Inf, or the logits overflow",
-                noise.stream0 + k as u64
-            );
-        }
-        Ok(got)
+        got
     }
 
     /// The forward pass over `data` in chunks of rows with `params`, whose stacked tensors hold
@@ -353,6 +369,9 @@ impl DeviceCnn {
             }
         }
         drop(blas);
+        if let Some(k) = loss.iter().position(|l| !l.is_finite()) {
+            fail!(NonFinite, "copy {k}: the loss is not finite: the weights hold NaN or Inf, or the logits overflow");
+        }
         let n = data.rows as f64;
         Ok(loss.iter().zip(&wrong).map(|(l, w)| (l / n, w / n)).collect())
     }
