@@ -85,6 +85,14 @@ fn fixture(spec: &str, rows: usize, seed: u64) -> (Cnn, ParamSet, Dataset) {
     (cnn, set, data)
 }
 
+/// `set` stored in `dtype`, grouped into the CNN's modules.
+fn stored_as(cnn: &Cnn, set: &ParamSet, dtype: DType) -> ParamSet {
+    let mut p = common::set_as(set, dtype);
+    p.set_grouping(cnn.grouping()).unwrap();
+    assert_eq!(p.modules().len(), cnn.module_names().len());
+    p
+}
+
 fn device() -> std::sync::Arc<CudaDevice> {
     open_device(0).unwrap_or_else(|e| panic!("no CUDA device although the GPU tests were run: {e}"))
 }
@@ -109,7 +117,7 @@ fn plain_evaluation_on_cuda_matches_the_cpu() {
         let (cnn, set, data) = fixture(spec, rows, 3);
         let on_device = upload_data(&dev, &data);
         for dtype in [DType::F32, DType::F16] {
-            let p = common::set_as(&set, dtype);
+            let p = stored_as(&cnn, &set, dtype);
             let want = cnn.evaluate(&p, &data).unwrap();
             let model = DeviceCnn::upload(&dev, &cnn, &p).unwrap();
             let got = model.evaluate(&dev, &on_device).unwrap();
@@ -126,7 +134,7 @@ fn noisy_copies_of_every_module_on_cuda_match_the_cpu() {
         let (cnn, set, data) = fixture(spec, rows, 7);
         let on_device = upload_data(&dev, &data);
         for dtype in [DType::F32, DType::F16] {
-            let p = common::set_as(&set, dtype);
+            let p = stored_as(&cnn, &set, dtype);
             let model = DeviceCnn::upload(&dev, &cnn, &p).unwrap();
             for (module, name) in cnn.module_names().iter().enumerate() {
                 for std in [0.0, 0.1] {
@@ -238,6 +246,7 @@ fn the_nets_reach_every_path_of_the_device_schedule() {
     let (b, set_b, data_b) = fixture(NET_B, 30, 7);
     assert_eq!(b.module_names(), ["pw", "conv2", "norm", "head"]);
     assert_eq!(set_b.modules()[3].tensors.len(), 4, "head holds both dense layers");
+    assert_eq!(stored_as(&b, &set_b, DType::F16).modules()[3].tensors.len(), 4, "regrouped after conversion");
     for (cnn, set, data) in [(a, set_a, data_a), (b, set_b, data_b)] {
         for module in 0..cnn.module_names().len() {
             let plain = cnn.evaluate(&set, &data).unwrap();
