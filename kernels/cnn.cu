@@ -77,7 +77,8 @@ extern "C" __global__ void channel_bias_relu_f32(const float* x, float* y, const
 // f32, then y = gamma[c] ((x - mean) rstd) + beta[c] in f32 without contraction (as the CPU twin
 // computes it), plus residual (when not null, same layout as y), then ReLU when g.relu != 0.
 // One block per (image, group), grid-stride; y may be x. Where the CPU twin differs: it sums
-// the group in order, here in a tree, so mean and rstd can differ in their last f32 bit.
+// the group over 8 interleaved partial sums, here in a tree, so mean and rstd can differ in
+// their last f32 bit.
 extern "C" __global__ void groupnorm_f32(const float* x, float* y, const float* gamma,
                                          const float* beta, const float* residual, tl_gn_geom g) {
     __shared__ double shared_stat;
@@ -143,8 +144,10 @@ extern "C" __global__ void avgpool_f32(const float* x, float* y, tl_pool_geom g)
     }
 }
 
-// y[plane] = the mean of the plane's pixels, summed in f64 in order (as the CPU twin), rounded
-// to f32: one thread per plane (the planes of the late layers are small).
+// y[plane] = the mean of the plane's pixels, summed in f64, rounded to f32: one thread per plane
+// (the planes of the late layers are small). Where the CPU twin differs: it sums over 8
+// interleaved partial sums, here in order; the f64 sums differ in their last bits, which the
+// rounding to f32 hides but for rare ties.
 extern "C" __global__ void global_avgpool_f32(const float* x, float* y, tl_u64 planes,
                                               tl_u64 pixels) {
     TL_GRID_STRIDE(pl, planes) {
