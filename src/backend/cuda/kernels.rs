@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn expected_kernel_names_are_unique_and_defined_in_their_file() {
         let all = all_expected_kernels();
-        assert_eq!(all.len(), 50);
+        assert_eq!(all.len(), 56);
         let mut sorted = all.clone();
         sorted.sort();
         sorted.dedup();
