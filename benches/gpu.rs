@@ -15,6 +15,11 @@
 //!     schedule at the SGEMM rate measured on the schedule's largest product. Prints a
 //!     `RESULT mlp_noise_device_ms <ms>` line that `benches/compare/mlp_torch.py` compares with
 //!     PyTorch's torch.func.vmap.
+//! (e) batched perturbed-loss evaluation of the study-sized built-in CNN
+//!     (`benches/compare/cnn_spec.json`, or the file `TL_CNN_SPEC` names) on 10000 rows, K = 10
+//!     noisy copies of its first conv module, against K plain evaluations of the same CNN on the
+//!     device. Prints a `RESULT cnn_noise_device_ms <ms>` line that
+//!     `benches/compare/cnn_torch_gpu.py` compares with PyTorch's torch.func.vmap.
 //!
 //! Times are medians of `REPS` runs after warm-up: CUDA events on the device's stream for the
 //! kernels and products, stream-synchronised wall time for whole CKA calls (which end by
@@ -351,6 +356,9 @@ fn main() {
     if wants("d") {
         mlp_noise(&ctx, &dev);
     }
+    if wants("e") {
+        cnn_noise(&dev);
+    }
 }
 
 /// `C (m x n) = op_a(A) op_b(B)` in f32 by the library's cuBLAS helper, column-major, on device
@@ -481,4 +489,55 @@ fn mlp_noise(ctx: &Context, dev: &CudaDevice) {
     println!("copy 0: loss {:.6}, error {:.4}", result[0].0, result[0].1);
     println!("RESULT mlp_noise_device_ms {device_ms:.4}");
     println!("RESULT mlp_noise_floor_ms {floor_ms:.4}");
+}
+
+/// (e): the study-sized CNN, K = 10 noisy copies of its first conv module, device time.
+fn cnn_noise(dev: &CudaDevice) {
+    use transferlens::backend::cuda::cnn::DeviceCnn;
+    use transferlens::backend::cuda::mlp::DeviceDataset;
+    use transferlens::model::cnn::Layer;
+    use transferlens::model::{Cnn, Dataset};
+    let path = std::env::var("TL_CNN_SPEC").unwrap_or_else(|_| "benches/compare/cnn_spec.json".into());
+    let spec = match std::fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("\n(e) skipped: the CNN specification {path} cannot be read ({e})");
+            return;
+        }
+    };
+    let cnn = Cnn::from_json(&spec).unwrap();
+    let (rows, copies) = (10_000usize, 10usize);
+    // The module of the first conv layer.
+    let first_conv = cnn.layers().iter().position(|l| matches!(l, Layer::Conv(_))).expect("the CNN has a conv layer");
+    let module = cnn.layer_modules()[first_conv].expect("a conv layer has a module");
+    let name = &cnn.module_names()[module];
+    let s = cnn.input_shape();
+    println!(
+        "\n(e) batched perturbed evaluation: CNN {path} ({} x {} x {} images), {rows} rows, K = {copies} noisy copies of module {name} (f32)",
+        s.c, s.h, s.w
+    );
+    let set = cnn.init(17).unwrap();
+    let mut x = vec![0f32; rows * s.numel()];
+    transferlens::rng::normals_f32(5, 0, 0, &mut x);
+    let classes = cnn.classes() as u32;
+    let y: Vec<u32> = (0..rows as u32).map(|i| (i * 7 + i / 3) % classes).collect();
+    let data = Dataset::new(x, y, s.numel(), cnn.classes()).unwrap();
+    let device_data = DeviceDataset::upload(dev, &data.x, &data.y, data.dim, data.classes).unwrap();
+    let model = DeviceCnn::upload(dev, &cnn, &set).unwrap();
+
+    let mut result = Vec::new();
+    let device_ms = time_wall(dev, || {
+        result = model.evaluate_module_noise(dev, &device_data, module, 0.01, 3, copies).unwrap();
+    });
+    let plain_ms = time_wall(dev, || {
+        for _ in 0..copies {
+            model.evaluate(dev, &device_data).unwrap();
+        }
+    });
+    println!("{:<52} {:>10}", "what", "ms");
+    println!("{:<52} {:>10.3}", "transferlens, K noisy copies in one schedule", device_ms);
+    println!("{:<52} {:>10.3}", format!("transferlens, {copies} plain evaluations one by one"), plain_ms);
+    println!("batched over separate: {:.2}x faster", plain_ms / device_ms);
+    println!("copy 0: loss {:.6}, error {:.4}", result[0].0, result[0].1);
+    println!("RESULT cnn_noise_device_ms {device_ms:.4}");
 }

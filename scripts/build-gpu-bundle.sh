@@ -4,7 +4,7 @@
 # CPU architecture and a glibc at least as new as this machine's).
 #
 # Usage: scripts/build-gpu-bundle.sh [cargo target selection]
-#   default selection: --lib --test cuda --test cuda_cka --test cuda_mlp --test cuda_params --test nvrtc --bench gpu
+#   default selection: --lib --test cuda --test cuda_cka --test cuda_mlp --test cuda_cnn --test cuda_params --test nvrtc --bench gpu
 #   a "--bench NAME" target is bundled too; gpu-check.sh runs it with --bench, after the tests
 # Everything is built with the crate's `bench` feature, which the GPU benchmark requires (the
 # benchmark knobs TL_CUDA_GRAM and TL_CKA_PHASES, and the test of every Gram algorithm).
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 if [ "$#" -gt 0 ]; then
     selection=("$@")
 else
-    selection=(--lib --test cuda --test cuda_cka --test cuda_mlp --test cuda_params --test nvrtc --bench gpu)
+    selection=(--lib --test cuda --test cuda_cka --test cuda_mlp --test cuda_cnn --test cuda_params --test nvrtc --bench gpu)
 fi
 
 bundle=gpu-bundle
@@ -55,6 +55,11 @@ done
 # The PyTorch side-by-side scripts, run by gpu-check.sh where torch imports.
 mkdir -p "$bundle/compare"
 cp benches/compare/cka_torch.py benches/compare/mlp_torch.py "$bundle/compare/"
+# The CNN comparison: the study-sized CNN's specification (the gpu bench reads it too, through
+# TL_CNN_SPEC) and the PyTorch model builder that cnn_torch_gpu.py imports.
+for f in cnn_spec.json cnn_torch.py cnn_torch_gpu.py; do
+    [ -f "benches/compare/$f" ] && cp "benches/compare/$f" "$bundle/compare/"
+done
 
 git rev-parse --short HEAD >"$bundle/commit.txt" 2>/dev/null || true
 echo "gpu-bundle: ${#artifacts[@]} binaries, $(du -sh "$bundle" | cut -f1)"

@@ -4,7 +4,7 @@
 # test that would skip fails instead), and prints one line per binary: passed or failed, the
 # number of tests, seconds. Then it runs the bundled benchmarks (manifest entries with --bench)
 # and prints their tables, and, where python3 imports torch, the PyTorch sides of the comparisons
-# (benches/compare/cka_torch.py, mlp_torch.py). Needs no Rust toolchain. Exit status: 0 when every binary
+# (benches/compare/cka_torch.py, mlp_torch.py, cnn_torch_gpu.py). Needs no Rust toolchain. Exit status: 0 when every binary
 # passed.
 #
 # Usage: scripts/gpu-check.sh [bundle folder, default gpu-bundle] [extra test-binary arguments]
@@ -27,6 +27,8 @@ logs=${TL_GPU_LOG_DIR:-$bundle/logs}
 mkdir -p "$logs"
 
 export TL_REQUIRE_CUDA=1 TL_REQUIRE_NVRTC=1
+# The gpu bench's CNN (e) reads the study-sized CNN's specification from the bundle.
+[ -f "$bundle/compare/cnn_spec.json" ] && export TL_CNN_SPEC=${TL_CNN_SPEC:-$bundle/compare/cnn_spec.json}
 
 # Finds CUDA 13 library $1 (e.g. libnvrtc.so.13) for the dynamic loader: already known to it,
 # on LD_LIBRARY_PATH, in $CUDA_HOME or /usr/local/cuda, or in python3's nvidia packages (the
@@ -129,8 +131,8 @@ for b in "${benches[@]}"; do
 done
 
 # PyTorch side by side, where python3 has torch: benches/compare/cka_torch.py (the published CKA
-# formula) and mlp_torch.py (torch.func.vmap over K perturbed models; it reads the gpu bench's
-# log for the ratios).
+# formula), mlp_torch.py and cnn_torch_gpu.py (torch.func.vmap over K perturbed models; they
+# read the gpu bench's log for the ratios).
 run_torch() {
     local script=$1 title=$2
     shift 2
@@ -149,6 +151,7 @@ run_torch() {
 if python3 -c 'import torch' 2>/dev/null; then
     run_torch cka_torch.py "the published feature-space CKA formula, minibatch HSIC" --transferlens-log "$logs/gpu.log"
     run_torch mlp_torch.py "torch.func.vmap over K perturbed models" --transferlens-log "$logs/gpu.log"
+    run_torch cnn_torch_gpu.py "torch.func.vmap over K perturbed CNNs" --transferlens-log "$logs/gpu.log"
 else
     echo "gpu-check: python3 with torch not found; the PyTorch comparisons are skipped"
 fi

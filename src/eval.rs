@@ -334,7 +334,8 @@ pub fn evaluate_points(
 }
 
 /// The built-in CNN on a data set, both fixed at construction. Sets are evaluated in parallel on
-/// the CPU; module criticality's noisy copies take the CNN's batched path
+/// the CPU, one after another on a CUDA context's device (`backend::cuda::cnn`, the data uploaded
+/// once); module criticality's noisy copies take the CNN's batched path on either
 /// ([`Cnn::evaluate_module_noise`]: the layers below the module once per chunk of rows, a single
 /// conv module's copies as one GEMM), equal bit for bit to writing each copy.
 #[derive(Debug, Clone)]
@@ -343,11 +344,12 @@ pub struct CnnEvaluator {
     data: Dataset,
     /// Sets evaluated per call, in parallel.
     pub batch: usize,
+    device_data: cuda::cnn::DeviceDataCache,
 }
 
 impl CnnEvaluator {
     pub fn new(cnn: Cnn, data: Dataset) -> Self {
-        CnnEvaluator { cnn, data, batch: 10 }
+        CnnEvaluator { cnn, data, batch: 10, device_data: Default::default() }
     }
 
     pub fn cnn(&self) -> &Cnn {
@@ -357,25 +359,48 @@ impl CnnEvaluator {
     pub fn data(&self) -> &Dataset {
         &self.data
     }
+
+    /// The device of `ctx`, the set uploaded to it, and the data's device copy.
+    fn on_device(
+        &mut self,
+        ctx: &Context,
+        p: &ParamSet,
+    ) -> Result<(Arc<cuda::CudaDevice>, cuda::cnn::DeviceCnn, Arc<cuda::mlp::DeviceDataset>)> {
+        let dev = ctx.cuda_device().ok_or_else(|| Error::Panic("a CUDA context without a device".into()))?.clone();
+        let data = self.device_data.get(&dev, &self.cnn, &self.data)?;
+        let model = cuda::cnn::DeviceCnn::upload(&dev, &self.cnn, p)?;
+        Ok((dev, model, data))
+    }
+}
+
+fn device_metrics((loss, error): (f64, f64)) -> Metrics {
+    Metrics { loss, error, accuracy: 1.0 - error }
 }
 
 impl Evaluator for CnnEvaluator {
-    // The CNN has no device path yet: a CUDA context computes on the CPU (the same metrics as a
-    // CPU context), until `backend::cuda::cnn` is wired in here.
-    fn evaluate(&mut self, _ctx: &Context, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
-        self.cnn.evaluate_many(sets, &self.data)
+    fn evaluate(&mut self, ctx: &Context, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
+        match ctx.backend() {
+            Backend::Cpu => self.cnn.evaluate_many(sets, &self.data),
+            Backend::Cuda => sets
+                .iter()
+                .map(|p| {
+                    let (dev, model, data) = self.on_device(ctx, p)?;
+                    model.evaluate(&dev, &data).map(device_metrics)
+                })
+                .collect(),
+        }
     }
     fn batch(&self) -> usize {
         self.batch.max(1)
     }
-    fn evaluate_module_noise(&mut self, _ctx: &Context, noise: &ModuleNoise<'_>) -> Option<Result<Vec<Metrics>>> {
-        Some(self.cnn.evaluate_module_noise(
-            noise.point,
-            &self.data,
-            noise.module,
-            noise.std,
-            noise.seed,
-            noise.samples,
-        ))
+    fn evaluate_module_noise(&mut self, ctx: &Context, noise: &ModuleNoise<'_>) -> Option<Result<Vec<Metrics>>> {
+        let n = noise;
+        Some(match ctx.backend() {
+            Backend::Cpu => self.cnn.evaluate_module_noise(n.point, &self.data, n.module, n.std, n.seed, n.samples),
+            Backend::Cuda => self.on_device(ctx, n.point).and_then(|(dev, model, data)| {
+                let got = model.evaluate_module_noise(&dev, &data, n.module, n.std, n.seed, n.samples)?;
+                Ok(got.into_iter().map(device_metrics).collect())
+            }),
+        })
     }
 }

@@ -33,10 +33,15 @@ pub trait BlasScalar: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Syn
     /// # Safety
     /// As [`Syrk::run`], for the raw arguments.
     unsafe fn raw_syrk(h: Handle, s: &Syrk32) -> cb::cublasStatus_t;
+    /// `cublas<t>gemmStridedBatched` with alpha = 1, beta = 0.
+    ///
+    /// # Safety
+    /// As [`BatchedGemm::run`], for the raw arguments.
+    unsafe fn raw_gemm_batched(h: Handle, g: &Gemm32, strides: [i64; 3], batch: i32) -> cb::cublasStatus_t;
 }
 
 macro_rules! impl_blas_scalar {
-    ($t:ty, $suffix:literal, $syrk:ident, $gemm:ident) => {
+    ($t:ty, $suffix:literal, $syrk:ident, $gemm:ident, $gemm_batched:ident) => {
         impl BlasScalar for $t {
             const SUFFIX: &'static str = $suffix;
             fn to_f64(self) -> f64 {
@@ -68,6 +73,32 @@ macro_rules! impl_blas_scalar {
                     )
                 }
             }
+            unsafe fn raw_gemm_batched(h: Handle, g: &Gemm32, strides: [i64; 3], batch: i32) -> cb::cublasStatus_t {
+                let (one, zero): ($t, $t) = (1.0, 0.0);
+                // SAFETY: as in raw_gemm, under BatchedGemm::run's contract.
+                unsafe {
+                    cb::$gemm_batched(
+                        h,
+                        g.ta,
+                        g.tb,
+                        g.m,
+                        g.n,
+                        g.k,
+                        &one,
+                        g.a as *const $t,
+                        g.lda,
+                        strides[0],
+                        g.b as *const $t,
+                        g.ldb,
+                        strides[1],
+                        &zero,
+                        g.c as *mut $t,
+                        g.ldc,
+                        strides[2],
+                        batch,
+                    )
+                }
+            }
             unsafe fn raw_syrk(h: Handle, s: &Syrk32) -> cb::cublasStatus_t {
                 let (one, zero): ($t, $t) = (1.0, 0.0);
                 // SAFETY: as in raw_gemm, under Syrk::run's contract.
@@ -90,8 +121,8 @@ macro_rules! impl_blas_scalar {
         }
     };
 }
-impl_blas_scalar!(f32, "f32", cublasSsyrk_v2, cublasSgemm_v2);
-impl_blas_scalar!(f64, "f64", cublasDsyrk_v2, cublasDgemm_v2);
+impl_blas_scalar!(f32, "f32", cublasSsyrk_v2, cublasSgemm_v2, cublasSgemmStridedBatched);
+impl_blas_scalar!(f64, "f64", cublasDsyrk_v2, cublasDgemm_v2, cublasDgemmStridedBatched);
 
 /// `C = op_a(A) op_b(B)`: `C` is `m x n`, `op_a(A)` `m x k`, `op_b(B)` `k x n`, column-major
 /// at device addresses `a`, `b`, `c` with leading dimensions `lda`, `ldb`, `ldc`.
@@ -108,6 +139,17 @@ pub struct Gemm {
     pub ldb: usize,
     pub c: u64,
     pub ldc: usize,
+}
+
+/// `batch` products `C_j = op_a(A_j) op_b(B_j)` as [`Gemm`] describes each, the j-th matrices at
+/// `a + j stride_a`, `b + j stride_b`, `c + j stride_c` (strides in elements; 0 shares a matrix).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchedGemm {
+    pub gemm: Gemm,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+    pub batch: usize,
 }
 
 /// The lower triangle (diagonal included) of `C = op(A) op(A)^T`: `C` is `n x n`, `op(A)`
@@ -176,6 +218,37 @@ impl Gemm {
         };
         // SAFETY: the caller's contract, passed on unchanged.
         check(&format!("cublas{}gemm ({what})", S::SUFFIX), unsafe { S::raw_gemm(h, &g) })
+    }
+}
+
+impl BatchedGemm {
+    /// Runs the products on `h` in arithmetic `S`, as [`Gemm::run`]; a batch above `i32::MAX`
+    /// is [`Error::InvalidArgument`].
+    ///
+    /// # Safety
+    /// As [`Gemm::run`], for every product of the batch; no `C_j` overlaps another product's
+    /// matrices.
+    pub unsafe fn run<S: BlasScalar>(&self, h: Handle, what: &str) -> Result<()> {
+        let g = &self.gemm;
+        let g32 = Gemm32 {
+            ta: g.ta,
+            tb: g.tb,
+            m: dim(g.m, what)?,
+            n: dim(g.n, what)?,
+            k: dim(g.k, what)?,
+            a: g.a,
+            lda: dim(g.lda, what)?,
+            b: g.b,
+            ldb: dim(g.ldb, what)?,
+            c: g.c,
+            ldc: dim(g.ldc, what)?,
+        };
+        let strides = [self.stride_a as i64, self.stride_b as i64, self.stride_c as i64];
+        let batch = dim(self.batch, what)?;
+        // SAFETY: the caller's contract, passed on unchanged.
+        check(&format!("cublas{}gemmStridedBatched ({what})", S::SUFFIX), unsafe {
+            S::raw_gemm_batched(h, &g32, strides, batch)
+        })
     }
 }
 

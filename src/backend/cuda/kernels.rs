@@ -20,10 +20,11 @@ const HEADERS: [(&str, &str); 2] = [
 ];
 
 /// The kernel files: each is compiled as one NVRTC program and loaded as one module.
-pub const SOURCES: [(&str, &str); 3] = [
+pub const SOURCES: [(&str, &str); 4] = [
     ("weights.cu", include_str!("../../../kernels/weights.cu")),
     ("cka.cu", include_str!("../../../kernels/cka.cu")),
     ("mlp.cu", include_str!("../../../kernels/mlp.cu")),
+    ("cnn.cu", include_str!("../../../kernels/cnn.cu")),
 ];
 
 /// Kernel name suffixes of the four storage types, in `DType` order.
@@ -67,6 +68,11 @@ pub fn expected_kernels(file: &str) -> Vec<String> {
             names.push("softmax_xent_f32".into());
             for t in DTYPE_SUFFIXES {
                 names.push(format!("noisy_copies_{t}"));
+            }
+        }
+        "cnn.cu" => {
+            for op in ["im2col", "channel_bias_relu", "groupnorm", "avgpool", "global_avgpool", "repeat_images"] {
+                names.push(format!("{op}_f32"));
             }
         }
         _ => {}
@@ -296,7 +302,7 @@ mod tests {
     #[test]
     fn expected_kernel_names_are_unique_and_defined_in_their_file() {
         let all = all_expected_kernels();
-        assert_eq!(all.len(), 50);
+        assert_eq!(all.len(), 56);
         let mut sorted = all.clone();
         sorted.sort();
         sorted.dedup();

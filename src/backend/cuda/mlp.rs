@@ -24,21 +24,21 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Copies evaluated together: the stacked activations grow with K, and `softmax_xent_f32` puts
 /// one grid row per copy.
-const MAX_COPIES: usize = 256;
+pub(super) const MAX_COPIES: usize = 256;
 /// Device memory for the stacked activations of one chunk of rows (two buffers together).
 const STACK_BYTES: usize = 1 << 30;
 /// Blocks per copy of the loss reduction.
-const LOSS_BLOCKS: usize = 64;
+pub(super) const LOSS_BLOCKS: usize = 64;
 
 /// The evaluation set on the device: inputs (row-major `rows x dim` f32, i.e. column-major
 /// `dim x rows`) and labels.
 pub struct DeviceDataset {
-    x: DeviceBuffer<f32>,
-    labels: CudaSlice<u32>,
-    rows: usize,
-    dim: usize,
-    classes: usize,
-    ordinal: usize,
+    pub(super) x: DeviceBuffer<f32>,
+    pub(super) labels: CudaSlice<u32>,
+    pub(super) rows: usize,
+    pub(super) dim: usize,
+    pub(super) classes: usize,
+    pub(super) ordinal: usize,
 }
 
 impl DeviceDataset {
@@ -267,7 +267,15 @@ impl DeviceMlp {
 /// # Safety
 /// `w` holds rows x inner, `input` inner x cols and `out` rows x cols f32 values on the
 /// handle's device, `out` apart from the other two.
-unsafe fn dense_product(h: Handle, rows: usize, cols: usize, inner: usize, w: u64, input: u64, out: u64) -> Result<()> {
+pub(super) unsafe fn dense_product(
+    h: Handle,
+    rows: usize,
+    cols: usize,
+    inner: usize,
+    w: u64,
+    input: u64,
+    out: u64,
+) -> Result<()> {
     let product = Gemm {
         ta: OP_T,
         tb: OP_N,
@@ -286,7 +294,7 @@ unsafe fn dense_product(h: Handle, rows: usize, cols: usize, inner: usize, w: u6
 }
 
 /// `z = act(z + bias)` per row of the column-major `rows x cols` z (`bias_act_f32`).
-fn bias_act(dev: &CudaDevice, z: u64, bias: u64, rows: usize, cols: usize, relu: bool) -> Result<()> {
+pub(super) fn bias_act(dev: &CudaDevice, z: u64, bias: u64, rows: usize, cols: usize, relu: bool) -> Result<()> {
     let name = "bias_act_f32";
     let (rows, cols, relu) = (rows as u64, cols as u64, relu as u32);
     let cfg = dev.grid_1d_for(dev.function(name)?, rows * cols / 4);
@@ -296,7 +304,7 @@ fn bias_act(dev: &CudaDevice, z: u64, bias: u64, rows: usize, cols: usize, relu:
 }
 
 /// `out[k n + e]` = element e of `theta` plus noise of draw k, rounded to theta's dtype, as f32.
-fn noisy_copies(
+pub(super) fn noisy_copies(
     dev: &CudaDevice,
     theta: &AnyBuffer,
     out: &mut CudaSlice<f32>,
@@ -329,7 +337,7 @@ fn noisy_copies(
 
 /// Per-copy partial sums of the loss and the 0-1 error of `rows` rows (`softmax_xent_f32`).
 #[allow(clippy::too_many_arguments)]
-fn softmax_xent(
+pub(super) fn softmax_xent(
     dev: &CudaDevice,
     logits: u64,
     labels: u64,
@@ -349,20 +357,20 @@ fn softmax_xent(
     unsafe { dev.launch("softmax_xent_f32", cfg, (logits, labels, rows, classes, sets, pl, pw)) }
 }
 
-fn alloc_f32(dev: &CudaDevice, n: usize, what: &str) -> Result<CudaSlice<f32>> {
+pub(super) fn alloc_f32(dev: &CudaDevice, n: usize, what: &str) -> Result<CudaSlice<f32>> {
     // SAFETY: uninitialised memory; every buffer here is written (a GEMM with beta = 0, or a
     // kernel) before it is read.
     unsafe { dev.stream().alloc::<f32>(n.max(1)) }
         .map_err(|e| Error::Device(describe(&format!("cuMemAlloc({what})"), &e)))
 }
 
-fn alloc_f64(dev: &CudaDevice, n: usize, what: &str) -> Result<CudaSlice<f64>> {
+pub(super) fn alloc_f64(dev: &CudaDevice, n: usize, what: &str) -> Result<CudaSlice<f64>> {
     // SAFETY: as alloc_f32: softmax_xent writes every partial it is asked for.
     unsafe { dev.stream().alloc::<f64>(n.max(1)) }
         .map_err(|e| Error::Device(describe(&format!("cuMemAlloc({what})"), &e)))
 }
 
-fn download_f64(dev: &CudaDevice, s: &CudaSlice<f64>, len: usize, what: &str) -> Result<Vec<f64>> {
+pub(super) fn download_f64(dev: &CudaDevice, s: &CudaSlice<f64>, len: usize, what: &str) -> Result<Vec<f64>> {
     let v = super::device::download(dev, s, len, what)?;
     dev.synchronize()?;
     Ok(v)

@@ -12,7 +12,8 @@
 //! - the host code of each kernel file, named after it: [`weights`] (`kernels/weights.cu`:
 //!   interpolation, segmented sums of squares, normals, conversions), [`cka`] (`kernels/cka.cu`:
 //!   batch moments, Gram terms, column means), [`mlp`] (`kernels/mlp.cu`: the MLP's noisy
-//!   copies). Their CPU twins are `backend/cpu/weights.rs`, `cka.rs` and `mlp.rs`.
+//!   copies), [`cnn`] (`kernels/cnn.cu`: the CNN's evaluation and its noisy copies). Their CPU
+//!   twins are `backend/cpu/weights.rs`, `cka.rs`, `mlp.rs` and `cnn.rs`.
 
 // The GPU benchmark calls cuBLAS through the same helper as the library.
 #[cfg(feature = "bench")]
@@ -20,6 +21,7 @@ pub mod blas;
 #[cfg(not(feature = "bench"))]
 pub(crate) mod blas;
 pub mod cka;
+pub mod cnn;
 pub mod device;
 pub mod kernels;
 pub mod mlp;
