@@ -80,7 +80,7 @@ pub struct tl_evaluator {
 pub(crate) enum HostEvaluator {
     Mlp(MlpEvaluator),
     Callback(CallbackEvaluator),
-    Cnn(super::cnn::CnnEvaluator),
+    Cnn(Box<super::cnn::CnnEvaluator>),
 }
 
 // SAFETY: tl_evaluator is never instantiated; its pointers come from hand_out of a HostEvaluator.
@@ -121,7 +121,7 @@ impl HostEvaluator {
         match self {
             HostEvaluator::Mlp(m) => m,
             HostEvaluator::Callback(c) => c,
-            HostEvaluator::Cnn(c) => c,
+            HostEvaluator::Cnn(c) => c.as_mut(),
         }
     }
 }

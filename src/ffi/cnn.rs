@@ -215,7 +215,7 @@ pub unsafe extern "C" fn tl_evaluator_cnn(
         let cnn = &unsafe { handle_ref(cnn, "cnn") }?.cnn;
         // SAFETY: x is NULL or rows x C x H x W floats, labels NULL or rows labels (the C contract).
         let data = unsafe { images_of(cnn, x, Some(labels), rows) }?;
-        hand_out(HostEvaluator::Cnn(CnnEvaluator { cnn: cnn.clone(), data }), out);
+        hand_out(HostEvaluator::Cnn(Box::new(CnnEvaluator { cnn: cnn.clone(), data })), out);
         Ok(())
     })
 }
