@@ -299,6 +299,27 @@ impl Cnn {
         noise::evaluate_module_noise(self, p, data, module, std, seed, samples)
     }
 
+    /// The mean loss of `p` over the rows of `data` and its gradient, per tensor in set order
+    /// (f32, the layout of the tensors). Rows run in chunks of a fixed size, and the chunks'
+    /// gradients are added in order.
+    pub fn loss_gradient(&self, p: &ParamSet, data: &Dataset) -> Result<(f64, Vec<Vec<f32>>)> {
+        self.check_data(data)?;
+        let w = self.weights_of(p)?;
+        let w: Vec<&[f32]> = w.iter().map(|c| c.as_ref()).collect();
+        let mut total: Vec<Vec<f32>> = w.iter().map(|v| vec![0f32; v.len()]).collect();
+        let mut part = total.clone();
+        let mut loss = 0.0;
+        let rows: Vec<usize> = (0..data.n).collect();
+        for idx in rows.chunks(EVAL_ROWS) {
+            let share = idx.len() as f64 / data.n as f64;
+            loss += share * train::loss_grad(self, &w, data, idx, &mut part);
+            for (t, g) in total.iter_mut().zip(&part) {
+                t.iter_mut().zip(g).for_each(|(t, &g)| *t += share as f32 * g);
+            }
+        }
+        Ok((loss, total))
+    }
+
     /// Trains `p` in place by minibatch SGD with momentum and weight decay; returns the mean
     /// training loss of each epoch. The result is the same for a seed on any number of threads.
     pub fn train(&self, p: &mut ParamSet, data: &Dataset, opts: &TrainOptions) -> Result<Vec<f64>> {
