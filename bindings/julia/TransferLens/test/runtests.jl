@@ -532,6 +532,14 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
         @test example.streamed ≈ want atol = 1e-6
     end
 
+    # The CNN example: the same run as the C++ and Go examples (checked there against the Rust API).
+    @testset "cnn example" begin
+        example = include(joinpath(@__DIR__, "..", "examples", "cnn.jl"))
+        @test length(example.losses) == 6 && example.losses[6] < example.losses[1]
+        @test example.errors[2] <= example.errors[1]
+        @test -0.5 < example.cka <= 1.0
+    end
+
     # The parameter-set example: the same checkpoints as the C++ and Go examples.
     @testset "params example" begin
         example = include(joinpath(@__DIR__, "..", "examples", "params.jl"))
