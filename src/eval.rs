@@ -1,7 +1,7 @@
 //! Evaluators: the metrics (loss, 0-1 error, accuracy) of a parameter set on an evaluation set.
 //!
-//! Two implementations sit behind [`Evaluator`]: the built-in MLP on a data set
-//! ([`MlpEvaluator`]), and a host function ([`FnEvaluator`] in Rust; a C function pointer through
+//! Three implementations sit behind [`Evaluator`]: the built-in MLP on a data set
+//! ([`MlpEvaluator`]), the built-in CNN on a data set ([`CnnEvaluator`]), and a host function ([`FnEvaluator`] in Rust; a C function pointer through
 //! the C ABI) that evaluates the host's own model after the library has written the weights into
 //! a wrapped (live) set. A host whose model has batch-norm layers recomputes their running
 //! statistics inside the callback (a pass over some training batches in train mode) before it
@@ -16,7 +16,7 @@
 
 use crate::backend::{cuda, Backend, Context, LayerNoise};
 use crate::error::{fail, Error, Result};
-use crate::model::{Dataset, Mlp};
+use crate::model::{Cnn, Dataset, Mlp};
 use crate::params::{HostSliceMut, ParamSet};
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -331,4 +331,51 @@ pub fn evaluate_points(
         k += m;
     }
     Ok(out)
+}
+
+/// The built-in CNN on a data set, both fixed at construction. Sets are evaluated in parallel on
+/// the CPU; module criticality's noisy copies take the CNN's batched path
+/// ([`Cnn::evaluate_module_noise`]: the layers below the module once per chunk of rows, a single
+/// conv module's copies as one GEMM), equal bit for bit to writing each copy.
+#[derive(Debug, Clone)]
+pub struct CnnEvaluator {
+    cnn: Cnn,
+    data: Dataset,
+    /// Sets evaluated per call, in parallel.
+    pub batch: usize,
+}
+
+impl CnnEvaluator {
+    pub fn new(cnn: Cnn, data: Dataset) -> Self {
+        CnnEvaluator { cnn, data, batch: 10 }
+    }
+
+    pub fn cnn(&self) -> &Cnn {
+        &self.cnn
+    }
+
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+}
+
+impl Evaluator for CnnEvaluator {
+    // The CNN has no device path yet: a CUDA context computes on the CPU (the same metrics as a
+    // CPU context), until `backend::cuda::cnn` is wired in here.
+    fn evaluate(&mut self, _ctx: &Context, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
+        self.cnn.evaluate_many(sets, &self.data)
+    }
+    fn batch(&self) -> usize {
+        self.batch.max(1)
+    }
+    fn evaluate_module_noise(&mut self, _ctx: &Context, noise: &ModuleNoise<'_>) -> Option<Result<Vec<Metrics>>> {
+        Some(self.cnn.evaluate_module_noise(
+            noise.point,
+            &self.data,
+            noise.module,
+            noise.std,
+            noise.seed,
+            noise.samples,
+        ))
+    }
 }

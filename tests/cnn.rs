@@ -467,3 +467,86 @@ fn pixel_shuffling_costs_the_cnn_accuracy() {
     eprintln!("test accuracy: intact {intact}, 1-pixel shuffled {shuffled}");
     assert!(shuffled <= intact - 0.2, "intact {intact}, shuffled {shuffled}");
 }
+
+/// Modules of every kind: a conv with its GroupNorm, a lone conv with a bias, blocks with and
+/// without downsample (one of them a two-block stage), a dense head.
+const NOISE_CNN: &str = r#"{"input": [2, 9, 8], "classes": 3, "layers": [
+    {"type": "conv", "name": "conv1", "out": 6, "kernel": 3, "padding": 1, "bias": false},
+    {"type": "groupnorm", "name": "gn1", "groups": 3},
+    {"type": "relu"},
+    {"type": "block", "name": "layer1", "out": 6, "groups": 2},
+    {"type": "block", "name": "layer2", "out": 8, "stride": 2, "groups": 2, "module": "stage"},
+    {"type": "block", "name": "layer3", "out": 8, "groups": 4, "module": "stage"},
+    {"type": "conv", "name": "mix", "out": 8, "kernel": 1},
+    {"type": "relu"},
+    {"type": "avgpool", "kernel": 2},
+    {"type": "flatten"},
+    {"type": "dense", "name": "fc", "out": 3}]}"#;
+
+#[test]
+fn batched_module_noise_equals_writing_each_copy_bit_for_bit() {
+    use transferlens::eval::ModuleNoise;
+    let cnn = Cnn::from_json(NOISE_CNN).unwrap();
+    assert_eq!(cnn.module_names(), ["conv1", "layer1", "stage", "mix", "fc"]);
+    let p = cnn.init(2).unwrap();
+    // More rows than one evaluation chunk, so that the chunking is exercised.
+    let data = images(300, 2 * 9 * 8, 3, 4);
+    for module in 0..p.modules().len() {
+        let noise = ModuleNoise { point: &p, module, std: 0.05, seed: 11, samples: 3 };
+        let fast = cnn.evaluate_module_noise(&p, &data, module, noise.std, noise.seed, noise.samples).unwrap();
+        assert_eq!(fast.len(), 3);
+        for (k, m) in fast.iter().enumerate() {
+            let mut copy = p.try_clone().unwrap();
+            noise.add_to(k, &mut copy).unwrap();
+            assert_eq!(*m, cnn.evaluate(&copy, &data).unwrap(), "module {module} copy {k}");
+        }
+        assert_ne!(fast[0], fast[1], "module {module}: the copies draw different noise");
+        assert_ne!(fast[0], cnn.evaluate(&p, &data).unwrap(), "module {module}: the noise changes the metrics");
+    }
+    assert!(matches!(cnn.evaluate_module_noise(&p, &data, 5, 0.1, 1, 2), Err(Error::NotFound(_))));
+    assert!(matches!(cnn.evaluate_module_noise(&p, &data, 0, f64::NAN, 1, 2), Err(Error::InvalidArgument(_))));
+}
+
+/// The analyses run on the CNN's evaluator: network criticality (whose noisy copies take the
+/// batched path) gives exactly what writing every copy into a set and evaluating it gives, and
+/// an interpolation curve ends at the two models' own metrics.
+#[test]
+fn criticality_and_interpolation_run_on_the_cnn_evaluator() {
+    use transferlens::criticality::{self, Noise, Options, Path, Search};
+    use transferlens::eval::{CnnEvaluator, FnEvaluator};
+    let cnn = Cnn::from_json(STROKE_CNN).unwrap();
+    let (train, test) = (strokes(400, 1), strokes(120, 2));
+    let init = cnn.init(1).unwrap();
+    let mut fin = init.try_clone().unwrap();
+    let opts = transferlens::model::TrainOptions { epochs: 3, ..stroke_training() };
+    cnn.train(&mut fin, &train, &opts).unwrap();
+    let ctx = transferlens::Context::cpu();
+    let o = Options {
+        noise: Noise::Relative,
+        search: Search::Grid { alphas: 3, sigmas: 3 },
+        samples: 3,
+        seed: 4,
+        ..Options::reference()
+    };
+    let path = Path::Straight { init: &init, final_: &fin };
+    let mut ev = CnnEvaluator::new(cnn.clone(), test.clone());
+    let mut live = fin.try_clone().unwrap();
+    let fast = criticality::network_criticality(&ctx, &mut ev, path, &mut live, &o).unwrap();
+    assert_eq!(fast.modules.len(), 3, "conv1, layer1, fc");
+    assert!(fast.modules.iter().all(|m| m.value.is_finite() && m.value >= 0.0), "{fast:?}");
+    let mut written = FnEvaluator(|p: &transferlens::ParamSet| cnn.evaluate(p, &test));
+    let mut live = fin.try_clone().unwrap();
+    let slow = criticality::network_criticality(&ctx, &mut written, path, &mut live, &o).unwrap();
+    assert_eq!(fast, slow);
+
+    let mut other = cnn.init(2).unwrap();
+    cnn.train(&mut other, &train, &transferlens::model::TrainOptions { seed: 9, ..opts }).unwrap();
+    let lambdas = [0.0, 0.25, 0.5, 0.75, 1.0];
+    let mut live = fin.try_clone().unwrap();
+    let curve =
+        transferlens::landscape::interpolation_curve(&ctx, &mut ev, &fin, &other, &mut live, &lambdas, None).unwrap();
+    assert_eq!(curve.len(), 5);
+    assert_eq!(curve[0], cnn.evaluate(&fin, &test).unwrap());
+    assert_eq!(curve[4], cnn.evaluate(&other, &test).unwrap());
+    assert!(curve.iter().all(|m| m.loss.is_finite()));
+}

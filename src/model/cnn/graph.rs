@@ -31,7 +31,7 @@ pub(super) enum Op {
 }
 
 impl Op {
-    fn dst(&self) -> usize {
+    pub fn dst(&self) -> usize {
         match *self {
             Op::Conv { dst, .. }
             | Op::GroupNorm { dst, .. }
@@ -162,11 +162,6 @@ impl Graph {
         let geom = geom(conv, s);
         let size = conv.out_c * geom.pixels();
         self.push(Op::Conv { conv: conv.clone(), geom, src, dst: 0 }, size)
-    }
-
-    /// Whether an operation at index `from` or later reads buffer `b`.
-    pub fn read_from(&self, b: usize, from: usize) -> bool {
-        self.last_read[b].is_some_and(|l| l >= from)
     }
 
     /// A tape for `m` images holding only the input.
