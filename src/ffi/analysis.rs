@@ -80,7 +80,7 @@ pub struct tl_evaluator {
 pub(crate) enum HostEvaluator {
     Mlp(MlpEvaluator),
     Callback(CallbackEvaluator),
-    Cnn(Box<super::cnn::CnnEvaluator>),
+    Cnn(Box<eval::CnnEvaluator>),
 }
 
 // SAFETY: tl_evaluator is never instantiated; its pointers come from hand_out of a HostEvaluator.

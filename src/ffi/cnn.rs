@@ -10,10 +10,8 @@ use super::boundary::{
 use super::train::{read_train_options, tl_train_options};
 use super::{guard, guard_value, tl_params};
 use crate::error::{fail, Result, Status};
-use crate::eval::{Evaluator, ModuleNoise};
-use crate::model::{Cnn, Dataset, Metrics};
-use crate::params::ParamSet;
-use crate::Context;
+use crate::eval::CnnEvaluator;
+use crate::model::{Cnn, Dataset};
 use std::ffi::{c_char, CString};
 
 /// A CNN's architecture, made from a JSON specification (docs/cnn.md); it holds no weights.
@@ -33,36 +31,6 @@ pub(crate) struct HostCnn {
 // SAFETY: tl_cnn is never instantiated; its pointers come from hand_out of a HostCnn.
 unsafe impl Handle for tl_cnn {
     type Target = HostCnn;
-}
-
-/// The built-in CNN on a data set, as an evaluator: the sets are evaluated in parallel on the
-/// CPU, and module criticality's noisy copies take the CNN's batched path (the layers below the
-/// noisy module computed once).
-pub(crate) struct CnnEvaluator {
-    cnn: Cnn,
-    data: Dataset,
-}
-
-/// Sets evaluated per call, in parallel (as the MLP's evaluator).
-const CNN_EVALUATOR_BATCH: usize = 10;
-
-impl Evaluator for CnnEvaluator {
-    fn evaluate(&mut self, _ctx: &Context, sets: &[&ParamSet]) -> Result<Vec<Metrics>> {
-        self.cnn.evaluate_many(sets, &self.data)
-    }
-    fn batch(&self) -> usize {
-        CNN_EVALUATOR_BATCH
-    }
-    fn evaluate_module_noise(&mut self, _ctx: &Context, noise: &ModuleNoise<'_>) -> Option<Result<Vec<Metrics>>> {
-        Some(self.cnn.evaluate_module_noise(
-            noise.point,
-            &self.data,
-            noise.module,
-            noise.std,
-            noise.seed,
-            noise.samples,
-        ))
-    }
 }
 
 /// The CNN's images as a data set: `x` holds rows x C x H x W floats (NCHW), `labels` one class
@@ -215,7 +183,7 @@ pub unsafe extern "C" fn tl_evaluator_cnn(
         let cnn = &unsafe { handle_ref(cnn, "cnn") }?.cnn;
         // SAFETY: x is NULL or rows x C x H x W floats, labels NULL or rows labels (the C contract).
         let data = unsafe { images_of(cnn, x, Some(labels), rows) }?;
-        hand_out(HostEvaluator::Cnn(Box::new(CnnEvaluator { cnn: cnn.clone(), data })), out);
+        hand_out(HostEvaluator::Cnn(Box::new(CnnEvaluator::new(cnn.clone(), data))), out);
         Ok(())
     })
 }
