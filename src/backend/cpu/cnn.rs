@@ -7,9 +7,10 @@
 //! runs images in parallel and every result is the same for any number of threads.
 //!
 //! Rounding: im2col and pooling move or average f32 values (a pool sums its window in f32, in row
-//! order, then multiplies by `1 / (k * k)`); GroupNorm takes each group's mean and population
-//! variance in f64 (two passes, pixels in order), rounds `1 / sqrt(var + eps)` and the mean to
-//! f32, and computes `gamma * ((x - mean) * rstd) + beta` in f32. A device version that sums in
+//! order, then multiplies by `1 / (k * k)`; the global pool sums in f64); GroupNorm takes each
+//! group's mean and population variance in f64 (two passes), rounds `1 / sqrt(var + eps)` and the
+//! mean to f32, and computes `gamma * ((x - mean) * rstd) + beta` in f32. The f64 sums run over 8
+//! interleaved partial sums added in a fixed order (`lane_sum`). A device version that sums in
 //! another order agrees to a few ulps, not bit for bit.
 
 pub(crate) use super::mlp::{row_loss, SoftmaxXent};
@@ -42,27 +43,44 @@ impl ConvGeom {
     }
 }
 
+/// The output columns `lo..hi` of a row whose input column `ox * stride + kx - padding` falls
+/// inside the image (`w` pixels wide); the others read the zero padding.
+#[inline]
+fn valid_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
+    let (s, p) = (g.stride, g.padding);
+    // ox * s + kx >= p and ox * s + kx < w + p.
+    let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
+    let hi = if g.w + p > kx { (g.w + p - kx).div_ceil(s).min(g.ow) } else { 0 };
+    (lo.min(hi), hi)
+}
+
 /// The column matrix of `image` (`patch x pixels`, row major): row `(ci, ky, kx)`, column
 /// `(oy, ox)` holds the input pixel under that filter tap, 0 in the padding.
 pub(crate) fn im2col(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
-    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
+    let (k, s, p) = (g.kernel, g.stride, g.padding);
     let pixels = g.pixels();
     for ci in 0..g.in_c {
         let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
                 let row = &mut cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
+                let (lo, hi) = valid_columns(g, kx);
                 for oy in 0..g.oh {
-                    let iy = (oy * s + ky) as isize - p;
                     let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    if iy < 0 || iy >= g.h as isize {
+                    let iy = oy * s + ky;
+                    if iy < p || iy >= g.h + p {
                         out.fill(0.0);
                         continue;
                     }
-                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        let ix = (ox * s + kx) as isize - p;
-                        *o = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
+                    let src = &plane[(iy - p) * g.w..(iy - p + 1) * g.w];
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    if s == 1 {
+                        out[lo..hi].copy_from_slice(&src[lo + kx - p..hi + kx - p]);
+                    } else {
+                        for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                            *o = src[ox * s + kx - p];
+                        }
                     }
                 }
             }
@@ -72,23 +90,27 @@ pub(crate) fn im2col(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
 
 /// The adjoint of [`im2col`]: adds each entry of `cols` onto the input pixel it was read from.
 pub(crate) fn col2im_add(g: &ConvGeom, cols: &[f32], image: &mut [f32]) {
-    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
+    let (k, s, p) = (g.kernel, g.stride, g.padding);
     let pixels = g.pixels();
     for ci in 0..g.in_c {
         let plane = &mut image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
                 let row = &cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
+                let (lo, hi) = valid_columns(g, kx);
                 for oy in 0..g.oh {
-                    let iy = (oy * s + ky) as isize - p;
-                    if iy < 0 || iy >= g.h as isize {
+                    let iy = oy * s + ky;
+                    if iy < p || iy >= g.h + p {
                         continue;
                     }
-                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, &v) in row[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
-                        let ix = (ox * s + kx) as isize - p;
-                        if ix >= 0 && ix < g.w as isize {
-                            dst[ix as usize] += v;
+                    let dst = &mut plane[(iy - p) * g.w..(iy - p + 1) * g.w];
+                    let src = &row[oy * g.ow..(oy + 1) * g.ow];
+                    if s == 1 {
+                        let d = &mut dst[lo + kx - p..hi + kx - p];
+                        d.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
+                    } else {
+                        for (ox, &v) in src.iter().enumerate().take(hi).skip(lo) {
+                            dst[ox * s + kx - p] += v;
                         }
                     }
                 }
@@ -97,16 +119,32 @@ pub(crate) fn col2im_add(g: &ConvGeom, cols: &[f32], image: &mut [f32]) {
     }
 }
 
+/// The f64 sum of `f(0) .. f(n - 1)` over 8 interleaved partial sums, added in a fixed order at
+/// the end: the same bits on any machine, without one long chain of dependent additions.
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    for (l, i) in (full..n).enumerate() {
+        acc[l] += f(i);
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
 /// Mean and `1 / sqrt(var + eps)` of each group of one image (`channels x pixels`).
-pub(crate) fn group_stats(x: &[f32], channels: usize, groups: usize, eps: f64, stats: &mut [(f32, f32)]) {
+pub(crate) fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32, f32)]) {
     let n = x.len() / groups;
     for (g, st) in stats.iter_mut().enumerate().take(groups) {
         let part = &x[g * n..(g + 1) * n];
-        let mean = part.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-        let var = part.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / n as f64;
+        let mean = lane_sum(n, |i| part[i] as f64) / n as f64;
+        let var = lane_sum(n, |i| (part[i] as f64 - mean) * (part[i] as f64 - mean)) / n as f64;
         *st = (mean as f32, (1.0 / (var + eps).sqrt()) as f32);
     }
-    debug_assert_eq!(x.len() % channels, 0);
 }
 
 /// GroupNorm of one image: `y = gamma[c] * ((x - mean) * rstd) + beta[c]` per group's statistics.
@@ -115,7 +153,7 @@ pub(crate) fn groupnorm_forward(x: &[f32], gamma: &[f32], beta: &[f32], groups: 
     let pixels = x.len() / channels;
     let cpg = channels / groups;
     let mut stats = vec![(0f32, 0f32); groups];
-    group_stats(x, channels, groups, eps, &mut stats);
+    group_stats(x, groups, eps, &mut stats);
     for c in 0..channels {
         let (mean, rstd) = stats[c / cpg];
         let (gm, bt) = (gamma[c], beta[c]);
@@ -144,22 +182,19 @@ pub(crate) fn groupnorm_backward(
     let cpg = channels / groups;
     let n = (cpg * pixels) as f64;
     let mut stats = vec![(0f32, 0f32); groups];
-    group_stats(x, channels, groups, eps, &mut stats);
+    group_stats(x, groups, eps, &mut stats);
     for (g, &(mean, rstd)) in stats.iter().enumerate() {
-        // Sums over the group of dxhat and dxhat * xhat, dxhat = dy * gamma.
+        // Sums over the group of dxhat and dxhat * xhat (dxhat = dy * gamma), from the per-channel
+        // sums of dy and dy * xhat, which are also the channel's dbeta and dgamma.
         let (mut s1, mut s2) = (0f64, 0f64);
         for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
-            let (mut dg, mut db) = (0f64, 0f64);
-            for i in c * pixels..(c + 1) * pixels {
-                let xhat = (x[i] - mean) * rstd;
-                let dxhat = dy[i] * gm;
-                s1 += dxhat as f64;
-                s2 += (dxhat * xhat) as f64;
-                dg += (dy[i] * xhat) as f64;
-                db += dy[i] as f64;
-            }
+            let (xc, dyc) = (&x[c * pixels..(c + 1) * pixels], &dy[c * pixels..(c + 1) * pixels]);
+            let db = lane_sum(pixels, |i| dyc[i] as f64);
+            let dg = lane_sum(pixels, |i| (dyc[i] * ((xc[i] - mean) * rstd)) as f64);
             dgamma[c] += dg as f32;
             dbeta[c] += db as f32;
+            s1 += gm as f64 * db;
+            s2 += gm as f64 * dg;
         }
         let (m1, m2) = ((s1 / n) as f32, (s2 / n) as f32);
         for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
@@ -234,7 +269,8 @@ pub(crate) fn avgpool_backward(
 pub(crate) fn global_avgpool(x: &[f32], channels: usize, y: &mut [f32]) {
     let pixels = x.len() / channels;
     for (c, o) in y.iter_mut().enumerate().take(channels) {
-        *o = (x[c * pixels..(c + 1) * pixels].iter().map(|&v| v as f64).sum::<f64>() / pixels as f64) as f32;
+        let part = &x[c * pixels..(c + 1) * pixels];
+        *o = (lane_sum(pixels, |i| part[i] as f64) / pixels as f64) as f32;
     }
 }
 
@@ -249,4 +285,61 @@ pub(crate) fn xent_grad(logits: &[f32], label: usize, scale: f32, grad: &mut [f3
         *g = (p - if j == label { 1.0 } else { 0.0 }) * scale;
     }
     loss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// im2col element by element from its definition.
+    fn naive_im2col(g: &ConvGeom, image: &[f32]) -> Vec<f32> {
+        let k = g.kernel;
+        let mut cols = vec![0f32; g.patch() * g.pixels()];
+        for ci in 0..g.in_c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+                            let ix = (ox * g.stride + kx) as isize - g.padding as isize;
+                            let inside = iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
+                            let v = if inside { image[(ci * g.h + iy as usize) * g.w + ix as usize] } else { 0.0 };
+                            cols[((ci * k + ky) * k + kx) * g.pixels() + oy * g.ow + ox] = v;
+                        }
+                    }
+                }
+            }
+        }
+        cols
+    }
+
+    /// im2col equals its definition, and col2im is its adjoint (<im2col x, c> = <x, col2im c>),
+    /// on every combination of kernel, stride and padding that fits small odd images.
+    #[test]
+    fn im2col_and_its_adjoint_on_every_small_geometry() {
+        for (h, w) in [(5, 7), (6, 4), (1, 3)] {
+            for kernel in 1..=4 {
+                for stride in 1..=3 {
+                    for padding in 0..=3 {
+                        if h + 2 * padding < kernel || w + 2 * padding < kernel {
+                            continue;
+                        }
+                        let (oh, ow) =
+                            ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
+                        let g = ConvGeom { in_c: 2, h, w, kernel, stride, padding, oh, ow };
+                        let image: Vec<f32> = (0..2 * h * w).map(|i| i as f32 + 1.0).collect();
+                        let mut cols = vec![f32::NAN; g.patch() * g.pixels()];
+                        im2col(&g, &image, &mut cols);
+                        assert_eq!(cols, naive_im2col(&g, &image), "{g:?}");
+                        let c: Vec<f32> = (0..cols.len()).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+                        let mut back = vec![0f32; image.len()];
+                        col2im_add(&g, &c, &mut back);
+                        let lhs: f64 = cols.iter().zip(&c).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let rhs: f64 = image.iter().zip(&back).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        assert_eq!(lhs, rhs, "{g:?}");
+                    }
+                }
+            }
+        }
+    }
 }
