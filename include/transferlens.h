@@ -171,8 +171,6 @@ typedef enum tl_lr_schedule {
   TL_LR_SCHEDULE_COSINE = 2,
 } tl_lr_schedule;
 
-typedef struct Op Op;
-
 /**
  * Exact streaming CKA of nx x ny layer pairs: feeding batches gives the same result as the
  * concatenated data, whatever the batch sizes. The first update fixes each layer's feature
