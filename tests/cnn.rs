@@ -550,3 +550,34 @@ fn criticality_and_interpolation_run_on_the_cnn_evaluator() {
     assert_eq!(curve[4], cnn.evaluate(&other, &test).unwrap());
     assert!(curve.iter().all(|m| m.loss.is_finite()));
 }
+
+#[test]
+fn errors_of_sets_options_and_metadata() {
+    let cnn = Cnn::from_json(STROKE_CNN).unwrap();
+    let data = strokes(40, 1);
+    // A set without the CNN's tensors.
+    let mlp_set = transferlens::model::Mlp::new(&[144, 4]).unwrap().init(1).unwrap();
+    let err = cnn.evaluate(&mlp_set, &data).unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)) && err.to_string().contains("conv1.weight"), "{err}");
+    assert!(matches!(Cnn::from_metadata(&mlp_set), Err(Error::NotFound(_))));
+    let mut p = cnn.init(1).unwrap();
+    let before = f32_tensors(&p);
+    for bad in [
+        transferlens::model::TrainOptions { batch: 0, ..stroke_training() },
+        transferlens::model::TrainOptions { lr: f64::NAN, ..stroke_training() },
+        transferlens::model::TrainOptions { momentum: 1.0, ..stroke_training() },
+        transferlens::model::TrainOptions {
+            schedule: transferlens::model::LrSchedule::Step { every: 0, factor: 0.5 },
+            ..stroke_training()
+        },
+    ] {
+        assert!(matches!(cnn.train(&mut p, &data, &bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+    }
+    assert_eq!(f32_tensors(&p), before, "a refused training leaves the set alone");
+    // A NaN weight makes the loss NaN: training stops with an error rather than storing NaNs.
+    let fc_bias = p.tensor_index("fc.bias").unwrap();
+    let mut poisoned = with_tensor(&p, fc_bias, &[f32::NAN, 0.0, 0.0, 0.0]);
+    let err = cnn.train(&mut poisoned, &data, &stroke_training()).unwrap_err();
+    assert!(matches!(err, Error::NonFinite(_)) && err.to_string().contains("epoch 1"), "{err}");
+    assert!(matches!(cnn.evaluate(&poisoned, &data), Err(Error::NonFinite(_))));
+}

@@ -655,6 +655,21 @@ mod tests {
     }
 
     #[test]
+    fn learning_rate_schedules() {
+        let base = TrainOptions { lr: 0.1, epochs: 4, ..Default::default() };
+        assert_eq!(base.schedule, LrSchedule::Constant);
+        assert!((0..4).all(|e| base.lr_at(e) == 0.1));
+        let step = TrainOptions { schedule: LrSchedule::Step { every: 2, factor: 0.5 }, ..base.clone() };
+        assert_eq!([step.lr_at(0), step.lr_at(1), step.lr_at(2), step.lr_at(5)], [0.1, 0.1, 0.05, 0.025]);
+        let cosine = TrainOptions { schedule: LrSchedule::Cosine, ..base.clone() };
+        assert_eq!(cosine.lr_at(0), 0.1);
+        assert!((cosine.lr_at(2) - 0.05).abs() < 1e-15);
+        assert!(cosine.lr_at(3) < cosine.lr_at(2));
+        assert!(TrainOptions { schedule: LrSchedule::Step { every: 1, factor: 0.0 }, ..base.clone() }.check().is_err());
+        assert!(TrainOptions { lr: f64::INFINITY, ..base }.check().is_err());
+    }
+
+    #[test]
     fn permutation_is_a_permutation() {
         let mut p = permutation(101, 7, 0);
         assert_ne!(p, (0..101).collect::<Vec<_>>());

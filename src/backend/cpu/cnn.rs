@@ -69,14 +69,15 @@ pub(crate) fn im2col(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
                     let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
                     let iy = oy * s + ky;
                     if iy < p || iy >= g.h + p {
-                        out.fill(0.0);
+                        out.iter_mut().for_each(|o| *o = 0.0);
                         continue;
                     }
                     let src = &plane[(iy - p) * g.w..(iy - p + 1) * g.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
+                    // Rows are short (a few to a few dozen pixels): plain loops beat memset/memcpy calls.
+                    out[..lo].iter_mut().for_each(|o| *o = 0.0);
+                    out[hi..].iter_mut().for_each(|o| *o = 0.0);
                     if s == 1 {
-                        out[lo..hi].copy_from_slice(&src[lo + kx - p..hi + kx - p]);
+                        out[lo..hi].iter_mut().zip(&src[lo + kx - p..hi + kx - p]).for_each(|(o, &v)| *o = v);
                     } else {
                         for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
                             *o = src[ox * s + kx - p];
@@ -119,19 +120,21 @@ pub(crate) fn col2im_add(g: &ConvGeom, cols: &[f32], image: &mut [f32]) {
     }
 }
 
-/// The f64 sum of `f(0) .. f(n - 1)` over 8 interleaved partial sums, added in a fixed order at
-/// the end: the same bits on any machine, without one long chain of dependent additions.
+/// The f64 sum of `f(a[i], b[i])` over 8 interleaved partial sums (element i into sum i mod 8),
+/// added in a fixed order at the end: the same bits on any machine, without one long chain of
+/// dependent additions.
 #[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     let mut acc = [0f64; 8];
-    let full = n / 8 * 8;
-    for i in (0..full).step_by(8) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += f(x[l], y[l]);
         }
     }
-    for (l, i) in (full..n).enumerate() {
-        acc[l] += f(i);
+    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += f(x, y);
     }
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
@@ -141,8 +144,8 @@ pub(crate) fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32,
     let n = x.len() / groups;
     for (g, st) in stats.iter_mut().enumerate().take(groups) {
         let part = &x[g * n..(g + 1) * n];
-        let mean = lane_sum(n, |i| part[i] as f64) / n as f64;
-        let var = lane_sum(n, |i| (part[i] as f64 - mean) * (part[i] as f64 - mean)) / n as f64;
+        let mean = lane_sum(part, part, |v, _| v as f64) / n as f64;
+        let var = lane_sum(part, part, |v, _| (v as f64 - mean) * (v as f64 - mean)) / n as f64;
         *st = (mean as f32, (1.0 / (var + eps).sqrt()) as f32);
     }
 }
@@ -189,8 +192,8 @@ pub(crate) fn groupnorm_backward(
         let (mut s1, mut s2) = (0f64, 0f64);
         for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
             let (xc, dyc) = (&x[c * pixels..(c + 1) * pixels], &dy[c * pixels..(c + 1) * pixels]);
-            let db = lane_sum(pixels, |i| dyc[i] as f64);
-            let dg = lane_sum(pixels, |i| (dyc[i] * ((xc[i] - mean) * rstd)) as f64);
+            let db = lane_sum(dyc, dyc, |d, _| d as f64);
+            let dg = lane_sum(dyc, xc, |d, x| (d * ((x - mean) * rstd)) as f64);
             dgamma[c] += dg as f32;
             dbeta[c] += db as f32;
             s1 += gm as f64 * db;
@@ -270,7 +273,7 @@ pub(crate) fn global_avgpool(x: &[f32], channels: usize, y: &mut [f32]) {
     let pixels = x.len() / channels;
     for (c, o) in y.iter_mut().enumerate().take(channels) {
         let part = &x[c * pixels..(c + 1) * pixels];
-        *o = (lane_sum(pixels, |i| part[i] as f64) / pixels as f64) as f32;
+        *o = (lane_sum(part, part, |v, _| v as f64) / pixels as f64) as f32;
     }
 }
 
