@@ -7,8 +7,9 @@
  *   through pointers; tl_last_error_message() describes this thread's last failure and
  *   tl_status_name() names a code.
  * - Handles are opaque. A function that makes one writes it to its last argument, out:
- *   tl_context_create; tl_params_load, tl_params_wrap, tl_params_clone and tl_mlp_init (sets);
- *   tl_evaluator_from_callback and tl_evaluator_mlp; tl_cka_accumulator_create. A failed call
+ *   tl_context_create; tl_params_load, tl_params_wrap, tl_params_clone, tl_mlp_init and
+ *   tl_cnn_init (sets); tl_evaluator_from_callback, tl_evaluator_mlp and tl_evaluator_cnn;
+ *   tl_cka_accumulator_create; tl_cnn_create. A failed call
  *   makes no handle. Each handle is freed by its tl_<thing>_destroy (NULL is a no-op).
  * - Pointers: NULL is TL_STATUS_NULL_ARGUMENT unless a function's comment allows it; an array of
  *   length 0 may be NULL. Any other pointer must be valid for the length the comment gives, for
@@ -152,6 +153,25 @@ typedef enum tl_metric {
 } tl_metric;
 
 /**
+ * How the learning rate changes from epoch to epoch. The values are fixed forever.
+ */
+typedef enum tl_lr_schedule {
+  /**
+   * `lr` in every epoch.
+   */
+  TL_LR_SCHEDULE_CONSTANT = 0,
+  /**
+   * `lr * step_factor^(epoch / step_every)`: multiplied by `step_factor` every `step_every`
+   * epochs.
+   */
+  TL_LR_SCHEDULE_STEP = 1,
+  /**
+   * `lr * (1 + cos(pi * epoch / epochs)) / 2`: from `lr` down towards 0 over the run.
+   */
+  TL_LR_SCHEDULE_COSINE = 2,
+} tl_lr_schedule;
+
+/**
  * Exact streaming CKA of nx x ny layer pairs: feeding batches gives the same result as the
  * concatenated data, whatever the batch sizes. The first update fixes each layer's feature
  * count; a later batch with other counts is TL_STATUS_SHAPE_MISMATCH.
@@ -168,6 +188,13 @@ typedef enum tl_metric {
 typedef struct tl_cka_accumulator tl_cka_accumulator;
 
 /**
+ * A CNN's architecture, made from a JSON specification (docs/cnn.md); it holds no weights.
+ *
+ * Thread safety: a CNN is never written after tl_cnn_create; several calls may use it at once.
+ */
+typedef struct tl_cnn tl_cnn;
+
+/**
  * A context: the resolved backend (CPU or a CUDA device) that every analysis runs on.
  *
  * Thread safety: a context on the CPU backend may be used from several threads at once. A CUDA
@@ -176,7 +203,7 @@ typedef struct tl_cka_accumulator tl_cka_accumulator;
 typedef struct tl_context tl_context;
 
 /**
- * An evaluator: the built-in MLP on a data set, or a host callback.
+ * An evaluator: the built-in MLP or CNN on a data set, or a host callback.
  *
  * Thread safety: an evaluator is used by one call at a time.
  */
@@ -267,6 +294,50 @@ typedef struct tl_matrix {
    */
   int32_t device;
 } tl_matrix;
+
+/**
+ * Options of tl_mlp_train and tl_cnn_train. Fill the struct from tl_train_options_default()
+ * and keep its `size`: fields added in later versions take their defaults for callers built
+ * against an older, smaller struct (a `size` that ends inside a field is refused). Out-of-range
+ * values are TL_STATUS_INVALID_ARGUMENT.
+ */
+typedef struct tl_train_options {
+  size_t size;
+  /**
+   * Passes over the data (default 10; 0 trains nothing).
+   */
+  uint64_t epochs;
+  /**
+   * Rows per minibatch (>= 1; default 32).
+   */
+  uint64_t batch;
+  /**
+   * The learning rate (finite, > 0; default 0.05).
+   */
+  double lr;
+  /**
+   * SGD momentum, in [0, 1) (default 0.9).
+   */
+  double momentum;
+  /**
+   * L2 weight decay added to the gradient (>= 0; default 0).
+   */
+  double weight_decay;
+  /**
+   * Seeds the order in which rows are visited each epoch (default 0).
+   */
+  uint64_t seed;
+  /**
+   * The learning-rate schedule (default TL_LR_SCHEDULE_CONSTANT).
+   */
+  tl_lr_schedule schedule;
+  /**
+   * TL_LR_SCHEDULE_STEP only: epochs between steps (>= 1; default 30) and the factor of each
+   * step (finite, > 0; default 0.1).
+   */
+  uint64_t step_every;
+  double step_factor;
+} tl_train_options;
 
 /**
  * Options of module criticality. Fill the struct from tl_criticality_options_default() (or
@@ -813,6 +884,100 @@ enum tl_status tl_cka_accumulator_set_widths(struct tl_cka_accumulator *acc,
                                              size_t len);
 
 /**
+ * Makes a CNN from its JSON specification (docs/cnn.md). A specification that does not parse
+ * or describes no valid network is TL_STATUS_INVALID_ARGUMENT (or the status the parser gives)
+ * with a message naming the layer and the field. On success *out owns a CNN to free with
+ * tl_cnn_destroy.
+ */
+enum tl_status tl_cnn_create(const char *spec_json, struct tl_cnn **out);
+
+/**
+ * Frees a CNN; NULL is a no-op. Evaluators and sets made from it stay valid.
+ */
+void tl_cnn_destroy(struct tl_cnn *cnn);
+
+/**
+ * The number of classes (the logits of the last layer); 0 when cnn is NULL.
+ */
+size_t tl_cnn_classes(const struct tl_cnn *cnn);
+
+/**
+ * The input image shape: channels, height and width (a data row is c x h x w floats, NCHW).
+ */
+enum tl_status tl_cnn_input_shape(const struct tl_cnn *cnn, uint64_t *c, uint64_t *h, uint64_t *w);
+
+/**
+ * The number of modules (conv1, each block, fc, ... as docs/cnn.md groups them); 0 when cnn is
+ * NULL. A set made by tl_cnn_init has these modules, in this order.
+ */
+size_t tl_cnn_module_count(const struct tl_cnn *cnn);
+
+/**
+ * The name of module `module`, NUL-terminated; the string lives until tl_cnn_destroy. NULL when
+ * cnn is NULL or module is out of range.
+ */
+const char *tl_cnn_module_name(const struct tl_cnn *cnn, size_t module);
+
+/**
+ * The features per image of module `module`'s output (its last layer's C x H x W, NCHW): the
+ * columns of the activations tl_cnn_activations writes for that module.
+ */
+enum tl_status tl_cnn_module_width(const struct tl_cnn *cnn, size_t module, uint64_t *out);
+
+/**
+ * Initial weights: He-normal conv and dense weights from `seed`, zero biases, GroupNorm gamma 1
+ * and beta 0; f32 tensors named as PyTorch names them (conv1.weight, layer1.conv1.weight, ...),
+ * grouped into the CNN's modules, with the specification in the set's metadata (saved with it by
+ * tl_params_save). On success *out owns a set to free with tl_params_destroy.
+ */
+enum tl_status tl_cnn_init(const struct tl_cnn *cnn, uint64_t seed, struct tl_params **out);
+
+/**
+ * Makes an evaluator of the CNN on `rows` images: `x` holds rows x C x H x W floats (NCHW, the
+ * shape of tl_cnn_input_shape), `labels` one class per row, below tl_cnn_classes. The data and
+ * the architecture are copied (the CNN may be destroyed first). The sets it evaluates hold the
+ * tensors of tl_cnn_init, of any float dtype; every analysis accepts it, and module criticality
+ * evaluates its noisy copies in one batch per point.
+ */
+enum tl_status tl_evaluator_cnn(const struct tl_cnn *cnn,
+                                const float *x,
+                                const uint32_t *labels,
+                                uint64_t rows,
+                                struct tl_evaluator **out);
+
+/**
+ * Trains `params` in place by minibatch SGD with momentum and weight decay on `rows` images
+ * (`x` rows x C x H x W floats, NCHW; `labels` one class per row). `params` holds the CNN's
+ * tensors (a set from tl_cnn_init, or one loaded with the same names and shapes; f32 storage).
+ * `opts` NULL means tl_train_options_default(). The mean training loss of each epoch goes to
+ * epoch_losses, which holds opts->epochs values, or is NULL with n_epoch_losses = 0. The result
+ * is the same for a seed on any number of threads. On failure the weights may be partly
+ * trained.
+ */
+enum tl_status tl_cnn_train(const struct tl_cnn *cnn,
+                            struct tl_params *params,
+                            const float *x,
+                            const uint32_t *labels,
+                            uint64_t rows,
+                            const struct tl_train_options *opts,
+                            double *epoch_losses,
+                            size_t n_epoch_losses);
+
+/**
+ * The output of module `module` (as tl_cnn_module_width describes it) for `rows` images `x`
+ * (rows x C x H x W floats, NCHW), into out: rows x width floats, row major, each image's
+ * features in NCHW order; out_len must be rows x width. The activations of several models feed
+ * the CKA functions.
+ */
+enum tl_status tl_cnn_activations(const struct tl_cnn *cnn,
+                                  const struct tl_params *params,
+                                  const float *x,
+                                  uint64_t rows,
+                                  size_t module,
+                                  float *out,
+                                  uint64_t out_len);
+
+/**
  * Makes a context. `backend` AUTO picks CUDA when a driver and a device are present, else the
  * CPU; CUDA asked for without them fails with TL_STATUS_DEVICE_UNAVAILABLE and a message that
  * says what is missing. `device` is the CUDA device ordinal (ignored for the CPU).
@@ -1125,6 +1290,29 @@ enum tl_status tl_params_rewind(struct tl_context *ctx,
                                 size_t module,
                                 double alpha,
                                 struct tl_params *out);
+
+/**
+ * The defaults: 10 epochs, batch 32, lr 0.05, momentum 0.9, no weight decay, seed 0, a constant
+ * learning rate.
+ */
+struct tl_train_options tl_train_options_default(void);
+
+/**
+ * Trains `params`, a set with the tensors of tl_mlp_init for widths `sizes` (f32 storage), in
+ * place by minibatch SGD with momentum and weight decay on `rows` samples (`x` rows x sizes[0]
+ * floats, row major; `labels` one class per row). `opts` NULL means tl_train_options_default().
+ * The mean training loss of each epoch goes to epoch_losses, which holds opts->epochs values, or
+ * is NULL with n_epoch_losses = 0. On failure the weights may be partly trained.
+ */
+enum tl_status tl_mlp_train(const uint64_t *sizes,
+                            size_t n_sizes,
+                            struct tl_params *params,
+                            const float *x,
+                            const uint32_t *labels,
+                            uint64_t rows,
+                            const struct tl_train_options *opts,
+                            double *epoch_losses,
+                            size_t n_epoch_losses);
 
 #ifdef __cplusplus
 }  // extern "C"

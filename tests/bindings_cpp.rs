@@ -9,7 +9,9 @@
 mod bindings_common;
 mod common;
 
-use bindings_common::{check_params_example_output, have, library_dir, root, run_checked, scratch};
+use bindings_common::{
+    check_cnn_example_output, check_params_example_output, have, library_dir, root, run_checked, scratch,
+};
 use common::{assert_close, reference_cka_feature, Dense};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,6 +142,20 @@ fn example_rewind_matches_the_reference() {
     let out = run_sanitized(&exe, "rewind");
     print!("{out}");
     check_params_example_output(&out, "rewind.cpp");
+}
+
+#[test]
+fn example_cnn_matches_the_rust_api() {
+    let lib = library_dir();
+    let dir = scratch("cpp-example-cnn");
+    let exe = dir.join("cnn");
+    run_checked(
+        &mut gxx(&lib, &root().join("bindings/cpp/examples/cnn.cpp"), &exe),
+        "compiling bindings/cpp/examples/cnn.cpp",
+    );
+    let out = run_sanitized(&exe, "cnn");
+    print!("{out}");
+    check_cnn_example_output(&out, "cnn.cpp");
 }
 
 #[test]
@@ -336,6 +352,9 @@ fn bindings_readme_quotes_the_examples_the_tests_run() {
         "bindings/cpp/examples/training_loop.cpp",
         "bindings/cpp/examples/CMakeLists.txt",
         "bindings/cpp/examples/rewind.cpp",
+        "bindings/cpp/examples/cnn.cpp",
+        "bindings/go/examples/cnn/main.go",
+        "bindings/julia/TransferLens/examples/cnn.jl",
         "bindings/go/examples/cka/main.go",
         "bindings/go/examples/params/main.go",
         "bindings/julia/TransferLens/examples/cka.jl",

@@ -1,13 +1,16 @@
 //! The Go binding (bindings/go) tested from Go: `go vet ./...` and `go test ./...` run in
 //! bindings/go (with Go >= 1.21 both with matrices pinned in place and, with the
 //! `transferlens_copy` tag, through the copying path of older toolchains), and the example
-//! programs bindings/go/examples/cka and bindings/go/examples/params run and print values
-//! checked against f64 references written here. Skipped, saying why, when no Go toolchain is installed.
+//! programs bindings/go/examples/cka, params and cnn run and print values checked against f64
+//! references written here (the CNN example against the same run through the Rust API). Skipped,
+//! saying why, when no Go toolchain is installed.
 
 mod bindings_common;
 mod common;
 
-use bindings_common::{check_params_example_output, library_dir, root, run_checked, target_dirs};
+use bindings_common::{
+    check_cnn_example_output, check_params_example_output, library_dir, root, run_checked, target_dirs,
+};
 use common::{assert_close, reference_cka_feature, Dense};
 use std::path::PathBuf;
 use std::process::Command;
@@ -101,4 +104,16 @@ fn go_params_example_matches_the_reference() {
     let out = run_checked(&mut go(&lib, &["run", "./examples/params"]), "go run ./examples/params");
     print!("{out}");
     check_params_example_output(&out, "go run ./examples/params");
+}
+
+#[test]
+fn go_cnn_example_matches_the_rust_api() {
+    if go_version().is_none() {
+        println!("go is not installed: the Go CNN example was skipped");
+        return;
+    }
+    let lib = library_dir();
+    let out = run_checked(&mut go(&lib, &["run", "./examples/cnn"]), "go run ./examples/cnn");
+    print!("{out}");
+    check_cnn_example_output(&out, "go run ./examples/cnn");
 }

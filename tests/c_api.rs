@@ -111,3 +111,11 @@ fn c_programs_pass() {
         }
     }
 }
+
+#[test]
+fn the_c_api_page_quotes_the_cnn_example_that_the_tests_run() {
+    let page = std::fs::read_to_string(root().join("docs/c-api.md")).unwrap();
+    let example = std::fs::read_to_string(root().join("tests/c/cnn_example.c")).unwrap();
+    let body = example.split_once('\n').map(|(_, rest)| rest).unwrap(); // the first line is a note for readers of the file
+    assert!(page.contains(body), "docs/c-api.md must quote tests/c/cnn_example.c (from its second line) verbatim");
+}

@@ -26,6 +26,7 @@ const MIRRORS: &[(&str, &str)] = &[
     ("CriticalityReport", "tl_criticality_report"),
     ("NetworkReport", "tl_network_report"),
     ("BoundReport", "tl_bound_report"),
+    ("TrainOptions", "tl_train_options"),
 ];
 
 /// A type in a form both languages map to.

@@ -653,6 +653,14 @@ class Evaluator {
         return e;
     }
 
+    // Takes ownership of an evaluator from the C ABI (NULL is refused).
+    static Evaluator adopt(tl_evaluator* raw) {
+        if (!raw) throw Error(TL_STATUS_NULL_ARGUMENT, "Evaluator::adopt of a null tl_evaluator");
+        Evaluator e;
+        e.ev_ = raw;
+        return e;
+    }
+
     ~Evaluator() { tl_evaluator_destroy(ev_); }
     Evaluator(const Evaluator&) = delete;
     Evaluator& operator=(const Evaluator&) = delete;
@@ -886,6 +894,155 @@ inline Agreement prediction_agreement(const std::vector<uint32_t>& a, const std:
                                           out.category.data()));
     return out;
 }
+
+// ------------------------------------------------------------------------------------------------
+// The built-in CNN (docs/cnn.md): the architecture from a JSON specification, initial weights,
+// training, an evaluator for every analysis, and module activations for CKA. Images are NCHW
+// floats, one image of c x h x w per row.
+
+// The learning-rate schedule of TrainOptions.
+enum class LrSchedule : uint32_t {
+    Constant = TL_LR_SCHEDULE_CONSTANT,
+    Step = TL_LR_SCHEDULE_STEP,
+    Cosine = TL_LR_SCHEDULE_COSINE,
+};
+
+// Options of Cnn::train and mlp_train: the defaults (tl_train_options_default), `size` set.
+struct TrainOptions : tl_train_options {
+    TrainOptions() : tl_train_options(tl_train_options_default()) { size = sizeof(tl_train_options); }
+    TrainOptions& with_schedule(LrSchedule s) {
+        schedule = static_cast<tl_lr_schedule>(s);
+        return *this;
+    }
+};
+
+namespace detail {
+// Training's losses, one per epoch, from a C call that writes them.
+template <class Train>
+std::vector<double> train_epochs(const TrainOptions& opts, Train&& train) {
+    std::vector<double> losses(static_cast<size_t>(opts.epochs));
+    check(train(losses.data(), losses.size()));
+    return losses;
+}
+}  // namespace detail
+
+// Trains the built-in MLP's `params` (a set from mlp_init(sizes, ...)) in place on x (rows x
+// sizes[0] floats, row major) with one label per row; returns each epoch's mean training loss.
+inline std::vector<double> mlp_train(const std::vector<uint64_t>& sizes, Params& params, const std::vector<float>& x,
+                                     const std::vector<uint32_t>& labels, const TrainOptions& opts = TrainOptions()) {
+    if (sizes.empty() || x.size() != labels.size() * sizes[0])
+        throw Error(TL_STATUS_SHAPE_MISMATCH,
+                    "x holds " + std::to_string(x.size()) + " floats for " + std::to_string(labels.size()) + " labels");
+    return detail::train_epochs(opts, [&](double* out, size_t n) {
+        return tl_mlp_train(sizes.data(), sizes.size(), params.get(), x.data(), labels.data(), labels.size(), &opts,
+                            out, n);
+    });
+}
+
+// An image's shape: channels, height, width.
+struct ImageShape {
+    uint64_t c, h, w;
+    uint64_t numel() const { return c * h * w; }
+};
+
+// A CNN's architecture (no weights). Move-only; freed by its destructor. Its methods may be called
+// from several threads at once.
+class Cnn {
+  public:
+    // The spec's errors throw with the parser's message, naming the layer and the field.
+    explicit Cnn(const std::string& spec_json) { detail::check(tl_cnn_create(spec_json.c_str(), &cnn_)); }
+    ~Cnn() { tl_cnn_destroy(cnn_); }
+    Cnn(const Cnn&) = delete;
+    Cnn& operator=(const Cnn&) = delete;
+    Cnn(Cnn&& other) noexcept : cnn_(std::exchange(other.cnn_, nullptr)) {}
+    Cnn& operator=(Cnn&& other) noexcept {
+        if (this != &other) {
+            tl_cnn_destroy(cnn_);
+            cnn_ = std::exchange(other.cnn_, nullptr);
+        }
+        return *this;
+    }
+
+    size_t classes() const { return tl_cnn_classes(handle()); }
+    ImageShape input_shape() const {
+        ImageShape s{};
+        detail::check(tl_cnn_input_shape(handle(), &s.c, &s.h, &s.w));
+        return s;
+    }
+    size_t module_count() const { return tl_cnn_module_count(handle()); }
+    std::string module_name(size_t module) const {
+        const char* name = tl_cnn_module_name(handle(), module);
+        if (!name)
+            throw Error(TL_STATUS_NOT_FOUND, "module " + std::to_string(module) + " of a CNN of " +
+                                                 std::to_string(module_count()) + " modules");
+        return name;
+    }
+    std::vector<std::string> module_names() const {
+        std::vector<std::string> names;
+        for (size_t i = 0; i < module_count(); i++) names.push_back(module_name(i));
+        return names;
+    }
+    // Features per image of the module's output (the columns of activations()).
+    uint64_t module_width(size_t module) const {
+        uint64_t out = 0;
+        detail::check(tl_cnn_module_width(handle(), module, &out));
+        return out;
+    }
+
+    // He-normal weights from `seed`, grouped into the CNN's modules, the spec in the metadata.
+    Params init(uint64_t seed) const {
+        tl_params* raw = nullptr;
+        detail::check(tl_cnn_init(handle(), seed, &raw));
+        return Params::adopt(raw);
+    }
+
+    // The CNN on these images and labels (copied) as an evaluator for every analysis.
+    Evaluator evaluator(const std::vector<float>& x, const std::vector<uint32_t>& labels) const {
+        check_images(x, labels.size());
+        tl_evaluator* raw = nullptr;
+        detail::check(tl_evaluator_cnn(handle(), x.data(), labels.data(), labels.size(), &raw));
+        return Evaluator::adopt(raw);
+    }
+
+    // Trains `params` in place; returns each epoch's mean training loss.
+    std::vector<double> train(Params& params, const std::vector<float>& x, const std::vector<uint32_t>& labels,
+                              const TrainOptions& opts = TrainOptions()) const {
+        check_images(x, labels.size());
+        return detail::train_epochs(opts, [&](double* out, size_t n) {
+            return tl_cnn_train(handle(), params.get(), x.data(), labels.data(), labels.size(), &opts, out, n);
+        });
+    }
+
+    // The module's output for the images x: rows x module_width(module) floats, row major.
+    std::vector<float> activations(const Params& params, const std::vector<float>& x, size_t module) const {
+        const uint64_t rows = images_in(x);
+        std::vector<float> out(static_cast<size_t>(rows * module_width(module)));
+        detail::check(tl_cnn_activations(handle(), params.get(), x.data(), rows, module, out.data(), out.size()));
+        return out;
+    }
+
+    tl_cnn* get() const noexcept { return cnn_; }
+    tl_cnn* handle() const {
+        if (!cnn_) throw Error(TL_STATUS_NULL_ARGUMENT, "use of a moved-from transferlens::Cnn");
+        return cnn_;
+    }
+
+  private:
+    uint64_t images_in(const std::vector<float>& x) const {
+        const uint64_t per_image = input_shape().numel();
+        if (x.size() % per_image != 0)
+            throw Error(TL_STATUS_SHAPE_MISMATCH, "x holds " + std::to_string(x.size()) +
+                                                      " floats, not a whole number of images of " +
+                                                      std::to_string(per_image));
+        return x.size() / per_image;
+    }
+    void check_images(const std::vector<float>& x, size_t labels) const {
+        if (images_in(x) != labels)
+            throw Error(TL_STATUS_SHAPE_MISMATCH, "x holds " + std::to_string(images_in(x)) + " images for " +
+                                                      std::to_string(labels) + " labels");
+    }
+    tl_cnn* cnn_ = nullptr;
+};
 
 }  // namespace transferlens
 

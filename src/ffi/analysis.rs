@@ -69,7 +69,7 @@ impl RawMetric {
 pub type tl_eval_fn =
     Option<unsafe extern "C" fn(user: *mut c_void, params: *const tl_params, out: *mut tl_metrics) -> i32>;
 
-/// An evaluator: the built-in MLP on a data set, or a host callback.
+/// An evaluator: the built-in MLP or CNN on a data set, or a host callback.
 ///
 /// Thread safety: an evaluator is used by one call at a time.
 pub struct tl_evaluator {
@@ -80,6 +80,7 @@ pub struct tl_evaluator {
 pub(crate) enum HostEvaluator {
     Mlp(MlpEvaluator),
     Callback(CallbackEvaluator),
+    Cnn(Box<eval::CnnEvaluator>),
 }
 
 // SAFETY: tl_evaluator is never instantiated; its pointers come from hand_out of a HostEvaluator.
@@ -120,6 +121,7 @@ impl HostEvaluator {
         match self {
             HostEvaluator::Mlp(m) => m,
             HostEvaluator::Callback(c) => c,
+            HostEvaluator::Cnn(c) => c.as_mut(),
         }
     }
 }
@@ -145,7 +147,7 @@ pub unsafe extern "C" fn tl_evaluator_from_callback(
 ///
 /// # Safety
 /// `sizes` is NULL or points to `n_sizes` readable values.
-unsafe fn mlp_of(sizes: *const u64, n_sizes: usize) -> Result<Mlp> {
+pub(super) unsafe fn mlp_of(sizes: *const u64, n_sizes: usize) -> Result<Mlp> {
     // SAFETY: the caller's contract.
     let sizes = unsafe { try_slice(sizes, n_sizes, "sizes") }?;
     let sizes: Vec<usize> =

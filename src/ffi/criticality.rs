@@ -256,28 +256,29 @@ fn report_to_c(c: &ModuleCriticality) -> tl_criticality_report {
 ///
 /// # Safety
 /// Implementors are `repr(C)` structs of plain integers and floats whose first field is a `usize`.
-unsafe trait Versioned: Copy {
+pub(super) unsafe trait Versioned: Copy {
     const NAME: &'static str;
     /// Where each field ends, in bytes from the start, in order.
     fn field_ends() -> Vec<usize>;
 }
 
 /// The size of the field a projection selects (no value needed).
-fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
+pub(super) fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
     std::mem::size_of::<F>()
 }
 
 macro_rules! versioned {
     ($t:ident { $($field:ident),+ $(,)? }) => {
         // SAFETY: repr(C), plain numbers (RawMetric is a transparent u32), `size: usize` first.
-        unsafe impl Versioned for $t {
+        unsafe impl $crate::ffi::criticality::Versioned for $t {
             const NAME: &'static str = stringify!($t);
             fn field_ends() -> Vec<usize> {
-                vec![$(std::mem::offset_of!($t, $field) + field_size(|s: &$t| &s.$field)),+]
+                vec![$(std::mem::offset_of!($t, $field) + $crate::ffi::criticality::field_size(|s: &$t| &s.$field)),+]
             }
         }
     };
 }
+pub(super) use versioned;
 
 versioned!(tl_criticality_options {
     size,
@@ -332,7 +333,7 @@ versioned!(tl_bound_report { size, bound, held_out, vacuous, has_held_out });
 /// Refuses a `size` that no version of the struct has: one that ends inside a field. A version's
 /// size is where one of its fields ends, padded to the struct's alignment as a C compiler pads
 /// it; a size at least the whole struct is a newer caller's, whose first bytes are ours.
-fn check_version_size<T: Versioned>(size: usize, what: &str) -> Result<()> {
+pub(super) fn check_version_size<T: Versioned>(size: usize, what: &str) -> Result<()> {
     let align = std::mem::align_of::<T>();
     let is_a_version = size >= std::mem::size_of::<T>()
         || T::field_ends().iter().any(|&end| size == end || size == end.next_multiple_of(align));

@@ -27,16 +27,20 @@
 mod analysis;
 mod boundary;
 mod cka;
+mod cnn;
 mod context;
 mod criticality;
 mod params;
+mod train;
 
 pub use analysis::*;
 #[allow(unused_imports)]
 pub use cka::*;
+pub use cnn::*;
 pub use context::*;
 pub use criticality::*;
 pub use params::*;
+pub use train::*;
 
 use crate::error::{Error, Result, Status};
 use std::cell::{Cell, RefCell};

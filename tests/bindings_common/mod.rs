@@ -120,3 +120,62 @@ pub fn check_params_example_output(out: &str, what: &str) {
     close(halfway[0], 0.5 * total.sqrt(), "halfway distance");
     close(halfway[1], 0.5 * pre[2][0] + 0.5 * tuned[2][0], "head.weight[0] halfway");
 }
+
+/// The CNN examples (bindings/cpp/examples/cnn.cpp, bindings/go/examples/cnn,
+/// bindings/julia/TransferLens/examples/cnn.jl) all build this CNN.
+pub const CNN_EXAMPLE_SPEC: &str = r#"{"input": [1, 4, 4], "classes": 2, "layers": [
+    {"type": "conv", "name": "conv1", "out": 4, "kernel": 3, "padding": 1},
+    {"type": "groupnorm", "name": "gn1", "groups": 2}, {"type": "relu"},
+    {"type": "global_avgpool"}, {"type": "dense", "name": "fc", "out": 2}]}"#;
+
+/// The CNN examples' 16 images of 1 x 4 x 4 (NCHW) and their labels.
+pub fn cnn_example_data() -> transferlens::model::Dataset {
+    let mut x = Vec::new();
+    let labels: Vec<u32> = (0..16).map(|r| r % 2).collect();
+    for (r, &label) in labels.iter().enumerate() {
+        for p in 0..16 {
+            let bright = if (p < 8) == (label == 1) { 1.0f32 } else { -1.0 };
+            x.push(bright + 0.25 * ((r * 7 + p * 3) % 5) as f32 - 0.5);
+        }
+    }
+    transferlens::model::Dataset::new(x, labels, 16, 2).unwrap()
+}
+
+/// Checks the output of a CNN example against the same run through the Rust API: the epoch
+/// losses of training (6 epochs, batch 4, lr 0.1, seed 3, cosine schedule, from init seed 1), the
+/// error before and after, and the debiased CKA of conv1's activations before and after against
+/// an f64 reference.
+pub fn check_cnn_example_output(out: &str, what: &str) {
+    use crate::common::{reference_cka_feature, Dense};
+    use transferlens::model::{Cnn, LrSchedule, TrainOptions};
+    let cnn = Cnn::from_json(CNN_EXAMPLE_SPEC).unwrap();
+    let data = cnn_example_data();
+    let initial = cnn.init(1).unwrap();
+    let mut trained = initial.try_clone().unwrap();
+    let opts =
+        TrainOptions { epochs: 6, batch: 4, lr: 0.1, seed: 3, schedule: LrSchedule::Cosine, ..TrainOptions::default() };
+    let losses = cnn.train(&mut trained, &data, &opts).unwrap();
+    let numbers = |prefix: &str| -> Vec<f64> {
+        let line =
+            out.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{what}: no '{prefix}' in:\n{out}"));
+        line[prefix.len()..].split([' ', ',', '[', ']']).filter_map(|w| w.parse::<f64>().ok()).collect()
+    };
+    let close = |got: f64, want: f64, tol: f64, label: &str| {
+        assert!((got - want).abs() <= tol * want.abs().max(1.0), "{what}: {label} = {got}, expected {want}\n{out}");
+    };
+    let printed = numbers("epoch losses: ");
+    assert_eq!(printed.len(), losses.len(), "{what}: epoch losses {printed:?}\n{out}");
+    for (e, (&got, &want)) in printed.iter().zip(&losses).enumerate() {
+        close(got, want, 1e-9, &format!("loss of epoch {e}"));
+    }
+    assert!(losses[5] < losses[0], "the example's training lowers the loss: {losses:?}");
+    let errors = numbers("error: ");
+    close(errors[0], cnn.evaluate(&initial, &data).unwrap().error, 1e-12, "error before");
+    close(errors[1], cnn.evaluate(&trained, &data).unwrap().error, 1e-12, "error after");
+    let conv1 = |p| -> Dense {
+        let acts = cnn.activations(p, &data).unwrap().swap_remove(0);
+        Dense { rows: 16, cols: acts.len() / 16, data: acts.iter().map(|&v| v as f64).collect() }
+    };
+    let want = reference_cka_feature(&conv1(&initial), &conv1(&trained), true);
+    close(numbers("CKA(conv1 initial, conv1 trained) = ")[0], want, 1e-6, "CKA");
+}

@@ -854,12 +854,88 @@ static void test_analysis() {
     CHECK_THROWS(tl::prediction_agreement({0}, {0, 1}, {0, 1}), TL_STATUS_SHAPE_MISMATCH);
 }
 
+// The built-in CNN: spec, init, training on stripes vs checkerboards (the loss falls), the
+// evaluator in a curve and module criticality, activations, mlp_train, and the errors.
+static void test_cnn() {
+    const std::string spec =
+        R"({"input": [1, 6, 6], "classes": 2, "layers": [
+            {"type": "conv", "name": "conv1", "out": 4, "kernel": 3, "padding": 1},
+            {"type": "groupnorm", "name": "gn1", "groups": 2}, {"type": "relu"},
+            {"type": "block", "name": "layer1", "out": 4, "groups": 2},
+            {"type": "global_avgpool"}, {"type": "dense", "name": "fc", "out": 2}]})";
+    tl::Cnn cnn(spec);
+    const tl::ImageShape s = cnn.input_shape();
+    CHECK(s.c == 1 && s.h == 6 && s.w == 6 && cnn.classes() == 2);
+    CHECK((cnn.module_names() == std::vector<std::string>{"conv1", "layer1", "fc"}));
+    CHECK(cnn.module_width(0) == 4 * 36 && cnn.module_width(1) == 4 * 36 && cnn.module_width(2) == 2);
+    CHECK_THROWS(cnn.module_name(3), TL_STATUS_NOT_FOUND);
+    CHECK_THROWS(cnn.module_width(3), TL_STATUS_NOT_FOUND);
+
+    const size_t rows = 32;
+    std::vector<float> x(rows * 36);
+    std::vector<uint32_t> y(rows);
+    for (size_t r = 0; r < rows; r++) {
+        y[r] = static_cast<uint32_t>(r % 2);
+        for (size_t i = 0; i < 6; i++)
+            for (size_t j = 0; j < 6; j++)
+                x[r * 36 + i * 6 + j] = static_cast<float>(((y[r] ? i + j : i) % 2 ? 1.0 : -1.0) + 0.3 * normal());
+    }
+    tl::Params init = cnn.init(1);
+    CHECK(init.module_count() == 3);
+    tl::Params trained = init.clone();
+    tl::TrainOptions opts;
+    CHECK(opts.size == sizeof(tl_train_options) && opts.epochs == 10 && opts.schedule == TL_LR_SCHEDULE_CONSTANT);
+    opts.epochs = 8;
+    opts.batch = 8;
+    opts.with_schedule(tl::LrSchedule::Cosine);
+    const std::vector<double> losses = cnn.train(trained, x, y, opts);
+    CHECK(losses.size() == 8 && losses[7] < 0.5 * losses[0]);
+
+    tl::Evaluator ev = cnn.evaluator(x, y);
+    const tl::Metrics before = ev.evaluate(init), after = ev.evaluate(trained);
+    CHECK(after.loss < before.loss && after.error <= before.error);
+    tl::Context ctx(tl::Backend::Cpu);
+    tl::Params live = init.clone();
+    const auto curve = tl::interpolation_curve(ctx, ev, init, trained, live, {0, 0.5, 1});
+    CHECK(curve[0].loss == before.loss && curve[2].loss == after.loss);
+    tl::CriticalityOptions o;
+    o.samples = 2;
+    o.repeats = 1;
+    o.metric = TL_METRIC_LOSS;
+    o.eps = 0.1;
+    const tl::Criticality c = tl::module_criticality(ctx, ev, init, trained, live, 1, o);
+    CHECK(c.value >= 0 && c.numel > 0);
+
+    const std::vector<float> logits = cnn.activations(trained, x, 2);
+    CHECK(logits.size() == rows * 2);
+    size_t wrong = 0;
+    for (size_t r = 0; r < rows; r++) wrong += (logits[2 * r + 1] > logits[2 * r]) != (y[r] == 1);
+    CHECK_CLOSE(after.error, static_cast<double>(wrong) / rows, 1e-12);
+    for (float v : cnn.activations(trained, x, 1)) CHECK(std::isfinite(v));
+
+    const std::vector<uint64_t> sizes = {36, 8, 2};
+    tl::Params mlp = tl::mlp_init(sizes, 2);
+    const std::vector<double> mlp_losses = tl::mlp_train(sizes, mlp, x, y, opts);
+    CHECK(mlp_losses.size() == 8 && mlp_losses[7] < mlp_losses[0]);
+
+    CHECK_THROWS(tl::Cnn("{\"input\": [1, 6, 6]"), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(cnn.evaluator(std::vector<float>(35), {0}), TL_STATUS_SHAPE_MISMATCH);
+    CHECK_THROWS(cnn.evaluator(x, std::vector<uint32_t>(rows, 2)), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(cnn.train(mlp, x, y, opts), TL_STATUS_NOT_FOUND);
+    CHECK_THROWS(tl::mlp_train(sizes, mlp, x, std::vector<uint32_t>(3), opts), TL_STATUS_SHAPE_MISMATCH);
+    opts.lr = -1;
+    CHECK_THROWS(cnn.train(trained, x, y, opts), TL_STATUS_INVALID_ARGUMENT);
+    tl::Cnn moved = std::move(cnn);
+    CHECK_THROWS(cnn.init(1), TL_STATUS_NULL_ARGUMENT);
+    CHECK(moved.classes() == 2);
+}
+
 int main() {
     const std::pair<const char*, std::function<void()>> tests[] = {
         {"basics", test_basics},       {"context", test_context},       {"cka_linear", test_cka_linear},
         {"views", test_views},         {"errors", test_errors},         {"cka_matrix", test_cka_matrix},
         {"accumulator", test_accumulator}, {"params", test_params},
-        {"analysis", test_analysis},
+        {"analysis", test_analysis},   {"cnn", test_cnn},
     };
     for (const auto& t : tests) {
         t.second();

@@ -55,6 +55,8 @@ export Evaluator, Metrics, Metric, METRIC_LOSS, METRIC_ERROR, METRIC_ACCURACY, B
 export set_callback_error, mlp_init, evaluate, interpolation_curve, barrier, module_criticality,
        network_criticality, pac_bayes_bound, module_criticality_report, network_criticality_report,
        pac_bayes_report, rewind_curve, block_shuffle!, prediction_agreement
+export Cnn, TrainOptions, LrSchedule, LR_CONSTANT, LR_STEP, LR_COSINE, classes, input_shape, module_width, cnn_init,
+       train!, mlp_train!, activations
 
 const libtransferlens = get(ENV, "TRANSFERLENS_LIB",
                             normpath(joinpath(@__DIR__, "..", "..", "..", "..", "target", "release",
@@ -724,5 +726,219 @@ function rewind!(out::Params, ctx::Context, initial::Params, final::Params, i::I
 end
 
 include("analysis.jl")
+
+# ---------------------------------------------------------------------------------------------
+# The built-in CNN (docs/cnn.md): the architecture from a JSON specification, initial weights,
+# training, an evaluator for every analysis, and module activations for CKA. Images are a
+# `w × h × c × n` `Float32` array: the memory of `n` row-major (NCHW) c × h × w images.
+
+@enum LrSchedule::UInt32 LR_CONSTANT = 0 LR_STEP = 1 LR_COSINE = 2
+
+"""
+    TrainOptions(; kwargs...)
+
+Options of [`train!`](@ref) and [`mlp_train!`](@ref) (mirrors `tl_train_options`): the library's
+defaults (`tl_train_options_default`) with fields overridden by keyword, e.g.
+`TrainOptions(epochs = 8, batch = 16, schedule = LR_COSINE)`. `step_every` and `step_factor` are
+read for `LR_STEP` only. `size` is always `sizeof(TrainOptions)`.
+"""
+struct TrainOptions
+    size::Csize_t
+    epochs::UInt64
+    batch::UInt64
+    lr::Float64
+    momentum::Float64
+    weight_decay::Float64
+    seed::UInt64
+    schedule::UInt32
+    step_every::UInt64
+    step_factor::Float64
+end
+
+function TrainOptions(; kwargs...)
+    d = ccall((:tl_train_options_default, libtransferlens), TrainOptions, ())
+    vals = Any[]
+    for f in fieldnames(TrainOptions)
+        if f == :size
+            push!(vals, Csize_t(sizeof(TrainOptions)))
+        elseif haskey(kwargs, f)
+            v = kwargs[f]
+            push!(vals, v isa Enum ? UInt32(Integer(v)) : convert(fieldtype(TrainOptions, f), v))
+        else
+            push!(vals, getfield(d, f))
+        end
+    end
+    for k in keys(kwargs)
+        (k in fieldnames(TrainOptions) && k != :size) ||
+            throw(TransferLensError(STATUS_INVALID_ARGUMENT, "TrainOptions has no option $k"))
+    end
+    return TrainOptions(vals...)
+end
+
+"""
+    Cnn(spec_json)
+
+A CNN's architecture (no weights) from its JSON specification; a bad specification throws with
+the parser's message naming the layer and the field. Free with `close` (a finalizer does it
+otherwise). Modules are numbered from 1.
+"""
+mutable struct Cnn
+    ptr::Ptr{Cvoid}
+    function Cnn(spec_json::AbstractString)
+        out = Ref{Ptr{Cvoid}}(C_NULL)
+        check(ccall((:tl_cnn_create, libtransferlens), UInt32, (Cstring, Ref{Ptr{Cvoid}}), spec_json, out))
+        cnn = new(out[])
+        finalizer(close, cnn)
+        return cnn
+    end
+end
+
+function Base.close(cnn::Cnn)
+    if cnn.ptr != C_NULL
+        ccall((:tl_cnn_destroy, libtransferlens), Cvoid, (Ptr{Cvoid},), cnn.ptr)
+        cnn.ptr = C_NULL
+    end
+    return nothing
+end
+
+handle(cnn::Cnn) =
+    cnn.ptr == C_NULL ? throw(TransferLensError(STATUS_NULL_ARGUMENT, "use of a closed Cnn")) : cnn.ptr
+
+"""The number of classes (logits of the last layer)."""
+classes(cnn::Cnn) = GC.@preserve cnn Int(ccall((:tl_cnn_classes, libtransferlens), Csize_t, (Ptr{Cvoid},), handle(cnn)))
+
+"""The input image shape `(c, h, w)`."""
+function input_shape(cnn::Cnn)
+    c, h, w = Ref{UInt64}(0), Ref{UInt64}(0), Ref{UInt64}(0)
+    GC.@preserve cnn begin
+        check(ccall((:tl_cnn_input_shape, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Ref{UInt64}, Ref{UInt64}, Ref{UInt64}), handle(cnn), c, h, w))
+    end
+    return (Int(c[]), Int(h[]), Int(w[]))
+end
+
+module_count(cnn::Cnn) =
+    GC.@preserve cnn Int(ccall((:tl_cnn_module_count, libtransferlens), Csize_t, (Ptr{Cvoid},), handle(cnn)))
+
+function module_name(cnn::Cnn, i::Integer)
+    m = module_index(i)
+    GC.@preserve cnn begin
+        s = ccall((:tl_cnn_module_name, libtransferlens), Ptr{UInt8}, (Ptr{Cvoid}, Csize_t), handle(cnn), m)
+        s == C_NULL && throw(TransferLensError(STATUS_NOT_FOUND, "module $i of a CNN of $(module_count(cnn)) modules"))
+        return unsafe_string(s)
+    end
+end
+
+module_names(cnn::Cnn) = [module_name(cnn, i) for i in 1:module_count(cnn)]
+
+"""Features per image of module `i`'s output: the rows of [`activations`](@ref)."""
+function module_width(cnn::Cnn, i::Integer)
+    m = module_index(i)
+    out = Ref{UInt64}(0)
+    GC.@preserve cnn begin
+        check(ccall((:tl_cnn_module_width, libtransferlens), UInt32, (Ptr{Cvoid}, Csize_t, Ref{UInt64}),
+                    handle(cnn), m, out))
+    end
+    return Int(out[])
+end
+
+"""
+    cnn_init(cnn, seed) -> Params
+
+He-normal initial weights, grouped into the CNN's modules, with the specification in the
+set's metadata.
+"""
+function cnn_init(cnn::Cnn, seed::Integer)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    GC.@preserve cnn begin
+        check(ccall((:tl_cnn_init, libtransferlens), UInt32, (Ptr{Cvoid}, UInt64, Ref{Ptr{Cvoid}}),
+                    handle(cnn), UInt64(seed), out))
+    end
+    return Params(out[])
+end
+
+# The images as the C ABI takes them, checked against the CNN's input shape.
+function cnn_images(cnn::Cnn, x::AbstractArray{<:Real,4})
+    c, h, w = input_shape(cnn)
+    size(x)[1:3] == (w, h, c) ||
+        throw(TransferLensError(STATUS_SHAPE_MISMATCH, "images of size $(size(x)[1:3]), the CNN takes w × h × c = $((w, h, c))"))
+    return Array{Float32,4}(x)
+end
+
+"""
+    Evaluator(cnn, x, labels)
+
+The CNN on the images `x` (`w × h × c × n`) with class `labels` (from 0), copied, as an evaluator
+for every analysis.
+"""
+function Evaluator(cnn::Cnn, x::AbstractArray{<:Real,4}, labels::AbstractVector{<:Integer})
+    xs = cnn_images(cnn, x)
+    ls = Vector{UInt32}(labels)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    GC.@preserve cnn xs ls begin
+        check(ccall((:tl_evaluator_cnn, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Ptr{Float32}, Ptr{UInt32}, UInt64, Ref{Ptr{Cvoid}}),
+                    handle(cnn), xs, ls, UInt64(size(xs, 4)), out))
+    end
+    return Evaluator(out[], nothing)
+end
+
+"""
+    train!(cnn, params, x, labels; opts = TrainOptions()) -> epoch losses
+
+Trains `params` in place on the images `x` (`w × h × c × n`) with class `labels` (from 0);
+returns each epoch's mean training loss.
+"""
+function train!(cnn::Cnn, p::Params, x::AbstractArray{<:Real,4}, labels::AbstractVector{<:Integer};
+                opts::TrainOptions = TrainOptions())
+    xs = cnn_images(cnn, x)
+    ls = Vector{UInt32}(labels)
+    losses = Vector{Float64}(undef, opts.epochs)
+    GC.@preserve cnn p xs ls losses begin
+        check(ccall((:tl_cnn_train, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Float32}, Ptr{UInt32}, UInt64, Ref{TrainOptions}, Ptr{Float64}, Csize_t),
+                    handle(cnn), handle(p), xs, ls, UInt64(size(xs, 4)), opts, losses, length(losses)))
+    end
+    return losses
+end
+
+"""
+    mlp_train!(sizes, params, x, labels; opts = TrainOptions()) -> epoch losses
+
+Trains the built-in MLP's `params` (from [`mlp_init`](@ref)) in place on the samples `x` (a
+features × samples matrix) with class `labels` (from 0).
+"""
+function mlp_train!(sizes::AbstractVector{<:Integer}, p::Params, x::AbstractMatrix{<:Real},
+                    labels::AbstractVector{<:Integer}; opts::TrainOptions = TrainOptions())
+    s = Vector{UInt64}(sizes)
+    xs = Matrix{Float32}(x)
+    ls = Vector{UInt32}(labels)
+    losses = Vector{Float64}(undef, opts.epochs)
+    GC.@preserve s p xs ls losses begin
+        check(ccall((:tl_mlp_train, libtransferlens), UInt32,
+                    (Ptr{UInt64}, Csize_t, Ptr{Cvoid}, Ptr{Float32}, Ptr{UInt32}, UInt64, Ref{TrainOptions},
+                     Ptr{Float64}, Csize_t),
+                    s, length(s), handle(p), xs, ls, UInt64(size(xs, 2)), opts, losses, length(losses)))
+    end
+    return losses
+end
+
+"""
+    activations(cnn, params, x, i) -> Matrix{Float32}
+
+Module `i`'s output for the images `x`: a `module_width(cnn, i) × n` matrix (one column per
+image, its features in NCHW order), ready for [`cka_linear`](@ref) as features × samples.
+"""
+function activations(cnn::Cnn, p::Params, x::AbstractArray{<:Real,4}, i::Integer)
+    xs = cnn_images(cnn, x)
+    m = module_index(i)
+    out = Matrix{Float32}(undef, module_width(cnn, i), size(xs, 4))
+    GC.@preserve cnn p xs out begin
+        check(ccall((:tl_cnn_activations, libtransferlens), UInt32,
+                    (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Float32}, UInt64, Csize_t, Ptr{Float32}, UInt64),
+                    handle(cnn), handle(p), xs, UInt64(size(xs, 4)), m, out, UInt64(length(out))))
+    end
+    return out
+end
 
 end # module

@@ -457,6 +457,69 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
         close(actx)
     end
 
+    @testset "cnn" begin
+        status_of(f) =
+            try
+                f()
+                nothing
+            catch e
+                e isa TransferLensError || rethrow()
+                e.status
+            end
+        spec = """{"input": [1, 6, 6], "classes": 2, "layers": [
+            {"type": "conv", "name": "conv1", "out": 4, "kernel": 3, "padding": 1},
+            {"type": "groupnorm", "name": "gn1", "groups": 2}, {"type": "relu"},
+            {"type": "block", "name": "layer1", "out": 4, "groups": 2},
+            {"type": "global_avgpool"}, {"type": "dense", "name": "fc", "out": 2}]}"""
+        cnn = Cnn(spec)
+        @test input_shape(cnn) == (1, 6, 6) && classes(cnn) == 2
+        @test module_names(cnn) == ["conv1", "layer1", "fc"]
+        @test module_width(cnn, 1) == 4 * 36 && module_width(cnn, 3) == 2
+        @test status_of(() -> module_width(cnn, 4)) == TransferLens.STATUS_NOT_FOUND
+        # Horizontal stripes (class 0) or a checkerboard (class 1), noisy; w × h × c × n.
+        n = 32
+        y = [UInt32(r % 2) for r in 0:n-1]
+        x = Array{Float32,4}(undef, 6, 6, 1, n)
+        for r in 1:n, i in 0:5, j in 0:5
+            on = y[r] == 0 ? isodd(i) : isodd(i + j)
+            x[j+1, i+1, 1, r] = (on ? 1.0f0 : -1.0f0) + 0.3f0 * randn(rng, Float32)
+        end
+        init = cnn_init(cnn, 1)
+        @test module_count(init) == 3
+        trained = copy(init)
+        opts = TrainOptions(epochs = 8, batch = 8, schedule = LR_COSINE)
+        @test opts.size == sizeof(TrainOptions) && opts.momentum == 0.9
+        losses = train!(cnn, trained, x, y; opts = opts)
+        @test length(losses) == 8 && losses[8] < 0.5 * losses[1]
+        ev = Evaluator(cnn, x, y)
+        before, after = evaluate(ev, init), evaluate(ev, trained)
+        @test after.loss < before.loss && after.error <= before.error
+        cctx = Context(BACKEND_CPU)
+        live = copy(init)
+        curve = interpolation_curve(cctx, ev, init, trained, live, [0.0, 0.5, 1.0])
+        @test curve[1] == before && curve[3] == after
+        c = module_criticality(cctx, ev, init, trained, live, 2;
+                               opts = CriticalityOptions(metric = METRIC_LOSS, eps = 0.1, samples = 2, repeats = 1))
+        @test c.value >= 0 && c.numel > 0
+        logits = activations(cnn, trained, x, 3)
+        @test size(logits) == (2, n)
+        @test after.error ≈ count(r -> (logits[2, r] > logits[1, r]) != (y[r] == 1), 1:n) / n
+        @test all(isfinite, activations(cnn, trained, x, 2))
+        sizes = [36, 8, 2]
+        mlp = mlp_init(sizes, 2)
+        mlp_losses = mlp_train!(sizes, mlp, reshape(x, 36, n), y; opts = opts)
+        @test mlp_losses[8] < mlp_losses[1]
+        @test status_of(() -> Cnn("{\"input\": [1, 6")) == STATUS_INVALID_ARGUMENT
+        @test status_of(() -> Evaluator(cnn, x, fill(UInt32(2), n))) == STATUS_INVALID_ARGUMENT
+        @test status_of(() -> Evaluator(cnn, x[1:5, :, :, :], y)) == STATUS_SHAPE_MISMATCH
+        @test status_of(() -> train!(cnn, mlp, x, y; opts = opts)) == TransferLens.STATUS_NOT_FOUND
+        @test status_of(() -> train!(cnn, trained, x, y; opts = TrainOptions(lr = -1.0))) == STATUS_INVALID_ARGUMENT
+        @test_throws TransferLensError TrainOptions(nonsense = 1)
+        close(cctx)
+        close(cnn)
+        @test status_of(() -> cnn_init(cnn, 1)) == STATUS_NULL_ARGUMENT
+    end
+
     close(ctx)
 
     # The README's example: the same data as the C and Go examples.
@@ -467,6 +530,14 @@ mixed(X, q, noise) = X * randn(rng, size(X, 2), q) .+ noise .* randn(rng, size(X
         want = ref_cka(Float64.(Float32.(a)), Float64.(Float32.(b)), true)
         @test example.one_call ≈ want atol = 1e-6
         @test example.streamed ≈ want atol = 1e-6
+    end
+
+    # The CNN example: the same run as the C++ and Go examples (checked there against the Rust API).
+    @testset "cnn example" begin
+        example = include(joinpath(@__DIR__, "..", "examples", "cnn.jl"))
+        @test length(example.losses) == 6 && example.losses[6] < example.losses[1]
+        @test example.errors[2] <= example.errors[1]
+        @test -0.5 < example.cka <= 1.0
     end
 
     # The parameter-set example: the same checkpoints as the C++ and Go examples.
