@@ -122,6 +122,11 @@ fn each_domain_has_the_low_level_statistics_it_stands_for() {
     );
     // Contrast: far's images are less than half as contrasted as any near domain's.
     let far_contrast = mean_of(&far, contrast);
+    let contrasts: Vec<f64> = [&source, &real, &clipart, &quickdraw].iter().map(|d| mean_of(d, contrast)).collect();
+    println!(
+        "quickdraw ink {ink:.3}; flatness clipart {flat_clipart:.3}, real {flat_real:.3}, source {flat_source:.3}; \
+         contrast source, real, clipart, quickdraw {contrasts:.3?}, far {far_contrast:.3}"
+    );
     for (name, set) in [("real", &real), ("clipart", &clipart), ("quickdraw", &quickdraw)] {
         let c = mean_of(set, contrast);
         assert!(far_contrast < 0.5 * c, "far's contrast {far_contrast} against {name}'s {c}");

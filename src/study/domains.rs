@@ -229,6 +229,9 @@ fn paint(canvas: &mut Canvas, alpha: &[f64], colour: [f64; 3], shade: &dyn Fn(us
 // ---------------------------------------------------------------------------------------------
 // Primitives and the near domains
 
+/// Primitives by index: 0 to 3 strokes at 0, 45, 90 and 135 degrees, 4 corner, 5 T-junction,
+/// 6 cross, 7 ring, 8 stripes, 9 checker, 10 dots.
+///
 /// The source's classes: class `2k` is pair k in warm colours, `2k + 1` the same pair in cool.
 /// Every primitive occurs in some pair.
 const SOURCE_PAIRS: [(usize, usize); 10] =
@@ -303,8 +306,9 @@ fn coverage(kind: usize, cx: f64, cy: f64, angle: f64, scale: f64, width: f64, s
         .collect()
 }
 
-/// The draws of a primitive's placement: rotation, scale, width; strokes and textures keep
-/// their orientation (jitter of +-10 degrees), the symmetric shapes turn by a multiple of 90.
+/// A primitive's rotation, always with +-10 degrees of jitter: a stroke keeps its orientation
+/// (which is what tells the strokes apart), corners and junctions turn by multiples of 90 degrees,
+/// stripes by multiples of 45; the cross, ring, checker and dots only jitter.
 fn orientation(kind: usize, draws: &mut Draws) -> f64 {
     let jitter = draws.uniform(-PI / 18.0, PI / 18.0);
     match kind {
@@ -315,7 +319,7 @@ fn orientation(kind: usize, draws: &mut Draws) -> f64 {
     }
 }
 
-/// Two centres at least 8 pixels apart, each 5 pixels or more from the border.
+/// Two centres 8 pixels apart or more (within 32 tries), each 5 pixels or more from the border.
 fn places(draws: &mut Draws) -> [(f64, f64); 2] {
     let first = (draws.uniform(5.0, 19.0), draws.uniform(5.0, 19.0));
     let mut second = first;
@@ -342,7 +346,7 @@ fn smooth_field(draws: &mut Draws) -> Vec<f64> {
 
 fn near_image(kind: DomainKind, class: usize, draws: &mut Draws) -> Canvas {
     let (pair, hues) = match kind {
-        DomainKind::Source if class % 2 == 0 => (SOURCE_PAIRS[class / 2], (-0.08, 0.17)),
+        DomainKind::Source if class.is_multiple_of(2) => (SOURCE_PAIRS[class / 2], (-0.08, 0.17)),
         DomainKind::Source => (SOURCE_PAIRS[class / 2], (0.45, 0.7)),
         _ => (NEAR_PAIRS[class], (0.0, 1.0)),
     };
