@@ -177,7 +177,7 @@ fn small_cnn(classes: usize) -> Cnn {
 /// left the plateau at ln 10); 100 images per class and 12 epochs clear the bar.
 #[test]
 fn a_small_cnn_learns_every_target_domain_from_scratch() {
-    for kind in DomainKind::TARGETS {
+    for kind in DomainKind::targets() {
         let classes = kind.classes();
         let train = domain(kind, Split::Train, 100 * classes, 11).unwrap();
         let test = domain(kind, Split::Test, 200, 11).unwrap();

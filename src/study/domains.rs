@@ -60,9 +60,12 @@ pub enum DomainKind {
 }
 
 impl DomainKind {
-    /// The four target domains, nearest first.
-    pub const TARGETS: [DomainKind; 4] =
-        [DomainKind::Real, DomainKind::Clipart, DomainKind::Quickdraw, DomainKind::Far];
+    /// The four target domains, nearest first. (A function rather than an associated constant:
+    /// the C header's generator would export the constant and an opaque type for this Rust-only
+    /// enum.)
+    pub fn targets() -> [DomainKind; 4] {
+        [DomainKind::Real, DomainKind::Clipart, DomainKind::Quickdraw, DomainKind::Far]
+    }
 
     /// The domain's name in reports: "source", "real", "clipart", "quickdraw", "far".
     pub fn name(self) -> &'static str {
