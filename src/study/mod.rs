@@ -17,12 +17,14 @@
 //! per analysis section, each returning its part of study.json, its table and its findings),
 //! `report` (the HTML page).
 
+mod domains;
 mod features;
 mod models;
 mod report;
 mod tasks;
 mod weight_space;
 
+pub use domains::{contact_sheet, domain, DomainKind, Split, IMAGE};
 pub use tasks::{tasks, Task, SIDE};
 
 use crate::atomic_write::write_atomic;
