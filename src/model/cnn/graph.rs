@@ -20,7 +20,7 @@ use std::ops::Range;
 const GRAD_GROUP: usize = 4;
 
 #[derive(Debug, Clone)]
-pub(super) enum Op {
+pub(super) enum Step {
     Conv { conv: ConvLayer, geom: ConvGeom, src: usize, dst: usize },
     GroupNorm { gn: GroupNormLayer, src: usize, dst: usize },
     Relu { src: usize, dst: usize },
@@ -30,27 +30,27 @@ pub(super) enum Op {
     Add { a: usize, b: usize, dst: usize },
 }
 
-impl Op {
+impl Step {
     pub fn dst(&self) -> usize {
         match *self {
-            Op::Conv { dst, .. }
-            | Op::GroupNorm { dst, .. }
-            | Op::Relu { dst, .. }
-            | Op::AvgPool { dst, .. }
-            | Op::GlobalAvgPool { dst, .. }
-            | Op::Dense { dst, .. }
-            | Op::Add { dst, .. } => dst,
+            Step::Conv { dst, .. }
+            | Step::GroupNorm { dst, .. }
+            | Step::Relu { dst, .. }
+            | Step::AvgPool { dst, .. }
+            | Step::GlobalAvgPool { dst, .. }
+            | Step::Dense { dst, .. }
+            | Step::Add { dst, .. } => dst,
         }
     }
     fn reads(&self) -> Vec<usize> {
         match *self {
-            Op::Conv { src, .. }
-            | Op::GroupNorm { src, .. }
-            | Op::Relu { src, .. }
-            | Op::AvgPool { src, .. }
-            | Op::GlobalAvgPool { src, .. }
-            | Op::Dense { src, .. } => vec![src],
-            Op::Add { a, b, .. } => vec![a, b],
+            Step::Conv { src, .. }
+            | Step::GroupNorm { src, .. }
+            | Step::Relu { src, .. }
+            | Step::AvgPool { src, .. }
+            | Step::GlobalAvgPool { src, .. }
+            | Step::Dense { src, .. } => vec![src],
+            Step::Add { a, b, .. } => vec![a, b],
         }
     }
 }
@@ -60,7 +60,7 @@ pub(super) type Tape = Vec<Option<Vec<f32>>>;
 
 #[derive(Debug, Clone)]
 pub(super) struct Graph {
-    pub ops: Vec<Op>,
+    pub ops: Vec<Step>,
     /// Values per image of each buffer.
     pub sizes: Vec<usize>,
     /// The operations of each layer.
@@ -99,33 +99,33 @@ impl Graph {
             let start = g.ops.len();
             cur = match layer {
                 Layer::Conv(c) => g.conv(c, shape, cur),
-                Layer::GroupNorm(gn) => g.push(Op::GroupNorm { gn: gn.clone(), src: cur, dst: 0 }, shape.numel()),
-                Layer::Relu => g.push(Op::Relu { src: cur, dst: 0 }, shape.numel()),
+                Layer::GroupNorm(gn) => g.push(Step::GroupNorm { gn: gn.clone(), src: cur, dst: 0 }, shape.numel()),
+                Layer::Relu => g.push(Step::Relu { src: cur, dst: 0 }, shape.numel()),
                 Layer::AvgPool { kernel, stride } => g.push(
-                    Op::AvgPool { kernel: *kernel, stride: *stride, in_s: shape, out_s, src: cur, dst: 0 },
+                    Step::AvgPool { kernel: *kernel, stride: *stride, in_s: shape, out_s, src: cur, dst: 0 },
                     out_s.numel(),
                 ),
-                Layer::GlobalAvgPool => g.push(Op::GlobalAvgPool { in_s: shape, src: cur, dst: 0 }, out_s.numel()),
+                Layer::GlobalAvgPool => g.push(Step::GlobalAvgPool { in_s: shape, src: cur, dst: 0 }, out_s.numel()),
                 // The same values, read as a vector.
                 Layer::Flatten => cur,
-                Layer::Dense(d) => g.push(Op::Dense { dense: d.clone(), src: cur, dst: 0 }, d.out_f),
+                Layer::Dense(d) => g.push(Step::Dense { dense: d.clone(), src: cur, dst: 0 }, d.out_f),
                 Layer::Block(b) => {
                     let s1 = Shape { c: b.conv1.out_c, h: b.conv1.out_side(shape.h), w: b.conv1.out_side(shape.w) };
                     let n = s1.numel();
                     let t = g.conv(&b.conv1, shape, cur);
-                    let t = g.push(Op::GroupNorm { gn: b.gn1.clone(), src: t, dst: 0 }, n);
-                    let t = g.push(Op::Relu { src: t, dst: 0 }, n);
+                    let t = g.push(Step::GroupNorm { gn: b.gn1.clone(), src: t, dst: 0 }, n);
+                    let t = g.push(Step::Relu { src: t, dst: 0 }, n);
                     let t = g.conv(&b.conv2, s1, t);
-                    let t = g.push(Op::GroupNorm { gn: b.gn2.clone(), src: t, dst: 0 }, n);
+                    let t = g.push(Step::GroupNorm { gn: b.gn2.clone(), src: t, dst: 0 }, n);
                     let short = match &b.downsample {
                         Some((ds, dg)) => {
                             let s = g.conv(ds, shape, cur);
-                            g.push(Op::GroupNorm { gn: dg.clone(), src: s, dst: 0 }, n)
+                            g.push(Step::GroupNorm { gn: dg.clone(), src: s, dst: 0 }, n)
                         }
                         None => cur,
                     };
-                    let t = g.push(Op::Add { a: t, b: short, dst: 0 }, n);
-                    g.push(Op::Relu { src: t, dst: 0 }, n)
+                    let t = g.push(Step::Add { a: t, b: short, dst: 0 }, n);
+                    g.push(Step::Relu { src: t, dst: 0 }, n)
                 }
             };
             shape = out_s;
@@ -142,17 +142,17 @@ impl Graph {
     }
 
     /// Appends `op` writing a new buffer of `size` values per image; returns the buffer.
-    fn push(&mut self, mut op: Op, size: usize) -> usize {
+    fn push(&mut self, mut op: Step, size: usize) -> usize {
         let dst = self.sizes.len();
         self.sizes.push(size);
         match &mut op {
-            Op::Conv { dst: d, .. }
-            | Op::GroupNorm { dst: d, .. }
-            | Op::Relu { dst: d, .. }
-            | Op::AvgPool { dst: d, .. }
-            | Op::GlobalAvgPool { dst: d, .. }
-            | Op::Dense { dst: d, .. }
-            | Op::Add { dst: d, .. } => *d = dst,
+            Step::Conv { dst: d, .. }
+            | Step::GroupNorm { dst: d, .. }
+            | Step::Relu { dst: d, .. }
+            | Step::AvgPool { dst: d, .. }
+            | Step::GlobalAvgPool { dst: d, .. }
+            | Step::Dense { dst: d, .. }
+            | Step::Add { dst: d, .. } => *d = dst,
         }
         self.ops.push(op);
         dst
@@ -161,7 +161,7 @@ impl Graph {
     fn conv(&mut self, conv: &ConvLayer, s: Shape, src: usize) -> usize {
         let geom = geom(conv, s);
         let size = conv.out_c * geom.pixels();
-        self.push(Op::Conv { conv: conv.clone(), geom, src, dst: 0 }, size)
+        self.push(Step::Conv { conv: conv.clone(), geom, src, dst: 0 }, size)
     }
 
     /// A tape for `m` images holding only the input.
@@ -188,28 +188,28 @@ impl Graph {
             let mut out = vec![0f32; m * self.sizes[dst]];
             let get = |b: usize| tape[b].as_deref().expect("an operation's input is computed before it");
             match op {
-                Op::Conv { conv, geom, src, .. } => conv_forward(conv, geom, w, get(*src), &mut out),
-                Op::GroupNorm { gn, src, .. } => {
+                Step::Conv { conv, geom, src, .. } => conv_forward(conv, geom, w, get(*src), &mut out),
+                Step::GroupNorm { gn, src, .. } => {
                     let x = get(*src);
                     let n = self.sizes[*src];
                     out.par_chunks_mut(n)
                         .zip(x.par_chunks(n))
                         .for_each(|(y, x)| groupnorm_forward(x, w[gn.weight], w[gn.bias], gn.groups, gn.eps, y));
                 }
-                Op::Relu { src, .. } => {
+                Step::Relu { src, .. } => {
                     out.par_iter_mut().zip(get(*src).par_iter()).for_each(|(y, &x)| *y = if x > 0.0 { x } else { 0.0 })
                 }
-                Op::AvgPool { kernel, stride, in_s, out_s, src, .. } => {
+                Step::AvgPool { kernel, stride, in_s, out_s, src, .. } => {
                     out.par_chunks_mut(out_s.numel()).zip(get(*src).par_chunks(in_s.numel())).for_each(|(y, x)| {
                         avgpool_forward(x, in_s.c, in_s.h, in_s.w, *kernel, *stride, out_s.h, out_s.w, y)
                     })
                 }
-                Op::GlobalAvgPool { in_s, src, .. } => out
+                Step::GlobalAvgPool { in_s, src, .. } => out
                     .par_chunks_mut(in_s.c)
                     .zip(get(*src).par_chunks(in_s.numel()))
                     .for_each(|(y, x)| global_avgpool(x, in_s.c, y)),
-                Op::Dense { dense, src, .. } => dense_forward(dense, w, get(*src), m, &mut out),
-                Op::Add { a, b, .. } => out
+                Step::Dense { dense, src, .. } => dense_forward(dense, w, get(*src), m, &mut out),
+                Step::Add { a, b, .. } => out
                     .par_iter_mut()
                     .zip(get(*a).par_iter().zip(get(*b).par_iter()))
                     .for_each(|(y, (&a, &b))| *y = a + b),
@@ -234,13 +234,13 @@ impl Graph {
             let Some(dy) = dbuf[op.dst()].take() else { continue };
             let get = |b: usize| tape[b].as_deref().expect("the forward pass kept every buffer");
             match op {
-                Op::Conv { conv, geom, src, .. } => {
+                Step::Conv { conv, geom, src, .. } => {
                     let dx = conv_backward(conv, geom, w, get(*src), &dy, *src != 0, grads);
                     if let Some(dx) = dx {
                         accumulate(&mut dbuf, *src, dx);
                     }
                 }
-                Op::GroupNorm { gn, src, .. } => {
+                Step::GroupNorm { gn, src, .. } => {
                     let x = get(*src);
                     let n = self.sizes[*src];
                     let c = gn.channels;
@@ -260,20 +260,20 @@ impl Graph {
                     }
                     accumulate(&mut dbuf, *src, dx);
                 }
-                Op::Relu { dst, src } => {
+                Step::Relu { dst, src } => {
                     let y = get(*dst);
                     let dx: Vec<f32> =
                         dy.par_iter().zip(y.par_iter()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
                     accumulate(&mut dbuf, *src, dx);
                 }
-                Op::AvgPool { kernel, stride, in_s, out_s, src, .. } => {
+                Step::AvgPool { kernel, stride, in_s, out_s, src, .. } => {
                     let mut dx = vec![0f32; m * in_s.numel()];
                     dx.par_chunks_mut(in_s.numel()).zip(dy.par_chunks(out_s.numel())).for_each(|(dx, dy)| {
                         avgpool_backward(dy, in_s.c, in_s.h, in_s.w, *kernel, *stride, out_s.h, out_s.w, dx)
                     });
                     accumulate(&mut dbuf, *src, dx);
                 }
-                Op::GlobalAvgPool { in_s, src, .. } => {
+                Step::GlobalAvgPool { in_s, src, .. } => {
                     let p = in_s.h * in_s.w;
                     let scale = 1.0 / p as f32;
                     let mut dx = vec![0f32; m * in_s.numel()];
@@ -284,7 +284,7 @@ impl Graph {
                     });
                     accumulate(&mut dbuf, *src, dx);
                 }
-                Op::Dense { dense, src, .. } => {
+                Step::Dense { dense, src, .. } => {
                     let x = get(*src);
                     let (fi, fo) = (dense.in_f, dense.out_f);
                     let dz = MatRef::from_row_major_slice(&dy, m, fo);
@@ -316,7 +316,7 @@ impl Graph {
                         accumulate(&mut dbuf, *src, dx);
                     }
                 }
-                Op::Add { a, b, .. } => {
+                Step::Add { a, b, .. } => {
                     accumulate(&mut dbuf, *b, dy.clone());
                     accumulate(&mut dbuf, *a, dy);
                 }

@@ -8,7 +8,7 @@
 //! [`Cnn::evaluate`], so each copy's metrics are bit for bit those of evaluating the copy
 //! written into a set.
 
-use super::graph::{Op, Tape};
+use super::graph::{Step, Tape};
 use super::lower::Layer;
 use super::{metrics_of, Cnn, EVAL_ROWS};
 use crate::backend::cpu::cnn::im2col;
@@ -141,7 +141,7 @@ fn stacked_conv(
 impl StackedConv {
     /// Each copy's conv output (m images) from the input in `below`.
     fn run(&self, cnn: &Cnn, below: &Tape, m: usize) -> Vec<Vec<f32>> {
-        let Op::Conv { conv, geom, src, .. } = &cnn.graph.ops[self.op] else {
+        let Step::Conv { conv, geom, src, .. } = &cnn.graph.ops[self.op] else {
             unreachable!("a stacked conv is a conv")
         };
         let x = below[*src].as_deref().expect("the conv's input is computed below the module");
