@@ -112,27 +112,35 @@ fn shortest_augmenting_paths(cost: &[f64], n: usize, m: usize) -> Result<Solved>
     let (mut u, mut v) = (vec![0.0; n], vec![0.0; m]);
     let (mut col_for_row, mut row_for_col) = (vec![NONE; n], vec![NONE; m]);
     // Per search: the distance of each column from the new row, the row it was reached from,
-    // the rows visited, and the columns not yet finalised.
+    // the rows visited and the columns finalised (in order, and as flags for the scan).
     let mut distance = vec![f64::INFINITY; m];
     let mut reached_from = vec![NONE; m];
     let mut visited_rows = Vec::with_capacity(n);
     let mut finalised_cols = Vec::with_capacity(m);
-    let mut open: Vec<usize> = Vec::with_capacity(m);
+    let mut finalised = vec![false; m];
 
     for start in 0..n {
         distance.fill(f64::INFINITY);
+        for &j in &finalised_cols {
+            finalised[j] = false;
+        }
         visited_rows.clear();
         finalised_cols.clear();
-        open.clear();
-        open.extend(0..m);
         let mut row = start;
         let mut reached = 0.0; // distance of the last finalised column
         let sink = loop {
             visited_rows.push(row);
-            let row_cost = &cost[row * m..(row + 1) * m];
             let base = reached - u[row];
-            let (mut best, mut best_at) = (f64::INFINITY, NONE);
-            for (at, &j) in open.iter().enumerate() {
+            // One contiguous pass over the columns (faster than an index list of the open ones);
+            // the equal-length slices let the compiler drop the bounds checks.
+            let row_cost = &cost[row * m..(row + 1) * m];
+            let (mut best, mut best_col) = (f64::INFINITY, NONE);
+            let (v, distance, reached_from, done, row_for_col) =
+                (&v[..m], &mut distance[..m], &mut reached_from[..m], &finalised[..m], &row_for_col[..m]);
+            for j in 0..m {
+                if done[j] {
+                    continue;
+                }
                 let d = base + row_cost[j] - v[j];
                 if d < distance[j] {
                     distance[j] = d;
@@ -141,20 +149,20 @@ fn shortest_augmenting_paths(cost: &[f64], n: usize, m: usize) -> Result<Solved>
                 // Ties go to a free column: the search ends sooner.
                 if distance[j] < best || (distance[j] == best && row_for_col[j] == NONE) {
                     best = distance[j];
-                    best_at = at;
+                    best_col = j;
                 }
             }
-            if best_at == NONE || !best.is_finite() {
+            if best_col == NONE || !best.is_finite() {
                 // Finite costs always leave a path; only overflow to infinity can end here.
                 fail!(NonFinite, "the assignment's dual potentials overflowed (cost entries too large)");
             }
             reached = best;
-            let col = open.swap_remove(best_at);
-            finalised_cols.push(col);
-            if row_for_col[col] == NONE {
-                break col;
+            finalised[best_col] = true;
+            finalised_cols.push(best_col);
+            if row_for_col[best_col] == NONE {
+                break best_col;
             }
-            row = row_for_col[col];
+            row = row_for_col[best_col];
         };
 
         // Keep every reduced cost >= 0 and those of the matched pairs (and of the path) at 0.
