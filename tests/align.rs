@@ -411,3 +411,74 @@ fn json_spec_round_trips_and_errors_name_the_problem() {
     assert!(matches!(apply(&spec, &set, &[]), Err(Error::InvalidArgument(_))));
     assert!(matches!(apply(&spec, &set, &[vec![0, 0, 1, 2, 3, 4]]), Err(Error::InvalidArgument(_))));
 }
+
+// ---------------------------------------------------------------- the barrier after alignment
+
+/// Rows of `dim` normals labelled by a fixed random ReLU teacher with `classes` outputs.
+fn teacher_task(n: usize, dim: usize, classes: usize, rng: &mut TestRng) -> Dataset {
+    let mut teacher = TestRng::new(99);
+    let w1: Vec<f64> = teacher.normals(16 * dim);
+    let w2: Vec<f64> = teacher.normals(classes * 16);
+    let x: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
+    let y = (0..n)
+        .map(|r| {
+            let h: Vec<f64> = (0..16)
+                .map(|k| (0..dim).map(|i| w1[k * dim + i] * x[r * dim + i] as f64).sum::<f64>().max(0.0))
+                .collect();
+            let z: Vec<f64> = (0..classes).map(|c| (0..16).map(|k| w2[c * 16 + k] * h[k]).sum()).collect();
+            (0..classes).max_by(|&p, &q| z[p].total_cmp(&z[q])).unwrap() as u32
+        })
+        .collect();
+    Dataset::new(x, y, dim, classes).unwrap()
+}
+
+/// `(1 - lambda) a + lambda b`, tensor by tensor, in f32.
+fn lerp(a: &ParamSet, b: &ParamSet, lambda: f64) -> ParamSet {
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = a
+        .tensors()
+        .iter()
+        .map(|t| {
+            let (x, y) = (t.host().unwrap().to_f32(), b.tensor(t.name()).unwrap().host().unwrap().to_f32());
+            let v =
+                x.iter().zip(y.iter()).map(|(&p, &q)| ((1.0 - lambda) * p as f64 + lambda * q as f64) as f32).collect();
+            (t.name().to_owned(), t.shape().to_vec(), v)
+        })
+        .collect();
+    f32_set(&tensors).unwrap()
+}
+
+/// Stated before running: after weight matching, the test-loss barrier between two MLPs trained
+/// from different initialisations is not higher than before. The numbers are printed
+/// (`cargo test --release --test align -- --nocapture`).
+#[test]
+fn alignment_does_not_raise_the_barrier_between_two_trained_mlps() {
+    let mut rng = TestRng::new(5);
+    let (train, test) = (teacher_task(2000, 10, 4, &mut rng), teacher_task(1000, 10, 4, &mut rng));
+    let mlp = Mlp::new(&[10, 64, 64, 4]).unwrap();
+    let opts = transferlens::model::TrainOptions { epochs: 20, batch: 32, lr: 0.05, ..Default::default() };
+    let mut trained = Vec::new();
+    for seed in [1, 2] {
+        let mut p = mlp.init(seed).unwrap();
+        mlp.train(&mut p, &train, &transferlens::model::TrainOptions { seed, ..opts.clone() }).unwrap();
+        trained.push(p);
+    }
+    let (a, b) = (&trained[0], &trained[1]);
+    let spec = PermSpec::for_mlp(&mlp);
+    let found = match_weights(&spec, a, b, &MatchOptions::default()).unwrap();
+    let aligned = apply(&spec, b, &found.perms).unwrap();
+
+    let lambdas = transferlens::landscape::linspace(0.0, 1.0, 11);
+    let barrier_to = |b: &ParamSet| {
+        let losses: Vec<f64> = lambdas.iter().map(|&l| mlp.evaluate(&lerp(a, b, l), &test).unwrap().loss).collect();
+        (transferlens::landscape::barrier(&lambdas, &losses, true, 0.0).unwrap(), losses)
+    };
+    let (raw, raw_curve) = barrier_to(b);
+    let (after, after_curve) = barrier_to(&aligned);
+    let fmt = |c: &[f64]| c.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(" ");
+    println!("test loss along the line, lambda = 0, 0.1, .., 1 ({} passes):", found.passes);
+    println!("  raw     {}  barrier {:.4} at lambda {}", fmt(&raw_curve), raw.value, raw.peak_lambda);
+    println!("  aligned {}  barrier {:.4} at lambda {}", fmt(&after_curve), after.value, after.peak_lambda);
+    // The aligned B computes B's function: the end point of the curve is unchanged.
+    assert!((raw_curve[10] - after_curve[10]).abs() <= 1e-5 * raw_curve[10].max(1.0));
+    assert!(after.value <= raw.value, "aligned barrier {} above the raw {}", after.value, raw.value);
+}
