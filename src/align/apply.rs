@@ -74,7 +74,7 @@ pub fn apply(spec: &PermSpec, b: &ParamSet, perms: &[Vec<usize>]) -> Result<Para
             continue;
         }
         let width = t.nbytes() / t.numel().max(1);
-        let sources = source_indices(&t.shape().to_vec(), axes);
+        let sources = source_indices(t.shape(), axes);
         let bytes = t.bytes_mut()?;
         let original = bytes.to_vec();
         for (dst, &src) in bytes.chunks_exact_mut(width).zip(&sources) {
