@@ -3,9 +3,8 @@
 //! matrices. O(rows^2 * cols) time, O(rows + cols) memory beside the matrix.
 //!
 //! Written here rather than taken from crates.io: the two candidates (`lapjv`, `lsap`) pull in
-//! ndarray or derive_more for a few hundred lines of solver, neither returns the dual
-//! potentials (which certify optimality and which the tests check), and neither has seen a
-//! release since 2023.
+//! ndarray or derive_more for a few hundred lines of solver, and neither returns the dual
+//! potentials, which certify optimality (the tests check them) and which a caller can reuse.
 //!
 //! Each row in turn is joined to the matching by a Dijkstra search over reduced costs
 //! `c[i][j] - u[i] - v[j]` (all >= 0 by construction), then the potentials are raised so that
