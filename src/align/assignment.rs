@@ -130,7 +130,7 @@ fn shortest_augmenting_paths(cost: &[f64], n: usize, m: usize) -> Result<Solved>
         let sink = loop {
             visited_rows.push(row);
             let base = reached - u[row];
-            // One contiguous pass over the columns (faster than an index list of the open ones);
+            // One contiguous pass over the columns, finalised ones skipped by a flag;
             // the equal-length slices let the compiler drop the bounds checks.
             let row_cost = &cost[row * m..(row + 1) * m];
             let (mut best, mut best_col) = (f64::INFINITY, NONE);
