@@ -24,6 +24,7 @@
 //! ```
 
 mod aliasing;
+pub mod align;
 mod atomic_write;
 pub mod backend;
 pub mod cka;
