@@ -64,7 +64,7 @@ def main():
         print("skipped: torch sees no CUDA device")
         return 0
     sys.path.insert(0, HERE)
-    from cnn_torch import build_model
+    from cnn_torch import build_torch_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -72,7 +72,7 @@ def main():
     g = torch.Generator(device=dev).manual_seed(0)
 
     spec = json.load(open(args.spec))
-    model = build_model(spec).to(dev).eval()
+    model = build_torch_model(spec, torch).to(dev).eval()
     c, h, w = spec["input"]
     x = torch.randn(ROWS, c, h, w, device=dev, generator=g)
     y = torch.randint(0, spec["classes"], (ROWS,), device=dev, generator=g)
