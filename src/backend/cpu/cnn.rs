@@ -45,7 +45,7 @@ impl ConvGeom {
 
 /// The output columns `lo..hi` of a row whose input column `ox * stride + kx - padding` falls
 /// inside the image (`w` pixels wide); the others read the zero padding.
-#[inline]
+#[inline(always)]
 fn valid_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
     let (s, p) = (g.stride, g.padding);
     // ox * s + kx >= p and ox * s + kx < w + p.
@@ -54,33 +54,39 @@ fn valid_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
     (lo.min(hi), hi)
 }
 
-/// The column matrix of `image` (`patch x pixels`, row major): row `(ci, ky, kx)`, column
-/// `(oy, ox)` holds the input pixel under that filter tap, 0 in the padding.
-pub(crate) fn im2col(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
-    let (k, s, p) = (g.kernel, g.stride, g.padding);
-    let pixels = g.pixels();
-    for ci in 0..g.in_c {
-        let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
-                let (lo, hi) = valid_columns(g, kx);
-                for oy in 0..g.oh {
-                    let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    let iy = oy * s + ky;
-                    if iy < p || iy >= g.h + p {
-                        out.iter_mut().for_each(|o| *o = 0.0);
-                        continue;
-                    }
-                    let src = &plane[(iy - p) * g.w..(iy - p + 1) * g.w];
-                    // Rows are short (a few to a few dozen pixels): plain loops beat memset/memcpy calls.
-                    out[..lo].iter_mut().for_each(|o| *o = 0.0);
-                    out[hi..].iter_mut().for_each(|o| *o = 0.0);
-                    if s == 1 {
-                        out[lo..hi].iter_mut().zip(&src[lo + kx - p..hi + kx - p]).for_each(|(o, &v)| *o = v);
-                    } else {
-                        for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
-                            *o = src[ox * s + kx - p];
+multiversion! {
+    /// The column matrix of `image` (`patch x pixels`, row major): row `(ci, ky, kx)`, column
+    /// `(oy, ox)` holds the input pixel under that filter tap, 0 in the padding.
+    pub(crate) fn im2col<>(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
+        let (k, s, p) = (g.kernel, g.stride, g.padding);
+        let pixels = g.pixels();
+        if s == 1 && g.oh == g.h && g.ow == g.w {
+            same_size_im2col(g, image, cols);
+            return;
+        }
+        for ci in 0..g.in_c {
+            let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
+                    let (lo, hi) = valid_columns(g, kx);
+                    for oy in 0..g.oh {
+                        let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                        let iy = oy * s + ky;
+                        if iy < p || iy >= g.h + p {
+                            out.iter_mut().for_each(|o| *o = 0.0);
+                            continue;
+                        }
+                        let src = &plane[(iy - p) * g.w..(iy - p + 1) * g.w];
+                        // Rows are short (a few to a few dozen pixels): plain loops beat memset/memcpy calls.
+                        out[..lo].iter_mut().for_each(|o| *o = 0.0);
+                        out[hi..].iter_mut().for_each(|o| *o = 0.0);
+                        if s == 1 {
+                            out[lo..hi].iter_mut().zip(&src[lo + kx - p..hi + kx - p]).for_each(|(o, &v)| *o = v);
+                        } else {
+                            for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                                *o = src[ox * s + kx - p];
+                            }
                         }
                     }
                 }
@@ -89,29 +95,69 @@ pub(crate) fn im2col(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: adds each entry of `cols` onto the input pixel it was read from.
-pub(crate) fn col2im_add(g: &ConvGeom, cols: &[f32], image: &mut [f32]) {
-    let (k, s, p) = (g.kernel, g.stride, g.padding);
-    let pixels = g.pixels();
+/// [`im2col`] of a stride-1 conv whose output has the input's size (`2 * padding = kernel - 1`):
+/// a row of the column matrix is the image plane shifted by `(ky - p) * w + (kx - p)` pixels, so
+/// it is one contiguous copy, then zeros where the tap falls in the padding (rows above or below
+/// the image, and the `|kx - p|` columns at one edge of each output row, where the shifted copy
+/// wrapped around from the neighbouring row).
+#[inline(always)]
+fn same_size_im2col(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
+    let (k, p, h, w) = (g.kernel, g.padding as isize, g.h as isize, g.w as isize);
+    let plane_len = g.h * g.w;
     for ci in 0..g.in_c {
-        let plane = &mut image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        let plane = &image[ci * plane_len..(ci + 1) * plane_len];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
-                let (lo, hi) = valid_columns(g, kx);
-                for oy in 0..g.oh {
-                    let iy = oy * s + ky;
-                    if iy < p || iy >= g.h + p {
-                        continue;
-                    }
-                    let dst = &mut plane[(iy - p) * g.w..(iy - p + 1) * g.w];
-                    let src = &row[oy * g.ow..(oy + 1) * g.ow];
-                    if s == 1 {
-                        let d = &mut dst[lo + kx - p..hi + kx - p];
-                        d.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
-                    } else {
-                        for (ox, &v) in src.iter().enumerate().take(hi).skip(lo) {
-                            dst[ox * s + kx - p] += v;
+                let row = &mut cols[((ci * k + ky) * k + kx) * plane_len..][..plane_len];
+                let (dy, dx) = (ky as isize - p, kx as isize - p);
+                // Output rows whose tap row oy + dy lies inside the image.
+                let (oy_lo, oy_hi) = ((-dy).max(0), (h - dy).min(h));
+                if oy_lo >= oy_hi {
+                    row.fill(0.0);
+                    continue;
+                }
+                let (band_lo, band_hi) = ((oy_lo * w) as usize, (oy_hi * w) as usize);
+                row[..band_lo].fill(0.0);
+                row[band_hi..].fill(0.0);
+                let (copy_lo, copy_hi) = (band_lo + (-dx).max(0) as usize, band_hi - dx.max(0) as usize);
+                let shift = dy * w + dx;
+                let src_lo = (copy_lo as isize + shift) as usize;
+                row[copy_lo..copy_hi].copy_from_slice(&plane[src_lo..src_lo + (copy_hi - copy_lo)]);
+                // The columns of each output row whose tap column ox + dx is outside the image.
+                let (edge_lo, edge_hi) = if dx < 0 { (0, (-dx) as usize) } else { ((w - dx) as usize, g.w) };
+                for oy in oy_lo as usize..oy_hi as usize {
+                    row[oy * g.w + edge_lo..oy * g.w + edge_hi].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The adjoint of [`im2col`]: adds each entry of `cols` onto the input pixel it was read from.
+    pub(crate) fn col2im_add<>(g: &ConvGeom, cols: &[f32], image: &mut [f32]) {
+        let (k, s, p) = (g.kernel, g.stride, g.padding);
+        let pixels = g.pixels();
+        for ci in 0..g.in_c {
+            let plane = &mut image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
+                    let (lo, hi) = valid_columns(g, kx);
+                    for oy in 0..g.oh {
+                        let iy = oy * s + ky;
+                        if iy < p || iy >= g.h + p {
+                            continue;
+                        }
+                        let dst = &mut plane[(iy - p) * g.w..(iy - p + 1) * g.w];
+                        let src = &row[oy * g.ow..(oy + 1) * g.ow];
+                        if s == 1 {
+                            let d = &mut dst[lo + kx - p..hi + kx - p];
+                            d.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
+                        } else {
+                            for (ox, &v) in src.iter().enumerate().take(hi).skip(lo) {
+                                dst[ox * s + kx - p] += v;
+                            }
                         }
                     }
                 }
@@ -140,7 +186,8 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
 }
 
 /// Mean and `1 / sqrt(var + eps)` of each group of one image (`channels x pixels`).
-pub(crate) fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32, f32)]) {
+#[inline(always)]
+fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32, f32)]) {
     let n = x.len() / groups;
     for (g, st) in stats.iter_mut().enumerate().take(groups) {
         let part = &x[g * n..(g + 1) * n];
@@ -150,130 +197,140 @@ pub(crate) fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32,
     }
 }
 
-/// GroupNorm of one image: `y = gamma[c] * ((x - mean) * rstd) + beta[c]` per group's statistics.
-pub(crate) fn groupnorm_forward(x: &[f32], gamma: &[f32], beta: &[f32], groups: usize, eps: f64, y: &mut [f32]) {
-    let channels = gamma.len();
-    let pixels = x.len() / channels;
-    let cpg = channels / groups;
-    let mut stats = vec![(0f32, 0f32); groups];
-    group_stats(x, groups, eps, &mut stats);
-    for c in 0..channels {
-        let (mean, rstd) = stats[c / cpg];
-        let (gm, bt) = (gamma[c], beta[c]);
-        let src = &x[c * pixels..(c + 1) * pixels];
-        for (o, &v) in y[c * pixels..(c + 1) * pixels].iter_mut().zip(src) {
-            *o = gm * ((v - mean) * rstd) + bt;
-        }
-    }
-}
-
-/// GroupNorm backward for one image: `dx` from `dy`, and this image's terms of the gamma and
-/// beta gradients added into `dgamma`, `dbeta`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn groupnorm_backward(
-    x: &[f32],
-    dy: &[f32],
-    gamma: &[f32],
-    groups: usize,
-    eps: f64,
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
-    let channels = gamma.len();
-    let pixels = x.len() / channels;
-    let cpg = channels / groups;
-    let n = (cpg * pixels) as f64;
-    let mut stats = vec![(0f32, 0f32); groups];
-    group_stats(x, groups, eps, &mut stats);
-    for (g, &(mean, rstd)) in stats.iter().enumerate() {
-        // Sums over the group of dxhat and dxhat * xhat (dxhat = dy * gamma), from the per-channel
-        // sums of dy and dy * xhat, which are also the channel's dbeta and dgamma.
-        let (mut s1, mut s2) = (0f64, 0f64);
-        for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
-            let (xc, dyc) = (&x[c * pixels..(c + 1) * pixels], &dy[c * pixels..(c + 1) * pixels]);
-            let db = lane_sum(dyc, dyc, |d, _| d as f64);
-            let dg = lane_sum(dyc, xc, |d, x| (d * ((x - mean) * rstd)) as f64);
-            dgamma[c] += dg as f32;
-            dbeta[c] += db as f32;
-            s1 += gm as f64 * db;
-            s2 += gm as f64 * dg;
-        }
-        let (m1, m2) = ((s1 / n) as f32, (s2 / n) as f32);
-        for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
-            for i in c * pixels..(c + 1) * pixels {
-                let xhat = (x[i] - mean) * rstd;
-                dx[i] = rstd * (dy[i] * gm - m1 - xhat * m2);
+multiversion! {
+    /// GroupNorm of one image: `y = gamma[c] * ((x - mean) * rstd) + beta[c]` per group's statistics.
+    pub(crate) fn groupnorm_forward<>(x: &[f32], gamma: &[f32], beta: &[f32], groups: usize, eps: f64, y: &mut [f32]) {
+        let channels = gamma.len();
+        let pixels = x.len() / channels;
+        let cpg = channels / groups;
+        let mut stats = vec![(0f32, 0f32); groups];
+        group_stats(x, groups, eps, &mut stats);
+        for c in 0..channels {
+            let (mean, rstd) = stats[c / cpg];
+            let (gm, bt) = (gamma[c], beta[c]);
+            let src = &x[c * pixels..(c + 1) * pixels];
+            for (o, &v) in y[c * pixels..(c + 1) * pixels].iter_mut().zip(src) {
+                *o = gm * ((v - mean) * rstd) + bt;
             }
         }
     }
 }
 
-/// Average pooling of one image (`channels x h x w`), no padding, floor mode.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn avgpool_forward(
-    x: &[f32],
-    channels: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    oh: usize,
-    ow: usize,
-    y: &mut [f32],
-) {
-    let scale = 1.0 / (k * k) as f32;
-    for c in 0..channels {
-        let plane = &x[c * h * w..(c + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut sum = 0f32;
-                for ky in 0..k {
-                    for kx in 0..k {
-                        sum += plane[(oy * s + ky) * w + ox * s + kx];
-                    }
-                }
-                y[(c * oh + oy) * ow + ox] = sum * scale;
+multiversion! {
+    /// GroupNorm backward for one image: `dx` from `dy`, and this image's terms of the gamma and
+    /// beta gradients added into `dgamma`, `dbeta`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn groupnorm_backward<>(
+        x: &[f32],
+        dy: &[f32],
+        gamma: &[f32],
+        groups: usize,
+        eps: f64,
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    ) {
+        let channels = gamma.len();
+        let pixels = x.len() / channels;
+        let cpg = channels / groups;
+        let n = (cpg * pixels) as f64;
+        let mut stats = vec![(0f32, 0f32); groups];
+        group_stats(x, groups, eps, &mut stats);
+        for (g, &(mean, rstd)) in stats.iter().enumerate() {
+            // Sums over the group of dxhat and dxhat * xhat (dxhat = dy * gamma), from the per-channel
+            // sums of dy and dy * xhat, which are also the channel's dbeta and dgamma.
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
+                let (xc, dyc) = (&x[c * pixels..(c + 1) * pixels], &dy[c * pixels..(c + 1) * pixels]);
+                let db = lane_sum(dyc, dyc, |d, _| d as f64);
+                let dg = lane_sum(dyc, xc, |d, x| (d * ((x - mean) * rstd)) as f64);
+                dgamma[c] += dg as f32;
+                dbeta[c] += db as f32;
+                s1 += gm as f64 * db;
+                s2 += gm as f64 * dg;
             }
-        }
-    }
-}
-
-/// The adjoint of [`avgpool_forward`]: adds `dy / (k * k)` over each window into `dx`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn avgpool_backward(
-    dy: &[f32],
-    channels: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    oh: usize,
-    ow: usize,
-    dx: &mut [f32],
-) {
-    let scale = 1.0 / (k * k) as f32;
-    for c in 0..channels {
-        let plane = &mut dx[c * h * w..(c + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let g = dy[(c * oh + oy) * ow + ox] * scale;
-                for ky in 0..k {
-                    for kx in 0..k {
-                        plane[(oy * s + ky) * w + ox * s + kx] += g;
-                    }
+            let (m1, m2) = ((s1 / n) as f32, (s2 / n) as f32);
+            for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
+                for i in c * pixels..(c + 1) * pixels {
+                    let xhat = (x[i] - mean) * rstd;
+                    dx[i] = rstd * (dy[i] * gm - m1 - xhat * m2);
                 }
             }
         }
     }
 }
 
-/// The mean of each channel of one image (`channels x pixels`), summed in f64.
-pub(crate) fn global_avgpool(x: &[f32], channels: usize, y: &mut [f32]) {
-    let pixels = x.len() / channels;
-    for (c, o) in y.iter_mut().enumerate().take(channels) {
-        let part = &x[c * pixels..(c + 1) * pixels];
-        *o = (lane_sum(part, part, |v, _| v as f64) / pixels as f64) as f32;
+multiversion! {
+    /// Average pooling of one image (`channels x h x w`), no padding, floor mode.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn avgpool_forward<>(
+        x: &[f32],
+        channels: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        oh: usize,
+        ow: usize,
+        y: &mut [f32],
+    ) {
+        let scale = 1.0 / (k * k) as f32;
+        for c in 0..channels {
+            let plane = &x[c * h * w..(c + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut sum = 0f32;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            sum += plane[(oy * s + ky) * w + ox * s + kx];
+                        }
+                    }
+                    y[(c * oh + oy) * ow + ox] = sum * scale;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The adjoint of [`avgpool_forward`]: adds `dy / (k * k)` over each window into `dx`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn avgpool_backward<>(
+        dy: &[f32],
+        channels: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        oh: usize,
+        ow: usize,
+        dx: &mut [f32],
+    ) {
+        let scale = 1.0 / (k * k) as f32;
+        for c in 0..channels {
+            let plane = &mut dx[c * h * w..(c + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let g = dy[(c * oh + oy) * ow + ox] * scale;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            plane[(oy * s + ky) * w + ox * s + kx] += g;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The mean of each channel of one image (`channels x pixels`), summed in f64.
+    pub(crate) fn global_avgpool<>(x: &[f32], channels: usize, y: &mut [f32]) {
+        let pixels = x.len() / channels;
+        for (c, o) in y.iter_mut().enumerate().take(channels) {
+            let part = &x[c * pixels..(c + 1) * pixels];
+            *o = (lane_sum(part, part, |v, _| v as f64) / pixels as f64) as f32;
+        }
     }
 }
 

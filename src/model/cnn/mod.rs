@@ -221,9 +221,10 @@ impl Cnn {
     ) -> Result<()> {
         let logits = self.logits_buffer();
         let keep = |b: usize| b == logits || keep(b);
+        let mut tape = graph::Tape::default();
         for start in (0..data.n).step_by(EVAL_ROWS) {
             let m = EVAL_ROWS.min(data.n - start);
-            let mut tape = self.graph.tape(data.x[start * data.dim..(start + m) * data.dim].to_vec());
+            tape.reset(self.graph.sizes.len(), &data.x[start * data.dim..(start + m) * data.dim]);
             self.graph.forward(w, m, &mut tape, 0..self.graph.ops.len(), true, &keep);
             each(start, m, &tape)?;
         }
@@ -240,7 +241,7 @@ impl Cnn {
         let logits = self.logits_buffer();
         let classes = self.classes();
         self.for_chunks(&w, data, &|_| false, |start, m, tape| {
-            let z = tape[logits].as_deref().expect("the logits are kept");
+            let z = tape.get(logits);
             tally.add(faer::MatRef::from_row_major_slice(z, m, classes), &data.y[start..start + m], Some(&mut pred));
             Ok(())
         })?;
@@ -277,7 +278,7 @@ impl Cnn {
             .collect::<Result<_>>()?;
         self.for_chunks(&w, data, &|b| outs.contains(&b), |_, _, tape| {
             for (a, &b) in acts.iter_mut().zip(&outs) {
-                a.extend_from_slice(tape[b].as_deref().expect("module outputs are kept"));
+                a.extend_from_slice(tape.get(b));
             }
             Ok(())
         })?;
@@ -310,9 +311,10 @@ impl Cnn {
         let mut part = total.clone();
         let mut loss = 0.0;
         let rows: Vec<usize> = (0..data.n).collect();
+        let mut ws = graph::Workspace::default();
         for idx in rows.chunks(EVAL_ROWS) {
             let share = idx.len() as f64 / data.n as f64;
-            loss += share * train::loss_grad(self, &w, data, idx, &mut part);
+            loss += share * train::loss_grad(self, &w, data, idx, &mut part, &mut ws);
             for (t, g) in total.iter_mut().zip(&part) {
                 t.iter_mut().zip(g).for_each(|(t, &g)| *t += share as f32 * g);
             }
