@@ -14,6 +14,7 @@
 //! another order agrees to a few ulps, not bit for bit.
 
 pub(crate) use super::mlp::{row_loss, SoftmaxXent};
+use std::ops::Range;
 
 /// The geometry of one convolution on one image.
 #[derive(Debug, Clone, Copy)]
@@ -60,15 +61,24 @@ multiversion! {
     pub(crate) fn im2col<>(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
         let (k, s, p) = (g.kernel, g.stride, g.padding);
         let pixels = g.pixels();
-        if s == 1 && g.oh == g.h && g.ow == g.w {
-            same_size_im2col(g, image, cols);
-            return;
-        }
         for ci in 0..g.in_c {
             let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
             for ky in 0..k {
                 for kx in 0..k {
                     let row = &mut cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
+                    if let Some(tap) = SameSizeTap::new(g, ky, kx) {
+                        // One contiguous copy, then zeros where the tap reads the padding.
+                        row[..tap.copy.start].fill(0.0);
+                        row[tap.copy.end..].fill(0.0);
+                        let len = tap.copy.len();
+                        row[tap.copy].copy_from_slice(&plane[tap.src_start..tap.src_start + len]);
+                        for e in tap.edge {
+                            for oy in tap.rows.clone() {
+                                row[oy * g.w + e] = 0.0;
+                            }
+                        }
+                        continue;
+                    }
                     let (lo, hi) = valid_columns(g, kx);
                     for oy in 0..g.oh {
                         let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
@@ -78,15 +88,11 @@ multiversion! {
                             continue;
                         }
                         let src = &plane[(iy - p) * g.w..(iy - p + 1) * g.w];
-                        // Rows are short (a few to a few dozen pixels): plain loops beat memset/memcpy calls.
                         out[..lo].iter_mut().for_each(|o| *o = 0.0);
                         out[hi..].iter_mut().for_each(|o| *o = 0.0);
-                        if s == 1 {
-                            out[lo..hi].iter_mut().zip(&src[lo + kx - p..hi + kx - p]).for_each(|(o, &v)| *o = v);
-                        } else {
-                            for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
-                                *o = src[ox * s + kx - p];
-                            }
+                        if lo < hi {
+                            let taps = src[lo * s + kx - p..].iter().step_by(s);
+                            out[lo..hi].iter_mut().zip(taps).for_each(|(o, &v)| *o = v);
                         }
                     }
                 }
@@ -95,70 +101,77 @@ multiversion! {
     }
 }
 
-/// [`im2col`] of a stride-1 conv whose output has the input's size (`2 * padding = kernel - 1`):
-/// a row of the column matrix is the image plane shifted by `(ky - p) * w + (kx - p)` pixels, so
-/// it is one contiguous copy, then zeros where the tap falls in the padding (rows above or below
-/// the image, and the `|kx - p|` columns at one edge of each output row, where the shifted copy
-/// wrapped around from the neighbouring row).
-#[inline(always)]
-fn same_size_im2col(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
-    let (k, p, h, w) = (g.kernel, g.padding as isize, g.h as isize, g.w as isize);
-    let plane_len = g.h * g.w;
-    for ci in 0..g.in_c {
-        let plane = &image[ci * plane_len..(ci + 1) * plane_len];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut cols[((ci * k + ky) * k + kx) * plane_len..][..plane_len];
-                let (dy, dx) = (ky as isize - p, kx as isize - p);
-                // Output rows whose tap row oy + dy lies inside the image.
-                let (oy_lo, oy_hi) = ((-dy).max(0), (h - dy).min(h));
-                if oy_lo >= oy_hi {
-                    row.fill(0.0);
-                    continue;
-                }
-                let (band_lo, band_hi) = ((oy_lo * w) as usize, (oy_hi * w) as usize);
-                row[..band_lo].fill(0.0);
-                row[band_hi..].fill(0.0);
-                let (copy_lo, copy_hi) = (band_lo + (-dx).max(0) as usize, band_hi - dx.max(0) as usize);
-                let shift = dy * w + dx;
-                let src_lo = (copy_lo as isize + shift) as usize;
-                row[copy_lo..copy_hi].copy_from_slice(&plane[src_lo..src_lo + (copy_hi - copy_lo)]);
-                // The columns of each output row whose tap column ox + dx is outside the image.
-                let (edge_lo, edge_hi) = if dx < 0 { (0, (-dx) as usize) } else { ((w - dx) as usize, g.w) };
-                for oy in oy_lo as usize..oy_hi as usize {
-                    row[oy * g.w + edge_lo..oy * g.w + edge_hi].fill(0.0);
-                }
-            }
+/// One filter tap `(ky, kx)` of a stride-1 conv whose output has the input's size
+/// (`2 * padding = kernel - 1`): its row of the column matrix is the image plane shifted by
+/// `shift = (ky - p) * w + (kx - p)` pixels, except where the tap falls in the padding.
+struct SameSizeTap {
+    /// Output rows whose tap row lies inside the image; the others read padding only.
+    rows: Range<usize>,
+    /// Entries `copy` of the row hold the plane's entries `copy + shift`, apart from the
+    /// columns `edge` of each output row, where the shift wrapped around from the neighbouring
+    /// row (they read the padding).
+    copy: Range<usize>,
+    src_start: usize,
+    edge: Range<usize>,
+}
+
+impl SameSizeTap {
+    /// The tap, or `None` when the conv is not a same-size stride-1 one.
+    #[inline(always)]
+    fn new(g: &ConvGeom, ky: usize, kx: usize) -> Option<SameSizeTap> {
+        if g.stride != 1 || g.oh != g.h || g.ow != g.w {
+            return None;
         }
+        let (p, h, w) = (g.padding as isize, g.h as isize, g.w as isize);
+        let (dy, dx) = (ky as isize - p, kx as isize - p);
+        let rows = ((-dy).max(0) as usize)..((h - dy).min(h).max(0) as usize);
+        let rows = rows.start.min(rows.end)..rows.end;
+        let band = rows.start * g.w..rows.end * g.w;
+        let copy =
+            if band.is_empty() { 0..0 } else { band.start + (-dx).max(0) as usize..band.end - dx.max(0) as usize };
+        let src_start = if copy.is_empty() { 0 } else { (copy.start as isize + dy * w + dx) as usize };
+        let edge = if dx < 0 { 0..(-dx) as usize } else { (w - dx) as usize..g.w };
+        Some(SameSizeTap { rows, copy, src_start, edge })
     }
 }
 
 multiversion! {
     /// The adjoint of [`im2col`]: adds each entry of `cols` onto the input pixel it was read from.
-    pub(crate) fn col2im_add<>(g: &ConvGeom, cols: &[f32], image: &mut [f32]) {
+    /// The entries of `cols` that [`im2col`] fills from the padding are set to 0 on the way (the
+    /// adjoint ignores them).
+    pub(crate) fn col2im_add<>(g: &ConvGeom, cols: &mut [f32], image: &mut [f32]) {
         let (k, s, p) = (g.kernel, g.stride, g.padding);
         let pixels = g.pixels();
         for ci in 0..g.in_c {
             let plane = &mut image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
             for ky in 0..k {
                 for kx in 0..k {
-                    let row = &cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
+                    let row = &mut cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
+                    if let Some(tap) = SameSizeTap::new(g, ky, kx) {
+                        // Zero the wrapped entries, then one contiguous sum.
+                        for e in tap.edge {
+                            for oy in tap.rows.clone() {
+                                row[oy * g.w + e] = 0.0;
+                            }
+                        }
+                        let len = tap.copy.len();
+                        let dst = &mut plane[tap.src_start..tap.src_start + len];
+                        dst.iter_mut().zip(&row[tap.copy]).for_each(|(d, v)| *d += v);
+                        continue;
+                    }
                     let (lo, hi) = valid_columns(g, kx);
+                    if lo >= hi {
+                        continue;
+                    }
                     for oy in 0..g.oh {
                         let iy = oy * s + ky;
                         if iy < p || iy >= g.h + p {
                             continue;
                         }
                         let dst = &mut plane[(iy - p) * g.w..(iy - p + 1) * g.w];
-                        let src = &row[oy * g.ow..(oy + 1) * g.ow];
-                        if s == 1 {
-                            let d = &mut dst[lo + kx - p..hi + kx - p];
-                            d.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
-                        } else {
-                            for (ox, &v) in src.iter().enumerate().take(hi).skip(lo) {
-                                dst[ox * s + kx - p] += v;
-                            }
-                        }
+                        let src = &row[oy * g.ow + lo..oy * g.ow + hi];
+                        let taps = dst[lo * s + kx - p..].iter_mut().step_by(s);
+                        taps.zip(src).for_each(|(d, v)| *d += v);
                     }
                 }
             }
@@ -393,7 +406,8 @@ mod tests {
                         assert_eq!(cols, naive_im2col(&g, &image), "{g:?}");
                         let c: Vec<f32> = (0..cols.len()).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
                         let mut back = vec![0f32; image.len()];
-                        col2im_add(&g, &c, &mut back);
+                        let mut c_scratch = c.clone();
+                        col2im_add(&g, &mut c_scratch, &mut back);
                         let lhs: f64 = cols.iter().zip(&c).map(|(&a, &b)| a as f64 * b as f64).sum();
                         let rhs: f64 = image.iter().zip(&back).map(|(&a, &b)| a as f64 * b as f64).sum();
                         assert_eq!(lhs, rhs, "{g:?}");

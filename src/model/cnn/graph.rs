@@ -335,7 +335,8 @@ impl Graph {
             let Some(dy) = dbuf.bufs[op.dst()].take() else { continue };
             match op {
                 Step::Conv { conv, geom, src, .. } => {
-                    let mut dx = if *src != 0 { Some(dbuf.take_zeroed(m * self.sizes[*src])) } else { None };
+                    // Every image's gradient is written in full by its task.
+                    let mut dx = if *src != 0 { Some(dbuf.take(m * self.sizes[*src])) } else { None };
                     conv_backward(conv, geom, w, tape.get(*src), &dy, dx.as_deref_mut(), grads);
                     if let Some(dx) = dx {
                         dbuf.accumulate(*src, dx);
@@ -469,7 +470,7 @@ pub(super) fn conv_forward(conv: &ConvLayer, g: &ConvGeom, w: &[&[f32]], x: &[f3
     });
 }
 
-/// The conv's weight (and bias) gradient added into `grads`, and the input's gradient added into
+/// The conv's weight (and bias) gradient added into `grads`, and the input's gradient written into
 /// `dx` when given.
 fn conv_backward(
     conv: &ConvLayer,
@@ -516,8 +517,10 @@ fn conv_backward(
                         1.0f32,
                         Par::Seq,
                     );
-                    for (d, row) in db.iter_mut().zip(dyi.chunks(pixels)) {
-                        *d += row.iter().sum::<f32>();
+                    if conv.bias.is_some() {
+                        for (d, row) in db.iter_mut().zip(dyi.chunks(pixels)) {
+                            *d += row.iter().sum::<f32>();
+                        }
                     }
                     if want_dx {
                         let dxi = &mut dxg[(i - k * GRAD_GROUP) * in_size..][..in_size];
@@ -525,13 +528,14 @@ fn conv_backward(
                         let dcols: &mut [f32] = if g.is_pointwise() { dxi } else { cols };
                         faer::linalg::matmul::matmul(
                             MatMut::from_row_major_slice_mut(dcols, patch, pixels),
-                            if g.is_pointwise() { Accum::Add } else { Accum::Replace },
+                            Accum::Replace,
                             weight.transpose(),
                             dyi_m,
                             1.0f32,
                             Par::Seq,
                         );
                         if !g.is_pointwise() {
+                            dxi.fill(0.0);
                             col2im_add(g, cols, dxi);
                         }
                     }
