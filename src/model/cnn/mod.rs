@@ -210,12 +210,14 @@ impl Cnn {
         *self.graph.layer_out.last().expect("a CNN has layers")
     }
 
-    /// Forward passes over `data` in chunks of [`EVAL_ROWS`] rows: `each(start, m, tape)` sees
-    /// each chunk's tape, which keeps the logits and the buffers `keep` names.
+    /// Forward passes over `data` in chunks of [`EVAL_ROWS`] rows, through the first `ops`
+    /// operations: `each(start, m, tape)` sees each chunk's tape, which keeps the logits (when
+    /// computed) and the buffers `keep` names.
     fn for_chunks(
         &self,
         w: &[&[f32]],
         data: &Dataset,
+        ops: usize,
         keep: &dyn Fn(usize) -> bool,
         mut each: impl FnMut(usize, usize, &graph::Tape) -> Result<()>,
     ) -> Result<()> {
@@ -225,7 +227,7 @@ impl Cnn {
         for start in (0..data.n).step_by(EVAL_ROWS) {
             let m = EVAL_ROWS.min(data.n - start);
             tape.reset(self.graph.sizes.len(), &data.x[start * data.dim..(start + m) * data.dim]);
-            self.graph.forward(w, m, &mut tape, 0..self.graph.ops.len(), true, &keep);
+            self.graph.forward(w, m, &mut tape, 0..ops, true, &keep);
             each(start, m, &tape)?;
         }
         Ok(())
@@ -240,7 +242,7 @@ impl Cnn {
         let mut pred = Vec::with_capacity(data.n);
         let logits = self.logits_buffer();
         let classes = self.classes();
-        self.for_chunks(&w, data, &|_| false, |start, m, tape| {
+        self.for_chunks(&w, data, self.graph.ops.len(), &|_| false, |start, m, tape| {
             let z = tape.get(logits);
             tally.add(faer::MatRef::from_row_major_slice(z, m, classes), &data.y[start..start + m], Some(&mut pred));
             Ok(())
@@ -276,10 +278,29 @@ impl Cnn {
             .iter()
             .map(|&b| crate::error::try_with_capacity(data.n * self.graph.sizes[b], "the module activations"))
             .collect::<Result<_>>()?;
-        self.for_chunks(&w, data, &|b| outs.contains(&b), |_, _, tape| {
+        self.for_chunks(&w, data, self.graph.ops.len(), &|b| outs.contains(&b), |_, _, tape| {
             for (a, &b) in acts.iter_mut().zip(&outs) {
                 a.extend_from_slice(tape.get(b));
             }
+            Ok(())
+        })?;
+        Ok(acts)
+    }
+
+    /// The output of module `module`'s last layer for the rows of `data` (`n x features`, row
+    /// major, an image's features in NCHW order): [`Cnn::activations`]`[module]`, bit for bit,
+    /// with only the layers up to that one run.
+    pub fn module_activations(&self, p: &ParamSet, data: &Dataset, module: usize) -> Result<Vec<f32>> {
+        let Some(last) = self.layer_modules.iter().rposition(|m| *m == Some(module)) else {
+            fail!(NotFound, "module index {module} is out of range: the CNN has {} modules", self.modules.len())
+        };
+        self.check_data(data)?;
+        let w = self.weights_of(p)?;
+        let w: Vec<&[f32]> = w.iter().map(|c| c.as_ref()).collect();
+        let out = self.graph.layer_out[last];
+        let mut acts = crate::error::try_with_capacity(data.n * self.graph.sizes[out], "the module activations")?;
+        self.for_chunks(&w, data, self.graph.layer_ops[last].end, &|b| b == out, |_, _, tape| {
+            acts.extend_from_slice(tape.get(out));
             Ok(())
         })?;
         Ok(acts)
