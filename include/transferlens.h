@@ -966,8 +966,8 @@ enum tl_status tl_cnn_train(const struct tl_cnn *cnn,
 /**
  * The output of module `module` (as tl_cnn_module_width describes it) for `rows` images `x`
  * (rows x C x H x W floats, NCHW), into out: rows x width floats, row major, each image's
- * features in NCHW order; out_len must be rows x width. The activations of several models feed
- * the CKA functions.
+ * features in NCHW order; out_len must be rows x width. Only the layers up to the module's last
+ * one run. The activations of several models feed the CKA functions.
  */
 enum tl_status tl_cnn_activations(const struct tl_cnn *cnn,
                                   const struct tl_params *params,

@@ -222,6 +222,26 @@ fn evaluation_checks_the_data_and_the_set() {
     assert!(m.loss.is_finite() && m.loss > 0.0);
 }
 
+/// One module's activations, computed only up to that module, are the bits of the all-modules
+/// call, over several evaluation chunks (600 rows); a module index out of range and data of the
+/// wrong shape are errors.
+#[test]
+fn module_activations_equal_the_all_modules_call() {
+    let cnn = Cnn::from_json(DOC_SPEC).unwrap();
+    let p = cnn.init(4).unwrap();
+    let data = images(600, 144, 8, 2);
+    let all = cnn.activations(&p, &data).unwrap();
+    assert_eq!(all.len(), 4);
+    for (module, expected) in all.iter().enumerate() {
+        let got = cnn.module_activations(&p, &data, module).unwrap();
+        assert_eq!(got.len(), expected.len(), "module {module}");
+        assert!(got.iter().zip(expected).all(|(a, b)| a.to_bits() == b.to_bits()), "module {module}");
+    }
+    assert!(matches!(cnn.module_activations(&p, &data, 4), Err(Error::NotFound(_))));
+    let wrong_dim = images(4, 100, 8, 1);
+    assert!(matches!(cnn.module_activations(&p, &wrong_dim, 0), Err(Error::ShapeMismatch(_))));
+}
+
 /// The tensors of `prefix/...` in the reference file, as (name without the prefix, shape, f32
 /// values) or, for f64 tensors, their f64 values.
 fn reference_net(file: &transferlens::ParamSet, prefix: &str) -> (Cnn, transferlens::ParamSet, Dataset, Vec<f64>) {

@@ -12,15 +12,15 @@ ratios transferlens / numpy, and the largest difference between the two results.
 same rounds, right after this build's call, and prints its ratio to numpy beside this one's: a
 before/after comparison under the same load.
 """
-import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+from safetensors_io import write_safetensors
 
 
 def feature_space_linear_cka(x, y, debiased=False):
@@ -40,19 +40,6 @@ def feature_space_linear_cka(x, y, debiased=False):
         nx = np.sqrt(helper(nx ** 2, sx, sx, fx, fx))
         ny = np.sqrt(helper(ny ** 2, sy, sy, fy, fy))
     return dot / (nx * ny)
-
-
-def write_safetensors(path, tensors):
-    header, offset, blobs = {}, 0, []
-    for name, arr in tensors:
-        blob = np.ascontiguousarray(arr, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
-        offset += len(blob)
-        blobs.append(blob)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
 def start(exe, fa, fb, debiased):

@@ -15,44 +15,16 @@ Needs numpy and torch (the CPU is used; CUDA wheels are fine). Builds and runs
 import argparse
 import json
 import os
-import struct
 import subprocess
 import tempfile
 import time
 
 import numpy as np
 
+from safetensors_io import read_safetensors, write_safetensors
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-
-
-def write_safetensors(path, tensors):
-    header, offset, blobs = {}, 0, []
-    for name, arr in tensors:
-        blob = np.ascontiguousarray(arr, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(blob)]}
-        offset += len(blob)
-        blobs.append(blob)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    body = raw[8 + n:]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", f"{name}: {info['dtype']}"
-        a, b = info["data_offsets"]
-        out[name] = np.frombuffer(body[a:b], dtype="<f4").reshape(info["shape"])
-    return out
 
 
 def build_torch_model(spec, torch):

@@ -224,8 +224,8 @@ pub unsafe extern "C" fn tl_cnn_train(
 
 /// The output of module `module` (as tl_cnn_module_width describes it) for `rows` images `x`
 /// (rows x C x H x W floats, NCHW), into out: rows x width floats, row major, each image's
-/// features in NCHW order; out_len must be rows x width. The activations of several models feed
-/// the CKA functions.
+/// features in NCHW order; out_len must be rows x width. Only the layers up to the module's last
+/// one run. The activations of several models feed the CKA functions.
 #[no_mangle]
 pub unsafe extern "C" fn tl_cnn_activations(
     cnn: *const tl_cnn,
@@ -252,8 +252,7 @@ pub unsafe extern "C" fn tl_cnn_activations(
         let out = unsafe { try_slice_mut(out, out_len, "out") }?;
         // SAFETY: x is NULL or rows x C x H x W floats (the C contract).
         let data = unsafe { images_of(cnn, x, None, rows) }?;
-        let mut acts = cnn.activations(p, &data)?;
-        out.copy_from_slice(&acts.swap_remove(module));
+        out.copy_from_slice(&cnn.module_activations(p, &data, module)?);
         Ok(())
     })
 }

@@ -212,6 +212,50 @@ pub(crate) fn store_f32(p: &mut ParamSet, name: &str, src: &[f32]) -> Result<()>
     Ok(())
 }
 
+/// Minibatch SGD with momentum and weight decay over `n` rows, shared by the built-in models:
+/// each epoch visits the rows in [`permutation`]`(n, seed, epoch)` order in batches of
+/// `opts.batch`; `loss_grad(w, rows, grads)` returns the batch's mean loss and writes its
+/// gradient (per tensor, the layout of `w`) into `grads`; then `v = momentum v + g +
+/// weight_decay w`, `w -= lr_epoch v` element by element. Returns the mean batch loss of each
+/// epoch; fails on a non-finite one. `opts` is checked by the caller.
+pub(crate) fn sgd(
+    w: &mut [Vec<f32>],
+    n: usize,
+    opts: &TrainOptions,
+    mut loss_grad: impl FnMut(&[Vec<f32>], &[usize], &mut [Vec<f32>]) -> f64,
+) -> Result<Vec<f64>> {
+    let mut grads: Vec<Vec<f32>> = w.iter().map(|v| vec![0f32; v.len()]).collect();
+    let mut vel = grads.clone();
+    let (mom, wd) = (opts.momentum as f32, opts.weight_decay as f32);
+    let mut history = Vec::with_capacity(opts.epochs);
+    for epoch in 0..opts.epochs {
+        let lr = opts.lr_at(epoch) as f32;
+        let order = permutation(n, opts.seed, epoch as u64);
+        let mut total = 0.0;
+        let mut batches = 0;
+        for idx in order.chunks(opts.batch) {
+            total += loss_grad(w, idx, &mut grads);
+            batches += 1;
+            w.par_iter_mut().zip(grads.par_iter()).zip(vel.par_iter_mut()).for_each(|((wt, g), v)| {
+                for ((x, &gi), vi) in wt.iter_mut().zip(g).zip(v.iter_mut()) {
+                    *vi = mom * *vi + gi + wd * *x;
+                    *x -= lr * *vi;
+                }
+            });
+        }
+        let mean = total / batches as f64;
+        if !mean.is_finite() {
+            fail!(
+                NonFinite,
+                "training diverged in epoch {} (the loss is not finite); lower the learning rate",
+                epoch + 1
+            );
+        }
+        history.push(mean);
+    }
+    Ok(history)
+}
+
 /// A seeded permutation of 0..n (Fisher-Yates on Philox words): the same for a seed everywhere.
 pub fn permutation(n: usize, seed: u64, stream: u64) -> Vec<usize> {
     let mut p: Vec<usize> = (0..n).collect();
@@ -507,35 +551,7 @@ impl Mlp {
         opts.check()?;
         let mut w: Vec<Vec<f32>> =
             self.layers_of(p)?.into_iter().flat_map(|l| [l.w.into_owned(), l.b.into_owned()]).collect();
-        let mut grad: Vec<Vec<f32>> = w.iter().map(|v| vec![0f32; v.len()]).collect();
-        let mut vel = grad.clone();
-        let (mom, wd) = (opts.momentum as f32, opts.weight_decay as f32);
-        let mut history = Vec::with_capacity(opts.epochs);
-        for epoch in 0..opts.epochs {
-            let lr = opts.lr_at(epoch) as f32;
-            let order = permutation(data.n, opts.seed, epoch as u64);
-            let mut total = 0.0;
-            let mut batches = 0;
-            for idx in order.chunks(opts.batch) {
-                total += self.loss_grad(&w, data, idx, &mut grad);
-                batches += 1;
-                for ((wt, g), v) in w.iter_mut().zip(&grad).zip(vel.iter_mut()) {
-                    for ((x, &gi), vi) in wt.iter_mut().zip(g).zip(v.iter_mut()) {
-                        *vi = mom * *vi + gi + wd * *x;
-                        *x -= lr * *vi;
-                    }
-                }
-            }
-            let mean = total / batches as f64;
-            if !mean.is_finite() {
-                fail!(
-                    NonFinite,
-                    "training diverged in epoch {} (the loss is not finite); lower the learning rate",
-                    epoch + 1
-                );
-            }
-            history.push(mean);
-        }
+        let history = sgd(&mut w, data.n, opts, |w, idx, grad| self.loss_grad(w, data, idx, grad))?;
         self.store(p, &w)?;
         Ok(history)
     }

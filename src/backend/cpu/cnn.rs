@@ -14,6 +14,7 @@
 //! another order agrees to a few ulps, not bit for bit.
 
 pub(crate) use super::mlp::{row_loss, SoftmaxXent};
+use std::ops::Range;
 
 /// The geometry of one convolution on one image.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +46,7 @@ impl ConvGeom {
 
 /// The output columns `lo..hi` of a row whose input column `ox * stride + kx - padding` falls
 /// inside the image (`w` pixels wide); the others read the zero padding.
-#[inline]
+#[inline(always)]
 fn valid_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
     let (s, p) = (g.stride, g.padding);
     // ox * s + kx >= p and ox * s + kx < w + p.
@@ -54,33 +55,44 @@ fn valid_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
     (lo.min(hi), hi)
 }
 
-/// The column matrix of `image` (`patch x pixels`, row major): row `(ci, ky, kx)`, column
-/// `(oy, ox)` holds the input pixel under that filter tap, 0 in the padding.
-pub(crate) fn im2col(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
-    let (k, s, p) = (g.kernel, g.stride, g.padding);
-    let pixels = g.pixels();
-    for ci in 0..g.in_c {
-        let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
-                let (lo, hi) = valid_columns(g, kx);
-                for oy in 0..g.oh {
-                    let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    let iy = oy * s + ky;
-                    if iy < p || iy >= g.h + p {
-                        out.iter_mut().for_each(|o| *o = 0.0);
+multiversion! {
+    /// The column matrix of `image` (`patch x pixels`, row major): row `(ci, ky, kx)`, column
+    /// `(oy, ox)` holds the input pixel under that filter tap, 0 in the padding.
+    pub(crate) fn im2col<>(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
+        let (k, s, p) = (g.kernel, g.stride, g.padding);
+        let pixels = g.pixels();
+        for ci in 0..g.in_c {
+            let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
+                    if let Some(tap) = SameSizeTap::new(g, ky, kx) {
+                        // One contiguous copy, then zeros where the tap reads the padding.
+                        row[..tap.copy.start].fill(0.0);
+                        row[tap.copy.end..].fill(0.0);
+                        let len = tap.copy.len();
+                        row[tap.copy].copy_from_slice(&plane[tap.src_start..tap.src_start + len]);
+                        for e in tap.edge {
+                            for oy in tap.rows.clone() {
+                                row[oy * g.w + e] = 0.0;
+                            }
+                        }
                         continue;
                     }
-                    let src = &plane[(iy - p) * g.w..(iy - p + 1) * g.w];
-                    // Rows are short (a few to a few dozen pixels): plain loops beat memset/memcpy calls.
-                    out[..lo].iter_mut().for_each(|o| *o = 0.0);
-                    out[hi..].iter_mut().for_each(|o| *o = 0.0);
-                    if s == 1 {
-                        out[lo..hi].iter_mut().zip(&src[lo + kx - p..hi + kx - p]).for_each(|(o, &v)| *o = v);
-                    } else {
-                        for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
-                            *o = src[ox * s + kx - p];
+                    let (lo, hi) = valid_columns(g, kx);
+                    for oy in 0..g.oh {
+                        let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                        let iy = oy * s + ky;
+                        if iy < p || iy >= g.h + p {
+                            out.iter_mut().for_each(|o| *o = 0.0);
+                            continue;
+                        }
+                        let src = &plane[(iy - p) * g.w..(iy - p + 1) * g.w];
+                        out[..lo].iter_mut().for_each(|o| *o = 0.0);
+                        out[hi..].iter_mut().for_each(|o| *o = 0.0);
+                        if lo < hi {
+                            let taps = src[lo * s + kx - p..].iter().step_by(s);
+                            out[lo..hi].iter_mut().zip(taps).for_each(|(o, &v)| *o = v);
                         }
                     }
                 }
@@ -89,30 +101,77 @@ pub(crate) fn im2col(g: &ConvGeom, image: &[f32], cols: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: adds each entry of `cols` onto the input pixel it was read from.
-pub(crate) fn col2im_add(g: &ConvGeom, cols: &[f32], image: &mut [f32]) {
-    let (k, s, p) = (g.kernel, g.stride, g.padding);
-    let pixels = g.pixels();
-    for ci in 0..g.in_c {
-        let plane = &mut image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
-                let (lo, hi) = valid_columns(g, kx);
-                for oy in 0..g.oh {
-                    let iy = oy * s + ky;
-                    if iy < p || iy >= g.h + p {
+/// One filter tap `(ky, kx)` of a stride-1 conv whose output has the input's size
+/// (`2 * padding = kernel - 1`): its row of the column matrix is the image plane shifted by
+/// `shift = (ky - p) * w + (kx - p)` pixels, except where the tap falls in the padding.
+struct SameSizeTap {
+    /// Output rows whose tap row lies inside the image; the others read padding only.
+    rows: Range<usize>,
+    /// Entries `copy` of the row hold the plane's entries `copy + shift`, apart from the
+    /// columns `edge` of each output row, where the shift wrapped around from the neighbouring
+    /// row (they read the padding).
+    copy: Range<usize>,
+    src_start: usize,
+    edge: Range<usize>,
+}
+
+impl SameSizeTap {
+    /// The tap, or `None` when the conv is not a same-size stride-1 one.
+    #[inline(always)]
+    fn new(g: &ConvGeom, ky: usize, kx: usize) -> Option<SameSizeTap> {
+        if g.stride != 1 || g.oh != g.h || g.ow != g.w {
+            return None;
+        }
+        let (p, h, w) = (g.padding as isize, g.h as isize, g.w as isize);
+        let (dy, dx) = (ky as isize - p, kx as isize - p);
+        let rows = ((-dy).max(0) as usize)..((h - dy).min(h).max(0) as usize);
+        let rows = rows.start.min(rows.end)..rows.end;
+        let band = rows.start * g.w..rows.end * g.w;
+        let copy =
+            if band.is_empty() { 0..0 } else { band.start + (-dx).max(0) as usize..band.end - dx.max(0) as usize };
+        let src_start = if copy.is_empty() { 0 } else { (copy.start as isize + dy * w + dx) as usize };
+        let edge = if dx < 0 { 0..(-dx) as usize } else { (w - dx) as usize..g.w };
+        Some(SameSizeTap { rows, copy, src_start, edge })
+    }
+}
+
+multiversion! {
+    /// The adjoint of [`im2col`]: adds each entry of `cols` onto the input pixel it was read from.
+    /// The entries of `cols` that [`im2col`] fills from the padding are set to 0 on the way (the
+    /// adjoint ignores them).
+    pub(crate) fn col2im_add<>(g: &ConvGeom, cols: &mut [f32], image: &mut [f32]) {
+        let (k, s, p) = (g.kernel, g.stride, g.padding);
+        let pixels = g.pixels();
+        for ci in 0..g.in_c {
+            let plane = &mut image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut cols[((ci * k + ky) * k + kx) * pixels..][..pixels];
+                    if let Some(tap) = SameSizeTap::new(g, ky, kx) {
+                        // Zero the wrapped entries, then one contiguous sum.
+                        for e in tap.edge {
+                            for oy in tap.rows.clone() {
+                                row[oy * g.w + e] = 0.0;
+                            }
+                        }
+                        let len = tap.copy.len();
+                        let dst = &mut plane[tap.src_start..tap.src_start + len];
+                        dst.iter_mut().zip(&row[tap.copy]).for_each(|(d, v)| *d += v);
                         continue;
                     }
-                    let dst = &mut plane[(iy - p) * g.w..(iy - p + 1) * g.w];
-                    let src = &row[oy * g.ow..(oy + 1) * g.ow];
-                    if s == 1 {
-                        let d = &mut dst[lo + kx - p..hi + kx - p];
-                        d.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
-                    } else {
-                        for (ox, &v) in src.iter().enumerate().take(hi).skip(lo) {
-                            dst[ox * s + kx - p] += v;
+                    let (lo, hi) = valid_columns(g, kx);
+                    if lo >= hi {
+                        continue;
+                    }
+                    for oy in 0..g.oh {
+                        let iy = oy * s + ky;
+                        if iy < p || iy >= g.h + p {
+                            continue;
                         }
+                        let dst = &mut plane[(iy - p) * g.w..(iy - p + 1) * g.w];
+                        let src = &row[oy * g.ow + lo..oy * g.ow + hi];
+                        let taps = dst[lo * s + kx - p..].iter_mut().step_by(s);
+                        taps.zip(src).for_each(|(d, v)| *d += v);
                     }
                 }
             }
@@ -140,7 +199,8 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
 }
 
 /// Mean and `1 / sqrt(var + eps)` of each group of one image (`channels x pixels`).
-pub(crate) fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32, f32)]) {
+#[inline(always)]
+fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32, f32)]) {
     let n = x.len() / groups;
     for (g, st) in stats.iter_mut().enumerate().take(groups) {
         let part = &x[g * n..(g + 1) * n];
@@ -150,130 +210,140 @@ pub(crate) fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32,
     }
 }
 
-/// GroupNorm of one image: `y = gamma[c] * ((x - mean) * rstd) + beta[c]` per group's statistics.
-pub(crate) fn groupnorm_forward(x: &[f32], gamma: &[f32], beta: &[f32], groups: usize, eps: f64, y: &mut [f32]) {
-    let channels = gamma.len();
-    let pixels = x.len() / channels;
-    let cpg = channels / groups;
-    let mut stats = vec![(0f32, 0f32); groups];
-    group_stats(x, groups, eps, &mut stats);
-    for c in 0..channels {
-        let (mean, rstd) = stats[c / cpg];
-        let (gm, bt) = (gamma[c], beta[c]);
-        let src = &x[c * pixels..(c + 1) * pixels];
-        for (o, &v) in y[c * pixels..(c + 1) * pixels].iter_mut().zip(src) {
-            *o = gm * ((v - mean) * rstd) + bt;
-        }
-    }
-}
-
-/// GroupNorm backward for one image: `dx` from `dy`, and this image's terms of the gamma and
-/// beta gradients added into `dgamma`, `dbeta`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn groupnorm_backward(
-    x: &[f32],
-    dy: &[f32],
-    gamma: &[f32],
-    groups: usize,
-    eps: f64,
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
-    let channels = gamma.len();
-    let pixels = x.len() / channels;
-    let cpg = channels / groups;
-    let n = (cpg * pixels) as f64;
-    let mut stats = vec![(0f32, 0f32); groups];
-    group_stats(x, groups, eps, &mut stats);
-    for (g, &(mean, rstd)) in stats.iter().enumerate() {
-        // Sums over the group of dxhat and dxhat * xhat (dxhat = dy * gamma), from the per-channel
-        // sums of dy and dy * xhat, which are also the channel's dbeta and dgamma.
-        let (mut s1, mut s2) = (0f64, 0f64);
-        for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
-            let (xc, dyc) = (&x[c * pixels..(c + 1) * pixels], &dy[c * pixels..(c + 1) * pixels]);
-            let db = lane_sum(dyc, dyc, |d, _| d as f64);
-            let dg = lane_sum(dyc, xc, |d, x| (d * ((x - mean) * rstd)) as f64);
-            dgamma[c] += dg as f32;
-            dbeta[c] += db as f32;
-            s1 += gm as f64 * db;
-            s2 += gm as f64 * dg;
-        }
-        let (m1, m2) = ((s1 / n) as f32, (s2 / n) as f32);
-        for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
-            for i in c * pixels..(c + 1) * pixels {
-                let xhat = (x[i] - mean) * rstd;
-                dx[i] = rstd * (dy[i] * gm - m1 - xhat * m2);
+multiversion! {
+    /// GroupNorm of one image: `y = gamma[c] * ((x - mean) * rstd) + beta[c]` per group's statistics.
+    pub(crate) fn groupnorm_forward<>(x: &[f32], gamma: &[f32], beta: &[f32], groups: usize, eps: f64, y: &mut [f32]) {
+        let channels = gamma.len();
+        let pixels = x.len() / channels;
+        let cpg = channels / groups;
+        let mut stats = vec![(0f32, 0f32); groups];
+        group_stats(x, groups, eps, &mut stats);
+        for c in 0..channels {
+            let (mean, rstd) = stats[c / cpg];
+            let (gm, bt) = (gamma[c], beta[c]);
+            let src = &x[c * pixels..(c + 1) * pixels];
+            for (o, &v) in y[c * pixels..(c + 1) * pixels].iter_mut().zip(src) {
+                *o = gm * ((v - mean) * rstd) + bt;
             }
         }
     }
 }
 
-/// Average pooling of one image (`channels x h x w`), no padding, floor mode.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn avgpool_forward(
-    x: &[f32],
-    channels: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    oh: usize,
-    ow: usize,
-    y: &mut [f32],
-) {
-    let scale = 1.0 / (k * k) as f32;
-    for c in 0..channels {
-        let plane = &x[c * h * w..(c + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut sum = 0f32;
-                for ky in 0..k {
-                    for kx in 0..k {
-                        sum += plane[(oy * s + ky) * w + ox * s + kx];
-                    }
-                }
-                y[(c * oh + oy) * ow + ox] = sum * scale;
+multiversion! {
+    /// GroupNorm backward for one image: `dx` from `dy`, and this image's terms of the gamma and
+    /// beta gradients added into `dgamma`, `dbeta`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn groupnorm_backward<>(
+        x: &[f32],
+        dy: &[f32],
+        gamma: &[f32],
+        groups: usize,
+        eps: f64,
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    ) {
+        let channels = gamma.len();
+        let pixels = x.len() / channels;
+        let cpg = channels / groups;
+        let n = (cpg * pixels) as f64;
+        let mut stats = vec![(0f32, 0f32); groups];
+        group_stats(x, groups, eps, &mut stats);
+        for (g, &(mean, rstd)) in stats.iter().enumerate() {
+            // Sums over the group of dxhat and dxhat * xhat (dxhat = dy * gamma), from the per-channel
+            // sums of dy and dy * xhat, which are also the channel's dbeta and dgamma.
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
+                let (xc, dyc) = (&x[c * pixels..(c + 1) * pixels], &dy[c * pixels..(c + 1) * pixels]);
+                let db = lane_sum(dyc, dyc, |d, _| d as f64);
+                let dg = lane_sum(dyc, xc, |d, x| (d * ((x - mean) * rstd)) as f64);
+                dgamma[c] += dg as f32;
+                dbeta[c] += db as f32;
+                s1 += gm as f64 * db;
+                s2 += gm as f64 * dg;
             }
-        }
-    }
-}
-
-/// The adjoint of [`avgpool_forward`]: adds `dy / (k * k)` over each window into `dx`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn avgpool_backward(
-    dy: &[f32],
-    channels: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    oh: usize,
-    ow: usize,
-    dx: &mut [f32],
-) {
-    let scale = 1.0 / (k * k) as f32;
-    for c in 0..channels {
-        let plane = &mut dx[c * h * w..(c + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let g = dy[(c * oh + oy) * ow + ox] * scale;
-                for ky in 0..k {
-                    for kx in 0..k {
-                        plane[(oy * s + ky) * w + ox * s + kx] += g;
-                    }
+            let (m1, m2) = ((s1 / n) as f32, (s2 / n) as f32);
+            for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
+                for i in c * pixels..(c + 1) * pixels {
+                    let xhat = (x[i] - mean) * rstd;
+                    dx[i] = rstd * (dy[i] * gm - m1 - xhat * m2);
                 }
             }
         }
     }
 }
 
-/// The mean of each channel of one image (`channels x pixels`), summed in f64.
-pub(crate) fn global_avgpool(x: &[f32], channels: usize, y: &mut [f32]) {
-    let pixels = x.len() / channels;
-    for (c, o) in y.iter_mut().enumerate().take(channels) {
-        let part = &x[c * pixels..(c + 1) * pixels];
-        *o = (lane_sum(part, part, |v, _| v as f64) / pixels as f64) as f32;
+multiversion! {
+    /// Average pooling of one image (`channels x h x w`), no padding, floor mode.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn avgpool_forward<>(
+        x: &[f32],
+        channels: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        oh: usize,
+        ow: usize,
+        y: &mut [f32],
+    ) {
+        let scale = 1.0 / (k * k) as f32;
+        for c in 0..channels {
+            let plane = &x[c * h * w..(c + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut sum = 0f32;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            sum += plane[(oy * s + ky) * w + ox * s + kx];
+                        }
+                    }
+                    y[(c * oh + oy) * ow + ox] = sum * scale;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The adjoint of [`avgpool_forward`]: adds `dy / (k * k)` over each window into `dx`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn avgpool_backward<>(
+        dy: &[f32],
+        channels: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        oh: usize,
+        ow: usize,
+        dx: &mut [f32],
+    ) {
+        let scale = 1.0 / (k * k) as f32;
+        for c in 0..channels {
+            let plane = &mut dx[c * h * w..(c + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let g = dy[(c * oh + oy) * ow + ox] * scale;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            plane[(oy * s + ky) * w + ox * s + kx] += g;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The mean of each channel of one image (`channels x pixels`), summed in f64.
+    pub(crate) fn global_avgpool<>(x: &[f32], channels: usize, y: &mut [f32]) {
+        let pixels = x.len() / channels;
+        for (c, o) in y.iter_mut().enumerate().take(channels) {
+            let part = &x[c * pixels..(c + 1) * pixels];
+            *o = (lane_sum(part, part, |v, _| v as f64) / pixels as f64) as f32;
+        }
     }
 }
 
@@ -336,7 +406,8 @@ mod tests {
                         assert_eq!(cols, naive_im2col(&g, &image), "{g:?}");
                         let c: Vec<f32> = (0..cols.len()).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
                         let mut back = vec![0f32; image.len()];
-                        col2im_add(&g, &c, &mut back);
+                        let mut c_scratch = c.clone();
+                        col2im_add(&g, &mut c_scratch, &mut back);
                         let lhs: f64 = cols.iter().zip(&c).map(|(&a, &b)| a as f64 * b as f64).sum();
                         let rhs: f64 = image.iter().zip(&back).map(|(&a, &b)| a as f64 * b as f64).sum();
                         assert_eq!(lhs, rhs, "{g:?}");

@@ -55,8 +55,112 @@ impl Step {
     }
 }
 
-/// Activation buffers of a chunk of `m` images; `None` where not computed or already freed.
-pub(super) type Tape = Vec<Option<Vec<f32>>>;
+/// The activation buffers of a chunk of `m` images (`None`: not computed, or freed), and spare
+/// buffers for later operations: a buffer that is freed or replaced goes to the spares rather than
+/// to the allocator, so a tape reused across minibatches or chunks allocates nothing large once
+/// it has grown (fresh pages from the system cost more than the arithmetic on them).
+#[derive(Debug, Default)]
+pub(super) struct Tape {
+    bufs: Vec<Option<Vec<f32>>>,
+    spare: Vec<Vec<f32>>,
+}
+
+impl Tape {
+    /// Buffer `b`, which must have been computed.
+    pub fn get(&self, b: usize) -> &[f32] {
+        self.bufs[b].as_deref().expect("an operation's input is computed before it")
+    }
+
+    /// Stores `v` as buffer `b`.
+    pub fn set(&mut self, b: usize, v: Vec<f32>) {
+        if let Some(old) = self.bufs[b].replace(v) {
+            self.spare.push(old);
+        }
+    }
+
+    fn free(&mut self, b: usize) {
+        if let Some(v) = self.bufs[b].take() {
+            self.spare.push(v);
+        }
+    }
+
+    /// A buffer of `n` values, its contents unspecified: the smallest spare that holds them, else
+    /// the largest spare grown.
+    pub fn take(&mut self, n: usize) -> Vec<f32> {
+        let fits =
+            (0..self.spare.len()).filter(|&i| self.spare[i].capacity() >= n).min_by_key(|&i| self.spare[i].capacity());
+        let pick = fits.or_else(|| (0..self.spare.len()).max_by_key(|&i| self.spare[i].capacity()));
+        let mut v = pick.map(|i| self.spare.swap_remove(i)).unwrap_or_default();
+        if v.len() >= n {
+            v.truncate(n);
+        } else {
+            v.resize(n, 0.0);
+        }
+        v
+    }
+
+    fn take_zeroed(&mut self, n: usize) -> Vec<f32> {
+        let mut v = self.take(n);
+        v.fill(0.0);
+        v
+    }
+
+    /// Frees every buffer, then makes buffer 0 the images `input` (copied).
+    pub fn reset(&mut self, buffers: usize, input: &[f32]) {
+        self.reset_with(buffers, |x| x.copy_from_slice(input), input.len());
+    }
+
+    /// Frees every buffer, then makes buffer 0 a buffer of `len` values written by `fill`.
+    pub fn reset_with(&mut self, buffers: usize, fill: impl FnOnce(&mut [f32]), len: usize) {
+        for b in 0..self.bufs.len() {
+            self.free(b);
+        }
+        self.bufs.resize(buffers, None);
+        let mut x = self.take(len);
+        fill(&mut x);
+        self.bufs[0] = Some(x);
+    }
+
+    /// The computed buffers, without the spares.
+    pub fn fork(&self) -> Tape {
+        Tape { bufs: self.bufs.clone(), spare: Vec::new() }
+    }
+
+    /// Adds `g` to buffer `b`, or makes it buffer `b` when there is none.
+    fn accumulate(&mut self, b: usize, g: Vec<f32>) {
+        match &mut self.bufs[b] {
+            Some(d) => {
+                d.par_iter_mut().zip(g.par_iter()).for_each(|(d, s)| *d += s);
+                self.spare.push(g);
+            }
+            slot => *slot = Some(g),
+        }
+    }
+}
+
+/// The buffers of one training step, kept from step to step: the forward tape and the gradients
+/// of the buffers.
+#[derive(Debug, Default)]
+pub(super) struct Workspace {
+    pub tape: Tape,
+    pub dbuf: Tape,
+}
+
+thread_local! {
+    /// Each thread's im2col matrix, grown to the largest conv it has run.
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch of `n` values (contents unspecified). `f` must not call it
+/// again (the GEMMs inside run sequentially, so no other task runs on this thread meanwhile).
+fn with_cols<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with_borrow_mut(|c| {
+        if c.len() < n {
+            c.resize(n, 0.0);
+        }
+        f(&mut c[..n])
+    })
+}
 
 #[derive(Debug, Clone)]
 pub(super) struct Graph {
@@ -164,15 +268,8 @@ impl Graph {
         self.push(Step::Conv { conv: conv.clone(), geom, src, dst: 0 }, size)
     }
 
-    /// A tape for `m` images holding only the input.
-    pub fn tape(&self, input: Vec<f32>) -> Tape {
-        let mut t = vec![None; self.sizes.len()];
-        t[0] = Some(input);
-        t
-    }
-
     /// Runs operations `ops` on the `m` images of `tape` with weights `w` (f32, set order). With
-    /// `free`, a buffer is dropped after its last reader unless `keep(buffer)`.
+    /// `free`, a buffer is freed after its last reader unless `keep(buffer)`.
     pub fn forward(
         &self,
         w: &[&[f32]],
@@ -185,40 +282,39 @@ impl Graph {
         for i in ops {
             let op = &self.ops[i];
             let dst = op.dst();
-            let mut out = vec![0f32; m * self.sizes[dst]];
-            let get = |b: usize| tape[b].as_deref().expect("an operation's input is computed before it");
+            let mut out = tape.take(m * self.sizes[dst]);
             match op {
-                Step::Conv { conv, geom, src, .. } => conv_forward(conv, geom, w, get(*src), &mut out),
+                Step::Conv { conv, geom, src, .. } => conv_forward(conv, geom, w, tape.get(*src), &mut out),
                 Step::GroupNorm { gn, src, .. } => {
-                    let x = get(*src);
                     let n = self.sizes[*src];
                     out.par_chunks_mut(n)
-                        .zip(x.par_chunks(n))
+                        .zip(tape.get(*src).par_chunks(n))
                         .for_each(|(y, x)| groupnorm_forward(x, w[gn.weight], w[gn.bias], gn.groups, gn.eps, y));
                 }
-                Step::Relu { src, .. } => {
-                    out.par_iter_mut().zip(get(*src).par_iter()).for_each(|(y, &x)| *y = if x > 0.0 { x } else { 0.0 })
-                }
+                Step::Relu { src, .. } => out
+                    .par_iter_mut()
+                    .zip(tape.get(*src).par_iter())
+                    .for_each(|(y, &x)| *y = if x > 0.0 { x } else { 0.0 }),
                 Step::AvgPool { kernel, stride, in_s, out_s, src, .. } => {
-                    out.par_chunks_mut(out_s.numel()).zip(get(*src).par_chunks(in_s.numel())).for_each(|(y, x)| {
+                    out.par_chunks_mut(out_s.numel()).zip(tape.get(*src).par_chunks(in_s.numel())).for_each(|(y, x)| {
                         avgpool_forward(x, in_s.c, in_s.h, in_s.w, *kernel, *stride, out_s.h, out_s.w, y)
                     })
                 }
                 Step::GlobalAvgPool { in_s, src, .. } => out
                     .par_chunks_mut(in_s.c)
-                    .zip(get(*src).par_chunks(in_s.numel()))
+                    .zip(tape.get(*src).par_chunks(in_s.numel()))
                     .for_each(|(y, x)| global_avgpool(x, in_s.c, y)),
-                Step::Dense { dense, src, .. } => dense_forward(dense, w, get(*src), m, &mut out),
+                Step::Dense { dense, src, .. } => dense_forward(dense, w, tape.get(*src), m, &mut out),
                 Step::Add { a, b, .. } => out
                     .par_iter_mut()
-                    .zip(get(*a).par_iter().zip(get(*b).par_iter()))
+                    .zip(tape.get(*a).par_iter().zip(tape.get(*b).par_iter()))
                     .for_each(|(y, (&a, &b))| *y = a + b),
             }
-            tape[dst] = Some(out);
+            tape.set(dst, out);
             if free {
                 for r in op.reads() {
                     if self.last_read[r].is_some_and(|l| l <= i) && !keep(r) {
-                        tape[r] = None;
+                        tape.free(r);
                     }
                 }
             }
@@ -226,25 +322,31 @@ impl Graph {
     }
 
     /// Gradients of every tensor (set order, `grads` zeroed by the caller) from `dlogits`, the
-    /// gradient of the loss with respect to the last buffer, on a full tape of `m` images.
-    pub fn backward(&self, w: &[&[f32]], m: usize, tape: &Tape, dlogits: Vec<f32>, grads: &mut [Vec<f32>]) {
-        let mut dbuf: Tape = vec![None; self.sizes.len()];
-        dbuf[*self.layer_out.last().expect("a CNN has layers")] = Some(dlogits);
+    /// gradient of the loss with respect to the last buffer, on the full tape of `m` images in
+    /// `ws`. `dlogits` comes from (and its buffer returns to) `ws.dbuf`'s spares.
+    pub fn backward(&self, w: &[&[f32]], m: usize, ws: &mut Workspace, dlogits: Vec<f32>, grads: &mut [Vec<f32>]) {
+        let Workspace { tape, dbuf } = ws;
+        for b in 0..dbuf.bufs.len() {
+            dbuf.free(b);
+        }
+        dbuf.bufs.resize(self.sizes.len(), None);
+        dbuf.bufs[*self.layer_out.last().expect("a CNN has layers")] = Some(dlogits);
         for op in self.ops.iter().rev() {
-            let Some(dy) = dbuf[op.dst()].take() else { continue };
-            let get = |b: usize| tape[b].as_deref().expect("the forward pass kept every buffer");
+            let Some(dy) = dbuf.bufs[op.dst()].take() else { continue };
             match op {
                 Step::Conv { conv, geom, src, .. } => {
-                    let dx = conv_backward(conv, geom, w, get(*src), &dy, *src != 0, grads);
+                    // Every image's gradient is written in full by its task.
+                    let mut dx = if *src != 0 { Some(dbuf.take(m * self.sizes[*src])) } else { None };
+                    conv_backward(conv, geom, w, tape.get(*src), &dy, dx.as_deref_mut(), grads);
                     if let Some(dx) = dx {
-                        accumulate(&mut dbuf, *src, dx);
+                        dbuf.accumulate(*src, dx);
                     }
                 }
                 Step::GroupNorm { gn, src, .. } => {
-                    let x = get(*src);
+                    let x = tape.get(*src);
                     let n = self.sizes[*src];
                     let c = gn.channels;
-                    let mut dx = vec![0f32; x.len()];
+                    let mut dx = dbuf.take(x.len());
                     // Per image: dgamma then dbeta, added across images in order below.
                     let mut partial = vec![0f32; m * 2 * c];
                     dx.par_chunks_mut(n)
@@ -258,34 +360,35 @@ impl Graph {
                         add_into(&mut grads[gn.weight], &part[..c]);
                         add_into(&mut grads[gn.bias], &part[c..]);
                     }
-                    accumulate(&mut dbuf, *src, dx);
+                    dbuf.accumulate(*src, dx);
                 }
                 Step::Relu { dst, src } => {
-                    let y = get(*dst);
-                    let dx: Vec<f32> =
-                        dy.par_iter().zip(y.par_iter()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
-                    accumulate(&mut dbuf, *src, dx);
+                    let mut dx = dbuf.take(dy.len());
+                    dx.par_iter_mut()
+                        .zip(dy.par_iter().zip(tape.get(*dst).par_iter()))
+                        .for_each(|(d, (&g, &y))| *d = if y > 0.0 { g } else { 0.0 });
+                    dbuf.accumulate(*src, dx);
                 }
                 Step::AvgPool { kernel, stride, in_s, out_s, src, .. } => {
-                    let mut dx = vec![0f32; m * in_s.numel()];
+                    let mut dx = dbuf.take_zeroed(m * in_s.numel());
                     dx.par_chunks_mut(in_s.numel()).zip(dy.par_chunks(out_s.numel())).for_each(|(dx, dy)| {
                         avgpool_backward(dy, in_s.c, in_s.h, in_s.w, *kernel, *stride, out_s.h, out_s.w, dx)
                     });
-                    accumulate(&mut dbuf, *src, dx);
+                    dbuf.accumulate(*src, dx);
                 }
                 Step::GlobalAvgPool { in_s, src, .. } => {
                     let p = in_s.h * in_s.w;
                     let scale = 1.0 / p as f32;
-                    let mut dx = vec![0f32; m * in_s.numel()];
+                    let mut dx = dbuf.take(m * in_s.numel());
                     dx.par_chunks_mut(in_s.numel()).zip(dy.par_chunks(in_s.c)).for_each(|(dx, dy)| {
                         for (c, &g) in dy.iter().enumerate() {
                             dx[c * p..(c + 1) * p].fill(g * scale);
                         }
                     });
-                    accumulate(&mut dbuf, *src, dx);
+                    dbuf.accumulate(*src, dx);
                 }
                 Step::Dense { dense, src, .. } => {
-                    let x = get(*src);
+                    let x = tape.get(*src);
                     let (fi, fo) = (dense.in_f, dense.out_f);
                     let dz = MatRef::from_row_major_slice(&dy, m, fo);
                     let xin = MatRef::from_row_major_slice(x, m, fi);
@@ -303,7 +406,7 @@ impl Graph {
                         }
                     }
                     if *src != 0 {
-                        let mut dx = vec![0f32; m * fi];
+                        let mut dx = dbuf.take(m * fi);
                         let wt = MatRef::from_row_major_slice(w[dense.weight], fo, fi);
                         faer::linalg::matmul::matmul(
                             MatMut::from_row_major_slice_mut(&mut dx, m, fi),
@@ -313,28 +416,24 @@ impl Graph {
                             1.0f32,
                             Par::Seq,
                         );
-                        accumulate(&mut dbuf, *src, dx);
+                        dbuf.accumulate(*src, dx);
                     }
                 }
                 Step::Add { a, b, .. } => {
-                    accumulate(&mut dbuf, *b, dy.clone());
-                    accumulate(&mut dbuf, *a, dy);
+                    let mut copy = dbuf.take(dy.len());
+                    copy.copy_from_slice(&dy);
+                    dbuf.accumulate(*b, copy);
+                    dbuf.accumulate(*a, dy);
+                    continue;
                 }
             }
+            dbuf.spare.push(dy);
         }
     }
 }
 
 fn add_into(dst: &mut [f32], src: &[f32]) {
     dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-}
-
-/// Adds `g` to the gradient of buffer `b`.
-fn accumulate(dbuf: &mut Tape, b: usize, g: Vec<f32>) {
-    match &mut dbuf[b] {
-        Some(d) => d.par_iter_mut().zip(g.par_iter()).for_each(|(d, s)| *d += s),
-        slot => *slot = Some(g),
-    }
 }
 
 /// `out = conv(x)` for `m` images, each its own im2col and GEMM (`out_c x patch` by
@@ -344,15 +443,8 @@ pub(super) fn conv_forward(conv: &ConvLayer, g: &ConvGeom, w: &[&[f32]], x: &[f3
     let in_size = g.in_c * g.h * g.w;
     let weight = MatRef::from_row_major_slice(w[conv.weight], conv.out_c, patch);
     let bias = conv.bias.map(|b| w[b]);
-    out.par_chunks_mut(conv.out_c * pixels).zip(x.par_chunks(in_size)).for_each_init(
-        || vec![0f32; if g.is_pointwise() { 0 } else { patch * pixels }],
-        |cols, (y, x)| {
-            let b: &[f32] = if g.is_pointwise() {
-                x
-            } else {
-                im2col(g, x, cols);
-                cols
-            };
+    out.par_chunks_mut(conv.out_c * pixels).zip(x.par_chunks(in_size)).for_each(|(y, x)| {
+        let product = |y: &mut [f32], b: &[f32]| {
             faer::linalg::matmul::matmul(
                 MatMut::from_row_major_slice_mut(y, conv.out_c, pixels),
                 Accum::Replace,
@@ -360,38 +452,45 @@ pub(super) fn conv_forward(conv: &ConvLayer, g: &ConvGeom, w: &[&[f32]], x: &[f3
                 MatRef::from_row_major_slice(b, patch, pixels),
                 1.0f32,
                 Par::Seq,
-            );
-            if let Some(bias) = bias {
-                for (row, &bv) in y.chunks_mut(pixels).zip(bias) {
-                    row.iter_mut().for_each(|v| *v += bv);
-                }
+            )
+        };
+        if g.is_pointwise() {
+            product(y, x);
+        } else {
+            with_cols(patch * pixels, |cols| {
+                im2col(g, x, cols);
+                product(y, cols);
+            });
+        }
+        if let Some(bias) = bias {
+            for (row, &bv) in y.chunks_mut(pixels).zip(bias) {
+                row.iter_mut().for_each(|v| *v += bv);
             }
-        },
-    );
+        }
+    });
 }
 
-/// The conv's weight (and bias) gradient added into `grads`, and the input's gradient when
-/// `want_dx`.
+/// The conv's weight (and bias) gradient added into `grads`, and the input's gradient written into
+/// `dx` when given.
 fn conv_backward(
     conv: &ConvLayer,
     g: &ConvGeom,
     w: &[&[f32]],
     x: &[f32],
     dy: &[f32],
-    want_dx: bool,
+    dx: Option<&mut [f32]>,
     grads: &mut [Vec<f32>],
-) -> Option<Vec<f32>> {
+) {
     let (patch, pixels) = (g.patch(), g.pixels());
     let in_size = g.in_c * g.h * g.w;
     let out_size = conv.out_c * pixels;
     let m = dy.len() / out_size;
     let weight = MatRef::from_row_major_slice(w[conv.weight], conv.out_c, patch);
-    let mut dx = if want_dx { vec![0f32; m * in_size] } else { Vec::new() };
+    let want_dx = dx.is_some();
     let groups = m.div_ceil(GRAD_GROUP);
-    let mut dx_parts: Vec<&mut [f32]> = if want_dx {
-        dx.chunks_mut(GRAD_GROUP * in_size).collect()
-    } else {
-        (0..groups).map(|_| &mut [][..]).collect()
+    let mut dx_parts: Vec<&mut [f32]> = match dx {
+        Some(dx) => dx.chunks_mut(GRAD_GROUP * in_size).collect(),
+        None => (0..groups).map(|_| &mut [][..]).collect(),
     };
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_parts
         .par_iter_mut()
@@ -399,44 +498,49 @@ fn conv_backward(
         .map(|(k, dxg)| {
             let mut dw = vec![0f32; conv.out_c * patch];
             let mut db = vec![0f32; conv.out_c];
-            let mut cols = vec![0f32; patch * pixels];
-            for i in k * GRAD_GROUP..((k + 1) * GRAD_GROUP).min(m) {
-                let xi = &x[i * in_size..(i + 1) * in_size];
-                let dyi = &dy[i * out_size..(i + 1) * out_size];
-                if g.is_pointwise() {
-                    cols.copy_from_slice(xi);
-                } else {
-                    im2col(g, xi, &mut cols);
-                }
-                let dyi_m = MatRef::from_row_major_slice(dyi, conv.out_c, pixels);
-                faer::linalg::matmul::matmul(
-                    MatMut::from_row_major_slice_mut(&mut dw, conv.out_c, patch),
-                    Accum::Add,
-                    dyi_m,
-                    MatRef::from_row_major_slice(&cols, patch, pixels).transpose(),
-                    1.0f32,
-                    Par::Seq,
-                );
-                for (d, row) in db.iter_mut().zip(dyi.chunks(pixels)) {
-                    *d += row.iter().sum::<f32>();
-                }
-                if want_dx {
-                    let dxi = &mut dxg[(i - k * GRAD_GROUP) * in_size..][..in_size];
+            with_cols(patch * pixels, |cols| {
+                for i in k * GRAD_GROUP..((k + 1) * GRAD_GROUP).min(m) {
+                    let xi = &x[i * in_size..(i + 1) * in_size];
+                    let dyi = &dy[i * out_size..(i + 1) * out_size];
+                    let dyi_m = MatRef::from_row_major_slice(dyi, conv.out_c, pixels);
+                    let xcols: &[f32] = if g.is_pointwise() {
+                        xi
+                    } else {
+                        im2col(g, xi, cols);
+                        cols
+                    };
                     faer::linalg::matmul::matmul(
-                        MatMut::from_row_major_slice_mut(&mut cols, patch, pixels),
-                        Accum::Replace,
-                        weight.transpose(),
+                        MatMut::from_row_major_slice_mut(&mut dw, conv.out_c, patch),
+                        Accum::Add,
                         dyi_m,
+                        MatRef::from_row_major_slice(xcols, patch, pixels).transpose(),
                         1.0f32,
                         Par::Seq,
                     );
-                    if g.is_pointwise() {
-                        add_into(dxi, &cols);
-                    } else {
-                        col2im_add(g, &cols, dxi);
+                    if conv.bias.is_some() {
+                        for (d, row) in db.iter_mut().zip(dyi.chunks(pixels)) {
+                            *d += row.iter().sum::<f32>();
+                        }
+                    }
+                    if want_dx {
+                        let dxi = &mut dxg[(i - k * GRAD_GROUP) * in_size..][..in_size];
+                        // A pointwise conv's column matrix is the image: its gradient goes there.
+                        let dcols: &mut [f32] = if g.is_pointwise() { dxi } else { cols };
+                        faer::linalg::matmul::matmul(
+                            MatMut::from_row_major_slice_mut(dcols, patch, pixels),
+                            Accum::Replace,
+                            weight.transpose(),
+                            dyi_m,
+                            1.0f32,
+                            Par::Seq,
+                        );
+                        if !g.is_pointwise() {
+                            dxi.fill(0.0);
+                            col2im_add(g, cols, dxi);
+                        }
                     }
                 }
-            }
+            });
             (dw, db)
         })
         .collect();
@@ -446,7 +550,6 @@ fn conv_backward(
             add_into(&mut grads[b], db);
         }
     }
-    want_dx.then_some(dx)
 }
 
 /// `out = x W^T + b` for the `m` rows of `x`.

@@ -210,21 +210,24 @@ impl Cnn {
         *self.graph.layer_out.last().expect("a CNN has layers")
     }
 
-    /// Forward passes over `data` in chunks of [`EVAL_ROWS`] rows: `each(start, m, tape)` sees
-    /// each chunk's tape, which keeps the logits and the buffers `keep` names.
+    /// Forward passes over `data` in chunks of [`EVAL_ROWS`] rows, through the first `ops`
+    /// operations: `each(start, m, tape)` sees each chunk's tape, which keeps the logits (when
+    /// computed) and the buffers `keep` names.
     fn for_chunks(
         &self,
         w: &[&[f32]],
         data: &Dataset,
+        ops: usize,
         keep: &dyn Fn(usize) -> bool,
         mut each: impl FnMut(usize, usize, &graph::Tape) -> Result<()>,
     ) -> Result<()> {
         let logits = self.logits_buffer();
         let keep = |b: usize| b == logits || keep(b);
+        let mut tape = graph::Tape::default();
         for start in (0..data.n).step_by(EVAL_ROWS) {
             let m = EVAL_ROWS.min(data.n - start);
-            let mut tape = self.graph.tape(data.x[start * data.dim..(start + m) * data.dim].to_vec());
-            self.graph.forward(w, m, &mut tape, 0..self.graph.ops.len(), true, &keep);
+            tape.reset(self.graph.sizes.len(), &data.x[start * data.dim..(start + m) * data.dim]);
+            self.graph.forward(w, m, &mut tape, 0..ops, true, &keep);
             each(start, m, &tape)?;
         }
         Ok(())
@@ -239,8 +242,8 @@ impl Cnn {
         let mut pred = Vec::with_capacity(data.n);
         let logits = self.logits_buffer();
         let classes = self.classes();
-        self.for_chunks(&w, data, &|_| false, |start, m, tape| {
-            let z = tape[logits].as_deref().expect("the logits are kept");
+        self.for_chunks(&w, data, self.graph.ops.len(), &|_| false, |start, m, tape| {
+            let z = tape.get(logits);
             tally.add(faer::MatRef::from_row_major_slice(z, m, classes), &data.y[start..start + m], Some(&mut pred));
             Ok(())
         })?;
@@ -275,10 +278,29 @@ impl Cnn {
             .iter()
             .map(|&b| crate::error::try_with_capacity(data.n * self.graph.sizes[b], "the module activations"))
             .collect::<Result<_>>()?;
-        self.for_chunks(&w, data, &|b| outs.contains(&b), |_, _, tape| {
+        self.for_chunks(&w, data, self.graph.ops.len(), &|b| outs.contains(&b), |_, _, tape| {
             for (a, &b) in acts.iter_mut().zip(&outs) {
-                a.extend_from_slice(tape[b].as_deref().expect("module outputs are kept"));
+                a.extend_from_slice(tape.get(b));
             }
+            Ok(())
+        })?;
+        Ok(acts)
+    }
+
+    /// The output of module `module`'s last layer for the rows of `data` (`n x features`, row
+    /// major, an image's features in NCHW order): [`Cnn::activations`]`[module]`, bit for bit,
+    /// with only the layers up to that one run.
+    pub fn module_activations(&self, p: &ParamSet, data: &Dataset, module: usize) -> Result<Vec<f32>> {
+        let Some(last) = self.layer_modules.iter().rposition(|m| *m == Some(module)) else {
+            fail!(NotFound, "module index {module} is out of range: the CNN has {} modules", self.modules.len())
+        };
+        self.check_data(data)?;
+        let w = self.weights_of(p)?;
+        let w: Vec<&[f32]> = w.iter().map(|c| c.as_ref()).collect();
+        let out = self.graph.layer_out[last];
+        let mut acts = crate::error::try_with_capacity(data.n * self.graph.sizes[out], "the module activations")?;
+        self.for_chunks(&w, data, self.graph.layer_ops[last].end, &|b| b == out, |_, _, tape| {
+            acts.extend_from_slice(tape.get(out));
             Ok(())
         })?;
         Ok(acts)
@@ -310,9 +332,10 @@ impl Cnn {
         let mut part = total.clone();
         let mut loss = 0.0;
         let rows: Vec<usize> = (0..data.n).collect();
+        let mut ws = graph::Workspace::default();
         for idx in rows.chunks(EVAL_ROWS) {
             let share = idx.len() as f64 / data.n as f64;
-            loss += share * train::loss_grad(self, &w, data, idx, &mut part);
+            loss += share * train::loss_grad(self, &w, data, idx, &mut part, &mut ws);
             for (t, g) in total.iter_mut().zip(&part) {
                 t.iter_mut().zip(g).for_each(|(t, &g)| *t += share as f32 * g);
             }

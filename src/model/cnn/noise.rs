@@ -70,7 +70,8 @@ pub(super) fn evaluate_module_noise(
     let mut tallies = vec![SoftmaxXent::default(); samples];
     for start in (0..data.n).step_by(EVAL_ROWS) {
         let m = EVAL_ROWS.min(data.n - start);
-        let mut below = g.tape(data.x[start * data.dim..(start + m) * data.dim].to_vec());
+        let mut below = Tape::default();
+        below.reset(g.sizes.len(), &data.x[start * data.dim..(start + m) * data.dim]);
         // Below the module: once for all copies; buffers the layers above read are kept.
         g.forward(&clean, m, &mut below, 0..start_op, true, &|b| b == logits);
         let labels = &data.y[start..start + m];
@@ -82,12 +83,12 @@ pub(super) fn evaluate_module_noise(
             for (&(ci, _, _), v) in targets.iter().zip(copy) {
                 wk[ci] = v;
             }
-            let mut tape: Tape = below.clone();
+            let mut tape = below.fork();
             if let Some(out) = conv_out {
-                tape[g.ops[start_op].dst()] = Some(out);
+                tape.set(g.ops[start_op].dst(), out);
             }
             g.forward(&wk, m, &mut tape, resume..g.ops.len(), true, &|b| b == logits);
-            let z = tape[logits].as_deref().expect("the logits are kept");
+            let z = tape.get(logits);
             tally.add(faer::MatRef::from_row_major_slice(z, m, classes), labels, None);
         };
         match conv_outs {
@@ -144,7 +145,7 @@ impl StackedConv {
         let Step::Conv { conv, geom, src, .. } = &cnn.graph.ops[self.op] else {
             unreachable!("a stacked conv is a conv")
         };
-        let x = below[*src].as_deref().expect("the conv's input is computed below the module");
+        let x = below.get(*src);
         let (patch, pixels) = (geom.patch(), geom.pixels());
         let out_size = conv.out_c * pixels;
         let k_copies = self.weights.len() / (conv.out_c * patch);
