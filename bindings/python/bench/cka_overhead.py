@@ -65,8 +65,8 @@ def torch_minibatch_cka(batch):
         l = l.clone().fill_diagonal_(0)
         ones = torch.ones(n, 1, dtype=k.dtype)
         result = torch.trace(k @ l)
-        result += (ones.t() @ k @ ones @ ones.t() @ l @ ones) / ((n - 1) * (n - 2))
-        result -= (ones.t() @ k @ l @ ones) * 2 / (n - 2)
+        result += ((ones.t() @ k @ ones @ ones.t() @ l @ ones) / ((n - 1) * (n - 2))).item()
+        result -= ((ones.t() @ k @ l @ ones) * 2 / (n - 2)).item()
         return (1 / (n * (n - 3)) * result).item()
 
     def call(x, y):

@@ -13,8 +13,6 @@ use transferlens::eval::{self, Metric, Metrics};
 use transferlens::ffi::tl_criticality_options;
 use transferlens::{Context, Error, ParamSet as Set};
 
-/// Evaluator(fn)
-///
 /// An evaluator written in Python: `fn(params)` returns the metrics of the model whose weights
 /// the analysis has just written into its live set, as a dict {"loss": float, "error": float}
 /// (and optionally "accuracy", else 1 - error). `params` is that live set, readable during the
@@ -145,8 +143,6 @@ fn module_index(set: &Set, module: &Bound<'_, PyAny>) -> PyResult<usize> {
     Ok(index)
 }
 
-/// interpolation_curve(evaluator, a, b, live, lambdas=None, *, module=None) -> dict
-///
 /// The metrics along theta(lam) = (1 - lam) a + lam b at each lambda (default: the library's
 /// 50 points on [0, 1]; any finite values, outside [0, 1] it extrapolates). `module` (a name or
 /// index) moves only that module, the rest staying at b. Each point is written into `live` (the
@@ -173,8 +169,6 @@ pub fn interpolation_curve<'py>(
     curve_dict(py, "lambdas", &lambdas, &curve)
 }
 
-/// barrier(curve, *, metric="error", tolerance=0.01) -> dict
-///
 /// The performance barrier of a curve from `interpolation_curve` (its lambdas must include 0
 /// and 1): the largest excess of the metric over the chord between the endpoints on [0, 1] (for
 /// "accuracy", the shortfall below it). Returns {"value", "peak_lambda", "start", "end",
@@ -344,8 +338,6 @@ fn path_of<'s>(sets: &'s [&'s Set], straight: bool) -> Path<'s> {
     }
 }
 
-/// module_criticality(evaluator, init, final, live, module, *, checkpoints=None, preset="default", **options) -> dict
-///
 /// The criticality of one module (a name or index of final's modules) along the straight path
 /// from `init` to `final`, or along the piecewise-linear path through `checkpoints` (first =
 /// initial, last = final; pass init=None, final=None). Every point is written into `live`.
@@ -385,8 +377,6 @@ pub fn module_criticality<'py>(
     report_dict(py, &c)
 }
 
-/// network_criticality(evaluator, init, final, live, *, checkpoints=None, preset="default", **options) -> dict
-///
 /// The criticality of every module (arguments and options as for module_criticality). Returns
 /// {"modules": {name: report}, "total", "total_spread", "final_metric", "eps",
 /// "joint_expected", "pac_bayes_kl", "ranking_agreement", "ranking_stable",
@@ -417,8 +407,6 @@ pub fn network_criticality<'py>(
     network_dict(py, &net)
 }
 
-/// rewind_curve(evaluator, init, final, live, module, alphas) -> dict
-///
 /// The metrics with module `module` (name or index) at (1 - alpha) init + alpha final and every
 /// other module final, for each alpha (1 = final, 0 = rewound to init). Returns {"alphas",
 /// "loss", "error", "accuracy"}.
@@ -440,8 +428,6 @@ pub fn rewind_curve<'py>(
     curve_dict(py, "alphas", &alphas, &curve)
 }
 
-/// pac_bayes_bound(network, m, *, delta=0.05, test_error=None, n_test=0) -> dict
-///
 /// The PAC-Bayes bound of the criticality theorem from a `network_criticality` result (its
 /// pac_bayes_kl and joint_expected), with m the number of samples the criticality was measured
 /// on and confidence delta (0.05, as the embedded study); with test_error and n_test > 0, the
@@ -472,8 +458,6 @@ pub fn pac_bayes_bound<'py>(
     Ok(d)
 }
 
-/// prediction_agreement(a, b, truth) -> dict
-///
 /// How two models' predicted labels `a` and `b` agree with the true labels (integer arrays of
 /// one length). Returns {"both_right", "only_a", "only_b", "both_wrong_same",
 /// "both_wrong_different": counts, "category": uint8 array of each sample's category 0..4 in
@@ -500,8 +484,6 @@ pub fn prediction_agreement<'py>(
     Ok(d)
 }
 
-/// block_shuffle(images, block, seed=0)
-///
 /// Shuffles, in place, the block x block tiles (all channels) of every image of a C-contiguous,
 /// writable float32 array of shape (n, c, h, w), with one permutation drawn from `seed` for all
 /// images. `block` must divide h and w; block = h = w leaves the images as they are.

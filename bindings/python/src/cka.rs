@@ -32,8 +32,6 @@ fn matrix_array<'py>(
     PyArray1::from_vec(py, values).reshape([rows, cols])
 }
 
-/// linear_cka(x, y, estimator="biased", backend="auto") -> float
-///
 /// Linear CKA between the features `x` (samples x p) and `y` (samples x q) of the same samples.
 ///
 /// `x` and `y` are numpy arrays or objects with `__dlpack__` (PyTorch, JAX, CuPy), float32,
@@ -61,8 +59,6 @@ pub fn linear_cka(
     py.detach(|| cka::linear_cka(ctx, &xs[0], &ys[0], est)).map_err(to_py)
 }
 
-/// cka_matrix(xs, ys, estimator="biased", backend="auto") -> numpy.ndarray
-///
 /// CKA of every pair of layers: a float64 array of shape (len(xs), len(ys)) with
 /// out[i, j] = linear_cka(xs[i], ys[j]). `xs` and `ys` are lists of arrays of the same samples
 /// (inputs as for linear_cka). Each layer's products are formed once, whatever the number of
@@ -88,8 +84,6 @@ pub fn cka_matrix<'py>(
 const STATE_MAGIC: f64 = 5_524_545.0;
 const STATE_VERSION: f64 = 1.0;
 
-/// CkaAccumulator(n_x, n_y, estimator="biased", backend="auto")
-///
 /// Full-data linear CKA of `n_x` x-layers against `n_y` y-layers, fed in batches of samples:
 /// after `update` on every batch, `result()` equals `cka_matrix` on all the data (up to
 /// rounding). Accumulators of the same layers `merge`, in any order; `state()` and
@@ -122,8 +116,6 @@ impl CkaAccumulator {
         Ok(CkaAccumulator { inner, backend: backend_choice(backend)? })
     }
 
-    /// update(xs, ys)
-    ///
     /// Adds a batch: `xs` holds n_x arrays and `ys` n_y arrays (a single array stands for a list
     /// of one), each of the batch's samples x that layer's features. Batches may differ in size.
     fn update(&mut self, py: Python<'_>, xs: &Bound<'_, PyAny>, ys: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -134,16 +126,12 @@ impl CkaAccumulator {
         py.detach(|| inner.update(ctx, &mx, &my)).map_err(to_py)
     }
 
-    /// merge(other)
-    ///
     /// Adds the samples another accumulator of the same layers has seen.
     fn merge(&mut self, py: Python<'_>, other: PyRef<'_, CkaAccumulator>) -> PyResult<()> {
         let (inner, other) = (&mut self.inner, &other.inner);
         py.detach(|| inner.merge(other)).map_err(to_py)
     }
 
-    /// result() -> numpy.ndarray
-    ///
     /// CKA of every (x, y) pair of layers over all samples seen: float64, shape (n_x, n_y).
     fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f64>>> {
         let inner = &self.inner;
@@ -152,8 +140,6 @@ impl CkaAccumulator {
         matrix_array(py, values, nx, ny)
     }
 
-    /// state() -> numpy.ndarray
-    ///
     /// The accumulator as one float64 array (layer counts, estimator, widths, shift and
     /// moments), for `CkaAccumulator.from_state`. Needs at least one update; layers too wide for
     /// additive moments (over 2^31 values of Grams) have no state.
@@ -169,8 +155,6 @@ impl CkaAccumulator {
         Ok(PyArray1::from_vec(py, out))
     }
 
-    /// CkaAccumulator.from_state(state, backend="auto") -> CkaAccumulator
-    ///
     /// The accumulator that `state()` described.
     #[staticmethod]
     #[pyo3(signature = (state, backend="auto"))]

@@ -154,16 +154,12 @@ fn host_array<'py>(py: Python<'py>, data: HostSlice<'_>) -> Bound<'py, PyAny> {
 
 #[pymethods]
 impl ParamSet {
-    /// ParamSet.load(path) -> ParamSet
-    ///
     /// Reads a safetensors file into memory the set owns.
     #[staticmethod]
     fn load(py: Python<'_>, path: std::path::PathBuf) -> PyResult<ParamSet> {
         py.detach(|| Set::load(&path)).map(ParamSet::owned).map_err(to_py)
     }
 
-    /// ParamSet.from_arrays(arrays) -> ParamSet
-    ///
     /// Wraps a dict {name: array} in place, in the dict's order: numpy arrays (C-contiguous,
     /// writable) or `__dlpack__` tensors (contiguous; host or CUDA memory), float32, float64,
     /// float16 or bfloat16. Nothing is copied: the set reads the arrays' current values, and an
@@ -186,8 +182,6 @@ impl ParamSet {
         Ok(ParamSet { slot: Slot::Owned(set), _keep: keep })
     }
 
-    /// save(path)
-    ///
     /// Writes the set as safetensors (atomically: a temporary file renamed over `path`).
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
         let set = self.get()?;
@@ -218,8 +212,6 @@ impl ParamSet {
         Ok(self.get()?.weight_numel())
     }
 
-    /// set_grouping(spec)
-    ///
     /// Regroups the tensors into modules: "first" (the default: the first dot-separated part of
     /// the name), "depth:N" (the first N parts), "tensor" (each tensor its own module) or
     /// "prefixes:P1,P2,..." (the longest matching prefix; unmatched tensors form their own).
@@ -228,8 +220,6 @@ impl ParamSet {
         self.get_mut()?.set_grouping(grouping).map_err(to_py)
     }
 
-    /// copy() -> ParamSet
-    ///
     /// A deep copy in memory the new set owns (host sets only).
     fn copy(&self, py: Python<'_>) -> PyResult<ParamSet> {
         let set = self.get()?;
@@ -268,10 +258,8 @@ impl ParamSet {
     }
 }
 
-/// distance(a, b) -> {"modules": {name: float}, "total": float}
-///
 /// ||a_i - b_i||_2 for each module i of `a` (tensors matched by name) and the total over all
-/// weights.
+/// weights: {"modules": {name: float}, "total": float}.
 #[pyfunction]
 pub fn distance<'py>(
     py: Python<'py>,
@@ -291,8 +279,6 @@ pub fn distance<'py>(
     Ok(out)
 }
 
-/// interpolate(a, b, lam) -> ParamSet
-///
 /// A new set (1 - lam) a + lam b (any finite lam: outside [0, 1] it extrapolates), with a's
 /// names, dtypes and modules.
 #[pyfunction]
