@@ -67,6 +67,14 @@ def test_accumulator_errors(layers):
     state = acc.state()
     with pytest.raises(tl.InvalidArgument, match="values follow the widths"):
         tl.CkaAccumulator.from_state(state[:-1])
+    newer = state.copy()
+    newer[1] = 2.0
+    with pytest.raises(tl.InvalidArgument, match="layout version"):
+        tl.CkaAccumulator.from_state(newer)
+    fractional = state.copy()
+    fractional[5] = 2.5
+    with pytest.raises(tl.InvalidArgument, match="width"):
+        tl.CkaAccumulator.from_state(fractional)
     with pytest.raises(tl.ShapeMismatch):
         acc.merge(tl.CkaAccumulator(1, 1))
     with pytest.raises(tl.ShapeMismatch):

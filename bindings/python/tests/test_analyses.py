@@ -83,6 +83,13 @@ def test_the_evaluator_reads_the_live_set_it_is_given(setup):
     with pytest.raises(tl.InvalidArgument, match="has returned"):
         seen[0].modules  # the view ends with the call
 
+    def regroup(params):
+        params.set_grouping("tensor")
+        return model.metrics(weights)
+
+    with pytest.raises(tl.InvalidArgument, match="read-only"):
+        tl.interpolation_curve(tl.Evaluator(regroup), tl.ParamSet.from_arrays(a), tl.ParamSet.from_arrays(b), live, [0.5])
+
 
 class Boom(Exception):
     pass
@@ -118,6 +125,8 @@ def test_evaluator_contract_errors(setup):
         tl.interpolation_curve(tl.Evaluator(lambda p: {"loss": float("nan"), "error": 0.0}), pa, pb, live)
     with pytest.raises(TypeError):
         tl.Evaluator(3)
+    with pytest.raises(tl.CallbackError, match="accuracy"):
+        tl.interpolation_curve(tl.Evaluator(lambda p: {"loss": 1.0, "error": 0.0, "accuracy": "high"}), pa, pb, live)
     with pytest.raises(tl.InvalidArgument, match="metric"):
         tl.barrier({"lambdas": [0.0, 1.0], "error": [0.0, 0.0]}, metric="auc")
     with pytest.raises(tl.InvalidArgument, match="lambda"):
@@ -164,6 +173,10 @@ def test_criticality_options_are_checked(setup):
         tl.module_criticality(evaluator, init, final, live, 0, sigma_flor=0.1)
     with pytest.raises(tl.NotFound):
         tl.module_criticality(evaluator, init, final, live, "fc9")
+    with pytest.raises(tl.NotFound, match="out of range"):
+        tl.module_criticality(evaluator, init, final, live, 2)
+    with pytest.raises(tl.InvalidArgument, match="test_error and n_test"):
+        tl.pac_bayes_bound({"pac_bayes_kl": 1.0, "joint_expected": 0.1}, 100, test_error=0.1)
     with pytest.raises(tl.InvalidArgument, match="checkpoints"):
         tl.network_criticality(evaluator, init, None, live)
     with pytest.raises(tl.InvalidArgument, match="preset"):

@@ -60,10 +60,15 @@ def test_layouts_and_inputs_agree(rng):
         "read-only": np.require(base[:, 2:9], requirements="C"),
         "nested list": base[:, 2:9].tolist(),
         "DLPack (numpy's __dlpack__)": DlpackOnly(np.ascontiguousarray(base[:, 2:9])),
+        "DLPack row-strided": DlpackOnly(base[:, 2:9]),
+        "DLPack column-major (gathered once)": DlpackOnly(np.asfortranarray(base[:, 2:9])),
     }
     inputs["read-only"].setflags(write=False)
     for what, x in inputs.items():
         assert tl.linear_cka(x, y) == pytest.approx(want, rel=1e-10), what
+    # a negative row stride: copied once (the samples reversed on both sides give the same CKA)
+    assert tl.linear_cka(DlpackOnly(base[::-1, 2:9]), y[::-1]) == pytest.approx(want, rel=1e-10)
+    assert tl.linear_cka(base[::-1, 2:9], y[::-1]) == pytest.approx(want, rel=1e-10)
 
 
 def _peak_bytes_during(f):
@@ -122,3 +127,7 @@ def test_errors_are_typed_and_carry_the_message(rng):
         tl.linear_cka(x[:, 0], x)
     with pytest.raises(tl.InvalidArgument, match="at least one layer"):
         tl.cka_matrix([], [x])
+    with pytest.raises(tl.UnsupportedDtype, match="DLPack dtype"):
+        tl.linear_cka(DlpackOnly(np.arange(30).reshape(10, 3)), x)
+    with pytest.raises(tl.ShapeMismatch, match="2-D"):
+        tl.linear_cka(DlpackOnly(np.zeros((10, 3, 1))), x)

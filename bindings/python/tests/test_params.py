@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import transferlens as tl
+from conftest import DlpackOnly
 
 
 def arrays(rng, dtype=np.float64):
@@ -87,3 +88,18 @@ def test_param_errors(rng, tmp_path):
         tl.distance(tl.ParamSet.from_arrays(a), tl.ParamSet.from_arrays(other))
     with pytest.raises(tl.NotFound):
         tl.ParamSet.from_arrays(a)["fc3.weight"]
+    with pytest.raises(TypeError, match="__dlpack__"):
+        tl.ParamSet.from_arrays({"w": [1.0, 2.0]})
+    with pytest.raises(tl.InvalidArgument, match="row-major"):
+        tl.ParamSet.from_arrays({"w": DlpackOnly(a["fc1.weight"].T)})
+    with pytest.raises(tl.InvalidArgument, match="read-only"):
+        tl.ParamSet.from_arrays({"b": DlpackOnly(frozen)})  # DLPack 1.0's read-only flag
+
+
+def test_from_arrays_through_dlpack_wraps_in_place(rng):
+    a = arrays(rng)
+    b = {k: v.copy() for k, v in a.items()}
+    pa, pb = tl.ParamSet.from_arrays({k: DlpackOnly(v) for k, v in a.items()}), tl.ParamSet.from_arrays(b)
+    assert tl.distance(pa, pb)["total"] == 0.0
+    a["fc1.bias"][0] += 3.0
+    assert tl.distance(pa, pb)["total"] == pytest.approx(3.0, rel=1e-12)
