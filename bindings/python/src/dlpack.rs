@@ -126,9 +126,11 @@ fn dtype_of(t: DLDataType) -> Result<DType, Error> {
         (2, 64, 1) => DType::F64,
         (2, 16, 1) => DType::F16,
         (4, 16, 1) => DType::BF16,
-        (code, bits, lanes) => return Err(Error::UnsupportedDtype(format!(
+        (code, bits, lanes) => {
+            return Err(Error::UnsupportedDtype(format!(
             "DLPack dtype (code {code}, {bits} bits, {lanes} lanes) is not one of float32, float64, float16, bfloat16"
-        ))),
+        )))
+        }
     })
 }
 
