@@ -156,6 +156,18 @@ else
     echo "gpu-check: python3 with torch not found; the PyTorch comparisons are skipped"
 fi
 
+# The Python package with CUDA tensors (bindings/python/tests/test_cuda.py): the wheel of
+# `maturin build` in <bundle>/python/ when there is one (installed without dependencies), else
+# python3's own transferlens; needs pytest and a CUDA torch.
+py_path=$(mktemp -d); for w in "$bundle"/python/*.whl; do [ -f "$w" ] && python3 -m pip install -q --no-deps --target "$py_path" "$w"; done
+if PYTHONPATH="$py_path${PYTHONPATH:+:$PYTHONPATH}" python3 -c 'import transferlens, pytest, torch; assert torch.cuda.is_available()' 2>/dev/null; then
+    echo; echo "==== Python: CUDA tensors through DLPack ===="
+    PYTHONPATH="$py_path${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -q -p no:cacheprovider "$root/bindings/python/tests/test_cuda.py" >"$logs/python_cuda.log" 2>&1
+    rc=$?; tail -n 1 "$logs/python_cuda.log"; [ "$rc" -eq 0 ] || { cat "$logs/python_cuda.log"; failed=1; }
+else
+    echo "gpu-check: python3 lacks transferlens (a wheel in $bundle/python/), pytest or a CUDA torch; the Python CUDA test is skipped"
+fi
+
 echo
 printf '%-16s %-18s %-24s %8s\n' "binary" "result" "tests" "seconds"
 printf '%s\n' "${results[@]}"
