@@ -11,8 +11,12 @@ use transferlens::criticality::{self, Eps, Noise, Options, Path as CritPath, Sea
 use transferlens::eval::{Metric, Metrics};
 use transferlens::{geometry, landscape, Context, Grouping, Result};
 
+/// A comma-separated list of finite numbers (one argument, so that clap keeps it whole).
+#[derive(Clone, Debug)]
+struct Grid(Vec<f64>);
+
 /// Parses a comma-separated list of finite numbers.
-fn parse_list(text: &str) -> std::result::Result<Vec<f64>, String> {
+fn parse_list(text: &str) -> std::result::Result<Grid, String> {
     let values: std::result::Result<Vec<f64>, String> = text
         .split(',')
         .map(|v| match v.trim().parse::<f64>() {
@@ -24,7 +28,7 @@ fn parse_list(text: &str) -> std::result::Result<Vec<f64>, String> {
     if values.is_empty() {
         return Err("the list is empty".into());
     }
-    Ok(values)
+    Ok(Grid(values))
 }
 
 /// Which metrics a curve reports.
@@ -62,8 +66,8 @@ pub struct CurveArgs {
     /// Checkpoint B (lambda = 1).
     b: PathBuf,
     /// The grid, comma-separated (default: the library's 50 points on [0, 1]).
-    #[arg(long, value_parser = parse_list)]
-    lambdas: Option<Vec<f64>>,
+    #[arg(long, value_parser = parse_list, allow_hyphen_values = true)]
+    lambdas: Option<Grid>,
     /// Move only this module (the rest stays at B).
     #[arg(long)]
     module: Option<String>,
@@ -104,7 +108,7 @@ pub fn curve(args: CurveArgs) -> Result<()> {
     let pair = Pair::open(&args.a, &args.b, &args.pairing)?;
     let (a, b) = pair.sets_on_a(&args.modules)?;
     let module = args.module.as_deref().map(|m| geometry::module_named(&a, m)).transpose()?;
-    let lambdas = args.lambdas.clone().unwrap_or_else(landscape::default_lambdas);
+    let lambdas = args.lambdas.clone().map_or_else(landscape::default_lambdas, |g| g.0);
     let needs = args.metrics.needs();
     let mut server = EvalServer::start(&args.server, needs)?;
     let mut live = a.try_clone()?;
@@ -201,8 +205,8 @@ pub struct RewindArgs {
     final_: PathBuf,
     /// The alphas, comma-separated (default: 1 down to 0 in 11 steps, the criticality search's
     /// grid).
-    #[arg(long, value_parser = parse_list)]
-    alphas: Option<Vec<f64>>,
+    #[arg(long, value_parser = parse_list, allow_hyphen_values = true)]
+    alphas: Option<Grid>,
     /// Only these modules (repeatable; default: every module).
     #[arg(long)]
     module: Vec<String>,
@@ -229,7 +233,7 @@ pub fn rewind(args: RewindArgs) -> Result<()> {
     } else {
         args.module.iter().map(|m| geometry::module_named(&final_, m)).collect::<Result<_>>()?
     };
-    let alphas = args.alphas.clone().unwrap_or_else(|| landscape::linspace(1.0, 0.0, 11));
+    let alphas = args.alphas.clone().map_or_else(|| landscape::linspace(1.0, 0.0, 11), |g| g.0);
     let needs = args.metrics.needs();
     let mut server = EvalServer::start(&args.server, needs)?;
     let mut live = final_.try_clone()?;
