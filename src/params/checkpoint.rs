@@ -88,8 +88,15 @@ struct Index {
     weight_map: BTreeMap<String, String>,
 }
 
+/// The files of a checkpoint, and for a sharded one the file each tensor is in (as the index
+/// says).
+struct Layout {
+    files: Vec<PathBuf>,
+    shard_of: Option<BTreeMap<String, String>>,
+}
+
 /// What `path` is: the files to map, and whether an index lists their tensors.
-fn resolve(path: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, String>>)> {
+fn resolve(path: &Path) -> Result<Layout> {
     let what = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| Error::Io(format!("{what}: {e}")))?;
     let index_path = if meta.is_dir() {
@@ -97,7 +104,7 @@ fn resolve(path: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, String>
         if index.exists() {
             index
         } else if single.exists() {
-            return Ok((vec![single], None));
+            return Ok(Layout { files: vec![single], shard_of: None });
         } else {
             fail!(
                 Io,
@@ -108,7 +115,7 @@ fn resolve(path: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, String>
     } else if path.to_string_lossy().ends_with(".json") {
         path.to_path_buf()
     } else {
-        return Ok((vec![path.to_path_buf()], None));
+        return Ok(Layout { files: vec![path.to_path_buf()], shard_of: None });
     };
     let iwhat = index_path.display().to_string();
     let (file, len) = open_regular(&index_path, &iwhat)?;
@@ -137,7 +144,7 @@ fn resolve(path: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, String>
     }
     shards.sort();
     let by_shard = index.weight_map.into_iter().map(|(t, s)| (t, folder.join(s).display().to_string())).collect();
-    Ok((shards, Some(by_shard)))
+    Ok(Layout { files: shards, shard_of: Some(by_shard) })
 }
 
 impl Checkpoint {
@@ -150,7 +157,7 @@ impl Checkpoint {
     /// (a truncated file stops the process with SIGBUS when a lost page is read).
     pub unsafe fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
-        let (files, index) = resolve(path)?;
+        let Layout { files, shard_of: index } = resolve(path)?;
         let mut shards = Vec::with_capacity(files.len());
         let mut tensors = Vec::new();
         let mut metadata = BTreeMap::new();
