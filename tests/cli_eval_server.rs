@@ -299,3 +299,33 @@ fn a_server_that_fails_crashes_hangs_or_prints_garbage_is_a_clear_error() {
     assert_no_temporaries(&d);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn sigterm_while_the_server_evaluates_ends_it_and_removes_the_candidates() {
+    let d = dir("sigterm");
+    model(&d);
+    let marker = d.join("server-started");
+    // The server notes that it has a request, then never answers.
+    let server = format!("while read l; do touch '{}'; sleep 60; done", marker.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlens"))
+        .args(["curve", s(&d.join("init.safetensors")), s(&d.join("final.safetensors")), "--lambdas", "0,1"])
+        .args(["--eval-server", &server])
+        .env("TMPDIR", d.join("tmp"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "the server never got a request");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(std::fs::read_dir(d.join("tmp")).unwrap().next().is_some(), "a candidate exists while it is evaluated");
+    // SAFETY: a plain kill(2) of the child we started.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "tlens ends by the signal: {status}");
+    assert_no_temporaries(&d);
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -14,7 +14,8 @@ pub fn quiet_panics() {
 
 /// Signals, as Unix tools take them: a closed stdout (`tlens inspect X | head -1`) ends the
 /// process quietly by SIGPIPE instead of a failed print; SIGINT, SIGTERM and SIGHUP first remove
-/// the temporary file of an output being written, then end the process by the same signal.
+/// the temporary file of an output being written and end a running eval server (removing its
+/// candidate files), then end the process by the same signal.
 ///
 /// Call first in `main`, before any thread starts: the three signals are blocked in every thread
 /// and taken by one thread that waits for them.
@@ -38,6 +39,7 @@ pub fn handle_signals() {
             return;
         }
         transferlens::params::abandon_unfinished_writes();
+        crate::eval_server::abandon();
         // SAFETY: restoring the default action and unblocking the signal in this thread, then
         // raising it here, ends the process with the signal's status, as if never handled.
         unsafe {

@@ -58,6 +58,20 @@ pub struct EvalServer {
     progress: bool,
 }
 
+/// The running server's process group and candidates' folder, for the signal handler: a SIGINT
+/// or SIGTERM ends the server and removes the folder before tlens ends.
+static RUNNING: std::sync::Mutex<Option<(libc::pid_t, PathBuf)>> = std::sync::Mutex::new(None);
+
+/// Ends the running server, if any, and removes its candidates' folder (called on a signal).
+pub fn abandon() {
+    let running = RUNNING.lock().map(|mut r| r.take()).unwrap_or(None);
+    if let Some((group, folder)) = running {
+        // SAFETY: a plain kill(2) of the process group the server was started in.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = std::fs::remove_dir_all(folder);
+    }
+}
+
 /// The longest part of a server's line quoted in an error.
 const QUOTED: usize = 300;
 
@@ -102,6 +116,9 @@ impl EvalServer {
                 return Err(Error::Io(format!("cannot start the eval server {:?}: {e}", args.eval_server)));
             }
         };
+        if let Ok(mut r) = RUNNING.lock() {
+            *r = Some((child.id() as libc::pid_t, folder.clone()));
+        }
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, answers) = mpsc::channel();
         std::thread::spawn(move || {
@@ -256,6 +273,9 @@ impl Drop for EvalServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
+        if let Ok(mut r) = RUNNING.lock() {
+            *r = None;
+        }
         let _ = std::fs::remove_dir_all(&self.folder);
         // SAFETY: restoring the disposition `handle_signals` set.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
