@@ -329,3 +329,34 @@ fn sigterm_while_the_server_evaluates_ends_it_and_removes_the_candidates() {
     assert_no_temporaries(&d);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn the_evaluating_commands_have_examples_and_bad_usage_is_exit_2() {
+    let d = dir("usage");
+    for cmd in ["curve", "rewind", "criticality"] {
+        let out = tlens(&d, &[cmd, "--help"]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success() && text.contains("Example") && text.contains("--eval-server"), "{cmd}: {text}");
+        // Without a server.
+        assert_eq!(tlens(&d, &[cmd, "a", "b"]).status.code(), Some(2), "{cmd}");
+    }
+    let bad: [&[&str]; 5] = [
+        &["curve", "a", "b", "--eval-server", "x", "--lambdas", "0,x"],
+        &["curve", "a", "b", "--eval-server", "x", "--eval-timeout", "0"],
+        &["rewind", "a", "b", "--eval-server", "x", "--alphas", "1,nan"],
+        &["criticality", "a", "b", "--eval-server", "x", "--eps", "more:1"],
+        &["criticality", "a", "b", "--eval-server", "x", "--noise", "absolute:x"],
+    ];
+    for args in bad {
+        let out = tlens(&d, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A missing checkpoint fails before any server starts.
+    let out = tlens(&d, &["curve", "missing-a.safetensors", "b", "--eval-server", "touch started"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing-a.safetensors"));
+    assert_no_temporaries(&d);
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -271,16 +271,13 @@ impl Checkpoint {
     /// Hands the pages of tensor `t` back to the kernel, so that reading a large checkpoint
     /// tensor by tensor does not keep the whole file resident in this process.
     fn release(&self, t: &CheckpointTensor) {
-        let map = &self.shards[t.shard].map;
-        let page = 4096;
-        let start = t.start / page * page;
-        let end = t.end.div_ceil(page).saturating_mul(page).min(map.len());
-        if end > start {
+        if t.end > t.start {
             // SAFETY: the mapping is read-only and file-backed, and the file does not change
             // (the contract of `open`): after MADV_DONTNEED a read fetches the same bytes from
-            // the file again, so slices into these pages (of this or a neighbouring tensor)
-            // keep their contents.
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            // the file again, so slices into these pages (of this or a neighbouring tensor that
+            // shares a page) keep their contents. memmap2 widens the range to whole pages.
+            let map = &self.shards[t.shard].map;
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.start, t.end - t.start) };
         }
     }
 

@@ -376,7 +376,8 @@ mod tests {
             PairingOptions { exclude: vec![regex::Regex::new("^(head|pooler|extra)\\.").unwrap()], ..opts.clone() };
         let p = pair_tensors(&a, &b, &ex, "a", "b").unwrap();
         assert_eq!(p.pairs.len(), 1);
-        assert_eq!(p.left_out.iter().filter(|l| l.reason.code() == "excluded").count(), 4);
+        // head.weight once (A's, with B's index), pooler.weight of A, extra.bias of B.
+        assert_eq!(p.left_out.iter().filter(|l| l.reason.code() == "excluded").count(), 3);
     }
 
     #[test]
