@@ -272,11 +272,11 @@ impl Checkpoint {
     /// tensor by tensor does not keep the whole file resident in this process.
     fn release(&self, t: &CheckpointTensor) {
         if t.end > t.start {
+            let map = &self.shards[t.shard].map;
             // SAFETY: the mapping is read-only and file-backed, and the file does not change
             // (the contract of `open`): after MADV_DONTNEED a read fetches the same bytes from
             // the file again, so slices into these pages (of this or a neighbouring tensor that
             // shares a page) keep their contents. memmap2 widens the range to whole pages.
-            let map = &self.shards[t.shard].map;
             let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.start, t.end - t.start) };
         }
     }

@@ -38,6 +38,7 @@ pub fn handle_signals() {
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
             return;
         }
+        SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
         transferlens::params::abandon_unfinished_writes();
         crate::eval_server::abandon();
         // SAFETY: restoring the default action and unblocking the signal in this thread, then
@@ -51,6 +52,18 @@ pub fn handle_signals() {
             libc::raise(sig);
         }
     });
+}
+
+/// Set by the signal thread when it starts ending the process.
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Waits for the end by signal when one arrived: the cleanup it does (ending an eval server, say)
+/// can make the main thread fail, and that failure must not end the process first, with a
+/// misleading message and status.
+pub fn wait_if_signalled() {
+    while SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::park();
+    }
 }
 
 /// Prints a value as pretty JSON on stdout.

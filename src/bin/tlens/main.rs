@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         Command::Criticality(args) => analyses::criticality(args),
         Command::Study(args) => study::run(args),
     };
+    common::wait_if_signalled();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
