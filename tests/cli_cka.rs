@@ -205,3 +205,91 @@ fn devices_are_refused_as_not_regular_files() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn row_count_errors_name_the_files_and_the_layers() {
+    let dir = scratch("named");
+    let mut rng = TestRng::new(21);
+    let (fa, fb) = (dir.join("acts_a.safetensors"), dir.join("acts_b.safetensors"));
+    let (x, y0, y1) = (Dense::random(&mut rng, 12, 3), Dense::random(&mut rng, 12, 2), Dense::random(&mut rng, 10, 2));
+    write_layers(&fa, &[("encoder.layer0", &x, &[12, 3])], true);
+    write_layers(&fb, &[("h0", &y0, &[12, 2]), ("h1", &y1, &[10, 2])], true);
+    let out = tlens(&["cka", fa.to_str().unwrap(), fb.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for needle in ["acts_b.safetensors layer \"h1\" has 10", "acts_a.safetensors layer \"encoder.layer0\" has 12"] {
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    // The library's own messages (a constant layer here) name the file and layer too.
+    let flat = Dense { rows: 12, cols: 2, data: vec![1.0; 24] };
+    write_layers(&fb, &[("h0", &y0, &[12, 2]), ("dead", &flat, &[12, 2])], true);
+    let out = tlens(&["cka", fa.to_str().unwrap(), fb.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("acts_b.safetensors layer \"dead\"") && !err.contains("y[1]"), "{err}");
+}
+
+#[test]
+fn a_mask_drops_padding_tokens_and_each_token_is_a_sample() {
+    let dir = scratch("mask");
+    let mut rng = TestRng::new(22);
+    let (batch, tokens) = (3, 5);
+    let keep = [1u8, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0];
+    let kept = keep.iter().filter(|&&k| k == 1).count();
+    let la = Dense::random(&mut rng, batch * tokens, 4);
+    let lb = la.mix(&mut rng, 3, 0.7);
+    // Padding rows hold large values: kept, they would change every figure.
+    let pad = |d: &Dense| Dense {
+        data: d.data.iter().enumerate().map(|(i, &v)| if keep[i / d.cols] == 1 { v } else { 1e3 * v }).collect(),
+        ..d.clone()
+    };
+    let (pa, pb) = (pad(&la), pad(&lb));
+    let gather = |d: &Dense| Dense {
+        rows: kept,
+        cols: d.cols,
+        data: (0..d.rows)
+            .filter(|&r| keep[r] == 1)
+            .flat_map(|r| d.data[r * d.cols..(r + 1) * d.cols].to_vec())
+            .collect(),
+    };
+    let (fa, fb, ga, gb) =
+        (dir.join("a.safetensors"), dir.join("b.safetensors"), dir.join("ga.safetensors"), dir.join("gb.safetensors"));
+    let f32_bytes = |d: &Dense| d.data.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect::<Vec<u8>>();
+    let mask: Vec<u8> = keep.iter().flat_map(|&k| (k as i64).to_le_bytes()).collect();
+    write_raw(
+        &fa,
+        &[
+            ("attention_mask", "I64", vec![batch, tokens], mask),
+            ("layer0", "F32", vec![batch, tokens, 4], f32_bytes(&pa)),
+        ],
+    );
+    write_raw(&fb, &[("layer0", "F32", vec![batch, tokens, 3], f32_bytes(&pb))]);
+    write_layers(&ga, &[("layer0", &gather(&pa), &[kept, 4])], true);
+    write_layers(&gb, &[("layer0", &gather(&pb), &[kept, 3])], true);
+    let masked = tlens(&[
+        "cka",
+        fa.to_str().unwrap(),
+        fb.to_str().unwrap(),
+        "--mask",
+        "attention_mask",
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(masked.status.success(), "{}", stderr(&masked));
+    let flat = tlens(&["cka", ga.to_str().unwrap(), gb.to_str().unwrap(), "--json", "--backend", "cpu"]);
+    assert!(flat.status.success(), "{}", stderr(&flat));
+    let (m, f): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_slice(&masked.stdout).unwrap(), serde_json::from_slice(&flat.stdout).unwrap());
+    assert_eq!(m["rows"], serde_json::json!(["layer0"]), "the mask is not a layer");
+    assert_eq!(m["values"], f["values"], "the kept tokens as samples, bit for bit");
+    let reference = reference_cka_feature(&gather(&la), &gather(&lb), false);
+    let got = m["values"][0][0].as_f64().unwrap();
+    assert!((got - reference).abs() < 1e-5, "{got} vs {reference}");
+    // A missing mask, and a layer whose shape does not follow the mask, are named.
+    let out = tlens(&["cka", fa.to_str().unwrap(), fb.to_str().unwrap(), "--mask", "pad"]);
+    assert!(out.status.code() == Some(1) && stderr(&out).contains("\"pad\""), "{}", stderr(&out));
+    let out = tlens(&["cka", fa.to_str().unwrap(), ga.to_str().unwrap(), "--mask", "attention_mask"]);
+    let err = stderr(&out);
+    assert!(out.status.code() == Some(1) && err.contains("ga.safetensors") && err.contains("\"layer0\""), "{err}");
+}

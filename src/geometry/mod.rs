@@ -186,6 +186,23 @@ pub fn distance(ctx: &Context, a: &ParamSet, b: &ParamSet) -> Result<Distances> 
     Ok(Distances { modules, total })
 }
 
+/// The partial sums of (x - y)^2 over the chunks of one tensor pair, in chunk order: what
+/// [`distance`] adds into a module's sum, for callers that stream tensor pairs one at a time
+/// ([`crate::params::paired_distance`]).
+pub(crate) fn sum_sq_diff_chunks(x: HostSlice<'_>, y: HostSlice<'_>) -> Result<Vec<f64>> {
+    if x.len() != y.len() {
+        fail!(ShapeMismatch, "{} elements against {}", x.len(), y.len());
+    }
+    let n = x.len();
+    Ok((0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let (start, end) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+            dispatch2!(sub(x, start, end), sub(y, start, end), sum_sq_diff)
+        })
+        .collect())
+}
+
 /// ||p_i||_2 for every module i of `p`, and the norm of all weights.
 pub fn norms(ctx: &Context, p: &ParamSet) -> Result<Distances> {
     let sums = match device::placement(ctx, &[p])? {

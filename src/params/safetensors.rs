@@ -188,7 +188,7 @@ pub fn parse_header(file: &[u8], what: &str) -> Result<Header> {
 
 /// Opens `path` for reading if it is a regular file: a FIFO, device or directory is refused
 /// before it is opened (opening a FIFO would wait for a writer; a device may never end).
-fn open_regular(path: &Path, what: &str) -> Result<(std::fs::File, u64)> {
+pub(super) fn open_regular(path: &Path, what: &str) -> Result<(std::fs::File, u64)> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let io = |e: std::io::Error| Error::Io(format!("{what}: {e}"));
     let not_regular = |t: std::fs::FileType| {

@@ -1,5 +1,8 @@
 //! Helpers shared by the commands: the backend option, JSON output, panic and signal hygiene.
 
+use std::io::IsTerminal;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 use transferlens::Result;
 
 /// A panic is a bug: report it in one line, without Rust's panic message and backtrace.
@@ -11,7 +14,8 @@ pub fn quiet_panics() {
 
 /// Signals, as Unix tools take them: a closed stdout (`tlens inspect X | head -1`) ends the
 /// process quietly by SIGPIPE instead of a failed print; SIGINT, SIGTERM and SIGHUP first remove
-/// the temporary file of an output being written, then end the process by the same signal.
+/// the temporary file of an output being written and end a running eval server (removing its
+/// candidate files), then end the process by the same signal.
 ///
 /// Call first in `main`, before any thread starts: the three signals are blocked in every thread
 /// and taken by one thread that waits for them.
@@ -34,7 +38,9 @@ pub fn handle_signals() {
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
             return;
         }
+        SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
         transferlens::params::abandon_unfinished_writes();
+        crate::eval_server::abandon();
         // SAFETY: restoring the default action and unblocking the signal in this thread, then
         // raising it here, ends the process with the signal's status, as if never handled.
         unsafe {
@@ -46,6 +52,18 @@ pub fn handle_signals() {
             libc::raise(sig);
         }
     });
+}
+
+/// Set by the signal thread when it starts ending the process.
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Waits for the end by signal when one arrived: the cleanup it does (ending an eval server, say)
+/// can make the main thread fail, and that failure must not end the process first, with a
+/// misleading message and status.
+pub fn wait_if_signalled() {
+    while SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::park();
+    }
 }
 
 /// Prints a value as pretty JSON on stdout.
@@ -77,5 +95,51 @@ impl BackendArg {
             BackendArg::Cuda => BackendChoice::Cuda,
         };
         transferlens::Context::new(choice, 0)
+    }
+}
+
+/// A progress line on stderr for work that runs longer than a second; silent when stderr is not
+/// a terminal.
+pub struct Progress {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(what: String) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress { stop: None, thread: None };
+        }
+        let (tx, rx) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let spin = ['|', '/', '-', '\\'];
+            let mut shown = false;
+            let mut k = 0;
+            loop {
+                let wait = if shown { Duration::from_millis(200) } else { Duration::from_secs(1) };
+                match rx.recv_timeout(wait) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        eprint!("\r{} {what} ({:.0} s)", spin[k % 4], t0.elapsed().as_secs_f64());
+                        shown = true;
+                        k += 1;
+                    }
+                    _ => break,
+                }
+            }
+            if shown {
+                eprint!("\r\x1b[2K");
+            }
+        });
+        Progress { stop: Some(tx), thread: Some(thread) }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

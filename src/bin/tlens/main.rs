@@ -4,8 +4,11 @@
 //! bad usage, 1 for a failure; never a panic message. A closed stdout ends `tlens` by SIGPIPE, as
 //! other Unix tools; SIGINT and SIGTERM leave no partial output file.
 
+mod analyses;
+mod checkpoints;
 mod cka;
 mod common;
+mod eval_server;
 mod study;
 mod weights;
 
@@ -17,7 +20,11 @@ use std::process::ExitCode;
     name = "tlens",
     version,
     about = "What is being transferred in transfer learning? Linear CKA, weight-space distances and the study's other analyses, for checkpoints and activations saved as safetensors.",
-    after_help = "Examples:\n  tlens inspect model.safetensors\n  tlens distance pt_t1.safetensors pt_t2.safetensors --json\n  tlens interpolate a.safetensors b.safetensors --lambda 0.5 --output mid.safetensors\n  tlens cka acts_pretrained.safetensors acts_finetuned.safetensors\n  tlens study --quick"
+    after_help = "Examples:\n  tlens inspect model.safetensors\n  tlens distance pt_t1.safetensors pt_t2.safetensors --json\n  tlens interpolate a.safetensors b.safetensors --lambda 0.5 --output mid.safetensors\n  tlens cka acts_pretrained.safetensors acts_finetuned.safetensors\n  \
+tlens curve a.safetensors b.safetensors --lambdas -1,-0.5,0,0.5,1,1.5,2 --eval-server 'python3 server.py'\n  \
+tlens rewind init.safetensors final.safetensors --eval-server 'python3 server.py'\n  \
+tlens criticality init.safetensors final.safetensors --eval-server 'python3 server.py' --samples 50000\n  \
+tlens study --quick"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,6 +37,9 @@ enum Command {
     Distance(weights::DistanceArgs),
     Interpolate(weights::InterpolateArgs),
     Cka(cka::CkaArgs),
+    Curve(analyses::CurveArgs),
+    Rewind(analyses::RewindArgs),
+    Criticality(analyses::CriticalityArgs),
     Study(study::StudyArgs),
 }
 
@@ -42,8 +52,12 @@ fn main() -> ExitCode {
         Command::Distance(args) => weights::distance(args),
         Command::Interpolate(args) => weights::interpolate(args),
         Command::Cka(args) => cka::run(args),
+        Command::Curve(args) => analyses::curve(args),
+        Command::Rewind(args) => analyses::rewind(args),
+        Command::Criticality(args) => analyses::criticality(args),
         Command::Study(args) => study::run(args),
     };
+    common::wait_if_signalled();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

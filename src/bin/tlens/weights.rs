@@ -1,19 +1,18 @@
 //! `tlens inspect`, `tlens distance`, `tlens interpolate`: checkpoints in weight space.
 
-use crate::common::{json_f64, print_json};
-use std::io::IsTerminal;
+use crate::checkpoints::{self, Pair, PairArgs};
+use crate::common::{json_f64, print_json, Progress};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use transferlens::params::paired_distance;
 use transferlens::{geometry, Context, Error, Grouping, ParamSet, Result};
 
 /// Parses `--modules` for clap, so that a bad value is a usage error (exit 2).
-fn parse_grouping(text: &str) -> std::result::Result<Grouping, String> {
+pub fn parse_grouping(text: &str) -> std::result::Result<Grouping, String> {
     Grouping::parse(text).map_err(|e| e.to_string())
 }
 
 /// Parses `--lambda`: any finite real number.
-fn parse_lambda(text: &str) -> std::result::Result<f64, String> {
+pub fn parse_lambda(text: &str) -> std::result::Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
         Ok(v) => Err(format!("lambda must be a finite number, got {v}")),
@@ -30,7 +29,8 @@ fn parse_lambda(text: &str) -> std::result::Result<f64, String> {
 JSON (--json): {\"tensors\": [{\"name\", \"dtype\", \"shape\", \"numel\", \"weight\"}], \
 \"modules\": [{\"name\", \"numel\", \"tensors\"}], \"weight_numel\", \"left_out\": [names], \"metadata\": {}}")]
 pub struct InspectArgs {
-    /// The checkpoint (safetensors).
+    /// The checkpoint: a safetensors file, a directory holding model.safetensors, or a sharded
+    /// checkpoint (its directory or its model.safetensors.index.json).
     ckpt: PathBuf,
     /// How tensor names group into modules: first, depth:N, tensor, prefixes:P1,P2,...
     #[arg(long, default_value = "first", value_parser = parse_grouping)]
@@ -43,14 +43,19 @@ pub struct InspectArgs {
 /// The l2 distance between two checkpoints, per module and in total.
 ///
 /// Per module i: ||a_i - b_i||_2 over all its weights, accumulated in f64 whatever the storage
-/// dtype; total = sqrt(sum of the squares). Both files must hold the same weights (names and
-/// shapes); non-weight dtypes are left out.
+/// dtype; total = sqrt(sum of the squares). Both checkpoints must hold the same weights (names
+/// and shapes) unless --only-shared, --strip-prefix-a/-b or --exclude say otherwise; non-weight
+/// dtypes are left out. Checkpoints are mapped and read one tensor pair at a time, so memory
+/// stays far below their size.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  tlens distance pt_t1.safetensors pt_t2.safetensors\n  \
-tlens distance init.safetensors final.safetensors --modules prefixes:layer1,layer2 --json\n\n\
-JSON (--json): {\"modules\": [{\"name\": str, \"numel\": int, \"distance\": float}, ...], \"total\": float}")]
+tlens distance init.safetensors final.safetensors --modules prefixes:layer1,layer2 --json\n  \
+tlens distance pretrained/ finetuned/ --strip-prefix-a model.0.auto_model. --only-shared\n\n\
+JSON (--json): {\"modules\": [{\"name\": str, \"numel\": int, \"distance\": float}, ...], \"total\": float, \
+\"numel\": int, \"left_out\": [{\"name\", \"a\", \"b\", \"reason\", \"detail\"}]}")]
 pub struct DistanceArgs {
-    /// The first checkpoint (its module grouping is used).
+    /// The first checkpoint (a safetensors file, a directory holding model.safetensors, or a
+    /// sharded checkpoint's directory or index).
     a: PathBuf,
     /// The second checkpoint.
     b: PathBuf,
@@ -59,6 +64,8 @@ pub struct DistanceArgs {
     /// unmatched tensors are their own modules).
     #[arg(long, default_value = "first", value_parser = parse_grouping)]
     modules: Grouping,
+    #[command(flatten)]
+    pairing: PairArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -68,14 +75,18 @@ pub struct DistanceArgs {
 ///
 /// Computed in f32 (f64 for f64 tensors) and rounded once to each tensor's dtype; L = 0 and
 /// L = 1 reproduce A and B bit for bit. Non-weight tensors (integer dtypes) are copied from A,
-/// and so is A's metadata. The output is written atomically; it may not be A or B. A symlink at
+/// and so is A's metadata; with --only-shared, so are A's weights that B lacks (a fresh head).
+/// Prints what it wrote. The output is written atomically; it may not be A or B. A symlink at
 /// the output path is kept (the file it points to is replaced, keeping its permissions). A
 /// result that is not finite (an overflow at a large L) is an error and writes nothing.
 #[derive(clap::Args)]
 #[command(
     allow_negative_numbers = true,
     after_help = "Examples:\n  tlens interpolate pt_t1.safetensors pt_t2.safetensors --lambda 0.5 --output mid.safetensors\n  \
-tlens interpolate a.safetensors b.safetensors --lambda -1 --output extrapolated.safetensors"
+tlens interpolate a.safetensors b.safetensors --lambda -1 --output extrapolated.safetensors\n  \
+tlens interpolate finetuned/ pretrained.safetensors --only-shared --lambda 0.5 --output mid.safetensors\n\n\
+JSON (--json): {\"output\", \"lambda\", \"tensors\", \"interpolated\", \"interpolated_numel\", \
+\"copied_from_a\": [names], \"not_weights\": [names], \"left_out\": [...]}"
 )]
 pub struct InterpolateArgs {
     /// Checkpoint A (lambda = 0).
@@ -88,67 +99,20 @@ pub struct InterpolateArgs {
     /// Where to write the result (safetensors).
     #[arg(long)]
     output: PathBuf,
-}
-
-/// A progress line on stderr for work that runs longer than a second; silent when stderr is not
-/// a terminal.
-struct Progress {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Progress {
-    fn start(what: String) -> Progress {
-        if !std::io::stderr().is_terminal() {
-            return Progress { stop: None, thread: None };
-        }
-        let (tx, rx) = mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let spin = ['|', '/', '-', '\\'];
-            let mut shown = false;
-            let mut k = 0;
-            loop {
-                let wait = if shown { Duration::from_millis(200) } else { Duration::from_secs(1) };
-                match rx.recv_timeout(wait) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        eprint!("\r{} {what} ({:.0} s)", spin[k % 4], t0.elapsed().as_secs_f64());
-                        shown = true;
-                        k += 1;
-                    }
-                    _ => break,
-                }
-            }
-            if shown {
-                eprint!("\r\x1b[2K");
-            }
-        });
-        Progress { stop: Some(tx), thread: Some(thread) }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    #[command(flatten)]
+    pairing: PairArgs,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn load(path: &Path) -> Result<ParamSet> {
     let _p = Progress::start(format!("reading {}", path.display()));
-    ParamSet::load(path)
-}
-
-/// Checks that B holds A's weights, naming the files and the first differing tensor.
-fn check_pair(a: &ParamSet, b: &ParamSet, pa: &Path, pb: &Path) -> Result<()> {
-    let (na, nb) = (pa.display().to_string(), pb.display().to_string());
-    transferlens::params::match_weights(a, b, &na, &nb).map(|_| ())
+    checkpoints::open(path)?.load()
 }
 
 /// Names both files in an error that speaks of "a" and "b".
-fn in_files(e: Error, pa: &Path, pb: &Path) -> Error {
+pub fn in_files(e: Error, pa: &Path, pb: &Path) -> Error {
     let prefix = format!("A = {}, B = {}: ", pa.display(), pb.display());
     match e {
         Error::UnsupportedDtype(m) => Error::UnsupportedDtype(prefix + &m),
@@ -223,35 +187,32 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
 }
 
 pub fn distance(args: DistanceArgs) -> Result<()> {
-    let mut a = load(&args.a)?;
-    let b = load(&args.b)?;
-    a.set_grouping(args.modules)?;
-    check_pair(&a, &b, &args.a, &args.b)?;
-    let ctx = Context::cpu();
-    let d = {
+    let pair = Pair::open(&args.a, &args.b, &args.pairing)?;
+    let (modules, total) = {
         let _p = Progress::start("computing distances".into());
-        geometry::distance(&ctx, &a, &b).map_err(|e| in_files(e, &args.a, &args.b))?
+        paired_distance(&pair.a, &pair.b, &pair.pairing, &args.modules).map_err(|e| in_files(e, &args.a, &args.b))?
     };
+    let numel: u64 = modules.iter().map(|m| m.numel).sum();
     if args.json {
-        let modules: Vec<_> = a
-            .modules()
+        let list: Vec<_> = modules
             .iter()
-            .zip(&d.modules)
-            .map(|(m, &dist)| serde_json::json!({"name": m.name, "numel": m.numel, "distance": json_f64(dist)}))
+            .map(|m| serde_json::json!({"name": m.name, "numel": m.numel, "distance": json_f64(m.distance)}))
             .collect();
-        print_json(&serde_json::json!({"modules": modules, "total": json_f64(d.total)}));
+        print_json(&serde_json::json!({
+            "modules": list,
+            "total": json_f64(total),
+            "numel": numel,
+            "left_out": pair.left_out_json(),
+        }));
         return Ok(());
     }
-    let w = a.modules().iter().map(|m| m.name.len()).max().unwrap_or(0).max(6);
+    let w = modules.iter().map(|m| m.name.len()).max().unwrap_or(0).max(6);
     println!("{:w$}  {:>12}  {:>14}", "module", "numel", "l2 distance");
-    for (m, dist) in a.modules().iter().zip(&d.modules) {
-        println!("{:w$}  {:>12}  {:>14.6}", m.name, m.numel, dist);
+    for m in &modules {
+        println!("{:w$}  {:>12}  {:>14.6}", m.name, m.numel, m.distance);
     }
-    println!("{:w$}  {:>12}  {:>14.6}", "total", a.weight_numel(), d.total);
-    let left: Vec<_> = a.left_out().map(|t| t.name().to_string()).collect();
-    if !left.is_empty() {
-        println!("left out (not weights): {}", left.join(", "));
-    }
+    println!("{:w$}  {:>12}  {:>14.6}", "total", numel, total);
+    pair.print_left_out();
     Ok(())
 }
 
@@ -276,17 +237,52 @@ fn check_output_is_not_an_input(output: &Path, inputs: &[(&str, &Path)]) -> Resu
 
 pub fn interpolate(args: InterpolateArgs) -> Result<()> {
     check_output_is_not_an_input(&args.output, &[("A", &args.a), ("B", &args.b)])?;
-    let a = load(&args.a)?;
-    let b = load(&args.b)?;
-    check_pair(&a, &b, &args.a, &args.b)?;
-    // A copy of A receives the result (its non-weights and metadata are A's).
+    let pair = Pair::open(&args.a, &args.b, &args.pairing)?;
+    let (a, b) = {
+        let _p = Progress::start("reading the checkpoints".into());
+        pair.sets_on_a(&Grouping::Tensor)?
+    };
+    // A copy of A receives the result (its non-weights, unpaired weights and metadata are A's).
     let mut out = a.try_clone()?;
     {
         let _p = Progress::start(format!("interpolating (lambda = {})", args.lambda));
         geometry::interpolate(&Context::cpu(), &a, &b, args.lambda, &mut out)
             .map_err(|e| in_files(e, &args.a, &args.b))?;
     }
-    let _p = Progress::start(format!("writing {}", args.output.display()));
-    out.save(&args.output)?;
+    {
+        let _p = Progress::start(format!("writing {}", args.output.display()));
+        out.save(&args.output)?;
+    }
+    let copied = pair.copied_from_a();
+    let not_weights: Vec<&str> =
+        pair.a.tensors().iter().filter(|t| t.dtype().weight().is_none()).map(|t| t.name()).collect();
+    let interpolated = b.tensors().len();
+    if args.json {
+        print_json(&serde_json::json!({
+            "output": args.output.display().to_string(),
+            "lambda": args.lambda,
+            "tensors": out.tensors().len(),
+            "interpolated": interpolated,
+            "interpolated_numel": a.weight_numel(),
+            "copied_from_a": copied,
+            "not_weights": not_weights,
+            "left_out": pair.left_out_json(),
+        }));
+        return Ok(());
+    }
+    println!(
+        "wrote {}: {} tensors; {interpolated} weights ({} parameters) at (1 - {l}) A + {l} B",
+        args.output.display(),
+        out.tensors().len(),
+        a.weight_numel(),
+        l = args.lambda
+    );
+    if !copied.is_empty() {
+        println!("copied from A unchanged (not in B or not matching): {}", copied.join(", "));
+    }
+    if !not_weights.is_empty() {
+        println!("copied from A (not weights): {}", not_weights.join(", "));
+    }
+    pair.print_left_out();
     Ok(())
 }
