@@ -1,110 +1,124 @@
-//! The embedded study: a miniature of "What is being transferred in transfer learning?" that
-//! runs with no download (docs/analyses.md, section 10).
+//! The embedded study: a miniature of "What is being transferred in transfer learning?"
+//! (Neyshabur, Sedghi and Zhang, NeurIPS 2020) that runs with no download (docs/analyses.md,
+//! section 10).
 //!
-//! Two image tasks are generated procedurally: 12 x 12 single-channel images of short strokes.
-//! The source task's class is the orientation of its strokes (8 orientations); the target's class
-//! is one of 4 other orientations times the stroke length (short or long), so both tasks are read
-//! through oriented-stroke features, and block shuffling (which cuts strokes apart) hurts a model
-//! that reuses them. The target has few training images, so that what P learned matters.
+//! The images are procedural 3 x 24 x 24 pictures (`domains`, docs/study-domains.md): a 20-class
+//! source task and four target domains after the paper's DomainNet real, clipart and quickdraw
+//! and CheXpert. The network is the built-in CNN (`models::study_spec`). Per seed the study
+//! trains RI, P (with checkpoints), and per target domain two P-T, two RI-T from two inits and
+//! two RI-T from one init (`models`); every section then measures one experiment of the paper on
+//! every seed and checks its findings per seed ("held in k of n seeds").
 //!
-//! Models (the built-in MLP 144-128-64-32-8, modules fc1..fc4): RI (random init), P (trained on
-//! the source), two P-T (P fine-tuned on the target with a fresh head, differing in data order),
-//! two RI-T (trained on the target from two random inits) and two RI-T from one init (differing
-//! in data order). Every analysis of the library is run on them and the headline findings of the
-//! study are checked, each reported as held or not.
-//!
-//! Files: `tasks` (the images), `models` (training), `features` and `weight_space` (one function
-//! per analysis section, each returning its part of study.json, its table and its findings),
-//! `report` (the HTML page).
+//! Files: `domains` (the images), `models` (data and training), one file per family of sections
+//! (`training`: accuracy, learning curves, pre-training checkpoints; `features`: CKA, mistakes,
+//! block shuffle; `weight_space`: distances, interpolation, basins, criticality, rewind), `report`
+//! (the HTML page and its plots), and `export` (models and data as safetensors).
 
 mod domains;
 mod features;
 mod models;
 mod report;
-mod tasks;
+mod training;
 mod weight_space;
 
 pub use domains::{contact_sheet, domain, DomainKind, Split, IMAGE};
-pub use tasks::{tasks, Task, SIDE};
+pub use models::study_spec;
 
 use crate::atomic_write::write_atomic;
 use crate::backend::Context;
-use crate::criticality::Search;
 use crate::error::Result;
-use crate::model::Mlp;
+use models::Trainset;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
 /// How big a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// A few seconds: for tests of the pipeline, not of the findings.
+    Tiny,
+    /// Within a minute on two cores.
+    Quick,
+    /// The default run.
+    Full,
+}
+
+/// A run's settings: the data, the training and each family of sections' own settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub name: &'static str,
+    pub size: Size,
+    /// Seeds 0..seeds: each trains every model anew (the images are shared).
+    pub seeds: usize,
+    /// The target domains, nearest to the source first.
+    pub domains: Vec<DomainKind>,
+    /// Seeds the images (the same in every seed of the run).
+    pub data_seed: u64,
     pub source_train: usize,
+    pub source_validation: usize,
+    pub source_test: usize,
     pub target_train: usize,
+    pub target_validation: usize,
     pub target_test: usize,
-    /// Rows of the target's training sample on which criticality is measured (the sample S of the
-    /// definition and of the bound).
-    pub criticality_rows: usize,
+    pub batch: usize,
     pub source_epochs: usize,
+    pub source_lr: f64,
+    /// P's checkpoints: the epochs after which its weights are kept (increasing; the last is
+    /// `source_epochs`).
+    pub checkpoint_epochs: Vec<usize>,
     pub target_epochs: usize,
-    /// Interpolation points per unit of lambda on [-1, 2].
-    pub lambda_per_unit: usize,
-    pub criticality_search: Search,
-    pub criticality_samples: usize,
-    /// Block sizes of the shuffle sweep (each divides SIDE; SIDE itself is the identity).
-    pub blocks: Vec<usize>,
-    pub rewind_points: usize,
+    pub target_lr: f64,
+    pub training: training::Settings,
+    pub features: features::Settings,
+    pub weight_space: weight_space::Settings,
 }
 
 impl Config {
-    pub fn full() -> Config {
+    pub fn new(size: Size) -> Config {
+        let name = match size {
+            Size::Tiny => "tiny",
+            Size::Quick => "quick",
+            Size::Full => "full",
+        };
+        let (seeds, source_train, target_train, test, source_epochs, target_epochs) = match size {
+            Size::Tiny => (2, 200, 60, 60, 2, 2),
+            Size::Quick => (1, 1000, 200, 300, 6, 10),
+            Size::Full => (3, 2000, 300, 500, 8, 12),
+        };
+        let domains = match size {
+            Size::Tiny => vec![DomainKind::Real, DomainKind::Far],
+            _ => DomainKind::targets().to_vec(),
+        };
         Config {
-            name: "full",
-            source_train: 8000,
-            target_train: 400,
-            target_test: 2000,
-            criticality_rows: 1000,
-            source_epochs: 20,
-            target_epochs: 40,
-            lambda_per_unit: 20,
-            criticality_search: Search::Refined { alphas: 11, tolerance: 0.02, alpha_steps: 6 },
-            criticality_samples: 10,
-            blocks: vec![1, 2, 3, 4, 6, 12],
-            rewind_points: 11,
+            name,
+            size,
+            seeds,
+            domains,
+            data_seed: 2020,
+            source_train,
+            source_validation: test,
+            source_test: test,
+            target_train,
+            target_validation: test,
+            target_test: test,
+            batch: 32,
+            source_epochs,
+            source_lr: 0.05,
+            checkpoint_epochs: vec![source_epochs / 2, source_epochs],
+            target_epochs,
+            target_lr: 0.05,
+            training: training::Settings::new(size),
+            features: features::Settings::new(size),
+            weight_space: weight_space::Settings::new(size),
         }
+    }
+    pub fn full() -> Config {
+        Config::new(Size::Full)
     }
     pub fn quick() -> Config {
-        Config {
-            name: "quick",
-            source_train: 4000,
-            target_train: 400,
-            target_test: 1000,
-            criticality_rows: 400,
-            source_epochs: 12,
-            target_epochs: 30,
-            lambda_per_unit: 10,
-            criticality_search: Search::Refined { alphas: 11, tolerance: 0.05, alpha_steps: 0 },
-            criticality_samples: 10,
-            blocks: vec![1, 2, 4, 12],
-            rewind_points: 6,
-        }
+        Config::new(Size::Quick)
     }
-    /// A few seconds: for tests of the pipeline, not of the findings.
     pub fn tiny() -> Config {
-        Config {
-            name: "tiny",
-            source_train: 600,
-            target_train: 150,
-            target_test: 200,
-            criticality_rows: 100,
-            source_epochs: 4,
-            target_epochs: 6,
-            lambda_per_unit: 3,
-            criticality_search: Search::Refined { alphas: 3, tolerance: 0.3, alpha_steps: 0 },
-            criticality_samples: 3,
-            blocks: vec![1, 12],
-            rewind_points: 3,
-        }
+        Config::new(Size::Tiny)
     }
 }
 
@@ -114,7 +128,7 @@ pub const BARRIER_TOLERANCE: f64 = 0.01;
 /// A report of progress: (what is running, fraction done).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, f64);
 
-/// The study's figures, as JSON (see [`run`]) with the tables as text.
+/// The study's figures, as JSON (see [`run`]) with the tables as text and the HTML report.
 pub struct Outcome {
     pub json: Value,
     pub tables: String,
@@ -133,126 +147,188 @@ impl Outcome {
     }
 }
 
-/// What every section reads: where to compute, the configuration, the model, the tasks and the
-/// trained models.
-struct Inputs<'a> {
-    ctx: &'a Context,
-    cfg: &'a Config,
-    mlp: &'a Mlp,
-    /// The model's module names, `fc1` ... `fc4`.
-    layers: Vec<String>,
-    source: &'a Task,
-    target: &'a Task,
-    models: &'a models::Models,
+/// What every section reads.
+pub(crate) struct Inputs<'a> {
+    pub ctx: &'a Context,
+    pub cfg: &'a Config,
+    pub set: &'a Trainset,
 }
 
-/// A headline claim of the study, checked on this run's figures.
-struct Finding {
-    claim: String,
-    held: bool,
-    evidence: String,
+/// A claim of the paper, checked on every seed against a criterion written down before the
+/// run (docs/analyses.md, section 10).
+pub(crate) struct Finding {
+    pub claim: String,
+    /// The criterion, as evaluated per seed.
+    pub criterion: String,
+    /// Per seed: whether the criterion held, and the figures it was decided on.
+    pub per_seed: Vec<(bool, String)>,
+}
+
+/// How a finding fared over the seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// In every seed.
+    Held,
+    /// In some seeds, not all.
+    Mixed,
+    /// In none.
+    NotHeld,
 }
 
 impl Finding {
-    fn new(claim: impl Into<String>, held: bool, evidence: String) -> Finding {
-        Finding { claim: claim.into(), held, evidence }
+    pub fn new(claim: impl Into<String>, criterion: impl Into<String>, per_seed: Vec<(bool, String)>) -> Finding {
+        Finding { claim: claim.into(), criterion: criterion.into(), per_seed }
+    }
+    pub fn held_in(&self) -> usize {
+        self.per_seed.iter().filter(|s| s.0).count()
+    }
+    pub fn verdict(&self) -> Verdict {
+        match self.held_in() {
+            k if k == self.per_seed.len() => Verdict::Held,
+            0 => Verdict::NotHeld,
+            _ => Verdict::Mixed,
+        }
+    }
+    fn to_json(&self) -> Value {
+        let verdict = match self.verdict() {
+            Verdict::Held => "held",
+            Verdict::Mixed => "mixed",
+            Verdict::NotHeld => "not held",
+        };
+        json!({
+            "claim": self.claim,
+            "criterion": self.criterion,
+            "held": self.verdict() == Verdict::Held,
+            "verdict": verdict,
+            "held_in": self.held_in(),
+            "seeds": self.per_seed.len(),
+            "per_seed": self.per_seed.iter().map(|(h, e)| json!({"held": h, "evidence": e})).collect::<Vec<_>>(),
+        })
     }
 }
 
-/// What one analysis section adds to the outcome.
-#[derive(Default)]
-struct Section {
-    /// Its keys of study.json, in order.
-    json: Map<String, Value>,
-    /// Its table, as printed.
-    table: String,
-    findings: Vec<Finding>,
+/// A line of a plot: the mean over seeds at each x, with the smallest and largest seed's value
+/// as a band (equal to the mean for one seed).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Line {
+    pub name: String,
+    pub mean: Vec<f64>,
+    pub low: Vec<f64>,
+    pub high: Vec<f64>,
 }
 
-/// A named line of a plot: one value per point.
-type Series = (String, Vec<f64>);
+impl Line {
+    /// The line of per-seed values `per_seed[seed][point]`.
+    pub fn over_seeds(name: impl Into<String>, per_seed: &[Vec<f64>]) -> Line {
+        let points = per_seed.first().map_or(0, |v| v.len());
+        let at = |i: usize| per_seed.iter().map(move |s| s[i]);
+        Line {
+            name: name.into(),
+            mean: (0..points).map(|i| at(i).sum::<f64>() / per_seed.len() as f64).collect(),
+            low: (0..points).map(|i| at(i).fold(f64::INFINITY, f64::min)).collect(),
+            high: (0..points).map(|i| at(i).fold(f64::NEG_INFINITY, f64::max)).collect(),
+        }
+    }
+}
 
-/// What the report plots, filled in by the sections that measure it.
+/// A plot of the report.
+#[derive(Debug, Clone)]
+pub(crate) enum Chart {
+    /// Lines over a shared x axis; `x_labels` names the ticks (categories such as layers) when
+    /// given, else the ticks are round numbers. `y_range` fixes the y axis (CKA within [0, 1]).
+    /// `marks` are (x, label) vertical markers, such as the two models of an interpolation.
+    Lines {
+        x: Vec<f64>,
+        x_labels: Option<Vec<String>>,
+        lines: Vec<Line>,
+        y_range: Option<(f64, f64)>,
+        marks: Vec<(f64, String)>,
+        x_label: String,
+        y_label: String,
+    },
+    /// A matrix of values in [lo, hi] (a layer-by-layer CKA map), rows and columns named.
+    Heatmap { rows: Vec<String>, columns: Vec<String>, values: Vec<Vec<f64>>, range: (f64, f64) },
+}
+
+/// A plot with its title and a caption saying what to look for.
+#[derive(Debug, Clone)]
+pub(crate) struct Figure {
+    pub title: String,
+    pub caption: String,
+    pub chart: Chart,
+}
+
+/// What one section adds to the outcome.
 #[derive(Default)]
-struct Plots {
-    /// The interpolation curves' lambdas, and the target test error along each curve.
-    lambdas: Vec<f64>,
-    interpolation: Vec<Series>,
-    /// CKA per layer of each pairing.
-    cka: Vec<Series>,
-    /// Module criticality of each model.
-    criticality: Vec<Series>,
-    /// (block size, P-T accuracy, RI-T accuracy) of the block-shuffle sweep.
-    block_shuffle: Vec<(usize, f64, f64)>,
+pub(crate) struct Section {
+    /// Its heading in the report.
+    pub title: String,
+    /// Its keys of study.json, in order.
+    pub json: Map<String, Value>,
+    /// Its tables, as printed.
+    pub table: String,
+    pub findings: Vec<Finding>,
+    pub figures: Vec<Figure>,
 }
 
 /// A float for JSON: non-finite values (an infeasible criticality) become null.
-fn num(v: f64) -> Value {
+pub(crate) fn num(v: f64) -> Value {
     serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
 }
 
-fn mean(v: &[f64]) -> f64 {
+pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// Runs the study with configuration `cfg`: training on the CPU, the analyses on `ctx`'s backend
-/// where they have a CUDA path (CKA, and the evaluations of curves, barriers and criticality).
+/// where they have a CUDA path.
 pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
     let started = std::time::Instant::now();
-    let mlp = Mlp::new(&[SIDE * SIDE, 128, 64, 32, tasks::CLASSES])?;
-    progress("generating the tasks", 0.0);
-    let (source, target) = tasks(cfg)?;
-    let models = models::train_models(ctx, &mlp, cfg, &source, &target, progress)?;
-    let inputs =
-        Inputs { ctx, cfg, mlp: &mlp, layers: mlp.layer_names(), source: &source, target: &target, models: &models };
-
-    let mut plots = Plots::default();
-    progress("evaluating", 0.2);
-    let mut sections = vec![features::accuracy(&inputs)?];
-    progress("CKA per layer", 0.25);
-    sections.push(features::cka(&inputs, &mut plots)?);
-    progress("distances", 0.3);
-    sections.push(weight_space::distance(&inputs)?);
-    progress("interpolation curves", 0.35);
-    sections.push(weight_space::barrier(&inputs, &mut plots)?);
-    progress("module criticality", 0.45);
-    sections.push(weight_space::criticality(&inputs, &mut plots, progress)?);
-    progress("rewind curves", 0.78);
-    sections.push(weight_space::rewind(&inputs)?);
-    progress("block-shuffle sweep", 0.82);
-    sections.push(features::block_shuffle(&inputs, &mut plots)?);
-    progress("agreement", 0.95);
-    sections.push(features::agreement(&inputs)?);
+    let set = models::train_all(cfg, progress)?;
+    let inputs = Inputs { ctx, cfg, set: &set };
+    let mut sections = Vec::new();
+    sections.extend(training::sections(&inputs, progress)?);
+    sections.extend(features::sections(&inputs, progress)?);
+    sections.extend(weight_space::sections(&inputs, progress)?);
 
     let mut tables: String = sections.iter().map(|s| s.table.as_str()).collect();
     let mut json = Map::new();
     json.insert("config".into(), json!(cfg.name));
-    json.insert("model".into(), json!({"sizes": mlp.sizes(), "modules": inputs.layers}));
-    let mut findings = Vec::new();
-    for section in sections {
-        json.extend(section.json);
-        findings.extend(section.findings);
-    }
-    tables.push_str(&findings_table(&findings));
+    json.insert("seeds".into(), json!(cfg.seeds));
+    json.insert("domains".into(), json!(cfg.domains.iter().map(|d| d.name()).collect::<Vec<_>>()));
     json.insert(
-        "findings".into(),
-        findings.iter().map(|f| json!({"claim": f.claim, "held": f.held, "evidence": f.evidence})).collect(),
+        "model".into(),
+        json!({"spec": serde_json::from_str::<Value>(&study_spec(10)).expect("the spec is JSON"),
+               "modules": set.source_cnn.module_names()}),
     );
+    let mut findings = Vec::new();
+    for section in &sections {
+        json.extend(section.json.clone());
+    }
+    for section in &mut sections {
+        findings.append(&mut section.findings);
+    }
+    tables.push_str(&findings_table(&findings, cfg.seeds));
+    json.insert("findings".into(), findings.iter().map(Finding::to_json).collect());
     json.insert("seconds".into(), num(started.elapsed().as_secs_f64()));
     let json = Value::Object(json);
-    let html = report::html(&json, &inputs.layers, &plots, &tables);
+    let html = report::html(&json, &findings, &sections, &tables);
     progress("done", 1.0);
     Ok(Outcome { json, tables, html })
 }
 
-/// The findings, each marked held or not, and how many held.
-fn findings_table(findings: &[Finding]) -> String {
+/// The findings, each with how many seeds it held in.
+fn findings_table(findings: &[Finding], seeds: usize) -> String {
     let mut table = String::from("\nFindings of the study\n");
     for f in findings {
-        let mark = if f.held { "held" } else { "NOT held" };
-        table.push_str(&format!("  [{mark}] {} ({})\n", f.claim, f.evidence));
+        let mark = match f.verdict() {
+            Verdict::Held => "held",
+            Verdict::Mixed => "mixed",
+            Verdict::NotHeld => "NOT held",
+        };
+        table.push_str(&format!("  [{mark}, {} of {seeds} seeds] {}\n", f.held_in(), f.claim));
     }
-    let held = findings.iter().filter(|f| f.held).count();
-    table.push_str(&format!("  {held} of {} held.\n", findings.len()));
+    let held = findings.iter().filter(|f| f.verdict() == Verdict::Held).count();
+    table.push_str(&format!("  {held} of {} held in every seed.\n", findings.len()));
     table
 }
