@@ -95,7 +95,7 @@ impl Config {
         };
         let (target_train, target_validation, target_test, target_epochs) = match size {
             Size::Tiny => (60, 60, 60, 2),
-            Size::Quick => (200, 200, 300, 10),
+            Size::Quick => (200, 200, 300, 8),
             Size::Full => (300, 300, 500, 12),
         };
         let checkpoint_epochs = match size {

@@ -440,3 +440,51 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
     }
     Ok(Trainset { source_cnn, target_cnns, source, targets, seeds: all, lrs })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every weight of every model of a run, in a fixed order.
+    fn all_weights(set: &Trainset) -> Vec<Vec<f32>> {
+        let mut sets: Vec<&ParamSet> = Vec::new();
+        for s in &set.seeds {
+            sets.extend([&s.ri, &s.p.weights]);
+            sets.extend(s.p_checkpoints.iter().map(|(_, w)| w));
+            for m in &s.domains {
+                sets.extend(m.pt.iter().chain(&m.rit).chain(&m.rit_same).map(|t| &t.weights));
+            }
+            sets.extend(s.sweep.iter().map(|(_, t)| &t.weights));
+        }
+        sets.iter().flat_map(|p| p.tensors().iter().map(|t| t.host().unwrap().to_f32().into_owned())).collect()
+    }
+
+    #[test]
+    fn parallel_training_gives_the_models_of_a_serial_run() {
+        let cfg = Config { seeds: 2, ..Config::tiny() };
+        let on_threads = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| train_all(&cfg, &mut |_, _| {})).unwrap()
+        };
+        let (serial, parallel) = (on_threads(1), on_threads(4));
+        assert_eq!(all_weights(&serial), all_weights(&parallel));
+        assert_eq!(
+            serial.lrs.iter().map(|l| (l.pt, l.rit)).collect::<Vec<_>>(),
+            parallel.lrs.iter().map(|l| (l.pt, l.rit)).collect::<Vec<_>>()
+        );
+        // The grid's models at the chosen rates are seed 0's first P-T and first RI-T.
+        for (d, lrs) in serial.lrs.iter().enumerate() {
+            let m = &serial.seeds[0].domains[d];
+            assert_eq!((m.pt[0].options.lr, m.rit[0].options.lr), (lrs.pt, lrs.rit));
+            let point = lrs.grid.iter().find(|g| g.lr == lrs.pt).unwrap();
+            assert_eq!(point.pt_loss, m.pt[0].train_loss);
+        }
+        // The sweep's last model is the first P-T of the sweep's domain, from P itself.
+        let real = serial.target_index(cfg.sweep_domain).unwrap();
+        for s in &serial.seeds {
+            assert_eq!(s.sweep.len(), cfg.checkpoint_epochs.len());
+            assert_eq!(s.sweep.last().unwrap().1.train_loss, s.domains[real].pt[0].train_loss);
+            assert_ne!(s.sweep[0].1.train_loss, s.domains[real].pt[0].train_loss, "an earlier checkpoint differs");
+        }
+    }
+}
