@@ -245,14 +245,16 @@ fn parallel<I: Send, T: Send>(
     })
 }
 
+/// One seed's pre-training: RI, P, and P's checkpoints (see [`SeedModels`]).
+struct Pretrained {
+    ri: ParamSet,
+    p: Trained,
+    checkpoints: Vec<(usize, ParamSet)>,
+}
+
 /// P of one seed, trained in segments that end at the checkpoint epochs (each segment restarts
-/// the momentum buffer); returns P and its checkpoints.
-fn pretrain(
-    cfg: &Config,
-    cnn: &Cnn,
-    source: &TaskData,
-    seed: u64,
-) -> Result<(ParamSet, Trained, Vec<(usize, ParamSet)>)> {
+/// the momentum buffer).
+fn pretrain(cfg: &Config, cnn: &Cnn, source: &TaskData, seed: u64) -> Result<Pretrained> {
     let base = 1000 * seed;
     let ri = cnn.init(base + 1)?;
     let mut p = ri.try_clone()?;
@@ -266,7 +268,7 @@ fn pretrain(
         done = epoch;
     }
     let p = Trained { init: ri.try_clone()?, weights: p, train_loss: p_loss, options: source_options(cfg, base + 2) };
-    Ok((ri, p, p_checkpoints))
+    Ok(Pretrained { ri, p, checkpoints: p_checkpoints })
 }
 
 /// Which model a job of the last phase trains.
@@ -302,7 +304,7 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
     )?;
 
     // The grid: seed 0's first P-T and first RI-T at every rate, on every domain.
-    let p0 = &pretrained[0].1.weights;
+    let p0 = &pretrained[0].p.weights;
     let mut grid_jobs = Vec::new();
     for (d, (cnn, data)) in target_cnns.iter().zip(&targets).enumerate() {
         let ts = TargetSeeds::new(0, d);
@@ -369,7 +371,7 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
     let sweep_index = targets.iter().position(|t| t.kind == cfg.sweep_domain);
     let mut jobs = Vec::new();
     for (i, &seed) in seeds.iter().enumerate() {
-        let p = &pretrained[i].1.weights;
+        let p = &pretrained[i].p.weights;
         for (d, (cnn, data)) in target_cnns.iter().zip(&targets).enumerate() {
             let ts = TargetSeeds::new(seed, d);
             let (pt_lr, rit_lr) = (lrs[d].pt, lrs[d].rit);
@@ -389,7 +391,7 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
             jobs.push((Slot::Target(i, d, 4), job(rit_init.try_clone()?, rit_lr, ts.rit_same_order[0])));
             jobs.push((Slot::Target(i, d, 5), job(rit_init, rit_lr, ts.rit_same_order[1])));
             if Some(d) == sweep_index {
-                let checkpoints = &pretrained[i].2;
+                let checkpoints = &pretrained[i].checkpoints;
                 for (c, (_, weights)) in checkpoints.iter().enumerate().take(checkpoints.len() - 1) {
                     let init = with_fresh_head(cnn, weights, ts.pt_head[0])?;
                     jobs.push((Slot::Sweep(i, c), job(init, pt_lr, ts.pt_order[0])));
@@ -403,7 +405,7 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
     let mut target_slots: Vec<Vec<[Option<Trained>; 6]>> =
         seeds.iter().map(|_| targets.iter().map(|_| Default::default()).collect()).collect();
     let mut sweep_slots: Vec<Vec<Option<Trained>>> =
-        pretrained.iter().map(|(_, _, c)| c.iter().map(|_| None).collect()).collect();
+        pretrained.iter().map(|pre| pre.checkpoints.iter().map(|_| None).collect()).collect();
     for (d, [pt, rit]) in chosen.into_iter().enumerate() {
         target_slots[0][d][0] = Some(pt);
         target_slots[0][d][2] = Some(rit);
@@ -415,7 +417,9 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
         }
     }
     let mut all = Vec::with_capacity(cfg.seeds);
-    for ((i, (ri, p, p_checkpoints)), slots) in pretrained.into_iter().enumerate().zip(target_slots) {
+    for ((i, Pretrained { ri, p, checkpoints: p_checkpoints }), slots) in
+        pretrained.into_iter().enumerate().zip(target_slots)
+    {
         let mut domains = Vec::with_capacity(targets.len());
         for (data, slot) in targets.iter().zip(slots) {
             let [Some(pt0), Some(pt1), Some(rit0), Some(rit1), Some(same0), Some(same1)] = slot else {
