@@ -287,12 +287,12 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
     let source_cnn = Cnn::from_json(&study_spec(DomainKind::Source.classes()))?;
     let target_cnns =
         cfg.domains.iter().map(|k| Cnn::from_json(&study_spec(k.classes()))).collect::<Result<Vec<_>>>()?;
-    progress("generating the images", 0.0);
-    let source = TaskData::generate(DomainKind::Source, cfg)?;
-    let targets = cfg.domains.iter().map(|&k| TaskData::generate(k, cfg)).collect::<Result<Vec<_>>>()?;
     if cfg.seeds == 0 {
         return Err(Error::InvalidArgument("the study needs at least one seed".into()));
     }
+    progress("generating the images", 0.0);
+    let source = TaskData::generate(DomainKind::Source, cfg)?;
+    let targets = cfg.domains.iter().map(|&k| TaskData::generate(k, cfg)).collect::<Result<Vec<_>>>()?;
 
     let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
     let pretrained = parallel(
@@ -461,6 +461,14 @@ mod tests {
             sets.extend(s.sweep.iter().map(|(_, t)| &t.weights));
         }
         sets.iter().flat_map(|p| p.tensors().iter().map(|t| t.host().unwrap().to_f32().into_owned())).collect()
+    }
+
+    #[test]
+    fn no_seeds_or_no_rates_is_an_invalid_argument() {
+        let no_seeds = Config { seeds: 0, ..Config::tiny() };
+        assert!(matches!(train_all(&no_seeds, &mut |_, _| {}), Err(Error::InvalidArgument(_))));
+        let no_rates = Config { seeds: 1, lr_grid: vec![], ..Config::tiny() };
+        assert!(matches!(train_all(&no_rates, &mut |_, _| {}), Err(Error::InvalidArgument(_))));
     }
 
     #[test]
