@@ -15,6 +15,7 @@
 //! (the HTML page and its plots), and `export` (models and data as safetensors).
 
 mod domains;
+mod export;
 mod features;
 mod models;
 mod report;
@@ -66,7 +67,13 @@ pub struct Config {
     /// `source_epochs`).
     pub checkpoint_epochs: Vec<usize>,
     pub target_epochs: usize,
+    /// One rate for both regimes, for a contrast at equal rates; the target models train at the
+    /// rates chosen on the validation split (`Trainset::lrs`, from `lr_grid`).
     pub target_lr: f64,
+    /// The learning rates tried per regime and domain, ascending (docs/analyses.md, section 10).
+    pub lr_grid: Vec<f64>,
+    /// The domain of the checkpoint sweep (P-T from each of P's checkpoints).
+    pub sweep_domain: DomainKind,
     pub training: training::Settings,
     pub features: features::Settings,
     pub weight_space: weight_space::Settings,
@@ -79,10 +86,22 @@ impl Config {
             Size::Quick => "quick",
             Size::Full => "full",
         };
-        let (seeds, source_train, target_train, test, source_epochs, target_epochs) = match size {
-            Size::Tiny => (2, 200, 60, 60, 2, 2),
-            Size::Quick => (1, 1000, 200, 300, 6, 10),
-            Size::Full => (3, 2000, 300, 500, 8, 12),
+        // Sizes from the CPU time of training on two cores and P's source validation accuracy
+        // (docs/analyses.md, section 10).
+        let (seeds, source_train, source_held_out, source_epochs) = match size {
+            Size::Tiny => (2, 200, 60, 2),
+            Size::Quick => (1, 3000, 300, 16),
+            Size::Full => (3, 3000, 500, 16),
+        };
+        let (target_train, target_validation, target_test, target_epochs) = match size {
+            Size::Tiny => (60, 60, 60, 2),
+            Size::Quick => (200, 200, 300, 8),
+            Size::Full => (300, 300, 500, 12),
+        };
+        let checkpoint_epochs = match size {
+            Size::Tiny => vec![1, 2],
+            Size::Quick => vec![4, 8, 12, 16],
+            Size::Full => vec![4, 8, 10, 12, 14, 16],
         };
         let domains = match size {
             Size::Tiny => vec![DomainKind::Real, DomainKind::Far],
@@ -95,17 +114,19 @@ impl Config {
             domains,
             data_seed: 2020,
             source_train,
-            source_validation: test,
-            source_test: test,
+            source_validation: source_held_out,
+            source_test: source_held_out,
             target_train,
-            target_validation: test,
-            target_test: test,
+            target_validation,
+            target_test,
             batch: 32,
             source_epochs,
-            source_lr: 0.05,
-            checkpoint_epochs: vec![source_epochs / 2, source_epochs],
+            source_lr: 0.1,
+            checkpoint_epochs,
             target_epochs,
-            target_lr: 0.05,
+            target_lr: 0.03,
+            lr_grid: vec![0.01, 0.03, 0.1],
+            sweep_domain: DomainKind::Real,
             training: training::Settings::new(size),
             features: features::Settings::new(size),
             weight_space: weight_space::Settings::new(size),
@@ -128,16 +149,22 @@ pub const BARRIER_TOLERANCE: f64 = 0.01;
 /// A report of progress: (what is running, fraction done).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, f64);
 
-/// The study's figures, as JSON (see [`run`]) with the tables as text and the HTML report.
+/// The study's figures, as JSON (see [`run`]) with the tables as text and the HTML report, and
+/// the trained models and data to export.
 pub struct Outcome {
     pub json: Value,
     pub tables: String,
     pub html: String,
+    cfg: Config,
+    set: Trainset,
 }
 
 impl Outcome {
-    /// Writes `dir/study.json` and `dir/report.html`, each atomically; returns their paths.
+    /// Writes every model and dataset as safetensors under `dir/models/` and `dir/data/` (the
+    /// map `files` of study.json names them), then `dir/study.json` and `dir/report.html`; every
+    /// file atomically. Returns the paths of study.json and report.html.
     pub fn save(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+        export::export(&self.cfg, &self.set, dir)?;
         let json_path = dir.join("study.json");
         let html_path = dir.join("report.html");
         let text = serde_json::to_string_pretty(&self.json).expect("a JSON value serialises");
@@ -295,6 +322,15 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
     let mut json = Map::new();
     json.insert("config".into(), json!(cfg.name));
     json.insert("seeds".into(), json!(cfg.seeds));
+    json.insert(
+        "sizes".into(),
+        json!({"source_train": cfg.source_train, "source_validation": cfg.source_validation,
+               "source_test": cfg.source_test, "source_epochs": cfg.source_epochs, "source_lr": cfg.source_lr,
+               "checkpoint_epochs": cfg.checkpoint_epochs, "target_train": cfg.target_train,
+               "target_validation": cfg.target_validation, "target_test": cfg.target_test,
+               "target_epochs": cfg.target_epochs, "batch": cfg.batch, "lr_grid": cfg.lr_grid,
+               "data_seed": cfg.data_seed}),
+    );
     json.insert("domains".into(), json!(cfg.domains.iter().map(|d| d.name()).collect::<Vec<_>>()));
     json.insert(
         "model".into(),
@@ -310,11 +346,12 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
     }
     tables.push_str(&findings_table(&findings, cfg.seeds));
     json.insert("findings".into(), findings.iter().map(Finding::to_json).collect());
+    json.insert("files".into(), export::file_map(cfg, &set));
     json.insert("seconds".into(), num(started.elapsed().as_secs_f64()));
     let json = Value::Object(json);
     let html = report::html(&json, &findings, &sections, &tables);
     progress("done", 1.0);
-    Ok(Outcome { json, tables, html })
+    Ok(Outcome { json, tables, html, cfg: cfg.clone(), set })
 }
 
 /// The findings, each with how many seeds it held in.

@@ -7,6 +7,7 @@ use super::{Config, Progress};
 use crate::error::{Error, Result};
 use crate::model::{store_f32, Cnn, Dataset, TrainOptions};
 use crate::params::ParamSet;
+use rayon::prelude::*;
 
 /// The study's CNN for a task of `classes` classes: a stride-2 stem and three residual stages
 /// (ResNet's shape at the scale of 3 x 24 x 24 images). Modules: conv1, layer1, layer2, layer3,
@@ -63,6 +64,17 @@ pub struct Trained {
     pub options: TrainOptions,
 }
 
+impl Trained {
+    pub fn try_clone(&self) -> Result<Trained> {
+        Ok(Trained {
+            init: self.init.try_clone()?,
+            weights: self.weights.try_clone()?,
+            train_loss: self.train_loss.clone(),
+            options: self.options.clone(),
+        })
+    }
+}
+
 /// The models trained on one target domain, in one seed.
 pub struct DomainModels {
     pub kind: DomainKind,
@@ -85,6 +97,29 @@ pub struct SeedModels {
     pub p_checkpoints: Vec<(usize, ParamSet)>,
     /// Per target domain, in the order of `Config::domains`.
     pub domains: Vec<DomainModels>,
+    /// The checkpoint sweep on `Config::sweep_domain`: per checkpoint of `p_checkpoints` (same
+    /// order), P-T from that checkpoint with the head init, data order and rate of the domain's
+    /// `pt[0]` (the last is a copy of `pt[0]`). Empty when the sweep domain is not among the run's
+    /// domains.
+    pub sweep: Vec<(usize, Trained)>,
+}
+
+/// One rate of the learning-rate grid on one domain: seed 0's first P-T and first RI-T trained
+/// at that rate, with their validation accuracies.
+pub struct GridPoint {
+    pub lr: f64,
+    pub pt_validation: f64,
+    pub rit_validation: f64,
+    pub pt_loss: Vec<f64>,
+    pub rit_loss: Vec<f64>,
+}
+
+/// The learning rates chosen on one target domain, and the grid they were chosen from.
+pub struct LearningRates {
+    pub kind: DomainKind,
+    pub pt: f64,
+    pub rit: f64,
+    pub grid: Vec<GridPoint>,
 }
 
 /// Everything the sections read: the networks, the data and the trained models of every seed.
@@ -96,6 +131,8 @@ pub struct Trainset {
     pub source: TaskData,
     pub targets: Vec<TaskData>,
     pub seeds: Vec<SeedModels>,
+    /// Per target domain, in the order of `Config::domains`: the rates of P-T and RI-T.
+    pub lrs: Vec<LearningRates>,
 }
 
 impl Trainset {
@@ -135,76 +172,331 @@ pub fn with_fresh_head(target: &Cnn, p: &ParamSet, seed: u64) -> Result<ParamSet
     Ok(out)
 }
 
-fn train_from(cnn: &Cnn, init: &ParamSet, data: &Dataset, options: TrainOptions) -> Result<Trained> {
-    let mut weights = init.try_clone()?;
-    let train_loss = cnn.train(&mut weights, data, &options)?;
-    Ok(Trained { init: init.try_clone()?, weights, train_loss, options })
+/// The seeds of one seed's inits and data orders on target domain `d` (index in
+/// `Config::domains`): every model's seed is derived from the run's seed and the domain.
+struct TargetSeeds {
+    pt_head: [u64; 2],
+    pt_order: [u64; 2],
+    rit_init: [u64; 2],
+    rit_order: [u64; 2],
+    rit_same_order: [u64; 2],
 }
 
-/// Trains every model of one seed. The learning rates are `Config::source_lr`, and per target
-/// domain `lrs[d] = (P-T's, RI-T's)`.
-pub fn train_seed(
-    cfg: &Config,
-    set: (&Cnn, &[Cnn], &TaskData, &[TaskData]),
-    seed: u64,
-    lrs: &[(f64, f64)],
+impl TargetSeeds {
+    fn new(seed: u64, d: usize) -> TargetSeeds {
+        let s = 1000 * seed + 100 * (d as u64 + 1);
+        TargetSeeds {
+            pt_head: [s + 1, s + 3],
+            pt_order: [s + 2, s + 4],
+            rit_init: [s + 5, s + 6],
+            rit_order: [s + 7, s + 8],
+            rit_same_order: [s + 9, s + 10],
+        }
+    }
+}
+
+/// A model to train: the network, its start, the data and the options.
+struct Job<'a> {
+    cnn: &'a Cnn,
+    init: ParamSet,
+    data: &'a Dataset,
+    options: TrainOptions,
+}
+
+impl Job<'_> {
+    fn train(self) -> Result<Trained> {
+        let mut weights = self.init.try_clone()?;
+        let train_loss = self.cnn.train(&mut weights, self.data, &self.options)?;
+        Ok(Trained { init: self.init, weights, train_loss, options: self.options })
+    }
+}
+
+/// Runs `work` on every item in parallel (rayon; each item's result is the same as in a serial
+/// run), reporting `step` and the fraction of `span` done as items finish. Results keep the
+/// items' order.
+fn parallel<I: Send, T: Send>(
+    items: Vec<I>,
+    work: impl Fn(I) -> Result<T> + Sync,
+    step: &str,
+    span: (f64, f64),
     progress: Progress,
-) -> Result<SeedModels> {
-    let (source_cnn, target_cnns, source, targets) = set;
+) -> Result<Vec<T>> {
+    let total = items.len().max(1) as f64;
+    progress(step, span.0);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let work = &work;
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            items
+                .into_par_iter()
+                .map(|item| {
+                    let out = work(item);
+                    // The receiver lives until every item is done: a failed send cannot happen.
+                    done_tx.send(()).ok();
+                    out
+                })
+                .collect::<Result<Vec<T>>>()
+        });
+        // Ends when the worker drops its sender, after the last item.
+        for (k, ()) in done_rx.iter().enumerate() {
+            progress(step, span.0 + (span.1 - span.0) * (k + 1) as f64 / total);
+        }
+        worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// One seed's pre-training: RI, P, and P's checkpoints (see [`SeedModels`]).
+struct Pretrained {
+    ri: ParamSet,
+    p: Trained,
+    checkpoints: Vec<(usize, ParamSet)>,
+}
+
+/// P of one seed, trained in segments that end at the checkpoint epochs (each segment restarts
+/// the momentum buffer).
+fn pretrain(cfg: &Config, cnn: &Cnn, source: &TaskData, seed: u64) -> Result<Pretrained> {
     let base = 1000 * seed;
-    let ri = source_cnn.init(base + 1)?;
-    progress(&format!("seed {seed}: pre-training P"), 0.0);
-    // P is trained in segments that end at the checkpoint epochs (each segment restarts the
-    // momentum buffer).
+    let ri = cnn.init(base + 1)?;
     let mut p = ri.try_clone()?;
     let mut p_loss = Vec::new();
     let mut p_checkpoints = Vec::new();
     let mut done = 0;
     for &epoch in &cfg.checkpoint_epochs {
         let opts = TrainOptions { epochs: epoch - done, seed: base + 2 + epoch as u64, ..source_options(cfg, 0) };
-        p_loss.extend(source_cnn.train(&mut p, &source.train, &opts)?);
+        p_loss.extend(cnn.train(&mut p, &source.train, &opts)?);
         p_checkpoints.push((epoch, p.try_clone()?));
         done = epoch;
     }
     let p = Trained { init: ri.try_clone()?, weights: p, train_loss: p_loss, options: source_options(cfg, base + 2) };
-    let mut domains = Vec::with_capacity(targets.len());
-    for (d, (cnn, data)) in target_cnns.iter().zip(targets).enumerate() {
-        progress(
-            &format!("seed {seed}: training on {}", data.kind.name()),
-            (d + 1) as f64 / (targets.len() + 1) as f64,
-        );
-        let (pt_lr, rit_lr) = lrs[d];
-        let s = base + 100 * (d as u64 + 1);
-        let pt = [
-            train_from(cnn, &with_fresh_head(cnn, &p.weights, s + 1)?, &data.train, target_options(cfg, pt_lr, s + 2))?,
-            train_from(cnn, &with_fresh_head(cnn, &p.weights, s + 3)?, &data.train, target_options(cfg, pt_lr, s + 4))?,
-        ];
-        let rit_init = [cnn.init(s + 5)?, cnn.init(s + 6)?];
-        let rit = [
-            train_from(cnn, &rit_init[0], &data.train, target_options(cfg, rit_lr, s + 7))?,
-            train_from(cnn, &rit_init[1], &data.train, target_options(cfg, rit_lr, s + 8))?,
-        ];
-        let rit_same = [
-            train_from(cnn, &rit_init[0], &data.train, target_options(cfg, rit_lr, s + 9))?,
-            train_from(cnn, &rit_init[0], &data.train, target_options(cfg, rit_lr, s + 10))?,
-        ];
-        domains.push(DomainModels { kind: data.kind, pt, rit, rit_same });
-    }
-    Ok(SeedModels { seed, ri, p, p_checkpoints, domains })
+    Ok(Pretrained { ri, p, checkpoints: p_checkpoints })
 }
 
-/// Generates the data and trains the models of every seed of `cfg`.
+/// Which model a job of the last phase trains.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// (seed index, domain index, model: 0..6 = pt[0], pt[1], rit[0], rit[1], rit_same[0], rit_same[1])
+    Target(usize, usize, usize),
+    /// (seed index, checkpoint index)
+    Sweep(usize, usize),
+}
+
+/// Generates the data and trains the models of every seed of `cfg`: P of every seed, then the
+/// learning-rate grid on seed 0, then every target model and the checkpoint sweep. Each phase
+/// runs its models in parallel.
 pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
     let source_cnn = Cnn::from_json(&study_spec(DomainKind::Source.classes()))?;
     let target_cnns =
         cfg.domains.iter().map(|k| Cnn::from_json(&study_spec(k.classes()))).collect::<Result<Vec<_>>>()?;
+    if cfg.seeds == 0 {
+        return Err(Error::InvalidArgument("the study needs at least one seed".into()));
+    }
     progress("generating the images", 0.0);
     let source = TaskData::generate(DomainKind::Source, cfg)?;
     let targets = cfg.domains.iter().map(|&k| TaskData::generate(k, cfg)).collect::<Result<Vec<_>>>()?;
-    let lrs = vec![(cfg.target_lr, cfg.target_lr); targets.len()];
-    let mut seeds = Vec::with_capacity(cfg.seeds);
-    for seed in 0..cfg.seeds as u64 {
-        seeds.push(train_seed(cfg, (&source_cnn, &target_cnns, &source, &targets), seed, &lrs, progress)?);
+
+    let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
+    let pretrained = parallel(
+        seeds.clone(),
+        |seed| pretrain(cfg, &source_cnn, &source, seed),
+        "pre-training P",
+        (0.0, 0.2),
+        progress,
+    )?;
+
+    // The grid: seed 0's first P-T and first RI-T at every rate, on every domain.
+    let p0 = &pretrained[0].p.weights;
+    let mut grid_jobs = Vec::new();
+    for (d, (cnn, data)) in target_cnns.iter().zip(&targets).enumerate() {
+        let ts = TargetSeeds::new(0, d);
+        for &lr in &cfg.lr_grid {
+            let pt = Job {
+                cnn,
+                init: with_fresh_head(cnn, p0, ts.pt_head[0])?,
+                data: &data.train,
+                options: target_options(cfg, lr, ts.pt_order[0]),
+            };
+            let rit = Job {
+                cnn,
+                init: cnn.init(ts.rit_init[0])?,
+                data: &data.train,
+                options: target_options(cfg, lr, ts.rit_order[0]),
+            };
+            grid_jobs.push((d, pt));
+            grid_jobs.push((d, rit));
+        }
     }
-    Ok(Trainset { source_cnn, target_cnns, source, targets, seeds })
+    let grid = parallel(
+        grid_jobs,
+        |(d, job)| {
+            let trained = job.train()?;
+            let validation = target_cnns[d].evaluate(&trained.weights, &targets[d].validation)?.accuracy;
+            Ok((trained, validation))
+        },
+        "choosing the learning rates (seed 0, validation split)",
+        (0.2, 0.4),
+        progress,
+    )?;
+    let mut grid = grid.into_iter();
+    let mut lrs = Vec::new();
+    // Seed 0's first P-T and first RI-T per domain: the grid's models at the chosen rates.
+    let mut chosen = Vec::new();
+    for data in &targets {
+        let mut points = Vec::new();
+        let mut best: [Option<(f64, Trained)>; 2] = [None, None];
+        for &lr in &cfg.lr_grid {
+            let (pt, pt_validation) = grid.next().expect("two grid models per rate");
+            let (rit, rit_validation) = grid.next().expect("two grid models per rate");
+            points.push(GridPoint {
+                lr,
+                pt_validation,
+                rit_validation,
+                pt_loss: pt.train_loss.clone(),
+                rit_loss: rit.train_loss.clone(),
+            });
+            // Ascending rates and a strict comparison: ties go to the smaller rate.
+            for (slot, (model, validation)) in best.iter_mut().zip([(pt, pt_validation), (rit, rit_validation)]) {
+                if slot.as_ref().is_none_or(|(v, _)| validation > *v) {
+                    *slot = Some((validation, model));
+                }
+            }
+        }
+        let [Some((_, pt)), Some((_, rit))] = best else {
+            return Err(Error::InvalidArgument("the learning-rate grid is empty".into()));
+        };
+        lrs.push(LearningRates { kind: data.kind, pt: pt.options.lr, rit: rit.options.lr, grid: points });
+        chosen.push([pt, rit]);
+    }
+
+    // Every other model of every seed, and the checkpoint sweep.
+    let sweep_index = targets.iter().position(|t| t.kind == cfg.sweep_domain);
+    let mut jobs = Vec::new();
+    for (i, &seed) in seeds.iter().enumerate() {
+        let p = &pretrained[i].p.weights;
+        for (d, (cnn, data)) in target_cnns.iter().zip(&targets).enumerate() {
+            let ts = TargetSeeds::new(seed, d);
+            let (pt_lr, rit_lr) = (lrs[d].pt, lrs[d].rit);
+            let job = |init: ParamSet, lr: f64, order: u64| Job {
+                cnn,
+                init,
+                data: &data.train,
+                options: target_options(cfg, lr, order),
+            };
+            let rit_init = cnn.init(ts.rit_init[0])?;
+            if i != 0 {
+                jobs.push((Slot::Target(i, d, 0), job(with_fresh_head(cnn, p, ts.pt_head[0])?, pt_lr, ts.pt_order[0])));
+                jobs.push((Slot::Target(i, d, 2), job(rit_init.try_clone()?, rit_lr, ts.rit_order[0])));
+            }
+            jobs.push((Slot::Target(i, d, 1), job(with_fresh_head(cnn, p, ts.pt_head[1])?, pt_lr, ts.pt_order[1])));
+            jobs.push((Slot::Target(i, d, 3), job(cnn.init(ts.rit_init[1])?, rit_lr, ts.rit_order[1])));
+            jobs.push((Slot::Target(i, d, 4), job(rit_init.try_clone()?, rit_lr, ts.rit_same_order[0])));
+            jobs.push((Slot::Target(i, d, 5), job(rit_init, rit_lr, ts.rit_same_order[1])));
+            if Some(d) == sweep_index {
+                let checkpoints = &pretrained[i].checkpoints;
+                for (c, (_, weights)) in checkpoints.iter().enumerate().take(checkpoints.len() - 1) {
+                    let init = with_fresh_head(cnn, weights, ts.pt_head[0])?;
+                    jobs.push((Slot::Sweep(i, c), job(init, pt_lr, ts.pt_order[0])));
+                }
+            }
+        }
+    }
+    let trained =
+        parallel(jobs, |(slot, job)| Ok((slot, job.train()?)), "training the target models", (0.4, 0.7), progress)?;
+
+    let mut target_slots: Vec<Vec<[Option<Trained>; 6]>> =
+        seeds.iter().map(|_| targets.iter().map(|_| Default::default()).collect()).collect();
+    let mut sweep_slots: Vec<Vec<Option<Trained>>> =
+        pretrained.iter().map(|pre| pre.checkpoints.iter().map(|_| None).collect()).collect();
+    for (d, [pt, rit]) in chosen.into_iter().enumerate() {
+        target_slots[0][d][0] = Some(pt);
+        target_slots[0][d][2] = Some(rit);
+    }
+    for (slot, model) in trained {
+        match slot {
+            Slot::Target(i, d, m) => target_slots[i][d][m] = Some(model),
+            Slot::Sweep(i, c) => sweep_slots[i][c] = Some(model),
+        }
+    }
+    let mut all = Vec::with_capacity(cfg.seeds);
+    for ((i, Pretrained { ri, p, checkpoints: p_checkpoints }), slots) in
+        pretrained.into_iter().enumerate().zip(target_slots)
+    {
+        let mut domains = Vec::with_capacity(targets.len());
+        for (data, slot) in targets.iter().zip(slots) {
+            let [Some(pt0), Some(pt1), Some(rit0), Some(rit1), Some(same0), Some(same1)] = slot else {
+                unreachable!("every target model of every seed is trained above");
+            };
+            domains.push(DomainModels { kind: data.kind, pt: [pt0, pt1], rit: [rit0, rit1], rit_same: [same0, same1] });
+        }
+        let sweep = match sweep_index {
+            Some(d) => {
+                let mut sweep = Vec::with_capacity(p_checkpoints.len());
+                let last = p_checkpoints.len() - 1;
+                for (c, model) in sweep_slots[i].iter_mut().enumerate() {
+                    let model =
+                        if c == last { domains[d].pt[0].try_clone()? } else { model.take().expect("trained above") };
+                    sweep.push((p_checkpoints[c].0, model));
+                }
+                sweep
+            }
+            None => Vec::new(),
+        };
+        all.push(SeedModels { seed: seeds[i], ri, p, p_checkpoints, domains, sweep });
+    }
+    Ok(Trainset { source_cnn, target_cnns, source, targets, seeds: all, lrs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every weight of every model of a run, in a fixed order.
+    fn all_weights(set: &Trainset) -> Vec<Vec<f32>> {
+        let mut sets: Vec<&ParamSet> = Vec::new();
+        for s in &set.seeds {
+            sets.extend([&s.ri, &s.p.weights]);
+            sets.extend(s.p_checkpoints.iter().map(|(_, w)| w));
+            for m in &s.domains {
+                sets.extend(m.pt.iter().chain(&m.rit).chain(&m.rit_same).map(|t| &t.weights));
+            }
+            sets.extend(s.sweep.iter().map(|(_, t)| &t.weights));
+        }
+        sets.iter().flat_map(|p| p.tensors().iter().map(|t| t.host().unwrap().to_f32().into_owned())).collect()
+    }
+
+    #[test]
+    fn no_seeds_or_no_rates_is_an_invalid_argument() {
+        let no_seeds = Config { seeds: 0, ..Config::tiny() };
+        assert!(matches!(train_all(&no_seeds, &mut |_, _| {}), Err(Error::InvalidArgument(_))));
+        let no_rates = Config { seeds: 1, lr_grid: vec![], ..Config::tiny() };
+        assert!(matches!(train_all(&no_rates, &mut |_, _| {}), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn parallel_training_gives_the_models_of_a_serial_run() {
+        let cfg = Config { seeds: 2, ..Config::tiny() };
+        let on_threads = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| train_all(&cfg, &mut |_, _| {})).unwrap()
+        };
+        let (serial, parallel) = (on_threads(1), on_threads(4));
+        assert_eq!(all_weights(&serial), all_weights(&parallel));
+        assert_eq!(
+            serial.lrs.iter().map(|l| (l.pt, l.rit)).collect::<Vec<_>>(),
+            parallel.lrs.iter().map(|l| (l.pt, l.rit)).collect::<Vec<_>>()
+        );
+        // The grid's models at the chosen rates are seed 0's first P-T and first RI-T.
+        for (d, lrs) in serial.lrs.iter().enumerate() {
+            let m = &serial.seeds[0].domains[d];
+            assert_eq!((m.pt[0].options.lr, m.rit[0].options.lr), (lrs.pt, lrs.rit));
+            let point = lrs.grid.iter().find(|g| g.lr == lrs.pt).unwrap();
+            assert_eq!(point.pt_loss, m.pt[0].train_loss);
+        }
+        // The sweep's last model is the first P-T of the sweep's domain, from P itself.
+        let real = serial.target_index(cfg.sweep_domain).unwrap();
+        for s in &serial.seeds {
+            assert_eq!(s.sweep.len(), cfg.checkpoint_epochs.len());
+            assert_eq!(s.sweep.last().unwrap().1.train_loss, s.domains[real].pt[0].train_loss);
+            assert_ne!(s.sweep[0].1.train_loss, s.domains[real].pt[0].train_loss, "an earlier checkpoint differs");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use crate::common::BackendArg;
 use std::io::IsTerminal;
+use std::path::Path;
 use transferlens::study::{self, Config};
 use transferlens::{Error, Result};
 
@@ -15,9 +16,13 @@ pub struct StudyArgs {
     /// A version of a few seconds that checks the pipeline, not the findings (for tests).
     #[arg(long, hide = true, conflicts_with = "quick")]
     tiny: bool,
-    /// Folder for study.json and report.html (created if missing).
+    /// Folder for study.json, report.html and the exported models/ and data/ (created if
+    /// missing; checked to be a writable folder before any work).
     #[arg(long, default_value = "tlens-study")]
     out: std::path::PathBuf,
+    /// Number of seeds (each trains every model anew), instead of the size's (full 3, quick 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
+    seeds: Option<u32>,
     /// Where the analyses run (CKA, and the evaluations of curves, barriers and criticality;
     /// training stays on the CPU). The CPU (the default) gives the same figures on every
     /// machine; on CUDA a figure may differ where a loss lies within float rounding of a
@@ -27,35 +32,66 @@ pub struct StudyArgs {
 }
 
 pub fn run(args: StudyArgs) -> Result<()> {
-    let cfg = if args.tiny {
+    let mut cfg = if args.tiny {
         Config::tiny()
     } else if args.quick {
         Config::quick()
     } else {
         Config::full()
     };
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::Io(format!("{}: {e}", args.out.display())))?;
+    if let Some(seeds) = args.seeds {
+        cfg.seeds = seeds as usize;
+    }
+    check_out(&args.out)?;
+    let ctx = args.backend.context()?;
     let started = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();
+    // On a terminal a bar; elsewhere (a log, a pipe) one line per step.
+    let mut last_step = String::new();
     let mut progress = |what: &str, frac: f64| {
         if tty {
             let bar = (frac.clamp(0.0, 1.0) * 30.0) as usize;
-            eprint!("\r[{}{}] {:>3.0}% {:<40}", "#".repeat(bar), ".".repeat(30 - bar), frac * 100.0, what);
+            eprint!("\r[{}{}] {:>3.0}% {:<60}", "#".repeat(bar), ".".repeat(30 - bar), frac * 100.0, what);
             if frac >= 1.0 {
                 eprintln!();
             }
+        } else if what != last_step {
+            eprintln!("[{:>5.1} s] {what}", started.elapsed().as_secs_f64());
+            last_step = what.to_string();
         }
     };
-    let ctx = args.backend.context()?;
     let outcome = study::run(&ctx, &cfg, &mut progress)?;
     print!("{}", outcome.tables);
+    progress("writing the models, the data, study.json and report.html", 1.0);
     let (json_path, html_path) = outcome.save(&args.out)?;
     println!(
-        "\nWrote {} and {} ({} run, {:.1} s)",
+        "\nWrote {}, {} and the models and data under {} ({} run, {} seeds, {:.1} s)",
         json_path.display(),
         html_path.display(),
+        args.out.display(),
         cfg.name,
+        cfg.seeds,
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Fails, in one line, unless `out` is (or can be made) a folder this process can write in.
+fn check_out(out: &Path) -> Result<()> {
+    let fail = |why: String| Err(Error::Io(format!("--out {}: {why}", out.display())));
+    if out.exists() && !out.is_dir() {
+        return fail("exists and is not a folder".into());
+    }
+    if let Err(e) = std::fs::create_dir_all(out) {
+        return fail(format!("cannot create the folder: {e}"));
+    }
+    let probe = out.join(format!(".tlens-write-check-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            // The probe is ours and empty; failing to remove it leaves a harmless empty file.
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => fail(format!("not writable: {e}")),
+    }
 }
