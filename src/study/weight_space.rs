@@ -69,7 +69,26 @@ impl Settings {
                 criticality_repeats: 1,
                 rewind_points: 3,
             },
+            // Sized from timing so that this family and `features` stay near a third of a run.
             Size::Quick => Settings {
+                eval_images: 150,
+                lambdas_per_unit: 3,
+                layerwise_domains: near_first.clone(),
+                layerwise_points: 3,
+                cross_points: 4,
+                basin_domains: near_first,
+                basin_samples: 6,
+                basin_pairs: 3,
+                basin_deltas: vec![0.5, 2.0],
+                criticality_domains: far,
+                criticality_images: 60,
+                criticality_alphas: 3,
+                criticality_tolerance: 1.0,
+                criticality_samples: 2,
+                criticality_repeats: 2,
+                rewind_points: 4,
+            },
+            Size::Full => Settings {
                 eval_images: 200,
                 lambdas_per_unit: 4,
                 layerwise_domains: near_first.clone(),
@@ -78,32 +97,14 @@ impl Settings {
                 basin_domains: near_first,
                 basin_samples: 8,
                 basin_pairs: 4,
-                basin_deltas: vec![0.5, 2.0],
+                basin_deltas: vec![0.5, 1.0, 2.0],
                 criticality_domains: far,
                 criticality_images: 100,
                 criticality_alphas: 3,
-                criticality_tolerance: 0.5,
-                criticality_samples: 3,
+                criticality_tolerance: 1.0,
+                criticality_samples: 2,
                 criticality_repeats: 2,
                 rewind_points: 5,
-            },
-            Size::Full => Settings {
-                eval_images: 300,
-                lambdas_per_unit: 6,
-                layerwise_domains: near_first.clone(),
-                layerwise_points: 7,
-                cross_points: 7,
-                basin_domains: near_first,
-                basin_samples: 12,
-                basin_pairs: 6,
-                basin_deltas: vec![0.5, 1.0, 2.0],
-                criticality_domains: far,
-                criticality_images: 200,
-                criticality_alphas: 4,
-                criticality_tolerance: 0.3,
-                criticality_samples: 4,
-                criticality_repeats: 3,
-                rewind_points: 6,
             },
         }
     }
@@ -576,4 +577,84 @@ fn cross_domain_section(inputs: &Inputs) -> Result<Section> {
         findings,
         figures,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::models::train_all;
+    use super::super::{features, Config};
+    use super::*;
+    use crate::backend::Context;
+
+    #[test]
+    fn distances_of_a_set_to_itself_are_zero_and_add_in_squares() {
+        let cnn = Cnn::from_json(&super::super::study_spec(10)).unwrap();
+        let (a, b) = (cnn.init(1).unwrap(), cnn.init(2).unwrap());
+        let modules = cnn.module_names();
+        let (same, total) = module_distances(&a, &a, &modules).unwrap();
+        assert!(same.iter().all(|&d| d == 0.0) && total == 0.0);
+        let (per, total) = module_distances(&a, &b, &modules).unwrap();
+        assert!(per.iter().all(|&d| d > 0.0));
+        assert!((total - per.iter().map(|d| d * d).sum::<f64>().sqrt()).abs() < 1e-9);
+        // A P pair must be body-only: the heads differ in shape.
+        let p = Cnn::from_json(&super::super::study_spec(20)).unwrap().init(3).unwrap();
+        assert!(module_distances(&a, &p, &modules).is_err());
+        let body: Vec<String> = modules.into_iter().filter(|m| m != HEAD).collect();
+        assert!(module_distances(&a, &p, &body).is_ok());
+    }
+
+    /// Both families on the tiny configuration: every section has a table, a figure, its seconds
+    /// and findings with one verdict per seed, and the figures agree with direct evaluations.
+    #[test]
+    fn tiny_sections_are_complete_and_consistent() {
+        let cfg = Config::tiny();
+        let set = train_all(&cfg, &mut |_: &str, _: f64| {}).unwrap();
+        let ctx = Context::cpu();
+        let inputs = Inputs { ctx: &ctx, cfg: &cfg, set: &set };
+        let mut sections = features::sections(&inputs, &mut |_: &str, _: f64| {}).unwrap();
+        sections.extend(sections_of(&inputs));
+        for s in &sections {
+            assert!(!s.table.is_empty() && !s.title.is_empty());
+            for (key, v) in &s.json {
+                assert!(v["seconds"].as_f64().is_some() || v.get("skipped").is_some(), "{key} has no seconds");
+            }
+            if s.json.values().all(|v| v.get("skipped").is_none()) {
+                assert!(!s.figures.is_empty(), "{} has no figure", s.title);
+                assert!(!s.findings.is_empty(), "{} has no finding", s.title);
+            }
+            for f in &s.findings {
+                assert_eq!(f.per_seed.len(), cfg.seeds, "{}", f.claim);
+            }
+        }
+        let json: Map<String, Value> = sections.iter().flat_map(|s| s.json.clone()).collect();
+        // CKA within [0, 1] for every pair, module pair and seed.
+        for (_, pairs) in json["cka"]["domains"].as_object().unwrap() {
+            for (_, pair) in pairs.as_object().unwrap() {
+                for seed in pair["grid_per_seed"].as_array().unwrap() {
+                    for row in seed.as_array().unwrap() {
+                        for v in row.as_array().unwrap() {
+                            let v = v.as_f64().unwrap();
+                            assert!((-1e-9..=1.0 + 1e-9).contains(&v), "{v}");
+                        }
+                    }
+                }
+            }
+        }
+        // The unshuffled block size reuses the trained models.
+        let d = set.target_index(DomainKind::Real).unwrap();
+        let pt0 = &set.seeds[0].domains[d].pt[0];
+        let acc = set.target_cnns[d].evaluate(&pt0.weights, &set.targets[d].test).unwrap().accuracy;
+        assert_eq!(json["block_shuffle"]["domains"]["real"]["pt_accuracy"][0][0].as_f64().unwrap(), acc);
+        // The interpolation curve at lambda = 0 is the first model's error on the evaluation images.
+        let lambdas = json["interpolation"]["lambdas"].as_array().unwrap();
+        let at0 = lambdas.iter().position(|l| l.as_f64() == Some(0.0)).unwrap();
+        let head = set.targets[d].test.head(cfg.weight_space.eval_images);
+        let err = set.target_cnns[d].evaluate(&pt0.weights, &head).unwrap().error;
+        let curve = &json["interpolation"]["domains"]["real"]["pt_pt"]["curves"][0];
+        assert_eq!(curve[at0].as_f64().unwrap(), err);
+    }
+
+    fn sections_of(inputs: &Inputs) -> Vec<Section> {
+        sections(inputs, &mut |_: &str, _: f64| {}).unwrap()
+    }
 }
