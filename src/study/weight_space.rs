@@ -110,9 +110,12 @@ impl Settings {
     }
 }
 
+/// A section of this family.
+type SectionFn = fn(&Inputs) -> Result<Section>;
+
 /// Every section of this family, in report order.
 pub(super) fn sections(inputs: &Inputs, progress: Progress) -> Result<Vec<Section>> {
-    let steps: [(&str, fn(&Inputs) -> Result<Section>); 6] = [
+    let steps: [(&str, SectionFn); 6] = [
         ("distances", distances_section),
         ("interpolation", interpolation_section),
         ("alignment and layer-wise barriers", layerwise_section),
