@@ -40,9 +40,11 @@ fn y_extent(lines: &[Line]) -> (f64, f64) {
     }
     let (lo, hi) = if hi - lo < 1e-12 { (lo - 0.5, hi + 0.5) } else { (lo, hi) };
     let pad = 0.05 * (hi - lo);
-    let ticks = round_ticks(lo - pad, hi + pad, 5);
+    // Quantities that cannot be negative (distances, errors) keep their axis at or above 0.
+    let bottom = if lo >= 0.0 { (lo - pad).max(0.0) } else { lo - pad };
+    let ticks = round_ticks(bottom, hi + pad, 5);
     let step = if ticks.len() > 1 { ticks[1] - ticks[0] } else { hi - lo };
-    (((lo - pad) / step).floor() * step, ((hi + pad) / step).ceil() * step)
+    ((bottom / step).floor() * step, ((hi + pad) / step).ceil() * step)
 }
 
 const W: f64 = 560.0;
@@ -103,13 +105,14 @@ fn lines_svg(
         s +=
             &format!(r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#, px(*v), H - BOTTOM + 14.0, esc(label));
     }
-    for (v, label) in marks {
+    // Each mark's label on its own line, so that marks at nearby x stay readable.
+    for (k, (v, label)) in marks.iter().enumerate() {
         let xx = px(*v);
         s += &format!(
             r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{TOP}" y2="{}" stroke="#999" stroke-dasharray="3,3"/><text x="{:.1}" y="{}" fill="#666">{}</text>"##,
             H - BOTTOM,
             xx + 3.0,
-            TOP + 11.0,
+            TOP + 11.0 + 12.0 * k as f64,
             esc(label)
         );
     }
@@ -284,6 +287,15 @@ mod tests {
         let t = round_ticks(-1.0, 2.0, 6);
         assert_eq!(t.first(), Some(&-1.0));
         assert_eq!(t.last(), Some(&2.0));
+        let t = round_ticks(0.0312, 0.0871, 5);
+        assert!(t.iter().all(|v| (v * 100.0 - (v * 100.0).round()).abs() < 1e-9), "{t:?}");
+        let (lo, hi) = super::y_extent(&[super::Line {
+            name: "d".into(),
+            mean: vec![0.5, 28.0],
+            low: vec![0.4, 27.0],
+            high: vec![0.6, 29.0],
+        }]);
+        assert!(lo == 0.0 && hi >= 29.0, "a non-negative quantity's axis starts at 0: {lo}..{hi}");
         let t = round_ticks(0.0312, 0.0871, 5);
         assert!(t.iter().all(|v| (v * 100.0 - (v * 100.0).round()).abs() < 1e-9), "{t:?}");
     }
