@@ -493,7 +493,7 @@ fn shuffled(data: &Dataset, b: usize, seed: u64) -> Result<Dataset> {
 
 /// The mean training loss over the first ceil(epochs / 5) epochs.
 fn early_loss(loss: &[f64]) -> f64 {
-    mean(&loss[..loss.len().div_ceil(5).min(loss.len())])
+    super::early_mean(loss, 5)
 }
 
 /// Test accuracy and early training loss of a model retrained from `t`'s init on `train`.

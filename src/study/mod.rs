@@ -307,6 +307,12 @@ pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// The mean of a per-epoch training loss over its first `1 / parts` (ceil, at least one epoch):
+/// the "early loss" that measures optimisation speed.
+pub(crate) fn early_mean(loss: &[f64], parts: usize) -> f64 {
+    mean(&loss[..loss.len().div_ceil(parts).min(loss.len())])
+}
+
 /// Runs the study with configuration `cfg`: training on the CPU, the analyses on `ctx`'s backend
 /// where they have a CUDA path.
 pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {

@@ -33,7 +33,7 @@ pub(super) fn sections(inputs: &Inputs, progress: Progress) -> Result<Vec<Sectio
 
 /// A model's mean training loss over the first quarter of its epochs (at least one epoch).
 pub(crate) fn early_loss(loss: &[f64]) -> f64 {
-    mean(&loss[..loss.len().div_ceil(4).max(1).min(loss.len())])
+    super::early_mean(loss, 4)
 }
 
 /// Twice the standard error of the difference of accuracies `a` and `b`, each a binomial
