@@ -8,6 +8,7 @@
 
 mod bindings_common;
 mod common;
+mod scratch;
 
 use bindings_common::{
     check_cnn_example_output, check_params_example_output, have, library_dir, root, run_checked, scratch,

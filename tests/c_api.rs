@@ -4,6 +4,7 @@
 //! runs under it too and must report no memory errors and no definite leaks. The header is also
 //! compiled as C++ with the same warnings.
 
+mod scratch;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -49,8 +50,7 @@ fn have(tool: &str) -> bool {
 
 #[test]
 fn header_compiles_as_cpp() {
-    let out_dir = std::env::temp_dir().join(format!("tl-cpp-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = scratch::Scratch::new("cpp-header");
     let tu = out_dir.join("header.cpp");
     std::fs::write(
         &tu,
@@ -69,8 +69,7 @@ fn header_compiles_as_cpp() {
 #[test]
 fn c_programs_pass() {
     let lib = library_dir();
-    let out_dir = std::env::temp_dir().join(format!("tl-c-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = scratch::Scratch::new("c-programs");
     let mut sources: Vec<PathBuf> = std::fs::read_dir(root().join("tests/c"))
         .expect("tests/c exists")
         .map(|e| e.unwrap().path())

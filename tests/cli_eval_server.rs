@@ -6,7 +6,8 @@
 //! Needs python3 with numpy; `TL_PYTHON` names another interpreter (CI's has numpy). Without
 //! one the tests fail, saying so.
 
-use std::path::{Path, PathBuf};
+mod scratch;
+use std::path::Path;
 use std::process::{Command, Output};
 use transferlens::criticality::{self, Options, Path as CritPath, Search};
 use transferlens::eval::{FnEvaluator, Metrics, MlpEvaluator};
@@ -28,9 +29,8 @@ fn server_command(data: &Path) -> String {
 }
 
 /// A folder of its own per test; tlens's temporary files go there too (TMPDIR).
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tl-eval-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+fn dir(tag: &str) -> scratch::Scratch {
+    let d = scratch::Scratch::new(&format!("eval-{tag}"));
     std::fs::create_dir_all(d.join("tmp")).unwrap();
     d
 }

@@ -2,9 +2,10 @@
 //! side), tensors left out by pattern, and checkpoints kept as a directory or in shards. Run as a
 //! user runs them, with the built binary, against f64 references written here.
 
+mod scratch;
 mod weights_fixture;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use weights_fixture::{read, resnet, write, Raw};
 
@@ -12,11 +13,8 @@ fn tlens(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tlens")).args(args).output().expect("tlens runs")
 }
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tl-pair-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn dir(tag: &str) -> scratch::Scratch {
+    scratch::Scratch::new(&format!("pair-{tag}"))
 }
 
 fn s(p: &Path) -> &str {

@@ -1,6 +1,7 @@
 //! `tlens inspect`, `tlens distance` and `tlens interpolate`, run as a user runs them: the built
 //! binary on ResNet-style fixtures in mixed dtypes, checked against f64 references written here.
 
+mod scratch;
 mod weights_fixture;
 
 use std::path::{Path, PathBuf};
@@ -11,11 +12,8 @@ fn tlens(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tlens")).args(args).output().expect("tlens runs")
 }
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tl-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn dir(tag: &str) -> scratch::Scratch {
+    scratch::Scratch::new(&format!("cli-{tag}"))
 }
 
 fn s(p: &Path) -> &str {

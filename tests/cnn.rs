@@ -3,6 +3,7 @@
 //! determinism across thread counts, activations, the batched noisy evaluation, the evaluator and
 //! the block-shuffle check.
 
+mod scratch;
 use transferlens::model::cnn::{Layer, Shape, SPEC_METADATA_KEY};
 use transferlens::model::{Cnn, CnnSpec, Dataset};
 use transferlens::Error;
@@ -194,15 +195,13 @@ fn init_groups_modules_carries_the_spec_and_draws_he_normal_weights() {
     assert!(read("gn1.bias").iter().all(|&v| v == 0.0));
     assert!(read("fc.bias").iter().all(|&v| v == 0.0));
     // Saved and loaded, the set still carries the spec.
-    let dir = std::env::temp_dir().join(format!("tl-cnn-init-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch::Scratch::new("cnn-init");
     let path = dir.join("init.safetensors");
     p.save(&path).unwrap();
     let mut q = transferlens::ParamSet::load(&path).unwrap();
     let again = Cnn::from_metadata(&q).unwrap();
     q.set_grouping(again.grouping()).unwrap();
     assert_eq!(q.modules(), p.modules());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! - `TL_PTXAS=path/to/ptxas`: assemble the sm_90 PTX with `ptxas -v`, print its register and
 //!   spill report and fail on any spill.
 
+mod scratch;
 use transferlens::backend::cuda::kernels;
 
 fn required() -> bool {
@@ -60,8 +61,7 @@ fn nvrtc_compiles_every_kernel() {
 
 /// Assembles each PTX for sm_90 with `ptxas -v`, prints one line per kernel and fails on spills.
 fn ptxas_report(ptxas: &str, files: &[kernels::CompiledFile]) {
-    let dir = std::env::temp_dir().join(format!("tl-ptxas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch::Scratch::new("ptxas");
     let mut spills = Vec::new();
     for f in files {
         let input = dir.join(format!("{}.ptx", f.file));

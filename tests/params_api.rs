@@ -1,6 +1,7 @@
 //! The Rust API of parameter sets and weight-space geometry, against f64 references written
 //! here, plus a seeded mutation fuzzer over the safetensors reading path.
 
+mod scratch;
 mod weights_fixture;
 
 use transferlens::geometry::{self, ModuleGeometry};
@@ -12,11 +13,8 @@ fn set(raws: &[Raw]) -> ParamSet {
     ParamSet::from_bytes(&to_bytes(raws, &[]), "fixture").unwrap()
 }
 
-fn tmp(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("tl-params-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> scratch::Scratch {
+    scratch::Scratch::new(&format!("params-{tag}"))
 }
 
 /// A small ResNet-style set (no multi-chunk tensors), for the fuzzer and quick checks.

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub use crate::scratch::Scratch;
+
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -51,11 +53,8 @@ pub fn have(tool: &str) -> bool {
 }
 
 /// A fresh scratch folder for one test of this process.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tl-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+pub fn scratch(name: &str) -> Scratch {
+    Scratch::new(name)
 }
 
 /// The toy checkpoints of the parameter-set examples (bindings/cpp/examples/rewind.cpp,
