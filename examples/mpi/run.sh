@@ -26,6 +26,6 @@ if [ "$(id -u)" = 0 ]; then
     launch+=(--allow-run-as-root)
 fi
 for example in sharded_c sharded_cpp; do
-    echo "== $example on $ranks ranks"
+    echo "== $example (mpirun -np $ranks)"
     "${launch[@]}" "$root/target/mpi-example/$example"
 done

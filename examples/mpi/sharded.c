@@ -94,7 +94,8 @@ static void sharded_cka(tl_context *ctx, tl_cka_estimator estimator, uint64_t se
     size_t shift_len = 0, moments_len = 0;
     TL_CHECK(tl_cka_accumulator_state_size(acc, &shift_len, &moments_len));
     double *shift = checked_malloc(shift_len * sizeof *shift), *moments = checked_malloc(moments_len * sizeof *moments);
-    /* Rank 0 holds rows (shard_range gives it the first ones), so its shift is a data mean. */
+    /* Rank 0's shift is a data mean when it holds rows, as it does whenever there are at least as
+       many samples as ranks (a zero shift from an empty rank 0 works, less precisely). */
     TL_CHECK(tl_cka_accumulator_export(acc, shift, shift_len, moments, moments_len));
     bcast_doubles(shift, shift_len, 0);
     TL_CHECK(tl_cka_accumulator_rebase(acc, shift, shift_len));

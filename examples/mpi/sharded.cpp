@@ -64,7 +64,8 @@ tl::CkaMatrix sharded_cka(const tl::Context& ctx, tl::Estimator estimator, uint6
             (l < SHARD_X_LAYERS ? xs : ys).emplace_back(batch[l].data(), rows, shard_widths[l]);
         acc.update(xs, ys);
     }
-    // Rank 0 holds rows (shard_range gives it the first ones), so its shift is a data mean.
+    // Rank 0's shift is a data mean when it holds rows, as it does whenever there are at least as
+    // many samples as ranks (a zero shift from an empty rank 0 works, less precisely).
     tl::CkaAccumulator::State state = acc.export_state();
     broadcast(state.shift, 0);
     acc.rebase(state.shift);
