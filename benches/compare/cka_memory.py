@@ -57,7 +57,7 @@ def drop_from_page_cache(path):
 
 
 def measure(command):
-    """(peak RSS in kB, wall seconds, stdout, stderr) of one run of `command`."""
+    """(peak RSS in kB, wall seconds, CPU seconds, stdout, stderr) of one run of `command`."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(command, stdout=out, stderr=err)
@@ -69,13 +69,13 @@ def measure(command):
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
         sys.exit(f"{command} failed ({proc.returncode}): {stderr}")
-    return usage.ru_maxrss, wall, stdout, stderr
+    return usage.ru_maxrss, wall, usage.ru_utime + usage.ru_stime, stdout, stderr
 
 
 def run(tlens, a, b):
-    """(peak RSS in kB, wall seconds, CKA value, stderr lines) of one `tlens cka`."""
-    rss, wall, stdout, stderr = measure([tlens, "cka", a, b, "--json", "--backend", "cpu"])
-    return rss, wall, json.loads(stdout)["values"][0][0], stderr.splitlines()
+    """(peak RSS in kB, wall seconds, CPU seconds, CKA value, stderr lines) of one `tlens cka`."""
+    rss, wall, cpu, stdout, stderr = measure([tlens, "cka", a, b, "--json", "--backend", "cpu"])
+    return rss, wall, cpu, json.loads(stdout)["values"][0][0], stderr.splitlines()
 
 
 def main():
@@ -100,18 +100,18 @@ def main():
         size = os.path.getsize(a)
         print(f"{args.rows} x {args.cols} f32 per file ({size / 1e6:.0f} MB each, offset {args.offset}), "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
-        print(f"{'build':40} {'cache':5} {'peak RSS kB':>12} {'wall s':>8} {'progress lines':>15}  CKA")
+        print(f"{'build':40} {'cache':5} {'peak RSS kB':>12} {'wall s':>8} {'CPU s':>7} {'progress lines':>15}  CKA")
         for tlens in builds:
             floor = measure([tlens, "--version"])[0]
-            print(f"{tlens:40} {'-':5} {floor:>12,} {'-':>8} {'-':>15}  (tlens --version: the floor)")
+            print(f"{tlens:40} {'-':5} {floor:>12,} {'-':>8} {'-':>7} {'-':>15}  (tlens --version: the floor)")
             run(tlens, a, b)  # the files into the page cache
             for cache in ("warm", "cold"):
                 for _ in range(args.repeats):
                     if cache == "cold":
                         drop_from_page_cache(a)
                         drop_from_page_cache(b)
-                    rss, wall, value, lines = run(tlens, a, b)
-                    print(f"{tlens:40} {cache:5} {rss:>12,} {wall:>8.2f} {len(lines):>15}  {value!r}")
+                    rss, wall, cpu, value, lines = run(tlens, a, b)
+                    print(f"{tlens:40} {cache:5} {rss:>12,} {wall:>8.2f} {cpu:>7.2f} {len(lines):>15}  {value!r}")
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
     finally:
         shutil.rmtree(folder)
