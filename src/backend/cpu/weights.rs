@@ -223,7 +223,7 @@ unsafe fn add_product(s: &mut [__m256d; 2], x: (__m256d, __m256d), y: (__m256d, 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn avx2_blocks<A: Load, B: Load>(a: &[A], b: &[B], w: Wanted, acc: &mut [[f64; LANES]; 4]) {
-    debug_assert!(a.len() == b.len() && a.len() % LANES == 0);
+    debug_assert!(a.len() == b.len() && a.len().is_multiple_of(LANES));
     // SAFETY: every load reads the eight elements at i < a.len() = b.len(), a multiple of eight;
     // the accumulators are arrays of eight f64; the CPU features are the caller's contract.
     unsafe {
