@@ -1,19 +1,19 @@
 //! `tlens cka` and the CLI's conventions, run as a user runs them: the built binary on files.
 
 mod common;
+mod scratch;
 
 use common::{reference_cka_feature, Dense, TestRng};
-use std::path::{Path, PathBuf};
+use scratch::Scratch;
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn tlens(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tlens")).args(args).output().expect("tlens runs")
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tlens-cli-cka-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> Scratch {
+    Scratch::new(&format!("cli-cka-{name}"))
 }
 
 /// Writes layers as an F32 or F64 safetensors file with the data in the given order (written
@@ -292,4 +292,141 @@ fn a_mask_drops_padding_tokens_and_each_token_is_a_sample() {
     let out = tlens(&["cka", fa.to_str().unwrap(), ga.to_str().unwrap(), "--mask", "attention_mask"]);
     let err = stderr(&out);
     assert!(out.status.code() == Some(1) && err.contains("ga.safetensors") && err.contains("\"layer0\""), "{err}");
+}
+
+/// `value` as little-endian bytes of `dtype`, and the value that dtype stores.
+fn encode(value: f64, dtype: &str) -> (Vec<u8>, f64) {
+    match dtype {
+        "F64" => (value.to_le_bytes().to_vec(), value),
+        "F32" => ((value as f32).to_le_bytes().to_vec(), value as f32 as f64),
+        "F16" => (half::f16::from_f64(value).to_le_bytes().to_vec(), half::f16::from_f64(value).to_f64()),
+        "BF16" => (half::bf16::from_f64(value).to_le_bytes().to_vec(), half::bf16::from_f64(value).to_f64()),
+        other => panic!("no such dtype {other}"),
+    }
+}
+
+/// Layers of the given dtypes and widths over `rows` shared samples (with an offset, so that
+/// the centering matters), written in that order; returns the file's layers as stored.
+fn write_dtypes(path: &Path, rng: &mut TestRng, base: &Dense, layers: &[(&str, &str, usize)]) -> Vec<Dense> {
+    let mut stored = Vec::new();
+    let mut tensors = Vec::new();
+    for &(name, dtype, cols) in layers {
+        let mut d = base.mix(rng, cols, 0.8);
+        d.data.iter_mut().for_each(|v| *v += 3.0);
+        let (bytes, values): (Vec<Vec<u8>>, Vec<f64>) = d.data.iter().map(|&v| encode(v, dtype)).unzip();
+        d.data = values;
+        tensors.push((name, dtype, vec![d.rows, cols], bytes.concat()));
+        stored.push(d);
+    }
+    write_raw(path, &tensors);
+    stored
+}
+
+/// The CKA matrix `tlens cka` prints as JSON, row-major.
+fn cka_values(out: &Output) -> Vec<f64> {
+    assert!(out.status.success(), "{}", stderr(out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect()
+}
+
+/// The in-memory path: both files read whole and CKA on the whole data (`cka_matrix`).
+fn in_memory(fa: &Path, fb: &Path, estimator: transferlens::cka::Estimator) -> Vec<f64> {
+    use transferlens::params::activation_layers;
+    let (a, b) = (transferlens::ParamSet::load(fa).unwrap(), transferlens::ParamSet::load(fb).unwrap());
+    let (xs, ys) = (activation_layers(&a, "a").unwrap(), activation_layers(&b, "b").unwrap());
+    transferlens::cka::cka_matrix(&transferlens::Context::cpu(), &xs, &ys, estimator).unwrap()
+}
+
+#[test]
+fn streamed_blocks_give_the_in_memory_values_for_every_dtype_and_block_size() {
+    use transferlens::cka::Estimator;
+    let dir = scratch("blocks");
+    let mut rng = TestRng::new(31);
+    let n = 1003; // prime: no block size but 1 and n divides it
+    let base = Dense::random(&mut rng, n, 9);
+    // 32-bit products (f32, f16 and bf16 layers); then an f64 layer, which makes every product
+    // f64 on both paths. Odd widths: a layer's rows start at every alignment.
+    let half_file = [("h", "F16", 5), ("w", "F32", 7), ("b", "BF16", 3)];
+    let with_f64 = [("d", "F64", 6), ("h", "F16", 3)];
+    let fb = dir.join("b.safetensors");
+    let ys = write_dtypes(&fb, &mut rng, &base, &[("y0", "F32", 11), ("y1", "BF16", 4)]);
+    // (layers, bound against the in-memory path, bound against the f64 reference)
+    for (layers, bound, reference_bound) in [(&half_file[..], 2e-6, 2e-5), (&with_f64[..], 1e-12, 1e-12)] {
+        let fa = dir.join("a.safetensors");
+        let xs = write_dtypes(&fa, &mut rng, &base, layers);
+        for (estimator, name) in [(Estimator::Biased, "biased"), (Estimator::Debiased, "debiased")] {
+            let want = in_memory(&fa, &fb, estimator);
+            for (k, w) in want.iter().enumerate() {
+                let reference = reference_cka_feature(&xs[k / ys.len()], &ys[k % ys.len()], name == "debiased");
+                assert!((w - reference).abs() <= reference_bound, "{layers:?} {name} pair {k}: {w} vs {reference}");
+            }
+            for block in ["1", "97", "1002", "5000"] {
+                let out = tlens(&[
+                    "cka",
+                    fa.to_str().unwrap(),
+                    fb.to_str().unwrap(),
+                    "--json",
+                    "--backend",
+                    "cpu",
+                    "--estimator",
+                    name,
+                    "--block-rows",
+                    block,
+                ]);
+                assert_eq!(stderr(&out), "", "a short run prints no progress");
+                let got = cka_values(&out);
+                assert_eq!(got.len(), want.len());
+                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() <= bound, "{layers:?} {name} blocks of {block}, pair {k}: {g} vs {w}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn wide_layers_over_few_samples_are_computed_whole_from_the_blocks() {
+    // Sample space (n x n Grams) is the cheaper route here: the blocks are kept, not streamed.
+    let dir = scratch("wide");
+    let mut rng = TestRng::new(32);
+    let n = 41;
+    let base = Dense::random(&mut rng, n, 5);
+    let (fa, fb) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    write_dtypes(&fa, &mut rng, &base, &[("x", "F32", 300), ("h", "BF16", 257)]);
+    write_dtypes(&fb, &mut rng, &base, &[("y", "F16", 301)]);
+    let want = in_memory(&fa, &fb, transferlens::cka::Estimator::Biased);
+    let run = |block: &str| {
+        cka_values(&tlens(&["cka", fa.to_str().unwrap(), fb.to_str().unwrap(), "--json", "--block-rows", block]))
+    };
+    let whole = run("41");
+    for (k, (g, w)) in whole.iter().zip(&want).enumerate() {
+        // The 16-bit layers arrive as f32 here, in their own dtype there: the last bit may differ.
+        assert!((g - w).abs() <= 1e-12, "pair {k}: {g} vs {w}");
+    }
+    for block in ["1", "8"] {
+        assert_eq!(run(block), whole, "blocks of {block}: the same whole data, the same bits");
+    }
+}
+
+#[test]
+fn a_non_finite_value_in_a_later_block_is_named_with_its_row() {
+    let dir = scratch("nan");
+    let mut rng = TestRng::new(33);
+    let (x, y) = (Dense::random(&mut rng, 50, 3), Dense::random(&mut rng, 50, 2));
+    let mut bad = y.clone();
+    bad.data[37 * 2 + 1] = f64::NAN;
+    let (fa, fb) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    write_layers(&fa, &[("x", &x, &[50, 3])], true);
+    write_layers(&fb, &[("good", &y, &[50, 2]), ("bad", &bad, &[50, 2])], true);
+    for block in ["8", "50"] {
+        let out = tlens(&["cka", fa.to_str().unwrap(), fb.to_str().unwrap(), "--block-rows", block]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("b.safetensors layer \"bad\" holds NaN at row 37, column 1"), "{err}");
+    }
 }

@@ -8,7 +8,8 @@
 //! `lambda = 0` and `lambda = 1` copy the endpoints bit for bit.
 //!
 //! The work is memory-bound: every tensor is cut into chunks that run in parallel (rayon), each
-//! chunk in a tight loop the compiler vectorises. Partial sums are added in a fixed order, so a
+//! chunk in a tight vector loop (AVX2 intrinsics where the CPU has them, else loops the compiler
+//! vectorises; the same bits either way). Partial sums are added in a fixed order, so a
 //! result does not depend on the number of threads. The per-chunk loops are
 //! [`crate::backend::cpu::weights`], the CPU twin of `kernels/weights.cu`. Sets wrapped over the
 //! memory of a CUDA device are computed there, in place, by those kernels (with a CUDA context

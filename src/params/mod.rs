@@ -19,10 +19,11 @@
 //!
 //! Files: `tensor` (one tensor of a set and its host slices), `grouping` (names into modules),
 //! `safetensors` (the one safetensors reader, which every loader uses, and `save`), `matching`
-//! (pairing the tensors of two sets), `activations` (a set read as per-layer activations, for
-//! `tlens cka`), `pairing` (matching the tensors of two checkpoints whose names or tensor sets
-//! differ, with the reasons for what is left out), `checkpoint` (single-file, directory and
-//! sharded checkpoints, mapped and read one tensor at a time).
+//! (pairing the tensors of two sets), `activations` (per-layer activations, for `tlens cka`: a set
+//! in memory, or a file mapped and read in blocks of rows), `pairing` (matching the tensors of two
+//! checkpoints whose names or tensor sets differ, with the reasons for what is left out),
+//! `checkpoint` (single-file, directory and sharded checkpoints, mapped and read one tensor at a
+//! time).
 
 mod activations;
 mod checkpoint;
@@ -34,7 +35,7 @@ mod tensor;
 
 pub use self::safetensors::{parse_header, Header, HeaderEntry};
 pub use crate::atomic_write::abandon_unfinished_writes;
-pub use activations::activation_layers;
+pub use activations::{activation_layers, ActivationFile, ActivationLayer, RowBlock};
 pub use checkpoint::{paired_distance, Checkpoint, CheckpointTensor, ModuleDistance, INDEX_FILE, SINGLE_FILE};
 pub use grouping::{Grouping, Module, Unmatched};
 pub use matching::{match_all, match_weights};

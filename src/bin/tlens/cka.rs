@@ -1,11 +1,14 @@
 //! `tlens cka`: linear CKA between every layer of two activation files.
 
 use crate::common::{json_f64, print_json, BackendArg};
-use std::path::{Path, PathBuf};
-use transferlens::cka::{cka_matrix, Estimator};
-use transferlens::params::{activation_layers, ParamSet, Tensor};
-use transferlens::tensor::HostSlice;
-use transferlens::{Error, Matrix, Result};
+use std::io::{IsTerminal, Write};
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use transferlens::cka::{choose_route, cka_matrix, CkaAccumulator, Estimator, Route};
+use transferlens::params::{ActivationFile, ActivationLayer, HeaderEntry, RowBlock};
+use transferlens::{Context, DType, Error, Matrix, Result};
 
 /// Linear CKA of every layer of A against every layer of B.
 ///
@@ -16,6 +19,10 @@ use transferlens::{Error, Matrix, Result};
 /// Token activations (batch x tokens x features) take --mask NAME: a 0/1 tensor of batch x tokens
 /// in the files (in one, or equal in both), 1 for a real token; each real token is then a sample
 /// and padding is dropped.
+///
+/// The files are mapped and read in blocks of samples, so that files larger than memory work;
+/// they must not change while tlens reads them. Runs longer than a few seconds show their
+/// progress on stderr.
 #[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  tlens cka acts_pretrained.safetensors acts_finetuned.safetensors --estimator debiased\n  \
@@ -40,6 +47,9 @@ pub struct CkaArgs {
     /// every layer of shape batch x tokens x features; each remaining token is a sample.
     #[arg(long, value_name = "NAME")]
     mask: Option<String>,
+    /// Samples read per block (default: about 16 MiB of rows); for tests of the block edges.
+    #[arg(long, value_name = "N", hide = true)]
+    block_rows: Option<NonZeroUsize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -48,49 +58,40 @@ enum EstimatorArg {
     Debiased,
 }
 
-/// A layer's rows with the masked tokens gathered, in the layer's precision class.
-enum Gathered {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
 /// The mask named `name`: from whichever file holds it (equal in both when both do).
-fn read_mask(name: &str, files: [(&ParamSet, &Path); 2]) -> Result<(Vec<usize>, Vec<bool>)> {
+fn read_mask(name: &str, files: [&ActivationFile; 2]) -> Result<(Vec<usize>, Vec<bool>)> {
     let mut found: Option<(Vec<usize>, Vec<bool>, String)> = None;
-    for (set, path) in files {
-        let Some(t) = set.tensor(name) else { continue };
-        let what = format!("{}: mask {name:?}", path.display());
-        if t.shape().len() != 2 {
-            return Err(Error::ShapeMismatch(format!("{what} has shape {:?}; a mask is batch x tokens", t.shape())));
+    for file in files {
+        let Some((entry, bytes)) = file.tensor_bytes(name) else { continue };
+        let what = format!("{}: mask {name:?}", file.what());
+        if entry.shape.len() != 2 {
+            return Err(Error::ShapeMismatch(format!("{what} has shape {:?}; a mask is batch x tokens", entry.shape)));
         }
-        let values: Vec<f64> = match t.host() {
-            Ok(h) => to_f64(h),
-            Err(_) => integer_values(t).ok_or_else(|| {
-                Error::UnsupportedDtype(format!(
-                    "{what} has dtype {}; a mask is 0/1 of a float or integer dtype",
-                    t.dtype().name()
-                ))
-            })?,
-        };
+        let values = mask_values(entry, bytes).ok_or_else(|| {
+            Error::UnsupportedDtype(format!(
+                "{what} has dtype {}; a mask is 0/1 of a float or integer dtype",
+                entry.dtype.name()
+            ))
+        })?;
         if let Some(v) = values.iter().find(|&&v| v != 0.0 && v != 1.0) {
             return Err(Error::InvalidArgument(format!("{what} holds {v}; a mask holds only 0 and 1")));
         }
         let keep: Vec<bool> = values.iter().map(|&v| v == 1.0).collect();
         if let Some((shape, other, first)) = &found {
-            if *shape != t.shape() || *other != keep {
+            if *shape != entry.shape || *other != keep {
                 return Err(Error::InvalidArgument(format!(
                     "{what} differs from the mask of the same name in {first}"
                 )));
             }
         } else {
-            found = Some((t.shape().to_vec(), keep, path.display().to_string()));
+            found = Some((entry.shape.clone(), keep, file.what().to_string()));
         }
     }
     let (shape, keep, _) = found.ok_or_else(|| {
         Error::NotFound(format!(
             "--mask {name:?}: neither {} nor {} holds such a tensor",
-            files[0].1.display(),
-            files[1].1.display()
+            files[0].what(),
+            files[1].what()
         ))
     })?;
     if !keep.iter().any(|&k| k) {
@@ -99,11 +100,28 @@ fn read_mask(name: &str, files: [(&ParamSet, &Path); 2]) -> Result<(Vec<usize>, 
     Ok((shape, keep))
 }
 
-/// The elements of an integer tensor (I64, I32, U8, BOOL, ...), widened; None for other dtypes.
-fn integer_values(t: &Tensor) -> Option<Vec<f64>> {
-    let bytes = t.bytes().ok()?;
-    let width = bytes.len().checked_div(t.numel())?;
-    let name = t.dtype().name();
+/// The elements of a float or integer (I64, I32, U8, BOOL, ...) tensor, widened; None for
+/// other dtypes.
+fn mask_values(entry: &HeaderEntry, bytes: &[u8]) -> Option<Vec<f64>> {
+    let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
+    match entry.dtype.weight() {
+        Some(DType::F32) => {
+            return Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect())
+        }
+        Some(DType::F64) => {
+            return Some(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect())
+        }
+        Some(DType::F16) => {
+            return Some(bytes.chunks_exact(2).map(|c| half::f16::from_bits(le2(c)).to_f64()).collect())
+        }
+        Some(DType::BF16) => {
+            return Some(bytes.chunks_exact(2).map(|c| half::bf16::from_bits(le2(c)).to_f64()).collect())
+        }
+        None => {}
+    }
+    let numel: usize = entry.shape.iter().product();
+    let width = bytes.len().checked_div(numel)?;
+    let name = entry.dtype.name();
     let signed = name.starts_with('I');
     if !(signed || name.starts_with('U') || name == "BOOL") || ![1, 2, 4, 8].contains(&width) {
         return None;
@@ -127,54 +145,100 @@ fn integer_values(t: &Tensor) -> Option<Vec<f64>> {
     )
 }
 
-fn to_f64(h: HostSlice<'_>) -> Vec<f64> {
-    match h {
-        HostSlice::F32(v) => v.iter().map(|&x| x as f64).collect(),
-        HostSlice::F64(v) => v.to_vec(),
-        HostSlice::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
-        HostSlice::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+/// One activations file and the layers taken from it.
+struct Side {
+    file: ActivationFile,
+    layers: Vec<ActivationLayer>,
+}
+
+impl Side {
+    /// The layers' names, for messages and the output.
+    fn names(&self) -> Vec<&str> {
+        self.layers.iter().map(|l| l.name()).collect()
+    }
+
+    /// Every layer with its batch x tokens rows as the samples, checked against the mask's shape.
+    fn tokens(self, mask_shape: &[usize]) -> Result<Side> {
+        let what = self.file.what().to_string();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l.with_sample_dims(2) {
+                Some(t) if l.shape()[..2] == mask_shape[..] => Ok(t),
+                _ => Err(Error::ShapeMismatch(format!(
+                    "{what}: layer {:?} has shape {:?}, but the mask is {mask_shape:?}: a masked layer is batch x tokens x features",
+                    l.name(),
+                    l.shape()
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Side { layers, ..self })
+    }
+
+    /// Appends the rows `runs` of every layer to its block, then hands their pages back.
+    fn read(&self, runs: &[Range<usize>], blocks: &mut [RowBlock]) -> Result<()> {
+        for (layer, block) in self.layers.iter().zip(blocks) {
+            for run in runs {
+                self.file.read_rows(layer, run.clone(), block)?;
+            }
+            if let (Some(first), Some(last)) = (runs.first(), runs.last()) {
+                self.file.release_rows(layer, first.start..last.end);
+            }
+        }
+        Ok(())
+    }
+
+    /// Empty blocks, one per layer.
+    fn blocks(&self) -> Vec<RowBlock> {
+        self.layers.iter().map(|l| RowBlock::for_dtype(l.dtype())).collect()
+    }
+
+    fn matrices<'b>(&self, blocks: &'b [RowBlock]) -> Result<Vec<Matrix<'b>>> {
+        self.layers.iter().zip(blocks).map(|(l, b)| b.matrix(l.cols())).collect()
     }
 }
 
-/// Layer `t` (batch x tokens x features...) with only the kept tokens, one row each.
-fn gather(t: &Tensor, mask_shape: &[usize], keep: &[bool], what: &str) -> Result<(Gathered, usize, usize)> {
-    let shape = t.shape();
-    if shape.len() < 2 || shape[..2] != mask_shape[..] {
-        return Err(Error::ShapeMismatch(format!(
-            "{what}: layer {:?} has shape {shape:?}, but the mask is {mask_shape:?}: a masked layer is batch x tokens x features",
-            t.name()
-        )));
-    }
-    let cols: usize = shape[2..].iter().product();
-    let rows = keep.iter().filter(|&&k| k).count();
-    let rows_of = |k: usize| k * cols..(k + 1) * cols;
-    let kept = keep.iter().enumerate().filter(|(_, &k)| k).map(|(i, _)| i);
-    let host = t.host().map_err(|e| Error::UnsupportedDtype(format!("{what}: layer {:?}: {e}", t.name())))?;
-    let g = match host {
-        HostSlice::F64(v) => Gathered::F64(kept.flat_map(|i| v[rows_of(i)].iter().copied()).collect()),
-        HostSlice::F32(v) => Gathered::F32(kept.flat_map(|i| v[rows_of(i)].iter().copied()).collect()),
-        HostSlice::F16(v) => Gathered::F32(kept.flat_map(|i| v[rows_of(i)].iter().map(|x| x.to_f32())).collect()),
-        HostSlice::BF16(v) => Gathered::F32(kept.flat_map(|i| v[rows_of(i)].iter().map(|x| x.to_f32())).collect()),
-    };
-    Ok((g, rows, cols))
+/// The samples: every row of the layers, or the rows (tokens) a mask keeps.
+enum Samples {
+    All(usize),
+    Kept(Vec<usize>),
 }
 
-fn view(g: &(Gathered, usize, usize)) -> Result<Matrix<'_>> {
-    match &g.0 {
-        Gathered::F32(v) => Matrix::new(v, g.1, g.2, g.2),
-        Gathered::F64(v) => Matrix::new(v, g.1, g.2, g.2),
+impl Samples {
+    fn count(&self) -> usize {
+        match self {
+            Samples::All(n) => *n,
+            Samples::Kept(rows) => rows.len(),
+        }
+    }
+
+    /// The layer rows of samples `range`, as runs of consecutive rows.
+    fn runs(&self, range: Range<usize>) -> Vec<Range<usize>> {
+        match self {
+            Samples::All(_) => vec![range],
+            Samples::Kept(rows) => {
+                let mut runs: Vec<Range<usize>> = Vec::new();
+                for &r in &rows[range] {
+                    match runs.last_mut() {
+                        Some(run) if run.end == r => run.end += 1,
+                        _ => runs.push(r..r + 1),
+                    }
+                }
+                runs
+            }
+        }
     }
 }
 
 /// Rewrites the library's layer labels (`x[2]`, `y[0]`) as the file and the layer's name.
-fn name_layers(e: Error, a: (&Path, &[&Tensor]), b: (&Path, &[&Tensor])) -> Error {
+fn name_layers(e: Error, a: &Side, b: &Side) -> Error {
     let label = regex::Regex::new(r"\b([xy])\[(\d+)\]").expect("a valid pattern");
     let rename = |m: &str| -> String {
         label
             .replace_all(m, |c: &regex::Captures| {
-                let (path, layers) = if &c[1] == "x" { a } else { b };
-                match c[2].parse::<usize>().ok().and_then(|i| layers.get(i)) {
-                    Some(t) => format!("{} layer {:?}", path.display(), t.name()),
+                let side = if &c[1] == "x" { a } else { b };
+                match c[2].parse::<usize>().ok().and_then(|i| side.layers.get(i)) {
+                    Some(l) => format!("{} layer {:?}", side.file.what(), l.name()),
                     None => c[0].to_string(),
                 }
             })
@@ -191,91 +255,170 @@ fn name_layers(e: Error, a: (&Path, &[&Tensor]), b: (&Path, &[&Tensor])) -> Erro
 }
 
 /// Checks that every layer has the samples of A's first layer, naming the files and layers.
-fn check_samples(
-    xs: &[Matrix],
-    ys: &[Matrix],
-    a: (&Path, &[&Tensor]),
-    b: (&Path, &[&Tensor]),
-    masked: bool,
-) -> Result<()> {
-    let n = xs[0].rows();
+fn check_samples(a: &Side, b: &Side, masked: bool) -> Result<()> {
+    let first = &a.layers[0];
+    let n = first.rows();
     let unit = if masked { "kept tokens" } else { "samples (first dimension)" };
-    for (layers, (path, names)) in [(xs, a), (ys, b)] {
-        for (m, t) in layers.iter().zip(names) {
-            if m.rows() != n {
-                return Err(Error::ShapeMismatch(format!(
-                    "{} layer {:?} has {} {unit} but {} layer {:?} has {n}: both files must hold the same samples, in the same order",
-                    path.display(),
-                    t.name(),
-                    m.rows(),
-                    a.0.display(),
-                    a.1[0].name()
-                )));
-            }
+    for side in [a, b] {
+        if let Some(l) = side.layers.iter().find(|l| l.rows() != n) {
+            return Err(Error::ShapeMismatch(format!(
+                "{} layer {:?} has {} {unit} but {} layer {:?} has {n}: both files must hold the same samples, in the same order",
+                side.file.what(),
+                l.name(),
+                l.rows(),
+                a.file.what(),
+                first.name()
+            )));
         }
     }
     Ok(())
 }
 
+/// Rows per block: about this many bytes of converted rows, all layers of both files together.
+const BLOCK_BYTES: usize = 16 << 20;
+/// The fewest rows per block, so that each block's products are large enough to run at full
+/// speed (each block also adds its `p x q` products to the accumulator's).
+const MIN_BLOCK_ROWS: usize = 256;
+
+fn default_block_rows(a: &Side, b: &Side) -> usize {
+    let row_bytes: usize =
+        a.layers.iter().chain(&b.layers).map(|l| l.cols() * if l.dtype() == DType::F64 { 8 } else { 4 }).sum();
+    (BLOCK_BYTES / row_bytes.max(1)).max(MIN_BLOCK_ROWS)
+}
+
+/// CKA of every layer of A against every layer of B, row-major.
+///
+/// The samples are read in blocks of `block_rows`. When the products are formed in feature space
+/// (the cheaper route unless the layers are wider than the samples are many), each block goes
+/// through the exact streaming accumulator and is dropped: memory is a few blocks plus the
+/// `p x q` products, whatever the number of samples. Otherwise (few samples of wide layers, whose
+/// `n x n` Grams are cheaper) the blocks are kept and CKA is computed on the whole data.
+fn layer_cka(
+    ctx: &Context,
+    a: &Side,
+    b: &Side,
+    samples: &Samples,
+    estimator: Estimator,
+    block_rows: usize,
+) -> Result<Vec<f64>> {
+    let n = samples.count();
+    let (mut blocks_a, mut blocks_b) = (a.blocks(), b.blocks());
+    let mut streamed: Option<CkaAccumulator> = None;
+    let mut progress = Progress::new(std::io::stderr(), std::io::stderr().is_terminal(), QUIET_FOR);
+    for start in (0..n).step_by(block_rows) {
+        let end = (start + block_rows).min(n);
+        if streamed.is_some() {
+            blocks_a.iter_mut().chain(&mut blocks_b).for_each(RowBlock::clear);
+        }
+        let runs = samples.runs(start..end);
+        a.read(&runs, &mut blocks_a)?;
+        b.read(&runs, &mut blocks_b)?;
+        let (xs, ys) = (a.matrices(&blocks_a)?, b.matrices(&blocks_b)?);
+        if start == 0 && choose_route(n, &xs, &ys) == Route::Feature {
+            streamed = Some(CkaAccumulator::new(xs.len(), ys.len(), estimator)?);
+        }
+        if let Some(acc) = &mut streamed {
+            acc.update(ctx, &xs, &ys)?;
+        }
+        progress.update(end, n);
+    }
+    match streamed {
+        Some(acc) => acc.result(),
+        None => cka_matrix(ctx, &a.matrices(&blocks_a)?, &b.matrices(&blocks_b)?, estimator),
+    }
+}
+
+/// How long a run stays silent: a short run prints no progress.
+const QUIET_FOR: Duration = Duration::from_secs(2);
+
+/// Progress of a long run on stderr, as `tlens study` shows it: on a terminal one line rewritten
+/// in place, elsewhere (a log, a pipe) one line per tenth of the samples; nothing before
+/// `quiet_for` has passed.
+struct Progress<W: Write> {
+    out: W,
+    terminal: bool,
+    quiet_for: Duration,
+    started: Instant,
+    tenths_shown: usize,
+}
+
+impl<W: Write> Progress<W> {
+    fn new(out: W, terminal: bool, quiet_for: Duration) -> Self {
+        Progress { out, terminal, quiet_for, started: Instant::now(), tenths_shown: 0 }
+    }
+
+    /// `done` of `total` samples are read. A failed write to stderr is ignored: progress is not
+    /// the result.
+    fn update(&mut self, done: usize, total: usize) {
+        let elapsed = self.started.elapsed();
+        if elapsed < self.quiet_for || total == 0 {
+            return;
+        }
+        let tenths = done * 10 / total;
+        let line = format!("tlens cka: {}% of {total} samples ({:.1} s)", done * 100 / total, elapsed.as_secs_f64());
+        if self.terminal {
+            let _ = write!(self.out, "\r{line}");
+            if done == total {
+                let _ = writeln!(self.out);
+            }
+        } else if tenths > self.tenths_shown {
+            let _ = writeln!(self.out, "{line}");
+            self.tenths_shown = tenths;
+        }
+    }
+}
+
 pub fn run(args: CkaArgs) -> Result<()> {
-    // The library's reader and activation loader (the ones the fuzz targets exercise).
-    let (file_a, file_b) = (ParamSet::load(&args.acts_a)?, ParamSet::load(&args.acts_b)?);
+    // SAFETY: the files are mapped; `tlens cka` documents that they must not change while it
+    // reads them (a truncated file ends the process with SIGBUS).
+    let (file_a, file_b) = unsafe { (ActivationFile::open(&args.acts_a)?, ActivationFile::open(&args.acts_b)?) };
     let estimator = match args.estimator {
         EstimatorArg::Biased => Estimator::Biased,
         EstimatorArg::Debiased => Estimator::Debiased,
     };
-    let is_layer = |t: &&Tensor| args.mask.as_deref() != Some(t.name());
-    let a: Vec<&Tensor> = file_a.tensors().iter().filter(is_layer).collect();
-    let b: Vec<&Tensor> = file_b.tensors().iter().filter(is_layer).collect();
-    let (side_a, side_b) = ((args.acts_a.as_path(), &a[..]), (args.acts_b.as_path(), &b[..]));
-    let ctx = args.backend.context()?;
-    let values = match &args.mask {
-        None => {
-            let xs = activation_layers(&file_a, &args.acts_a.display().to_string())?;
-            let ys = activation_layers(&file_b, &args.acts_b.display().to_string())?;
-            check_samples(&xs, &ys, side_a, side_b, false)?;
-            cka_matrix(&ctx, &xs, &ys, estimator).map_err(|e| name_layers(e, side_a, side_b))?
+    let mask = match &args.mask {
+        Some(name) => Some(read_mask(name, [&file_a, &file_b])?),
+        None => None,
+    };
+    let side = |file: ActivationFile| -> Result<Side> {
+        let layers = file.layers(args.mask.as_deref())?;
+        if layers.is_empty() {
+            return Err(Error::Format(format!("{}: the file holds no layer besides the mask", file.what())));
         }
-        Some(name) => {
-            let (shape, keep) = read_mask(name, [(&file_a, &args.acts_a), (&file_b, &args.acts_b)])?;
-            for (layers, path) in [(&a, &args.acts_a), (&b, &args.acts_b)] {
-                if layers.is_empty() {
-                    return Err(Error::Format(format!("{}: the file holds no layer besides the mask", path.display())));
-                }
-            }
-            let ga: Vec<_> = a
-                .iter()
-                .map(|t| gather(t, &shape, &keep, &args.acts_a.display().to_string()))
-                .collect::<Result<_>>()?;
-            let gb: Vec<_> = b
-                .iter()
-                .map(|t| gather(t, &shape, &keep, &args.acts_b.display().to_string()))
-                .collect::<Result<_>>()?;
-            let xs: Vec<Matrix> = ga.iter().map(view).collect::<Result<_>>()?;
-            let ys: Vec<Matrix> = gb.iter().map(view).collect::<Result<_>>()?;
-            check_samples(&xs, &ys, side_a, side_b, true)?;
-            cka_matrix(&ctx, &xs, &ys, estimator).map_err(|e| name_layers(e, side_a, side_b))?
+        Ok(Side { file, layers })
+    };
+    let (mut a, mut b) = (side(file_a)?, side(file_b)?);
+    let samples = match mask {
+        None => Samples::All(a.layers[0].rows()),
+        Some((shape, keep)) => {
+            (a, b) = (a.tokens(&shape)?, b.tokens(&shape)?);
+            Samples::Kept(keep.iter().enumerate().filter(|(_, &k)| k).map(|(i, _)| i).collect())
         }
     };
-    let ny = b.len();
+    check_samples(&a, &b, args.mask.is_some())?;
+    let ctx = args.backend.context()?;
+    let block_rows = args.block_rows.map_or_else(|| default_block_rows(&a, &b), NonZeroUsize::get);
+    let values = layer_cka(&ctx, &a, &b, &samples, estimator, block_rows).map_err(|e| name_layers(e, &a, &b))?;
+    let (names_a, names_b) = (a.names(), b.names());
+    let ny = names_b.len();
     if args.json {
         let rows: Vec<_> =
             values.chunks(ny).map(|r| serde_json::Value::Array(r.iter().map(|&v| json_f64(v)).collect())).collect();
         print_json(&serde_json::json!({
-            "rows": a.iter().map(|t| t.name()).collect::<Vec<_>>(),
-            "cols": b.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            "rows": names_a,
+            "cols": names_b,
             "values": rows,
         }));
     } else {
-        let width = a.iter().map(|l| l.name().len()).max().unwrap_or(0).max(4);
-        let colw = b.iter().map(|l| l.name().len()).max().unwrap_or(0).max(8);
+        let width = names_a.iter().map(|l| l.len()).max().unwrap_or(0).max(4);
+        let colw = names_b.iter().map(|l| l.len()).max().unwrap_or(0).max(8);
         print!("{:width$}", "A \\ B");
-        for l in &b {
-            print!("  {:>colw$}", l.name());
+        for l in &names_b {
+            print!("  {:>colw$}", l);
         }
         println!();
-        for (l, row) in a.iter().zip(values.chunks(ny)) {
-            print!("{:width$}", l.name());
+        for (l, row) in names_a.iter().zip(values.chunks(ny)) {
+            print!("{:width$}", l);
             for v in row {
                 print!("  {:>colw$.4}", v);
             }
@@ -283,4 +426,42 @@ pub fn run(args: CkaArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(terminal: bool, quiet_for: Duration, total: usize, steps: &[usize]) -> String {
+        let mut p = Progress::new(Vec::new(), terminal, quiet_for);
+        for &done in steps {
+            p.update(done, total);
+        }
+        String::from_utf8(p.out).unwrap()
+    }
+
+    #[test]
+    fn progress_is_silent_for_short_runs_and_one_line_per_tenth_in_a_log() {
+        let every_block: Vec<usize> = (1..=40).map(|k| k * 250).collect();
+        assert_eq!(lines(false, Duration::from_secs(3600), 10_000, &every_block), "", "a short run prints nothing");
+        let log = lines(false, Duration::ZERO, 10_000, &every_block);
+        let percents: Vec<&str> = log.lines().map(|l| l.split_whitespace().nth(2).unwrap()).collect();
+        assert_eq!(percents, ["10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "100%"], "{log}");
+        assert!(log.lines().all(|l| l.starts_with("tlens cka: ") && l.contains("of 10000 samples")), "{log}");
+        let tty = lines(true, Duration::ZERO, 10_000, &every_block);
+        assert_eq!(tty.matches('\r').count(), 40, "one rewrite per block: {tty:?}");
+        let last = tty.rsplit('\r').next().unwrap();
+        assert!(last.starts_with("tlens cka: 100% of 10000 samples (") && last.ends_with(" s)\n"), "{tty:?}");
+        assert_eq!(tty.matches('\n').count(), 1, "a newline at the end only: {tty:?}");
+    }
+
+    #[test]
+    fn masked_samples_are_read_as_runs_of_consecutive_rows() {
+        let kept = Samples::Kept(vec![0, 1, 2, 5, 6, 9]);
+        assert_eq!(kept.count(), 6);
+        assert_eq!(kept.runs(0..6), [0..3, 5..7, 9..10]);
+        assert_eq!(kept.runs(2..5), [2..3, 5..7]);
+        let all = Samples::All(10).runs(3..8);
+        assert_eq!((all.len(), &all[0]), (1, &(3..8)), "every row: one run");
+    }
 }
