@@ -1138,6 +1138,22 @@ enum tl_status tl_params_load_mapped(struct tl_context *ctx,
                                      struct tl_params **out);
 
 /**
+ * Loads a checkpoint as users keep it into memory the set owns: a safetensors file, a folder
+ * holding model.safetensors, or a sharded checkpoint (its folder, or its
+ * model.safetensors.index.json, whose weight_map names the shard of every tensor). Every file's
+ * header is validated against its size, and a sharded checkpoint's shards against its index (a
+ * tensor in two shards, or in another shard than the index says, is TL_STATUS_FORMAT naming
+ * both). Tensors keep each file's order, shard after shard in the order of the shards' file
+ * names; the first shard's metadata is kept.
+ * The files are read through read-only mappings during the call: they must not be truncated
+ * while it runs. Errors as tl_params_load. On success *out owns a set to free with
+ * tl_params_destroy.
+ */
+enum tl_status tl_params_load_checkpoint(struct tl_context *ctx,
+                                         const char *path,
+                                         struct tl_params **out);
+
+/**
  * Writes the set as a safetensors file, atomically (a temporary file in the same folder,
  * flushed, then renamed over the path). Tensors keep their order; a loaded file's metadata is
  * kept.

@@ -444,6 +444,15 @@ class Params {
         detail::check(tl_params_load_mapped(detail::context_handle(ctx), path.c_str(), &p.p_));
         return p;
     }
+    // A checkpoint as it is kept: a safetensors file, a folder holding model.safetensors, or a
+    // sharded checkpoint (its folder or its model.safetensors.index.json), copied into memory the
+    // set owns. The shards are checked against the index (TL_STATUS_FORMAT naming the tensor at
+    // fault); the files must not be truncated while the call reads them.
+    static Params load_checkpoint(const Context& ctx, const std::string& path) {
+        Params p;
+        detail::check(tl_params_load_checkpoint(detail::context_handle(ctx), path.c_str(), &p.p_));
+        return p;
+    }
     // A set over the caller's memory, zero-copy: the tensors' data must outlive the set.
     static Params wrap(const Context& ctx, const std::vector<Tensor>& tensors) {
         std::vector<tl_tensor> raw;

@@ -164,6 +164,26 @@ func LoadParamsMapped(ctx *Context, path string) (*Params, error) {
 	return loadParams(ctx, path, true)
 }
 
+// LoadCheckpoint loads a checkpoint as it is kept: a safetensors file, a folder holding
+// model.safetensors, or a sharded checkpoint (its folder or its model.safetensors.index.json),
+// copied into memory the set owns. The shards are checked against the index (StatusFormat naming
+// the tensor at fault); the files must not be truncated while the call reads them.
+func LoadCheckpoint(ctx *Context, path string) (*Params, error) {
+	h, err := ctx.handle()
+	if err != nil {
+		return nil, err
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var ptr *C.tl_params
+	err = call(func() C.enum_tl_status { return C.tl_params_load_checkpoint(h, cpath, &ptr) })
+	runtime.KeepAlive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newParams(ptr, nil), nil
+}
+
 func loadParams(ctx *Context, path string, mapped bool) (*Params, error) {
 	h, err := ctx.handle()
 	if err != nil {

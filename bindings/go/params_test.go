@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -236,6 +237,46 @@ func TestParamsLoadMapped(t *testing.T) {
 	writeSafetensors(t, path, mb)
 	if !reflect.DeepEqual(must(a.TensorF32("conv1.weight")), ma.conv) {
 		t.Fatal("rewriting the file changed a set loaded by LoadParams")
+	}
+}
+
+// LoadCheckpoint reads a folder holding model.safetensors and a sharded checkpoint (by folder and
+// by index) to the same set as the file, and refuses an index naming a shard that is not there.
+func TestLoadCheckpoint(t *testing.T) {
+	ctx := cpu(t)
+	ma, _, a, _, dir := loadPair(t, ctx)
+	folder := filepath.Join(dir, "folder")
+	noErr(t, os.Mkdir(folder, 0o700))
+	writeSafetensors(t, filepath.Join(folder, "model.safetensors"), ma)
+	sharded := filepath.Join(dir, "sharded")
+	noErr(t, os.Mkdir(sharded, 0o700))
+	writeSafetensors(t, filepath.Join(sharded, "only.safetensors"), ma)
+	index := filepath.Join(sharded, "model.safetensors.index.json")
+	names := []string{"conv1.weight", "layer1.0.weight", "bn.num_batches_tracked", "layer1.1.bias", "fc.bias"}
+	writeIndex := func(shard string) {
+		entries := make([]string, len(names))
+		for i, n := range names {
+			entries[i] = fmt.Sprintf("%q:%q", n, shard)
+		}
+		noErr(t, os.WriteFile(index, []byte(`{"weight_map":{`+strings.Join(entries, ",")+`}}`), 0o600))
+	}
+	writeIndex("only.safetensors")
+	for _, where := range []string{folder, sharded, index} {
+		p := must(LoadCheckpoint(ctx, where))
+		if p.TensorCount() != 5 {
+			t.Fatalf("%s: %d tensors", where, p.TensorCount())
+		}
+		if d := must(p.Distance(ctx, a)); d.Total != 0 {
+			t.Fatalf("%s: distance %g from the file", where, d.Total)
+		}
+		noErr(t, p.Close())
+	}
+	writeIndex("other.safetensors")
+	for _, where := range []string{sharded, filepath.Join(dir, "missing")} {
+		var e *Error
+		if _, err := LoadCheckpoint(ctx, where); !errors.As(err, &e) || e.Status != StatusIO {
+			t.Fatalf("%s: want an IO error, got %v", where, err)
+		}
 	}
 }
 

@@ -7,7 +7,7 @@ use super::boundary::{
 use super::{guard, guard_value, tl_context, RawDType};
 use crate::error::{Error, Result, Status};
 use crate::geometry::{self, ModuleGeometry};
-use crate::params::{Grouping, ParamSet, TensorSpec, Unmatched};
+use crate::params::{Checkpoint, Grouping, ParamSet, TensorSpec, Unmatched};
 use crate::tensor::DType;
 use std::ffi::{c_char, c_void};
 
@@ -159,6 +159,36 @@ pub unsafe extern "C" fn tl_params_load_mapped(
         // SAFETY: that the file stays unchanged while the set lives is the caller's contract,
         // documented above.
         hand_out(unsafe { ParamSet::load_mapped(path) }?, out);
+        Ok(())
+    })
+}
+
+/// Loads a checkpoint as users keep it into memory the set owns: a safetensors file, a folder
+/// holding model.safetensors, or a sharded checkpoint (its folder, or its
+/// model.safetensors.index.json, whose weight_map names the shard of every tensor). Every file's
+/// header is validated against its size, and a sharded checkpoint's shards against its index (a
+/// tensor in two shards, or in another shard than the index says, is TL_STATUS_FORMAT naming
+/// both). Tensors keep each file's order, shard after shard in the order of the shards' file
+/// names; the first shard's metadata is kept.
+/// The files are read through read-only mappings during the call: they must not be truncated
+/// while it runs. Errors as tl_params_load. On success *out owns a set to free with
+/// tl_params_destroy.
+#[no_mangle]
+pub unsafe extern "C" fn tl_params_load_checkpoint(
+    ctx: *mut tl_context,
+    path: *const c_char,
+    out: *mut *mut tl_params,
+) -> Status {
+    guard(|| {
+        // SAFETY: out is NULL or valid for a write (the C contract).
+        let out = unsafe { try_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
+        // SAFETY: ctx is NULL or a live context; the path NULL or a NUL-terminated string.
+        let (_ctx, path) = unsafe { (handle_ref(ctx, "ctx")?, try_str(path, "path")?) };
+        // SAFETY: that the files stay whole during the call is the caller's contract, above; the
+        // mappings end with the call.
+        let checkpoint = unsafe { Checkpoint::open(path) }?;
+        hand_out(checkpoint.load()?, out);
         Ok(())
     })
 }

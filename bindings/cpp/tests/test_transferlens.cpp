@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace tl = transferlens;
@@ -607,6 +608,16 @@ static void test_params() {
     const tl::Params mid = tl::Params::load(ctx, pm);
     CHECK(mid.distance(ctx, out).total == 0.0);
     CHECK(mid.tensor_count() == 5);
+
+    // A checkpoint folder holding model.safetensors: the same set as the file.
+    const std::string folder = scratch_path("checkpoint"), inside = folder + "/model.safetensors";
+    CHECK(mkdir(folder.c_str(), 0700) == 0);
+    out.save(inside);
+    CHECK(tl::Params::load_checkpoint(ctx, folder).distance(ctx, mid).total == 0.0);
+    CHECK(tl::Params::load_checkpoint(ctx, inside).tensor_count() == 5);
+    CHECK_THROWS(tl::Params::load_checkpoint(ctx, scratch_path("missing")), TL_STATUS_IO);
+    std::remove(inside.c_str());
+    CHECK(rmdir(folder.c_str()) == 0);
 
     // Mapped: the values of the copy; a write into the set (an interpolation) never reaches the
     // file. A loaded (copied) set is a snapshot: rewriting the file in place afterwards, once the

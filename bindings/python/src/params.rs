@@ -160,6 +160,22 @@ impl ParamSet {
         py.detach(|| Set::load(&path)).map(ParamSet::owned).map_err(to_py)
     }
 
+    /// Reads a checkpoint as it is kept: a safetensors file, a folder holding
+    /// `model.safetensors`, or a sharded checkpoint (its folder or its
+    /// `model.safetensors.index.json`), into memory the set owns. The shards are checked against
+    /// the index; the files must not be truncated while the call reads them.
+    #[staticmethod]
+    fn load_checkpoint(py: Python<'_>, path: std::path::PathBuf) -> PyResult<ParamSet> {
+        py.detach(|| {
+            // SAFETY: the mappings end with this call; that the files stay whole meanwhile is
+            // the documented contract (as for any tool that maps its inputs).
+            let checkpoint = unsafe { transferlens::params::Checkpoint::open(&path) }?;
+            checkpoint.load()
+        })
+        .map(ParamSet::owned)
+        .map_err(to_py)
+    }
+
     /// Wraps a dict {name: array} in place, in the dict's order: numpy arrays (C-contiguous,
     /// writable) or `__dlpack__` tensors (contiguous; host or CUDA memory), float32, float64,
     /// float16 or bfloat16. Nothing is copied: the set reads the arrays' current values, and an

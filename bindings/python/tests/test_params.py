@@ -1,5 +1,7 @@
 """ParamSet (load, from_arrays in place, save, modules), distance and interpolate."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,28 @@ def test_from_arrays_through_dlpack_wraps_in_place(rng):
     assert tl.distance(pa, pb)["total"] == 0.0
     a["fc1.bias"][0] += 3.0
     assert tl.distance(pa, pb)["total"] == pytest.approx(3.0, rel=1e-12)
+
+
+def test_load_checkpoint_reads_folders_and_shards(rng, tmp_path):
+    a = arrays(rng)
+    names = list(a)
+    whole = tl.ParamSet.from_arrays(a)
+    (tmp_path / "folder").mkdir()
+    whole.save(tmp_path / "folder" / "model.safetensors")
+    shards = tmp_path / "sharded"
+    shards.mkdir()
+    first, second = names[: len(names) // 2], names[len(names) // 2 :]
+    tl.ParamSet.from_arrays({k: a[k] for k in first}).save(shards / "part-1.safetensors")
+    tl.ParamSet.from_arrays({k: a[k] for k in second}).save(shards / "part-2.safetensors")
+    weight_map = {k: "part-1.safetensors" for k in first} | {k: "part-2.safetensors" for k in second}
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for where in [tmp_path / "folder", shards, shards / "model.safetensors.index.json"]:
+        loaded = tl.ParamSet.load_checkpoint(where)
+        assert loaded.tensor_names == names
+        assert tl.distance(loaded, whole)["total"] == 0.0
+    weight_map[first[0]] = "part-2.safetensors"
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(tl.FormatError, match=first[0]):
+        tl.ParamSet.load_checkpoint(shards)
+    with pytest.raises(tl.IoError):
+        tl.ParamSet.load_checkpoint(tmp_path / "missing")

@@ -48,7 +48,7 @@ export cka_linear, cka_matrix, update!, merge!, result, state_size, export_state
        set_widths!
 export Params, ModuleGeometry, Grouping, Unmatched, GROUP_FIRST, GROUP_DEPTH, GROUP_PREFIXES, GROUP_TENSOR,
        UNMATCHED_OWN_GROUP, UNMATCHED_ERROR
-export load_params, save_params, wrap_params, set_grouping!, module_count, module_name, module_names, find_module,
+export load_params, load_checkpoint, save_params, wrap_params, set_grouping!, module_count, module_name, module_names, find_module,
        tensor_count, tensor_data, distance, norms, compare, interpolate!, interpolate_module!, rewind!
 export Evaluator, Metrics, Metric, METRIC_LOSS, METRIC_ERROR, METRIC_ACCURACY, BarrierResult, finish,
        CriticalityOptions, Criticality, NetworkSummary, CriticalityReport, NetworkReport, BoundReport
@@ -479,6 +479,23 @@ function load_params(ctx::Context, path::AbstractString; mapped::Bool=false)
             check(ccall((:tl_params_load, libtransferlens), UInt32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
                         handle(ctx), path, out))
         end
+    end
+    return Params(out[])
+end
+
+"""
+    load_checkpoint(ctx, path) -> Params
+
+Loads a checkpoint as it is kept: a safetensors file, a folder holding `model.safetensors`, or a
+sharded checkpoint (its folder or its `model.safetensors.index.json`), into memory the set owns.
+The shards are checked against the index (`STATUS_FORMAT` naming the tensor at fault); the files
+must not be truncated while the call reads them.
+"""
+function load_checkpoint(ctx::Context, path::AbstractString)
+    out = Ref{Ptr{Cvoid}}(C_NULL)
+    GC.@preserve ctx begin
+        check(ccall((:tl_params_load_checkpoint, libtransferlens), UInt32, (Ptr{Cvoid}, Cstring, Ref{Ptr{Cvoid}}),
+                    handle(ctx), path, out))
     end
     return Params(out[])
 end
