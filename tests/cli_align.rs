@@ -283,6 +283,94 @@ fn align_errors_name_the_file_and_tensor() {
     assert!(!out.exists(), "a failed run wrote its output");
 }
 
+/// Writes per-group activations as a safetensors file: tensor `name`, shape `[n, units]`.
+fn write_activations(path: &Path, spec: &PermSpec, acts: &[Vec<f32>], n: usize) {
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
+        spec.groups.iter().zip(acts).map(|(g, v)| (g.name.clone(), vec![n, g.size], v.clone())).collect();
+    f32_set(&tensors).unwrap().save(path).unwrap();
+}
+
+#[test]
+fn align_by_activations_recovers_a_known_permutation() {
+    let d = Scratch::new("align-acts");
+    let (pa, pb, out) = (d.join("a.safetensors"), d.join("b.safetensors"), d.join("b_aligned.safetensors"));
+    let (acts_a, acts_b) = (d.join("acts_a.safetensors"), d.join("acts_b.safetensors"));
+    let mlp = Mlp::new(&[10, 16, 12, 4]).unwrap();
+    let spec = PermSpec::for_mlp(&mlp);
+    let mut rng = TestRng::new(15);
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = mlp
+        .init(0)
+        .unwrap()
+        .tensors()
+        .iter()
+        .map(|t| (t.name().to_owned(), t.shape().to_vec(), (0..t.numel()).map(|_| rng.normal() as f32).collect()))
+        .collect();
+    let a = f32_set(&tensors).unwrap();
+    a.save(&pa).unwrap();
+    permuted_copy(&spec, &a, &pb, 16);
+    let b = ParamSet::load(&pb).unwrap();
+    let n = 200;
+    let data = Dataset::new(
+        (0..n * 10).map(|_| rng.normal() as f32).collect(),
+        (0..n).map(|i| (i % 4) as u32).collect(),
+        10,
+        4,
+    )
+    .unwrap();
+    let unit_acts = |p: &ParamSet| transferlens::align::activations::mlp_unit_activations(&mlp, p, &data).unwrap();
+    write_activations(&acts_a, &spec, &unit_acts(&a), n);
+    write_activations(&acts_b, &spec, &unit_acts(&b), n);
+    let run = |acts_b: &Path| {
+        tlens(&[
+            "align",
+            s(&pa),
+            s(&pb),
+            "--output",
+            s(&out),
+            "--method",
+            "activations",
+            "--acts-a",
+            s(&acts_a),
+            "--acts-b",
+            s(acts_b),
+            "--json",
+        ])
+    };
+    let v = json(&run(&acts_b));
+    assert_eq!(v["method"], "activations");
+    assert_eq!(v["distance_after"].as_f64().unwrap(), 0.0);
+    assert_bit_equal(&ParamSet::load(&out).unwrap(), &a);
+    std::fs::remove_file(&out).unwrap();
+
+    // Errors name the activation file and the group.
+    let partial = d.join("partial.safetensors");
+    f32_set(&[("fc1".into(), vec![n, 16], unit_acts(&b)[0].clone())]).unwrap().save(&partial).unwrap();
+    let err = failure(&run(&partial));
+    assert!(err.contains(s(&partial)) && err.contains("\"fc2\""), "{err}");
+    let fewer = d.join("fewer.safetensors");
+    let head = |v: &Vec<f32>, units: usize| v[..(n - 1) * units].to_vec();
+    let acts = unit_acts(&b);
+    f32_set(&[
+        ("fc1".into(), vec![n - 1, 16], head(&acts[0], 16)),
+        ("fc2".into(), vec![n - 1, 12], head(&acts[1], 12)),
+    ])
+    .unwrap()
+    .save(&fewer)
+    .unwrap();
+    let err = failure(&run(&fewer));
+    assert!(err.contains("\"fc1\"") && err.contains(s(&fewer)) && err.contains("same inputs"), "{err}");
+    let wide = d.join("wide.safetensors");
+    f32_set(&[("fc1".into(), vec![n / 2, 32], acts[0].clone()), ("fc2".into(), vec![n, 12], acts[1].clone())])
+        .unwrap()
+        .save(&wide)
+        .unwrap();
+    let err = failure(&run(&wide));
+    assert!(err.contains(s(&wide)) && err.contains("[N, 16, ...]"), "{err}");
+    let err = failure(&tlens(&["align", s(&pa), s(&pb), "--output", s(&out), "--method", "activations"]));
+    assert!(err.contains("--acts-a and --acts-b"), "{err}");
+    assert!(!out.exists(), "a failed run wrote its output");
+}
+
 fn python() -> String {
     let py = std::env::var("TL_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&py).args(["-c", "import numpy"]).output().map(|o| o.status.success()).unwrap_or(false);

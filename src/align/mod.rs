@@ -6,6 +6,8 @@
 //!   and for a chain of dense layers, or read from JSON;
 //! - [`assignment`]: the exact linear assignment solver;
 //! - [`matching`]: weight matching, coordinate descent over the groups;
+//! - [`activations`]: activation matching, one assignment per group on the correlation of the
+//!   two models' unit activations;
 //! - [`apply`]: B rewritten in the matched order.
 //!
 //! ```
@@ -20,11 +22,13 @@
 //! # Ok::<(), transferlens::Error>(())
 //! ```
 
+pub mod activations;
 pub mod apply;
 pub mod assignment;
 pub mod matching;
 pub mod spec;
 
+pub use activations::{match_activations, ActivationMatcher};
 pub use apply::{apply, invert};
 pub use assignment::{Assignment, Objective};
 pub use matching::{match_weights, MatchOptions, Matching};

@@ -5,8 +5,9 @@ use crate::checkpoints;
 use crate::common::{json_f64, print_json, Progress};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use transferlens::align::{apply, match_weights, MatchOptions, Matching, PermSpec};
-use transferlens::{geometry, Context, Error, ParamSet, Result};
+use transferlens::align::activations::units_last;
+use transferlens::align::{apply, match_weights, ActivationMatcher, MatchOptions, Matching, PermGroup, PermSpec};
+use transferlens::{geometry, Context, Error, Matrix, ParamSet, Result};
 
 /// How the unit orders are matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -145,6 +146,62 @@ pub fn align_weights(
     Ok((matching, aligned))
 }
 
+/// One group's activations from a file: the tensor named as the group, `[N, units, ...]`, as an
+/// `(N x pixels) x units` matrix; and its shape, which both files must share.
+fn group_activations(acts: &ParamSet, path: &Path, group: &PermGroup) -> Result<(Vec<f32>, Vec<usize>)> {
+    let Some(t) = acts.tensor(&group.name) else {
+        return Err(Error::NotFound(format!(
+            "{}: no tensor {:?} (the activations of permutation group {:?}, shape [N, {}, ...])",
+            path.display(),
+            group.name,
+            group.name,
+            group.size
+        )));
+    };
+    if t.shape().len() < 2 || t.shape()[1] != group.size || t.shape()[0] == 0 {
+        return Err(Error::ShapeMismatch(format!(
+            "{}: tensor {:?} has shape {:?}; permutation group {:?} needs [N, {}, ...] with N >= 1",
+            path.display(),
+            group.name,
+            t.shape(),
+            group.name,
+            group.size
+        )));
+    }
+    let values = t.host().map_err(|e| prefixed(e, &format!("{}: ", path.display())))?.to_f32();
+    Ok((units_last(&values, t.shape()[0], group.size)?, t.shape().to_vec()))
+}
+
+/// Activation matching from two files of activations on the same inputs, one tensor per group.
+fn match_from_files(spec: &PermSpec, path_a: &Path, path_b: &Path) -> Result<Matching> {
+    let (acts_a, acts_b) = (load(path_a)?, load(path_b)?);
+    let mut values = Vec::with_capacity(spec.groups.len());
+    for g in &spec.groups {
+        let (a, shape_a) = group_activations(&acts_a, path_a, g)?;
+        let (b, shape_b) = group_activations(&acts_b, path_b, g)?;
+        if shape_a != shape_b {
+            return Err(Error::ShapeMismatch(format!(
+                "group {:?}: the activations have shape {shape_a:?} in {} but {shape_b:?} in {}; both need the same inputs",
+                g.name,
+                path_a.display(),
+                path_b.display()
+            )));
+        }
+        values.push((a, b));
+    }
+    let _p = Progress::start("matching the activations".into());
+    let mut matcher = ActivationMatcher::new(spec)?;
+    let views = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Result<Vec<Matrix<'_>>> {
+        values
+            .iter()
+            .zip(&spec.groups)
+            .map(|(v, g)| Matrix::contiguous(pick(v), pick(v).len() / g.size, g.size))
+            .collect()
+    };
+    matcher.update(&Context::cpu(), &views(|v| &v.0)?, &views(|v| &v.1)?)?;
+    matcher.finish()
+}
+
 fn load(path: &Path) -> Result<ParamSet> {
     let _p = Progress::start(format!("reading {}", path.display()));
     checkpoints::open(path)?.load()
@@ -168,7 +225,12 @@ pub fn run(args: AlignArgs) -> Result<()> {
             align_weights(&spec, &a, &b, &options).map_err(|e| crate::weights::in_files(e, &args.a, &args.b))?
         }
         Method::Activations => {
-            return Err(Error::InvalidArgument("--method activations is not available yet".into()));
+            let (Some(acts_a), Some(acts_b)) = (&args.acts_a, &args.acts_b) else {
+                return Err(Error::InvalidArgument("--method activations needs --acts-a and --acts-b".into()));
+            };
+            let matching = match_from_files(&spec, acts_a, acts_b)?;
+            let aligned = apply(&spec, &b, &matching.perms)?;
+            (matching, aligned)
         }
     };
     let after = total_distance(&a, &aligned, &args.a, &args.output)?;
