@@ -24,6 +24,8 @@ pub enum Moving {
     First(usize),
     /// The last k modules (k >= 1).
     Last(usize),
+    /// Modules `first .. first + count` (count >= 1): the C ABI's form of all of the above.
+    Range { first: usize, count: usize },
 }
 
 impl Moving {
@@ -37,6 +39,10 @@ impl Moving {
             }
             Moving::First(k) => Ok((0..k).collect()),
             Moving::Last(k) => Ok((count - k..count).collect()),
+            Moving::Range { first, count: k } if k == 0 || first.checked_add(k).is_none_or(|end| end > count) => {
+                fail!(InvalidArgument, "modules {first} .. {first} + {k}: need 1 or more of the set's {count} modules")
+            }
+            Moving::Range { first, count: k } => Ok((first..first + k).collect()),
         }
     }
 }
