@@ -218,24 +218,23 @@ fn activation_matching_errors_name_the_group() {
     let mut m = ActivationMatcher::new(&spec).unwrap();
     // Before any data, and with too few observations.
     assert!(matches!(m.finish(), Err(Error::DegenerateInput(e)) if e.contains("\"first\"")));
-    let err = m.update(&ctx, &[m3.clone()], &[m3.clone()]).unwrap_err();
+    let err = m.update(&ctx, &[m3], &[m3]).unwrap_err();
     assert!(matches!(&err, Error::ShapeMismatch(e) if e.contains("2 groups")), "{err}");
-    let err = m.update(&ctx, &[m3.clone(), m3.clone()], &[m3.clone(), m2.clone()]).unwrap_err();
+    let err = m.update(&ctx, &[m3, m3], &[m3, m2]).unwrap_err();
     assert!(matches!(&err, Error::ShapeMismatch(e) if e.contains("\"second\"") && e.contains("A's")), "{err}");
     let one_row = Matrix::contiguous(&x2[..2], 1, 2).unwrap();
-    let err = m.update(&ctx, &[m3.clone(), m2.clone()], &[m3.clone(), one_row]).unwrap_err();
+    let err = m.update(&ctx, &[m3, m2], &[m3, one_row]).unwrap_err();
     assert!(matches!(&err, Error::ShapeMismatch(e) if e.contains("\"second\"") && e.contains("rows")), "{err}");
     // A NaN in the second group's data, after the first group took the batch: the matcher
     // refuses further use.
     let nan = [f32::NAN, 1.0, 2.0, 3.0];
-    let err =
-        m.update(&ctx, &[m3.clone(), m2.clone()], &[m3.clone(), Matrix::contiguous(&nan, 2, 2).unwrap()]).unwrap_err();
+    let err = m.update(&ctx, &[m3, m2], &[m3, Matrix::contiguous(&nan, 2, 2).unwrap()]).unwrap_err();
     assert!(matches!(&err, Error::NonFinite(e) if e.contains("\"second\"")), "{err}");
-    let err = m.update(&ctx, &[m3.clone(), m2.clone()], &[m3.clone(), m2.clone()]).unwrap_err();
+    let err = m.update(&ctx, &[m3, m2], &[m3, m2]).unwrap_err();
     assert!(matches!(&err, Error::InvalidArgument(e) if e.contains("new matcher")), "{err}");
     assert!(matches!(m.finish(), Err(Error::InvalidArgument(_))));
     // A fresh matcher with two observations works.
     let mut m = ActivationMatcher::new(&spec).unwrap();
-    m.update(&ctx, &[m3.clone(), m2.clone()], &[m3, m2]).unwrap();
+    m.update(&ctx, &[m3, m2], &[m3, m2]).unwrap();
     assert_eq!(m.finish().unwrap().perms.len(), 2);
 }

@@ -172,10 +172,15 @@ fn group_activations(acts: &ParamSet, path: &Path, group: &PermGroup) -> Result<
     Ok((units_last(&values, t.shape()[0], group.size)?, t.shape().to_vec()))
 }
 
+/// Per group, its `observations x units` values as a matrix.
+fn group_views<'a>(values: &'a [Vec<f32>], spec: &PermSpec) -> Result<Vec<Matrix<'a>>> {
+    values.iter().zip(&spec.groups).map(|(v, g)| Matrix::contiguous(v, v.len() / g.size, g.size)).collect()
+}
+
 /// Activation matching from two files of activations on the same inputs, one tensor per group.
 fn match_from_files(spec: &PermSpec, path_a: &Path, path_b: &Path) -> Result<Matching> {
     let (acts_a, acts_b) = (load(path_a)?, load(path_b)?);
-    let mut values = Vec::with_capacity(spec.groups.len());
+    let (mut values_a, mut values_b) = (Vec::new(), Vec::new());
     for g in &spec.groups {
         let (a, shape_a) = group_activations(&acts_a, path_a, g)?;
         let (b, shape_b) = group_activations(&acts_b, path_b, g)?;
@@ -187,18 +192,12 @@ fn match_from_files(spec: &PermSpec, path_a: &Path, path_b: &Path) -> Result<Mat
                 path_b.display()
             )));
         }
-        values.push((a, b));
+        values_a.push(a);
+        values_b.push(b);
     }
     let _p = Progress::start("matching the activations".into());
     let mut matcher = ActivationMatcher::new(spec)?;
-    let views = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Result<Vec<Matrix<'_>>> {
-        values
-            .iter()
-            .zip(&spec.groups)
-            .map(|(v, g)| Matrix::contiguous(pick(v), pick(v).len() / g.size, g.size))
-            .collect()
-    };
-    matcher.update(&Context::cpu(), &views(|v| &v.0)?, &views(|v| &v.1)?)?;
+    matcher.update(&Context::cpu(), &group_views(&values_a, spec)?, &group_views(&values_b, spec)?)?;
     matcher.finish()
 }
 
