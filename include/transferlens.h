@@ -220,6 +220,52 @@ typedef struct tl_evaluator tl_evaluator;
 typedef struct tl_params tl_params;
 
 /**
+ * A permutation spec: which tensor axes share one permutation of hidden units (docs/align.md).
+ * Immutable once made: any number of calls may read it at once.
+ */
+typedef struct tl_perm_spec tl_perm_spec;
+
+/**
+ * Options of tl_align_weights. Fill the struct from tl_align_options_default() and keep its
+ * `size`: fields added in later versions take their defaults for callers built against an
+ * older, smaller struct.
+ */
+typedef struct tl_align_options {
+  size_t size;
+  /**
+   * Seeds the order in which each pass visits the groups (default 0).
+   */
+  uint64_t seed;
+  /**
+   * The most passes over all groups (>= 1; default 100); matching stops earlier after a pass
+   * that changed no group.
+   */
+  uint64_t max_passes;
+} tl_align_options;
+
+/**
+ * A row-major matrix view: rows = samples, cols = features. Not owned: the memory stays the
+ * caller's and must stay valid during the call that receives the view.
+ */
+typedef struct tl_matrix {
+  /**
+   * The first element; aligned for `dtype`.
+   */
+  const void *data;
+  tl_dtype dtype;
+  uint64_t rows;
+  uint64_t cols;
+  /**
+   * Elements between row starts; 0 means `cols`.
+   */
+  uint64_t row_stride;
+  /**
+   * -1: host memory; k >= 0: memory of CUDA device k.
+   */
+  int32_t device;
+} tl_matrix;
+
+/**
  * Metrics of a parameter set on an evaluation set.
  */
 typedef struct tl_metrics {
@@ -272,28 +318,6 @@ typedef struct tl_barrier_result {
    */
   int32_t same_basin;
 } tl_barrier_result;
-
-/**
- * A row-major matrix view: rows = samples, cols = features. Not owned: the memory stays the
- * caller's and must stay valid during the call that receives the view.
- */
-typedef struct tl_matrix {
-  /**
-   * The first element; aligned for `dtype`.
-   */
-  const void *data;
-  tl_dtype dtype;
-  uint64_t rows;
-  uint64_t cols;
-  /**
-   * Elements between row starts; 0 means `cols`.
-   */
-  uint64_t row_stride;
-  /**
-   * -1: host memory; k >= 0: memory of CUDA device k.
-   */
-  int32_t device;
-} tl_matrix;
 
 /**
  * Options of tl_mlp_train and tl_cnn_train. Fill the struct from tl_train_options_default()
@@ -667,6 +691,116 @@ const char *tl_status_name(tl_status status);
  * until this thread's next call of a tl_ function.
  */
 const char *tl_last_error_message(void);
+
+/**
+ * The defaults: seed 0, at most 100 passes.
+ */
+struct tl_align_options tl_align_options_default(void);
+
+/**
+ * Infers the spec from a set's own description: the built-in CNN's when the set's metadata
+ * carries a CNN specification (tl_cnn_init sets, and files saved from them), else a plain chain
+ * of dense layers (its 2-D "*.weight" tensors in set order; the built-in MLP is one). A set that
+ * is neither is TL_STATUS_SHAPE_MISMATCH or TL_STATUS_INVALID_ARGUMENT naming the tensor.
+ */
+enum tl_status tl_perm_spec_infer(const struct tl_params *set, struct tl_perm_spec **out);
+
+/**
+ * Reads a spec from its JSON form (docs/align.md): {"groups": [{"name", "size", "axes":
+ * [[tensor, axis], ...], "partition": [...]}]}. Malformed JSON is TL_STATUS_FORMAT; a size of 0
+ * or a partition that is no chain of divisors is TL_STATUS_INVALID_ARGUMENT.
+ */
+enum tl_status tl_perm_spec_from_json(const char *json, struct tl_perm_spec **out);
+
+/**
+ * Frees a spec; NULL is a no-op.
+ */
+void tl_perm_spec_destroy(struct tl_perm_spec *spec);
+
+/**
+ * The number of groups; 0 for NULL.
+ */
+size_t tl_perm_spec_group_count(const struct tl_perm_spec *spec);
+
+/**
+ * The total number of units over all groups: the length of a permutation array; 0 for NULL.
+ */
+size_t tl_perm_spec_units(const struct tl_perm_spec *spec);
+
+/**
+ * The number of units of group `group` into *out (TL_STATUS_NOT_FOUND past the last group).
+ */
+enum tl_status tl_perm_spec_group_size(const struct tl_perm_spec *spec,
+                                       size_t group,
+                                       uint64_t *out);
+
+/**
+ * Checks the spec against a set: every tensor it names exists, is a weight with the group's
+ * size on its axis, and no (tensor, axis) is in two groups. Errors name the group and tensor.
+ */
+enum tl_status tl_perm_spec_check(const struct tl_perm_spec *spec, const struct tl_params *set);
+
+/**
+ * Weight matching (Git Re-Basin): the permutations of B's units that best match A's weights,
+ * into `perms` (`n_perms` = tl_perm_spec_units). `opts` may be NULL (the defaults). `passes`
+ * and `converged` (1 when a full pass changed nothing, else 0) may be NULL. A and B must both fit
+ * the spec with equal shapes (errors name the group and tensor).
+ */
+enum tl_status tl_align_weights(const struct tl_perm_spec *spec,
+                                const struct tl_params *a,
+                                const struct tl_params *b,
+                                const struct tl_align_options *opts,
+                                uint64_t *perms,
+                                size_t n_perms,
+                                uint64_t *passes,
+                                int32_t *converged);
+
+/**
+ * Activation matching: per group, the correlation of A's and B's unit activations on the same
+ * inputs, then one assignment. `acts_a[g]` and `acts_b[g]` (`n_groups` = the spec's groups) are
+ * group g's activations, observations x units (a conv: one row per input and pixel), host or
+ * device memory of the context's device; they are read during the call only. The permutations go
+ * to `perms` (`n_perms` = tl_perm_spec_units). Fewer than 2 observations is
+ * TL_STATUS_DEGENERATE_INPUT; NaN or Inf is TL_STATUS_NON_FINITE naming the group.
+ */
+enum tl_status tl_align_activations(const struct tl_context *ctx,
+                                    const struct tl_perm_spec *spec,
+                                    const struct tl_matrix *acts_a,
+                                    const struct tl_matrix *acts_b,
+                                    size_t n_groups,
+                                    uint64_t *perms,
+                                    size_t n_perms);
+
+/**
+ * B rewritten in the unit order `perms` (`n_perms` = tl_perm_spec_units, as tl_align_weights
+ * writes them) into a new set *out: every tensor of the spec gathered along its permuted axes,
+ * byte for byte; the others, the metadata and the grouping copied. A permutation that is not one,
+ * or that moves units across a group's blocks (its partition), is TL_STATUS_INVALID_ARGUMENT.
+ */
+enum tl_status tl_align_apply(const struct tl_perm_spec *spec,
+                              const struct tl_params *b,
+                              const uint64_t *perms,
+                              size_t n_perms,
+                              struct tl_params **out);
+
+/**
+ * The layer-wise curve (Adilova et al., ICLR 2024): the metrics at each of the `n` lambdas of A
+ * with modules `first_module .. first_module + module_count` (A's modules, in order) at
+ * (1 - lambda) A + lambda B and every other weight held at A bit for bit. One module:
+ * (i, 1); the first k: (0, k); the last k: (count - k, k). Each point is written into `live`
+ * (see "Live sets"), which must hold a's weights and be neither a nor b. Host sets only. The
+ * barrier: tl_barrier on the curve.
+ */
+enum tl_status tl_layerwise_curve(const struct tl_context *ctx,
+                                  struct tl_evaluator *evaluator,
+                                  const struct tl_params *a,
+                                  const struct tl_params *b,
+                                  struct tl_params *live,
+                                  const double *lambdas,
+                                  size_t n,
+                                  size_t first_module,
+                                  size_t module_count,
+                                  struct tl_metrics *out);
 
 /**
  * Makes an evaluator from a host callback; `user` is passed back to every call.

@@ -27,6 +27,7 @@ const MIRRORS: &[(&str, &str)] = &[
     ("NetworkReport", "tl_network_report"),
     ("BoundReport", "tl_bound_report"),
     ("TrainOptions", "tl_train_options"),
+    ("AlignOptions", "tl_align_options"),
 ];
 
 /// A type in a form both languages map to.

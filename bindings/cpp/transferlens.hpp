@@ -1053,6 +1053,110 @@ class Cnn {
     tl_cnn* cnn_ = nullptr;
 };
 
+// ---------------------------------------------------------------------------------------------
+// Permutation alignment and layer-wise connectivity (docs/align.md)
+
+// Which tensor axes share one permutation of hidden units: inferred from a set (the built-in CNN
+// from its metadata, else a chain of dense layers) or read from JSON.
+class PermSpec {
+  public:
+    static PermSpec infer(const Params& set) {
+        PermSpec s;
+        detail::check(tl_perm_spec_infer(detail::params_handle(set), &s.spec_));
+        return s;
+    }
+    static PermSpec from_json(const std::string& json) {
+        PermSpec s;
+        detail::check(tl_perm_spec_from_json(json.c_str(), &s.spec_));
+        return s;
+    }
+    ~PermSpec() { tl_perm_spec_destroy(spec_); }
+    PermSpec(const PermSpec&) = delete;
+    PermSpec& operator=(const PermSpec&) = delete;
+    PermSpec(PermSpec&& other) noexcept : spec_(std::exchange(other.spec_, nullptr)) {}
+    PermSpec& operator=(PermSpec&& other) noexcept {
+        if (this != &other) {
+            tl_perm_spec_destroy(spec_);
+            spec_ = std::exchange(other.spec_, nullptr);
+        }
+        return *this;
+    }
+
+    size_t group_count() const { return tl_perm_spec_group_count(handle()); }
+    // The length of a flat permutation array: the units of all groups.
+    size_t units() const { return tl_perm_spec_units(handle()); }
+    uint64_t group_size(size_t group) const {
+        uint64_t out = 0;
+        detail::check(tl_perm_spec_group_size(handle(), group, &out));
+        return out;
+    }
+    // Throws naming the group and tensor when the spec does not fit the set.
+    void check(const Params& set) const { detail::check(tl_perm_spec_check(handle(), detail::params_handle(set))); }
+
+    const tl_perm_spec* handle() const {
+        if (!spec_) throw Error(TL_STATUS_NULL_ARGUMENT, "use of a moved-from transferlens::PermSpec");
+        return spec_;
+    }
+
+  private:
+    PermSpec() = default;
+    tl_perm_spec* spec_ = nullptr;
+};
+
+// Weight matching: the flat permutation (group after group; perms[offset + i] is the unit of b
+// that becomes unit i) that best matches a's weights.
+struct Alignment {
+    std::vector<uint64_t> perms;
+    uint64_t passes = 0;
+    bool converged = false;
+};
+
+inline Alignment align_weights(const PermSpec& spec, const Params& a, const Params& b, uint64_t seed = 0,
+                               uint64_t max_passes = 100) {
+    tl_align_options opts = tl_align_options_default();
+    opts.seed = seed;
+    opts.max_passes = max_passes;
+    Alignment out;
+    out.perms.resize(spec.units());
+    int32_t converged = 0;
+    detail::check(tl_align_weights(spec.handle(), detail::params_handle(a), detail::params_handle(b), &opts,
+                                   out.perms.data(), out.perms.size(), &out.passes, &converged));
+    out.converged = converged == 1;
+    return out;
+}
+
+// Activation matching on one observations x units matrix per group and model.
+inline std::vector<uint64_t> align_activations(const Context& ctx, const PermSpec& spec,
+                                               const std::vector<MatrixView>& acts_a,
+                                               const std::vector<MatrixView>& acts_b) {
+    if (acts_a.size() != acts_b.size())
+        throw Error(TL_STATUS_SHAPE_MISMATCH, "acts_a and acts_b hold different numbers of groups");
+    const auto ra = detail::raw_views(acts_a), rb = detail::raw_views(acts_b);
+    std::vector<uint64_t> perms(spec.units());
+    detail::check(tl_align_activations(detail::context_handle(ctx), spec.handle(), ra.data(), rb.data(), ra.size(),
+                                       perms.data(), perms.size()));
+    return perms;
+}
+
+// b rewritten in the unit order perms (as align_weights gives it): a new set.
+inline Params align_apply(const PermSpec& spec, const Params& b, const std::vector<uint64_t>& perms) {
+    tl_params* out = nullptr;
+    detail::check(tl_align_apply(spec.handle(), detail::params_handle(b), perms.data(), perms.size(), &out));
+    return Params::adopt(out);
+}
+
+// The layer-wise curve: modules first_module .. first_module + module_count of a move to b, the
+// rest held at a; each point is written into live.
+inline std::vector<Metrics> layerwise_curve(const Context& ctx, Evaluator& evaluator, const Params& a,
+                                            const Params& b, Params& live, const std::vector<double>& lambdas,
+                                            size_t first_module, size_t module_count) {
+    std::vector<Metrics> out(lambdas.size());
+    detail::check(tl_layerwise_curve(detail::context_handle(ctx), evaluator.handle(), detail::params_handle(a),
+                                     detail::params_handle(b), live.get(), lambdas.data(), lambdas.size(),
+                                     first_module, module_count, out.data()));
+    return out;
+}
+
 }  // namespace transferlens
 
 #endif  // TRANSFERLENS_HPP

@@ -119,7 +119,7 @@ fn score(weights: &[f64], n: usize, perm: &[usize]) -> f64 {
 
 /// The permutation maximising `sum_i weights[i][perm[i]]` among those the group admits: with a
 /// partition, the best inner matching for every pair of blocks, then the best matching of blocks.
-fn best_permutation(group: &PermGroup, weights: &[f64]) -> Result<Vec<usize>> {
+pub(super) fn best_permutation(group: &PermGroup, weights: &[f64]) -> Result<Vec<usize>> {
     let all: Vec<usize> = (0..group.size).collect();
     best_within(weights, group.size, &all, &all, &group.partition)
 }

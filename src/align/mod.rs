@@ -6,7 +6,10 @@
 //!   and for a chain of dense layers, or read from JSON;
 //! - [`assignment`]: the exact linear assignment solver;
 //! - [`matching`]: weight matching, coordinate descent over the groups;
-//! - [`apply`]: B rewritten in the matched order.
+//! - [`activations`]: activation matching, one assignment per group on the correlation of the
+//!   two models' unit activations;
+//! - [`apply`]: B rewritten in the matched order;
+//! - [`layerwise`]: layer-wise connectivity, the curve and barrier with only some modules moved.
 //!
 //! ```
 //! use transferlens::align::{apply, match_weights, MatchOptions, PermSpec};
@@ -20,12 +23,16 @@
 //! # Ok::<(), transferlens::Error>(())
 //! ```
 
+pub mod activations;
 pub mod apply;
 pub mod assignment;
+pub mod layerwise;
 pub mod matching;
 pub mod spec;
 
+pub use activations::{match_activations, ActivationMatcher};
 pub use apply::{apply, invert};
 pub use assignment::{Assignment, Objective};
+pub use layerwise::{layerwise_barrier, layerwise_curve, Moving};
 pub use matching::{match_weights, MatchOptions, Matching};
 pub use spec::{PermGroup, PermSpec};

@@ -143,6 +143,18 @@ impl PermSpec {
         set.tensors().iter().map(|t| t.name()).filter(|n| !touched.contains(n)).map(str::to_owned).collect()
     }
 
+    /// The spec a set's own description gives: the built-in CNN's when the set's metadata
+    /// carries a CNN specification ([`Cnn::from_metadata`]), else a plain chain of dense layers
+    /// ([`PermSpec::for_dense_chain`], which also covers the built-in MLP). Returns the spec and
+    /// a few words saying which inference was used.
+    pub fn infer(set: &ParamSet) -> Result<(PermSpec, &'static str)> {
+        if set.metadata().contains_key(crate::model::cnn::SPEC_METADATA_KEY) {
+            let cnn = Cnn::from_metadata(set)?;
+            return Ok((PermSpec::for_cnn(&cnn)?, "the built-in CNN (from the file's metadata)"));
+        }
+        Ok((PermSpec::for_dense_chain(set)?, "a chain of dense layers"))
+    }
+
     /// The built-in MLP: hidden layer `l`'s units index `fc{l}.weight` axis 0, `fc{l}.bias`
     /// axis 0 and `fc{l+1}.weight` axis 1. Inputs and logits are not permuted.
     pub fn for_mlp(mlp: &Mlp) -> PermSpec {

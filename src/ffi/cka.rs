@@ -116,7 +116,7 @@ fn prefix(e: crate::Error, name: &str) -> crate::Error {
 /// # Safety
 /// `ptr` is NULL or points to `count` matrix descriptions, each valid as [`tl_matrix::view`]
 /// requires, that nothing writes while `'a` lasts.
-unsafe fn views<'a>(ptr: *const tl_matrix, count: usize, name: &str) -> Result<Vec<Matrix<'a>>> {
+pub(super) unsafe fn views<'a>(ptr: *const tl_matrix, count: usize, name: &str) -> Result<Vec<Matrix<'a>>> {
     if count == 0 {
         fail!(InvalidArgument, "{name}: the count of matrices is 0");
     }

@@ -24,6 +24,7 @@
 #![allow(clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod align;
 mod analysis;
 mod boundary;
 mod cka;
@@ -33,6 +34,7 @@ mod criticality;
 mod params;
 mod train;
 
+pub use align::*;
 pub use analysis::*;
 #[allow(unused_imports)]
 pub use cka::*;

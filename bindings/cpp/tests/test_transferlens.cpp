@@ -941,12 +941,60 @@ static void test_cnn() {
     CHECK(moved.classes() == 2);
 }
 
+// Alignment: a known permutation of an MLP recovered by weight and by activation matching, the
+// layer-wise curve against the plain one, and errors.
+static void test_align() {
+    tl::Context ctx(tl::Backend::Cpu);
+    const std::vector<uint64_t> sizes = {5, 7, 4};
+    tl::Params a = tl::mlp_init(sizes, 1);
+    tl::PermSpec spec = tl::PermSpec::infer(a);
+    CHECK(spec.group_count() == 1 && spec.units() == 7 && spec.group_size(0) == 7);
+    spec.check(a);
+    const std::vector<uint64_t> hidden = {3, 0, 6, 1, 5, 2, 4};
+    tl::Params b = tl::align_apply(spec, a, hidden);
+    const tl::Alignment found = tl::align_weights(spec, a, b);
+    CHECK(found.converged);
+    for (size_t i = 0; i < 7; i++) CHECK(hidden[found.perms[i]] == i);
+    tl::Params back = tl::align_apply(spec, b, found.perms);
+    CHECK(back.distance(ctx, a).total == 0.0);
+
+    // Activations: B's column i is A's column hidden[i].
+    const uint64_t rows = 30;
+    std::vector<float> acts_a(rows * 7), acts_b(rows * 7);
+    for (auto& x : acts_a) x = static_cast<float>(normal());
+    for (uint64_t r = 0; r < rows; r++)
+        for (size_t i = 0; i < 7; i++) acts_b[r * 7 + i] = acts_a[r * 7 + hidden[i]];
+    const auto by_acts =
+        tl::align_activations(ctx, spec, {tl::MatrixView(acts_a, rows, 7)}, {tl::MatrixView(acts_b, rows, 7)});
+    CHECK(by_acts == found.perms);
+
+    // Layer-wise: both modules moving is the plain curve.
+    std::vector<float> x(20 * 5);
+    std::vector<uint32_t> labels(20);
+    for (auto& v : x) v = static_cast<float>(normal());
+    for (size_t i = 0; i < labels.size(); i++) labels[i] = static_cast<uint32_t>(i % 4);
+    tl::Evaluator ev = tl::Evaluator::mlp(sizes, x, labels);
+    tl::Params other = tl::mlp_init(sizes, 2);
+    tl::Params live = a.clone();
+    const std::vector<double> lambdas = {0, 0.5, 1};
+    const auto plain = tl::interpolation_curve(ctx, ev, a, other, live, lambdas);
+    const auto all = tl::layerwise_curve(ctx, ev, a, other, live, lambdas, 0, 2);
+    for (size_t k = 0; k < 3; k++) CHECK(all[k].loss == plain[k].loss);
+
+    CHECK_THROWS(tl::align_apply(spec, b, {0, 1}), TL_STATUS_SHAPE_MISMATCH);
+    CHECK_THROWS(tl::align_apply(spec, b, {0, 0, 1, 2, 3, 4, 5}), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(tl::PermSpec::from_json("{"), TL_STATUS_FORMAT);
+    CHECK_THROWS(tl::layerwise_curve(ctx, ev, a, other, live, lambdas, 1, 2), TL_STATUS_INVALID_ARGUMENT);
+    CHECK_THROWS(tl::align_weights(spec, a, b, 0, 0), TL_STATUS_INVALID_ARGUMENT);
+}
+
 int main() {
     const std::pair<const char*, std::function<void()>> tests[] = {
         {"basics", test_basics},       {"context", test_context},       {"cka_linear", test_cka_linear},
         {"views", test_views},         {"errors", test_errors},         {"cka_matrix", test_cka_matrix},
         {"accumulator", test_accumulator}, {"params", test_params},
         {"analysis", test_analysis},   {"cnn", test_cnn},
+        {"align", test_align},
     };
     for (const auto& t : tests) {
         t.second();

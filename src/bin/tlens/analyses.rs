@@ -1,12 +1,14 @@
 //! `tlens curve`, `tlens rewind`, `tlens criticality`: the library's analyses of two checkpoints,
 //! with the metrics from an evaluation server (`--eval-server`). Defaults are the library's.
 
+use crate::align::{align_weights, SpecArgs};
 use crate::checkpoints::{Pair, PairArgs};
 use crate::common::{json_f64, print_json};
 use crate::eval_server::{EvalServer, Needs, ServerArgs};
 use crate::weights::{in_files, parse_grouping};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use transferlens::align::MatchOptions;
 use transferlens::criticality::{self, Eps, Noise, Options, Path as CritPath, Search};
 use transferlens::eval::{Metric, Metrics};
 use transferlens::{geometry, landscape, Context, Grouping, Result};
@@ -51,14 +53,17 @@ impl Metrics2 {
 /// Each point (1 - lambda) A + lambda B is written as a safetensors file holding every tensor of
 /// A (its unpaired weights copied unchanged, with --only-shared) and evaluated by the server.
 /// With --module NAME only that module moves; the rest stays at B. The barrier needs 0 and 1 in
-/// the grid (it is null otherwise).
+/// the grid (it is null otherwise). With --align, B is first rewritten in the unit order that
+/// best matches A (weight matching, as `tlens align`; --spec or an inferred spec), so that the
+/// curve runs from A to the aligned B.
 #[derive(clap::Args)]
 #[command(
     allow_negative_numbers = true,
     after_help = "Example:\n  tlens curve pt_t1.safetensors pt_t2.safetensors --lambdas -1,-0.5,0,0.5,1,1.5,2 \\\n    \
 --eval-server 'python3 examples/eval_server_torch.py' --json\n\n\
 JSON (--json): {\"lambdas\": [...], \"loss\": [...], \"error\": [...], \"barrier\": {\"loss\": {\"value\", \"peak_lambda\", \
-\"start\", \"end\", \"same_basin\", \"tolerance\"}, \"error\": {...}}, \"module\": name or null, \"evaluations\": int, \"left_out\": [...]}"
+\"start\", \"end\", \"same_basin\", \"tolerance\"}, \"error\": {...}}, \"module\": name or null, \"evaluations\": int, \"left_out\": [...], \
+\"alignment\": null or {\"spec\", \"passes\", \"converged\", \"distance_before\", \"distance_after\"}}"
 )]
 pub struct CurveArgs {
     /// Checkpoint A (lambda = 0).
@@ -84,6 +89,11 @@ pub struct CurveArgs {
     server: ServerArgs,
     #[command(flatten)]
     pairing: PairArgs,
+    /// Align B to A first (weight matching; see `tlens align`).
+    #[arg(long)]
+    align: bool,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -106,7 +116,20 @@ fn column(curve: &[Metrics], metric: Metric) -> Value {
 
 pub fn curve(args: CurveArgs) -> Result<()> {
     let pair = Pair::open(&args.a, &args.b, &args.pairing)?;
-    let (a, b) = pair.sets_on_a(&args.modules)?;
+    let (a, mut b) = pair.sets_on_a(&args.modules)?;
+    let mut alignment = Value::Null;
+    if args.align {
+        let (spec, source) = args.spec.resolve(&a, &b, &args.a, &args.b)?;
+        let before = geometry::distance(&Context::cpu(), &a, &b)?.total;
+        let (matching, aligned) =
+            align_weights(&spec, &a, &b, &MatchOptions::default()).map_err(|e| in_files(e, &args.a, &args.b))?;
+        b = aligned;
+        let after = geometry::distance(&Context::cpu(), &a, &b)?.total;
+        alignment = json!({"spec": source, "passes": matching.passes, "converged": matching.converged,
+                           "distance_before": json_f64(before), "distance_after": json_f64(after)});
+    } else if args.spec.is_given() {
+        return Err(transferlens::Error::InvalidArgument("--spec goes with --align".into()));
+    }
     let module = args.module.as_deref().map(|m| geometry::module_named(&a, m)).transpose()?;
     let lambdas = args.lambdas.clone().map_or_else(landscape::default_lambdas, |g| g.0);
     let needs = args.metrics.needs();
@@ -145,8 +168,18 @@ pub fn curve(args: CurveArgs) -> Result<()> {
         out.insert("evaluations".into(), json!(evaluations));
         out.insert("copied_from_a".into(), json!(pair.copied_from_a()));
         out.insert("left_out".into(), pair.left_out_json());
+        out.insert("alignment".into(), alignment);
         print_json(&Value::Object(out));
         return Ok(());
+    }
+    if let Value::Object(al) = &alignment {
+        println!(
+            "B aligned to A first (spec: {}; {} passes): l2 distance to A {:.6} before, {:.6} after",
+            al["spec"].as_str().unwrap_or(""),
+            al["passes"],
+            al["distance_before"].as_f64().unwrap_or(f64::NAN),
+            al["distance_after"].as_f64().unwrap_or(f64::NAN)
+        );
     }
     match &args.module {
         Some(m) => println!("module {m} moved from A (lambda = 0) to B (lambda = 1); the rest at B"),

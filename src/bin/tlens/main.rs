@@ -4,6 +4,7 @@
 //! bad usage, 1 for a failure; never a panic message. A closed stdout ends `tlens` by SIGPIPE, as
 //! other Unix tools; SIGINT and SIGTERM leave no partial output file.
 
+mod align;
 mod analyses;
 mod checkpoints;
 mod cka;
@@ -24,6 +25,7 @@ use std::process::ExitCode;
 tlens curve a.safetensors b.safetensors --lambdas -1,-0.5,0,0.5,1,1.5,2 --eval-server 'python3 server.py'\n  \
 tlens rewind init.safetensors final.safetensors --eval-server 'python3 server.py'\n  \
 tlens criticality init.safetensors final.safetensors --eval-server 'python3 server.py' --samples 50000\n  \
+tlens align a.safetensors b.safetensors --output b_aligned.safetensors\n  \
 tlens study --quick"
 )]
 struct Cli {
@@ -40,6 +42,7 @@ enum Command {
     Curve(analyses::CurveArgs),
     Rewind(analyses::RewindArgs),
     Criticality(analyses::CriticalityArgs),
+    Align(align::AlignArgs),
     Study(study::StudyArgs),
 }
 
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Curve(args) => analyses::curve(args),
         Command::Rewind(args) => analyses::rewind(args),
         Command::Criticality(args) => analyses::criticality(args),
+        Command::Align(args) => align::run(args),
         Command::Study(args) => study::run(args),
     };
     common::wait_if_signalled();

@@ -218,7 +218,7 @@ pub fn distance(args: DistanceArgs) -> Result<()> {
 
 /// Refuses an output that is the same file as an input (also through a symlink or a hard
 /// link): the input would be replaced by the result.
-fn check_output_is_not_an_input(output: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+pub fn check_output_is_not_an_input(output: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
     for (role, input) in inputs {

@@ -306,6 +306,67 @@ impl Cnn {
         Ok(acts)
     }
 
+    /// The activations of the hidden units that the layer with weight tensor `weight` (an index
+    /// into the set's tensors) writes, where the network next uses them: a conv or dense layer's
+    /// outputs after the GroupNorm and ReLU layers that follow it, a block's `conv1` after the
+    /// block's inner ReLU, a block's downsample at the block's output. `None` for any other tensor.
+    fn unit_buffer(&self, weight: usize) -> Option<usize> {
+        for (l, layer) in self.layers.iter().enumerate() {
+            let after_norm_and_relu = || {
+                let last = (l + 1..self.layers.len())
+                    .take_while(|&k| matches!(self.layers[k], Layer::GroupNorm(_) | Layer::Relu))
+                    .last()
+                    .unwrap_or(l);
+                self.graph.layer_out[last]
+            };
+            match layer {
+                Layer::Conv(c) if c.weight == weight => return Some(after_norm_and_relu()),
+                Layer::Dense(d) if d.weight == weight => return Some(after_norm_and_relu()),
+                Layer::Block(b) if b.conv1.weight == weight => {
+                    // The block's operations: conv1, its GroupNorm, then the inner ReLU.
+                    return Some(self.graph.ops[self.graph.layer_ops[l].start + 2].dst());
+                }
+                Layer::Block(b) if b.downsample.as_ref().is_some_and(|(ds, _)| ds.weight == weight) => {
+                    return Some(self.graph.layer_out[l])
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Per named weight tensor (a conv's, a dense layer's, a block's `conv1` or downsample), the
+    /// activations of the units it writes where the network next uses them (see
+    /// `unit_buffer`), for the rows of `data`: `n x features` row major, an image's features in
+    /// NCHW order. For activation matching (`crate::align`).
+    pub fn unit_activations(&self, p: &ParamSet, data: &Dataset, weights: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut buffers = Vec::with_capacity(weights.len());
+        for name in weights {
+            let tensor = self.tensors.iter().position(|(n, _)| n == name);
+            match tensor.and_then(|t| self.unit_buffer(t)) {
+                Some(b) => buffers.push(b),
+                None => fail!(
+                    NotFound,
+                    "{name:?} is not the weight of a conv or dense layer (or a block's conv1 or downsample) of the CNN"
+                ),
+            }
+        }
+        self.check_data(data)?;
+        let w = self.weights_of(p)?;
+        let w: Vec<&[f32]> = w.iter().map(|c| c.as_ref()).collect();
+        let mut acts: Vec<Vec<f32>> = buffers
+            .iter()
+            .map(|&b| crate::error::try_with_capacity(data.n * self.graph.sizes[b], "the unit activations"))
+            .collect::<Result<_>>()?;
+        self.for_chunks(&w, data, self.graph.ops.len(), &|b| buffers.contains(&b), |_, _, tape| {
+            for (a, &b) in acts.iter_mut().zip(&buffers) {
+                a.extend_from_slice(tape.get(b));
+            }
+            Ok(())
+        })?;
+        Ok(acts)
+    }
+
     /// Metrics of the noisy copies of module `module` of `p` (an index into `p.modules()`), as
     /// [`crate::eval::ModuleNoise`] defines them: bit for bit those of writing each copy into a
     /// set and calling [`Cnn::evaluate`]. The layers below the module run once per chunk of rows.

@@ -57,6 +57,8 @@ export set_callback_error, mlp_init, evaluate, interpolation_curve, barrier, mod
        pac_bayes_report, rewind_curve, block_shuffle!, prediction_agreement
 export Cnn, TrainOptions, LrSchedule, LR_CONSTANT, LR_STEP, LR_COSINE, classes, input_shape, module_width, cnn_init,
        train!, mlp_train!, activations
+export PermSpec, AlignOptions, group_count, group_sizes, check_spec, align_weights, align_activations, align_apply,
+       layerwise_curve
 
 const libtransferlens = get(ENV, "TRANSFERLENS_LIB",
                             normpath(joinpath(@__DIR__, "..", "..", "..", "..", "target", "release",
@@ -743,6 +745,7 @@ function rewind!(out::Params, ctx::Context, initial::Params, final::Params, i::I
 end
 
 include("analysis.jl")
+include("align.jl")
 
 # ---------------------------------------------------------------------------------------------
 # The built-in CNN (docs/cnn.md): the architecture from a JSON specification, initial weights,
