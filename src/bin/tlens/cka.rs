@@ -40,6 +40,8 @@ pub struct CkaArgs {
     /// every layer of shape batch x tokens x features; each remaining token is a sample.
     #[arg(long, value_name = "NAME")]
     mask: Option<String>,
+    #[command(flatten)]
+    stats: crate::cka_stats::StatsArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -224,6 +226,16 @@ pub fn run(args: CkaArgs) -> Result<()> {
         EstimatorArg::Biased => Estimator::Biased,
         EstimatorArg::Debiased => Estimator::Debiased,
     };
+    if args.stats.requested() {
+        return crate::cka_stats::run(
+            &args.acts_a,
+            &args.acts_b,
+            estimator,
+            args.mask.as_deref(),
+            args.json,
+            &args.stats,
+        );
+    }
     let is_layer = |t: &&Tensor| args.mask.as_deref() != Some(t.name());
     let a: Vec<&Tensor> = file_a.tensors().iter().filter(is_layer).collect();
     let b: Vec<&Tensor> = file_b.tensors().iter().filter(is_layer).collect();

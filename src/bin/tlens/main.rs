@@ -7,6 +7,7 @@
 mod analyses;
 mod checkpoints;
 mod cka;
+mod cka_stats;
 mod common;
 mod eval_server;
 mod study;
