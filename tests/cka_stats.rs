@@ -235,3 +235,46 @@ fn bad_arguments_are_errors() {
         other => panic!("expected NonFinite, got {other:?}"),
     }
 }
+
+/// The costs for BENCHMARKS.md, side by side in one run: the plain CKA, a 1000-resample
+/// interval, a 10-permutation null and the influence of every sample on a 20000 x 1024 f32
+/// pair. `cargo test --release --test cka_stats -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark: about a minute on two cores"]
+fn costs_on_a_20000_by_1024_pair() {
+    let (n, p, q) = (20000, 1024, 1024);
+    let mut rng = TestRng::new(28);
+    let x: Vec<f32> = (0..n * p).map(|_| rng.normal() as f32).collect();
+    // y shares x's first 512 features, so that CKA is far from 0.
+    let y: Vec<f32> = (0..n * q).map(|e| if e % q < 512 { x[e / q * p + e % q] } else { 0.0 } + rng.normal() as f32).collect();
+    let (xv, yv) = (Matrix::contiguous(&x, n, p).unwrap(), Matrix::contiguous(&y, n, q).unwrap());
+    let ctx = Context::cpu();
+    let time = |f: &mut dyn FnMut()| {
+        let start = std::time::Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    let mut value = 0.0;
+    for est in ESTIMATORS {
+        let plain = time(&mut || value = cka::linear_cka(&ctx, &xv, &yv, est).unwrap());
+        let mut ci = None;
+        let boot = time(&mut || ci = Some(cka::bootstrap(&xv, &yv, est, 0.95, 1000, 0, 1).unwrap()));
+        let null = time(&mut || {
+            cka::permutation_null(&xv, &yv, est, 10, 1).unwrap();
+        });
+        let infl = time(&mut || {
+            cka::influence(&xv, &yv, est).unwrap();
+        });
+        let ci = ci.unwrap();
+        println!(
+            "{est:?}: CKA {value:.5} in {plain:.2} s; bootstrap 1000 [{:.5}, {:.5}] in {boot:.2} s ({:.2}x); \
+             null 10 permutations {null:.2} s ({:.2}x, {:.2}x per permutation); influence {infl:.2} s ({:.2}x)",
+            ci.lower,
+            ci.upper,
+            boot / plain,
+            null / plain,
+            null / plain / 10.0,
+            infl / plain
+        );
+    }
+}

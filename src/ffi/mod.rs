@@ -27,6 +27,7 @@
 mod analysis;
 mod boundary;
 mod cka;
+mod cka_stats;
 mod cnn;
 mod context;
 mod criticality;
@@ -36,6 +37,7 @@ mod train;
 pub use analysis::*;
 #[allow(unused_imports)]
 pub use cka::*;
+pub use cka_stats::*;
 pub use cnn::*;
 pub use context::*;
 pub use criticality::*;
