@@ -4,6 +4,7 @@
 //! tests/common).
 
 mod common;
+mod scratch;
 
 use common::{assert_rel, reference_cka_feature, Dense, TestRng};
 use transferlens::cka::{self, Estimator};
@@ -236,6 +237,85 @@ fn bad_arguments_are_errors() {
     }
 }
 
+/// Writes layers as an F64 safetensors file, in the given order.
+fn write_layers(path: &std::path::Path, layers: &[(&str, &Dense)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, d) in layers {
+        let start = data.len();
+        d.data.iter().for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F64", "shape": [d.rows, d.cols], "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut text = serde_json::to_vec(&header).unwrap();
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&text);
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn tlens_cka_reports_the_statistics_of_every_pair() {
+    let dir = scratch::Scratch::new("cka-stats-cli");
+    let mut rng = TestRng::new(29);
+    let x = Dense::random(&mut rng, 45, 6);
+    let mut y = x.mix(&mut rng, 4, 0.6);
+    y.data[30 * 4..31 * 4].iter_mut().for_each(|v| *v *= 12.0);
+    let other = Dense::random(&mut rng, 45, 3);
+    let (fa, fb) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    write_layers(&fa, &[("x", &x)]);
+    write_layers(&fb, &[("y", &y), ("other", &other)]);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tlens"))
+            .args(["cka", fa.to_str().unwrap(), fb.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let flags = ["--ci", "0.9", "--bootstrap", "300", "--null", "39", "--influence", "2", "--seed", "4", "--json"];
+    let (code, stdout, stderr) = run(&flags);
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["estimator"], "biased");
+    let pairs = v["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 2);
+    assert_eq!((pairs[0]["a"].as_str(), pairs[0]["b"].as_str()), (Some("x"), Some("y")));
+    let cka_xy = pairs[0]["cka"].as_f64().unwrap();
+    assert_rel(cka_xy, reference_cka_feature(&x, &y, false), 1e-9, "CLI CKA");
+    let ci = &pairs[0]["interval"];
+    assert_eq!(
+        (ci["level"].as_f64(), ci["resamples"].as_u64(), ci["blocks"].as_u64()),
+        (Some(0.9), Some(300), Some(45))
+    );
+    assert!(ci["lower"].as_f64().unwrap() < cka_xy && cka_xy < ci["upper"].as_f64().unwrap());
+    assert_eq!(pairs[0]["null"]["p_value"].as_f64(), Some(0.025));
+    let top = pairs[0]["influence"].as_array().unwrap();
+    assert_eq!(top.len(), 2);
+    assert_eq!(top[0]["sample"].as_u64(), Some(30));
+    let without = reference_cka_feature(&without_row(&x, 30), &without_row(&y, 30), false);
+    assert_rel(cka_xy + top[0]["delta"].as_f64().unwrap(), without, 1e-9, "CLI influence");
+    // The same seed, the same numbers; the text output names the interval and the samples.
+    assert_eq!(run(&flags).1, stdout);
+    let (code, text, _) = run(&["--ci", "0.95", "--bootstrap", "100", "--influence", "1"]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("x \\ y: CKA") && text.contains("95% interval") && text.contains("#30"), "{text}");
+    // Errors: a level out of range names the pair; --mask is refused.
+    let (code, _, stderr) = run(&["--ci", "1.5"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("level") && stderr.contains("\"x\""), "{stderr}");
+    let (code, _, stderr) = run(&["--null", "5", "--mask", "m"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--mask"), "{stderr}");
+}
+
 /// The costs for BENCHMARKS.md, side by side in one run: the plain CKA, a 1000-resample
 /// interval, a 10-permutation null and the influence of every sample on a 20000 x 1024 f32
 /// pair. `cargo test --release --test cka_stats -- --ignored --nocapture`
@@ -246,7 +326,8 @@ fn costs_on_a_20000_by_1024_pair() {
     let mut rng = TestRng::new(28);
     let x: Vec<f32> = (0..n * p).map(|_| rng.normal() as f32).collect();
     // y shares x's first 512 features, so that CKA is far from 0.
-    let y: Vec<f32> = (0..n * q).map(|e| if e % q < 512 { x[e / q * p + e % q] } else { 0.0 } + rng.normal() as f32).collect();
+    let y: Vec<f32> =
+        (0..n * q).map(|e| if e % q < 512 { x[e / q * p + e % q] } else { 0.0 } + rng.normal() as f32).collect();
     let (xv, yv) = (Matrix::contiguous(&x, n, p).unwrap(), Matrix::contiguous(&y, n, q).unwrap());
     let ctx = Context::cpu();
     let time = |f: &mut dyn FnMut()| {
