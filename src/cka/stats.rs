@@ -274,7 +274,7 @@ fn below(draw: u64, bound: usize) -> usize {
 /// The `i`-th 64-bit draw of a stream.
 fn draw(seed: u64, stream: u64, i: u64) -> u64 {
     let w = block_words(seed, stream, i / 2);
-    let (hi, lo) = if i % 2 == 0 { (w[0], w[1]) } else { (w[2], w[3]) };
+    let (hi, lo) = if i.is_multiple_of(2) { (w[0], w[1]) } else { (w[2], w[3]) };
     ((hi as u64) << 32) | lo as u64
 }
 
@@ -397,8 +397,10 @@ impl PairTables {
         let (su, sv) = (block_sums(u, m), block_sums(v, m));
         let (a, c) = (projections(u, &su), projections(v, &sv));
         let gram = |s: &[Vec<f64>]| -> Vec<f64> { (0..m * m).map(|e| dot(&s[e / m], &s[e % m])).collect() };
-        // Per block l: the m x m sums of outer products a_i c_i^T, and the norm-weighted sums.
-        let per_block: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, [f64; 3])> = (0..m)
+        // Per block l: the m x m sums of outer products a_i c_i^T, the norm-weighted sums of c_i
+        // and a_i, and [sum |u|^2 |v|^2, sum |u|^2, sum |v|^2].
+        type BlockSums = (Vec<f64>, Vec<f64>, Vec<f64>, [f64; 3]);
+        let per_block: Vec<BlockSums> = (0..m)
             .into_par_iter()
             .map(|l| {
                 let (start, len) = block_range(n, m, l);
@@ -593,9 +595,11 @@ fn null_typed<T: Real>(
 // ---------------------------------------------------------------------------------------------
 // Influence
 
-/// Per-sample terms of one pair `(u, v)` with sample `i` left out, for every `i`: the pair's
-/// `PairTerms` and the traces of `u` and `v`.
-fn leave_one_out<T: Real>(u: &Centered<T>, v: &Centered<T>) -> Vec<(PairTerms, f64, f64)> {
+/// The terms of one pair `(u, v)`: the pair's `PairTerms` and the traces of `u` and `v`.
+type TermsAndTraces = (PairTerms, f64, f64);
+
+/// The terms of one pair `(u, v)` on all the data, and with sample `i` left out for every `i`.
+fn leave_one_out<T: Real>(u: &Centered<T>, v: &Centered<T>) -> (TermsAndTraces, Vec<TermsAndTraces>) {
     let n = u.rows;
     let nf = n as f64;
     let s = cross(u.mat(), v.mat()); // p x q
@@ -616,7 +620,7 @@ fn leave_one_out<T: Real>(u: &Centered<T>, v: &Centered<T>) -> Vec<(PairTerms, f
     let row = |c: &Centered<T>, i: usize| -> Vec<f64> {
         c.data[i * c.cols..(i + 1) * c.cols].iter().map(|v| v.to_f64()).collect()
     };
-    (0..n)
+    let without = (0..n)
         .into_par_iter()
         .map(|i| {
             let (ui, vi) = (row(u, i), row(v, i));
@@ -634,24 +638,22 @@ fn leave_one_out<T: Real>(u: &Centered<T>, v: &Centered<T>) -> Vec<(PairTerms, f
                 - ru * rv * grow.powi(4);
             (PairTerms { cross_fro2, row_norms_dot }, tu - grow * ru, tv - grow * rv)
         })
-        .collect()
+        .collect();
+    ((PairTerms { cross_fro2: f, row_norms_dot: d }, tu, tv), without)
 }
 
 fn influence_typed<T: Real>(x: &Matrix, y: &Matrix, est: Estimator) -> Result<Influence> {
     let n = x.rows();
     let (xc, yc) = (Centered::<T>::new(x, "x", None)?, Centered::<T>::new(y, "y", None)?);
-    let whole = |u: &Centered<T>, v: &Centered<T>| PairTerms {
-        cross_fro2: fro2(cross(u.mat(), v.mat()).as_ref()),
-        row_norms_dot: dot(&u.norms, &v.norms),
-    };
-    let Some(cka) = cka_of(est, n as f64, whole(&xc, &yc), whole(&xc, &xc), whole(&yc, &yc), xc.trace(), yc.trace())
-    else {
+    let ((whole_xy, tx, ty), xy) = leave_one_out(&xc, &yc);
+    let ((whole_xx, _, _), xx) = leave_one_out(&xc, &xc);
+    let ((whole_yy, _, _), yy) = leave_one_out(&yc, &yc);
+    let Some(cka) = cka_of(est, n as f64, whole_xy, whole_xx, whole_yy, tx, ty) else {
         fail!(
             DegenerateInput,
             "the {est:?} HSIC of a layer with itself is not positive (too few samples or too little variance)"
         );
     };
-    let (xy, xx, yy) = (leave_one_out(&xc, &yc), leave_one_out(&xc, &xc), leave_one_out(&yc, &yc));
     let delta = (0..n)
         .map(|i| {
             let (pxy, tx, ty) = xy[i];
