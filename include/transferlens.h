@@ -7,9 +7,11 @@
  *   through pointers; tl_last_error_message() describes this thread's last failure and
  *   tl_status_name() names a code.
  * - Handles are opaque. A function that makes one writes it to its last argument, out:
- *   tl_context_create; tl_params_load, tl_params_wrap, tl_params_clone, tl_mlp_init and
- *   tl_cnn_init (sets); tl_evaluator_from_callback, tl_evaluator_mlp and tl_evaluator_cnn;
- *   tl_cka_accumulator_create; tl_cnn_create. A failed call
+ *   tl_context_create; tl_params_load, tl_params_load_mapped, tl_params_load_checkpoint,
+ *   tl_params_wrap, tl_params_clone, tl_mlp_init, tl_cnn_init and tl_align_apply (sets);
+ *   tl_evaluator_from_callback, tl_evaluator_mlp and tl_evaluator_cnn;
+ *   tl_cka_accumulator_create; tl_cnn_create; tl_perm_spec_infer and tl_perm_spec_from_json
+ *   (permutation specs). A failed call
  *   makes no handle. Each handle is freed by its tl_<thing>_destroy (NULL is a no-op).
  * - Pointers: NULL is TL_STATUS_NULL_ARGUMENT unless a function's comment allows it; an array of
  *   length 0 may be NULL. Any other pointer must be valid for the length the comment gives, for
@@ -318,6 +320,79 @@ typedef struct tl_barrier_result {
    */
   int32_t same_basin;
 } tl_barrier_result;
+
+/**
+ * Options of tl_cka_statistics. Fill the struct from tl_cka_stats_options_default() and keep
+ * its `size`: fields added in later versions take their defaults for callers built against an
+ * older, smaller struct.
+ */
+typedef struct tl_cka_stats_options {
+  size_t size;
+  /**
+   * The estimator (default TL_CKA_BIASED).
+   */
+  tl_cka_estimator estimator;
+  /**
+   * Bootstrap resamples (default 1000; 0: no interval, else at least 2).
+   */
+  uint64_t resamples;
+  /**
+   * The interval's level, strictly between 0 and 1 (default 0.95).
+   */
+  double level;
+  /**
+   * Blocks the samples are dealt into for the bootstrap (default 0: every sample its own
+   * block up to 64 samples, else 64 blocks; at most the number of samples).
+   */
+  uint64_t blocks;
+  /**
+   * Row permutations of y for the null (default 0: no null).
+   */
+  uint64_t permutations;
+  /**
+   * Seeds the blocks, the resamples and the permutations (default 0).
+   */
+  uint64_t seed;
+} tl_cka_stats_options;
+
+/**
+ * What tl_cka_statistics found. Set `size` to sizeof(tl_cka_stats_report) before the call:
+ * the library writes only the bytes the caller's struct holds. Values of a statistic that was
+ * not asked for are NaN (counts 0).
+ */
+typedef struct tl_cka_stats_report {
+  size_t size;
+  /**
+   * CKA of all the data.
+   */
+  double cka;
+  /**
+   * The percentile interval, and the standard deviation of the resampled values.
+   */
+  double lower;
+  double upper;
+  double std_error;
+  /**
+   * Resamples left out because a layer had no variance in them (very small n only).
+   */
+  uint64_t degenerate_resamples;
+  /**
+   * Blocks the samples were dealt into, and the largest block's size.
+   */
+  uint64_t blocks;
+  uint64_t block_size;
+  /**
+   * The permutation p-value (1 + #{null >= cka}) / (1 + permutations), the null's mean and
+   * standard deviation.
+   */
+  double p_value;
+  double null_mean;
+  double null_std;
+  /**
+   * Entries written to top_samples and top_deltas: min(top_count, rows).
+   */
+  uint64_t top_written;
+} tl_cka_stats_report;
 
 /**
  * Options of tl_mlp_train and tl_cnn_train. Fill the struct from tl_train_options_default()
@@ -1016,6 +1091,31 @@ enum tl_status tl_cka_accumulator_import(struct tl_cka_accumulator *acc,
 enum tl_status tl_cka_accumulator_set_widths(struct tl_cka_accumulator *acc,
                                              const uint64_t *widths,
                                              size_t len);
+
+/**
+ * The defaults: biased estimator, a 0.95 interval from 1000 resamples in automatic blocks, no
+ * null, seed 0.
+ */
+struct tl_cka_stats_options tl_cka_stats_options_default(void);
+
+/**
+ * How far to trust CKA(x, y) (docs/analyses.md, section 1, "Uncertainty"): with
+ * opts->resamples > 0 a percentile bootstrap interval; with opts->permutations > 0 a
+ * permutation null; with top_count > 0 the top_count samples whose removal changes CKA most,
+ * largest |change| first, their row indices into top_samples and CKA(without) - CKA(all) into
+ * top_deltas (both NULL when top_count is 0). `opts` NULL means tl_cka_stats_options_default().
+ * Runs on the CPU whatever the context's backend; x and y must be in host memory. Errors:
+ * TL_STATUS_INVALID_ARGUMENT for an option out of range (named), TL_STATUS_DEGENERATE_INPUT
+ * for too few samples or a layer without variance, TL_STATUS_NON_FINITE for NaN or Inf.
+ */
+enum tl_status tl_cka_statistics(struct tl_context *ctx,
+                                 const struct tl_matrix *x,
+                                 const struct tl_matrix *y,
+                                 const struct tl_cka_stats_options *opts,
+                                 struct tl_cka_stats_report *out,
+                                 uint64_t *top_samples,
+                                 double *top_deltas,
+                                 uint64_t top_count);
 
 /**
  * Makes a CNN from its JSON specification (docs/cnn.md). A specification that does not parse

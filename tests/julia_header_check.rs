@@ -28,6 +28,8 @@ const MIRRORS: &[(&str, &str)] = &[
     ("BoundReport", "tl_bound_report"),
     ("TrainOptions", "tl_train_options"),
     ("AlignOptions", "tl_align_options"),
+    ("CkaStatsOptions", "tl_cka_stats_options"),
+    ("CkaStatsReport", "tl_cka_stats_report"),
 ];
 
 /// A type in a form both languages map to.

@@ -181,6 +181,14 @@ struct CkaMatrix {
     double at(size_t i, size_t j) const { return values.at(i * ny + j); }
 };
 
+// CKA statistics (Context::cka_statistics): the report of tl_cka_statistics (values of a
+// statistic not asked for are NaN) and the most influential samples, largest |delta| first.
+struct CkaStatistics {
+    tl_cka_stats_report report{};
+    std::vector<uint64_t> top_samples;
+    std::vector<double> top_deltas;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Context
 
@@ -226,6 +234,22 @@ class Context {
         const auto rx = detail::raw_views(xs), ry = detail::raw_views(ys);
         detail::check(tl_cka_matrix(handle(), rx.data(), rx.size(), ry.data(), ry.size(),
                                     static_cast<tl_cka_estimator>(estimator), out.values.data()));
+        return out;
+    }
+
+    // How far to trust CKA(x, y): a bootstrap interval (opts.resamples > 0), a permutation null
+    // (opts.permutations > 0) and the `top` most influential samples (see tl_cka_statistics).
+    CkaStatistics cka_statistics(const MatrixView& x, const MatrixView& y, const tl_cka_stats_options& opts,
+                                 size_t top = 0) const {
+        CkaStatistics out;
+        out.report.size = sizeof out.report;
+        out.top_samples.resize(top);
+        out.top_deltas.resize(top);
+        detail::check(tl_cka_statistics(handle(), &x.raw(), &y.raw(), &opts, &out.report,
+                                        top ? out.top_samples.data() : nullptr,
+                                        top ? out.top_deltas.data() : nullptr, top));
+        out.top_samples.resize(out.report.top_written);
+        out.top_deltas.resize(out.report.top_written);
         return out;
     }
 

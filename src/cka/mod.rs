@@ -32,9 +32,11 @@
 
 mod accumulator;
 mod minibatch;
+pub mod stats;
 
 pub use accumulator::CkaAccumulator;
 pub use minibatch::{minibatch_cka, MinibatchCka};
+pub use stats::{bootstrap, influence, permutation_null, BootstrapInterval, Influence, PermutationNull};
 
 use crate::backend::cpu;
 use crate::backend::{Backend, CkaGramTerms, Context};

@@ -49,7 +49,7 @@ impl tl_matrix {
     /// # Safety
     /// `data` must point to `(rows - 1) * row_stride + cols` elements of `dtype` (host memory, or
     /// device memory of `device`) that nothing writes while `'a` lasts.
-    unsafe fn view<'a>(&self, name: &str) -> Result<Matrix<'a>> {
+    pub(super) unsafe fn view<'a>(&self, name: &str) -> Result<Matrix<'a>> {
         let dtype = DType::from_raw(self.dtype.0, &format!("{name}.dtype"))?;
         let rows = to_usize(self.rows, &format!("{name}.rows"))?;
         let cols = to_usize(self.cols, &format!("{name}.cols"))?;

@@ -28,6 +28,7 @@ mod align;
 mod analysis;
 mod boundary;
 mod cka;
+mod cka_stats;
 mod cnn;
 mod context;
 mod criticality;
@@ -38,6 +39,7 @@ pub use align::*;
 pub use analysis::*;
 #[allow(unused_imports)]
 pub use cka::*;
+pub use cka_stats::*;
 pub use cnn::*;
 pub use context::*;
 pub use criticality::*;

@@ -988,8 +988,36 @@ static void test_align() {
     CHECK_THROWS(tl::align_weights(spec, a, b, 0, 0), TL_STATUS_INVALID_ARGUMENT);
 }
 
+// CKA statistics: the interval around the reference CKA, the null's p-value for dependent data,
+// the most influential sample equal to recomputing without it, and an option error.
+static void test_cka_statistics() {
+    const tl::Context ctx = tl::Context::cpu();
+    const Dense x = random_dense(40, 6);
+    Dense y = mix(x, 4, 0.8);
+    for (size_t c = 0; c < 4; c++) y.v[9 * 4 + c] *= 10.0;  // an outlying sample
+    tl_cka_stats_options opts = tl_cka_stats_options_default();
+    opts.resamples = 200;
+    opts.permutations = 19;
+    const auto s = ctx.cka_statistics(tl::MatrixView(x.v, 40, 6), tl::MatrixView(y.v, 40, 4), opts, 2);
+    CHECK_CLOSE(s.report.cka, ref_cka(x, y, false), 1e-10);
+    CHECK(s.report.lower < s.report.cka && s.report.cka < s.report.upper);
+    CHECK(s.report.p_value == 0.05);
+    CHECK(s.top_samples.size() == 2 && s.top_deltas.size() == 2 && s.top_samples[0] == 9);
+    Dense x9{39, 6, {}}, y9{39, 4, {}};
+    for (size_t r = 0; r < 40; r++) {
+        if (r == 9) continue;
+        x9.v.insert(x9.v.end(), x.v.begin() + r * 6, x.v.begin() + (r + 1) * 6);
+        y9.v.insert(y9.v.end(), y.v.begin() + r * 4, y.v.begin() + (r + 1) * 4);
+    }
+    CHECK_CLOSE(s.report.cka + s.top_deltas[0], ref_cka(x9, y9, false), 1e-10);
+    opts.level = 2.0;
+    CHECK_THROWS(ctx.cka_statistics(tl::MatrixView(x.v, 40, 6), tl::MatrixView(y.v, 40, 4), opts),
+                 TL_STATUS_INVALID_ARGUMENT);
+}
+
 int main() {
     const std::pair<const char*, std::function<void()>> tests[] = {
+        {"cka_statistics", test_cka_statistics},
         {"basics", test_basics},       {"context", test_context},       {"cka_linear", test_cka_linear},
         {"views", test_views},         {"errors", test_errors},         {"cka_matrix", test_cka_matrix},
         {"accumulator", test_accumulator}, {"params", test_params},

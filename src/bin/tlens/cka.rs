@@ -50,6 +50,8 @@ pub struct CkaArgs {
     /// Samples read per block (default: about 16 MiB of rows); for tests of the block edges.
     #[arg(long, value_name = "N", hide = true)]
     block_rows: Option<NonZeroUsize>,
+    #[command(flatten)]
+    stats: crate::cka_stats::StatsArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -369,13 +371,24 @@ impl<W: Write> Progress<W> {
 }
 
 pub fn run(args: CkaArgs) -> Result<()> {
-    // SAFETY: the files are mapped; `tlens cka` documents that they must not change while it
-    // reads them (a truncated file ends the process with SIGBUS).
-    let (file_a, file_b) = unsafe { (ActivationFile::open(&args.acts_a)?, ActivationFile::open(&args.acts_b)?) };
     let estimator = match args.estimator {
         EstimatorArg::Biased => Estimator::Biased,
         EstimatorArg::Debiased => Estimator::Debiased,
     };
+    if args.stats.requested() {
+        // The statistics resample the samples, so they hold both layers in memory.
+        return crate::cka_stats::run(
+            &args.acts_a,
+            &args.acts_b,
+            estimator,
+            args.mask.as_deref(),
+            args.json,
+            &args.stats,
+        );
+    }
+    // SAFETY: the files are mapped; `tlens cka` documents that they must not change while it
+    // reads them (a truncated file ends the process with SIGBUS).
+    let (file_a, file_b) = unsafe { (ActivationFile::open(&args.acts_a)?, ActivationFile::open(&args.acts_b)?) };
     let mask = match &args.mask {
         Some(name) => Some(read_mask(name, [&file_a, &file_b])?),
         None => None,

@@ -8,6 +8,7 @@ mod align;
 mod analyses;
 mod checkpoints;
 mod cka;
+mod cka_stats;
 mod common;
 mod eval_server;
 mod study;
