@@ -58,10 +58,23 @@ fn the_study_runs_end_to_end_and_writes_json_report_models_and_data() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     // stderr is not a terminal here: one line per step, no bar.
     assert!(!stderr.contains('\r'), "{stderr}");
-    for step in ["pre-training P", "choosing the learning rates", "training the target models", "writing the models"] {
+    for step in [
+        "pre-training P",
+        "sizing the training sets",
+        "choosing the learning rates",
+        "training the target models",
+        "writing the models",
+    ] {
         assert_eq!(stderr.lines().filter(|l| l.contains(step)).count(), 1, "step {step:?} once in:\n{stderr}");
     }
-    for table in ["Learning rates", "Target test accuracy", "Learning curves", "Pre-training checkpoints", "Findings"] {
+    for table in [
+        "Learning rates",
+        "Training sizes",
+        "Target test accuracy",
+        "Learning curves",
+        "Pre-training checkpoints",
+        "Findings",
+    ] {
         assert!(stdout.contains(table), "no {table} table in:\n{stdout}");
     }
 
@@ -87,6 +100,33 @@ fn the_study_runs_end_to_end_and_writes_json_report_models_and_data() {
         let best = points.iter().map(|p| p["pt_validation"].as_f64().unwrap()).fold(0.0, f64::max);
         let chosen = points.iter().find(|p| p["lr"] == lr["pt"]).unwrap();
         assert_eq!(chosen["pt_validation"].as_f64().unwrap(), best, "{d}");
+
+        // The sizing sweep: ascending sizes of the grid up to the chosen one, which is the first
+        // whose best validation accuracy reaches the bar, or the cap; the exported training set
+        // has the chosen size.
+        let sizing = &json["sizing"][d];
+        let size_grid: Vec<u64> =
+            json["sizes"]["train_per_class_grid"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let steps = sizing["steps"].as_array().unwrap();
+        let bar = sizing["bar"].as_f64().unwrap();
+        let tried: Vec<u64> = steps.iter().map(|s| s["per_class"].as_u64().unwrap()).collect();
+        assert_eq!(tried, size_grid[..steps.len()], "{d}");
+        assert_eq!(sizing["per_class"].as_u64(), tried.last().copied(), "{d}");
+        let bests: Vec<f64> = steps.iter().map(|s| in_unit(&s["best"], "sizing best")).collect();
+        assert!(bests[..bests.len() - 1].iter().all(|&b| b < bar), "{d}: stops at the first size reaching the bar");
+        let reached = sizing["reached"].as_bool().unwrap();
+        assert_eq!(reached, bests[bests.len() - 1] >= bar, "{d}");
+        assert!(reached || steps.len() == size_grid.len(), "{d}: below the bar only at the cap");
+        let classes = if *d == "far" { 5 } else { 10 };
+        let train = load_dataset(&dir.join(json["files"]["data"][format!("{d}-train")].as_str().unwrap()), classes);
+        assert_eq!(train.n as u64, sizing["per_class"].as_u64().unwrap() * classes as u64);
+        assert_eq!(json["sizes"]["target_train"][d].as_u64(), Some(train.n as u64));
+        // Barriers are judged against a tolerance of at least 0.01.
+        for pair in ["pt_pt", "rit_rit", "rit_rit_same_init"] {
+            for tol in json["interpolation"]["domains"][d][pair]["tolerances"].as_array().unwrap() {
+                assert!(tol.as_f64().unwrap() >= 0.01, "{d} {pair}: {tol}");
+            }
+        }
 
         let rows = json["accuracy"][d].as_array().unwrap();
         assert_eq!(rows.len(), seeds);

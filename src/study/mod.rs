@@ -57,7 +57,9 @@ pub struct Config {
     pub source_train: usize,
     pub source_validation: usize,
     pub source_test: usize,
-    pub target_train: usize,
+    /// The sizing rule's grid of training images per class of a target domain, ascending; the
+    /// last is the cap (docs/analyses.md, section 10, revision 2; `models::size_rule`).
+    pub train_per_class: Vec<usize>,
     pub target_validation: usize,
     pub target_test: usize,
     pub batch: usize,
@@ -93,10 +95,13 @@ impl Config {
             Size::Quick => (1, 3000, 300, 16),
             Size::Full => (3, 3000, 500, 16),
         };
-        let (target_train, target_validation, target_test, target_epochs) = match size {
-            Size::Tiny => (60, 60, 60, 2),
-            Size::Quick => (200, 200, 300, 8),
-            Size::Full => (300, 300, 500, 12),
+        // Revision 2: the training sets are sized by the rule on RI-T's validation accuracy (the
+        // grid's last size is the cap, from the time of a run); the test sets are large enough
+        // that a barrier's tolerance is not a matter of two images.
+        let (train_per_class, target_validation, target_test, target_epochs) = match size {
+            Size::Tiny => (vec![10, 20], 60, 60, 2),
+            Size::Quick => (vec![20, 40], 200, 500, 8),
+            Size::Full => (vec![30, 60, 120], 300, 1000, 12),
         };
         let checkpoint_epochs = match size {
             Size::Tiny => vec![1, 2],
@@ -116,7 +121,7 @@ impl Config {
             source_train,
             source_validation: source_held_out,
             source_test: source_held_out,
-            target_train,
+            train_per_class,
             target_validation,
             target_test,
             batch: 32,
@@ -143,8 +148,21 @@ impl Config {
     }
 }
 
-/// Barrier tolerance on the target test error: one percentage point.
+/// Barrier tolerance on the target test error: one percentage point (the CLI's default; the
+/// study's floor, see [`barrier_tolerance`]).
 pub const BARRIER_TOLERANCE: f64 = 0.01;
+
+/// The study's barrier tolerance for a curve of the test error on `n` images whose endpoint
+/// errors average `endpoint_error`: max(0.01, 2 sqrt(e (1 - e) / n)), twice the binomial standard
+/// error of an error rate e on n images, never below [`BARRIER_TOLERANCE`] (docs/analyses.md,
+/// section 10, revision 2).
+pub fn barrier_tolerance(endpoint_error: f64, n: usize) -> f64 {
+    let e = endpoint_error.clamp(0.0, 1.0);
+    BARRIER_TOLERANCE.max(2.0 * (e * (1.0 - e) / n.max(1) as f64).sqrt())
+}
+
+/// The sizing rule's bar: RI-T's best validation accuracy must reach this multiple of chance.
+pub const SIZING_BAR_TIMES_CHANCE: f64 = 3.0;
 
 /// A report of progress: (what is running, fraction done).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, f64);
@@ -332,7 +350,8 @@ pub fn run(ctx: &Context, cfg: &Config, progress: Progress) -> Result<Outcome> {
         "sizes".into(),
         json!({"source_train": cfg.source_train, "source_validation": cfg.source_validation,
                "source_test": cfg.source_test, "source_epochs": cfg.source_epochs, "source_lr": cfg.source_lr,
-               "checkpoint_epochs": cfg.checkpoint_epochs, "target_train": cfg.target_train,
+               "checkpoint_epochs": cfg.checkpoint_epochs, "train_per_class_grid": cfg.train_per_class,
+               "target_train": set.targets.iter().map(|t| (t.kind.name().to_string(), json!(t.train.n))).collect::<Map<_, _>>(),
                "target_validation": cfg.target_validation, "target_test": cfg.target_test,
                "target_epochs": cfg.target_epochs, "batch": cfg.batch, "lr_grid": cfg.lr_grid,
                "data_seed": cfg.data_seed}),
@@ -374,4 +393,24 @@ fn findings_table(findings: &[Finding], seeds: usize) -> String {
     let held = findings.iter().filter(|f| f.verdict() == Verdict::Held).count();
     table.push_str(&format!("  {held} of {} held in every seed.\n", findings.len()));
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_barrier_tolerance_is_two_standard_errors_with_a_floor_of_a_point() {
+        // e = 0.3 on 1000 images: 2 sqrt(0.21 / 1000).
+        assert!((barrier_tolerance(0.3, 1000) - 2.0 * (0.21f64 / 1000.0).sqrt()).abs() < 1e-15);
+        assert!((barrier_tolerance(0.3, 1000) - 0.02898).abs() < 1e-5);
+        // Four times the images halve it.
+        assert!((barrier_tolerance(0.3, 4000) - barrier_tolerance(0.3, 1000) / 2.0).abs() < 1e-15);
+        // Never below 0.01: many images, or an error of 0 or 1.
+        assert_eq!(barrier_tolerance(0.3, 1_000_000), BARRIER_TOLERANCE);
+        assert_eq!(barrier_tolerance(0.0, 100), BARRIER_TOLERANCE);
+        assert_eq!(barrier_tolerance(1.0, 100), BARRIER_TOLERANCE);
+        // Largest at e = 0.5.
+        assert!(barrier_tolerance(0.5, 1000) > barrier_tolerance(0.3, 1000));
+    }
 }

@@ -39,18 +39,21 @@ pub struct TaskData {
 }
 
 impl TaskData {
-    /// Generates the three splits of `kind` with the sizes of `cfg`. The images are the same in
-    /// every seed of a run: a seed varies the initialisation and the order of the data.
-    pub fn generate(kind: DomainKind, cfg: &Config) -> Result<TaskData> {
-        let (train, validation, test) = match kind {
-            DomainKind::Source => (cfg.source_train, cfg.source_validation, cfg.source_test),
-            _ => (cfg.target_train, cfg.target_validation, cfg.target_test),
-        };
+    /// Generates the three splits of `kind` with the given numbers of images from `data_seed`.
+    /// The images are the same in every seed of a run: a seed varies the initialisation and the
+    /// order of the data.
+    pub fn generate(
+        kind: DomainKind,
+        train: usize,
+        validation: usize,
+        test: usize,
+        data_seed: u64,
+    ) -> Result<TaskData> {
         Ok(TaskData {
             kind,
-            train: domain(kind, Split::Train, train, cfg.data_seed)?,
-            validation: domain(kind, Split::Validation, validation, cfg.data_seed)?,
-            test: domain(kind, Split::Test, test, cfg.data_seed)?,
+            train: domain(kind, Split::Train, train, data_seed)?,
+            validation: domain(kind, Split::Validation, validation, data_seed)?,
+            test: domain(kind, Split::Test, test, data_seed)?,
         })
     }
 }
@@ -114,6 +117,47 @@ pub struct GridPoint {
     pub rit_loss: Vec<f64>,
 }
 
+/// One size of the sizing sweep on one domain: seed 0's first RI-T trained on `per_class`
+/// training images per class at every rate of `Config::lr_grid`.
+pub struct SizingStep {
+    pub per_class: usize,
+    /// The validation accuracy at each rate of the grid.
+    pub validation: Vec<f64>,
+}
+
+impl SizingStep {
+    /// The validation accuracy at the best rate.
+    pub fn best(&self) -> f64 {
+        self.validation.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+/// The sizing sweep of one target domain and the training size it chose (docs/analyses.md,
+/// section 10, revision 2).
+pub struct Sizing {
+    pub kind: DomainKind,
+    /// RI-T's best validation accuracy must reach it: `SIZING_BAR_TIMES_CHANCE / classes`.
+    pub bar: f64,
+    /// The sizes tried, ascending: the sweep stops at the chosen one.
+    pub steps: Vec<SizingStep>,
+    /// The chosen number of training images per class.
+    pub per_class: usize,
+    /// Whether RI-T reached the bar there; false when the cap bound (RI-T below the bar).
+    pub reached: bool,
+}
+
+/// The sizing rule: given RI-T's best validation accuracy at the first sizes of a grid of
+/// `grid_len` sizes (ascending), the index of the chosen size and whether it reached `bar`: the
+/// smallest size that reaches the bar, or the last (the cap) when none of the grid does. None
+/// while no size has reached the bar and larger sizes remain to be tried.
+pub fn size_rule(best_validation: &[f64], grid_len: usize, bar: f64) -> Option<(usize, bool)> {
+    match best_validation.iter().position(|&v| v >= bar) {
+        Some(i) => Some((i, true)),
+        None if grid_len > 0 && best_validation.len() >= grid_len => Some((grid_len - 1, false)),
+        None => None,
+    }
+}
+
 /// The learning rates chosen on one target domain, and the grid they were chosen from.
 pub struct LearningRates {
     pub kind: DomainKind,
@@ -133,6 +177,8 @@ pub struct Trainset {
     pub seeds: Vec<SeedModels>,
     /// Per target domain, in the order of `Config::domains`: the rates of P-T and RI-T.
     pub lrs: Vec<LearningRates>,
+    /// Per target domain, in the order of `Config::domains`: the sizing sweep and its choice.
+    pub sizing: Vec<Sizing>,
 }
 
 impl Trainset {
@@ -280,9 +326,78 @@ enum Slot {
     Sweep(usize, usize),
 }
 
-/// Generates the data and trains the models of every seed of `cfg`: P of every seed, then the
-/// learning-rate grid on seed 0, then every target model and the checkpoint sweep. Each phase
-/// runs its models in parallel.
+/// Seed 0's first RI-T on every target domain, trained at every rate of the learning-rate grid
+/// on ever larger training sets until the sizing rule decides (validation split only). Returns
+/// per domain the sweep, the chosen training set and RI-T's grid models on it (per rate, with
+/// their validation accuracies).
+#[allow(clippy::type_complexity)]
+fn size_training_sets(
+    cfg: &Config,
+    cnns: &[Cnn],
+    validation: &[Dataset],
+    span: (f64, f64),
+    progress: Progress,
+) -> Result<Vec<(Sizing, Dataset, Vec<(Trained, f64)>)>> {
+    let domains = cfg.domains.len();
+    let mut steps: Vec<Vec<SizingStep>> = (0..domains).map(|_| Vec::new()).collect();
+    let mut decided: Vec<Option<(Sizing, Dataset, Vec<(Trained, f64)>)>> = (0..domains).map(|_| None).collect();
+    let bar = |d: usize| super::SIZING_BAR_TIMES_CHANCE / cfg.domains[d].classes() as f64;
+    let rounds = cfg.train_per_class.len() as f64;
+    for (r, &per_class) in cfg.train_per_class.iter().enumerate() {
+        let open: Vec<usize> = (0..domains).filter(|&d| decided[d].is_none()).collect();
+        let train_sets = open
+            .iter()
+            .map(|&d| domain(cfg.domains[d], Split::Train, per_class * cfg.domains[d].classes(), cfg.data_seed))
+            .collect::<Result<Vec<_>>>()?;
+        let mut jobs = Vec::new();
+        for (&d, data) in open.iter().zip(&train_sets) {
+            let ts = TargetSeeds::new(0, d);
+            for &lr in &cfg.lr_grid {
+                let job = Job {
+                    cnn: &cnns[d],
+                    init: cnns[d].init(ts.rit_init[0])?,
+                    data,
+                    options: target_options(cfg, lr, ts.rit_order[0]),
+                };
+                jobs.push((d, job));
+            }
+        }
+        let round =
+            (span.0 + (span.1 - span.0) * r as f64 / rounds, span.0 + (span.1 - span.0) * (r + 1) as f64 / rounds);
+        let trained = parallel(
+            jobs,
+            |(d, job)| {
+                let trained = job.train()?;
+                let accuracy = cnns[d].evaluate(&trained.weights, &validation[d])?.accuracy;
+                Ok((trained, accuracy))
+            },
+            "sizing the training sets (seed 0's RI-T, validation split)",
+            round,
+            progress,
+        )?;
+        let mut trained = trained.into_iter();
+        for (d, data) in open.into_iter().zip(train_sets) {
+            let models: Vec<(Trained, f64)> = trained.by_ref().take(cfg.lr_grid.len()).collect();
+            steps[d].push(SizingStep { per_class, validation: models.iter().map(|m| m.1).collect() });
+            let best: Vec<f64> = steps[d].iter().map(SizingStep::best).collect();
+            if let Some((_, reached)) = size_rule(&best, cfg.train_per_class.len(), bar(d)) {
+                let sizing = Sizing {
+                    kind: cfg.domains[d],
+                    bar: bar(d),
+                    steps: std::mem::take(&mut steps[d]),
+                    per_class,
+                    reached,
+                };
+                decided[d] = Some((sizing, data, models));
+            }
+        }
+    }
+    Ok(decided.into_iter().map(|d| d.expect("the rule decides at the grid's last size")).collect())
+}
+
+/// Generates the data and trains the models of every seed of `cfg`: P of every seed, then on
+/// seed 0 the sizing sweep of the target training sets and the learning-rate grid, then every
+/// target model and the checkpoint sweep. Each phase runs its models in parallel.
 pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
     let source_cnn = Cnn::from_json(&study_spec(DomainKind::Source.classes()))?;
     let target_cnns =
@@ -290,9 +405,18 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
     if cfg.seeds == 0 {
         return Err(Error::InvalidArgument("the study needs at least one seed".into()));
     }
+    if cfg.lr_grid.is_empty() || cfg.train_per_class.is_empty() {
+        return Err(Error::InvalidArgument("the learning-rate grid and the sizing grid must not be empty".into()));
+    }
     progress("generating the images", 0.0);
-    let source = TaskData::generate(DomainKind::Source, cfg)?;
-    let targets = cfg.domains.iter().map(|&k| TaskData::generate(k, cfg)).collect::<Result<Vec<_>>>()?;
+    let (v, t) = (cfg.source_validation, cfg.source_test);
+    let source = TaskData::generate(DomainKind::Source, cfg.source_train, v, t, cfg.data_seed)?;
+    let held_out = |kind, split, n| domain(kind, split, n, cfg.data_seed);
+    let validation = cfg
+        .domains
+        .iter()
+        .map(|&k| held_out(k, Split::Validation, cfg.target_validation))
+        .collect::<Result<Vec<_>>>()?;
 
     let seeds: Vec<u64> = (0..cfg.seeds as u64).collect();
     let pretrained = parallel(
@@ -303,7 +427,19 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
         progress,
     )?;
 
-    // The grid: seed 0's first P-T and first RI-T at every rate, on every domain.
+    let sized = size_training_sets(cfg, &target_cnns, &validation, (0.2, 0.35), progress)?;
+    let mut targets = Vec::with_capacity(cfg.domains.len());
+    let mut rit_grid = Vec::with_capacity(cfg.domains.len());
+    let mut sizing = Vec::with_capacity(cfg.domains.len());
+    for ((chosen, train, models), validation) in sized.into_iter().zip(validation) {
+        let kind = chosen.kind;
+        targets.push(TaskData { kind, train, validation, test: held_out(kind, Split::Test, cfg.target_test)? });
+        rit_grid.push(models);
+        sizing.push(chosen);
+    }
+
+    // P-T's half of the grid: seed 0's first P-T at every rate, on every domain's chosen size
+    // (RI-T's half is the sizing sweep's last step).
     let p0 = &pretrained[0].p.weights;
     let mut grid_jobs = Vec::new();
     for (d, (cnn, data)) in target_cnns.iter().zip(&targets).enumerate() {
@@ -315,17 +451,10 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
                 data: &data.train,
                 options: target_options(cfg, lr, ts.pt_order[0]),
             };
-            let rit = Job {
-                cnn,
-                init: cnn.init(ts.rit_init[0])?,
-                data: &data.train,
-                options: target_options(cfg, lr, ts.rit_order[0]),
-            };
             grid_jobs.push((d, pt));
-            grid_jobs.push((d, rit));
         }
     }
-    let grid = parallel(
+    let pt_grid = parallel(
         grid_jobs,
         |(d, job)| {
             let trained = job.train()?;
@@ -333,19 +462,18 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
             Ok((trained, validation))
         },
         "choosing the learning rates (seed 0, validation split)",
-        (0.2, 0.4),
+        (0.35, 0.45),
         progress,
     )?;
-    let mut grid = grid.into_iter();
+    let mut pt_grid = pt_grid.into_iter();
     let mut lrs = Vec::new();
     // Seed 0's first P-T and first RI-T per domain: the grid's models at the chosen rates.
     let mut chosen = Vec::new();
-    for data in &targets {
+    for (data, rit_models) in targets.iter().zip(rit_grid) {
         let mut points = Vec::new();
         let mut best: [Option<(f64, Trained)>; 2] = [None, None];
-        for &lr in &cfg.lr_grid {
-            let (pt, pt_validation) = grid.next().expect("two grid models per rate");
-            let (rit, rit_validation) = grid.next().expect("two grid models per rate");
+        for (&lr, (rit, rit_validation)) in cfg.lr_grid.iter().zip(rit_models) {
+            let (pt, pt_validation) = pt_grid.next().expect("one P-T grid model per rate");
             points.push(GridPoint {
                 lr,
                 pt_validation,
@@ -361,7 +489,7 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
             }
         }
         let [Some((_, pt)), Some((_, rit))] = best else {
-            return Err(Error::InvalidArgument("the learning-rate grid is empty".into()));
+            unreachable!("the learning-rate grid is not empty (checked above)");
         };
         lrs.push(LearningRates { kind: data.kind, pt: pt.options.lr, rit: rit.options.lr, grid: points });
         chosen.push([pt, rit]);
@@ -400,7 +528,7 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
         }
     }
     let trained =
-        parallel(jobs, |(slot, job)| Ok((slot, job.train()?)), "training the target models", (0.4, 0.7), progress)?;
+        parallel(jobs, |(slot, job)| Ok((slot, job.train()?)), "training the target models", (0.45, 0.7), progress)?;
 
     let mut target_slots: Vec<Vec<[Option<Trained>; 6]>> =
         seeds.iter().map(|_| targets.iter().map(|_| Default::default()).collect()).collect();
@@ -442,7 +570,7 @@ pub fn train_all(cfg: &Config, progress: Progress) -> Result<Trainset> {
         };
         all.push(SeedModels { seed: seeds[i], ri, p, p_checkpoints, domains, sweep });
     }
-    Ok(Trainset { source_cnn, target_cnns, source, targets, seeds: all, lrs })
+    Ok(Trainset { source_cnn, target_cnns, source, targets, seeds: all, lrs, sizing })
 }
 
 #[cfg(test)]
@@ -464,11 +592,56 @@ mod tests {
     }
 
     #[test]
+    fn the_size_rule_picks_the_smallest_size_that_reaches_the_bar_and_else_the_cap() {
+        // The second size is the first to reach the bar: chosen, though the third is better.
+        assert_eq!(size_rule(&[0.2, 0.35, 0.5], 3, 0.3), Some((1, true)));
+        // Reaching the bar exactly counts.
+        assert_eq!(size_rule(&[0.3], 3, 0.3), Some((0, true)));
+        // Below the bar so far, with sizes left: undecided.
+        assert_eq!(size_rule(&[0.1, 0.2], 3, 0.3), None);
+        // Below the bar at every size: the cap, marked as not reached.
+        assert_eq!(size_rule(&[0.1, 0.2, 0.25], 3, 0.3), Some((2, false)));
+        assert_eq!(size_rule(&[], 0, 0.3), None);
+    }
+
+    /// The sweep's figures are validation accuracies of the models the run keeps, its choice
+    /// follows the rule, and the test split plays no part: a run with another test size sizes
+    /// the same and trains the same models.
+    #[test]
+    fn the_sizing_sweep_reads_only_the_validation_split() {
+        let cfg = Config { seeds: 1, ..Config::tiny() };
+        let set = train_all(&cfg, &mut |_, _| {}).unwrap();
+        for (d, sizing) in set.sizing.iter().enumerate() {
+            let best: Vec<f64> = sizing.steps.iter().map(SizingStep::best).collect();
+            let (index, reached) = size_rule(&best, cfg.train_per_class.len(), sizing.bar).unwrap();
+            assert_eq!(index + 1, sizing.steps.len(), "the sweep stops at the chosen size");
+            assert_eq!((sizing.per_class, sizing.reached), (cfg.train_per_class[index], reached));
+            assert_eq!(sizing.bar, 3.0 / sizing.kind.classes() as f64);
+            assert_eq!(set.targets[d].train.n, sizing.per_class * sizing.kind.classes());
+            // Seed 0's first RI-T is the sweep's last model at the chosen rate.
+            let rit = &set.seeds[0].domains[d].rit[0];
+            let rate = cfg.lr_grid.iter().position(|&lr| lr == rit.options.lr).unwrap();
+            let validation = set.target_cnns[d].evaluate(&rit.weights, &set.targets[d].validation).unwrap().accuracy;
+            assert_eq!(sizing.steps.last().unwrap().validation[rate], validation);
+        }
+        let other_test = Config { target_test: 2 * cfg.target_test, ..cfg.clone() };
+        let other = train_all(&other_test, &mut |_, _| {}).unwrap();
+        assert_eq!(other.targets[0].test.n, 2 * cfg.target_test);
+        for (a, b) in set.sizing.iter().zip(&other.sizing) {
+            let validations = |s: &Sizing| s.steps.iter().map(|x| x.validation.clone()).collect::<Vec<_>>();
+            assert_eq!((a.per_class, validations(a)), (b.per_class, validations(b)));
+        }
+        assert_eq!(all_weights(&set), all_weights(&other));
+    }
+
+    #[test]
     fn no_seeds_or_no_rates_is_an_invalid_argument() {
         let no_seeds = Config { seeds: 0, ..Config::tiny() };
         assert!(matches!(train_all(&no_seeds, &mut |_, _| {}), Err(Error::InvalidArgument(_))));
         let no_rates = Config { seeds: 1, lr_grid: vec![], ..Config::tiny() };
         assert!(matches!(train_all(&no_rates, &mut |_, _| {}), Err(Error::InvalidArgument(_))));
+        let no_sizes = Config { seeds: 1, train_per_class: vec![], ..Config::tiny() };
+        assert!(matches!(train_all(&no_sizes, &mut |_, _| {}), Err(Error::InvalidArgument(_))));
     }
 
     #[test]

@@ -105,14 +105,18 @@ fn lines_svg(
         s +=
             &format!(r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#, px(*v), H - BOTTOM + 14.0, esc(label));
     }
-    // Each mark's label on its own line, so that marks at nearby x stay readable.
+    // Each mark's label on its own line, so that marks at nearby x stay readable, on a white
+    // box so that the curves under it do not hide it (about 6 px per character at 11 px).
     for (k, (v, label)) in marks.iter().enumerate() {
         let xx = px(*v);
+        let baseline = TOP + 11.0 + 12.0 * k as f64;
         s += &format!(
-            r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{TOP}" y2="{}" stroke="#999" stroke-dasharray="3,3"/><text x="{:.1}" y="{}" fill="#666">{}</text>"##,
+            r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{TOP}" y2="{}" stroke="#999" stroke-dasharray="3,3"/><rect x="{:.1}" y="{:.1}" width="{:.1}" height="12" fill="white" fill-opacity="0.85"/><text x="{:.1}" y="{baseline}" fill="#444">{}</text>"##,
             H - BOTTOM,
+            xx + 1.0,
+            baseline - 9.5,
+            6.2 * label.chars().count() as f64 + 4.0,
             xx + 3.0,
-            TOP + 11.0 + 12.0 * k as f64,
             esc(label)
         );
     }

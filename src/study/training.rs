@@ -107,9 +107,14 @@ fn learning_rates(inputs: &Inputs) -> Section {
             lines.push(Line::over_seeds(format!("{regime} {name}"), &[values]));
         }
     }
+    let (sizing_table, sizing_json) = sizing(inputs);
+    table.push_str(&sizing_table);
     Section {
-        title: "Learning rates".into(),
-        json: Map::from_iter([("learning_rates".to_string(), Value::Object(json))]),
+        title: "Training sizes and learning rates".into(),
+        json: Map::from_iter([
+            ("learning_rates".to_string(), Value::Object(json)),
+            ("sizing".to_string(), sizing_json),
+        ]),
         table,
         findings: vec![],
         figures: vec![Figure {
@@ -128,6 +133,45 @@ fn learning_rates(inputs: &Inputs) -> Section {
             },
         }],
     }
+}
+
+/// The sizing sweep of every target domain: RI-T's validation accuracy per size and rate, the
+/// bar and the chosen size (docs/analyses.md, section 10, revision 2), as a table and JSON.
+fn sizing(inputs: &Inputs) -> (String, Value) {
+    let set = inputs.set;
+    let grid = &inputs.cfg.lr_grid;
+    let mut table = format!(
+        "\nTraining sizes (seed 0's first RI-T at rates {grid:?}, validation accuracy; the smallest size whose best \
+         rate reaches the bar, 3 x chance, else the cap {})\n",
+        inputs.cfg.train_per_class.last().copied().unwrap_or(0)
+    );
+    let mut json = Map::new();
+    for (sizing, data) in set.sizing.iter().zip(&set.targets) {
+        let name = sizing.kind.name();
+        let mut steps = Vec::new();
+        for step in &sizing.steps {
+            table.push_str(&format!(
+                "  {name:<10} {:>4} per class  validation {}  best {:.3} {} bar {:.2}\n",
+                step.per_class,
+                step.validation.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" "),
+                step.best(),
+                if step.best() >= sizing.bar { ">=" } else { "<" },
+                sizing.bar
+            ));
+            steps.push(json!({"per_class": step.per_class, "validation": step.validation, "best": num(step.best())}));
+        }
+        let verdict = if sizing.reached { "reached the bar" } else { "below the bar at the cap: RI-T is weak here" };
+        table.push_str(&format!(
+            "  {name:<10} chosen {} per class ({} training images): {verdict}\n",
+            sizing.per_class, data.train.n
+        ));
+        json.insert(
+            name.into(),
+            json!({"bar": num(sizing.bar), "steps": steps, "per_class": sizing.per_class,
+                   "train_images": data.train.n, "reached": sizing.reached, "lr_grid": grid}),
+        );
+    }
+    (table, Value::Object(json))
 }
 
 /// Target test accuracy of P-T and RI-T per domain and seed, the transfer gain, and P's source

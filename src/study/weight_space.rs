@@ -7,7 +7,7 @@ mod basin;
 
 use super::domains::DomainKind;
 use super::models::HEAD;
-use super::{mean, num, Chart, Figure, Finding, Inputs, Line, Progress, Section, Size, BARRIER_TOLERANCE};
+use super::{barrier_tolerance, mean, num, Chart, Figure, Finding, Inputs, Line, Progress, Section, Size};
 use crate::align::{apply, match_weights, MatchOptions, PermSpec};
 use crate::error::{Error, Result};
 use crate::eval::{CnnEvaluator, Metric};
@@ -20,8 +20,6 @@ use std::time::Instant;
 /// This family's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// Curves, barriers, the basin test and rewind run on the first `eval_images` test images.
-    pub eval_images: usize,
     /// Interpolation on [-1, 2]: `lambdas_per_unit` + 1 points per unit of lambda.
     pub lambdas_per_unit: usize,
     /// Domains of the alignment and layer-wise barriers, and their grid on [0, 1].
@@ -52,7 +50,6 @@ impl Settings {
         let far = vec![DomainKind::Far];
         match size {
             Size::Tiny => Settings {
-                eval_images: 60,
                 lambdas_per_unit: 2,
                 layerwise_domains: near_first.clone(),
                 layerwise_points: 3,
@@ -71,7 +68,6 @@ impl Settings {
             },
             // Sized from timing so that this family and `features` stay near a third of a run.
             Size::Quick => Settings {
-                eval_images: 150,
                 lambdas_per_unit: 3,
                 layerwise_domains: near_first.clone(),
                 layerwise_points: 3,
@@ -89,7 +85,6 @@ impl Settings {
                 rewind_points: 4,
             },
             Size::Full => Settings {
-                eval_images: 200,
                 lambdas_per_unit: 4,
                 layerwise_domains: near_first.clone(),
                 layerwise_points: 5,
@@ -277,8 +272,20 @@ fn evaluator(cnn: &Cnn, data: &Dataset, n: usize) -> CnnEvaluator {
     CnnEvaluator::new(cnn.clone(), data.head(n))
 }
 
+/// The evaluator of `cnn` on every test image of a domain: curves, barriers, the basin test and
+/// rewind use them all (docs/analyses.md, section 10, revision 2).
+fn test_evaluator(cnn: &Cnn, test: &Dataset) -> CnnEvaluator {
+    evaluator(cnn, test, test.n)
+}
+
+/// The tolerance a barrier of a curve evaluated by `ev` is judged against: `barrier_tolerance`
+/// at the mean of the curve's endpoint errors and the images evaluated.
+fn tolerance_of(barrier: &Barrier, ev: &CnnEvaluator) -> f64 {
+    barrier_tolerance((barrier.start + barrier.end) / 2.0, ev.data().n)
+}
+
 /// The test error along theta(lambda) = (1 - lambda) a + lambda b (only `module` moved, the rest
-/// at `b`, when given), and its barrier on [0, 1].
+/// at `b`, when given), and its barrier on [0, 1], judged against `tolerance_of` (`same_basin`).
 fn error_curve(
     inputs: &Inputs,
     ev: &mut CnnEvaluator,
@@ -289,7 +296,8 @@ fn error_curve(
 ) -> Result<(Vec<f64>, Barrier)> {
     let mut live = a.try_clone()?;
     let curve = interpolation_curve(inputs.ctx, ev, a, b, &mut live, lambdas, module)?;
-    let barrier = curve_barrier(lambdas, &curve, Metric::Error, BARRIER_TOLERANCE)?;
+    let mut barrier = curve_barrier(lambdas, &curve, Metric::Error, 0.0)?;
+    barrier.same_basin = barrier.value <= tolerance_of(&barrier, ev);
     Ok((curve.iter().map(|m| m.error).collect(), barrier))
 }
 
@@ -301,7 +309,8 @@ fn interpolation_section(inputs: &Inputs) -> Result<Section> {
     let seeds = set.seeds.len();
     let lambdas = extrapolation_lambdas(st.lambdas_per_unit);
     let mut table = format!(
-        "\nInterpolation on [-1, 2] ({} points), barrier of the test error on [0, 1], tolerance {BARRIER_TOLERANCE}\n",
+        "\nInterpolation on [-1, 2] ({} points), barrier of the test error on [0, 1] against tol = max(0.01, 2 \
+         sqrt(e (1 - e) / n)), e the endpoints' mean error, n the test images\n",
         lambdas.len()
     );
     let mut verdicts: [Vec<Vec<(bool, String)>>; 3] = Default::default();
@@ -312,19 +321,22 @@ fn interpolation_section(inputs: &Inputs) -> Result<Section> {
     let mut figures = Vec::new();
     for (d, data) in set.targets.iter().enumerate() {
         let name = data.kind.name();
-        let mut ev = evaluator(&set.target_cnns[d], &data.test, st.eval_images);
+        let mut ev = test_evaluator(&set.target_cnns[d], &data.test);
         let mut curves: [Vec<Vec<f64>>; 3] = Default::default();
         let mut barriers: [Vec<Barrier>; 3] = Default::default();
+        let mut tolerances: [Vec<f64>; 3] = Default::default();
         for (s, sm) in set.seeds.iter().enumerate() {
             let m = &sm.domains[d];
             let pairs = [(&m.pt[0], &m.pt[1]), (&m.rit[0], &m.rit[1]), (&m.rit_same[0], &m.rit_same[1])];
             for (k, (a, b)) in pairs.into_iter().enumerate() {
                 let (curve, barrier) = error_curve(inputs, &mut ev, &a.weights, &b.weights, &lambdas, None)?;
+                let tol = tolerance_of(&barrier, &ev);
                 table.push_str(&format!(
-                    "  {name:<10} seed {s}  {:<22} barrier {:.4} at lambda {:.2} (errors {:.3}, {:.3})\n",
+                    "  {name:<10} seed {s}  {:<22} barrier {:.4} (tol {tol:.4}) at lambda {:.2} (errors {:.3}, {:.3})\n",
                     PAIRS[k], barrier.value, barrier.peak_lambda, barrier.start, barrier.end
                 ));
-                let evidence = format!("{name}: barrier {:.4}", barrier.value);
+                let evidence = format!("{name}: barrier {:.4}, tol {tol:.4}", barrier.value);
+                tolerances[k].push(tol);
                 // P-T: no barrier; RI-T pairs: a barrier.
                 let held = if k == 0 { barrier.same_basin } else { !barrier.same_basin };
                 verdicts[k][s].push((held, evidence));
@@ -357,27 +369,33 @@ fn interpolation_section(inputs: &Inputs) -> Result<Section> {
         json_domains.insert(
             name.into(),
             json!({
-                "pt_pt": {"curves": curves[0], "barriers": barriers[0].iter().map(|b| b.value).collect::<Vec<_>>()},
-                "rit_rit": {"curves": curves[1], "barriers": barriers[1].iter().map(|b| b.value).collect::<Vec<_>>()},
-                "rit_rit_same_init": {"curves": curves[2], "barriers": barriers[2].iter().map(|b| b.value).collect::<Vec<_>>()},
+                "pt_pt": {"curves": curves[0], "barriers": barriers[0].iter().map(|b| b.value).collect::<Vec<_>>(),
+                           "tolerances": tolerances[0]},
+                "rit_rit": {"curves": curves[1], "barriers": barriers[1].iter().map(|b| b.value).collect::<Vec<_>>(),
+                           "tolerances": tolerances[1]},
+                "rit_rit_same_init": {"curves": curves[2], "barriers": barriers[2].iter().map(|b| b.value).collect::<Vec<_>>(),
+                           "tolerances": tolerances[2]},
             }),
         );
     }
     let [pt, rit, same] = verdicts;
     let findings = vec![
-        Finding::new("No barrier between two P-T models", "barrier <= 0.01 in every domain", all_domains(pt)),
-        Finding::new("A barrier between two RI-T models", "barrier > 0.01 in every domain", all_domains(rit)),
+        Finding::new("No barrier between two P-T models", "barrier <= tol in every domain", all_domains(pt)),
+        Finding::new("A barrier between two RI-T models", "barrier > tol in every domain", all_domains(rit)),
         Finding::new(
             "A barrier between two RI-T models even from one init",
-            "barrier > 0.01 in every domain",
+            "barrier > tol in every domain",
             all_domains(same),
         ),
     ];
     let mut json = Map::new();
     json.insert("lambdas".into(), json!(lambdas));
     json.insert("metric".into(), json!("test error"));
-    json.insert("images".into(), json!(st.eval_images));
-    json.insert("tolerance".into(), num(BARRIER_TOLERANCE));
+    json.insert(
+        "images".into(),
+        json!(set.targets.iter().map(|t| (t.kind.name().to_string(), json!(t.test.n))).collect::<Map<_, _>>()),
+    );
+    json.insert("tolerance".into(), json!("max(0.01, 2 sqrt(e (1 - e) / n)), e the mean endpoint error, n the images"));
     json.insert("domains".into(), Value::Object(json_domains));
     Ok(Section {
         title: "Interpolation and barriers".into(),
@@ -407,7 +425,7 @@ fn layerwise_section(inputs: &Inputs) -> Result<Section> {
         let (cnn, data) = (&set.target_cnns[d], &set.targets[d]);
         let name = kind.name();
         let spec = PermSpec::for_cnn(cnn)?;
-        let mut ev = evaluator(cnn, &data.test, st.eval_images);
+        let mut ev = test_evaluator(cnn, &data.test);
         let mut rows = Vec::new();
         let mut layer_lines: [Vec<Vec<f64>>; 2] = Default::default();
         for (s, sm) in set.seeds.iter().enumerate() {
@@ -418,14 +436,18 @@ fn layerwise_section(inputs: &Inputs) -> Result<Section> {
             let b_aligned = apply(&spec, b, &matching.perms)?;
             let (_, aligned) = error_curve(inputs, &mut ev, a, &b_aligned, &lambdas, None)?;
             let (_, pt_raw) = error_curve(inputs, &mut ev, &m.pt[0].weights, &m.pt[1].weights, &lambdas, None)?;
+            let aligned_tol = tolerance_of(&aligned, &ev);
             table.push_str(&format!(
-                "  {name:<10} seed {s}  RI-T barrier raw {:.4}, aligned {:.4} (matching {} passes, converged {}); \
-                 P-T barrier {:.4}\n",
+                "  {name:<10} seed {s}  RI-T barrier raw {:.4}, aligned {:.4} (tol {aligned_tol:.4}; matching {} passes, \
+                 converged {}); P-T barrier {:.4}\n",
                 raw.value, aligned.value, matching.passes, matching.converged, pt_raw.value
             ));
             aligned_held[s].push((
                 !aligned.same_basin,
-                format!("{name}: RI-T barrier raw {:.4}, after alignment {:.4}", raw.value, aligned.value),
+                format!(
+                    "{name}: RI-T barrier raw {:.4}, after alignment {:.4}, tol {aligned_tol:.4}",
+                    raw.value, aligned.value
+                ),
             ));
             let mut per_pair = Vec::new();
             for (k, (first, second)) in [(&m.pt[0], &m.pt[1]), (&m.rit[0], &m.rit[1])].into_iter().enumerate() {
@@ -440,7 +462,7 @@ fn layerwise_section(inputs: &Inputs) -> Result<Section> {
                 layer_lines[k].push(per_module.clone());
                 per_pair.push(per_module);
             }
-            rows.push(json!({"seed": s, "rit_raw": num(raw.value), "rit_aligned": num(aligned.value),
+            rows.push(json!({"seed": s, "rit_raw": num(raw.value), "rit_aligned": num(aligned.value), "rit_aligned_tolerance": num(aligned_tol),
                              "pt_raw": num(pt_raw.value), "matching_passes": matching.passes,
                              "layerwise_pt": per_pair[0], "layerwise_rit": per_pair[1]}));
         }
@@ -467,7 +489,7 @@ fn layerwise_section(inputs: &Inputs) -> Result<Section> {
     }
     let findings = vec![Finding::new(
         "The RI-T barrier is not only a permutation of units",
-        "the RI-T/RI-T barrier after weight matching > 0.01, in every layer-wise domain",
+        "the RI-T/RI-T barrier after weight matching > tol, in every layer-wise domain",
         all_domains(aligned_held),
     )];
     let mut json = Map::new();
@@ -519,7 +541,7 @@ fn cross_domain_section(inputs: &Inputs) -> Result<Section> {
     };
     for (e, data) in set.targets.iter().enumerate().filter(|(_, t)| is_near(t.kind)) {
         let name = data.kind.name();
-        let mut ev = evaluator(&set.target_cnns[e], &data.test, st.eval_images);
+        let mut ev = test_evaluator(&set.target_cnns[e], &data.test);
         let mut curves: [Vec<Vec<f64>>; 2] = Default::default();
         let mut rows = Vec::new();
         for (s, sm) in set.seeds.iter().enumerate() {
@@ -528,15 +550,20 @@ fn cross_domain_section(inputs: &Inputs) -> Result<Section> {
             let (rit, rit_barrier) =
                 error_curve(inputs, &mut ev, &a.rit[0].weights, &b.rit[0].weights, &lambdas, None)?;
             let (pt_acc, rit_acc) = (1.0 - mean(&pt), 1.0 - mean(&rit));
+            let pt_tol = tolerance_of(&pt_barrier, &ev);
             table.push_str(&format!(
-                "  on {name:<10} seed {s}  P-T barrier {:.4}, mean accuracy {pt_acc:.3}   RI-T barrier {:.4}, mean \
-                 accuracy {rit_acc:.3}\n",
+                "  on {name:<10} seed {s}  P-T barrier {:.4} (tol {pt_tol:.4}), mean accuracy {pt_acc:.3}   RI-T \
+                 barrier {:.4}, mean accuracy {rit_acc:.3}\n",
                 pt_barrier.value, rit_barrier.value
             ));
-            basin[s].push((pt_barrier.same_basin, format!("on {name}: P-T barrier {:.4}", pt_barrier.value)));
+            basin[s].push((
+                pt_barrier.same_basin,
+                format!("on {name}: P-T barrier {:.4}, tol {pt_tol:.4}", pt_barrier.value),
+            ));
             better[s].push((pt_acc > rit_acc, format!("on {name}: mean accuracy P-T {pt_acc:.3}, RI-T {rit_acc:.3}")));
             rows.push(json!({"seed": s, "pt_curve": pt, "rit_curve": rit,
-                             "pt_barrier": num(pt_barrier.value), "rit_barrier": num(rit_barrier.value)}));
+                             "pt_barrier": num(pt_barrier.value), "pt_tolerance": num(pt_tol),
+                             "rit_barrier": num(rit_barrier.value)}));
             curves[0].push(pt);
             curves[1].push(rit);
         }
@@ -561,7 +588,7 @@ fn cross_domain_section(inputs: &Inputs) -> Result<Section> {
     let findings = vec![
         Finding::new(
             "P-T models of two domains lie in one basin",
-            "barrier <= 0.01 between the P-T models of real and clipart, on every near domain evaluated",
+            "barrier <= tol between the P-T models of real and clipart, on every near domain evaluated",
             all_domains(basin),
         ),
         Finding::new(
@@ -648,13 +675,17 @@ mod tests {
         let pt0 = &set.seeds[0].domains[d].pt[0];
         let acc = set.target_cnns[d].evaluate(&pt0.weights, &set.targets[d].test).unwrap().accuracy;
         assert_eq!(json["block_shuffle"]["domains"]["real"]["pt_accuracy"][0][0].as_f64().unwrap(), acc);
-        // The interpolation curve at lambda = 0 is the first model's error on the evaluation images.
+        // The interpolation curve at lambda = 0 is the first model's error on every test image.
         let lambdas = json["interpolation"]["lambdas"].as_array().unwrap();
         let at0 = lambdas.iter().position(|l| l.as_f64() == Some(0.0)).unwrap();
-        let head = set.targets[d].test.head(cfg.weight_space.eval_images);
-        let err = set.target_cnns[d].evaluate(&pt0.weights, &head).unwrap().error;
+        let err = set.target_cnns[d].evaluate(&pt0.weights, &set.targets[d].test).unwrap().error;
         let curve = &json["interpolation"]["domains"]["real"]["pt_pt"]["curves"][0];
         assert_eq!(curve[at0].as_f64().unwrap(), err);
+        // Its barrier is judged against the tolerance of its endpoints and every test image.
+        let at1 = lambdas.iter().position(|l| l.as_f64() == Some(1.0)).unwrap();
+        let ends = (curve[at0].as_f64().unwrap() + curve[at1].as_f64().unwrap()) / 2.0;
+        let tol = json["interpolation"]["domains"]["real"]["pt_pt"]["tolerances"][0].as_f64().unwrap();
+        assert_eq!(tol, super::super::barrier_tolerance(ends, set.targets[d].test.n));
     }
 
     fn sections_of(inputs: &Inputs) -> Vec<Section> {

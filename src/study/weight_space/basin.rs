@@ -4,7 +4,7 @@
 use super::super::domains::DomainKind;
 use super::super::models::Trained;
 use super::super::{num, Chart, Figure, Finding, Inputs, Line, Section};
-use super::{all_domains, evaluator, fmt4};
+use super::{all_domains, evaluator, fmt4, test_evaluator};
 use crate::criticality::{network_criticality, pac_bayes, HeldOut, Options, Path, Search};
 use crate::error::Result;
 use crate::eval::{CnnEvaluator, Evaluator};
@@ -154,9 +154,9 @@ fn basin_test(inputs: &Inputs, ev: &mut CnnEvaluator, a: &ParamSet, b: &ParamSet
     Ok(BasinTest { mu, eps, per_delta })
 }
 
-/// The first `n` test images of two domains together.
-fn joined(a: &Dataset, b: &Dataset, n: usize) -> Result<Dataset> {
-    let (a, b) = (a.head(n), b.head(n));
+/// Every image of two data sets together.
+fn joined(a: &Dataset, b: &Dataset) -> Result<Dataset> {
+    let (a, b) = (a.head(a.n), b.head(b.n));
     let mut x = a.x;
     x.extend_from_slice(&b.x);
     let mut y = a.y;
@@ -170,8 +170,9 @@ pub(super) fn basin_section(inputs: &Inputs) -> Result<Section> {
     let seeds = set.seeds.len();
     let mut table = format!(
         "\n(epsilon, delta)-basin test: S = the box two solutions span; {} draws for property 1, {} pairs per delta for \
-         properties 2 and 3, delta = c * ||w_a - w_b|| for c in {:?}; test error on {} images\n",
-        st.basin_samples, st.basin_pairs, st.basin_deltas, st.eval_images
+         properties 2 and 3, delta = c * ||w_a - w_b|| for c in {:?}; test error on every test image of the \
+         domain (cross-domain: of both domains)\n",
+        st.basin_samples, st.basin_pairs, st.basin_deltas
     );
     let mut pt_basin: Vec<Vec<(bool, String)>> = vec![vec![]; seeds];
     let mut rit_not: Vec<Vec<(bool, String)>> = vec![vec![]; seeds];
@@ -194,7 +195,7 @@ pub(super) fn basin_section(inputs: &Inputs) -> Result<Section> {
     for &kind in &st.basin_domains {
         let Some(d) = set.target_index(kind) else { continue };
         let name = kind.name();
-        let mut ev = evaluator(&set.target_cnns[d], &set.targets[d].test, st.eval_images);
+        let mut ev = test_evaluator(&set.target_cnns[d], &set.targets[d].test);
         for (s, sm) in set.seeds.iter().enumerate() {
             let m = &sm.domains[d];
             let pt = basin_test(inputs, &mut ev, &m.pt[0].weights, &m.pt[1].weights, 31 * sm.seed + 1)?;
@@ -207,7 +208,7 @@ pub(super) fn basin_section(inputs: &Inputs) -> Result<Section> {
     }
     let (real, clipart) = (set.target_index(DomainKind::Real), set.target_index(DomainKind::Clipart));
     if let (Some(r), Some(c)) = (real, clipart) {
-        let data = joined(&set.targets[r].test, &set.targets[c].test, st.eval_images / 2)?;
+        let data = joined(&set.targets[r].test, &set.targets[c].test)?;
         let mut ev = CnnEvaluator::new(set.target_cnns[r].clone(), data);
         for (s, sm) in set.seeds.iter().enumerate() {
             let (a, b) = (&sm.domains[r], &sm.domains[c]);
@@ -301,13 +302,13 @@ pub(super) fn criticality_section(inputs: &Inputs) -> Result<Section> {
     };
     let mut table = format!(
         "\nModule criticality (0-1 error on {} training images, eps = final + 0.02, noise relative to the weights, \
-         refined search: {} alphas, tolerance {}, {} samples, {} repeats) and rewind (test error on {} images)\n",
+         refined search: {} alphas, tolerance {}, {} samples, {} repeats) and rewind (test error on every test \
+         image)\n",
         st.criticality_images,
         st.criticality_alphas,
         st.criticality_tolerance,
         st.criticality_samples,
         st.criticality_repeats,
-        st.eval_images
     );
     let mut lower: [Vec<Vec<(bool, String)>>; 2] = [vec![vec![]; seeds], vec![vec![]; seeds]];
     let mut fc_critical: Vec<Vec<(bool, String)>> = vec![vec![]; seeds];
@@ -322,7 +323,7 @@ pub(super) fn criticality_section(inputs: &Inputs) -> Result<Section> {
         let modules = cnn.module_names();
         let at = |m: &str| modules.iter().position(|x| x == m).expect("the study's CNN has this module");
         let (low, high, fc) = ([at("conv1"), at("layer1")], [at("layer2"), at("layer3")], at("fc"));
-        let mut ev_test = evaluator(cnn, &data.test, st.eval_images);
+        let mut ev_test = test_evaluator(cnn, &data.test);
         let mut ev_train = evaluator(cnn, &data.train, st.criticality_images);
         let m_samples = st.criticality_images.min(data.train.n) as u64;
         let mut rows = Vec::new();
