@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::TestRng;
+use common::{assert_bit_equal, random_admissible, TestRng};
 use transferlens::align::assignment::{solve, Objective};
-use transferlens::align::{apply, invert, match_weights, MatchOptions, PermGroup, PermSpec};
+use transferlens::align::{apply, invert, match_weights, MatchOptions, PermSpec};
 use transferlens::model::{f32_set, Cnn, Dataset, Mlp};
 use transferlens::{Error, ParamSet};
 
@@ -171,36 +171,6 @@ fn random_set(shapes: &[(String, Vec<usize>)], rng: &mut TestRng) -> ParamSet {
         })
         .collect();
     f32_set(&tensors).unwrap()
-}
-
-/// A random permutation of the group's units that keeps its blocks (random blocks order, then
-/// random order within each level).
-fn random_admissible(g: &PermGroup, rng: &mut TestRng) -> Vec<usize> {
-    let mut perm: Vec<usize> = (0..g.size).collect();
-    let mut widths: Vec<usize> = g.partition.iter().map(|&b| g.size / b).collect();
-    widths.insert(0, g.size);
-    widths.push(1);
-    // At each level, shuffle the sub-blocks of width widths[k + 1] inside each block of widths[k].
-    for k in 0..widths.len() - 1 {
-        let (outer, inner) = (widths[k], widths[k + 1]);
-        for block in perm.chunks_mut(outer) {
-            let mut pieces: Vec<Vec<usize>> = block.chunks(inner).map(<[usize]>::to_vec).collect();
-            for i in (1..pieces.len()).rev() {
-                pieces.swap(i, rng.below(i + 1));
-            }
-            block.copy_from_slice(&pieces.concat());
-        }
-    }
-    assert!(g.admits(&perm));
-    perm
-}
-
-fn assert_bit_equal(a: &ParamSet, b: &ParamSet) {
-    assert_eq!(a.tensors().len(), b.tensors().len());
-    for (x, y) in a.tensors().iter().zip(b.tensors()) {
-        assert_eq!(x.name(), y.name());
-        assert!(x.bytes().unwrap() == y.bytes().unwrap(), "tensor {:?} differs", x.name());
-    }
 }
 
 fn assert_close(got: &[f32], want: &[f32], what: &str) {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::TestRng;
+use common::{assert_bit_equal, random_admissible, TestRng};
 use transferlens::align::activations::{cnn_unit_activations, mlp_unit_activations, units_last};
 use transferlens::align::{apply, invert, match_activations, ActivationMatcher, PermGroup, PermSpec};
 use transferlens::model::{f32_set, Cnn, Dataset, Mlp};
@@ -29,34 +29,6 @@ fn random_set(shapes: &[(String, Vec<usize>)], rng: &mut TestRng) -> ParamSet {
         })
         .collect();
     f32_set(&tensors).unwrap()
-}
-
-/// A random permutation of the group's units that keeps its blocks.
-fn random_admissible(g: &PermGroup, rng: &mut TestRng) -> Vec<usize> {
-    let mut perm: Vec<usize> = (0..g.size).collect();
-    let mut widths: Vec<usize> = g.partition.iter().map(|&b| g.size / b).collect();
-    widths.insert(0, g.size);
-    widths.push(1);
-    for k in 0..widths.len() - 1 {
-        let (outer, inner) = (widths[k], widths[k + 1]);
-        for block in perm.chunks_mut(outer) {
-            let mut pieces: Vec<Vec<usize>> = block.chunks(inner).map(<[usize]>::to_vec).collect();
-            for i in (1..pieces.len()).rev() {
-                pieces.swap(i, rng.below(i + 1));
-            }
-            block.copy_from_slice(&pieces.concat());
-        }
-    }
-    assert!(g.admits(&perm));
-    perm
-}
-
-fn assert_bit_equal(a: &ParamSet, b: &ParamSet) {
-    assert_eq!(a.tensors().len(), b.tensors().len());
-    for (x, y) in a.tensors().iter().zip(b.tensors()) {
-        assert_eq!(x.name(), y.name());
-        assert!(x.bytes().unwrap() == y.bytes().unwrap(), "tensor {:?} differs", x.name());
-    }
 }
 
 fn random_data(n: usize, dim: usize, classes: usize, seed: u64) -> Dataset {

@@ -8,11 +8,11 @@
 mod common;
 mod scratch;
 
-use common::TestRng;
+use common::{assert_bit_equal, random_admissible, TestRng};
 use scratch::Scratch;
 use std::path::Path;
 use std::process::{Command, Output};
-use transferlens::align::{apply, PermGroup, PermSpec};
+use transferlens::align::{apply, PermSpec};
 use transferlens::model::{f32_set, Cnn, Dataset, Mlp};
 use transferlens::ParamSet;
 
@@ -63,40 +63,12 @@ fn write_dense_chain(path: &Path, shapes: &[(String, Vec<usize>)], rng: &mut Tes
     std::fs::write(path, file).unwrap();
 }
 
-/// A random permutation of the group's units that keeps its blocks.
-fn random_admissible(g: &PermGroup, rng: &mut TestRng) -> Vec<usize> {
-    let mut perm: Vec<usize> = (0..g.size).collect();
-    let mut widths: Vec<usize> = g.partition.iter().map(|&b| g.size / b).collect();
-    widths.insert(0, g.size);
-    widths.push(1);
-    for k in 0..widths.len() - 1 {
-        let (outer, inner) = (widths[k], widths[k + 1]);
-        for block in perm.chunks_mut(outer) {
-            let mut pieces: Vec<Vec<usize>> = block.chunks(inner).map(<[usize]>::to_vec).collect();
-            for i in (1..pieces.len()).rev() {
-                pieces.swap(i, rng.below(i + 1));
-            }
-            block.copy_from_slice(&pieces.concat());
-        }
-    }
-    assert!(g.admits(&perm));
-    perm
-}
-
 /// Writes B = A under random admissible permutations of `spec` next to A.
 fn permuted_copy(spec: &PermSpec, a: &ParamSet, path: &Path, seed: u64) {
     let mut rng = TestRng::new(seed);
     let perms: Vec<Vec<usize>> = spec.groups.iter().map(|g| random_admissible(g, &mut rng)).collect();
     assert!(perms.iter().all(|p| p.iter().enumerate().any(|(i, &j)| i != j)), "a test permutation is the identity");
     apply(spec, a, &perms).unwrap().save(path).unwrap();
-}
-
-fn assert_bit_equal(a: &ParamSet, b: &ParamSet) {
-    assert_eq!(a.tensors().len(), b.tensors().len());
-    for (x, y) in a.tensors().iter().zip(b.tensors()) {
-        assert_eq!(x.name(), y.name());
-        assert!(x.bytes().unwrap() == y.bytes().unwrap(), "tensor {:?} differs", x.name());
-    }
 }
 
 const CHAIN: [(&str, [usize; 2]); 3] =

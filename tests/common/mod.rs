@@ -358,3 +358,34 @@ pub fn set_as(p: &transferlens::ParamSet, dtype: transferlens::DType) -> transfe
     file.extend_from_slice(&body);
     transferlens::ParamSet::from_bytes(&file, "test set").unwrap()
 }
+
+/// A random permutation of the group's units that keeps its blocks (random blocks order, then
+/// random order within each level).
+pub fn random_admissible(g: &transferlens::align::PermGroup, rng: &mut TestRng) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..g.size).collect();
+    let mut widths: Vec<usize> = g.partition.iter().map(|&b| g.size / b).collect();
+    widths.insert(0, g.size);
+    widths.push(1);
+    // At each level, shuffle the sub-blocks of width widths[k + 1] inside each block of widths[k].
+    for k in 0..widths.len() - 1 {
+        let (outer, inner) = (widths[k], widths[k + 1]);
+        for block in perm.chunks_mut(outer) {
+            let mut pieces: Vec<Vec<usize>> = block.chunks(inner).map(<[usize]>::to_vec).collect();
+            for i in (1..pieces.len()).rev() {
+                pieces.swap(i, rng.below(i + 1));
+            }
+            block.copy_from_slice(&pieces.concat());
+        }
+    }
+    assert!(g.admits(&perm));
+    perm
+}
+
+/// The two sets hold the same tensors, names and bytes.
+pub fn assert_bit_equal(a: &transferlens::ParamSet, b: &transferlens::ParamSet) {
+    assert_eq!(a.tensors().len(), b.tensors().len());
+    for (x, y) in a.tensors().iter().zip(b.tensors()) {
+        assert_eq!(x.name(), y.name());
+        assert!(x.bytes().unwrap() == y.bytes().unwrap(), "tensor {:?} differs", x.name());
+    }
+}
