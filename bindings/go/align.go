@@ -257,8 +257,10 @@ func AlignApply(spec *PermSpec, b *Params, perms []uint64) (*Params, error) {
 // of a with its modules firstModule .. firstModule+moduleCount (a's modules, in order) at
 // (1 - lambda) a + lambda b and every other weight held at a bit for bit. One module: (i, 1);
 // the first k: (0, k); the last k: (ModuleCount() - k, k). Each point is written into live, which
-// must hold a's weights and be neither a nor b. Host sets only. Barrier on the curve gives its
-// barrier; align b first (AlignApply) for the curve after alignment.
+// must hold a's weights and be neither a nor b. The held modules are copied from a in host
+// memory: a held tensor of a or live in CUDA device memory is ErrDeviceUnavailable naming it
+// (moving every module holds nothing and runs where interpolation runs). Barrier on the curve
+// gives its barrier; align b first (AlignApply) for the curve after alignment.
 func LayerwiseCurve(ctx *Context, ev *Evaluator, a, b, live *Params, lambdas []float64, firstModule, moduleCount int) ([]Metrics, error) {
 	if firstModule < 0 || moduleCount < 0 {
 		return nil, errorf(StatusInvalidArgument, "modules %d .. %d + %d: neither may be negative",

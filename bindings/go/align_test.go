@@ -337,6 +337,21 @@ func TestAlignErrors(t *testing.T) {
 	nan[5] = float32(math.NaN())
 	nanB2 := must(NewMatrix(nan, rows, 8))
 	lambdas := []float64{0, 0.5, 1}
+	// Sets of the MLP's shapes in CUDA device memory (addresses only: nothing reads them here).
+	deviceSet := func(base uintptr) *Params {
+		var tensors []Tensor
+		for l := 1; l < len(mlpSizes); l++ {
+			in, out := mlpSizes[l-1], mlpSizes[l]
+			tensors = append(tensors,
+				must(NewDeviceTensor(fmt.Sprintf("fc%d.weight", l), base, F32, 0, out, in)),
+				must(NewDeviceTensor(fmt.Sprintf("fc%d.bias", l), base+uintptr(4*out*in), F32, 0, out)))
+			base += uintptr(4 * (out*in + out))
+		}
+		p := must(WrapParams(ctx, tensors))
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	aDev, bDev := deviceSet(0x100000), deviceSet(0x200000)
 
 	err := func(_ any, err error) error { return err }
 	cases := []struct {
@@ -399,6 +414,12 @@ func TestAlignErrors(t *testing.T) {
 		{"layer-wise with nil b", err(LayerwiseCurve(ctx, ev, a, nil, live, lambdas, 0, 1)), ErrNullArgument, ""},
 		{"layer-wise with nil live", err(LayerwiseCurve(ctx, ev, a, b, nil, lambdas, 0, 1)), ErrNullArgument, ""},
 		{"layer-wise of mismatched sets", err(LayerwiseCurve(ctx, ev, a, wider, live, lambdas, 0, 1)), ErrShapeMismatch, ""},
+		// Held modules are copied in host memory: refused up front, naming the tensor.
+		{"layer-wise holding device tensors", err(LayerwiseCurve(ctx, ev, aDev, bDev, live, lambdas, 0, 1)),
+			ErrDeviceUnavailable, `"fc2.weight" of a lives on CUDA device 0`},
+		// Every module moving holds nothing: the interpolation's own placement rules apply.
+		{"layer-wise moving every device module", err(LayerwiseCurve(ctx, ev, aDev, bDev, live, lambdas, 0, 3)),
+			ErrInvalidArgument, "one place"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
