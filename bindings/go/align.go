@@ -151,12 +151,6 @@ type Alignment struct {
 	Converged bool
 }
 
-// permBuffer is the flat permutation array of spec, and its C pointer (non-nil even when empty).
-func permBuffer(spec *PermSpec) ([]uint64, *C.uint64_t) {
-	perms := make([]uint64, spec.Units()+1)
-	return perms[:len(perms)-1], (*C.uint64_t)(unsafe.Pointer(&perms[0]))
-}
-
 // AlignWeights is weight matching (Git Re-Basin): the permutation of b's units that best matches
 // a's weights. opts nil gives the defaults. a and b must both fit the spec with equal shapes
 // (errors name the group and tensor). AlignApply(spec, b, result.Perms) is b in a's unit order.
@@ -173,11 +167,11 @@ func AlignWeights(spec *PermSpec, a, b *Params, opts *AlignOptions) (Alignment, 
 	if opts != nil {
 		o.seed, o.max_passes = C.uint64_t(opts.Seed), C.uint64_t(opts.MaxPasses)
 	}
-	perms, pp := permBuffer(spec)
+	perms := make([]uint64, spec.Units())
 	var passes C.uint64_t
 	var converged C.int32_t
 	err = call(func() C.enum_tl_status {
-		return C.tl_align_weights(hspec, ha, hb, &o, pp, C.size_t(len(perms)), &passes, &converged)
+		return C.tl_align_weights(hspec, ha, hb, &o, u64ptr(perms), C.size_t(len(perms)), &passes, &converged)
 	})
 	runtime.KeepAlive(spec)
 	runtime.KeepAlive(a)
@@ -212,9 +206,9 @@ func AlignActivations(ctx *Context, spec *PermSpec, actsA, actsB []Matrix) ([]ui
 	if len(ra) > 0 {
 		pa, pb = &ra[0], &rb[0]
 	}
-	perms, pp := permBuffer(spec)
+	perms := make([]uint64, spec.Units())
 	err = call(func() C.enum_tl_status {
-		return C.tl_align_activations(h, hspec, pa, pb, C.size_t(len(ra)), pp, C.size_t(len(perms)))
+		return C.tl_align_activations(h, hspec, pa, pb, C.size_t(len(ra)), u64ptr(perms), C.size_t(len(perms)))
 	})
 	runtime.KeepAlive(ctx)
 	runtime.KeepAlive(spec)
