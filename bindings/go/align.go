@@ -154,6 +154,9 @@ type Alignment struct {
 // AlignWeights is weight matching (Git Re-Basin): the permutation of b's units that best matches
 // a's weights. opts nil gives the defaults. a and b must both fit the spec with equal shapes
 // (errors name the group and tensor). AlignApply(spec, b, result.Perms) is b in a's unit order.
+// It is a local search (coordinate descent over the groups): it stops where no single group can
+// improve, which on narrow layers need not be the best permutation, even for an exact permuted
+// copy of a (AlignActivations solves each group once, exactly, with no search).
 func AlignWeights(spec *PermSpec, a, b *Params, opts *AlignOptions) (Alignment, error) {
 	hspec, err := spec.handle()
 	if err != nil {
