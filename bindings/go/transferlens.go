@@ -4,10 +4,14 @@
 // per-module distances, norms, interpolation, rewinding) and the landscape analyses (evaluators
 // from Go functions or the built-in MLP, interpolation curves, barriers, module and network
 // criticality, rewind curves, block shuffle, prediction agreement) over the library's C ABI.
+// Context.CKAStatistics gives CKA's bootstrap interval, permutation null and most influential
+// samples; permutation alignment (PermSpec, AlignWeights, AlignActivations, AlignApply) puts one
+// model's hidden units in another's order, and LayerwiseCurve interpolates only some modules.
 //
 // Errors are *Error values carrying the library's status and message; compare them with
 // errors.Is against the sentinels (ErrDegenerateInput, ErrShapeMismatch, ...). Handles (Context,
-// CKAAccumulator, Params) are freed by Close; a finalizer frees a forgotten one, but Close them.
+// CKAAccumulator, Params, Evaluator, CNN, PermSpec) are freed by Close; a finalizer frees a
+// forgotten one, but Close them.
 //
 // Linking: cgo looks for include/transferlens.h and target/release/libtransferlens.so of the
 // repository this package lives in (build the library first: cargo build --release --lib).

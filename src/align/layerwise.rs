@@ -50,7 +50,10 @@ impl Moving {
 /// The metrics at each lambda of the layer-wise path from A (lambda = 0) to A with the `moving`
 /// modules at B (lambda = 1); see the module docs. `live` receives the weights (the host's
 /// wrapped model for a callback evaluator): it must hold the weights of `a` and share no memory
-/// with `a` or `b`. Host sets only (the held modules are copied from A byte for byte).
+/// with `a` or `b`. The held modules are copied from A byte for byte in host memory, so when
+/// some modules are held, a held tensor of `a` or `live` in CUDA device memory is
+/// [`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable) naming it, before anything is
+/// evaluated; moving every module has nothing to hold and runs wherever interpolation runs.
 pub fn layerwise_curve(
     ctx: &Context,
     ev: &mut dyn Evaluator,
@@ -76,6 +79,7 @@ pub fn layerwise_curve(
         .filter(|(m, _)| !moved.contains(m))
         .flat_map(|(_, module)| module.tensors.iter().map(|&t| a.tensors()[t].name()))
         .collect();
+    ensure_held_on_host(&held, a, live)?;
     let mut extra = Vec::new();
     evaluate_points(ctx, ev, live, &mut extra, lambdas.len(), |k, out| {
         geometry::interpolate(ctx, a, b, lambdas[k], out)?;
@@ -86,6 +90,24 @@ pub fn layerwise_curve(
         }
         Ok(())
     })
+}
+
+/// Fails, naming the tensor, unless the held tensors of `a` (the source of the copies) and of
+/// `live` (their destination) are in host memory: on a device set the copy would fail only after
+/// the first point's interpolation, with a message about interpolation.
+fn ensure_held_on_host(held: &[&str], a: &ParamSet, live: &ParamSet) -> Result<()> {
+    for (set, which) in [(a, "a"), (live, "live")] {
+        let on_device = held.iter().filter_map(|name| set.tensor(name)).find(|t| t.nbytes() > 0 && t.device() >= 0);
+        if let Some(t) = on_device {
+            fail!(
+                DeviceUnavailable,
+                "tensor {:?} of {which} lives on CUDA device {}, but the layer-wise curve holds the modules that do not move at A by copying them in host memory: use sets in host memory, or move every module (which runs on the device)",
+                t.name(),
+                t.device()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// [`layerwise_curve`] and the barrier of `metric` on it (the grid must contain 0 and 1).
