@@ -171,6 +171,7 @@ fn coverage(p: usize, sigma: f64, seed: u64) -> Vec<(Estimator, usize, usize, f6
 
 const ACCEPTABLE: std::ops::RangeInclusive<usize> = 181..=199;
 
+/// Measured: percentile 183 (biased) and 186 (debiased) of 200, BCa 184 and 187.
 #[test]
 fn bootstrap_intervals_cover_the_population_cka_at_about_their_level() {
     for (est, bca, percentile, _) in coverage(4, 2.0, 24) {
@@ -179,10 +180,17 @@ fn bootstrap_intervals_cover_the_population_cka_at_about_their_level() {
     }
 }
 
+/// The wide case, as measured (docs/analyses.md, "Uncertainty"): percentile covered in 0
+/// (biased) and 100 (debiased) of 200, BCa in 16 and 47, so percentile stays the default. A
+/// fix of the intervals on wide layers turns this test red: then update it and the docs.
 #[test]
-fn on_wide_layers_bca_intervals_cover_where_percentile_intervals_do_not() {
+#[ignore = "a simulation of several minutes on two cores; documents a limitation"]
+fn on_wide_layers_neither_interval_covers_at_its_level() {
     for (est, bca, percentile, _) in coverage(20, 2.0 * 5f64.sqrt(), 30) {
-        assert!(bca.abs_diff(190) <= percentile.abs_diff(190), "{est:?}: BCa {bca}, percentile {percentile} of 200");
+        assert!(
+            bca < *ACCEPTABLE.start() && percentile < *ACCEPTABLE.start(),
+            "{est:?}: BCa {bca}, percentile {percentile}"
+        );
     }
 }
 
@@ -245,7 +253,10 @@ fn bad_arguments_are_errors() {
     for level in [0.0, 1.0, f64::NAN, -0.5] {
         invalid(cka::bootstrap(&xv, &yv, Estimator::Biased, level, IntervalKind::Bca, 10, 0, 1).map(|_| ()), "level");
     }
-    invalid(cka::bootstrap(&xv, &yv, Estimator::Biased, 0.9, IntervalKind::Bca, 1, 0, 1).map(|_| ()), "at least 2 resamples");
+    invalid(
+        cka::bootstrap(&xv, &yv, Estimator::Biased, 0.9, IntervalKind::Bca, 1, 0, 1).map(|_| ()),
+        "at least 2 resamples",
+    );
     invalid(cka::bootstrap(&xv, &yv, Estimator::Biased, 0.9, IntervalKind::Bca, 10, 11, 1).map(|_| ()), "blocks");
     invalid(cka::permutation_null(&xv, &yv, Estimator::Biased, 0, 1).map(|_| ()), "at least 1 permutation");
 
@@ -337,6 +348,20 @@ fn tlens_cka_reports_the_statistics_of_every_pair() {
     assert_eq!(top[0]["sample"].as_u64(), Some(30));
     let without = reference_cka_feature(&without_row(&x, 30), &without_row(&y, 30), false);
     assert_rel(cka_xy + top[0]["delta"].as_f64().unwrap(), without, 1e-9, "CLI influence");
+    assert_eq!(ci["kind"], "percentile");
+    // BCa from the same resamples: the same z0, a and standard error, other ends.
+    let (code, bca_out, stderr) = run(&[&flags[..], &["--interval", "bca"]].concat());
+    assert_eq!(code, Some(0), "{stderr}");
+    let bca: serde_json::Value = serde_json::from_str(&bca_out).unwrap();
+    let bca = &bca["pairs"][0]["interval"];
+    assert_eq!(bca["kind"], "bca");
+    for same in ["bias_correction", "acceleration", "std_error"] {
+        assert_eq!(bca[same], ci[same], "{same}");
+    }
+    assert!(bca["lower"] != ci["lower"] || bca["upper"] != ci["upper"]);
+    let (code, _, stderr) = run(&["--ci", "0.9", "--interval", "basic"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--interval"), "{stderr}");
     // The same seed, the same numbers; the text output names the interval and the samples.
     assert_eq!(run(&flags).1, stdout);
     let (code, text, _) = run(&["--ci", "0.95", "--bootstrap", "100", "--influence", "1"]);

@@ -43,13 +43,14 @@ const PERMUTATION_STREAM: u64 = 0x5354_0002_0000_0000;
 /// How a bootstrap interval is read off the resampled values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IntervalKind {
-    /// The `(1 - level) / 2` and `(1 + level) / 2` quantiles of the resampled values. Shifted
-    /// with the resamples when they are biased against the estimate (wide layers).
+    /// The `(1 - level) / 2` and `(1 + level) / 2` quantiles of the resampled values.
+    #[default]
     Percentile,
     /// Bias-corrected and accelerated (Efron 1987): the quantiles at levels moved by the
     /// fraction of resamples below the estimate (`bias_correction`) and by the skewness of the
-    /// leave-one-block-out values (`acceleration`).
-    #[default]
+    /// leave-one-block-out values (`acceleration`). Not the default: on wide layers the
+    /// resamples' shift is partly an artifact of the repeated samples, which BCa takes for the
+    /// estimator's bias and corrects the wrong way (docs/analyses.md, "Uncertainty").
     Bca,
 }
 
@@ -625,7 +626,18 @@ fn bootstrap_typed<T: Real>(
 /// kept within `[1/(2B), 1 - 1/(2B)]` so that it stays finite.
 fn median_bias(values: &[f64], estimate: f64) -> f64 {
     let b = values.len() as f64;
-    let below = values.iter().map(|&v| if v < estimate { 1.0 } else if v == estimate { 0.5 } else { 0.0 }).sum::<f64>();
+    let below = values
+        .iter()
+        .map(|&v| {
+            if v < estimate {
+                1.0
+            } else if v == estimate {
+                0.5
+            } else {
+                0.0
+            }
+        })
+        .sum::<f64>();
     normal_quantile((below / b).clamp(0.5 / b, 1.0 - 0.5 / b))
 }
 
@@ -924,7 +936,8 @@ mod tests {
     #[test]
     fn normal_distribution_function_and_quantile() {
         // Reference values of Phi to 16 digits.
-        for (z, want) in [(0.0, 0.5), (-1.0, 0.15865525393145705), (1.959963984540054, 0.975), (-3.0, 0.0013498980316301)]
+        for (z, want) in
+            [(0.0, 0.5), (-1.0, 0.15865525393145705), (1.959963984540054, 0.975), (-3.0, 0.0013498980316301)]
         {
             assert!((normal_cdf(z) - want).abs() < 1e-14, "Phi({z}) = {} != {want}", normal_cdf(z));
         }

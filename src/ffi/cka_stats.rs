@@ -29,7 +29,7 @@ pub struct tl_cka_stats_options {
     pub permutations: u64,
     /// Seeds the blocks, the resamples and the permutations (default 0).
     pub seed: u64,
-    /// How the interval is read off the resamples (default TL_CKA_INTERVAL_BCA).
+    /// How the interval is read off the resamples (default TL_CKA_INTERVAL_PERCENTILE).
     pub interval: RawInterval,
 }
 
@@ -41,10 +41,11 @@ pub struct tl_cka_stats_options {
 #[repr(C)]
 #[allow(non_camel_case_types, clippy::upper_case_acronyms, dead_code)]
 pub enum CkaInterval {
-    /// Bias-corrected and accelerated (Efron 1987): the default.
-    TL_CKA_INTERVAL_BCA = 0,
-    /// The (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled values.
-    TL_CKA_INTERVAL_PERCENTILE = 1,
+    /// The (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled values: the default.
+    TL_CKA_INTERVAL_PERCENTILE = 0,
+    /// Bias-corrected and accelerated (Efron 1987); see docs/analyses.md, "Uncertainty", for
+    /// where it does worse than percentile.
+    TL_CKA_INTERVAL_BCA = 1,
 }
 
 /// A `tl_cka_interval` value as received from C.
@@ -55,17 +56,17 @@ pub struct RawInterval(pub u32);
 impl RawInterval {
     fn kind(self) -> Result<IntervalKind> {
         Ok(match self.0 {
-            0 => IntervalKind::Bca,
-            1 => IntervalKind::Percentile,
+            0 => IntervalKind::Percentile,
+            1 => IntervalKind::Bca,
             raw => fail!(
                 InvalidArgument,
-                "opts->interval: unknown interval value {raw} (expected 0 = BCA, 1 = PERCENTILE)"
+                "opts->interval: unknown interval value {raw} (expected 0 = PERCENTILE, 1 = BCA)"
             ),
         })
     }
 }
 
-/// The defaults: biased estimator, a 0.95 BCa interval from 1000 resamples in automatic
+/// The defaults: biased estimator, a 0.95 percentile interval from 1000 resamples in automatic
 /// blocks, no null, seed 0.
 #[no_mangle]
 pub extern "C" fn tl_cka_stats_options_default() -> tl_cka_stats_options {
@@ -77,7 +78,7 @@ pub extern "C" fn tl_cka_stats_options_default() -> tl_cka_stats_options {
         blocks: 0,
         permutations: 0,
         seed: 0,
-        interval: RawInterval(CkaInterval::TL_CKA_INTERVAL_BCA as u32),
+        interval: RawInterval(CkaInterval::TL_CKA_INTERVAL_PERCENTILE as u32),
     }
 }
 

@@ -14,9 +14,9 @@ pub struct StatsArgs {
     /// A bootstrap interval at this level (e.g. 0.95) for every CKA value.
     #[arg(long, value_name = "LEVEL")]
     ci: Option<f64>,
-    /// How the interval is read off the resamples: bias-corrected and accelerated (bca), or
-    /// their plain quantiles (percentile), which shift with the resamples' bias on wide layers.
-    #[arg(long, value_name = "KIND", value_enum, default_value_t = Interval::Bca)]
+    /// How the interval is read off the resamples: their quantiles (percentile), or
+    /// bias-corrected and accelerated (bca). On wide layers both miss (docs/analyses.md).
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = Interval::Percentile)]
     interval: Interval,
     /// Resamples of the bootstrap interval (implies --ci 0.95 when --ci is not given).
     #[arg(long, value_name = "B")]
@@ -35,8 +35,8 @@ pub struct StatsArgs {
 /// `--interval`: [`cka::IntervalKind`] on the command line.
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
 pub enum Interval {
-    Bca,
     Percentile,
+    Bca,
 }
 
 impl From<Interval> for cka::IntervalKind {
@@ -140,11 +140,11 @@ fn print_pair(p: &Value) {
     println!("{} \\ {}: CKA {:.4}", p["a"].as_str().unwrap_or(""), p["b"].as_str().unwrap_or(""), f(&p["cka"]));
     if let Some(ci) = p.get("interval") {
         println!(
-            "  {:.0}% {} interval [{:.4}, {:.4}], standard error {:.4} ({} resamples of {} blocks of up to {} samples)",
+            "  {:.0}% interval [{:.4}, {:.4}] ({}), standard error {:.4} ({} resamples of {} blocks of up to {} samples)",
             100.0 * f(&ci["level"]),
-            ci["kind"].as_str().unwrap_or(""),
             f(&ci["lower"]),
             f(&ci["upper"]),
+            ci["kind"].as_str().unwrap_or(""),
             f(&ci["std_error"]),
             ci["resamples"],
             ci["blocks"],
