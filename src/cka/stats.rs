@@ -12,7 +12,8 @@
 //!   products and an `m x m x m` table for the centering cross term. A resample is a vector of
 //!   integer block counts `w`, and its CKA is a few quadratic and cubic forms in `w` over the
 //!   tables: exactly the CKA of the data with block `k` repeated `w_k` times, without forming a
-//!   `p x q` product per resample.
+//!   `p x q` product per resample. The interval is the percentile one or BCa, whose
+//!   acceleration comes from the same tables with each block left out once.
 //! * [`permutation_null`]: CKA of `x` against `y` with its rows permuted, `P` times; only the
 //!   cross product changes, one GEMM per permutation.
 //! * [`influence`]: leaving sample `i` out is a rank-one downdate of each centered product,
