@@ -174,6 +174,23 @@ typedef enum tl_lr_schedule {
 } tl_lr_schedule;
 
 /**
+ * How a bootstrap interval is read off the resampled CKA values: `tl_cka_interval` as the
+ * header spells it; arguments arrive as [`RawInterval`] and are checked.
+ *
+ */
+typedef enum tl_cka_interval {
+  /**
+   * The (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled values: the default.
+   */
+  TL_CKA_INTERVAL_PERCENTILE = 0,
+  /**
+   * Bias-corrected and accelerated (Efron 1987); see docs/analyses.md, "Uncertainty", for
+   * where it does worse than percentile.
+   */
+  TL_CKA_INTERVAL_BCA = 1,
+} tl_cka_interval;
+
+/**
  * Exact streaming CKA of nx x ny layer pairs: feeding batches gives the same result as the
  * concatenated data, whatever the batch sizes. The first update fixes each layer's feature
  * count; a later batch with other counts is TL_STATUS_SHAPE_MISMATCH.
@@ -353,6 +370,10 @@ typedef struct tl_cka_stats_options {
    * Seeds the blocks, the resamples and the permutations (default 0).
    */
   uint64_t seed;
+  /**
+   * How the interval is read off the resamples (default TL_CKA_INTERVAL_PERCENTILE).
+   */
+  tl_cka_interval interval;
 } tl_cka_stats_options;
 
 /**
@@ -367,7 +388,8 @@ typedef struct tl_cka_stats_report {
    */
   double cka;
   /**
-   * The percentile interval, and the standard deviation of the resampled values.
+   * The interval (of opts->interval's kind), and the standard deviation of the resampled
+   * values.
    */
   double lower;
   double upper;
@@ -392,6 +414,12 @@ typedef struct tl_cka_stats_report {
    * Entries written to top_samples and top_deltas: min(top_count, rows).
    */
   uint64_t top_written;
+  /**
+   * BCa's bias correction z0 and acceleration a (see the Rust `BootstrapInterval`), for
+   * either kind of interval.
+   */
+  double bias_correction;
+  double acceleration;
 } tl_cka_stats_report;
 
 /**
@@ -1093,14 +1121,14 @@ enum tl_status tl_cka_accumulator_set_widths(struct tl_cka_accumulator *acc,
                                              size_t len);
 
 /**
- * The defaults: biased estimator, a 0.95 interval from 1000 resamples in automatic blocks, no
- * null, seed 0.
+ * The defaults: biased estimator, a 0.95 percentile interval from 1000 resamples in automatic
+ * blocks, no null, seed 0.
  */
 struct tl_cka_stats_options tl_cka_stats_options_default(void);
 
 /**
  * How far to trust CKA(x, y) (docs/analyses.md, section 1, "Uncertainty"): with
- * opts->resamples > 0 a percentile bootstrap interval; with opts->permutations > 0 a
+ * opts->resamples > 0 a bootstrap interval (BCa or percentile: opts->interval); with opts->permutations > 0 a
  * permutation null; with top_count > 0 the top_count samples whose removal changes CKA most,
  * largest |change| first, their row indices into top_samples and CKA(without) - CKA(all) into
  * top_deltas (both NULL when top_count is 0). `opts` NULL means tl_cka_stats_options_default().

@@ -7,7 +7,7 @@ mod common;
 mod scratch;
 
 use common::{assert_rel, reference_cka_feature, Dense, TestRng};
-use transferlens::cka::{self, Estimator};
+use transferlens::cka::{self, Estimator, IntervalKind};
 use transferlens::{Context, Error, Matrix};
 
 const ESTIMATORS: [Estimator; 2] = [Estimator::Biased, Estimator::Debiased];
@@ -77,8 +77,9 @@ fn bootstrap_estimate_is_the_cka_and_the_interval_is_ordered() {
     let y = x.mix(&mut rng, 7, 1.5);
     for est in ESTIMATORS {
         let want = cka::linear_cka(&ctx, &view(&x), &view(&y), est).unwrap();
-        for blocks in [0, 200, 13] {
-            let got = cka::bootstrap(&view(&x), &view(&y), est, 0.9, 300, blocks, 5).unwrap();
+        let kinds = [IntervalKind::Bca, IntervalKind::Percentile];
+        for (blocks, kind) in [0, 200, 13].into_iter().flat_map(|b| kinds.map(|k| (b, k))) {
+            let got = cka::bootstrap(&view(&x), &view(&y), est, 0.9, kind, 300, blocks, 5).unwrap();
             assert_rel(got.cka, want, 1e-9, &format!("{est:?}, {blocks} blocks"));
             assert_eq!(got.blocks, if blocks == 0 { 64 } else { blocks });
             assert_eq!(got.block_size, 200usize.div_ceil(got.blocks));
@@ -101,14 +102,14 @@ fn bootstrap_depends_on_the_seed_only() {
     let (xv, yv) = (Matrix::contiguous(&x32, 300, 20).unwrap(), Matrix::contiguous(&y32, 300, 9).unwrap());
     let run = |threads: usize, seed: u64| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| cka::bootstrap(&xv, &yv, Estimator::Debiased, 0.95, 200, 0, seed).unwrap())
+        pool.install(|| cka::bootstrap(&xv, &yv, Estimator::Debiased, 0.95, IntervalKind::Bca, 200, 0, seed).unwrap())
     };
     let one = run(1, 9);
     assert_eq!(one, run(3, 9), "the same seed on 1 and 3 threads");
     assert_eq!(one, run(1, 9));
     assert_ne!(one.resamples, run(1, 10).resamples, "another seed draws other resamples");
     // The same data in f64 gives the same interval up to the f32 products' rounding.
-    let wide = cka::bootstrap(&view(&x), &view(&y), Estimator::Debiased, 0.95, 200, 0, 9).unwrap();
+    let wide = cka::bootstrap(&view(&x), &view(&y), Estimator::Debiased, 0.95, IntervalKind::Bca, 200, 0, 9).unwrap();
     for (a, b) in [(one.lower, wide.lower), (one.upper, wide.upper), (one.cka, wide.cka)] {
         assert!((a - b).abs() < 1e-5, "f32 {a} against f64 {b}");
     }
@@ -125,29 +126,71 @@ fn population_cka(a: &Dense, sigma: f64) -> f64 {
     fro2_a / ((p as f64).sqrt() * fro2_yy.sqrt())
 }
 
-#[test]
-fn bootstrap_intervals_cover_the_population_cka_at_about_their_level() {
-    let (n, p, q, sigma, reps) = (400, 4, 4, 2.0, 200);
-    let mut rng = TestRng::new(24);
-    let a = Dense::random(&mut rng, p, q);
+/// Coverage of the population CKA by 0.95 intervals of both kinds, 200 repetitions of `n = 400`
+/// samples of `x ~ N(0, I_p)`, `y = x A + sigma e` (`q = p`), 400 resamples in the default 64
+/// blocks, each repetition's two intervals from the same resamples (the same seed). Two cases,
+/// fixed before the first run: narrow (`p = 4`, `sigma = 2`) and wide (`p = 20`, `p / n = 0.05`
+/// as in BENCHMARKS.md's 20000 x 1024 pair, `sigma = 2 sqrt(5)`: the same signal to noise per
+/// feature of `y`).
+///
+/// The criterion, also fixed before the first run: the binomial standard error of a coverage
+/// of 0.95 over 200 repetitions is 0.0154, so a kind is acceptable in a case when it covers in
+/// 181 to 199 of the 200 (0.95 +- 3 standard errors). BCa is the default if it is acceptable in
+/// every case where percentile is, and no further from 0.95 than percentile in any case.
+fn coverage(p: usize, sigma: f64, seed: u64) -> Vec<(Estimator, usize, usize, f64)> {
+    let (n, reps) = (400, 200);
+    let mut rng = TestRng::new(seed);
+    let a = Dense::random(&mut rng, p, p);
     let truth = population_cka(&a, sigma);
+    let mut counts = Vec::new();
     for est in ESTIMATORS {
-        let mut covered = 0;
+        let (mut bca, mut percentile) = (0, 0);
         for rep in 0..reps {
             let x = Dense::random(&mut rng, n, p);
-            let mut y = Dense { rows: n, cols: q, data: vec![0.0; n * q] };
+            let mut y = Dense { rows: n, cols: p, data: vec![0.0; n * p] };
             for r in 0..n {
-                for j in 0..q {
+                for j in 0..p {
                     let signal: f64 = (0..p).map(|c| x.at(r, c) * a.at(c, j)).sum();
-                    y.data[r * q + j] = signal + sigma * rng.normal();
+                    y.data[r * p + j] = signal + sigma * rng.normal();
                 }
             }
-            let ci = cka::bootstrap(&view(&x), &view(&y), est, 0.95, 400, 0, rep).unwrap();
-            covered += usize::from(ci.lower <= truth && truth <= ci.upper);
+            let covers = |kind| {
+                let ci = cka::bootstrap(&view(&x), &view(&y), est, 0.95, kind, 400, 0, rep).unwrap();
+                usize::from(ci.lower <= truth && truth <= ci.upper)
+            };
+            bca += covers(IntervalKind::Bca);
+            percentile += covers(IntervalKind::Percentile);
         }
-        let rate = covered as f64 / reps as f64;
-        println!("{est:?}: 0.95 intervals covered the population CKA {truth:.4} in {covered} of {reps} ({rate:.3})");
-        assert!((0.88..=0.99).contains(&rate), "{est:?}: coverage {rate} of nominal 0.95");
+        println!(
+            "p = {p}, population CKA {truth:.4}, {est:?}: 0.95 intervals covered it in {bca} of {reps} (BCa) and {percentile} of {reps} (percentile)"
+        );
+        counts.push((est, bca, percentile, truth));
+    }
+    counts
+}
+
+const ACCEPTABLE: std::ops::RangeInclusive<usize> = 181..=199;
+
+/// Measured: percentile 183 (biased) and 186 (debiased) of 200, BCa 184 and 187.
+#[test]
+fn bootstrap_intervals_cover_the_population_cka_at_about_their_level() {
+    for (est, bca, percentile, _) in coverage(4, 2.0, 24) {
+        assert!(ACCEPTABLE.contains(&bca), "{est:?}: BCa covered in {bca} of 200");
+        assert!(ACCEPTABLE.contains(&percentile), "{est:?}: percentile covered in {percentile} of 200");
+    }
+}
+
+/// The wide case, as measured (docs/analyses.md, "Uncertainty"): percentile covered in 0
+/// (biased) and 100 (debiased) of 200, BCa in 16 and 47, so percentile stays the default. A
+/// fix of the intervals on wide layers turns this test red: then update it and the docs.
+#[test]
+#[ignore = "a simulation of several minutes on two cores; documents a limitation"]
+fn on_wide_layers_neither_interval_covers_at_its_level() {
+    for (est, bca, percentile, _) in coverage(20, 2.0 * 5f64.sqrt(), 30) {
+        assert!(
+            bca < *ACCEPTABLE.start() && percentile < *ACCEPTABLE.start(),
+            "{est:?}: BCa {bca}, percentile {percentile}"
+        );
     }
 }
 
@@ -208,10 +251,13 @@ fn bad_arguments_are_errors() {
         other => panic!("expected InvalidArgument about {what}, got {other:?}"),
     };
     for level in [0.0, 1.0, f64::NAN, -0.5] {
-        invalid(cka::bootstrap(&xv, &yv, Estimator::Biased, level, 10, 0, 1).map(|_| ()), "level");
+        invalid(cka::bootstrap(&xv, &yv, Estimator::Biased, level, IntervalKind::Bca, 10, 0, 1).map(|_| ()), "level");
     }
-    invalid(cka::bootstrap(&xv, &yv, Estimator::Biased, 0.9, 1, 0, 1).map(|_| ()), "at least 2 resamples");
-    invalid(cka::bootstrap(&xv, &yv, Estimator::Biased, 0.9, 10, 11, 1).map(|_| ()), "blocks");
+    invalid(
+        cka::bootstrap(&xv, &yv, Estimator::Biased, 0.9, IntervalKind::Bca, 1, 0, 1).map(|_| ()),
+        "at least 2 resamples",
+    );
+    invalid(cka::bootstrap(&xv, &yv, Estimator::Biased, 0.9, IntervalKind::Bca, 10, 11, 1).map(|_| ()), "blocks");
     invalid(cka::permutation_null(&xv, &yv, Estimator::Biased, 0, 1).map(|_| ()), "at least 1 permutation");
 
     let short = Dense::random(&mut rng, 9, 2);
@@ -225,7 +271,7 @@ fn bad_arguments_are_errors() {
         other => panic!("expected DegenerateInput, got {other:?}"),
     }
     let constant = Dense { rows: 10, cols: 2, data: vec![1.5; 20] };
-    match cka::bootstrap(&xv, &view(&constant), Estimator::Biased, 0.9, 10, 0, 1) {
+    match cka::bootstrap(&xv, &view(&constant), Estimator::Biased, 0.9, IntervalKind::Bca, 10, 0, 1) {
         Err(Error::DegenerateInput(msg)) => assert!(msg.contains("zero variance"), "{msg}"),
         other => panic!("expected DegenerateInput, got {other:?}"),
     }
@@ -302,6 +348,20 @@ fn tlens_cka_reports_the_statistics_of_every_pair() {
     assert_eq!(top[0]["sample"].as_u64(), Some(30));
     let without = reference_cka_feature(&without_row(&x, 30), &without_row(&y, 30), false);
     assert_rel(cka_xy + top[0]["delta"].as_f64().unwrap(), without, 1e-9, "CLI influence");
+    assert_eq!(ci["kind"], "percentile");
+    // BCa from the same resamples: the same z0, a and standard error, other ends.
+    let (code, bca_out, stderr) = run(&[&flags[..], &["--interval", "bca"]].concat());
+    assert_eq!(code, Some(0), "{stderr}");
+    let bca: serde_json::Value = serde_json::from_str(&bca_out).unwrap();
+    let bca = &bca["pairs"][0]["interval"];
+    assert_eq!(bca["kind"], "bca");
+    for same in ["bias_correction", "acceleration", "std_error"] {
+        assert_eq!(bca[same], ci[same], "{same}");
+    }
+    assert!(bca["lower"] != ci["lower"] || bca["upper"] != ci["upper"]);
+    let (code, _, stderr) = run(&["--ci", "0.9", "--interval", "basic"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--interval"), "{stderr}");
     // The same seed, the same numbers; the text output names the interval and the samples.
     assert_eq!(run(&flags).1, stdout);
     let (code, text, _) = run(&["--ci", "0.95", "--bootstrap", "100", "--influence", "1"]);
@@ -339,7 +399,8 @@ fn costs_on_a_20000_by_1024_pair() {
     for est in ESTIMATORS {
         let plain = time(&mut || value = cka::linear_cka(&ctx, &xv, &yv, est).unwrap());
         let mut ci = None;
-        let boot = time(&mut || ci = Some(cka::bootstrap(&xv, &yv, est, 0.95, 1000, 0, 1).unwrap()));
+        let boot =
+            time(&mut || ci = Some(cka::bootstrap(&xv, &yv, est, 0.95, IntervalKind::Percentile, 1000, 0, 1).unwrap()));
         let null = time(&mut || {
             cka::permutation_null(&xv, &yv, est, 10, 1).unwrap();
         });

@@ -12,7 +12,8 @@
 //!   products and an `m x m x m` table for the centering cross term. A resample is a vector of
 //!   integer block counts `w`, and its CKA is a few quadratic and cubic forms in `w` over the
 //!   tables: exactly the CKA of the data with block `k` repeated `w_k` times, without forming a
-//!   `p x q` product per resample.
+//!   `p x q` product per resample. The interval is the percentile one or BCa, whose
+//!   acceleration comes from the same tables with each block left out once.
 //! * [`permutation_null`]: CKA of `x` against `y` with its rows permuted, `P` times; only the
 //!   cross product changes, one GEMM per permutation.
 //! * [`influence`]: leaving sample `i` out is a rank-one downdate of each centered product,
@@ -40,18 +41,41 @@ const SHUFFLE_STREAM: u64 = 0x5354_0000_0000_0000;
 const RESAMPLE_STREAM: u64 = 0x5354_0001_0000_0000;
 const PERMUTATION_STREAM: u64 = 0x5354_0002_0000_0000;
 
-/// A percentile bootstrap interval of CKA.
+/// How a bootstrap interval is read off the resampled values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IntervalKind {
+    /// The `(1 - level) / 2` and `(1 + level) / 2` quantiles of the resampled values.
+    #[default]
+    Percentile,
+    /// Bias-corrected and accelerated (Efron 1987): the quantiles at levels moved by the
+    /// fraction of resamples below the estimate (`bias_correction`) and by the skewness of the
+    /// leave-one-block-out values (`acceleration`). Not the default: on wide layers the
+    /// resamples' shift is partly an artifact of the repeated samples, which BCa takes for the
+    /// estimator's bias and corrects the wrong way (docs/analyses.md, "Uncertainty").
+    Bca,
+}
+
+/// A bootstrap interval of CKA.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootstrapInterval {
     /// CKA of all the data (from the same tables, equal to [`cka_matrix`](super::cka_matrix) up
     /// to rounding).
     pub cka: f64,
-    /// The interval's level, e.g. 0.95.
+    /// The interval's level, e.g. 0.95, and how it was formed.
     pub level: f64,
-    /// The `(1 - level) / 2` and `(1 + level) / 2` quantiles of the resampled CKA values
-    /// (linear interpolation between order statistics).
+    pub kind: IntervalKind,
+    /// The interval's ends: quantiles of the resampled CKA values (linear interpolation between
+    /// order statistics), at `(1 -+ level) / 2` for [`IntervalKind::Percentile`], at the levels
+    /// moved by `bias_correction` and `acceleration` for [`IntervalKind::Bca`].
     pub lower: f64,
     pub upper: f64,
+    /// BCa's `z0 = Phi^-1(fraction of resamples below the estimate, ties counting half)`,
+    /// the fraction kept within `[1/(2B), 1 - 1/(2B)]`; 0 when the resamples are centered on the
+    /// estimate. Reported for both kinds.
+    pub bias_correction: f64,
+    /// BCa's `a = sum d^3 / (6 (sum d^2)^(3/2))` over the leave-one-block-out values' deviations
+    /// `d` from their mean (0 if one of them is degenerate). Reported for both kinds.
+    pub acceleration: f64,
     /// The standard deviation of the resampled values: the bootstrap standard error.
     pub std_error: f64,
     /// The resampled CKA values, in resample order.
@@ -105,14 +129,16 @@ pub fn auto_blocks(n: usize) -> usize {
     n.min(MAX_AUTO_BLOCKS)
 }
 
-/// A bootstrap interval of CKA(x, y) at `level` from `resamples` resamples of `blocks` blocks
-/// of samples (0: [`auto_blocks`]). The blocks, the resamples and so the interval depend only
-/// on `seed` and the data, not on the number of threads.
+/// A bootstrap interval of CKA(x, y) of `kind` at `level` from `resamples` resamples of `blocks`
+/// blocks of samples (0: [`auto_blocks`]). The blocks, the resamples and so the interval depend
+/// only on `seed` and the data, not on the number of threads.
+#[allow(clippy::too_many_arguments)]
 pub fn bootstrap(
     x: &Matrix,
     y: &Matrix,
     estimator: Estimator,
     level: f64,
+    kind: IntervalKind,
     resamples: usize,
     blocks: usize,
     seed: u64,
@@ -130,9 +156,9 @@ pub fn bootstrap(
     let m = if blocks == 0 { auto_blocks(n) } else { blocks };
     let order = shuffled(n, seed);
     if wants_f64(x, y) {
-        bootstrap_typed::<f64>(x, y, estimator, level, resamples, m, seed, &order)
+        bootstrap_typed::<f64>(x, y, estimator, (level, kind), resamples, m, seed, &order)
     } else {
-        bootstrap_typed::<f32>(x, y, estimator, level, resamples, m, seed, &order)
+        bootstrap_typed::<f32>(x, y, estimator, (level, kind), resamples, m, seed, &order)
     }
 }
 
@@ -334,68 +360,118 @@ struct PairTables {
 /// features (64 MiB of f32).
 const PRODUCTS_BUFFER_ELEMENTS: usize = 1 << 24;
 
+/// Work units of fixed size, so that what each unit sums, and so every result, does not depend
+/// on the number of threads: rows of a layer per projection GEMM, and elements of each block's
+/// products per Gram GEMM. Each unit is a single-threaded GEMM; the units run in parallel.
+const PROJECTION_ROWS: usize = 1024;
+const GRAM_ELEMENTS: usize = 1 << 15;
+
 /// Block `k` of `n` samples in `m` blocks: `(start, len)`, the first `n % m` blocks one longer.
 fn block_range(n: usize, m: usize, k: usize) -> (usize, usize) {
     let (base, extra) = (n / m, n % m);
     (k * base + k.min(extra), base + usize::from(k < extra))
 }
 
-/// `[k] = sum of block k's rows` (p x m, column k contiguous) in f64.
-fn block_sums<T: Real>(u: &Centered<T>, m: usize) -> Vec<Vec<f64>> {
-    (0..m)
-        .into_par_iter()
-        .map(|k| {
-            let (start, len) = block_range(u.rows, m, k);
-            let mut s = vec![0.0f64; u.cols];
-            for r in start..start + len {
-                for (acc, v) in s.iter_mut().zip(&u.data[r * u.cols..(r + 1) * u.cols]) {
-                    *acc += v.to_f64();
-                }
-            }
-            s
-        })
-        .collect()
+/// What the bootstrap tables need of one layer, formed once and shared by the pairs the layer
+/// is in: `sums[k]`, the sum of block `k`'s rows (f64), and `projections` (`n x m`, row-major):
+/// `a_i = S^T u_i` with `S = [s_1 .. s_m]`.
+struct LayerBlocks {
+    sums: Vec<Vec<f64>>,
+    projections: Vec<f64>,
 }
 
-/// `a_i = S^T u_i` for every row (n x m, row-major, f64), through one GEMM in `T`.
-fn projections<T: Real>(u: &Centered<T>, sums: &[Vec<f64>]) -> Vec<f64> {
-    let m = sums.len();
-    let s = faer::Mat::<T>::from_fn(u.cols, m, |i, k| T::from_f64(sums[k][i]));
-    let mut out = faer::Mat::<T>::zeros(u.rows, m);
-    gemm(out.as_mut(), u.mat(), s.as_ref(), Par::rayon(0));
-    (0..u.rows * m).map(|e| out[(e / m, e % m)].to_f64()).collect()
+impl LayerBlocks {
+    fn new<T: Real>(u: &Centered<T>, m: usize) -> Self {
+        let sums: Vec<Vec<f64>> = (0..m)
+            .into_par_iter()
+            .map(|k| {
+                let (start, len) = block_range(u.rows, m, k);
+                let mut s = vec![0.0f64; u.cols];
+                for r in start..start + len {
+                    for (acc, v) in s.iter_mut().zip(&u.data[r * u.cols..(r + 1) * u.cols]) {
+                        *acc += v.to_f64();
+                    }
+                }
+                s
+            })
+            .collect();
+        let s = faer::Mat::<T>::from_fn(u.cols, m, |i, k| T::from_f64(sums[k][i]));
+        let mut projections = vec![0.0f64; u.rows * m];
+        projections.par_chunks_mut(PROJECTION_ROWS * m).enumerate().for_each(|(c, dst)| {
+            let rows = dst.len() / m;
+            let mut part = faer::Mat::<T>::zeros(rows, m);
+            gemm(part.as_mut(), u.rows_of(c * PROJECTION_ROWS, rows), s.as_ref(), Par::Seq);
+            dst.iter_mut().enumerate().for_each(|(e, d)| *d = part[(e / m, e % m)].to_f64());
+        });
+        LayerBlocks { sums, projections }
+    }
+}
+
+/// `total += weight * a a^T` for `a` (`m x e`), one GEMM per [`GRAM_ELEMENTS`] columns, summed in
+/// f64 in column order.
+fn add_gram<T: Real>(total: &mut [f64], a: MatRef<T>, weight: f64) {
+    let (m, e) = (a.nrows(), a.ncols());
+    let parts: Vec<faer::Mat<T>> = (0..e.div_ceil(GRAM_ELEMENTS))
+        .into_par_iter()
+        .map(|s| {
+            let part = a.subcols(s * GRAM_ELEMENTS, GRAM_ELEMENTS.min(e - s * GRAM_ELEMENTS));
+            let mut g = faer::Mat::<T>::zeros(m, m);
+            gemm(g.as_mut(), part, part.transpose(), Par::Seq);
+            g
+        })
+        .collect();
+    for g in parts {
+        total.iter_mut().enumerate().for_each(|(idx, t)| *t += weight * g[(idx / m, idx % m)].to_f64());
+    }
 }
 
 /// `G_kl = <M_k, M_l>_F` with `M_k = U_k^T V_k`, a chunk of `u`'s features at a time so that
-/// the blocks' products of one chunk fit in a bounded buffer, and the Gram of the chunk's
-/// products is one GEMM.
-fn blocks_inner<T: Real>(u: &Centered<T>, v: &Centered<T>, m: usize, buffer_elements: usize) -> Vec<f64> {
+/// the blocks' products of one chunk fit in a bounded buffer. Each block's product is one
+/// single-threaded GEMM, the blocks in parallel. For a layer with itself (`symmetric`), `M_k`
+/// is symmetric: a chunk of rows needs only the columns from its own first one on, the square
+/// on the diagonal counting once and the rest twice (for its mirror), which halves the work.
+fn blocks_inner<T: Real>(
+    u: &Centered<T>,
+    v: &Centered<T>,
+    m: usize,
+    symmetric: bool,
+    buffer_elements: usize,
+) -> Vec<f64> {
     let (p, q) = (u.cols, v.cols);
     let chunk = (buffer_elements / (m * q)).clamp(1, p);
     let mut products = vec![T::default(); m * chunk * q];
-    let mut gram = faer::Mat::<T>::zeros(m, m);
     let mut total = vec![0.0f64; m * m];
     for start in (0..p).step_by(chunk) {
         let width = chunk.min(p - start);
-        products[..m * width * q].par_chunks_mut(width * q).enumerate().for_each(|(k, dst)| {
-            let (first, len) = block_range(u.rows, m, k);
-            let dst = MatMut::from_row_major_slice_mut(dst, width, q);
-            gemm(dst, u.rows_of(first, len).subcols(start, width).transpose(), v.rows_of(first, len), Par::Seq);
+        let first_col = if symmetric { start } else { 0 };
+        let (cols, len) = (q - first_col, width * (q - first_col));
+        products[..m * len].par_chunks_mut(len).enumerate().for_each(|(k, dst)| {
+            let (first, rows) = block_range(u.rows, m, k);
+            gemm(
+                MatMut::from_column_major_slice_mut(dst, width, cols),
+                u.rows_of(first, rows).subcols(start, width).transpose(),
+                v.rows_of(first, rows).subcols(first_col, cols),
+                Par::Seq,
+            );
         });
-        let stacked = MatRef::from_row_major_slice(&products[..m * width * q], m, width * q);
-        gemm(gram.as_mut(), stacked, stacked.transpose(), Par::rayon(0));
-        for (e, t) in total.iter_mut().enumerate() {
-            *t += gram[(e / m, e % m)].to_f64();
+        let stacked = MatRef::from_row_major_slice(&products[..m * len], m, len);
+        if symmetric {
+            // Column-major: the square on the diagonal is the first `width` columns.
+            let square = width * width;
+            add_gram(&mut total, stacked.subcols(0, square), 1.0);
+            add_gram(&mut total, stacked.subcols(square, len - square), 2.0);
+        } else {
+            add_gram(&mut total, stacked, 1.0);
         }
     }
     total
 }
 
 impl PairTables {
-    fn new<T: Real>(u: &Centered<T>, v: &Centered<T>, m: usize) -> Self {
+    /// The tables of `(u, v)`; `u` and `v` may be the same layer (then `lu` and `lv` too).
+    fn new<T: Real>(u: &Centered<T>, lu: &LayerBlocks, v: &Centered<T>, lv: &LayerBlocks, m: usize) -> Self {
         let n = u.rows;
-        let (su, sv) = (block_sums(u, m), block_sums(v, m));
-        let (a, c) = (projections(u, &su), projections(v, &sv));
+        let (a, c) = (&lu.projections, &lv.projections);
         let gram = |s: &[Vec<f64>]| -> Vec<f64> { (0..m * m).map(|e| dot(&s[e / m], &s[e % m])).collect() };
         // Per block l: the m x m sums of outer products a_i c_i^T, the norm-weighted sums of c_i
         // and a_i, and [sum |u|^2 |v|^2, sum |u|^2, sum |v|^2].
@@ -423,10 +499,10 @@ impl PairTables {
             .collect();
         PairTables {
             m,
-            blocks_inner: blocks_inner(u, v, m, PRODUCTS_BUFFER_ELEMENTS),
+            blocks_inner: blocks_inner(u, v, m, std::ptr::eq(u, v), PRODUCTS_BUFFER_ELEMENTS),
             centering: per_block.iter().flat_map(|b| b.0.iter().copied()).collect(),
-            sums_u: gram(&su),
-            sums_v: gram(&sv),
+            sums_u: gram(&lu.sums),
+            sums_v: gram(&lv.sums),
             norm_u_c: per_block.iter().flat_map(|b| b.1.iter().copied()).collect(),
             norm_v_a: per_block.iter().flat_map(|b| b.2.iter().copied()).collect(),
             norms_uv: per_block.iter().map(|b| b.3[0]).collect(),
@@ -465,7 +541,7 @@ fn bootstrap_typed<T: Real>(
     x: &Matrix,
     y: &Matrix,
     est: Estimator,
-    level: f64,
+    (level, kind): (f64, IntervalKind),
     resamples: usize,
     m: usize,
     seed: u64,
@@ -474,7 +550,10 @@ fn bootstrap_typed<T: Real>(
     let n = x.rows();
     let xc = Centered::<T>::new(x, "x", Some(order))?;
     let yc = Centered::<T>::new(y, "y", Some(order))?;
-    let (xy, xx, yy) = (PairTables::new(&xc, &yc, m), PairTables::new(&xc, &xc, m), PairTables::new(&yc, &yc, m));
+    let (lx, ly) = (LayerBlocks::new(&xc, m), LayerBlocks::new(&yc, m));
+    let xy = PairTables::new(&xc, &lx, &yc, &ly, m);
+    let xx = PairTables::new(&xc, &lx, &xc, &lx, m);
+    let yy = PairTables::new(&yc, &ly, &yc, &ly, m);
     let sizes: Vec<f64> = (0..m).map(|k| block_range(n, m, k).1 as f64).collect();
     let evaluate = |w: &[f64]| -> Option<f64> {
         let total = dot(w, &sizes);
@@ -508,20 +587,119 @@ fn bootstrap_typed<T: Real>(
     if resampled.len() < 2 {
         fail!(DegenerateInput, "{degenerate} of {resamples} bootstrap resamples have a layer without variance: too few samples for an interval");
     }
+    // The jackknife over the resampling unit, the block: each block left out once.
+    let left_out: Option<Vec<f64>> = (0..m)
+        .map(|k| {
+            let mut w = vec![1.0; m];
+            w[k] = 0.0;
+            evaluate(&w)
+        })
+        .collect();
+    let acceleration = left_out.map_or(0.0, |v| skewness_acceleration(&v));
+    let bias_correction = median_bias(&resampled, cka);
     let mut sorted = resampled.clone();
     sorted.sort_by(f64::total_cmp);
     let (_, std) = mean_std(&resampled);
+    let (lower_prob, upper_prob) = match kind {
+        IntervalKind::Percentile => ((1.0 - level) / 2.0, (1.0 + level) / 2.0),
+        IntervalKind::Bca => (
+            bca_level(normal_quantile((1.0 - level) / 2.0), bias_correction, acceleration),
+            bca_level(normal_quantile((1.0 + level) / 2.0), bias_correction, acceleration),
+        ),
+    };
     Ok(BootstrapInterval {
         cka,
         level,
-        lower: quantile(&sorted, (1.0 - level) / 2.0),
-        upper: quantile(&sorted, (1.0 + level) / 2.0),
+        kind,
+        lower: quantile(&sorted, lower_prob),
+        upper: quantile(&sorted, upper_prob),
+        bias_correction,
+        acceleration,
         std_error: std,
         resamples: resampled,
         degenerate,
         blocks: m,
         block_size: n.div_ceil(m),
     })
+}
+
+/// BCa's `z0`: the normal quantile of the fraction of `values` below `estimate` (ties half),
+/// kept within `[1/(2B), 1 - 1/(2B)]` so that it stays finite.
+fn median_bias(values: &[f64], estimate: f64) -> f64 {
+    let b = values.len() as f64;
+    let below = values
+        .iter()
+        .map(|&v| {
+            if v < estimate {
+                1.0
+            } else if v == estimate {
+                0.5
+            } else {
+                0.0
+            }
+        })
+        .sum::<f64>();
+    normal_quantile((below / b).clamp(0.5 / b, 1.0 - 0.5 / b))
+}
+
+/// BCa's acceleration from jackknife values: `sum d^3 / (6 (sum d^2)^(3/2))` with `d` the
+/// deviations of the mean from each value (0 when they are all equal).
+fn skewness_acceleration(jackknife: &[f64]) -> f64 {
+    let mean = jackknife.iter().sum::<f64>() / jackknife.len() as f64;
+    let (s2, s3) = jackknife.iter().fold((0.0, 0.0), |(s2, s3), v| {
+        let d = mean - v;
+        (s2 + d * d, s3 + d * d * d)
+    });
+    if s2 > 0.0 {
+        s3 / (6.0 * s2.powf(1.5))
+    } else {
+        0.0
+    }
+}
+
+/// The probability at which BCa reads the quantile that the percentile interval reads at
+/// `Phi(z)`: `Phi(z0 + (z0 + z) / (1 - a (z0 + z)))`, where a non-positive denominator is the
+/// formula's limit (the smallest or largest resample).
+fn bca_level(z: f64, z0: f64, a: f64) -> f64 {
+    let t = z0 + z;
+    let denominator = 1.0 - a * t;
+    if denominator <= 0.0 {
+        return if t > 0.0 { 1.0 } else { 0.0 };
+    }
+    normal_cdf(z0 + t / denominator)
+}
+
+/// The standard normal distribution function, from `Phi(z) = 1/2 + phi(z) sum_k z^(2k+1) /
+/// (1 3 5 ... (2k+1))`, whose terms all have the sign of `z` (no cancellation): about 1e-15
+/// absolute error, which is what probability levels need. 0 and 1 beyond 9 (below 1e-18 away).
+fn normal_cdf(z: f64) -> f64 {
+    if z.abs() > 9.0 {
+        return if z > 0.0 { 1.0 } else { 0.0 };
+    }
+    let (mut term, mut sum) = (z, z);
+    let mut k = 1.0;
+    while term.abs() > 1e-17 * sum.abs() {
+        term *= z * z / (2.0 * k + 1.0);
+        sum += term;
+        k += 1.0;
+    }
+    let density = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    (0.5 + density * sum).clamp(0.0, 1.0)
+}
+
+/// The standard normal quantile of `prob` in `(0, 1)`, by bisection of [`normal_cdf`] on
+/// `[-9, 9]` (100 halvings reach f64 resolution).
+fn normal_quantile(prob: f64) -> f64 {
+    let (mut lo, mut hi) = (-9.0f64, 9.0f64);
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if normal_cdf(mid) < prob {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
 }
 
 /// The `prob` quantile of sorted values, interpolating linearly between order statistics.
@@ -714,7 +892,8 @@ mod tests {
         let y = Matrix::contiguous(&yd, n, q).unwrap();
         let (xc, yc) = (Centered::<f64>::new(&x, "x", None).unwrap(), Centered::<f64>::new(&y, "y", None).unwrap());
         for (u, v) in [(&xc, &yc), (&xc, &xc)] {
-            let tables = PairTables::new(u, v, m);
+            let (lu, lv) = (LayerBlocks::new(u, m), LayerBlocks::new(v, m));
+            let tables = PairTables::new(u, &lu, v, &lv, m);
             for w in [
                 vec![1, 1, 1, 1, 1, 1, 1],
                 vec![0, 3, 1, 0, 2, 0, 1],
@@ -734,20 +913,42 @@ mod tests {
     }
 
     #[test]
-    fn chunked_block_products_equal_one_chunk() {
+    fn chunked_block_products_equal_one_chunk_and_the_symmetric_half() {
         let (n, p, q, m) = (30, 9, 4, 5);
         let (xd, yd) = (data(n, p, 3), data(n, q, 4));
         let x = Matrix::contiguous(&xd, n, p).unwrap();
         let y = Matrix::contiguous(&yd, n, q).unwrap();
         let (xc, yc) = (Centered::<f64>::new(&x, "x", None).unwrap(), Centered::<f64>::new(&y, "y", None).unwrap());
-        let whole = blocks_inner(&xc, &yc, m, PRODUCTS_BUFFER_ELEMENTS);
-        // Chunks of 2 features, then of 1 (the buffer is smaller than one row of products).
-        for buffer in [2 * m * q, 1] {
-            let chunked = blocks_inner(&xc, &yc, m, buffer);
-            for (a, b) in chunked.iter().zip(&whole) {
-                assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} != {b}");
+        for (u, v) in [(&xc, &yc), (&xc, &xc)] {
+            let whole = blocks_inner(u, v, m, false, PRODUCTS_BUFFER_ELEMENTS);
+            // Chunks of 2 features, then of 1 (the buffer is smaller than one row of products);
+            // a layer with itself also through the symmetric half.
+            for buffer in [2 * m * v.cols, 1, PRODUCTS_BUFFER_ELEMENTS] {
+                for symmetric in [false, std::ptr::eq(u, v)] {
+                    let chunked = blocks_inner(u, v, m, symmetric, buffer);
+                    for (a, b) in chunked.iter().zip(&whole) {
+                        assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} != {b}");
+                    }
+                }
             }
         }
+    }
+
+    #[test]
+    fn normal_distribution_function_and_quantile() {
+        // Reference values of Phi to 16 digits.
+        for (z, want) in
+            [(0.0, 0.5), (-1.0, 0.15865525393145705), (1.959963984540054, 0.975), (-3.0, 0.0013498980316301)]
+        {
+            assert!((normal_cdf(z) - want).abs() < 1e-14, "Phi({z}) = {} != {want}", normal_cdf(z));
+        }
+        for prob in [1e-6, 0.025, 0.3, 0.5, 0.975, 1.0 - 1e-6] {
+            assert!((normal_cdf(normal_quantile(prob)) - prob).abs() < 1e-15, "{prob}");
+        }
+        assert!((normal_quantile(0.975) - 1.959963984540054).abs() < 1e-12);
+        // No correction: BCa reads the percentile levels.
+        assert!((bca_level(normal_quantile(0.025), 0.0, 0.0) - 0.025).abs() < 1e-14);
+        assert_eq!(skewness_acceleration(&[0.3, 0.3]), 0.0);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::boundary::{handle_ref, try_ref, try_slice_mut};
 use super::cka::tl_matrix;
 use super::criticality::{check_version_size, versioned};
 use super::{guard, tl_context, RawEstimator};
-use crate::cka::{self, Estimator};
+use crate::cka::{self, Estimator, IntervalKind};
 use crate::error::{fail, Result, Status};
 
 /// Options of tl_cka_statistics. Fill the struct from tl_cka_stats_options_default() and keep
@@ -29,10 +29,45 @@ pub struct tl_cka_stats_options {
     pub permutations: u64,
     /// Seeds the blocks, the resamples and the permutations (default 0).
     pub seed: u64,
+    /// How the interval is read off the resamples (default TL_CKA_INTERVAL_PERCENTILE).
+    pub interval: RawInterval,
 }
 
-/// The defaults: biased estimator, a 0.95 interval from 1000 resamples in automatic blocks, no
-/// null, seed 0.
+/// How a bootstrap interval is read off the resampled CKA values: `tl_cka_interval` as the
+/// header spells it; arguments arrive as [`RawInterval`] and are checked.
+///
+/// cbindgen:prefix-with-name=false
+/// cbindgen:rename-all=None
+#[repr(C)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms, dead_code)]
+pub enum CkaInterval {
+    /// The (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled values: the default.
+    TL_CKA_INTERVAL_PERCENTILE = 0,
+    /// Bias-corrected and accelerated (Efron 1987); see docs/analyses.md, "Uncertainty", for
+    /// where it does worse than percentile.
+    TL_CKA_INTERVAL_BCA = 1,
+}
+
+/// A `tl_cka_interval` value as received from C.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawInterval(pub u32);
+
+impl RawInterval {
+    fn kind(self) -> Result<IntervalKind> {
+        Ok(match self.0 {
+            0 => IntervalKind::Percentile,
+            1 => IntervalKind::Bca,
+            raw => fail!(
+                InvalidArgument,
+                "opts->interval: unknown interval value {raw} (expected 0 = PERCENTILE, 1 = BCA)"
+            ),
+        })
+    }
+}
+
+/// The defaults: biased estimator, a 0.95 percentile interval from 1000 resamples in automatic
+/// blocks, no null, seed 0.
 #[no_mangle]
 pub extern "C" fn tl_cka_stats_options_default() -> tl_cka_stats_options {
     tl_cka_stats_options {
@@ -43,6 +78,7 @@ pub extern "C" fn tl_cka_stats_options_default() -> tl_cka_stats_options {
         blocks: 0,
         permutations: 0,
         seed: 0,
+        interval: RawInterval(CkaInterval::TL_CKA_INTERVAL_PERCENTILE as u32),
     }
 }
 
@@ -55,7 +91,8 @@ pub struct tl_cka_stats_report {
     pub size: usize,
     /// CKA of all the data.
     pub cka: f64,
-    /// The percentile interval, and the standard deviation of the resampled values.
+    /// The interval (of opts->interval's kind), and the standard deviation of the resampled
+    /// values.
     pub lower: f64,
     pub upper: f64,
     pub std_error: f64,
@@ -71,9 +108,13 @@ pub struct tl_cka_stats_report {
     pub null_std: f64,
     /// Entries written to top_samples and top_deltas: min(top_count, rows).
     pub top_written: u64,
+    /// BCa's bias correction z0 and acceleration a (see the Rust `BootstrapInterval`), for
+    /// either kind of interval.
+    pub bias_correction: f64,
+    pub acceleration: f64,
 }
 
-versioned!(tl_cka_stats_options { size, estimator, resamples, level, blocks, permutations, seed });
+versioned!(tl_cka_stats_options { size, estimator, resamples, level, blocks, permutations, seed, interval });
 versioned!(tl_cka_stats_report {
     size,
     cka,
@@ -87,6 +128,8 @@ versioned!(tl_cka_stats_report {
     null_mean,
     null_std,
     top_written,
+    bias_correction,
+    acceleration,
 });
 
 /// The caller's options over the defaults, for the first `size` bytes the caller knows.
@@ -115,7 +158,7 @@ fn to_usize(v: u64, what: &str) -> Result<usize> {
 }
 
 /// How far to trust CKA(x, y) (docs/analyses.md, section 1, "Uncertainty"): with
-/// opts->resamples > 0 a percentile bootstrap interval; with opts->permutations > 0 a
+/// opts->resamples > 0 a bootstrap interval (BCa or percentile: opts->interval); with opts->permutations > 0 a
 /// permutation null; with top_count > 0 the top_count samples whose removal changes CKA most,
 /// largest |change| first, their row indices into top_samples and CKA(without) - CKA(all) into
 /// top_deltas (both NULL when top_count is 0). `opts` NULL means tl_cka_stats_options_default().
@@ -156,6 +199,7 @@ pub unsafe extern "C" fn tl_cka_statistics(
         let estimator = Estimator::from_raw(o.estimator.0, "opts->estimator")?;
         let (resamples, blocks) = (to_usize(o.resamples, "opts->resamples")?, to_usize(o.blocks, "opts->blocks")?);
         let permutations = to_usize(o.permutations, "opts->permutations")?;
+        let interval = o.interval.kind()?;
         let mut report = tl_cka_stats_report {
             size: std::mem::size_of::<tl_cka_stats_report>(),
             cka: f64::NAN,
@@ -169,13 +213,16 @@ pub unsafe extern "C" fn tl_cka_statistics(
             null_mean: f64::NAN,
             null_std: f64::NAN,
             top_written: 0,
+            bias_correction: f64::NAN,
+            acceleration: f64::NAN,
         };
         if resamples > 0 {
-            let ci = cka::bootstrap(&x, &y, estimator, o.level, resamples, blocks, o.seed)?;
+            let ci = cka::bootstrap(&x, &y, estimator, o.level, interval, resamples, blocks, o.seed)?;
             report.cka = ci.cka;
             (report.lower, report.upper, report.std_error) = (ci.lower, ci.upper, ci.std_error);
             report.degenerate_resamples = ci.degenerate as u64;
             (report.blocks, report.block_size) = (ci.blocks as u64, ci.block_size as u64);
+            (report.bias_correction, report.acceleration) = (ci.bias_correction, ci.acceleration);
         }
         if permutations > 0 {
             let null = cka::permutation_null(&x, &y, estimator, permutations, o.seed)?;

@@ -61,7 +61,7 @@ int main(void) {
 
     tl_cka_stats_options d = tl_cka_stats_options_default();
     CHECK(d.size == sizeof d && d.estimator == TL_CKA_BIASED && d.resamples == 1000 && d.level == 0.95);
-    CHECK(d.blocks == 0 && d.permutations == 0 && d.seed == 0);
+    CHECK(d.blocks == 0 && d.permutations == 0 && d.seed == 0 && d.interval == TL_CKA_INTERVAL_PERCENTILE);
 
     /* Everything at once. */
     tl_cka_stats_options o = d;
@@ -81,6 +81,17 @@ int main(void) {
     CHECK(rep.top_written == TOP && top[0] == 17);
     for (int k = 0; k < TOP; k++) CHECK_CLOSE(rep.cka + delta[k], ref_cka(x, P, y, Q, N, (size_t)top[k]), 1e-9);
     CHECK(fabs(delta[0]) >= fabs(delta[1]) && fabs(delta[1]) >= fabs(delta[2]));
+
+    /* Percentile (the default) and BCa read the same resamples at different levels. */
+    CHECK(isfinite(rep.bias_correction) && isfinite(rep.acceleration));
+    tl_cka_stats_options bca = o;
+    bca.interval = TL_CKA_INTERVAL_BCA;
+    tl_cka_stats_report by_bca;
+    by_bca.size = sizeof by_bca;
+    CHECK_OK(tl_cka_statistics(ctx, &mx, &my, &bca, &by_bca, NULL, NULL, 0));
+    CHECK(by_bca.std_error == rep.std_error && by_bca.bias_correction == rep.bias_correction);
+    CHECK(by_bca.acceleration == rep.acceleration && by_bca.lower < by_bca.upper);
+    CHECK(by_bca.lower != rep.lower || by_bca.upper != rep.upper);
 
     /* The same seed gives the same interval; NULL options are the defaults. */
     tl_cka_stats_report again;
@@ -120,6 +131,16 @@ int main(void) {
     with_seed0.size = sizeof with_seed0;
     CHECK_OK(tl_cka_statistics(ctx, &mx, &my, &seed0, &with_seed0, NULL, NULL, 0));
     CHECK(again.lower == with_seed0.lower && again.upper == with_seed0.upper);
+    /* Options from before `interval`: a percentile interval. */
+    tl_cka_stats_options no_kind = bca;
+    no_kind.size = offsetof(tl_cka_stats_options, interval);
+    CHECK_OK(tl_cka_statistics(ctx, &mx, &my, &no_kind, &again, NULL, NULL, 0));
+    CHECK(again.lower == rep.lower && again.upper == rep.upper);
+    /* A report from before bias_correction: the bytes after it stay the caller's. */
+    old.head.size = offsetof(tl_cka_stats_report, bias_correction);
+    old.head.bias_correction = -7;
+    CHECK_OK(tl_cka_statistics(ctx, &mx, &my, &o, &old.head, NULL, NULL, 0));
+    CHECK(old.head.bias_correction == -7 && old.head.top_written == 0 && old.head.lower == rep.lower);
 
     /* Errors. */
     CHECK_STATUS(tl_cka_statistics(ctx, &mx, &my, &o, NULL, NULL, NULL, 0), TL_STATUS_NULL_ARGUMENT);
@@ -145,6 +166,10 @@ int main(void) {
         bad.estimator = 7;
         CHECK_STATUS(tl_cka_statistics(ctx, &mx, &my, &bad, &rep, NULL, NULL, 0), TL_STATUS_INVALID_ARGUMENT);
         CHECK(strstr(tl_last_error_message(), "opts->estimator") != NULL);
+        bad = o;
+        bad.interval = 2; /* neither PERCENTILE nor BCA */
+        CHECK_STATUS(tl_cka_statistics(ctx, &mx, &my, &bad, &rep, NULL, NULL, 0), TL_STATUS_INVALID_ARGUMENT);
+        CHECK(strstr(tl_last_error_message(), "opts->interval") != NULL);
         bad = o;
         bad.size = offsetof(tl_cka_stats_options, level) + 4;
         CHECK_STATUS(tl_cka_statistics(ctx, &mx, &my, &bad, &rep, NULL, NULL, 0), TL_STATUS_INVALID_ARGUMENT);

@@ -6,7 +6,8 @@
 
 Options of [`cka_statistics`](@ref), mirroring `tl_cka_stats_options`: `estimator` (BIASED),
 `resamples` (1000; 0: no interval), `level` (0.95), `blocks` (0: automatic), `permutations`
-(0: no null) and `seed` (0). `size` is always `sizeof(CkaStatsOptions)`.
+(0: no null), `seed` (0) and `interval` (`INTERVAL_PERCENTILE`, or `INTERVAL_BCA`). `size` is
+always `sizeof(CkaStatsOptions)`.
 """
 struct CkaStatsOptions
     size::Csize_t
@@ -16,7 +17,10 @@ struct CkaStatsOptions
     blocks::UInt64
     permutations::UInt64
     seed::UInt64
+    interval::UInt32
 end
+
+@enum CkaInterval::UInt32 INTERVAL_PERCENTILE = 0 INTERVAL_BCA = 1
 
 function CkaStatsOptions(; kwargs...)
     d = ccall((:tl_cka_stats_options_default, libtransferlens), CkaStatsOptions, ())
@@ -53,6 +57,8 @@ struct CkaStatsReport
     null_mean::Float64
     null_std::Float64
     top_written::UInt64
+    bias_correction::Float64
+    acceleration::Float64
 end
 
 """
