@@ -74,8 +74,10 @@ pub struct BootstrapInterval {
     /// estimate. Reported for both kinds.
     pub bias_correction: f64,
     /// BCa's `a = sum d^3 / (6 (sum d^2)^(3/2))` over the leave-one-block-out values' deviations
-    /// `d` from their mean (0 if one of them is degenerate). Reported for both kinds.
-    pub acceleration: f64,
+    /// `d` from their mean (0 if one of them is degenerate). Only for [`IntervalKind::Bca`]:
+    /// the jackknife costs one evaluation over all blocks per block, which the percentile
+    /// interval does not need.
+    pub acceleration: Option<f64>,
     /// The standard deviation of the resampled values: the bootstrap standard error.
     pub std_error: f64,
     /// The resampled CKA values, in resample order.
@@ -588,24 +590,30 @@ fn bootstrap_typed<T: Real>(
         fail!(DegenerateInput, "{degenerate} of {resamples} bootstrap resamples have a layer without variance: too few samples for an interval");
     }
     // The jackknife over the resampling unit, the block: each block left out once.
-    let left_out: Option<Vec<f64>> = (0..m)
-        .map(|k| {
-            let mut w = vec![1.0; m];
-            w[k] = 0.0;
-            evaluate(&w)
-        })
-        .collect();
-    let acceleration = left_out.map_or(0.0, |v| skewness_acceleration(&v));
+    let acceleration = (kind == IntervalKind::Bca).then(|| {
+        let left_out: Option<Vec<f64>> = (0..m)
+            .into_par_iter()
+            .map(|k| {
+                let mut w = vec![1.0; m];
+                w[k] = 0.0;
+                evaluate(&w)
+            })
+            .collect();
+        left_out.map_or(0.0, |v| skewness_acceleration(&v))
+    });
     let bias_correction = median_bias(&resampled, cka);
     let mut sorted = resampled.clone();
     sorted.sort_by(f64::total_cmp);
     let (_, std) = mean_std(&resampled);
     let (lower_prob, upper_prob) = match kind {
         IntervalKind::Percentile => ((1.0 - level) / 2.0, (1.0 + level) / 2.0),
-        IntervalKind::Bca => (
-            bca_level(normal_quantile((1.0 - level) / 2.0), bias_correction, acceleration),
-            bca_level(normal_quantile((1.0 + level) / 2.0), bias_correction, acceleration),
-        ),
+        IntervalKind::Bca => {
+            let a = acceleration.unwrap_or(0.0);
+            (
+                bca_level(normal_quantile((1.0 - level) / 2.0), bias_correction, a),
+                bca_level(normal_quantile((1.0 + level) / 2.0), bias_correction, a),
+            )
+        }
     };
     Ok(BootstrapInterval {
         cka,

@@ -108,8 +108,9 @@ pub struct tl_cka_stats_report {
     pub null_std: f64,
     /// Entries written to top_samples and top_deltas: min(top_count, rows).
     pub top_written: u64,
-    /// BCa's bias correction z0 and acceleration a (see the Rust `BootstrapInterval`), for
-    /// either kind of interval.
+    /// BCa's bias correction z0 (for either kind of interval) and acceleration a (BCa only:
+    /// NaN for a percentile interval, which does not compute it); see the Rust
+    /// `BootstrapInterval`.
     pub bias_correction: f64,
     pub acceleration: f64,
 }
@@ -222,7 +223,7 @@ pub unsafe extern "C" fn tl_cka_statistics(
             (report.lower, report.upper, report.std_error) = (ci.lower, ci.upper, ci.std_error);
             report.degenerate_resamples = ci.degenerate as u64;
             (report.blocks, report.block_size) = (ci.blocks as u64, ci.block_size as u64);
-            (report.bias_correction, report.acceleration) = (ci.bias_correction, ci.acceleration);
+            (report.bias_correction, report.acceleration) = (ci.bias_correction, ci.acceleration.unwrap_or(f64::NAN));
         }
         if permutations > 0 {
             let null = cka::permutation_null(&x, &y, estimator, permutations, o.seed)?;

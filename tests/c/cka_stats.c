@@ -83,14 +83,14 @@ int main(void) {
     CHECK(fabs(delta[0]) >= fabs(delta[1]) && fabs(delta[1]) >= fabs(delta[2]));
 
     /* Percentile (the default) and BCa read the same resamples at different levels. */
-    CHECK(isfinite(rep.bias_correction) && isfinite(rep.acceleration));
+    CHECK(isfinite(rep.bias_correction) && isnan(rep.acceleration)); /* a: BCa only */
     tl_cka_stats_options bca = o;
     bca.interval = TL_CKA_INTERVAL_BCA;
     tl_cka_stats_report by_bca;
     by_bca.size = sizeof by_bca;
     CHECK_OK(tl_cka_statistics(ctx, &mx, &my, &bca, &by_bca, NULL, NULL, 0));
     CHECK(by_bca.std_error == rep.std_error && by_bca.bias_correction == rep.bias_correction);
-    CHECK(by_bca.acceleration == rep.acceleration && by_bca.lower < by_bca.upper);
+    CHECK(isfinite(by_bca.acceleration) && by_bca.lower < by_bca.upper);
     CHECK(by_bca.lower != rep.lower || by_bca.upper != rep.upper);
 
     /* The same seed gives the same interval; NULL options are the defaults. */

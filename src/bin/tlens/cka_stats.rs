@@ -97,7 +97,7 @@ pub fn run(
                 pair["interval"] = json!({
                     "level": level, "kind": format!("{:?}", args.interval).to_lowercase(),
                     "lower": json_f64(ci.lower), "upper": json_f64(ci.upper),
-                    "bias_correction": json_f64(ci.bias_correction), "acceleration": json_f64(ci.acceleration),
+                    "bias_correction": json_f64(ci.bias_correction), "acceleration": ci.acceleration.map(json_f64),
                     "std_error": json_f64(ci.std_error), "resamples": resamples, "degenerate": ci.degenerate,
                     "blocks": ci.blocks, "block_size": ci.block_size,
                 });

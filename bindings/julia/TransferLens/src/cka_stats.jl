@@ -58,7 +58,7 @@ struct CkaStatsReport
     null_std::Float64
     top_written::UInt64
     bias_correction::Float64
-    acceleration::Float64
+    acceleration::Float64  # NaN for a percentile interval (computed for BCa only)
 end
 
 """
