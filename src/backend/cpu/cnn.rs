@@ -260,7 +260,8 @@ fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32, f32)]) {
 multiversion! {
     /// GroupNorm of one image: `y = gamma[c] * ((x - mean) * rstd) + beta[c]` per group's
     /// statistics, then `y + residual` when there is one, then the ReLU when `relu`: the same
-    /// arithmetic as the separate passes, in one.
+    /// arithmetic as the separate passes, in one. Each group's mean and `1 / sqrt(var + eps)` are
+    /// left in `stats` (one entry per group) for [`groupnorm_backward`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn groupnorm_forward<>(
         x: &[f32],
@@ -270,13 +271,13 @@ multiversion! {
         eps: f64,
         residual: Option<&[f32]>,
         relu: bool,
+        stats: &mut [(f32, f32)],
         y: &mut [f32],
     ) {
         let channels = gamma.len();
         let pixels = x.len() / channels;
         let cpg = channels / groups;
-        let mut stats = vec![(0f32, 0f32); groups];
-        group_stats(x, groups, eps, &mut stats);
+        group_stats(x, groups, eps, stats);
         let relu_of = |v: f32| if v > 0.0 { v } else { 0.0 };
         for c in 0..channels {
             let (mean, rstd) = stats[c / cpg];
@@ -301,24 +302,21 @@ multiversion! {
 
 multiversion! {
     /// GroupNorm backward for one image: `dx` from `dy`, and this image's terms of the gamma and
-    /// beta gradients added into `dgamma`, `dbeta`.
-    #[allow(clippy::too_many_arguments)]
+    /// beta gradients added into `dgamma`, `dbeta`; `stats` are the groups' statistics that
+    /// [`groupnorm_forward`] left.
     pub(crate) fn groupnorm_backward<>(
         x: &[f32],
         dy: &[f32],
         gamma: &[f32],
-        groups: usize,
-        eps: f64,
+        stats: &[(f32, f32)],
         dx: &mut [f32],
         dgamma: &mut [f32],
         dbeta: &mut [f32],
     ) {
         let channels = gamma.len();
         let pixels = x.len() / channels;
-        let cpg = channels / groups;
+        let cpg = channels / stats.len();
         let n = (cpg * pixels) as f64;
-        let mut stats = vec![(0f32, 0f32); groups];
-        group_stats(x, groups, eps, &mut stats);
         for (g, &(mean, rstd)) in stats.iter().enumerate() {
             // Sums over the group of dxhat and dxhat * xhat (dxhat = dy * gamma), from the per-channel
             // sums of dy and dy * xhat, which are also the channel's dbeta and dgamma.

@@ -92,6 +92,9 @@ impl Step {
 pub(super) struct Tape {
     bufs: Vec<Option<Vec<f32>>>,
     spare: Vec<Vec<f32>>,
+    /// Per buffer that a GroupNorm writes, each image's group statistics (mean,
+    /// `1 / sqrt(var + eps)`), for the backward pass.
+    norm_stats: Vec<Vec<(f32, f32)>>,
 }
 
 impl Tape {
@@ -145,6 +148,7 @@ impl Tape {
             self.free(b);
         }
         self.bufs.resize(buffers, None);
+        self.norm_stats.resize(buffers, Vec::new());
         let mut x = self.take(len);
         fill(&mut x);
         self.bufs[0] = Some(x);
@@ -152,7 +156,7 @@ impl Tape {
 
     /// The computed buffers, without the spares.
     pub fn fork(&self) -> Tape {
-        Tape { bufs: self.bufs.clone(), spare: Vec::new() }
+        Tape { bufs: self.bufs.clone(), spare: Vec::new(), norm_stats: self.norm_stats.clone() }
     }
 
     /// Adds `g` to buffer `b`, or makes it buffer `b` when there is none.
@@ -318,11 +322,17 @@ impl Graph {
                 Step::Conv { conv, geom, src, .. } => conv_forward(conv, geom, w, tape.get(*src), &mut out),
                 Step::GroupNorm { gn, src, residual, relu, .. } => {
                     let n = self.sizes[*src];
+                    let mut stats = std::mem::take(&mut tape.norm_stats[dst]);
+                    stats.resize(m * gn.groups, (0.0, 0.0));
                     let residual = residual.map(|r| tape.get(r));
-                    out.par_chunks_mut(n).zip(tape.get(*src).par_chunks(n)).enumerate().for_each(|(i, (y, x))| {
-                        let r = residual.map(|r| &r[i * n..(i + 1) * n]);
-                        groupnorm_forward(x, w[gn.weight], w[gn.bias], gn.groups, gn.eps, r, *relu, y)
-                    });
+                    out.par_chunks_mut(n)
+                        .zip(tape.get(*src).par_chunks(n).zip(stats.par_chunks_mut(gn.groups)))
+                        .enumerate()
+                        .for_each(|(i, (y, (x, stats)))| {
+                            let r = residual.map(|r| &r[i * n..(i + 1) * n]);
+                            groupnorm_forward(x, w[gn.weight], w[gn.bias], gn.groups, gn.eps, r, *relu, stats, y)
+                        });
+                    tape.norm_stats[dst] = stats;
                 }
                 Step::Relu { src, .. } => out
                     .par_iter_mut()
@@ -388,7 +398,8 @@ impl Graph {
                         .zip(partial.par_chunks_mut(2 * c))
                         .zip(dy.par_chunks_mut(n).zip(dres_parts))
                         .zip(x.par_chunks(n).zip(y.par_chunks(n)))
-                        .for_each(|(((dx, part), (dy, dres)), (x, y))| {
+                        .zip(tape.norm_stats[*dst].par_chunks(gn.groups))
+                        .for_each(|((((dx, part), (dy, dres)), (x, y)), stats)| {
                             if *relu {
                                 dy.iter_mut().zip(y).for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 });
                             }
@@ -396,7 +407,7 @@ impl Graph {
                                 dres.copy_from_slice(dy);
                             }
                             let (dg, db) = part.split_at_mut(c);
-                            groupnorm_backward(x, dy, w[gn.weight], gn.groups, gn.eps, dx, dg, db);
+                            groupnorm_backward(x, dy, w[gn.weight], stats, dx, dg, db);
                         });
                     for part in partial.chunks(2 * c) {
                         add_into(&mut grads[gn.weight], &part[..c]);
