@@ -6,9 +6,12 @@ First a check that the two are the same network: PyTorch loads transferlens's in
 name (strict), and must give the same loss and 0-1 error on the data, and after one full-batch
 SGD step (lr 0.1, momentum 0.9, weight decay 5e-4: PyTorch's SGD update) the same weights.
 Then the time of one training epoch (batch 64, lr 0.05), alternating which side goes first in
-each round so both see the same load. Prints medians and the median per-round ratio.
+each round so both see the same load: wall-clock seconds and CPU seconds of the process (all its
+threads; on a machine that others share, the CPU seconds of one thread are the steadier
+measure). Prints medians and the median per-round ratios.
 
-Usage:  python3 benches/compare/cnn_torch.py [--spec FILE] [--rows N] [--rounds N]
+Usage:  python3 benches/compare/cnn_torch.py [--spec FILE] [--rows N] [--rounds N] [--threads N]
+(--threads: threads of both sides, torch.set_num_threads and RAYON_NUM_THREADS; default: all).
 Needs numpy and torch (the CPU is used; CUDA wheels are fine). Builds and runs
 `cargo run --release --example time_cnn`.
 """
@@ -101,8 +104,14 @@ def main():
     ap.add_argument("--spec", default=os.path.join(HERE, "cnn_spec.json"))
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     import torch
+
+    env = dict(os.environ)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        env["RAYON_NUM_THREADS"] = str(args.threads)
 
     spec = json.load(open(args.spec))
     c, h, w = spec["input"]
@@ -115,7 +124,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data.safetensors")
         write_safetensors(data, [("x", x), ("y", y.astype(np.float32))])
-        proc = subprocess.Popen([exe, args.spec, data, tmp], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([exe, args.spec, data, tmp], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=env)
         tl_loss, tl_error = (float(v) for v in proc.stdout.readline().split())
         init, step = read_safetensors(os.path.join(tmp, "init.safetensors")), read_safetensors(os.path.join(tmp, "step.safetensors"))
 
@@ -145,19 +155,20 @@ def main():
             o = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
             perm = torch.from_numpy(rng.permutation(args.rows))
             time.sleep(0.3)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for i in range(0, args.rows, 64):
                 idx = perm[i:i + 64]
                 o.zero_grad()
                 torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
                 o.step()
-            return time.perf_counter() - start
+            return time.perf_counter() - start, time.process_time() - cpu_start
 
         def tl_epoch():
             time.sleep(0.3)
             proc.stdin.write("run\n")
             proc.stdin.flush()
-            return float(proc.stdout.readline())
+            wall, cpu = (float(v) for v in proc.stdout.readline().split())
+            return wall, cpu
 
         torch_epoch(), tl_epoch()  # warm-up
         pt, tl = [], []
@@ -170,9 +181,12 @@ def main():
                 tl.append(tl_epoch())
         proc.stdin.close()
         proc.wait()
-    ratio = float(np.median(np.array(tl) / np.array(pt)))
-    print(f"one epoch, batch 64: PyTorch {np.median(pt):.3f} s, transferlens {np.median(tl):.3f} s, "
-          f"ratio {ratio:.2f} (goal <= 1.0), medians of {args.rounds} rounds, load {os.getloadavg()[0]:.2f}")
+    pt, tl = np.array(pt), np.array(tl)
+    for col, what in [(0, "wall-clock s"), (1, "CPU s")]:
+        ratio = float(np.median(tl[:, col] / pt[:, col]))
+        print(f"one epoch, batch 64, {what}: PyTorch {np.median(pt[:, col]):.3f}, "
+              f"transferlens {np.median(tl[:, col]):.3f}, ratio {ratio:.2f} (goal <= 1.0), "
+              f"medians of {args.rounds} rounds, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

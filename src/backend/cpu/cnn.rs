@@ -55,6 +55,36 @@ fn valid_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
     (lo.min(hi), hi)
 }
 
+/// `out[i] = src[i * stride]`. The strides of the CNNs' convs (1 and 2) get loops of their own,
+/// which the compiler vectorises; a stride known only at run time makes a scalar loop.
+#[inline(always)]
+fn gather(out: &mut [f32], src: &[f32], stride: usize) {
+    match stride {
+        1 => out.copy_from_slice(&src[..out.len()]),
+        2 => {
+            // Whole pairs (an interleaved load), then the last tap, whose pair may end the row.
+            let Some((last, head)) = out.split_last_mut() else { return };
+            head.iter_mut().zip(src.chunks_exact(2)).for_each(|(o, pair)| *o = pair[0]);
+            *last = src[2 * head.len()];
+        }
+        _ => out.iter_mut().zip(src.iter().step_by(stride)).for_each(|(o, &v)| *o = v),
+    }
+}
+
+/// `dst[i * stride] += src[i]`, the adjoint of [`gather`].
+#[inline(always)]
+fn scatter_add(src: &[f32], dst: &mut [f32], stride: usize) {
+    match stride {
+        1 => dst.iter_mut().zip(src).for_each(|(d, v)| *d += v),
+        2 => {
+            let Some((last, head)) = src.split_last() else { return };
+            dst.chunks_exact_mut(2).zip(head).for_each(|(pair, v)| pair[0] += v);
+            dst[2 * head.len()] += last;
+        }
+        _ => dst.iter_mut().step_by(stride).zip(src).for_each(|(d, v)| *d += v),
+    }
+}
+
 multiversion! {
     /// The column matrix of `image` (`patch x pixels`, row major): row `(ci, ky, kx)`, column
     /// `(oy, ox)` holds the input pixel under that filter tap, 0 in the padding.
@@ -91,8 +121,7 @@ multiversion! {
                         out[..lo].iter_mut().for_each(|o| *o = 0.0);
                         out[hi..].iter_mut().for_each(|o| *o = 0.0);
                         if lo < hi {
-                            let taps = src[lo * s + kx - p..].iter().step_by(s);
-                            out[lo..hi].iter_mut().zip(taps).for_each(|(o, &v)| *o = v);
+                            gather(&mut out[lo..hi], &src[lo * s + kx - p..], s);
                         }
                     }
                 }
@@ -169,9 +198,7 @@ multiversion! {
                             continue;
                         }
                         let dst = &mut plane[(iy - p) * g.w..(iy - p + 1) * g.w];
-                        let src = &row[oy * g.ow + lo..oy * g.ow + hi];
-                        let taps = dst[lo * s + kx - p..].iter_mut().step_by(s);
-                        taps.zip(src).for_each(|(d, v)| *d += v);
+                        scatter_add(&row[oy * g.ow + lo..oy * g.ow + hi], &mut dst[lo * s + kx - p..], s);
                     }
                 }
             }
@@ -198,6 +225,26 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
+/// The two sums `lane_sum(a, b, f)` and `lane_sum(a, b, g)` (the same bits) in one pass.
+#[inline(always)]
+fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64, g: impl Fn(f32, f32) -> f64) -> (f64, f64) {
+    let (mut acc_f, mut acc_g) = ([0f64; 8], [0f64; 8]);
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc_f[l] += f(x[l], y[l]);
+            acc_g[l] += g(x[l], y[l]);
+        }
+    }
+    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        acc_f[l] += f(x, y);
+        acc_g[l] += g(x, y);
+    }
+    let total = |a: [f64; 8]| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    (total(acc_f), total(acc_g))
+}
+
 /// Mean and `1 / sqrt(var + eps)` of each group of one image (`channels x pixels`).
 #[inline(always)]
 fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32, f32)]) {
@@ -211,19 +258,43 @@ fn group_stats(x: &[f32], groups: usize, eps: f64, stats: &mut [(f32, f32)]) {
 }
 
 multiversion! {
-    /// GroupNorm of one image: `y = gamma[c] * ((x - mean) * rstd) + beta[c]` per group's statistics.
-    pub(crate) fn groupnorm_forward<>(x: &[f32], gamma: &[f32], beta: &[f32], groups: usize, eps: f64, y: &mut [f32]) {
+    /// GroupNorm of one image: `y = gamma[c] * ((x - mean) * rstd) + beta[c]` per group's
+    /// statistics, then `y + residual` when there is one, then the ReLU when `relu`: the same
+    /// arithmetic as the separate passes, in one. Each group's mean and `1 / sqrt(var + eps)` are
+    /// left in `stats` (one entry per group) for [`groupnorm_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn groupnorm_forward<>(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        groups: usize,
+        eps: f64,
+        residual: Option<&[f32]>,
+        relu: bool,
+        stats: &mut [(f32, f32)],
+        y: &mut [f32],
+    ) {
         let channels = gamma.len();
         let pixels = x.len() / channels;
         let cpg = channels / groups;
-        let mut stats = vec![(0f32, 0f32); groups];
-        group_stats(x, groups, eps, &mut stats);
+        group_stats(x, groups, eps, stats);
+        let relu_of = |v: f32| if v > 0.0 { v } else { 0.0 };
         for c in 0..channels {
             let (mean, rstd) = stats[c / cpg];
             let (gm, bt) = (gamma[c], beta[c]);
-            let src = &x[c * pixels..(c + 1) * pixels];
-            for (o, &v) in y[c * pixels..(c + 1) * pixels].iter_mut().zip(src) {
-                *o = gm * ((v - mean) * rstd) + bt;
+            let plane = c * pixels..(c + 1) * pixels;
+            let (src, out) = (&x[plane.clone()], &mut y[plane.clone()]);
+            let norm = |v: f32| gm * ((v - mean) * rstd) + bt;
+            match (residual, relu) {
+                (None, false) => out.iter_mut().zip(src).for_each(|(o, &v)| *o = norm(v)),
+                (None, true) => out.iter_mut().zip(src).for_each(|(o, &v)| *o = relu_of(norm(v))),
+                (Some(r), false) => {
+                    out.iter_mut().zip(src.iter().zip(&r[plane])).for_each(|(o, (&v, &r))| *o = norm(v) + r)
+                }
+                (Some(r), true) => out
+                    .iter_mut()
+                    .zip(src.iter().zip(&r[plane]))
+                    .for_each(|(o, (&v, &r))| *o = relu_of(norm(v) + r)),
             }
         }
     }
@@ -231,32 +302,28 @@ multiversion! {
 
 multiversion! {
     /// GroupNorm backward for one image: `dx` from `dy`, and this image's terms of the gamma and
-    /// beta gradients added into `dgamma`, `dbeta`.
-    #[allow(clippy::too_many_arguments)]
+    /// beta gradients added into `dgamma`, `dbeta`; `stats` are the groups' statistics that
+    /// [`groupnorm_forward`] left.
     pub(crate) fn groupnorm_backward<>(
         x: &[f32],
         dy: &[f32],
         gamma: &[f32],
-        groups: usize,
-        eps: f64,
+        stats: &[(f32, f32)],
         dx: &mut [f32],
         dgamma: &mut [f32],
         dbeta: &mut [f32],
     ) {
         let channels = gamma.len();
         let pixels = x.len() / channels;
-        let cpg = channels / groups;
+        let cpg = channels / stats.len();
         let n = (cpg * pixels) as f64;
-        let mut stats = vec![(0f32, 0f32); groups];
-        group_stats(x, groups, eps, &mut stats);
         for (g, &(mean, rstd)) in stats.iter().enumerate() {
             // Sums over the group of dxhat and dxhat * xhat (dxhat = dy * gamma), from the per-channel
             // sums of dy and dy * xhat, which are also the channel's dbeta and dgamma.
             let (mut s1, mut s2) = (0f64, 0f64);
             for (c, &gm) in gamma.iter().enumerate().skip(g * cpg).take(cpg) {
                 let (xc, dyc) = (&x[c * pixels..(c + 1) * pixels], &dy[c * pixels..(c + 1) * pixels]);
-                let db = lane_sum(dyc, dyc, |d, _| d as f64);
-                let dg = lane_sum(dyc, xc, |d, x| (d * ((x - mean) * rstd)) as f64);
+                let (db, dg) = lane_sums(dyc, xc, |d, _| d as f64, |d, x| (d * ((x - mean) * rstd)) as f64);
                 dgamma[c] += dg as f32;
                 dbeta[c] += db as f32;
                 s1 += gm as f64 * db;

@@ -21,13 +21,44 @@ const GRAD_GROUP: usize = 4;
 
 #[derive(Debug, Clone)]
 pub(super) enum Step {
-    Conv { conv: ConvLayer, geom: ConvGeom, src: usize, dst: usize },
-    GroupNorm { gn: GroupNormLayer, src: usize, dst: usize },
-    Relu { src: usize, dst: usize },
-    AvgPool { kernel: usize, stride: usize, in_s: Shape, out_s: Shape, src: usize, dst: usize },
-    GlobalAvgPool { in_s: Shape, src: usize, dst: usize },
-    Dense { dense: DenseLayer, src: usize, dst: usize },
-    Add { a: usize, b: usize, dst: usize },
+    Conv {
+        conv: ConvLayer,
+        geom: ConvGeom,
+        src: usize,
+        dst: usize,
+    },
+    /// GroupNorm of `src`, plus `residual` when there is one, then a ReLU when `relu`: a
+    /// residual block's norms with the add and the ReLUs after them, in one pass per image
+    /// (the backward needs the output only, for the ReLU's mask, not the values in between).
+    GroupNorm {
+        gn: GroupNormLayer,
+        src: usize,
+        residual: Option<usize>,
+        relu: bool,
+        dst: usize,
+    },
+    Relu {
+        src: usize,
+        dst: usize,
+    },
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+        in_s: Shape,
+        out_s: Shape,
+        src: usize,
+        dst: usize,
+    },
+    GlobalAvgPool {
+        in_s: Shape,
+        src: usize,
+        dst: usize,
+    },
+    Dense {
+        dense: DenseLayer,
+        src: usize,
+        dst: usize,
+    },
 }
 
 impl Step {
@@ -38,19 +69,17 @@ impl Step {
             | Step::Relu { dst, .. }
             | Step::AvgPool { dst, .. }
             | Step::GlobalAvgPool { dst, .. }
-            | Step::Dense { dst, .. }
-            | Step::Add { dst, .. } => dst,
+            | Step::Dense { dst, .. } => dst,
         }
     }
     fn reads(&self) -> Vec<usize> {
         match *self {
+            Step::GroupNorm { src, residual, .. } => std::iter::once(src).chain(residual).collect(),
             Step::Conv { src, .. }
-            | Step::GroupNorm { src, .. }
             | Step::Relu { src, .. }
             | Step::AvgPool { src, .. }
             | Step::GlobalAvgPool { src, .. }
             | Step::Dense { src, .. } => vec![src],
-            Step::Add { a, b, .. } => vec![a, b],
         }
     }
 }
@@ -63,6 +92,9 @@ impl Step {
 pub(super) struct Tape {
     bufs: Vec<Option<Vec<f32>>>,
     spare: Vec<Vec<f32>>,
+    /// Per buffer that a GroupNorm writes, each image's group statistics (mean,
+    /// `1 / sqrt(var + eps)`), for the backward pass.
+    norm_stats: Vec<Vec<(f32, f32)>>,
 }
 
 impl Tape {
@@ -116,6 +148,7 @@ impl Tape {
             self.free(b);
         }
         self.bufs.resize(buffers, None);
+        self.norm_stats.resize(buffers, Vec::new());
         let mut x = self.take(len);
         fill(&mut x);
         self.bufs[0] = Some(x);
@@ -123,7 +156,7 @@ impl Tape {
 
     /// The computed buffers, without the spares.
     pub fn fork(&self) -> Tape {
-        Tape { bufs: self.bufs.clone(), spare: Vec::new() }
+        Tape { bufs: self.bufs.clone(), spare: Vec::new(), norm_stats: self.norm_stats.clone() }
     }
 
     /// Adds `g` to buffer `b`, or makes it buffer `b` when there is none.
@@ -203,7 +236,10 @@ impl Graph {
             let start = g.ops.len();
             cur = match layer {
                 Layer::Conv(c) => g.conv(c, shape, cur),
-                Layer::GroupNorm(gn) => g.push(Step::GroupNorm { gn: gn.clone(), src: cur, dst: 0 }, shape.numel()),
+                Layer::GroupNorm(gn) => g.push(
+                    Step::GroupNorm { gn: gn.clone(), src: cur, residual: None, relu: false, dst: 0 },
+                    shape.numel(),
+                ),
                 Layer::Relu => g.push(Step::Relu { src: cur, dst: 0 }, shape.numel()),
                 Layer::AvgPool { kernel, stride } => g.push(
                     Step::AvgPool { kernel: *kernel, stride: *stride, in_s: shape, out_s, src: cur, dst: 0 },
@@ -216,20 +252,20 @@ impl Graph {
                 Layer::Block(b) => {
                     let s1 = Shape { c: b.conv1.out_c, h: b.conv1.out_side(shape.h), w: b.conv1.out_side(shape.w) };
                     let n = s1.numel();
+                    // relu(gn1(conv1(x))), then relu(gn2(conv2(.)) + shortcut): the block's inner
+                    // ReLU is the output of its second operation (`Cnn::unit_buffer`).
                     let t = g.conv(&b.conv1, shape, cur);
-                    let t = g.push(Step::GroupNorm { gn: b.gn1.clone(), src: t, dst: 0 }, n);
-                    let t = g.push(Step::Relu { src: t, dst: 0 }, n);
+                    let t =
+                        g.push(Step::GroupNorm { gn: b.gn1.clone(), src: t, residual: None, relu: true, dst: 0 }, n);
                     let t = g.conv(&b.conv2, s1, t);
-                    let t = g.push(Step::GroupNorm { gn: b.gn2.clone(), src: t, dst: 0 }, n);
                     let short = match &b.downsample {
                         Some((ds, dg)) => {
                             let s = g.conv(ds, shape, cur);
-                            g.push(Step::GroupNorm { gn: dg.clone(), src: s, dst: 0 }, n)
+                            g.push(Step::GroupNorm { gn: dg.clone(), src: s, residual: None, relu: false, dst: 0 }, n)
                         }
                         None => cur,
                     };
-                    let t = g.push(Step::Add { a: t, b: short, dst: 0 }, n);
-                    g.push(Step::Relu { src: t, dst: 0 }, n)
+                    g.push(Step::GroupNorm { gn: b.gn2.clone(), src: t, residual: Some(short), relu: true, dst: 0 }, n)
                 }
             };
             shape = out_s;
@@ -255,8 +291,7 @@ impl Graph {
             | Step::Relu { dst: d, .. }
             | Step::AvgPool { dst: d, .. }
             | Step::GlobalAvgPool { dst: d, .. }
-            | Step::Dense { dst: d, .. }
-            | Step::Add { dst: d, .. } => *d = dst,
+            | Step::Dense { dst: d, .. } => *d = dst,
         }
         self.ops.push(op);
         dst
@@ -285,11 +320,19 @@ impl Graph {
             let mut out = tape.take(m * self.sizes[dst]);
             match op {
                 Step::Conv { conv, geom, src, .. } => conv_forward(conv, geom, w, tape.get(*src), &mut out),
-                Step::GroupNorm { gn, src, .. } => {
+                Step::GroupNorm { gn, src, residual, relu, .. } => {
                     let n = self.sizes[*src];
+                    let mut stats = std::mem::take(&mut tape.norm_stats[dst]);
+                    stats.resize(m * gn.groups, (0.0, 0.0));
+                    let residual = residual.map(|r| tape.get(r));
                     out.par_chunks_mut(n)
-                        .zip(tape.get(*src).par_chunks(n))
-                        .for_each(|(y, x)| groupnorm_forward(x, w[gn.weight], w[gn.bias], gn.groups, gn.eps, y));
+                        .zip(tape.get(*src).par_chunks(n).zip(stats.par_chunks_mut(gn.groups)))
+                        .enumerate()
+                        .for_each(|(i, (y, (x, stats)))| {
+                            let r = residual.map(|r| &r[i * n..(i + 1) * n]);
+                            groupnorm_forward(x, w[gn.weight], w[gn.bias], gn.groups, gn.eps, r, *relu, stats, y)
+                        });
+                    tape.norm_stats[dst] = stats;
                 }
                 Step::Relu { src, .. } => out
                     .par_iter_mut()
@@ -305,10 +348,6 @@ impl Graph {
                     .zip(tape.get(*src).par_chunks(in_s.numel()))
                     .for_each(|(y, x)| global_avgpool(x, in_s.c, y)),
                 Step::Dense { dense, src, .. } => dense_forward(dense, w, tape.get(*src), m, &mut out),
-                Step::Add { a, b, .. } => out
-                    .par_iter_mut()
-                    .zip(tape.get(*a).par_iter().zip(tape.get(*b).par_iter()))
-                    .for_each(|(y, (&a, &b))| *y = a + b),
             }
             tape.set(dst, out);
             if free {
@@ -332,7 +371,7 @@ impl Graph {
         dbuf.bufs.resize(self.sizes.len(), None);
         dbuf.bufs[*self.layer_out.last().expect("a CNN has layers")] = Some(dlogits);
         for op in self.ops.iter().rev() {
-            let Some(dy) = dbuf.bufs[op.dst()].take() else { continue };
+            let Some(mut dy) = dbuf.bufs[op.dst()].take() else { continue };
             match op {
                 Step::Conv { conv, geom, src, .. } => {
                     // Every image's gradient is written in full by its task.
@@ -342,23 +381,40 @@ impl Graph {
                         dbuf.accumulate(*src, dx);
                     }
                 }
-                Step::GroupNorm { gn, src, .. } => {
-                    let x = tape.get(*src);
+                Step::GroupNorm { gn, src, residual, relu, dst } => {
+                    let (x, y) = (tape.get(*src), tape.get(*dst));
                     let n = self.sizes[*src];
                     let c = gn.channels;
                     let mut dx = dbuf.take(x.len());
+                    // The gradient of the sum before the ReLU, which the residual receives as is.
+                    let mut dres = residual.map(|_| dbuf.take(dy.len()));
+                    let dres_parts: Vec<Option<&mut [f32]>> = match &mut dres {
+                        Some(d) => d.chunks_mut(n).map(Some).collect(),
+                        None => (0..m).map(|_| None).collect(),
+                    };
                     // Per image: dgamma then dbeta, added across images in order below.
                     let mut partial = vec![0f32; m * 2 * c];
                     dx.par_chunks_mut(n)
                         .zip(partial.par_chunks_mut(2 * c))
-                        .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
-                        .for_each(|((dx, part), (x, dy))| {
+                        .zip(dy.par_chunks_mut(n).zip(dres_parts))
+                        .zip(x.par_chunks(n).zip(y.par_chunks(n)))
+                        .zip(tape.norm_stats[*dst].par_chunks(gn.groups))
+                        .for_each(|((((dx, part), (dy, dres)), (x, y)), stats)| {
+                            if *relu {
+                                dy.iter_mut().zip(y).for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 });
+                            }
+                            if let Some(dres) = dres {
+                                dres.copy_from_slice(dy);
+                            }
                             let (dg, db) = part.split_at_mut(c);
-                            groupnorm_backward(x, dy, w[gn.weight], gn.groups, gn.eps, dx, dg, db);
+                            groupnorm_backward(x, dy, w[gn.weight], stats, dx, dg, db);
                         });
                     for part in partial.chunks(2 * c) {
                         add_into(&mut grads[gn.weight], &part[..c]);
                         add_into(&mut grads[gn.bias], &part[c..]);
+                    }
+                    if let (Some(r), Some(d)) = (residual, dres) {
+                        dbuf.accumulate(*r, d);
                     }
                     dbuf.accumulate(*src, dx);
                 }
@@ -418,13 +474,6 @@ impl Graph {
                         );
                         dbuf.accumulate(*src, dx);
                     }
-                }
-                Step::Add { a, b, .. } => {
-                    let mut copy = dbuf.take(dy.len());
-                    copy.copy_from_slice(&dy);
-                    dbuf.accumulate(*b, copy);
-                    dbuf.accumulate(*a, dy);
-                    continue;
                 }
             }
             dbuf.spare.push(dy);

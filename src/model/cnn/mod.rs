@@ -323,8 +323,8 @@ impl Cnn {
                 Layer::Conv(c) if c.weight == weight => return Some(after_norm_and_relu()),
                 Layer::Dense(d) if d.weight == weight => return Some(after_norm_and_relu()),
                 Layer::Block(b) if b.conv1.weight == weight => {
-                    // The block's operations: conv1, its GroupNorm, then the inner ReLU.
-                    return Some(self.graph.ops[self.graph.layer_ops[l].start + 2].dst());
+                    // The block's operations: conv1, then its GroupNorm with the inner ReLU.
+                    return Some(self.graph.ops[self.graph.layer_ops[l].start + 1].dst());
                 }
                 Layer::Block(b) if b.downsample.as_ref().is_some_and(|(ds, _)| ds.weight == weight) => {
                     return Some(self.graph.layer_out[l])

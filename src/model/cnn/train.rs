@@ -48,9 +48,13 @@ pub(super) fn train(cnn: &Cnn, p: &mut ParamSet, data: &Dataset, opts: &TrainOpt
     opts.check()?;
     let mut w: Vec<Vec<f32>> = cnn.weights_of(p)?.into_iter().map(|c| c.into_owned()).collect();
     let mut ws = Workspace::default();
-    let history = sgd(&mut w, data.n, opts, |w, idx, grads| {
-        let refs: Vec<&[f32]> = w.iter().map(|v| v.as_slice()).collect();
-        loss_grad(cnn, &refs, data, idx, grads, &mut ws)
+    // On a worker of rayon's pool: a step's many short parallel loops then start on that worker
+    // instead of each waking one from the calling thread (and putting the caller to sleep).
+    let history = rayon::scope(|_| {
+        sgd(&mut w, data.n, opts, |w, idx, grads| {
+            let refs: Vec<&[f32]> = w.iter().map(|v| v.as_slice()).collect();
+            loss_grad(cnn, &refs, data, idx, grads, &mut ws)
+        })
     })?;
     for (i, (name, _)) in cnn.tensors.iter().enumerate() {
         store_f32(p, name, &w[i])?;
