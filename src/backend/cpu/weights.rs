@@ -587,6 +587,117 @@ unsafe fn lerp_block_avx2<T: Lerp32>(
     lerp_block_plain(&a[whole..], &b[whole..], l, m, &mut out[whole..]);
 }
 
+/// [`Lerp32::lerp_block`] with AVX-512 for a 16-bit type: sixteen elements at a time (`load16`,
+/// `round16`), then the rest as [`lerp_block_avx2`] does it (`load8`, `round8`). The same
+/// operations per element as the other versions, so the same bits.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX2, FMA and F16C; the loads read sixteen and eight elements at the
+/// pointer they are given, and the roundings return sixteen and eight 16-bit values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn lerp_block_avx512<T: Lerp32>(
+    a: &[T],
+    b: &[T],
+    l: f32,
+    m: f32,
+    out: &mut [T],
+    (load16, round16): (impl Fn(*const T) -> __m512, impl Fn(__m512) -> __m256i),
+    (load8, round8): (impl Fn(*const T) -> __m256, impl Fn(__m256) -> __m128i),
+) {
+    let n = a.len();
+    assert!(b.len() == n && out.len() == n && std::mem::size_of::<T>() == 2);
+    let whole = n - n % 16;
+    // SAFETY: the CPU features are the caller's contract; every access is to the sixteen
+    // elements at i < whole <= n of slices of length n, two bytes each; the rest goes to
+    // lerp_block_avx2, whose contract is part of this one.
+    unsafe {
+        let (vl, vm) = (_mm512_set1_ps(l), _mm512_set1_ps(m));
+        let mut i = 0;
+        while i < whole {
+            let (x, y) = (load16(a.as_ptr().add(i)), load16(b.as_ptr().add(i)));
+            let v = _mm512_fmadd_ps(vl, y, _mm512_mul_ps(vm, x));
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, round16(v));
+            i += 16;
+        }
+        lerp_block_avx2(&a[whole..], &b[whole..], l, m, &mut out[whole..], load8, round8);
+    }
+}
+
+/// [`lerp_block_avx512`] for bf16.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn lerp_bf16_avx512(a: &[bf16], b: &[bf16], l: f32, m: f32, out: &mut [bf16]) {
+    // SAFETY: this function's features are the contract; each load reads the elements it is
+    // pointed at (sixteen, eight), each rounding returns as many 16-bit values.
+    unsafe {
+        lerp_block_avx512(
+            a,
+            b,
+            l,
+            m,
+            out,
+            (
+                |p| {
+                    let h = _mm256_loadu_si256(p as *const __m256i);
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                },
+                |v| round_bf16x16(v),
+            ),
+            (|p| load_bf16x8(p), |v| round_bf16x8(v)),
+        )
+    }
+}
+
+/// [`lerp_block_avx512`] for f16: F16C's conversions, sixteen wide, rounding to nearest even.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn lerp_f16_avx512(a: &[f16], b: &[f16], l: f32, m: f32, out: &mut [f16]) {
+    // SAFETY: this function's features are the contract; each load reads the elements it is
+    // pointed at (sixteen, eight), each rounding returns as many 16-bit values.
+    unsafe {
+        lerp_block_avx512(
+            a,
+            b,
+            l,
+            m,
+            out,
+            (
+                |p| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+                |v| _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+            ),
+            (|p| load_f16x8(p), |v| _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)),
+        )
+    }
+}
+
+/// Sixteen f32 rounded to bf16 as [`f32_to_bf16`] rounds them (nearest even; NaN quietened).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn round_bf16x16(v: __m512) -> __m256i {
+    // SAFETY: register operations only; the caller's CPU has AVX-512F.
+    unsafe {
+        let bits = _mm512_castps_si512(v);
+        let high = _mm512_srli_epi32::<16>(bits);
+        let odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)));
+        let quiet_nan = _mm512_or_si512(high, _mm512_set1_epi32(0x0040));
+        let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        // Every value fits 16 bits: truncating each to its low half keeps it.
+        _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, quiet_nan))
+    }
+}
+
 /// Eight f32 rounded to bf16 as [`f32_to_bf16`] rounds them (nearest even; NaN quietened).
 ///
 /// # Safety
@@ -634,6 +745,12 @@ impl Lerp32 for bf16 {
     fn lerp_block<const HW: bool>(a: &[bf16], b: &[bf16], l: f32, m: f32, out: &mut [bf16]) {
         #[cfg(target_arch = "x86_64")]
         if HW {
+            if has_avx512() {
+                // SAFETY: the CPU reported AVX-512F just above, and HW is true only after it
+                // reported AVX2, FMA and F16C.
+                unsafe { lerp_bf16_avx512(a, b, l, m, out) };
+                return;
+            }
             // SAFETY: HW is true only in code compiled for, and run after the CPU reported,
             // AVX2, FMA and F16C; load_bf16x8 reads the eight elements it is pointed at.
             unsafe {
@@ -658,6 +775,12 @@ impl Lerp32 for f16 {
     fn lerp_block<const HW: bool>(a: &[f16], b: &[f16], l: f32, m: f32, out: &mut [f16]) {
         #[cfg(target_arch = "x86_64")]
         if HW {
+            if has_avx512() {
+                // SAFETY: the CPU reported AVX-512F just above, and HW is true only after it
+                // reported AVX2, FMA and F16C.
+                unsafe { lerp_f16_avx512(a, b, l, m, out) };
+                return;
+            }
             // SAFETY: HW is true only in code compiled for, and run after the CPU reported,
             // AVX2, FMA and F16C; load_f16x8 reads the eight elements it is pointed at.
             unsafe {
@@ -967,17 +1090,69 @@ mod tests {
         for l in [0.0f32, 1.0, 0.5, 2.0, -1.0] {
             let a: Vec<bf16> = specials.iter().map(|&v| bf16::from_f32(v)).collect();
             let b: Vec<bf16> = specials.iter().rev().map(|&v| bf16::from_f32(v)).collect();
-            let mut out = vec![bf16::ZERO; a.len()];
-            lerp32(&a, &b, l, &mut out);
-            for i in 0..a.len() {
-                let v = l.mul_add(b[i].to_f32(), (1.0 - l) * a[i].to_f32());
-                let w = f32_to_bf16(v);
-                if v.is_nan() {
-                    assert!(out[i].is_nan(), "l {l} i {i}: {:?}", out[i]);
-                    assert_eq!(out[i].to_bits(), w, "l {l} i {i}: the same quiet NaN");
-                } else {
-                    assert_eq!(out[i].to_bits(), w, "l {l} i {i}: {v:e}");
+            for out in in_every_version(|| {
+                let mut out = vec![bf16::ZERO; a.len()];
+                lerp32(&a, &b, l, &mut out);
+                out
+            }) {
+                check_special_lerp(&a, &b, l, &out);
+            }
+        }
+    }
+
+    /// `out` is the kernel's expression on `a` and `b`, rounded as the kernel rounds.
+    fn check_special_lerp(a: &[bf16], b: &[bf16], l: f32, out: &[bf16]) {
+        for i in 0..a.len() {
+            let v = l.mul_add(b[i].to_f32(), (1.0 - l) * a[i].to_f32());
+            let w = f32_to_bf16(v);
+            if v.is_nan() {
+                assert!(out[i].is_nan(), "l {l} i {i}: {:?}", out[i]);
+                assert_eq!(out[i].to_bits(), w, "l {l} i {i}: the same quiet NaN");
+            } else {
+                assert_eq!(out[i].to_bits(), w, "l {l} i {i}: {v:e}");
+            }
+        }
+    }
+
+    /// The vector roundings to bf16 (eight and sixteen wide) against [`f32_to_bf16`] on random
+    /// bit patterns and on every kind of tie, near-tie and special value, where the CPU has them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_bf16_rounding_matches_the_scalar_rounding() {
+        let mut s = 99u64;
+        let mut xs: Vec<f32> = (0..100_000)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                f32::from_bits((s >> 32) as u32)
+            })
+            .collect();
+        for top in [0x3f80u32, 0x3f81, 0x7f7f, 0x7f80, 0x7fc0, 0x0000, 0x0001, 0x807f, 0xff7f, 0xff80] {
+            for low in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+                xs.push(f32::from_bits(top << 16 | low));
+            }
+        }
+        xs.resize(xs.len().next_multiple_of(16), 1.0);
+        let want: Vec<u16> = xs.iter().map(|&x| f32_to_bf16(x)).collect();
+        let (avx2, avx512) = (std::is_x86_feature_detected!("avx2"), std::is_x86_feature_detected!("avx512f"));
+        assert!(avx2 || !avx512);
+        for (x, w) in xs.chunks_exact(16).zip(want.chunks_exact(16)) {
+            let mut got = [0u16; 16];
+            if avx2 {
+                for (x8, g8) in x.chunks_exact(8).zip(got.chunks_exact_mut(8)) {
+                    // SAFETY: the CPU has AVX2 (checked above); eight f32 read, eight u16 written.
+                    unsafe {
+                        _mm_storeu_si128(g8.as_mut_ptr() as *mut __m128i, round_bf16x8(_mm256_loadu_ps(x8.as_ptr())))
+                    };
                 }
+                assert_eq!(&got[..], w, "eight wide: {x:?}");
+            }
+            if avx512 {
+                // SAFETY: the CPU has AVX-512F (checked above); sixteen f32 read, sixteen u16
+                // written.
+                unsafe {
+                    _mm256_storeu_si256(got.as_mut_ptr() as *mut __m256i, round_bf16x16(_mm512_loadu_ps(x.as_ptr())))
+                };
+                assert_eq!(&got[..], w, "sixteen wide: {x:?}");
             }
         }
     }
