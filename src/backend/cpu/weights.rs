@@ -3,18 +3,20 @@
 //! host slices of any storage dtype.
 //!
 //! Each function is one generic body compiled twice by `multiversion!` (baseline, and AVX2 +
-//! FMA + F16C where the CPU has them). The baseline bodies are plain loops over fixed-width
-//! blocks that the compiler vectorises; the AVX2 bodies are written with intrinsics (the 16-bit
-//! loads: bf16 to f32 is a shift, f16 to f32 is F16C's `vcvtph2ps`), and `stats` reads each
-//! element once for its four sums. Both versions add the same products in the same lanes in
-//! the same order, so they give the same bits.
+//! FMA + F16C where the CPU has them); inside the AVX2 version the sums and the 16-bit
+//! interpolation call AVX-512 code where the CPU also has AVX-512F. The baseline bodies are plain
+//! loops over fixed-width blocks that the compiler vectorises; the vector bodies are written with
+//! intrinsics (the 16-bit loads: bf16 to f32 is a shift, f16 to f32 is F16C's `vcvtph2ps`), and
+//! `stats` reads each element once for its four sums. Every version adds the same products in
+//! the same sixteen lanes in the same order, and interpolates with the same expression, so they
+//! give the same bits.
 //!
 //! Rounding against the kernels:
 //! - interpolation ([`lerp32`], [`lerp_f64`]) is `lerp_<t>`'s expression, `fma(l, b, (1 - l) a)`
 //!   in f32 (f64 for f64 data) with `l` and `1 - l` rounded to that type, then rounded once to
 //!   the storage type (nearest even): the same bits as the device;
 //! - sums of squares ([`sum_sq_diff`], [`sum_sq`], [`stats`]) are f64 sums on both, in another
-//!   order (eight lanes here, blocks and atomics there), and `segment_sumsq_<t>` fuses each
+//!   order (sixteen lanes here, blocks and atomics there), and `segment_sumsq_<t>` fuses each
 //!   multiply-add where these round the square first: they agree to a few units in the last
 //!   place of an f64 (and the device's atomics vary the last bits from run to run).
 
