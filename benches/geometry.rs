@@ -143,9 +143,18 @@ fn bench(c: &mut Criterion) {
     k.bench_function("stats/f32", |bch| bch.iter(|| black_box(weights::stats(black_box(&xa[..]), black_box(&xb[..])))));
     let (ha, hb): (Vec<f16>, Vec<f16>) =
         (xa.iter().map(|&v| f16::from_f32(v)).collect(), xb.iter().map(|&v| f16::from_f32(v)).collect());
+    let (ba, bb): (Vec<bf16>, Vec<bf16>) =
+        (xa.iter().map(|&v| bf16::from_f32(v)).collect(), xb.iter().map(|&v| bf16::from_f32(v)).collect());
     k.throughput(Throughput::Bytes(4 << 16));
     k.bench_function("sum_sq_diff/f16", |bch| {
         bch.iter(|| black_box(weights::sum_sq_diff(black_box(&ha[..]), black_box(&hb[..]))))
+    });
+    k.bench_function("sum_sq_diff/bf16", |bch| {
+        bch.iter(|| black_box(weights::sum_sq_diff(black_box(&ba[..]), black_box(&bb[..]))))
+    });
+    k.bench_function("stats/f16", |bch| bch.iter(|| black_box(weights::stats(black_box(&ha[..]), black_box(&hb[..])))));
+    k.bench_function("stats/bf16", |bch| {
+        bch.iter(|| black_box(weights::stats(black_box(&ba[..]), black_box(&bb[..]))))
     });
     k.finish();
 }

@@ -8,7 +8,7 @@
 mod common;
 mod scratch;
 
-use common::{assert_bit_equal, random_admissible, TestRng};
+use common::{assert_bit_equal, python_with_numpy, random_admissible, TestRng};
 use scratch::Scratch;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -343,13 +343,6 @@ fn align_by_activations_recovers_a_known_permutation() {
     assert!(!out.exists(), "a failed run wrote its output");
 }
 
-fn python() -> String {
-    let py = std::env::var("TL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py).args(["-c", "import numpy"]).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "the curve test needs {py} with numpy (set TL_PYTHON to an interpreter that has it)");
-    py
-}
-
 /// `tlens curve --align` between A and a permuted copy of A: the raw curve rises between the
 /// two copies, the aligned one is flat (every point is A).
 #[test]
@@ -380,7 +373,8 @@ fn curve_align_flattens_the_curve_between_permuted_copies() {
     file.extend(yb);
     std::fs::write(&pdata, file).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/eval_server_numpy.py");
-    let server = format!("'{}' '{}' '{}'", python(), script.display(), pdata.display());
+    let server =
+        format!("'{}' '{}' '{}'", python_with_numpy("the curve test needs"), script.display(), pdata.display());
     let curve = |align: bool| {
         let mut args =
             vec!["curve", s(&pa), s(&pb), "--lambdas", "0,0.25,0.5,0.75,1", "--eval-server", &server, "--json"];

@@ -6,7 +6,10 @@
 //! Needs python3 with numpy; `TL_PYTHON` names another interpreter (CI's has numpy). Without
 //! one the tests fail, saying so.
 
+mod common;
 mod scratch;
+
+use common::python_with_numpy;
 use std::path::Path;
 use std::process::{Command, Output};
 use transferlens::criticality::{self, Options, Path as CritPath, Search};
@@ -16,16 +19,9 @@ use transferlens::params::ParamSet;
 use transferlens::tensor::HostSlice;
 use transferlens::{landscape, Context};
 
-fn python() -> String {
-    let py = std::env::var("TL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py).args(["-c", "import numpy"]).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "the eval-server tests need {py} with numpy (set TL_PYTHON to an interpreter that has it)");
-    py
-}
-
 fn server_command(data: &Path) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/eval_server_numpy.py");
-    format!("'{}' '{}' '{}'", python(), script.display(), data.display())
+    format!("'{}' '{}' '{}'", python_with_numpy("the eval-server tests need"), script.display(), data.display())
 }
 
 /// A folder of its own per test; tlens's temporary files go there too (TMPDIR).

@@ -389,3 +389,16 @@ pub fn assert_bit_equal(a: &transferlens::ParamSet, b: &transferlens::ParamSet) 
         assert!(x.bytes().unwrap() == y.bytes().unwrap(), "tensor {:?} differs", x.name());
     }
 }
+
+/// The Python interpreter of the tests that run a numpy script (`TL_PYTHON`, else `python3`);
+/// fails, saying that `needed_by` needs it, unless it imports numpy.
+pub fn python_with_numpy(needed_by: &str) -> String {
+    let py = std::env::var("TL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "{needed_by} {py} with numpy (set TL_PYTHON to an interpreter that has it)");
+    py
+}

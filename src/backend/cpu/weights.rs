@@ -3,18 +3,20 @@
 //! host slices of any storage dtype.
 //!
 //! Each function is one generic body compiled twice by `multiversion!` (baseline, and AVX2 +
-//! FMA + F16C where the CPU has them). The baseline bodies are plain loops over fixed-width
-//! blocks that the compiler vectorises; the AVX2 bodies are written with intrinsics (the 16-bit
-//! loads: bf16 to f32 is a shift, f16 to f32 is F16C's `vcvtph2ps`), and `stats` reads each
-//! element once for its four sums. Both versions add the same products in the same lanes in
-//! the same order, so they give the same bits.
+//! FMA + F16C where the CPU has them); inside the AVX2 version the sums and the 16-bit
+//! interpolation call AVX-512 code where the CPU also has AVX-512F. The baseline bodies are plain
+//! loops over fixed-width blocks that the compiler vectorises; the vector bodies are written with
+//! intrinsics (the 16-bit loads: bf16 to f32 is a shift, f16 to f32 is F16C's `vcvtph2ps`), and
+//! `stats` reads each element once for its four sums. Every version adds the same products in
+//! the same sixteen lanes in the same order, and interpolates with the same expression, so they
+//! give the same bits.
 //!
 //! Rounding against the kernels:
 //! - interpolation ([`lerp32`], [`lerp_f64`]) is `lerp_<t>`'s expression, `fma(l, b, (1 - l) a)`
 //!   in f32 (f64 for f64 data) with `l` and `1 - l` rounded to that type, then rounded once to
 //!   the storage type (nearest even): the same bits as the device;
 //! - sums of squares ([`sum_sq_diff`], [`sum_sq`], [`stats`]) are f64 sums on both, in another
-//!   order (eight lanes here, blocks and atomics there), and `segment_sumsq_<t>` fuses each
+//!   order (sixteen lanes here, blocks and atomics there), and `segment_sumsq_<t>` fuses each
 //!   multiply-add where these round the square first: they agree to a few units in the last
 //!   place of an f64 (and the device's atomics vary the last bits from run to run).
 
@@ -27,13 +29,13 @@ use std::arch::x86_64::*;
 /// Exact conversion of a storage element to f64, inlined into the loops below.
 pub trait Load: Copy + Send + Sync {
     fn f64(self) -> f64;
-    /// The eight elements at `p` as two vectors of four f64, exactly.
+    /// The [`LANES`] elements at `p`, exactly, in the lanes of a `V`.
     ///
     /// # Safety
-    /// `p` addresses eight readable elements, and the CPU has AVX2 and F16C (call it from
-    /// `multiversion!` code under `HW` only).
+    /// `p` addresses LANES readable elements, and the CPU has `V`'s features (call it only from
+    /// code compiled for them).
     #[cfg(target_arch = "x86_64")]
-    unsafe fn load8_avx2(p: *const Self) -> (__m256d, __m256d);
+    unsafe fn load<V: Vector>(p: *const Self) -> V;
 }
 
 /// Eight f32 as two vectors of four f64.
@@ -79,9 +81,9 @@ impl Load for f64 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load8_avx2(p: *const f64) -> (__m256d, __m256d) {
-        // SAFETY: two 32-byte unaligned loads of the caller's eight elements.
-        unsafe { (_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4))) }
+    unsafe fn load<V: Vector>(p: *const f64) -> V {
+        // SAFETY: the caller's elements and CPU features, as V::from_f64 needs.
+        unsafe { V::from_f64(p) }
     }
 }
 impl Load for f32 {
@@ -91,9 +93,9 @@ impl Load for f32 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load8_avx2(p: *const f32) -> (__m256d, __m256d) {
-        // SAFETY: a 32-byte unaligned load of the caller's eight elements; the CPU has AVX2.
-        unsafe { widen_f32x8(_mm256_loadu_ps(p)) }
+    unsafe fn load<V: Vector>(p: *const f32) -> V {
+        // SAFETY: the caller's elements and CPU features, as V::from_f32 needs.
+        unsafe { V::from_f32(p) }
     }
 }
 impl Load for f16 {
@@ -103,9 +105,9 @@ impl Load for f16 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load8_avx2(p: *const f16) -> (__m256d, __m256d) {
-        // SAFETY: the caller's eight elements and CPU features, as load_f16x8 needs.
-        unsafe { widen_f32x8(load_f16x8(p)) }
+    unsafe fn load<V: Vector>(p: *const f16) -> V {
+        // SAFETY: the caller's elements and CPU features, as V::from_f16 needs.
+        unsafe { V::from_f16(p) }
     }
 }
 impl Load for bf16 {
@@ -115,9 +117,158 @@ impl Load for bf16 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load8_avx2(p: *const bf16) -> (__m256d, __m256d) {
-        // SAFETY: the caller's eight elements and CPU features, as load_bf16x8 needs.
-        unsafe { widen_f32x8(load_bf16x8(p)) }
+    unsafe fn load<V: Vector>(p: *const bf16) -> V {
+        // SAFETY: the caller's elements and CPU features, as V::from_bf16 needs.
+        unsafe { V::from_bf16(p) }
+    }
+}
+
+/// [`LANES`] f64 in registers, lane `k` at index `k`. A value exists only where the CPU has the
+/// type's features: the constructors are unsafe and say so, so the arithmetic is safe.
+#[cfg(target_arch = "x86_64")]
+pub trait Vector: Copy {
+    /// # Safety
+    /// The CPU has the type's features.
+    unsafe fn zero() -> Self;
+    /// # Safety
+    /// `p` addresses LANES readable elements; the CPU has the type's features.
+    unsafe fn from_f64(p: *const f64) -> Self;
+    /// # Safety
+    /// As [`Vector::from_f64`].
+    unsafe fn from_f32(p: *const f32) -> Self;
+    /// # Safety
+    /// As [`Vector::from_f64`].
+    unsafe fn from_f16(p: *const f16) -> Self;
+    /// # Safety
+    /// As [`Vector::from_f64`].
+    unsafe fn from_bf16(p: *const bf16) -> Self;
+    fn store(self, lanes: &mut [f64; LANES]);
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+}
+
+/// Sixteen f64 as four AVX vectors.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct Avx2([__m256d; 4]);
+
+/// Sixteen f64 as two AVX-512 vectors.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct Avx512([__m512d; 2]);
+
+#[cfg(target_arch = "x86_64")]
+impl Vector for Avx2 {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: a register operation; the caller's CPU has AVX.
+        unsafe { Avx2([_mm256_setzero_pd(); 4]) }
+    }
+    #[inline(always)]
+    unsafe fn from_f64(p: *const f64) -> Self {
+        // SAFETY: four 32-byte unaligned loads of the caller's sixteen elements.
+        unsafe {
+            Avx2([_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4)), _mm256_loadu_pd(p.add(8)), _mm256_loadu_pd(p.add(12))])
+        }
+    }
+    #[inline(always)]
+    unsafe fn from_f32(p: *const f32) -> Self {
+        // SAFETY: four 16-byte unaligned loads of the caller's sixteen elements, widened.
+        unsafe {
+            let w = |q: *const f32| _mm256_cvtps_pd(_mm_loadu_ps(q));
+            Avx2([w(p), w(p.add(4)), w(p.add(8)), w(p.add(12))])
+        }
+    }
+    #[inline(always)]
+    unsafe fn from_f16(p: *const f16) -> Self {
+        // SAFETY: the caller's sixteen elements, eight at a time; the CPU has AVX2 and F16C.
+        unsafe {
+            let ((a, b), (c, d)) = (widen_f32x8(load_f16x8(p)), widen_f32x8(load_f16x8(p.add(8))));
+            Avx2([a, b, c, d])
+        }
+    }
+    #[inline(always)]
+    unsafe fn from_bf16(p: *const bf16) -> Self {
+        // SAFETY: the caller's sixteen elements, eight at a time; the CPU has AVX2.
+        unsafe {
+            let ((a, b), (c, d)) = (widen_f32x8(load_bf16x8(p)), widen_f32x8(load_bf16x8(p.add(8))));
+            Avx2([a, b, c, d])
+        }
+    }
+    #[inline(always)]
+    fn store(self, lanes: &mut [f64; LANES]) {
+        for (j, v) in self.0.into_iter().enumerate() {
+            // SAFETY: a store into lanes 4j..4j + 4 of sixteen; the CPU has AVX (self exists).
+            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * j), v) };
+        }
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        // SAFETY: register operations; the CPU has AVX (self exists).
+        Avx2(std::array::from_fn(|j| unsafe { _mm256_add_pd(self.0[j], o.0[j]) }))
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        // SAFETY: register operations; the CPU has AVX (self exists).
+        Avx2(std::array::from_fn(|j| unsafe { _mm256_sub_pd(self.0[j], o.0[j]) }))
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        // SAFETY: register operations; the CPU has AVX (self exists).
+        Avx2(std::array::from_fn(|j| unsafe { _mm256_mul_pd(self.0[j], o.0[j]) }))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Vector for Avx512 {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: a register operation; the caller's CPU has AVX-512F.
+        unsafe { Avx512([_mm512_setzero_pd(); 2]) }
+    }
+    #[inline(always)]
+    unsafe fn from_f64(p: *const f64) -> Self {
+        // SAFETY: two 64-byte unaligned loads of the caller's sixteen elements.
+        unsafe { Avx512([_mm512_loadu_pd(p), _mm512_loadu_pd(p.add(8))]) }
+    }
+    #[inline(always)]
+    unsafe fn from_f32(p: *const f32) -> Self {
+        // SAFETY: two 32-byte unaligned loads of the caller's sixteen elements, widened.
+        unsafe { Avx512([_mm512_cvtps_pd(_mm256_loadu_ps(p)), _mm512_cvtps_pd(_mm256_loadu_ps(p.add(8)))]) }
+    }
+    #[inline(always)]
+    unsafe fn from_f16(p: *const f16) -> Self {
+        // SAFETY: the caller's sixteen elements, eight at a time; the CPU has AVX-512F and F16C.
+        unsafe { Avx512([_mm512_cvtps_pd(load_f16x8(p)), _mm512_cvtps_pd(load_f16x8(p.add(8)))]) }
+    }
+    #[inline(always)]
+    unsafe fn from_bf16(p: *const bf16) -> Self {
+        // SAFETY: the caller's sixteen elements, eight at a time; the CPU has AVX-512F.
+        unsafe { Avx512([_mm512_cvtps_pd(load_bf16x8(p)), _mm512_cvtps_pd(load_bf16x8(p.add(8)))]) }
+    }
+    #[inline(always)]
+    fn store(self, lanes: &mut [f64; LANES]) {
+        // SAFETY: stores into lanes 0..8 and 8..16 of sixteen; the CPU has AVX-512F (self exists).
+        unsafe {
+            _mm512_storeu_pd(lanes.as_mut_ptr(), self.0[0]);
+            _mm512_storeu_pd(lanes.as_mut_ptr().add(8), self.0[1]);
+        }
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        // SAFETY: register operations; the CPU has AVX-512F (self exists).
+        unsafe { Avx512([_mm512_add_pd(self.0[0], o.0[0]), _mm512_add_pd(self.0[1], o.0[1])]) }
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        // SAFETY: register operations; the CPU has AVX-512F (self exists).
+        unsafe { Avx512([_mm512_sub_pd(self.0[0], o.0[0]), _mm512_sub_pd(self.0[1], o.0[1])]) }
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        // SAFETY: register operations; the CPU has AVX-512F (self exists).
+        unsafe { Avx512([_mm512_mul_pd(self.0[0], o.0[0]), _mm512_mul_pd(self.0[1], o.0[1])]) }
     }
 }
 
@@ -154,17 +305,47 @@ pub fn f32_to_bf16(x: f32) -> u16 {
     }
 }
 
-/// Lanes of independent accumulators: enough to hide the add latency and fill a vector. Lane
-/// `k` sums the elements at `k` mod 8; the tail after the last whole block goes to lane 0.
-const LANES: usize = 8;
+/// Lanes of independent accumulators: lane `k` sums the elements at `k` mod 16 in order, and
+/// the tail after the last whole block goes to lane 0. Sixteen lanes are two AVX-512 vectors or
+/// four AVX ones per sum: enough independent additions to hide their latency.
+const LANES: usize = 16;
 
-/// Which of the four sums `[sum a^2, sum b^2, sum a b, sum (a - b)^2]` a kernel forms.
-#[derive(Clone, Copy)]
-struct Wanted {
-    sq_a: bool,
-    sq_b: bool,
-    dot: bool,
-    sq_diff: bool,
+/// Which of the four sums `[sum a^2, sum b^2, sum a b, sum (a - b)^2]` a kernel forms: one type
+/// per kernel, so that each version is compiled for its own sums.
+trait Wanted {
+    const SQ_A: bool;
+    const SQ_B: bool;
+    const DOT: bool;
+    const SQ_DIFF: bool;
+    /// The wanted sums, as the indices of the four.
+    fn each() -> impl Iterator<Item = usize> {
+        [Self::SQ_A, Self::SQ_B, Self::DOT, Self::SQ_DIFF].into_iter().enumerate().filter(|w| w.1).map(|w| w.0)
+    }
+}
+
+/// `sum (a - b)^2`.
+struct SqDiff;
+impl Wanted for SqDiff {
+    const SQ_A: bool = false;
+    const SQ_B: bool = false;
+    const DOT: bool = false;
+    const SQ_DIFF: bool = true;
+}
+/// `sum a^2`.
+struct SqA;
+impl Wanted for SqA {
+    const SQ_A: bool = true;
+    const SQ_B: bool = false;
+    const DOT: bool = false;
+    const SQ_DIFF: bool = false;
+}
+/// All four.
+struct AllFour;
+impl Wanted for AllFour {
+    const SQ_A: bool = true;
+    const SQ_B: bool = true;
+    const DOT: bool = true;
+    const SQ_DIFF: bool = true;
 }
 
 // The plain loops: one sum per loop, lane-wise, so that the loop vectoriser turns each into
@@ -200,105 +381,122 @@ fn plain_sq<A: Load>(a: &[A], acc: &mut [f64; LANES]) {
     }
 }
 
-/// `s += x y`, lane by lane: a multiply, then an add.
+/// The wanted sums of whole blocks in vectors `V`: one pass, each block of sixteen loaded and
+/// widened once, the same operations per lane as the plain loops (a multiply, then an add: no
+/// fused multiply-add, which would change the bits).
 ///
 /// # Safety
-/// The CPU has AVX.
+/// The CPU has `V`'s features; `a` and `b` have the same length, a multiple of [`LANES`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn add_product(s: &mut [__m256d; 2], x: (__m256d, __m256d), y: (__m256d, __m256d)) {
-    // SAFETY: register operations only; the caller's CPU has AVX.
-    unsafe {
-        s[0] = _mm256_add_pd(s[0], _mm256_mul_pd(x.0, y.0));
-        s[1] = _mm256_add_pd(s[1], _mm256_mul_pd(x.1, y.1));
-    }
-}
-
-/// The wanted sums of whole blocks with AVX2: one pass, each block of eight loaded once, the
-/// same operations per lane as the plain loops (a multiply, then an add: no fused
-/// multiply-add, which would change the bits).
-///
-/// # Safety
-/// The CPU has AVX2 and F16C; `a` and `b` have the same length, a multiple of [`LANES`].
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn avx2_blocks<A: Load, B: Load>(a: &[A], b: &[B], w: Wanted, acc: &mut [[f64; LANES]; 4]) {
+unsafe fn vector_blocks<V: Vector, W: Wanted, A: Load, B: Load>(a: &[A], b: &[B], acc: &mut [[f64; LANES]; 4]) {
     debug_assert!(a.len() == b.len() && a.len().is_multiple_of(LANES));
-    // SAFETY: every load reads the eight elements at i < a.len() = b.len(), a multiple of eight;
-    // the accumulators are arrays of eight f64; the CPU features are the caller's contract.
+    // SAFETY: every load reads the sixteen elements at i < a.len() = b.len(), a multiple of
+    // sixteen; the CPU features are the caller's contract.
     unsafe {
-        let mut s = [[_mm256_setzero_pd(); 2]; 4];
-        for (q, lanes) in acc.iter().enumerate() {
-            s[q] = [_mm256_loadu_pd(lanes.as_ptr()), _mm256_loadu_pd(lanes.as_ptr().add(4))];
-        }
+        let mut s = [V::zero(); 4];
         let mut i = 0;
         while i < a.len() {
-            let x = A::load8_avx2(a.as_ptr().add(i));
-            let y = B::load8_avx2(b.as_ptr().add(i));
-            if w.sq_a {
-                add_product(&mut s[0], x, x);
+            let x: V = A::load(a.as_ptr().add(i));
+            let y: V = B::load(b.as_ptr().add(i));
+            if W::SQ_A {
+                s[0] = s[0].add(x.mul(x));
             }
-            if w.sq_b {
-                add_product(&mut s[1], y, y);
+            if W::SQ_B {
+                s[1] = s[1].add(y.mul(y));
             }
-            if w.dot {
-                add_product(&mut s[2], x, y);
+            if W::DOT {
+                s[2] = s[2].add(x.mul(y));
             }
-            if w.sq_diff {
-                let d = (_mm256_sub_pd(x.0, y.0), _mm256_sub_pd(x.1, y.1));
-                add_product(&mut s[3], d, d);
+            if W::SQ_DIFF {
+                let d = x.sub(y);
+                s[3] = s[3].add(d.mul(d));
             }
             i += LANES;
         }
-        for (q, lanes) in acc.iter_mut().enumerate() {
-            _mm256_storeu_pd(lanes.as_mut_ptr(), s[q][0]);
-            _mm256_storeu_pd(lanes.as_mut_ptr().add(4), s[q][1]);
+        for q in W::each() {
+            s[q].store(&mut acc[q]);
         }
     }
 }
 
+/// [`vector_blocks`] in AVX-512 vectors.
+///
+/// # Safety
+/// As [`vector_blocks`]; the CPU has AVX-512F, AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn avx512_blocks<W: Wanted, A: Load, B: Load>(a: &[A], b: &[B], acc: &mut [[f64; LANES]; 4]) {
+    // SAFETY: the caller's contract is vector_blocks's, and this function's features are
+    // Avx512's.
+    unsafe { vector_blocks::<Avx512, W, A, B>(a, b, acc) }
+}
+
+/// Set by tests to run the AVX2 code on a CPU that has AVX-512.
+#[cfg(test)]
+static FORCE_AVX2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the AVX-512 code can run (the std macro caches the CPU's answer).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn has_avx512() -> bool {
+    #[cfg(test)]
+    if FORCE_AVX2.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
 /// Adds the wanted sums of `a` and `b` (same length) to the lanes of `acc` (indexed as in
-/// [`Wanted`]). `HW`: the AVX2 code, where `multiversion!` says the CPU has it.
+/// [`Wanted`]), which start at zero. `HW`: the vector code, where `multiversion!` says the CPU
+/// has AVX2 (and AVX-512 where it has that too).
 #[inline(always)]
-fn sums<const HW: bool, A: Load, B: Load>(a: &[A], b: &[B], w: Wanted, acc: &mut [[f64; LANES]; 4]) {
+fn sums<const HW: bool, W: Wanted, A: Load, B: Load>(a: &[A], b: &[B]) -> [[f64; LANES]; 4] {
     assert_eq!(a.len(), b.len());
+    let mut acc = [[0f64; LANES]; 4];
     let whole = a.len() - a.len() % LANES;
-    blocks::<HW, A, B>(&a[..whole], &b[..whole], w, acc);
+    blocks::<HW, W, A, B>(&a[..whole], &b[..whole], &mut acc);
     for (x, y) in a[whole..].iter().zip(&b[whole..]) {
         let (x, y) = (x.f64(), y.f64());
         let d = x - y;
         let values = [x * x, y * y, x * y, d * d];
-        for (q, want) in [w.sq_a, w.sq_b, w.dot, w.sq_diff].into_iter().enumerate() {
-            if want {
-                acc[q][0] += values[q];
-            }
+        for q in W::each() {
+            acc[q][0] += values[q];
         }
     }
+    acc
 }
 
-/// The wanted sums of whole blocks (the lengths are equal multiples of [`LANES`]).
+/// The wanted sums of whole blocks (the lengths are equal multiples of [`LANES`]) into `acc`,
+/// which is zero.
 #[inline(always)]
-fn blocks<const HW: bool, A: Load, B: Load>(a: &[A], b: &[B], w: Wanted, acc: &mut [[f64; LANES]; 4]) {
+fn blocks<const HW: bool, W: Wanted, A: Load, B: Load>(a: &[A], b: &[B], acc: &mut [[f64; LANES]; 4]) {
     #[cfg(target_arch = "x86_64")]
     if HW {
-        // SAFETY: HW is true only in code compiled for, and run after the CPU reported, AVX2,
-        // FMA and F16C; the caller passes equal lengths, multiples of LANES.
-        unsafe { avx2_blocks(a, b, w, acc) };
+        if has_avx512() {
+            // SAFETY: the CPU reported AVX-512F just above, and HW is true only after it
+            // reported AVX2, FMA and F16C; the caller passes equal lengths, multiples of LANES.
+            unsafe { avx512_blocks::<W, A, B>(a, b, acc) };
+        } else {
+            // SAFETY: HW is true only in code compiled for, and run after the CPU reported,
+            // AVX2, FMA and F16C; the caller passes equal lengths, multiples of LANES.
+            unsafe { vector_blocks::<Avx2, W, A, B>(a, b, acc) };
+        }
         return;
     }
     // Passes over sub-blocks small enough to stay in L1: memory is read once.
     const SUB: usize = 2048;
     for (x, y) in a.chunks(SUB).zip(b.chunks(SUB)) {
-        if w.sq_a {
+        if W::SQ_A {
             plain_sq(x, &mut acc[0]);
         }
-        if w.sq_b {
+        if W::SQ_B {
             plain_sq(y, &mut acc[1]);
         }
-        if w.dot {
+        if W::DOT {
             plain_dot(x, y, &mut acc[2]);
         }
-        if w.sq_diff {
+        if W::SQ_DIFF {
             plain_sq_diff(x, y, &mut acc[3]);
         }
     }
@@ -311,27 +509,21 @@ fn total(acc: [f64; LANES]) -> f64 {
 multiversion! {
     /// Sum of (a - b)^2 in f64.
     pub fn sum_sq_diff<A: Load, B: Load>(a: &[A], b: &[B]) -> f64 {
-        let mut acc = [[0f64; LANES]; 4];
-        sums::<HW, A, B>(a, b, Wanted { sq_a: false, sq_b: false, dot: false, sq_diff: true }, &mut acc);
-        total(acc[3])
+        total(sums::<HW, SqDiff, A, B>(a, b)[3])
     }
 }
 
 multiversion! {
     /// Sum of a^2 in f64.
     pub fn sum_sq<A: Load>(a: &[A]) -> f64 {
-        let mut acc = [[0f64; LANES]; 4];
-        sums::<HW, A, A>(a, a, Wanted { sq_a: true, sq_b: false, dot: false, sq_diff: false }, &mut acc);
-        total(acc[0])
+        total(sums::<HW, SqA, A, A>(a, a)[0])
     }
 }
 
 multiversion! {
     /// `[sum a^2, sum b^2, sum a b, sum (a - b)^2]` in f64.
     pub fn stats<A: Load, B: Load>(a: &[A], b: &[B]) -> [f64; 4] {
-        let mut acc = [[0f64; LANES]; 4];
-        sums::<HW, A, B>(a, b, Wanted { sq_a: true, sq_b: true, dot: true, sq_diff: true }, &mut acc);
-        acc.map(total)
+        sums::<HW, AllFour, A, B>(a, b).map(total)
     }
 }
 
@@ -397,6 +589,117 @@ unsafe fn lerp_block_avx2<T: Lerp32>(
     lerp_block_plain(&a[whole..], &b[whole..], l, m, &mut out[whole..]);
 }
 
+/// [`Lerp32::lerp_block`] with AVX-512 for a 16-bit type: sixteen elements at a time (`load16`,
+/// `round16`), then the rest as [`lerp_block_avx2`] does it (`load8`, `round8`). The same
+/// operations per element as the other versions, so the same bits.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX2, FMA and F16C; the loads read sixteen and eight elements at the
+/// pointer they are given, and the roundings return sixteen and eight 16-bit values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn lerp_block_avx512<T: Lerp32>(
+    a: &[T],
+    b: &[T],
+    l: f32,
+    m: f32,
+    out: &mut [T],
+    (load16, round16): (impl Fn(*const T) -> __m512, impl Fn(__m512) -> __m256i),
+    (load8, round8): (impl Fn(*const T) -> __m256, impl Fn(__m256) -> __m128i),
+) {
+    let n = a.len();
+    assert!(b.len() == n && out.len() == n && std::mem::size_of::<T>() == 2);
+    let whole = n - n % 16;
+    // SAFETY: the CPU features are the caller's contract; every access is to the sixteen
+    // elements at i < whole <= n of slices of length n, two bytes each; the rest goes to
+    // lerp_block_avx2, whose contract is part of this one.
+    unsafe {
+        let (vl, vm) = (_mm512_set1_ps(l), _mm512_set1_ps(m));
+        let mut i = 0;
+        while i < whole {
+            let (x, y) = (load16(a.as_ptr().add(i)), load16(b.as_ptr().add(i)));
+            let v = _mm512_fmadd_ps(vl, y, _mm512_mul_ps(vm, x));
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, round16(v));
+            i += 16;
+        }
+        lerp_block_avx2(&a[whole..], &b[whole..], l, m, &mut out[whole..], load8, round8);
+    }
+}
+
+/// [`lerp_block_avx512`] for bf16.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn lerp_bf16_avx512(a: &[bf16], b: &[bf16], l: f32, m: f32, out: &mut [bf16]) {
+    // SAFETY: this function's features are the contract; each load reads the elements it is
+    // pointed at (sixteen, eight), each rounding returns as many 16-bit values.
+    unsafe {
+        lerp_block_avx512(
+            a,
+            b,
+            l,
+            m,
+            out,
+            (
+                |p| {
+                    let h = _mm256_loadu_si256(p as *const __m256i);
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                },
+                |v| round_bf16x16(v),
+            ),
+            (|p| load_bf16x8(p), |v| round_bf16x8(v)),
+        )
+    }
+}
+
+/// [`lerp_block_avx512`] for f16: F16C's conversions, sixteen wide, rounding to nearest even.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn lerp_f16_avx512(a: &[f16], b: &[f16], l: f32, m: f32, out: &mut [f16]) {
+    // SAFETY: this function's features are the contract; each load reads the elements it is
+    // pointed at (sixteen, eight), each rounding returns as many 16-bit values.
+    unsafe {
+        lerp_block_avx512(
+            a,
+            b,
+            l,
+            m,
+            out,
+            (
+                |p| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+                |v| _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+            ),
+            (|p| load_f16x8(p), |v| _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)),
+        )
+    }
+}
+
+/// Sixteen f32 rounded to bf16 as [`f32_to_bf16`] rounds them (nearest even; NaN quietened).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn round_bf16x16(v: __m512) -> __m256i {
+    // SAFETY: register operations only; the caller's CPU has AVX-512F.
+    unsafe {
+        let bits = _mm512_castps_si512(v);
+        let high = _mm512_srli_epi32::<16>(bits);
+        let odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)));
+        let quiet_nan = _mm512_or_si512(high, _mm512_set1_epi32(0x0040));
+        let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        // Every value fits 16 bits: truncating each to its low half keeps it.
+        _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, quiet_nan))
+    }
+}
+
 /// Eight f32 rounded to bf16 as [`f32_to_bf16`] rounds them (nearest even; NaN quietened).
 ///
 /// # Safety
@@ -444,6 +747,12 @@ impl Lerp32 for bf16 {
     fn lerp_block<const HW: bool>(a: &[bf16], b: &[bf16], l: f32, m: f32, out: &mut [bf16]) {
         #[cfg(target_arch = "x86_64")]
         if HW {
+            if has_avx512() {
+                // SAFETY: the CPU reported AVX-512F just above, and HW is true only after it
+                // reported AVX2, FMA and F16C.
+                unsafe { lerp_bf16_avx512(a, b, l, m, out) };
+                return;
+            }
             // SAFETY: HW is true only in code compiled for, and run after the CPU reported,
             // AVX2, FMA and F16C; load_bf16x8 reads the eight elements it is pointed at.
             unsafe {
@@ -468,6 +777,12 @@ impl Lerp32 for f16 {
     fn lerp_block<const HW: bool>(a: &[f16], b: &[f16], l: f32, m: f32, out: &mut [f16]) {
         #[cfg(target_arch = "x86_64")]
         if HW {
+            if has_avx512() {
+                // SAFETY: the CPU reported AVX-512F just above, and HW is true only after it
+                // reported AVX2, FMA and F16C.
+                unsafe { lerp_f16_avx512(a, b, l, m, out) };
+                return;
+            }
             // SAFETY: HW is true only in code compiled for, and run after the CPU reported,
             // AVX2, FMA and F16C; load_f16x8 reads the eight elements it is pointed at.
             unsafe {
@@ -530,16 +845,137 @@ mod tests {
         }
     }
 
+    /// Runs `f` in every version this CPU can run: the one it picks (AVX-512 where it has it),
+    /// AVX2, and the baseline.
+    fn in_every_version<T>(f: impl Fn() -> T) -> [T; 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let picked = f();
+        FORCE_AVX2.store(true, Relaxed);
+        let avx2 = f();
+        crate::backend::cpu::FORCE_BASELINE.store(true, Relaxed);
+        let baseline = f();
+        crate::backend::cpu::FORCE_BASELINE.store(false, Relaxed);
+        FORCE_AVX2.store(false, Relaxed);
+        [picked, avx2, baseline]
+    }
+
     #[test]
     fn kernels_match_f64_loops_on_awkward_lengths_and_starts() {
-        // The version this CPU picks, then the baseline one: the same bits.
-        let picked = check_kernels();
-        crate::backend::cpu::FORCE_BASELINE.store(true, std::sync::atomic::Ordering::Relaxed);
-        let baseline = check_kernels();
-        crate::backend::cpu::FORCE_BASELINE.store(false, std::sync::atomic::Ordering::Relaxed);
+        let [picked, avx2, baseline] = in_every_version(check_kernels);
         assert_eq!(picked.len(), baseline.len());
-        for (k, (p, b)) in picked.iter().zip(&baseline).enumerate() {
+        for (k, ((p, a), b)) in picked.iter().zip(&avx2).zip(&baseline).enumerate() {
             assert_eq!(p.to_bits(), b.to_bits(), "result {k}: {p} vs {b}");
+            assert_eq!(a.to_bits(), b.to_bits(), "result {k}: {a} vs {b}");
+        }
+    }
+
+    /// Sums of `x` and `y` (widened exactly) against plain f64 loops, within the bound of two
+    /// recursive sums of n terms, `n eps sum |terms|` each (eps = 2u); returns the results.
+    fn check_against_f64(x: &[f64], y: &[f64], what: &str) -> [f64; 4] {
+        let (mut want, mut scale) = ([0f64; 4], [0f64; 4]);
+        for (a, b) in x.iter().zip(y) {
+            let terms = [a * a, b * b, a * b, (a - b) * (a - b)];
+            for k in 0..4 {
+                want[k] += terms[k];
+                scale[k] += terms[k].abs();
+            }
+        }
+        let bound = |k: usize| (x.len() as f64 + LANES as f64) * f64::EPSILON * scale[k];
+        let got = match what.split(' ').next().unwrap() {
+            "f16" => {
+                let (a, b): (Vec<f16>, Vec<f16>) =
+                    (x.iter().map(|&v| f16::from_f64(v)).collect(), y.iter().map(|&v| f16::from_f64(v)).collect());
+                [stats(&a, &b), [sum_sq(&a), 0.0, 0.0, sum_sq_diff(&a, &b)]]
+            }
+            "bf16" => {
+                let (a, b): (Vec<bf16>, Vec<bf16>) =
+                    (x.iter().map(|&v| bf16::from_f64(v)).collect(), y.iter().map(|&v| bf16::from_f64(v)).collect());
+                [stats(&a, &b), [sum_sq(&a), 0.0, 0.0, sum_sq_diff(&a, &b)]]
+            }
+            _ => [stats(x, y), [sum_sq(x), 0.0, 0.0, sum_sq_diff(x, y)]],
+        };
+        for k in 0..4 {
+            assert!((got[0][k] - want[k]).abs() <= bound(k), "{what}: stats[{k}] {:e} vs {:e}", got[0][k], want[k]);
+        }
+        assert!((got[1][0] - want[0]).abs() <= bound(0), "{what}: sum_sq {:e} vs {:e}", got[1][0], want[0]);
+        assert!((got[1][3] - want[3]).abs() <= bound(3), "{what}: sum_sq_diff {:e} vs {:e}", got[1][3], want[3]);
+        got[0]
+    }
+
+    #[test]
+    fn extreme_values_sum_within_the_f64_bound_in_every_version() {
+        // Each type's largest finite values, smallest normals and subnormals, zeros and ordinary
+        // values, both signs, mixed; stored in the type first so that the reference sees the
+        // same numbers.
+        let f16s = [
+            65504.0,
+            -65504.0,
+            6.103515625e-5,
+            5.960464477539063e-8,
+            -1.1920928955078125e-7,
+            0.0,
+            -0.0,
+            1.0,
+            -3.5,
+            1024.5,
+        ];
+        let bf16s = [
+            3.3895313892515355e38,
+            -3.3895313892515355e38,
+            1.1754943508222875e-38,
+            9.183549615799121e-41,
+            -1e30,
+            0.0,
+            1.0,
+            -2.5e-20,
+            7.0e37,
+        ];
+        let f64s = [1e150, -1e150, 2.2250738585072014e-308, 5e-324, -1e-200, 0.0, 1.0, 3.0e100];
+        let stored = |v: &[f64], what: &str| -> Vec<f64> {
+            match what {
+                "f16" => v.iter().map(|&x| f16::from_f64(x).to_f64()).collect(),
+                "bf16" => v.iter().map(|&x| bf16::from_f64(x).to_f64()).collect(),
+                _ => v.to_vec(),
+            }
+        };
+        for (what, pool) in [("f16", &f16s[..]), ("bf16", &bf16s[..]), ("f64", &f64s[..])] {
+            for n in [1usize, 15, 16, 17, 33, 1000, 4099] {
+                // Two different walks through the pool, so that a and b differ in every lane.
+                let x: Vec<f64> = stored(&(0..n).map(|i| pool[(i * 7 + 3) % pool.len()]).collect::<Vec<_>>(), what);
+                let y: Vec<f64> = stored(&(0..n).map(|i| pool[(i * 5 + 1) % pool.len()]).collect::<Vec<_>>(), what);
+                let label = format!("{what} n {n}");
+                let [picked, avx2, baseline] = in_every_version(|| check_against_f64(&x, &y, &label));
+                for k in 0..4 {
+                    assert_eq!(picked[k].to_bits(), baseline[k].to_bits(), "{label}: sum {k}");
+                    assert_eq!(avx2[k].to_bits(), baseline[k].to_bits(), "{label}: sum {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_elements_give_non_finite_sums_in_every_version() {
+        for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+            for at in [0usize, 5, 16, 37] {
+                let mut a = vec![0.5f32; 40];
+                a[at] = bad;
+                let b = vec![0.25f32; 40];
+                let (ha, hb): (Vec<f16>, Vec<f16>) =
+                    (a.iter().map(|&v| f16::from_f32(v)).collect(), b.iter().map(|&v| f16::from_f32(v)).collect());
+                let (ba, bb): (Vec<bf16>, Vec<bf16>) =
+                    (a.iter().map(|&v| bf16::from_f32(v)).collect(), b.iter().map(|&v| bf16::from_f32(v)).collect());
+                for sums in in_every_version(|| {
+                    [
+                        sum_sq_diff(&a, &b),
+                        sum_sq_diff(&ha, &hb),
+                        sum_sq_diff(&ba, &bb),
+                        stats(&ha, &hb)[2],
+                        stats(&ba, &bb)[0],
+                    ]
+                }) {
+                    assert!(sums.iter().all(|s| !s.is_finite()), "{bad} at {at}: {sums:?}");
+                }
+            }
         }
     }
 
@@ -600,7 +1036,7 @@ mod tests {
         );
         // Lengths around the vector width and the plain loops' sub-blocks, and starts off every
         // alignment (a and b differently).
-        for n in [0usize, 1, 3, 7, 8, 9, 15, 17, 255, 2047, 2049, 4101] {
+        for n in [0usize, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 255, 2047, 2049, 4101] {
             for (sa, sb) in [(0usize, 0usize), (1, 3), (3, 2), (5, 0)] {
                 let (ra, rb) = (sa..sa + n, sb..sb + n);
                 let what = |pair: &str| format!("{pair} n {n} starts {sa} {sb}");
@@ -656,17 +1092,69 @@ mod tests {
         for l in [0.0f32, 1.0, 0.5, 2.0, -1.0] {
             let a: Vec<bf16> = specials.iter().map(|&v| bf16::from_f32(v)).collect();
             let b: Vec<bf16> = specials.iter().rev().map(|&v| bf16::from_f32(v)).collect();
-            let mut out = vec![bf16::ZERO; a.len()];
-            lerp32(&a, &b, l, &mut out);
-            for i in 0..a.len() {
-                let v = l.mul_add(b[i].to_f32(), (1.0 - l) * a[i].to_f32());
-                let w = f32_to_bf16(v);
-                if v.is_nan() {
-                    assert!(out[i].is_nan(), "l {l} i {i}: {:?}", out[i]);
-                    assert_eq!(out[i].to_bits(), w, "l {l} i {i}: the same quiet NaN");
-                } else {
-                    assert_eq!(out[i].to_bits(), w, "l {l} i {i}: {v:e}");
+            for out in in_every_version(|| {
+                let mut out = vec![bf16::ZERO; a.len()];
+                lerp32(&a, &b, l, &mut out);
+                out
+            }) {
+                check_special_lerp(&a, &b, l, &out);
+            }
+        }
+    }
+
+    /// `out` is the kernel's expression on `a` and `b`, rounded as the kernel rounds.
+    fn check_special_lerp(a: &[bf16], b: &[bf16], l: f32, out: &[bf16]) {
+        for i in 0..a.len() {
+            let v = l.mul_add(b[i].to_f32(), (1.0 - l) * a[i].to_f32());
+            let w = f32_to_bf16(v);
+            if v.is_nan() {
+                assert!(out[i].is_nan(), "l {l} i {i}: {:?}", out[i]);
+                assert_eq!(out[i].to_bits(), w, "l {l} i {i}: the same quiet NaN");
+            } else {
+                assert_eq!(out[i].to_bits(), w, "l {l} i {i}: {v:e}");
+            }
+        }
+    }
+
+    /// The vector roundings to bf16 (eight and sixteen wide) against [`f32_to_bf16`] on random
+    /// bit patterns and on every kind of tie, near-tie and special value, where the CPU has them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_bf16_rounding_matches_the_scalar_rounding() {
+        let mut s = 99u64;
+        let mut xs: Vec<f32> = (0..100_000)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                f32::from_bits((s >> 32) as u32)
+            })
+            .collect();
+        for top in [0x3f80u32, 0x3f81, 0x7f7f, 0x7f80, 0x7fc0, 0x0000, 0x0001, 0x807f, 0xff7f, 0xff80] {
+            for low in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+                xs.push(f32::from_bits(top << 16 | low));
+            }
+        }
+        xs.resize(xs.len().next_multiple_of(16), 1.0);
+        let want: Vec<u16> = xs.iter().map(|&x| f32_to_bf16(x)).collect();
+        let (avx2, avx512) = (std::is_x86_feature_detected!("avx2"), std::is_x86_feature_detected!("avx512f"));
+        assert!(avx2 || !avx512);
+        for (x, w) in xs.chunks_exact(16).zip(want.chunks_exact(16)) {
+            let mut got = [0u16; 16];
+            if avx2 {
+                for (x8, g8) in x.chunks_exact(8).zip(got.chunks_exact_mut(8)) {
+                    // SAFETY: the CPU has AVX2 (checked above); eight f32 read, eight u16 written.
+                    unsafe {
+                        _mm_storeu_si128(g8.as_mut_ptr() as *mut __m128i, round_bf16x8(_mm256_loadu_ps(x8.as_ptr())))
+                    };
                 }
+                assert_eq!(&got[..], w, "eight wide: {x:?}");
+            }
+            if avx512 {
+                // SAFETY: the CPU has AVX-512F (checked above); sixteen f32 read, sixteen u16
+                // written.
+                unsafe {
+                    _mm256_storeu_si256(got.as_mut_ptr() as *mut __m256i, round_bf16x16(_mm512_loadu_ps(x.as_ptr())))
+                };
+                assert_eq!(&got[..], w, "sixteen wide: {x:?}");
             }
         }
     }

@@ -2,7 +2,8 @@
 //! spec handling that `tlens curve --align` shares.
 
 use crate::checkpoints;
-use crate::common::{json_f64, print_json, Progress};
+use crate::common::{json_f64, print_json};
+use crate::progress::Progress;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use transferlens::align::activations::units_last;
@@ -139,7 +140,7 @@ pub fn align_weights(
     options: &MatchOptions,
 ) -> Result<(Matching, ParamSet)> {
     let matching = {
-        let _p = Progress::start("matching the weights".into());
+        let _p = Progress::during("matching the weights");
         match_weights(spec, a, b, options)?
     };
     let aligned = apply(spec, b, &matching.perms)?;
@@ -195,14 +196,14 @@ fn match_from_files(spec: &PermSpec, path_a: &Path, path_b: &Path) -> Result<Mat
         values_a.push(a);
         values_b.push(b);
     }
-    let _p = Progress::start("matching the activations".into());
+    let _p = Progress::during("matching the activations");
     let mut matcher = ActivationMatcher::new(spec)?;
     matcher.update(&Context::cpu(), &group_views(&values_a, spec)?, &group_views(&values_b, spec)?)?;
     matcher.finish()
 }
 
 fn load(path: &Path) -> Result<ParamSet> {
-    let _p = Progress::start(format!("reading {}", path.display()));
+    let _p = Progress::during(format!("reading {}", path.display()));
     checkpoints::open(path)?.load()
 }
 
@@ -234,7 +235,7 @@ pub fn run(args: AlignArgs) -> Result<()> {
     };
     let after = total_distance(&a, &aligned, &args.a, &args.output)?;
     {
-        let _p = Progress::start(format!("writing {}", args.output.display()));
+        let _p = Progress::during(format!("writing {}", args.output.display()));
         aligned.save(&args.output)?;
     }
     let untouched = spec.untouched(&b);

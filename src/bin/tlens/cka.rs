@@ -1,11 +1,10 @@
 //! `tlens cka`: linear CKA between every layer of two activation files.
 
 use crate::common::{json_f64, print_json, BackendArg};
-use std::io::{IsTerminal, Write};
+use crate::progress::{Log, Progress};
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 use transferlens::cka::{choose_route, cka_matrix, CkaAccumulator, Estimator, Route};
 use transferlens::params::{ActivationFile, ActivationLayer, HeaderEntry, RowBlock};
 use transferlens::{Context, DType, Error, Matrix, Result};
@@ -306,7 +305,8 @@ fn layer_cka(
     let n = samples.count();
     let (mut blocks_a, mut blocks_b) = (a.blocks(), b.blocks());
     let mut streamed: Option<CkaAccumulator> = None;
-    let mut progress = Progress::new(std::io::stderr(), std::io::stderr().is_terminal(), QUIET_FOR);
+    let progress = Progress::new(Log::Tenths);
+    let what = format!("tlens cka: {n} samples");
     for start in (0..n).step_by(block_rows) {
         let end = (start + block_rows).min(n);
         if streamed.is_some() {
@@ -322,51 +322,11 @@ fn layer_cka(
         if let Some(acc) = &mut streamed {
             acc.update(ctx, &xs, &ys)?;
         }
-        progress.update(end, n);
+        progress.update(&what, Some(end as f64 / n as f64));
     }
     match streamed {
         Some(acc) => acc.result(),
         None => cka_matrix(ctx, &a.matrices(&blocks_a)?, &b.matrices(&blocks_b)?, estimator),
-    }
-}
-
-/// How long a run stays silent: a short run prints no progress.
-const QUIET_FOR: Duration = Duration::from_secs(2);
-
-/// Progress of a long run on stderr, as `tlens study` shows it: on a terminal one line rewritten
-/// in place, elsewhere (a log, a pipe) one line per tenth of the samples; nothing before
-/// `quiet_for` has passed.
-struct Progress<W: Write> {
-    out: W,
-    terminal: bool,
-    quiet_for: Duration,
-    started: Instant,
-    tenths_shown: usize,
-}
-
-impl<W: Write> Progress<W> {
-    fn new(out: W, terminal: bool, quiet_for: Duration) -> Self {
-        Progress { out, terminal, quiet_for, started: Instant::now(), tenths_shown: 0 }
-    }
-
-    /// `done` of `total` samples are read. A failed write to stderr is ignored: progress is not
-    /// the result.
-    fn update(&mut self, done: usize, total: usize) {
-        let elapsed = self.started.elapsed();
-        if elapsed < self.quiet_for || total == 0 {
-            return;
-        }
-        let tenths = done * 10 / total;
-        let line = format!("tlens cka: {}% of {total} samples ({:.1} s)", done * 100 / total, elapsed.as_secs_f64());
-        if self.terminal {
-            let _ = write!(self.out, "\r{line}");
-            if done == total {
-                let _ = writeln!(self.out);
-            }
-        } else if tenths > self.tenths_shown {
-            let _ = writeln!(self.out, "{line}");
-            self.tenths_shown = tenths;
-        }
     }
 }
 
@@ -444,29 +404,6 @@ pub fn run(args: CkaArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lines(terminal: bool, quiet_for: Duration, total: usize, steps: &[usize]) -> String {
-        let mut p = Progress::new(Vec::new(), terminal, quiet_for);
-        for &done in steps {
-            p.update(done, total);
-        }
-        String::from_utf8(p.out).unwrap()
-    }
-
-    #[test]
-    fn progress_is_silent_for_short_runs_and_one_line_per_tenth_in_a_log() {
-        let every_block: Vec<usize> = (1..=40).map(|k| k * 250).collect();
-        assert_eq!(lines(false, Duration::from_secs(3600), 10_000, &every_block), "", "a short run prints nothing");
-        let log = lines(false, Duration::ZERO, 10_000, &every_block);
-        let percents: Vec<&str> = log.lines().map(|l| l.split_whitespace().nth(2).unwrap()).collect();
-        assert_eq!(percents, ["10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "100%"], "{log}");
-        assert!(log.lines().all(|l| l.starts_with("tlens cka: ") && l.contains("of 10000 samples")), "{log}");
-        let tty = lines(true, Duration::ZERO, 10_000, &every_block);
-        assert_eq!(tty.matches('\r').count(), 40, "one rewrite per block: {tty:?}");
-        let last = tty.rsplit('\r').next().unwrap();
-        assert!(last.starts_with("tlens cka: 100% of 10000 samples (") && last.ends_with(" s)\n"), "{tty:?}");
-        assert_eq!(tty.matches('\n').count(), 1, "a newline at the end only: {tty:?}");
-    }
 
     #[test]
     fn masked_samples_are_read_as_runs_of_consecutive_rows() {

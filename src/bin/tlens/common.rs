@@ -1,8 +1,5 @@
 //! Helpers shared by the commands: the backend option, JSON output, panic and signal hygiene.
 
-use std::io::IsTerminal;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 use transferlens::Result;
 
 /// A panic is a bug: report it in one line, without Rust's panic message and backtrace.
@@ -95,51 +92,5 @@ impl BackendArg {
             BackendArg::Cuda => BackendChoice::Cuda,
         };
         transferlens::Context::new(choice, 0)
-    }
-}
-
-/// A progress line on stderr for work that runs longer than a second; silent when stderr is not
-/// a terminal.
-pub struct Progress {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Progress {
-    pub fn start(what: String) -> Progress {
-        if !std::io::stderr().is_terminal() {
-            return Progress { stop: None, thread: None };
-        }
-        let (tx, rx) = mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let spin = ['|', '/', '-', '\\'];
-            let mut shown = false;
-            let mut k = 0;
-            loop {
-                let wait = if shown { Duration::from_millis(200) } else { Duration::from_secs(1) };
-                match rx.recv_timeout(wait) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        eprint!("\r{} {what} ({:.0} s)", spin[k % 4], t0.elapsed().as_secs_f64());
-                        shown = true;
-                        k += 1;
-                    }
-                    _ => break,
-                }
-            }
-            if shown {
-                eprint!("\r\x1b[2K");
-            }
-        });
-        Progress { stop: Some(tx), thread: Some(thread) }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

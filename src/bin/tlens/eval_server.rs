@@ -9,7 +9,8 @@
 //! and quoting the server; the process group is then killed. Each candidate file is removed once
 //! answered, and the folder when the server is dropped.
 
-use std::io::{BufRead, IsTerminal, Write};
+use crate::progress::{Log, Progress};
+use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -54,8 +55,7 @@ pub struct EvalServer {
     timeout: Duration,
     needs: Needs,
     evaluations: usize,
-    started: Instant,
-    progress: bool,
+    progress: Progress,
 }
 
 /// The running server's process group and candidates' folder, for the signal handler: a SIGINT
@@ -138,8 +138,7 @@ impl EvalServer {
             timeout: Duration::from_secs_f64(args.eval_timeout),
             needs,
             evaluations: 0,
-            started: Instant::now(),
-            progress: std::io::stderr().is_terminal(),
+            progress: Progress::new(Log::Off),
         })
     }
 
@@ -180,16 +179,16 @@ impl EvalServer {
         let _ = std::fs::remove_file(&candidate);
         let metrics = result?;
         self.evaluations += 1;
-        if self.progress && self.started.elapsed() > Duration::from_secs(1) {
-            let shown = |need: bool, v: f64| if need { format!("{v:.6}") } else { "-".into() };
-            eprintln!(
-                "tlens: evaluation {} ({:.0} s): loss {}, error {}",
+        let shown = |need: bool, v: f64| if need { format!("{v:.6}") } else { "-".into() };
+        self.progress.update(
+            &format!(
+                "tlens: evaluation {}: loss {}, error {}",
                 self.evaluations,
-                self.started.elapsed().as_secs_f64(),
                 shown(self.needs.loss, metrics.loss),
                 shown(self.needs.error, metrics.error)
-            );
-        }
+            ),
+            None,
+        );
         Ok(metrics)
     }
 

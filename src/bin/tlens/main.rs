@@ -11,6 +11,7 @@ mod cka;
 mod cka_stats;
 mod common;
 mod eval_server;
+mod progress;
 mod study;
 mod weights;
 

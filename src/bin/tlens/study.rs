@@ -1,7 +1,7 @@
 //! `tlens study`: the embedded miniature of the study.
 
 use crate::common::BackendArg;
-use std::io::IsTerminal;
+use crate::progress::{Log, Progress};
 use std::path::Path;
 use transferlens::study::{self, Config};
 use transferlens::{Error, Result};
@@ -45,25 +45,14 @@ pub fn run(args: StudyArgs) -> Result<()> {
     check_out(&args.out)?;
     let ctx = args.backend.context()?;
     let started = std::time::Instant::now();
-    let tty = std::io::stderr().is_terminal();
-    // On a terminal a bar; elsewhere (a log, a pipe) one line per step.
-    let mut last_step = String::new();
-    let mut progress = |what: &str, frac: f64| {
-        if tty {
-            let bar = (frac.clamp(0.0, 1.0) * 30.0) as usize;
-            eprint!("\r[{}{}] {:>3.0}% {:<60}", "#".repeat(bar), ".".repeat(30 - bar), frac * 100.0, what);
-            if frac >= 1.0 {
-                eprintln!();
-            }
-        } else if what != last_step {
-            eprintln!("[{:>5.1} s] {what}", started.elapsed().as_secs_f64());
-            last_step = what.to_string();
-        }
-    };
-    let outcome = study::run(&ctx, &cfg, &mut progress)?;
+    // Elsewhere than on a terminal (a log, a pipe), one line per step.
+    let progress = Progress::new(Log::Steps);
+    let outcome = study::run(&ctx, &cfg, &mut |what, fraction| progress.update(what, Some(fraction)))?;
+    progress.clear();
     print!("{}", outcome.tables);
-    progress("writing the models, the data, study.json and report.html", 1.0);
+    progress.update("writing the models, the data, study.json and report.html", Some(1.0));
     let (json_path, html_path) = outcome.save(&args.out)?;
+    drop(progress);
     println!(
         "\nWrote {}, {} and the models and data under {} ({} run, {} seeds, {:.1} s)",
         json_path.display(),

@@ -1,7 +1,8 @@
 //! `tlens inspect`, `tlens distance`, `tlens interpolate`: checkpoints in weight space.
 
 use crate::checkpoints::{self, Pair, PairArgs};
-use crate::common::{json_f64, print_json, Progress};
+use crate::common::{json_f64, print_json};
+use crate::progress::Progress;
 use std::path::{Path, PathBuf};
 use transferlens::params::paired_distance;
 use transferlens::{geometry, Context, Error, Grouping, ParamSet, Result};
@@ -107,7 +108,7 @@ pub struct InterpolateArgs {
 }
 
 fn load(path: &Path) -> Result<ParamSet> {
-    let _p = Progress::start(format!("reading {}", path.display()));
+    let _p = Progress::during(format!("reading {}", path.display()));
     checkpoints::open(path)?.load()
 }
 
@@ -189,7 +190,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
 pub fn distance(args: DistanceArgs) -> Result<()> {
     let pair = Pair::open(&args.a, &args.b, &args.pairing)?;
     let (modules, total) = {
-        let _p = Progress::start("computing distances".into());
+        let _p = Progress::during("computing distances");
         paired_distance(&pair.a, &pair.b, &pair.pairing, &args.modules).map_err(|e| in_files(e, &args.a, &args.b))?
     };
     let numel: u64 = modules.iter().map(|m| m.numel).sum();
@@ -239,18 +240,18 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
     check_output_is_not_an_input(&args.output, &[("A", &args.a), ("B", &args.b)])?;
     let pair = Pair::open(&args.a, &args.b, &args.pairing)?;
     let (a, b) = {
-        let _p = Progress::start("reading the checkpoints".into());
+        let _p = Progress::during("reading the checkpoints");
         pair.sets_on_a(&Grouping::Tensor)?
     };
     // A copy of A receives the result (its non-weights, unpaired weights and metadata are A's).
     let mut out = a.try_clone()?;
     {
-        let _p = Progress::start(format!("interpolating (lambda = {})", args.lambda));
+        let _p = Progress::during(format!("interpolating (lambda = {})", args.lambda));
         geometry::interpolate(&Context::cpu(), &a, &b, args.lambda, &mut out)
             .map_err(|e| in_files(e, &args.a, &args.b))?;
     }
     {
-        let _p = Progress::start(format!("writing {}", args.output.display()));
+        let _p = Progress::during(format!("writing {}", args.output.display()));
         out.save(&args.output)?;
     }
     let copied = pair.copied_from_a();
