@@ -1,14 +1,16 @@
 """cka_statistics: the leave-one-out influence against CKA recomputed without each sample, the
-interval and null against their own resampled values, p-values under independence, and the
-error paths."""
+interval and null against their own resampled values, p-values under independence, the same
+numbers as `tlens cka`, and the error paths."""
 
 import itertools
+import json
+import subprocess
 
 import numpy as np
 import pytest
 
 import transferlens as tl
-from conftest import cka_reference
+from conftest import REPO, cka_reference
 
 
 def related_pair(rng, n=40, p=6, q=4, noise=1.0):
@@ -141,3 +143,35 @@ def test_error_paths_raise_clear_exceptions(rng):
         tl.cka_statistics(x.astype(np.int64), y)
     with pytest.raises(OverflowError):
         tl.cka_statistics(x, y, bootstrap=-1)
+
+
+TLENS = REPO / "target" / "release" / "tlens"
+
+
+@pytest.mark.skipif(not TLENS.exists(), reason="the tlens binary is not built (cargo build --release)")
+def test_the_same_statistics_as_tlens_cka(rng, tmp_path):
+    x, y = related_pair(rng, n=300)
+    tl.ParamSet.from_arrays({"h": x}).save(tmp_path / "a.safetensors")
+    tl.ParamSet.from_arrays({"h": y}).save(tmp_path / "b.safetensors")
+    options = dict(ci=0.9, bootstrap=500, null=100, influence=4, seed=3)
+    flags = [f"--{k}={v}" for k, v in options.items()]
+    run = subprocess.run(
+        [TLENS, "cka", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--json", *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (pair,) = json.loads(run.stdout)["pairs"]
+    stats = tl.cka_statistics(x, y, **options)
+    assert stats.cka == pytest.approx(pair["cka"], rel=1e-12)
+    interval = pair["interval"]
+    assert stats.interval == (interval["lower"], interval["upper"])
+    assert stats.std_error == interval["std_error"]
+    assert (stats.blocks, stats.block_size) == (interval["blocks"], interval["block_size"])
+    assert (stats.p_value, stats.null_mean, stats.null_std) == (
+        pair["null"]["p_value"],
+        pair["null"]["mean"],
+        pair["null"]["std"],
+    )
+    assert stats.top_samples.tolist() == [s["sample"] for s in pair["influence"]]
+    assert stats.top_deltas.tolist() == [s["delta"] for s in pair["influence"]]
