@@ -1,13 +1,16 @@
 """Permutation alignment: a known permutation recovered exactly, the same function after
-alignment, activation matching, specs from JSON, layer-wise curves against numpy, the barrier
+alignment, activation matching, the specs of docs/align.md (a ResNet block, a GroupNorm
+partition) and one for a transformer MLP block, layer-wise curves against numpy, the barrier
 falling after alignment, and the error paths."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 import transferlens as tl
+from conftest import REPO
 
 WIDTHS = [5, 16, 12, 3]  # inputs, two hidden layers, logits
 
@@ -144,6 +147,75 @@ def test_a_spec_from_json_for_a_transformer_mlp_block(rng):
     aligned = tl.apply_permutation(spec, pb, tl.align_weights(spec, pa, pb)["perms"])
     for name in w:
         np.testing.assert_array_equal(aligned[name], w[name])
+
+
+def doc_spec(heading):
+    """The first JSON block after `heading` in docs/align.md."""
+    text = (REPO / "docs" / "align.md").read_text().split(heading, 1)[1]
+    return re.search(r"```json\n(.*?)```", text, re.S).group(1)
+
+
+def permuted_by_spec(weights, spec, perms):
+    """weights with each group's units reordered along every axis the spec lists."""
+    out = {k: v.copy() for k, v in weights.items()}
+    for group, p in zip(spec.groups, perms):
+        for name, axis in group["axes"]:
+            out[name] = np.ascontiguousarray(np.take(out[name], p, axis=axis))
+    return out
+
+
+def admissible(rng, size, partition):
+    """A random permutation of `size` units that maps the blocks of every partition level onto
+    blocks: coarse to fine, each level's blocks shuffled within the block that holds them."""
+    perm, outer = np.arange(size), 1
+    for blocks in list(partition) + [size]:
+        inner = blocks // outer
+        view = perm.reshape(outer, inner, size // blocks)
+        perm = np.concatenate([view[o][rng.permutation(inner)].ravel() for o in range(outer)])
+        outer = blocks
+    return perm
+
+
+def test_the_resnet_block_spec_of_the_docs_recovers_a_known_permutation(rng):
+    spec = tl.PermSpec.from_json(doc_spec("### Worked example: a ResNet block"))
+    shapes = {"conv1.weight": (64, 3, 3, 3), "fc.weight": (10, 128), "fc.bias": (10,)}
+    for bn, c in [("bn1", 64), ("layer1.0.bn1", 64), ("layer1.0.bn2", 64), ("layer2.0.bn1", 128)]:
+        shapes.update({f"{bn}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")})
+    for bn in ("layer2.0.bn2", "layer2.0.downsample.1"):
+        shapes.update({f"{bn}.{k}": (128,) for k in ("weight", "bias", "running_mean", "running_var")})
+    shapes.update({"layer1.0.conv1.weight": (64, 64, 3, 3), "layer1.0.conv2.weight": (64, 64, 3, 3)})
+    shapes.update({"layer2.0.conv1.weight": (128, 64, 3, 3), "layer2.0.conv2.weight": (128, 128, 3, 3)})
+    shapes["layer2.0.downsample.0.weight"] = (128, 64, 1, 1)
+    a = {name: rng.normal(size=shape) for name, shape in shapes.items()}
+    shuffle = [rng.permutation(g["size"]) for g in spec.groups]
+    b = permuted_by_spec(a, spec, shuffle)
+    pa, pb = params(a), params(b)
+    spec.check(pa)
+    assert spec.untouched(pa) == ["fc.bias"]
+    found = tl.align_weights(spec, pa, pb, seed=1)
+    for got, s in zip(found["perms"], shuffle):
+        np.testing.assert_array_equal(got, np.argsort(s))
+    aligned = tl.apply_permutation(spec, pb, found["perms"])
+    for name in a:
+        np.testing.assert_array_equal(aligned[name], a[name])
+
+
+def test_a_groupnorm_partition_is_kept(rng):
+    spec = tl.PermSpec.from_json(doc_spec("## The JSON format"))
+    assert [(g["name"], g["partition"]) for g in spec.groups] == [("fc1", []), ("conv1", [4])]
+    shapes = {"fc1.weight": (64, 20), "fc1.bias": (64,), "fc2.weight": (5, 64)}
+    shapes.update({"conv1.weight": (16, 3, 3, 3), "gn1.weight": (16,)})
+    a = {name: rng.normal(size=shape) for name, shape in shapes.items()}
+    shuffle = [admissible(rng, g["size"], g["partition"]) for g in spec.groups]
+    b = permuted_by_spec(a, spec, shuffle)
+    pa, pb = params(a), params(b)
+    found = tl.align_weights(spec, pa, pb)
+    for got, s in zip(found["perms"], shuffle):
+        np.testing.assert_array_equal(got, np.argsort(s))
+    crossing = np.arange(16)
+    crossing[[1, 4]] = crossing[[4, 1]]  # units 1 and 4 lie in different GroupNorm groups
+    with pytest.raises(tl.InvalidArgument, match="blocks"):
+        tl.apply_permutation(spec, pb, [np.arange(64), crossing])
 
 
 class Task:
