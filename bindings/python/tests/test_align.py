@@ -1,10 +1,11 @@
 """Permutation alignment: a known permutation recovered exactly, the same function after
 alignment, activation matching, the specs of docs/align.md (a ResNet block, a GroupNorm
-partition) and one for a transformer MLP block, layer-wise curves against numpy, the barrier
+partition) and one for a transformer MLP block, the built-in CNN's inferred spec, layer-wise curves against numpy, the barrier
 falling after alignment, and the error paths."""
 
 import json
 import re
+import struct
 
 import numpy as np
 import pytest
@@ -216,6 +217,66 @@ def test_a_groupnorm_partition_is_kept(rng):
     crossing[[1, 4]] = crossing[[4, 1]]  # units 1 and 4 lie in different GroupNorm groups
     with pytest.raises(tl.InvalidArgument, match="blocks"):
         tl.apply_permutation(spec, pb, [np.arange(64), crossing])
+
+
+CNN_SPEC = {
+    "input": [2, 8, 8],
+    "classes": 3,
+    "layers": [
+        {"type": "conv", "name": "conv1", "out": 8, "kernel": 3, "padding": 1, "bias": True},
+        {"type": "groupnorm", "name": "gn1", "groups": 2},
+        {"type": "relu"},
+        {"type": "block", "name": "layer1", "out": 8, "stride": 1, "groups": 4},
+        {"type": "block", "name": "layer2", "out": 12, "stride": 2, "groups": 4},
+        {"type": "global_avgpool"},
+        {"type": "dense", "name": "fc1", "out": 6},
+        {"type": "relu"},
+        {"type": "dense", "name": "fc2", "out": 3},
+    ],
+}
+# The built-in CNN's tensors for CNN_SPEC, in its order (docs/cnn.md).
+CNN_SHAPES = {"conv1.weight": (8, 2, 3, 3), "conv1.bias": (8,), "gn1.weight": (8,), "gn1.bias": (8,)}
+for _block, _in, _out in [("layer1", 8, 8), ("layer2", 8, 12)]:
+    CNN_SHAPES[f"{_block}.conv1.weight"] = (_out, _in, 3, 3)
+    CNN_SHAPES.update({f"{_block}.gn1.weight": (_out,), f"{_block}.gn1.bias": (_out,)})
+    CNN_SHAPES[f"{_block}.conv2.weight"] = (_out, _out, 3, 3)
+    CNN_SHAPES.update({f"{_block}.gn2.weight": (_out,), f"{_block}.gn2.bias": (_out,)})
+CNN_SHAPES["layer2.downsample.0.weight"] = (12, 8, 1, 1)
+CNN_SHAPES.update({"layer2.downsample.1.weight": (12,), "layer2.downsample.1.bias": (12,)})
+CNN_SHAPES.update({"fc1.weight": (6, 12), "fc1.bias": (6,), "fc2.weight": (3, 6), "fc2.bias": (3,)})
+
+
+def save_with_metadata(path, tensors, metadata):
+    """A safetensors file of float64 tensors with string metadata (what a saved CNN carries)."""
+    header, offset = {"__metadata__": metadata}, 0
+    for name, value in tensors.items():
+        header[name] = {"dtype": "F64", "shape": list(value.shape), "data_offsets": [offset, offset + value.nbytes]}
+        offset += value.nbytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    body = b"".join(np.ascontiguousarray(v, dtype="<f8").tobytes() for v in tensors.values())
+    path.write_bytes(struct.pack("<Q", len(text)) + text + body)
+
+
+def test_the_built_in_cnn_spec_is_inferred_and_a_known_permutation_recovered(rng, tmp_path):
+    a = {name: rng.normal(size=shape) for name, shape in CNN_SHAPES.items()}
+    save_with_metadata(tmp_path / "cnn.safetensors", a, {"transferlens.cnn_spec": json.dumps(CNN_SPEC)})
+    pa = tl.ParamSet.load(tmp_path / "cnn.safetensors")
+    spec = tl.PermSpec.infer(pa)
+    assert "CNN" in spec.source
+    assert [g["name"] for g in spec.groups] == ["conv1", "layer1.conv1", "layer2.conv1", "layer2.downsample.0", "fc1"]
+    # The stem's channels are layer1's residual stream: gn1's 2 groups and layer1.gn2's 4 nest.
+    assert spec.groups[0]["partition"] == [2, 4]
+    assert ("layer1.gn2.weight", 0) in spec.groups[0]["axes"]
+    assert spec.untouched(pa) == ["fc2.bias"]
+    shuffle = [admissible(rng, g["size"], g["partition"]) for g in spec.groups]
+    pb = params(permuted_by_spec(a, spec, shuffle))
+    found = tl.align_weights(spec, pa, pb, seed=2)
+    for got, s in zip(found["perms"], shuffle):
+        np.testing.assert_array_equal(got, np.argsort(s))
+    aligned = tl.apply_permutation(spec, pb, found["perms"])
+    for name in a:
+        np.testing.assert_array_equal(aligned[name], a[name])
 
 
 class Task:
