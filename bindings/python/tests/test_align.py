@@ -1,7 +1,7 @@
-"""Permutation alignment: a known permutation recovered exactly, the same function after
-alignment, activation matching, the specs of docs/align.md (a ResNet block, a GroupNorm
-partition) and one for a transformer MLP block, the built-in CNN's inferred spec, layer-wise curves against numpy, the barrier
-falling after alignment, and the error paths."""
+"""Permutation alignment: a known permutation recovered exactly (a dense chain, the built-in
+CNN's inferred spec, the specs of docs/align.md: a ResNet block and a GroupNorm partition, and
+one for a transformer MLP block), the same function after alignment, activation matching,
+layer-wise curves against numpy, the barrier falling after alignment, and the error paths."""
 
 import json
 import re
