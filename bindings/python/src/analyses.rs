@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyList};
 use transferlens::criticality::{self, Eps, HeldOut, ModuleCriticality, NetworkCriticality, Noise, Path, Search};
 use transferlens::eval::{self, Metric, Metrics};
 use transferlens::ffi::tl_criticality_options;
+use transferlens::landscape::Barrier;
 use transferlens::{Context, Error, ParamSet as Set};
 
 /// An evaluator written in Python: `fn(params)` returns the metrics of the model whose weights
@@ -95,7 +96,7 @@ impl eval::Evaluator for Bridge<'_> {
 
 /// Runs an analysis with the GIL released; the evaluator's exception, if it raised one, is
 /// what the call raises.
-fn run<R: Send>(
+pub fn run<R: Send>(
     py: Python<'_>,
     evaluator: &Evaluator,
     body: impl FnOnce(&mut dyn eval::Evaluator) -> Result<R, Error> + Send,
@@ -109,7 +110,7 @@ fn run<R: Send>(
     }
 }
 
-fn metric_of(name: &str) -> PyResult<Metric> {
+pub fn metric_of(name: &str) -> PyResult<Metric> {
     match name {
         "loss" => Ok(Metric::Loss),
         "error" => Ok(Metric::Error),
@@ -119,7 +120,7 @@ fn metric_of(name: &str) -> PyResult<Metric> {
 }
 
 /// {"<points>": the grid, "loss", "error", "accuracy": arrays}.
-fn curve_dict<'py>(py: Python<'py>, points: &str, grid: &[f64], curve: &[Metrics]) -> PyResult<Bound<'py, PyDict>> {
+pub fn curve_dict<'py>(py: Python<'py>, points: &str, grid: &[f64], curve: &[Metrics]) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
     out.set_item(points, PyArray1::from_slice(py, grid))?;
     out.set_item("loss", PyArray1::from_iter(py, curve.iter().map(|m| m.loss)))?;
@@ -129,7 +130,7 @@ fn curve_dict<'py>(py: Python<'py>, points: &str, grid: &[f64], curve: &[Metrics
 }
 
 /// A module given by name or index, checked against `set`.
-fn module_index(set: &Set, module: &Bound<'_, PyAny>) -> PyResult<usize> {
+pub fn module_index(set: &Set, module: &Bound<'_, PyAny>) -> PyResult<usize> {
     if let Ok(name) = module.extract::<String>() {
         return transferlens::geometry::module_named(set, &name).map_err(to_py);
     }
@@ -185,6 +186,11 @@ pub fn barrier<'py>(
     let lambdas: Vec<f64> = curve.get_item("lambdas")?.extract()?;
     let values: Vec<f64> = curve.get_item(metric.name())?.extract()?;
     let b = transferlens::landscape::barrier(&lambdas, &values, metric.larger_is_worse(), tolerance).map_err(to_py)?;
+    barrier_dict(py, &b)
+}
+
+/// {"value", "peak_lambda", "start", "end", "same_basin"}.
+pub fn barrier_dict<'py>(py: Python<'py>, b: &Barrier) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
     out.set_item("value", b.value)?;
     out.set_item("peak_lambda", b.peak_lambda)?;

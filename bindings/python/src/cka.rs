@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use transferlens::cka::{self, CkaAccumulator as Accumulator, Estimator};
 use transferlens::BackendChoice;
 
-fn estimator(name: &str) -> PyResult<Estimator> {
+pub fn estimator(name: &str) -> PyResult<Estimator> {
     match name {
         "biased" => Ok(Estimator::Biased),
         "debiased" => Ok(Estimator::Debiased),

@@ -27,15 +27,11 @@ def _inputs_for_a_long_call():
         rows *= 2
 
 
-def test_other_threads_run_during_a_long_call():
-    x, y, single_call = _inputs_for_a_long_call()
-    assert single_call > 0.05, (
-        f"even {x.shape[0]} x {x.shape[1]} inputs took only {single_call:.3f} s: too short to tell"
-    )
+def _assert_other_threads_run_during(call):
     done = threading.Event()
 
     def work():
-        tl.linear_cka(x, y, backend="cpu")
+        call()
         done.set()
 
     start = time.perf_counter()
@@ -49,7 +45,53 @@ def test_other_threads_run_during_a_long_call():
         ticks += 1
         time.sleep(0.001)
     worker.join()
-    call = time.perf_counter() - start
+    took = time.perf_counter() - start
     # Holding the GIL would freeze this loop for the whole call.
-    assert longest < call / 2, (longest, call)
+    assert longest < took / 2, (longest, took)
     assert ticks > 10, ticks
+
+
+def _long_enough(make_call, sizes):
+    """The first call of `sizes` that lasts LONG_CALL_S (or the last one), and its duration."""
+    for size in sizes:
+        call = make_call(size)
+        start = time.perf_counter()
+        call()
+        took = time.perf_counter() - start
+        if took >= LONG_CALL_S:
+            break
+    assert took > 0.05, f"even size {size} took only {took:.3f} s: too short to tell"
+    return call
+
+
+def test_other_threads_run_during_a_long_call():
+    x, y, single_call = _inputs_for_a_long_call()
+    assert single_call > 0.05, (
+        f"even {x.shape[0]} x {x.shape[1]} inputs took only {single_call:.3f} s: too short to tell"
+    )
+    _assert_other_threads_run_during(lambda: tl.linear_cka(x, y, backend="cpu"))
+
+
+def test_other_threads_run_during_cka_statistics():
+    rng = np.random.default_rng(1)
+
+    def make_call(rows):
+        x, y = rng.normal(size=(rows, 64)), rng.normal(size=(rows, 64))
+        return lambda: tl.cka_statistics(x, y, bootstrap=200, null=20, influence=5)
+
+    _assert_other_threads_run_during(_long_enough(make_call, [1 << k for k in range(10, 17)]))
+
+
+def test_other_threads_run_during_weight_matching():
+    rng = np.random.default_rng(2)
+
+    def make_call(width):
+        def mlp():
+            shapes = {"fc1.weight": (width, 8), "fc2.weight": (width, width), "fc3.weight": (4, width)}
+            return tl.ParamSet.from_arrays({k: rng.normal(size=s) for k, s in shapes.items()})
+
+        a, b = mlp(), mlp()
+        spec = tl.PermSpec.infer(a)
+        return lambda: tl.align_weights(spec, a, b)
+
+    _assert_other_threads_run_during(_long_enough(make_call, [64, 128, 256, 512, 1024, 2048]))

@@ -1,10 +1,11 @@
 """transferlens: what is being transferred in transfer learning?
 
-Linear CKA (exact on large data, streaming and mergeable), distances and interpolation in
-weight space, performance barriers, module criticality and the PAC-Bayes bound, computed by the
-transferlens Rust library. Arrays are numpy arrays or any object with ``__dlpack__`` (PyTorch,
-JAX, CuPy), read in place when each row is contiguous; the GIL is released while the library
-computes.
+Linear CKA (exact on large data, streaming and mergeable) with bootstrap intervals, permutation
+nulls and per-sample influence, distances and interpolation in weight space, performance
+barriers, permutation alignment and layer-wise connectivity, module criticality and the
+PAC-Bayes bound, computed by the transferlens Rust library. Arrays are numpy arrays or any
+object with ``__dlpack__`` (PyTorch, JAX, CuPy), read in place when each row is contiguous; the
+GIL is released while the library computes.
 
     import numpy as np, transferlens as tl
     x = np.random.default_rng(0).normal(size=(1000, 64))
@@ -16,8 +17,10 @@ PyTorch module for the weight-space analyses.
 """
 
 from ._native import (
+    ActivationMatcher,
     CallbackError,
     CkaAccumulator,
+    CkaStatistics,
     DegenerateInput,
     DeviceError,
     DeviceUnavailable,
@@ -32,15 +35,22 @@ from ._native import (
     NullArgument,
     OutOfMemory,
     ParamSet,
+    PermSpec,
     ShapeMismatch,
     UnsupportedDtype,
     __version__,
+    align_activations,
+    align_weights,
+    apply_permutation,
     barrier,
     block_shuffle,
     cka_matrix,
+    cka_statistics,
     distance,
     interpolate,
     interpolation_curve,
+    layerwise_barrier,
+    layerwise_curve,
     linear_cka,
     module_criticality,
     network_criticality,
@@ -50,8 +60,10 @@ from ._native import (
 )
 
 __all__ = [
+    "ActivationMatcher",
     "CallbackError",
     "CkaAccumulator",
+    "CkaStatistics",
     "DegenerateInput",
     "DeviceError",
     "DeviceUnavailable",
@@ -66,15 +78,22 @@ __all__ = [
     "NullArgument",
     "OutOfMemory",
     "ParamSet",
+    "PermSpec",
     "ShapeMismatch",
     "UnsupportedDtype",
     "__version__",
+    "align_activations",
+    "align_weights",
+    "apply_permutation",
     "barrier",
     "block_shuffle",
     "cka_matrix",
+    "cka_statistics",
     "distance",
     "interpolate",
     "interpolation_curve",
+    "layerwise_barrier",
+    "layerwise_curve",
     "linear_cka",
     "module_criticality",
     "network_criticality",

@@ -1,7 +1,7 @@
 """Type stubs of transferlens._native (the Rust extension); see each function's docstring."""
 
 from os import PathLike
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,37 @@ def linear_cka(x: ArrayLike, y: ArrayLike, estimator: Estimator = "biased", back
 def cka_matrix(
     xs: Layers, ys: Layers, estimator: Estimator = "biased", backend: BackendName = "auto"
 ) -> npt.NDArray[np.float64]: ...
+
+class CkaStatistics:
+    cka: float
+    estimator: Estimator
+    level: Optional[float]
+    interval: Optional[Tuple[float, float]]
+    std_error: Optional[float]
+    resamples: Optional[npt.NDArray[np.float64]]
+    degenerate_resamples: Optional[int]
+    blocks: Optional[int]
+    block_size: Optional[int]
+    p_value: Optional[float]
+    null_mean: Optional[float]
+    null_std: Optional[float]
+    null_values: Optional[npt.NDArray[np.float64]]
+    deltas: Optional[npt.NDArray[np.float64]]
+    top_samples: Optional[npt.NDArray[np.int64]]
+    top_deltas: Optional[npt.NDArray[np.float64]]
+
+def cka_statistics(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    ci: float = 0.95,
+    bootstrap: int = 1000,
+    null: int = 200,
+    influence: int = 10,
+    seed: int = 0,
+    estimator: Estimator = "biased",
+    blocks: int = 0,
+) -> CkaStatistics: ...
 
 class CkaAccumulator:
     def __init__(self, n_x: int, n_y: int, estimator: Estimator = "biased", backend: BackendName = "auto") -> None: ...
@@ -150,3 +181,56 @@ def pac_bayes_bound(
 ) -> Dict[str, Any]: ...
 def prediction_agreement(a: Sequence[int], b: Sequence[int], truth: Sequence[int]) -> Dict[str, Any]: ...
 def block_shuffle(images: npt.NDArray[np.float32], block: int, seed: int = 0) -> None: ...
+
+class PermSpec:
+    @staticmethod
+    def infer(params: ParamSet) -> PermSpec: ...
+    @staticmethod
+    def from_json(text: str) -> PermSpec: ...
+    def to_json(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def groups(self) -> List[Dict[str, Any]]: ...
+    def check(self, params: ParamSet) -> None: ...
+    def untouched(self, params: ParamSet) -> List[str]: ...
+    def __len__(self) -> int: ...
+
+Alignment = Dict[str, Any]  # {"perms": List[NDArray[int64]], "passes": int, "converged": bool}
+
+def align_weights(spec: PermSpec, a: ParamSet, b: ParamSet, *, seed: int = 0, max_passes: int = 100) -> Alignment: ...
+def align_activations(
+    spec: PermSpec, acts_a: Layers, acts_b: Layers, *, backend: BackendName = "auto"
+) -> Alignment: ...
+
+class ActivationMatcher:
+    def __init__(self, spec: PermSpec, backend: BackendName = "auto") -> None: ...
+    def update(self, acts_a: Layers, acts_b: Layers) -> None: ...
+    def correlations(self) -> List[npt.NDArray[np.float64]]: ...
+    def finish(self) -> Alignment: ...
+
+def apply_permutation(spec: PermSpec, b: ParamSet, perms: Sequence[Sequence[int]]) -> ParamSet: ...
+def layerwise_curve(
+    evaluator: Evaluator,
+    a: ParamSet,
+    b: ParamSet,
+    live: ParamSet,
+    lambdas: Optional[Sequence[float]] = None,
+    *,
+    module: Optional[Module] = None,
+    first: Optional[int] = None,
+    last: Optional[int] = None,
+) -> Curve: ...
+def layerwise_barrier(
+    evaluator: Evaluator,
+    a: ParamSet,
+    b: ParamSet,
+    live: ParamSet,
+    lambdas: Optional[Sequence[float]] = None,
+    *,
+    module: Optional[Module] = None,
+    first: Optional[int] = None,
+    last: Optional[int] = None,
+    metric: MetricName = "error",
+    tolerance: float = 0.01,
+) -> Dict[str, Any]: ...
