@@ -415,8 +415,9 @@ typedef struct tl_cka_stats_report {
    */
   uint64_t top_written;
   /**
-   * BCa's bias correction z0 and acceleration a (see the Rust `BootstrapInterval`), for
-   * either kind of interval.
+   * BCa's bias correction z0 (for either kind of interval) and acceleration a (BCa only:
+   * NaN for a percentile interval, which does not compute it); see the Rust
+   * `BootstrapInterval`.
    */
   double bias_correction;
   double acceleration;

@@ -6,13 +6,15 @@ use crate::cka::estimator;
 use crate::errors::{invalid, to_py};
 use numpy::{PyArray1, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use transferlens::cka::{self, BootstrapInterval, Influence, PermutationNull};
+use transferlens::cka::{self, BootstrapInterval, Influence, IntervalKind, PermutationNull};
 use transferlens::Context;
 
 /// What `cka_statistics` found. A statistic that was not asked for is None.
 ///
 /// - `cka`: CKA of all the data; `estimator`.
-/// - `interval` (lower, upper): the percentile bootstrap interval at `level`; `std_error` the
+/// - `interval` (lower, upper): the bootstrap interval of kind `interval_kind` ("percentile" or
+///   "bca") at `level`; `bias_correction` BCa's z0 (either kind), `acceleration` its a (BCa
+///   only); `std_error` the
 ///   resampled values' standard deviation; `resamples` those values; `degenerate_resamples`
 ///   resamples left out because a layer had no variance in them (very small n only); `blocks`
 ///   and `block_size`: the blocks the samples were dealt into (each its own block up to 64).
@@ -28,6 +30,9 @@ pub struct CkaStatistics {
     estimator: String,
     level: Option<f64>,
     interval: Option<(f64, f64)>,
+    interval_kind: Option<String>,
+    bias_correction: Option<f64>,
+    acceleration: Option<f64>,
     std_error: Option<f64>,
     resamples: Option<Py<PyArray1<f64>>>,
     degenerate_resamples: Option<usize>,
@@ -71,8 +76,9 @@ fn host_input(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<InputMatrix> {
 /// CKA of `x` and `y` (samples x features of the same samples; numpy arrays or host
 /// `__dlpack__` tensors) with how far to trust it:
 ///
-/// - `bootstrap` resamples (0: none) give a percentile interval at level `ci` (strictly between
-///   0 and 1), from per-block terms without re-forming the products per resample; `blocks`
+/// - `bootstrap` resamples (0: none) give an interval at level `ci` (strictly between 0 and 1),
+///   `interval` "percentile" (the default) or "bca" (bias-corrected and accelerated; neither
+///   covers at its level on layers wide against n: docs/analyses.md), from per-block terms without re-forming the products per resample; `blocks`
 ///   (0: each sample its own block up to 64 samples, else 64 blocks) sets the resampling unit;
 /// - `null` row permutations of `y` (0: none) give a one-sided p-value and the null's mean;
 /// - `influence` (0: none) names the samples whose removal changes CKA most (all n
@@ -83,7 +89,7 @@ fn host_input(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<InputMatrix> {
 /// a non-2-D input, NonFinite for NaN or Inf, DegenerateInput for too few samples or a layer
 /// without variance, InvalidArgument for an option out of range.
 #[pyfunction]
-#[pyo3(signature = (x, y, *, ci=0.95, bootstrap=1000, null=200, influence=10, seed=0, estimator="biased", blocks=0))]
+#[pyo3(signature = (x, y, *, ci=0.95, bootstrap=1000, null=200, influence=10, seed=0, estimator="biased", blocks=0, interval="percentile"))]
 #[allow(clippy::too_many_arguments)]
 pub fn cka_statistics(
     py: Python<'_>,
@@ -96,37 +102,47 @@ pub fn cka_statistics(
     seed: u64,
     estimator: &str,
     blocks: usize,
+    interval: &str,
 ) -> PyResult<CkaStatistics> {
     let est = self::estimator(estimator)?;
+    let kind = match interval {
+        "percentile" => IntervalKind::Percentile,
+        "bca" => IntervalKind::Bca,
+        other => return invalid(format!("interval must be \"percentile\" or \"bca\", got {other:?}")),
+    };
     let (x, y) = (host_input(x, "x")?, host_input(y, "y")?);
     let (mx, my) = (x.matrix().map_err(to_py)?, y.matrix().map_err(to_py)?);
     type Found = (f64, Option<BootstrapInterval>, Option<PermutationNull>, Option<Influence>);
-    let (value, interval, permuted, left_out): Found = py
+    let (value, bootstrapped, permuted, left_out): Found = py
         .detach(|| {
-            let interval =
-                (bootstrap > 0).then(|| cka::bootstrap(&mx, &my, est, ci, bootstrap, blocks, seed)).transpose()?;
+            let bootstrapped = (bootstrap > 0)
+                .then(|| cka::bootstrap(&mx, &my, est, ci, kind, bootstrap, blocks, seed))
+                .transpose()?;
             let permuted = (null > 0).then(|| cka::permutation_null(&mx, &my, est, null, seed)).transpose()?;
             let left_out = (influence > 0).then(|| cka::influence(&mx, &my, est)).transpose()?;
-            let value = match (&interval, &permuted, &left_out) {
+            let value = match (&bootstrapped, &permuted, &left_out) {
                 (Some(i), _, _) => i.cka,
                 (_, Some(p), _) => p.cka,
                 (_, _, Some(l)) => l.cka,
                 _ => cka::linear_cka(&Context::cpu(), &mx, &my, est)?,
             };
-            Ok((value, interval, permuted, left_out))
+            Ok((value, bootstrapped, permuted, left_out))
         })
         .map_err(to_py)?;
     let top = left_out.as_ref().map(|l| l.top(influence));
     Ok(CkaStatistics {
         cka: value,
         estimator: estimator.to_owned(),
-        level: interval.as_ref().map(|i| i.level),
-        interval: interval.as_ref().map(|i| (i.lower, i.upper)),
-        std_error: interval.as_ref().map(|i| i.std_error),
-        resamples: interval.as_ref().map(|i| PyArray1::from_slice(py, &i.resamples).unbind()),
-        degenerate_resamples: interval.as_ref().map(|i| i.degenerate),
-        blocks: interval.as_ref().map(|i| i.blocks),
-        block_size: interval.as_ref().map(|i| i.block_size),
+        level: bootstrapped.as_ref().map(|i| i.level),
+        interval: bootstrapped.as_ref().map(|i| (i.lower, i.upper)),
+        interval_kind: bootstrapped.as_ref().map(|_| interval.to_owned()),
+        bias_correction: bootstrapped.as_ref().map(|i| i.bias_correction),
+        acceleration: bootstrapped.as_ref().and_then(|i| i.acceleration),
+        std_error: bootstrapped.as_ref().map(|i| i.std_error),
+        resamples: bootstrapped.as_ref().map(|i| PyArray1::from_slice(py, &i.resamples).unbind()),
+        degenerate_resamples: bootstrapped.as_ref().map(|i| i.degenerate),
+        blocks: bootstrapped.as_ref().map(|i| i.blocks),
+        block_size: bootstrapped.as_ref().map(|i| i.block_size),
         p_value: permuted.as_ref().map(|p| p.p_value),
         null_mean: permuted.as_ref().map(|p| p.mean),
         null_std: permuted.as_ref().map(|p| p.std),

@@ -135,6 +135,8 @@ def test_error_paths_raise_clear_exceptions(rng):
         tl.cka_statistics(x, y, blocks=len(x) + 1)
     with pytest.raises(tl.InvalidArgument, match="estimator"):
         tl.cka_statistics(x, y, estimator="unbiased")
+    with pytest.raises(tl.InvalidArgument, match="percentile"):
+        tl.cka_statistics(x, y, interval="basic")
     with pytest.raises(tl.DegenerateInput):
         tl.cka_statistics(x[:2], y[:2], bootstrap=0, null=0, influence=1)
     with pytest.raises(tl.DegenerateInput):
@@ -149,11 +151,12 @@ TLENS = REPO / "target" / "release" / "tlens"
 
 
 @pytest.mark.skipif(not TLENS.exists(), reason="the tlens binary is not built (cargo build --release)")
-def test_the_same_statistics_as_tlens_cka(rng, tmp_path):
+@pytest.mark.parametrize("kind", ["percentile", "bca"])
+def test_the_same_statistics_as_tlens_cka(rng, tmp_path, kind):
     x, y = related_pair(rng, n=300)
     tl.ParamSet.from_arrays({"h": x}).save(tmp_path / "a.safetensors")
     tl.ParamSet.from_arrays({"h": y}).save(tmp_path / "b.safetensors")
-    options = dict(ci=0.9, bootstrap=500, null=100, influence=4, seed=3)
+    options = dict(ci=0.9, bootstrap=500, null=100, influence=4, seed=3, interval=kind)
     flags = [f"--{k}={v}" for k, v in options.items()]
     run = subprocess.run(
         [TLENS, "cka", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--json", *flags],
@@ -167,6 +170,9 @@ def test_the_same_statistics_as_tlens_cka(rng, tmp_path):
     interval = pair["interval"]
     assert stats.interval == (interval["lower"], interval["upper"])
     assert stats.std_error == interval["std_error"]
+    assert stats.interval_kind == interval["kind"]
+    assert stats.bias_correction == interval["bias_correction"]
+    assert stats.acceleration == interval["acceleration"]  # None (JSON null) for percentile
     assert (stats.blocks, stats.block_size) == (interval["blocks"], interval["block_size"])
     assert (stats.p_value, stats.null_mean, stats.null_std) == (
         pair["null"]["p_value"],

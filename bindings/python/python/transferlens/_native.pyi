@@ -45,6 +45,9 @@ class CkaStatistics:
     estimator: Estimator
     level: Optional[float]
     interval: Optional[Tuple[float, float]]
+    interval_kind: Optional[Literal["percentile", "bca"]]
+    bias_correction: Optional[float]
+    acceleration: Optional[float]
     std_error: Optional[float]
     resamples: Optional[npt.NDArray[np.float64]]
     degenerate_resamples: Optional[int]
@@ -69,6 +72,7 @@ def cka_statistics(
     seed: int = 0,
     estimator: Estimator = "biased",
     blocks: int = 0,
+    interval: Literal["percentile", "bca"] = "percentile",
 ) -> CkaStatistics: ...
 
 class CkaAccumulator:
