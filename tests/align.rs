@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_bit_equal, random_admissible, TestRng};
+use common::{assert_bit_equal, random_admissible, TestRng, SMALL_CNN_SPEC};
 use transferlens::align::assignment::{solve, Objective};
 use transferlens::align::{apply, invert, match_weights, MatchOptions, PermSpec};
 use transferlens::model::{f32_set, Cnn, Dataset, Mlp};
@@ -232,26 +232,8 @@ fn mlp_aligned_computes_the_same_function() {
 
 // ---------------------------------------------------------------- CNN
 
-/// Stem, an identity block, a downsampling block (GroupNorm groups 4 and 2, which nest), a
-/// hidden dense layer and the logits.
-const CNN_SPEC: &str = r#"{
-  "input": [2, 8, 8],
-  "classes": 3,
-  "layers": [
-    {"type": "conv", "name": "conv1", "out": 8, "kernel": 3, "padding": 1, "bias": true},
-    {"type": "groupnorm", "name": "gn1", "groups": 2},
-    {"type": "relu"},
-    {"type": "block", "name": "layer1", "out": 8, "stride": 1, "groups": 4},
-    {"type": "block", "name": "layer2", "out": 12, "stride": 2, "groups": 4},
-    {"type": "global_avgpool"},
-    {"type": "dense", "name": "fc1", "out": 6},
-    {"type": "relu"},
-    {"type": "dense", "name": "fc2", "out": 3}
-  ]
-}"#;
-
 fn cnn_and_set(seed: u64) -> (Cnn, ParamSet) {
-    let cnn = Cnn::from_json(CNN_SPEC).unwrap();
+    let cnn = Cnn::from_json(SMALL_CNN_SPEC).unwrap();
     let mut rng = TestRng::new(seed);
     let mut set = random_set(&cnn.tensor_shapes(), &mut rng);
     set.set_grouping(cnn.grouping()).unwrap();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_bit_equal, random_admissible, TestRng};
+use common::{assert_bit_equal, random_admissible, TestRng, SMALL_CNN_SPEC};
 use transferlens::align::activations::{cnn_unit_activations, mlp_unit_activations, units_last};
 use transferlens::align::{apply, invert, match_activations, ActivationMatcher, PermGroup, PermSpec};
 use transferlens::model::{f32_set, Cnn, Dataset, Mlp};
@@ -103,24 +103,6 @@ fn mlp_permutation_is_recovered_from_activations() {
     assert_bit_equal(&apply(&spec, &b, &found.perms).unwrap(), &a);
 }
 
-/// Stem, an identity block, a downsampling block (GroupNorm groups 4 and 2, which nest), a
-/// hidden dense layer and the logits.
-const CNN_SPEC: &str = r#"{
-  "input": [2, 8, 8],
-  "classes": 3,
-  "layers": [
-    {"type": "conv", "name": "conv1", "out": 8, "kernel": 3, "padding": 1, "bias": true},
-    {"type": "groupnorm", "name": "gn1", "groups": 2},
-    {"type": "relu"},
-    {"type": "block", "name": "layer1", "out": 8, "stride": 1, "groups": 4},
-    {"type": "block", "name": "layer2", "out": 12, "stride": 2, "groups": 4},
-    {"type": "global_avgpool"},
-    {"type": "dense", "name": "fc1", "out": 6},
-    {"type": "relu"},
-    {"type": "dense", "name": "fc2", "out": 3}
-  ]
-}"#;
-
 fn cnn_set(cnn: &Cnn, seed: u64) -> ParamSet {
     let mut set = random_set(&cnn.tensor_shapes(), &mut TestRng::new(seed));
     set.set_grouping(cnn.grouping()).unwrap();
@@ -129,7 +111,7 @@ fn cnn_set(cnn: &Cnn, seed: u64) -> ParamSet {
 
 #[test]
 fn cnn_permutation_is_recovered_from_activations() {
-    let cnn = Cnn::from_json(CNN_SPEC).unwrap();
+    let cnn = Cnn::from_json(SMALL_CNN_SPEC).unwrap();
     let spec = PermSpec::for_cnn(&cnn).unwrap();
     let a = cnn_set(&cnn, 4);
     let mut rng = TestRng::new(5);
@@ -150,7 +132,7 @@ fn cnn_permutation_is_recovered_from_activations() {
 
 #[test]
 fn activation_matched_models_compute_what_b_computes() {
-    let cnn = Cnn::from_json(CNN_SPEC).unwrap();
+    let cnn = Cnn::from_json(SMALL_CNN_SPEC).unwrap();
     let spec = PermSpec::for_cnn(&cnn).unwrap();
     let (a, b) = (cnn_set(&cnn, 7), cnn_set(&cnn, 8));
     let data = random_data(32, 128, 3, 9);

@@ -8,7 +8,7 @@
 mod common;
 mod scratch;
 
-use common::{assert_bit_equal, python_with_numpy, random_admissible, TestRng};
+use common::{assert_bit_equal, python_with_numpy, random_admissible, TestRng, SMALL_CNN_SPEC};
 use scratch::Scratch;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -144,27 +144,11 @@ fn aligned_model_computes_what_b_computes() {
     assert_ne!(mlp.activations(&b, &data).unwrap()[0], mlp.activations(&aligned, &data).unwrap()[0]);
 }
 
-const CNN_SPEC: &str = r#"{
-  "input": [2, 8, 8],
-  "classes": 3,
-  "layers": [
-    {"type": "conv", "name": "conv1", "out": 8, "kernel": 3, "padding": 1, "bias": true},
-    {"type": "groupnorm", "name": "gn1", "groups": 2},
-    {"type": "relu"},
-    {"type": "block", "name": "layer1", "out": 8, "stride": 1, "groups": 4},
-    {"type": "block", "name": "layer2", "out": 12, "stride": 2, "groups": 4},
-    {"type": "global_avgpool"},
-    {"type": "dense", "name": "fc1", "out": 6},
-    {"type": "relu"},
-    {"type": "dense", "name": "fc2", "out": 3}
-  ]
-}"#;
-
 #[test]
 fn align_infers_the_cnn_from_the_files_metadata() {
     let d = Scratch::new("align-cnn");
     let (pa, pb, out) = (d.join("a.safetensors"), d.join("b.safetensors"), d.join("b_aligned.safetensors"));
-    let cnn = Cnn::from_json(CNN_SPEC).unwrap();
+    let cnn = Cnn::from_json(SMALL_CNN_SPEC).unwrap();
     // Random values (an initialisation has equal GroupNorm weights, which leave ties).
     let mut rng = TestRng::new(5);
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = cnn

@@ -402,3 +402,21 @@ pub fn python_with_numpy(needed_by: &str) -> String {
     assert!(ok, "{needed_by} {py} with numpy (set TL_PYTHON to an interpreter that has it)");
     py
 }
+
+/// A small CNN of every layer kind the alignment specs must handle: a stem, an identity block, a
+/// downsampling block (GroupNorm groups 4 and 2, which nest), a hidden dense layer and the logits.
+pub const SMALL_CNN_SPEC: &str = r#"{
+  "input": [2, 8, 8],
+  "classes": 3,
+  "layers": [
+    {"type": "conv", "name": "conv1", "out": 8, "kernel": 3, "padding": 1, "bias": true},
+    {"type": "groupnorm", "name": "gn1", "groups": 2},
+    {"type": "relu"},
+    {"type": "block", "name": "layer1", "out": 8, "stride": 1, "groups": 4},
+    {"type": "block", "name": "layer2", "out": 12, "stride": 2, "groups": 4},
+    {"type": "global_avgpool"},
+    {"type": "dense", "name": "fc1", "out": 6},
+    {"type": "relu"},
+    {"type": "dense", "name": "fc2", "out": 3}
+  ]
+}"#;
