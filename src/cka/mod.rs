@@ -36,7 +36,10 @@ pub mod stats;
 
 pub use accumulator::CkaAccumulator;
 pub use minibatch::{minibatch_cka, MinibatchCka};
-pub use stats::{bootstrap, influence, permutation_null, BootstrapInterval, Influence, IntervalKind, PermutationNull};
+pub use stats::{
+    bootstrap, influence, jackknife, permutation_null, BootstrapInterval, Influence, IntervalKind, JackknifeInterval,
+    PermutationNull,
+};
 
 use crate::backend::cpu;
 use crate::backend::{Backend, CkaGramTerms, Context};

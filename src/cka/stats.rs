@@ -16,6 +16,8 @@
 //!   acceleration comes from the same tables with each block left out once.
 //! * [`permutation_null`]: CKA of `x` against `y` with its rows permuted, `P` times; only the
 //!   cross product changes, one GEMM per permutation.
+//! * [`jackknife`]: the interval from the `n` leave-one-out values of [`influence`], centred on
+//!   the bias-corrected estimate; the one that covers on wide layers.
 //! * [`influence`]: leaving sample `i` out is a rank-one downdate of each centered product,
 //!   `S' = S - n/(n-1) u~_i v~_i^T`, so every estimator's terms without `i` follow from a few
 //!   per-sample numbers (`u~_i^T S v~_i`, the row norms, ...), for all `n` samples at the cost
@@ -115,7 +117,48 @@ pub struct Influence {
     pub delta: Vec<f64>,
 }
 
+/// A jackknife interval of CKA: centred on the jackknife's bias-corrected estimate, with the
+/// jackknife standard error (Efron and Tibshirani, "An Introduction to the Bootstrap", ch. 11),
+/// from the `n` leave-one-out values of [`influence`]. Unlike the bootstrap intervals it covers
+/// the population CKA at its level on wide layers as well as narrow ones (docs/analyses.md,
+/// "Uncertainty"), and it needs no resamples and no seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JackknifeInterval {
+    /// CKA of all the data.
+    pub cka: f64,
+    /// The interval's level, e.g. 0.95.
+    pub level: f64,
+    /// The bias-corrected estimate `n cka - (n - 1) mean_i CKA(without i)`: the estimator's bias
+    /// of order `1/n` (large for the biased estimator on wide layers) taken out.
+    pub estimate: f64,
+    /// `estimate -+ Phi^-1((1 + level) / 2) std_error`.
+    pub lower: f64,
+    pub upper: f64,
+    /// `sqrt((n - 1) / n sum_i (CKA(without i) - their mean)^2)`.
+    pub std_error: f64,
+}
+
 impl Influence {
+    /// The jackknife interval at `level` (strictly between 0 and 1) from these leave-one-out
+    /// values.
+    pub fn jackknife(&self, level: f64) -> Result<JackknifeInterval> {
+        check_level(level)?;
+        let n = self.delta.len() as f64;
+        let mean = self.delta.iter().sum::<f64>() / n;
+        let spread = self.delta.iter().map(|d| (d - mean) * (d - mean)).sum::<f64>();
+        let std_error = ((n - 1.0) / n * spread).sqrt();
+        let estimate = self.cka - (n - 1.0) * mean;
+        let half_width = normal_quantile((1.0 + level) / 2.0) * std_error;
+        Ok(JackknifeInterval {
+            cka: self.cka,
+            level,
+            estimate,
+            lower: estimate - half_width,
+            upper: estimate + half_width,
+            std_error,
+        })
+    }
+
     /// The `k` samples whose removal changes CKA most, as `(index, delta)`, largest `|delta|`
     /// first (ties by index).
     pub fn top(&self, k: usize) -> Vec<(usize, f64)> {
@@ -146,9 +189,7 @@ pub fn bootstrap(
     seed: u64,
 ) -> Result<BootstrapInterval> {
     let n = check_pair(x, y, estimator)?;
-    if !(level > 0.0 && level < 1.0) {
-        fail!(InvalidArgument, "the interval's level must lie strictly between 0 and 1, got {level}");
-    }
+    check_level(level)?;
     if resamples < 2 {
         fail!(InvalidArgument, "a bootstrap interval needs at least 2 resamples, got {resamples}");
     }
@@ -162,6 +203,20 @@ pub fn bootstrap(
     } else {
         bootstrap_typed::<f32>(x, y, estimator, (level, kind), resamples, m, seed, &order)
     }
+}
+
+fn check_level(level: f64) -> Result<()> {
+    if !(level > 0.0 && level < 1.0) {
+        fail!(InvalidArgument, "the interval's level must lie strictly between 0 and 1, got {level}");
+    }
+    Ok(())
+}
+
+/// The jackknife interval of CKA(x, y) at `level`: [`influence`], then
+/// [`Influence::jackknife`]. Needs one sample more than the estimator (3 biased, 5 debiased).
+pub fn jackknife(x: &Matrix, y: &Matrix, estimator: Estimator, level: f64) -> Result<JackknifeInterval> {
+    check_level(level)?;
+    influence(x, y, estimator)?.jackknife(level)
 }
 
 /// The permutation null of CKA(x, y) from `permutations` row permutations of `y`, drawn from
