@@ -174,20 +174,25 @@ typedef enum tl_lr_schedule {
 } tl_lr_schedule;
 
 /**
- * How a bootstrap interval is read off the resampled CKA values: `tl_cka_interval` as the
- * header spells it; arguments arrive as [`RawInterval`] and are checked.
+ * How the interval is formed: `tl_cka_interval` as the header spells it; arguments arrive as
+ * [`RawInterval`] and are checked.
  *
  */
 typedef enum tl_cka_interval {
   /**
-   * The (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled values: the default.
+   * Bootstrap: the (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled values.
    */
   TL_CKA_INTERVAL_PERCENTILE = 0,
   /**
-   * Bias-corrected and accelerated (Efron 1987); see docs/analyses.md, "Uncertainty", for
-   * where it does worse than percentile.
+   * Bootstrap, bias-corrected and accelerated (Efron 1987).
    */
   TL_CKA_INTERVAL_BCA = 1,
+  /**
+   * The jackknife interval around the bias-corrected estimate, from the n leave-one-out
+   * values (no resamples): the default, and the only kind that covers at its level on layers
+   * wide against n (docs/analyses.md, "Uncertainty").
+   */
+  TL_CKA_INTERVAL_JACKKNIFE = 2,
 } tl_cka_interval;
 
 /**
@@ -350,7 +355,9 @@ typedef struct tl_cka_stats_options {
    */
   tl_cka_estimator estimator;
   /**
-   * Bootstrap resamples (default 1000; 0: no interval, else at least 2).
+   * 0: no interval. Otherwise an interval of opts->interval's kind: for the bootstrap kinds
+   * (PERCENTILE, BCA) this many resamples, at least 2; the jackknife (JACKKNIFE, the
+   * default) draws none and takes any non-zero value as the request (default 1000).
    */
   uint64_t resamples;
   /**
@@ -371,7 +378,8 @@ typedef struct tl_cka_stats_options {
    */
   uint64_t seed;
   /**
-   * How the interval is read off the resamples (default TL_CKA_INTERVAL_PERCENTILE).
+   * How the interval is formed (default TL_CKA_INTERVAL_JACKKNIFE; callers built before this
+   * field existed get TL_CKA_INTERVAL_PERCENTILE, what they got then).
    */
   tl_cka_interval interval;
 } tl_cka_stats_options;
@@ -388,8 +396,8 @@ typedef struct tl_cka_stats_report {
    */
   double cka;
   /**
-   * The interval (of opts->interval's kind), and the standard deviation of the resampled
-   * values.
+   * The interval (of opts->interval's kind) and its standard error: the standard deviation
+   * of the resampled values, or the jackknife's.
    */
   double lower;
   double upper;
@@ -415,12 +423,17 @@ typedef struct tl_cka_stats_report {
    */
   uint64_t top_written;
   /**
-   * BCa's bias correction z0 (for either kind of interval) and acceleration a (BCa only:
+   * BCa's bias correction z0 (for either bootstrap interval) and acceleration a (BCa only:
    * NaN for a percentile interval, which does not compute it); see the Rust
-   * `BootstrapInterval`.
+   * `BootstrapInterval`. NaN for the jackknife interval.
    */
   double bias_correction;
   double acceleration;
+  /**
+   * The jackknife interval's centre, the bias-corrected estimate
+   * n cka - (n - 1) mean_i CKA(without i); NaN for the bootstrap intervals.
+   */
+  double jackknife_estimate;
 } tl_cka_stats_report;
 
 /**
@@ -1122,14 +1135,14 @@ enum tl_status tl_cka_accumulator_set_widths(struct tl_cka_accumulator *acc,
                                              size_t len);
 
 /**
- * The defaults: biased estimator, a 0.95 percentile interval from 1000 resamples in automatic
- * blocks, no null, seed 0.
+ * The defaults: biased estimator, a 0.95 jackknife interval, no null, seed 0 (1000 resamples in
+ * automatic blocks for a bootstrap interval).
  */
 struct tl_cka_stats_options tl_cka_stats_options_default(void);
 
 /**
  * How far to trust CKA(x, y) (docs/analyses.md, section 1, "Uncertainty"): with
- * opts->resamples > 0 a bootstrap interval (BCa or percentile: opts->interval); with opts->permutations > 0 a
+ * opts->resamples > 0 an interval (jackknife, or bootstrap BCa or percentile: opts->interval); with opts->permutations > 0 a
  * permutation null; with top_count > 0 the top_count samples whose removal changes CKA most,
  * largest |change| first, their row indices into top_samples and CKA(without) - CKA(all) into
  * top_deltas (both NULL when top_count is 0). `opts` NULL means tl_cka_stats_options_default().

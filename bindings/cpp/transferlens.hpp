@@ -237,8 +237,9 @@ class Context {
         return out;
     }
 
-    // How far to trust CKA(x, y): a bootstrap interval (opts.resamples > 0), a permutation null
-    // (opts.permutations > 0) and the `top` most influential samples (see tl_cka_statistics).
+    // How far to trust CKA(x, y): an interval (opts.resamples > 0; jackknife or bootstrap:
+    // opts.interval), a permutation null (opts.permutations > 0) and the `top` most influential
+    // samples (see tl_cka_statistics).
     CkaStatistics cka_statistics(const MatrixView& x, const MatrixView& y, const tl_cka_stats_options& opts,
                                  size_t top = 0) const {
         CkaStatistics out;

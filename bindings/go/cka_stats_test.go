@@ -41,13 +41,13 @@ func TestCKAStatisticsAgainstTheReference(t *testing.T) {
 	want := refCKA(x, y, false)
 
 	d := DefaultCKAStatsOptions()
-	if d != (CKAStatsOptions{Estimator: Biased, Resamples: 1000, Level: 0.95}) {
+	if d != (CKAStatsOptions{Estimator: Biased, Resamples: 1000, Level: 0.95, Interval: IntervalJackknife}) {
 		t.Fatalf("defaults %+v", d)
 	}
 
-	// Everything at once.
+	// Everything at once, with a percentile bootstrap interval.
 	o := d
-	o.Resamples, o.Permutations, o.Seed = 300, 49, 5
+	o.Resamples, o.Permutations, o.Seed, o.Interval = 300, 49, 5, IntervalPercentile
 	const top = 3
 	s := must(ctx.CKAStatistics(mx, my, &o, top))
 	t.Logf("CKA %.6f, interval [%.6f, %.6f], std error %.6f, p %.4f, null mean %.6f, top %v %v",
@@ -94,8 +94,34 @@ func TestCKAStatisticsAgainstTheReference(t *testing.T) {
 		t.Fatalf("seed 5 again: [%g, %g], %d top samples; first [%g, %g]", again.Lower, again.Upper,
 			len(again.TopSamples), s.Lower, s.Upper)
 	}
+	if !math.IsNaN(s.JackknifeEstimate) || math.IsNaN(s.BiasCorrection) || !math.IsNaN(s.Acceleration) {
+		t.Fatalf("a percentile interval: %+v", s)
+	}
+	bca := o
+	bca.Interval = IntervalBCa
+	if byBCa := must(ctx.CKAStatistics(mx, my, &bca, 0)); byBCa.StdError != s.StdError || math.IsNaN(byBCa.Acceleration) {
+		t.Fatalf("BCa from the same resamples: %+v against %+v", byBCa, s)
+	}
+
+	// nil options are the defaults: the jackknife interval, here against the reference's
+	// leave-one-out values (centre n CKA - (n - 1) mean, half-width z sqrt((n - 1) / n sum d^2)).
 	byDefault := must(ctx.CKAStatistics(mx, my, nil, 0))
-	if byDefault.Blocks != statsN || !math.IsNaN(byDefault.PValue) || math.IsNaN(byDefault.Lower) {
+	var mean, spread float64
+	leftOut := make([]float64, statsN)
+	for i := range leftOut {
+		leftOut[i] = refCKA(without(x, i), without(y, i), false)
+		mean += leftOut[i] / statsN
+	}
+	for _, v := range leftOut {
+		spread += (v - mean) * (v - mean)
+	}
+	centre, se := statsN*want-(statsN-1)*mean, math.Sqrt((statsN-1.0)/statsN*spread)
+	const z95 = 1.959963984540054
+	close1(t, byDefault.JackknifeEstimate, centre, 1e-9, "jackknife estimate")
+	close1(t, byDefault.StdError, se, 1e-9, "jackknife standard error")
+	close1(t, byDefault.Lower, centre-z95*se, 1e-9, "jackknife lower end")
+	close1(t, byDefault.Upper, centre+z95*se, 1e-9, "jackknife upper end")
+	if byDefault.Blocks != 0 || !math.IsNaN(byDefault.PValue) || !math.IsNaN(byDefault.BiasCorrection) {
 		t.Fatalf("default statistics %+v", byDefault)
 	}
 
@@ -122,7 +148,7 @@ func TestCKAStatisticsErrors(t *testing.T) {
 	x, y := statsData()
 	mx, my := must(NewMatrix(x.v, statsN, statsP)), must(NewMatrix(y.v, statsN, statsQ))
 	o := DefaultCKAStatsOptions()
-	o.Resamples, o.Permutations = 50, 9
+	o.Resamples, o.Permutations, o.Interval = 50, 9, IntervalPercentile
 	with := func(f func(*CKAStatsOptions)) *CKAStatsOptions {
 		c := o
 		f(&c)
@@ -155,6 +181,8 @@ func TestCKAStatisticsErrors(t *testing.T) {
 			ErrInvalidArgument, "resamples"},
 		{"more blocks than samples", err(ctx.CKAStatistics(mx, my, with(func(c *CKAStatsOptions) { c.Blocks = statsN + 1 }), 0)),
 			ErrInvalidArgument, "blocks"},
+		{"unknown interval", err(ctx.CKAStatistics(mx, my, with(func(c *CKAStatsOptions) { c.Interval = 3 }), 0)),
+			ErrInvalidArgument, "opts->interval"},
 		{"unknown estimator", err(ctx.CKAStatistics(mx, my, with(func(c *CKAStatsOptions) { c.Estimator = 7 }), 0)),
 			ErrInvalidArgument, "opts->estimator"},
 		{"debiased influence of 4 samples", err(ctx.CKAStatistics(must(mx.Rows(0, 4)), must(my.Rows(0, 4)), debiasedOnly, 3)),

@@ -1,5 +1,5 @@
-//! CKA's uncertainty through the C ABI: one call gives the bootstrap interval, the permutation
-//! null and the most influential samples of CKA(x, y), each when asked for. The options and the
+//! CKA's uncertainty through the C ABI: one call gives an interval (jackknife or bootstrap), the
+//! permutation null and the most influential samples of CKA(x, y), each when asked for. The options and the
 //! report are size-versioned like the criticality structs (see `criticality.rs`).
 
 use super::boundary::{handle_ref, try_ref, try_slice_mut};
@@ -18,7 +18,9 @@ pub struct tl_cka_stats_options {
     pub size: usize,
     /// The estimator (default TL_CKA_BIASED).
     pub estimator: RawEstimator,
-    /// Bootstrap resamples (default 1000; 0: no interval, else at least 2).
+    /// 0: no interval. Otherwise an interval of opts->interval's kind: for the bootstrap kinds
+    /// (PERCENTILE, BCA) this many resamples, at least 2; the jackknife (JACKKNIFE, the
+    /// default) draws none and takes any non-zero value as the request (default 1000).
     pub resamples: u64,
     /// The interval's level, strictly between 0 and 1 (default 0.95).
     pub level: f64,
@@ -29,23 +31,27 @@ pub struct tl_cka_stats_options {
     pub permutations: u64,
     /// Seeds the blocks, the resamples and the permutations (default 0).
     pub seed: u64,
-    /// How the interval is read off the resamples (default TL_CKA_INTERVAL_PERCENTILE).
+    /// How the interval is formed (default TL_CKA_INTERVAL_JACKKNIFE; callers built before this
+    /// field existed get TL_CKA_INTERVAL_PERCENTILE, what they got then).
     pub interval: RawInterval,
 }
 
-/// How a bootstrap interval is read off the resampled CKA values: `tl_cka_interval` as the
-/// header spells it; arguments arrive as [`RawInterval`] and are checked.
+/// How the interval is formed: `tl_cka_interval` as the header spells it; arguments arrive as
+/// [`RawInterval`] and are checked.
 ///
 /// cbindgen:prefix-with-name=false
 /// cbindgen:rename-all=None
 #[repr(C)]
 #[allow(non_camel_case_types, clippy::upper_case_acronyms, dead_code)]
 pub enum CkaInterval {
-    /// The (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled values: the default.
+    /// Bootstrap: the (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled values.
     TL_CKA_INTERVAL_PERCENTILE = 0,
-    /// Bias-corrected and accelerated (Efron 1987); see docs/analyses.md, "Uncertainty", for
-    /// where it does worse than percentile.
+    /// Bootstrap, bias-corrected and accelerated (Efron 1987).
     TL_CKA_INTERVAL_BCA = 1,
+    /// The jackknife interval around the bias-corrected estimate, from the n leave-one-out
+    /// values (no resamples): the default, and the only kind that covers at its level on layers
+    /// wide against n (docs/analyses.md, "Uncertainty").
+    TL_CKA_INTERVAL_JACKKNIFE = 2,
 }
 
 /// A `tl_cka_interval` value as received from C.
@@ -53,21 +59,28 @@ pub enum CkaInterval {
 #[derive(Debug, Clone, Copy)]
 pub struct RawInterval(pub u32);
 
+/// The interval a caller asked for: the jackknife's, or a bootstrap interval of a kind.
+enum Interval {
+    Jackknife,
+    Bootstrap(IntervalKind),
+}
+
 impl RawInterval {
-    fn kind(self) -> Result<IntervalKind> {
+    fn interval(self) -> Result<Interval> {
         Ok(match self.0 {
-            0 => IntervalKind::Percentile,
-            1 => IntervalKind::Bca,
+            0 => Interval::Bootstrap(IntervalKind::Percentile),
+            1 => Interval::Bootstrap(IntervalKind::Bca),
+            2 => Interval::Jackknife,
             raw => fail!(
                 InvalidArgument,
-                "opts->interval: unknown interval value {raw} (expected 0 = PERCENTILE, 1 = BCA)"
+                "opts->interval: unknown interval value {raw} (expected 0 = PERCENTILE, 1 = BCA, 2 = JACKKNIFE)"
             ),
         })
     }
 }
 
-/// The defaults: biased estimator, a 0.95 percentile interval from 1000 resamples in automatic
-/// blocks, no null, seed 0.
+/// The defaults: biased estimator, a 0.95 jackknife interval, no null, seed 0 (1000 resamples in
+/// automatic blocks for a bootstrap interval).
 #[no_mangle]
 pub extern "C" fn tl_cka_stats_options_default() -> tl_cka_stats_options {
     tl_cka_stats_options {
@@ -78,7 +91,7 @@ pub extern "C" fn tl_cka_stats_options_default() -> tl_cka_stats_options {
         blocks: 0,
         permutations: 0,
         seed: 0,
-        interval: RawInterval(CkaInterval::TL_CKA_INTERVAL_PERCENTILE as u32),
+        interval: RawInterval(CkaInterval::TL_CKA_INTERVAL_JACKKNIFE as u32),
     }
 }
 
@@ -91,8 +104,8 @@ pub struct tl_cka_stats_report {
     pub size: usize,
     /// CKA of all the data.
     pub cka: f64,
-    /// The interval (of opts->interval's kind), and the standard deviation of the resampled
-    /// values.
+    /// The interval (of opts->interval's kind) and its standard error: the standard deviation
+    /// of the resampled values, or the jackknife's.
     pub lower: f64,
     pub upper: f64,
     pub std_error: f64,
@@ -108,11 +121,14 @@ pub struct tl_cka_stats_report {
     pub null_std: f64,
     /// Entries written to top_samples and top_deltas: min(top_count, rows).
     pub top_written: u64,
-    /// BCa's bias correction z0 (for either kind of interval) and acceleration a (BCa only:
+    /// BCa's bias correction z0 (for either bootstrap interval) and acceleration a (BCa only:
     /// NaN for a percentile interval, which does not compute it); see the Rust
-    /// `BootstrapInterval`.
+    /// `BootstrapInterval`. NaN for the jackknife interval.
     pub bias_correction: f64,
     pub acceleration: f64,
+    /// The jackknife interval's centre, the bias-corrected estimate
+    /// n cka - (n - 1) mean_i CKA(without i); NaN for the bootstrap intervals.
+    pub jackknife_estimate: f64,
 }
 
 versioned!(tl_cka_stats_options { size, estimator, resamples, level, blocks, permutations, seed, interval });
@@ -131,6 +147,7 @@ versioned!(tl_cka_stats_report {
     top_written,
     bias_correction,
     acceleration,
+    jackknife_estimate,
 });
 
 /// The caller's options over the defaults, for the first `size` bytes the caller knows.
@@ -150,6 +167,10 @@ unsafe fn read_options(opts: *const tl_cka_stats_options) -> Result<tl_cka_stats
         unsafe {
             std::ptr::copy_nonoverlapping(opts.cast::<u8>(), (&mut o as *mut tl_cka_stats_options).cast::<u8>(), n)
         };
+        if n < std::mem::offset_of!(tl_cka_stats_options, interval) + std::mem::size_of::<RawInterval>() {
+            // Built before `interval` existed: the percentile interval those callers got then.
+            o.interval = RawInterval(CkaInterval::TL_CKA_INTERVAL_PERCENTILE as u32);
+        }
     }
     Ok(o)
 }
@@ -159,7 +180,7 @@ fn to_usize(v: u64, what: &str) -> Result<usize> {
 }
 
 /// How far to trust CKA(x, y) (docs/analyses.md, section 1, "Uncertainty"): with
-/// opts->resamples > 0 a bootstrap interval (BCa or percentile: opts->interval); with opts->permutations > 0 a
+/// opts->resamples > 0 an interval (jackknife, or bootstrap BCa or percentile: opts->interval); with opts->permutations > 0 a
 /// permutation null; with top_count > 0 the top_count samples whose removal changes CKA most,
 /// largest |change| first, their row indices into top_samples and CKA(without) - CKA(all) into
 /// top_deltas (both NULL when top_count is 0). `opts` NULL means tl_cka_stats_options_default().
@@ -200,7 +221,7 @@ pub unsafe extern "C" fn tl_cka_statistics(
         let estimator = Estimator::from_raw(o.estimator.0, "opts->estimator")?;
         let (resamples, blocks) = (to_usize(o.resamples, "opts->resamples")?, to_usize(o.blocks, "opts->blocks")?);
         let permutations = to_usize(o.permutations, "opts->permutations")?;
-        let interval = o.interval.kind()?;
+        let interval = o.interval.interval()?;
         let mut report = tl_cka_stats_report {
             size: std::mem::size_of::<tl_cka_stats_report>(),
             cka: f64::NAN,
@@ -216,21 +237,36 @@ pub unsafe extern "C" fn tl_cka_statistics(
             top_written: 0,
             bias_correction: f64::NAN,
             acceleration: f64::NAN,
+            jackknife_estimate: f64::NAN,
         };
+        // The jackknife interval and the top samples share the leave-one-out values.
+        let wants_jackknife = resamples > 0 && matches!(interval, Interval::Jackknife);
+        let left_out = (wants_jackknife || top_count > 0).then(|| cka::influence(&x, &y, estimator)).transpose()?;
         if resamples > 0 {
-            let ci = cka::bootstrap(&x, &y, estimator, o.level, interval, resamples, blocks, o.seed)?;
-            report.cka = ci.cka;
-            (report.lower, report.upper, report.std_error) = (ci.lower, ci.upper, ci.std_error);
-            report.degenerate_resamples = ci.degenerate as u64;
-            (report.blocks, report.block_size) = (ci.blocks as u64, ci.block_size as u64);
-            (report.bias_correction, report.acceleration) = (ci.bias_correction, ci.acceleration.unwrap_or(f64::NAN));
+            match interval {
+                Interval::Jackknife => {
+                    let ci = left_out.as_ref().expect("computed above").jackknife(o.level)?;
+                    report.cka = ci.cka;
+                    (report.lower, report.upper, report.std_error) = (ci.lower, ci.upper, ci.std_error);
+                    report.jackknife_estimate = ci.estimate;
+                }
+                Interval::Bootstrap(kind) => {
+                    let ci = cka::bootstrap(&x, &y, estimator, o.level, kind, resamples, blocks, o.seed)?;
+                    report.cka = ci.cka;
+                    (report.lower, report.upper, report.std_error) = (ci.lower, ci.upper, ci.std_error);
+                    report.degenerate_resamples = ci.degenerate as u64;
+                    (report.blocks, report.block_size) = (ci.blocks as u64, ci.block_size as u64);
+                    (report.bias_correction, report.acceleration) =
+                        (ci.bias_correction, ci.acceleration.unwrap_or(f64::NAN));
+                }
+            }
         }
         if permutations > 0 {
             let null = cka::permutation_null(&x, &y, estimator, permutations, o.seed)?;
             report.cka = null.cka;
             (report.p_value, report.null_mean, report.null_std) = (null.p_value, null.mean, null.std);
         }
-        if top_count > 0 {
+        if let Some(influence) = left_out.as_ref().filter(|_| top_count > 0) {
             // SAFETY: top_samples and top_deltas are NULL or hold top_count writable values (the
             // C contract).
             let (samples, deltas) = unsafe {
@@ -239,7 +275,6 @@ pub unsafe extern "C" fn tl_cka_statistics(
                     try_slice_mut(top_deltas, top_count, "top_deltas")?,
                 )
             };
-            let influence = cka::influence(&x, &y, estimator)?;
             report.cka = influence.cka;
             let top = influence.top(top_count);
             for (k, (i, d)) in top.iter().enumerate() {

@@ -61,10 +61,11 @@ int main(void) {
 
     tl_cka_stats_options d = tl_cka_stats_options_default();
     CHECK(d.size == sizeof d && d.estimator == TL_CKA_BIASED && d.resamples == 1000 && d.level == 0.95);
-    CHECK(d.blocks == 0 && d.permutations == 0 && d.seed == 0 && d.interval == TL_CKA_INTERVAL_PERCENTILE);
+    CHECK(d.blocks == 0 && d.permutations == 0 && d.seed == 0 && d.interval == TL_CKA_INTERVAL_JACKKNIFE);
 
-    /* Everything at once. */
+    /* Everything at once, with a bootstrap interval. */
     tl_cka_stats_options o = d;
+    o.interval = TL_CKA_INTERVAL_PERCENTILE;
     o.resamples = 300;
     o.permutations = 49;
     o.seed = 5;
@@ -82,8 +83,9 @@ int main(void) {
     for (int k = 0; k < TOP; k++) CHECK_CLOSE(rep.cka + delta[k], ref_cka(x, P, y, Q, N, (size_t)top[k]), 1e-9);
     CHECK(fabs(delta[0]) >= fabs(delta[1]) && fabs(delta[1]) >= fabs(delta[2]));
 
-    /* Percentile (the default) and BCa read the same resamples at different levels. */
+    /* Percentile and BCa read the same resamples at different levels. */
     CHECK(isfinite(rep.bias_correction) && isnan(rep.acceleration)); /* a: BCa only */
+    CHECK(isnan(rep.jackknife_estimate));
     tl_cka_stats_options bca = o;
     bca.interval = TL_CKA_INTERVAL_BCA;
     tl_cka_stats_report by_bca;
@@ -99,7 +101,47 @@ int main(void) {
     CHECK_OK(tl_cka_statistics(ctx, &mx, &my, &o, &again, NULL, NULL, 0));
     CHECK(again.lower == rep.lower && again.upper == rep.upper && again.top_written == 0);
     CHECK_OK(tl_cka_statistics(ctx, &mx, &my, NULL, &again, NULL, NULL, 0));
-    CHECK(again.blocks == N && isnan(again.p_value) && !isnan(again.lower));
+    CHECK(again.blocks == 0 && isnan(again.p_value) && isfinite(again.jackknife_estimate)); /* the jackknife */
+
+    /* The jackknife interval (the default) against the leave-one-out values of the reference:
+     * centred on n cka - (n - 1) mean, half-width z sqrt((n - 1) / n sum (v - mean)^2). It
+     * shares those values with the top samples: the same ones as above. */
+    {
+        double left_out[N], mean = 0, spread = 0;
+        for (size_t i = 0; i < N; i++) mean += (left_out[i] = ref_cka(x, P, y, Q, N, i)) / N;
+        for (size_t i = 0; i < N; i++) spread += (left_out[i] - mean) * (left_out[i] - mean);
+        const double centre = N * want - (N - 1) * mean, se = sqrt((N - 1.0) / N * spread);
+        const double z90 = 1.6448536269514722; /* a 0.90 interval */
+        tl_cka_stats_options jk = d;
+        jk.level = 0.90;
+        tl_cka_stats_report by_jk;
+        uint64_t jk_top[TOP];
+        double jk_delta[TOP];
+        by_jk.size = sizeof by_jk;
+        CHECK_OK(tl_cka_statistics(ctx, &mx, &my, &jk, &by_jk, jk_top, jk_delta, TOP));
+        CHECK_CLOSE(by_jk.cka, want, 1e-9);
+        CHECK_CLOSE(by_jk.jackknife_estimate, centre, 1e-9);
+        CHECK_CLOSE(by_jk.std_error, se, 1e-9);
+        CHECK_CLOSE(by_jk.lower, centre - z90 * se, 1e-9);
+        CHECK_CLOSE(by_jk.upper, centre + z90 * se, 1e-9);
+        CHECK(isnan(by_jk.bias_correction) && isnan(by_jk.acceleration) && by_jk.blocks == 0);
+        CHECK(by_jk.top_written == TOP && jk_top[0] == top[0] && jk_delta[0] == delta[0]);
+        /* It draws no resamples: any non-zero count asks for it, the seed changes nothing. */
+        tl_cka_stats_options one = jk;
+        one.resamples = 1;
+        one.seed = 77;
+        CHECK_OK(tl_cka_statistics(ctx, &mx, &my, &one, &again, NULL, NULL, 0));
+        CHECK(again.lower == by_jk.lower && again.upper == by_jk.upper);
+        /* A report from before jackknife_estimate: the bytes after it stay the caller's. */
+        struct {
+            tl_cka_stats_report head;
+            double sentinel;
+        } before;
+        before.head.size = offsetof(tl_cka_stats_report, jackknife_estimate);
+        before.head.jackknife_estimate = -7;
+        CHECK_OK(tl_cka_statistics(ctx, &mx, &my, &jk, &before.head, NULL, NULL, 0));
+        CHECK(before.head.jackknife_estimate == -7 && before.head.lower == by_jk.lower);
+    }
 
     /* Nothing asked for: CKA alone, the rest NaN. */
     tl_cka_stats_options none = d;
@@ -167,7 +209,7 @@ int main(void) {
         CHECK_STATUS(tl_cka_statistics(ctx, &mx, &my, &bad, &rep, NULL, NULL, 0), TL_STATUS_INVALID_ARGUMENT);
         CHECK(strstr(tl_last_error_message(), "opts->estimator") != NULL);
         bad = o;
-        bad.interval = 2; /* neither PERCENTILE nor BCA */
+        bad.interval = 3; /* none of PERCENTILE, BCA, JACKKNIFE */
         CHECK_STATUS(tl_cka_statistics(ctx, &mx, &my, &bad, &rep, NULL, NULL, 0), TL_STATUS_INVALID_ARGUMENT);
         CHECK(strstr(tl_last_error_message(), "opts->interval") != NULL);
         bad = o;

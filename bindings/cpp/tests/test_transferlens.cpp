@@ -996,6 +996,11 @@ static void test_cka_statistics() {
     Dense y = mix(x, 4, 0.8);
     for (size_t c = 0; c < 4; c++) y.v[9 * 4 + c] *= 10.0;  // an outlying sample
     tl_cka_stats_options opts = tl_cka_stats_options_default();
+    CHECK(opts.interval == TL_CKA_INTERVAL_JACKKNIFE);
+    const auto jack = ctx.cka_statistics(tl::MatrixView(x.v, 40, 6), tl::MatrixView(y.v, 40, 4), opts);
+    CHECK(jack.report.lower < jack.report.jackknife_estimate && jack.report.jackknife_estimate < jack.report.upper);
+    CHECK(std::isnan(jack.report.bias_correction) && jack.report.blocks == 0);
+    opts.interval = TL_CKA_INTERVAL_PERCENTILE;
     opts.resamples = 200;
     opts.permutations = 19;
     const auto s = ctx.cka_statistics(tl::MatrixView(x.v, 40, 6), tl::MatrixView(y.v, 40, 4), opts, 2);

@@ -1,5 +1,6 @@
 """cka_statistics: the leave-one-out influence against CKA recomputed without each sample, the
-interval and null against their own resampled values, p-values under independence, the same
+jackknife interval against those recomputed values, the bootstrap interval and null against
+their own resampled values, p-values under independence, the same
 numbers as `tlens cka`, and the error paths."""
 
 import itertools
@@ -40,6 +41,31 @@ def test_influence_equals_cka_recomputed_without_each_sample(rng, estimator):
     np.testing.assert_array_equal(stats.top_deltas, stats.deltas[order])
     assert stats.top_samples[0] == 3  # the outlier
     assert stats.interval is None and stats.resamples is None and stats.p_value is None
+
+
+@pytest.mark.parametrize("estimator", ["biased", "debiased"])
+def test_the_jackknife_interval_is_the_default_and_follows_the_leave_one_out_values(rng, estimator):
+    x, y = related_pair(rng, n=50)
+    debiased = estimator == "debiased"
+    stats = tl.cka_statistics(x, y, ci=0.9, null=0, influence=2, estimator=estimator)
+    n, full = len(x), cka_reference(x, y, debiased)
+    keep = np.ones(n, dtype=bool)
+    left_out = []
+    for i in range(n):
+        keep[i] = False
+        left_out.append(cka_reference(x[keep], y[keep], debiased))
+        keep[i] = True
+    left_out = np.array(left_out)
+    centre = n * full - (n - 1) * left_out.mean()
+    se = np.sqrt((n - 1) / n * np.sum((left_out - left_out.mean()) ** 2))
+    z90 = 1.6448536269514722
+    assert stats.interval_kind == "jackknife" and stats.level == 0.9
+    assert stats.jackknife_estimate == pytest.approx(centre, rel=1e-9)
+    assert stats.std_error == pytest.approx(se, rel=1e-9)
+    assert stats.interval == pytest.approx((centre - z90 * se, centre + z90 * se), rel=1e-9)
+    assert stats.resamples is None and stats.blocks is None and stats.bias_correction is None
+    # The influence asked for in the same call comes from the same leave-one-out values.
+    np.testing.assert_allclose(stats.deltas, left_out - full, rtol=1e-8, atol=1e-12)
 
 
 def test_interval_and_null_follow_from_their_resampled_values(rng):
@@ -132,7 +158,11 @@ def test_error_paths_raise_clear_exceptions(rng):
     with pytest.raises(tl.InvalidArgument, match="resamples"):
         tl.cka_statistics(x, y, bootstrap=1)
     with pytest.raises(tl.InvalidArgument, match="blocks"):
-        tl.cka_statistics(x, y, blocks=len(x) + 1)
+        tl.cka_statistics(x, y, interval="percentile", blocks=len(x) + 1)
+    with pytest.raises(tl.InvalidArgument, match="leave-one-out"):
+        tl.cka_statistics(x, y, interval="jackknife", bootstrap=100)
+    with pytest.raises(tl.InvalidArgument, match="no interval"):
+        tl.cka_statistics(x, y, interval="bca", bootstrap=0)
     with pytest.raises(tl.InvalidArgument, match="estimator"):
         tl.cka_statistics(x, y, estimator="unbiased")
     with pytest.raises(tl.InvalidArgument, match="percentile"):
@@ -151,12 +181,14 @@ TLENS = REPO / "target" / "release" / "tlens"
 
 
 @pytest.mark.skipif(not TLENS.exists(), reason="the tlens binary is not built (cargo build --release)")
-@pytest.mark.parametrize("kind", ["percentile", "bca"])
+@pytest.mark.parametrize("kind", ["jackknife", "percentile", "bca"])
 def test_the_same_statistics_as_tlens_cka(rng, tmp_path, kind):
     x, y = related_pair(rng, n=300)
     tl.ParamSet.from_arrays({"h": x}).save(tmp_path / "a.safetensors")
     tl.ParamSet.from_arrays({"h": y}).save(tmp_path / "b.safetensors")
-    options = dict(ci=0.9, bootstrap=500, null=100, influence=4, seed=3, interval=kind)
+    options = dict(ci=0.9, null=100, influence=4, seed=3, interval=kind)
+    if kind != "jackknife":
+        options["bootstrap"] = 500
     flags = [f"--{k}={v}" for k, v in options.items()]
     run = subprocess.run(
         [TLENS, "cka", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--json", *flags],
@@ -171,9 +203,13 @@ def test_the_same_statistics_as_tlens_cka(rng, tmp_path, kind):
     assert stats.interval == (interval["lower"], interval["upper"])
     assert stats.std_error == interval["std_error"]
     assert stats.interval_kind == interval["kind"]
-    assert stats.bias_correction == interval["bias_correction"]
-    assert stats.acceleration == interval["acceleration"]  # None (JSON null) for percentile
-    assert (stats.blocks, stats.block_size) == (interval["blocks"], interval["block_size"])
+    if kind == "jackknife":
+        assert stats.jackknife_estimate == interval["estimate"]
+        assert stats.bias_correction is None and stats.blocks is None
+    else:
+        assert stats.bias_correction == interval["bias_correction"]
+        assert stats.acceleration == interval["acceleration"]  # None (JSON null) for percentile
+        assert (stats.blocks, stats.block_size) == (interval["blocks"], interval["block_size"])
     assert (stats.p_value, stats.null_mean, stats.null_std) == (
         pair["null"]["p_value"],
         pair["null"]["mean"],

@@ -26,12 +26,14 @@ def package_example(heading):
 
 
 def test_the_cka_statistics_example_runs():
-    first, second = package_example("How far to trust a CKA value")
-    cka, lower, upper, p_value, null_mean = (float(v.strip("(),")) for v in first.split())
-    assert 0 < lower < upper < 1 and 0 < cka < 1
+    first, second, third = package_example("How far to trust a CKA value")
+    cka, lower, upper, estimate, p_value, null_mean = (float(v.strip("(),")) for v in first.split())
+    assert 0 < lower < estimate < upper < 1 and 0 < cka < 1  # the jackknife interval
     assert p_value == 1 / 201  # the dependence is plain: no permutation reaches it
     assert 0 < null_mean < cka
     assert len(second.split("]")[0].strip("[").split()) == 5
+    kind, boot_lower, boot_upper = third.split(maxsplit=1)[0], *(float(v.strip("(),")) for v in third.split()[1:])
+    assert kind == "percentile" and 0 < boot_lower < boot_upper < 1
 
 
 def test_the_alignment_example_runs():

@@ -48,7 +48,8 @@ export cka_linear, cka_matrix, update!, merge!, result, state_size, export_state
        set_widths!
 export Params, ModuleGeometry, Grouping, Unmatched, GROUP_FIRST, GROUP_DEPTH, GROUP_PREFIXES, GROUP_TENSOR,
        UNMATCHED_OWN_GROUP, UNMATCHED_ERROR
-export CkaStatsOptions, CkaStatsReport, cka_statistics, CkaInterval, INTERVAL_BCA, INTERVAL_PERCENTILE
+export CkaStatsOptions, CkaStatsReport, cka_statistics, CkaInterval, INTERVAL_BCA, INTERVAL_PERCENTILE,
+       INTERVAL_JACKKNIFE
 export load_params, load_checkpoint, save_params, wrap_params, set_grouping!, module_count, module_name, module_names, find_module,
        tensor_count, tensor_data, distance, norms, compare, interpolate!, interpolate_module!, rewind!
 export Evaluator, Metrics, Metric, METRIC_LOSS, METRIC_ERROR, METRIC_ACCURACY, BarrierResult, finish,

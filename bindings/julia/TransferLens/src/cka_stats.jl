@@ -1,13 +1,14 @@
-# How far to trust a CKA value: bootstrap interval, permutation null and the most influential
+# How far to trust a CKA value: jackknife or bootstrap interval, permutation null and the most influential
 # samples (tl_cka_statistics; docs/analyses.md, section 1, "Uncertainty").
 
 """
     CkaStatsOptions(; kwargs...)
 
 Options of [`cka_statistics`](@ref), mirroring `tl_cka_stats_options`: `estimator` (BIASED),
-`resamples` (1000; 0: no interval), `level` (0.95), `blocks` (0: automatic), `permutations`
-(0: no null), `seed` (0) and `interval` (`INTERVAL_PERCENTILE`, or `INTERVAL_BCA`). `size` is
-always `sizeof(CkaStatsOptions)`.
+`resamples` (1000; 0: no interval; the bootstrap's resamples, which the jackknife does not
+draw), `level` (0.95), `blocks` (0: automatic), `permutations` (0: no null), `seed` (0) and
+`interval` (`INTERVAL_JACKKNIFE`, or the bootstrap's `INTERVAL_PERCENTILE` or `INTERVAL_BCA`).
+`size` is always `sizeof(CkaStatsOptions)`.
 """
 struct CkaStatsOptions
     size::Csize_t
@@ -20,7 +21,7 @@ struct CkaStatsOptions
     interval::UInt32
 end
 
-@enum CkaInterval::UInt32 INTERVAL_PERCENTILE = 0 INTERVAL_BCA = 1
+@enum CkaInterval::UInt32 INTERVAL_PERCENTILE = 0 INTERVAL_BCA = 1 INTERVAL_JACKKNIFE = 2
 
 function CkaStatsOptions(; kwargs...)
     d = ccall((:tl_cka_stats_options_default, libtransferlens), CkaStatsOptions, ())
@@ -57,14 +58,16 @@ struct CkaStatsReport
     null_mean::Float64
     null_std::Float64
     top_written::UInt64
-    bias_correction::Float64
-    acceleration::Float64  # NaN for a percentile interval (computed for BCa only)
+    bias_correction::Float64  # NaN for the jackknife interval
+    acceleration::Float64  # NaN for a percentile or jackknife interval (computed for BCa only)
+    jackknife_estimate::Float64  # the jackknife interval's centre; NaN for a bootstrap interval
 end
 
 """
     cka_statistics(ctx, X, Y; top = 0, kwargs...) -> (report, samples, deltas)
 
-CKA of `X` and `Y` (samples x features, host memory) with a percentile bootstrap interval, a
+CKA of `X` and `Y` (samples x features, host memory) with an interval (the jackknife's unless
+`interval` names a bootstrap one), a
 permutation null and the `top` samples whose removal changes CKA most (1-based row indices, and
 CKA without the sample minus CKA of all, largest change first). Keywords as
 [`CkaStatsOptions`](@ref).

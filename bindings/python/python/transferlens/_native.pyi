@@ -45,7 +45,8 @@ class CkaStatistics:
     estimator: Estimator
     level: Optional[float]
     interval: Optional[Tuple[float, float]]
-    interval_kind: Optional[Literal["percentile", "bca"]]
+    interval_kind: Optional[Literal["jackknife", "percentile", "bca"]]
+    jackknife_estimate: Optional[float]
     bias_correction: Optional[float]
     acceleration: Optional[float]
     std_error: Optional[float]
@@ -66,13 +67,13 @@ def cka_statistics(
     y: ArrayLike,
     *,
     ci: float = 0.95,
-    bootstrap: int = 1000,
+    bootstrap: Optional[int] = None,
     null: int = 200,
     influence: int = 10,
     seed: int = 0,
     estimator: Estimator = "biased",
     blocks: int = 0,
-    interval: Literal["percentile", "bca"] = "percentile",
+    interval: Optional[Literal["jackknife", "percentile", "bca"]] = None,
 ) -> CkaStatistics: ...
 
 class CkaAccumulator:
