@@ -6,8 +6,9 @@
 //! FMA + F16C where the CPU has them); inside the AVX2 version the sums and the 16-bit
 //! interpolation call AVX-512 code where the CPU also has AVX-512F. The baseline bodies are plain
 //! loops over fixed-width blocks that the compiler vectorises; the vector bodies are written with
-//! intrinsics (the 16-bit loads: bf16 to f32 is a shift, f16 to f32 is F16C's `vcvtph2ps`), and
-//! `stats` reads each element once for its four sums. Every version adds the same products in
+//! intrinsics (the 16-bit loads: bf16 to f32 is a byte shuffle, f16 to f32 is F16C's
+//! `vcvtph2ps`), and `stats` reads each element once for its four sums. The interpolations
+//! report whether every result is finite, checked block by block while the block is in L1. Every version adds the same products in
 //! the same sixteen lanes in the same order, and interpolates with the same expression, so they
 //! give the same bits.
 //!
