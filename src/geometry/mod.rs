@@ -359,8 +359,7 @@ fn interpolate_impl(
             let x = sub(a.tensors()[task.ia].host()?, task.start, task.end);
             let y = sub(b.tensors()[task.ib].host()?, task.start, task.end);
             let moves = moving_module.is_none_or(|m| m == task.module);
-            lerp_slice(x, y, if moves { lambda } else { 1.0 }, o)?;
-            Ok(all_finite(o))
+            lerp_slice(x, y, if moves { lambda } else { 1.0 }, o)
         })
         .collect::<Result<_>>()?;
     // Non-finite results are an error, naming the first tensor (in a's order) that holds one.
@@ -378,15 +377,6 @@ fn non_finite_result(t: &crate::params::Tensor, lambda: f64) -> Error {
         t.name(),
         t.dtype().name()
     ))
-}
-
-fn all_finite(o: &HostSliceMut<'_>) -> bool {
-    match o {
-        HostSliceMut::F32(x) => x.iter().all(|v| v.is_finite()),
-        HostSliceMut::F64(x) => x.iter().all(|v| v.is_finite()),
-        HostSliceMut::F16(x) => x.iter().all(|v| v.is_finite()),
-        HostSliceMut::BF16(x) => x.iter().all(|v| v.is_finite()),
-    }
 }
 
 fn split_mut(s: HostSliceMut<'_>, at: usize) -> (HostSliceMut<'_>, HostSliceMut<'_>) {
@@ -411,7 +401,8 @@ fn split_mut(s: HostSliceMut<'_>, at: usize) -> (HostSliceMut<'_>, HostSliceMut<
 }
 
 /// out = (1 - lambda) a + lambda b on one chunk; lambda 0 and 1 copy an endpoint exactly.
-fn lerp_slice(a: HostSlice<'_>, b: HostSlice<'_>, lambda: f64, out: &mut HostSliceMut<'_>) -> Result<()> {
+/// Returns whether every result is finite.
+fn lerp_slice(a: HostSlice<'_>, b: HostSlice<'_>, lambda: f64, out: &mut HostSliceMut<'_>) -> Result<bool> {
     use HostSlice as H;
     use HostSliceMut as M;
     let endpoint = if lambda == 0.0 {
@@ -421,26 +412,37 @@ fn lerp_slice(a: HostSlice<'_>, b: HostSlice<'_>, lambda: f64, out: &mut HostSli
     } else {
         None
     };
-    match (a, b, out) {
+    Ok(match (a, b, out) {
         (H::F32(x), H::F32(y), M::F32(o)) => match endpoint {
-            Some(H::F32(e)) => o.copy_from_slice(e),
+            Some(H::F32(e)) => {
+                o.copy_from_slice(e);
+                weights::all_finite(o)
+            }
             _ => weights::lerp32(x, y, lambda as f32, o),
         },
         (H::F64(x), H::F64(y), M::F64(o)) => match endpoint {
-            Some(H::F64(e)) => o.copy_from_slice(e),
+            Some(H::F64(e)) => {
+                o.copy_from_slice(e);
+                weights::all_finite(o)
+            }
             _ => weights::lerp_f64(x, y, lambda, o),
         },
         (H::F16(x), H::F16(y), M::F16(o)) => match endpoint {
-            Some(H::F16(e)) => o.copy_from_slice(e),
+            Some(H::F16(e)) => {
+                o.copy_from_slice(e);
+                weights::all_finite(o)
+            }
             _ => weights::lerp32(x, y, lambda as f32, o),
         },
         (H::BF16(x), H::BF16(y), M::BF16(o)) => match endpoint {
-            Some(H::BF16(e)) => o.copy_from_slice(e),
+            Some(H::BF16(e)) => {
+                o.copy_from_slice(e);
+                weights::all_finite(o)
+            }
             _ => weights::lerp32(x, y, lambda as f32, o),
         },
         _ => return Err(Error::Panic("interpolation reached mixed dtypes after the dtype check".into())),
-    }
-    Ok(())
+    })
 }
 
 /// Writes `(1 - lambda) a + lambda b` into `out` for any finite `lambda` (outside [0, 1] it

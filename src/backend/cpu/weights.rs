@@ -6,8 +6,9 @@
 //! FMA + F16C where the CPU has them); inside the AVX2 version the sums and the 16-bit
 //! interpolation call AVX-512 code where the CPU also has AVX-512F. The baseline bodies are plain
 //! loops over fixed-width blocks that the compiler vectorises; the vector bodies are written with
-//! intrinsics (the 16-bit loads: bf16 to f32 is a shift, f16 to f32 is F16C's `vcvtph2ps`), and
-//! `stats` reads each element once for its four sums. Every version adds the same products in
+//! intrinsics (the 16-bit loads: bf16 to f32 is a byte shuffle, f16 to f32 is F16C's
+//! `vcvtph2ps`), and `stats` reads each element once for its four sums. The interpolations
+//! report whether every result is finite, checked block by block while the block is in L1. Every version adds the same products in
 //! the same sixteen lanes in the same order, and interpolates with the same expression, so they
 //! give the same bits.
 //!
@@ -49,7 +50,10 @@ unsafe fn widen_f32x8(v: __m256) -> (__m256d, __m256d) {
     unsafe { (_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v))) }
 }
 
-/// Eight bf16 at `p` as f32: the bf16 bits are the top half of the f32.
+/// Eight bf16 at `p` as f32: the bf16 bits are the top half of the f32. The sixteen bytes are
+/// loaded into both halves of the register, then one byte shuffle puts elements 0..4 in the low
+/// half and 4..8 in the high half, each above a zero: one operation after the load, where a
+/// widening and a shift were two.
 ///
 /// # Safety
 /// `p` addresses eight readable elements; the CPU has AVX2.
@@ -58,8 +62,14 @@ unsafe fn widen_f32x8(v: __m256) -> (__m256d, __m256d) {
 unsafe fn load_bf16x8(p: *const bf16) -> __m256 {
     // SAFETY: a 16-byte unaligned load of the caller's eight elements, then register operations.
     unsafe {
-        let h = _mm_loadu_si128(p as *const __m128i);
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        let both = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+        // Per 32-bit lane: two zero bytes (index -1), then the element's two bytes.
+        #[rustfmt::skip]
+        let spread = _mm256_setr_epi8(
+            -1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,
+            -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15,
+        );
+        _mm256_castsi256_ps(_mm256_shuffle_epi8(both, spread))
     }
 }
 
@@ -530,8 +540,53 @@ multiversion! {
 /// Elements per block of [`lerp32`]'s f32 scratch.
 const BLOCK: usize = 256;
 
+/// Storage types whose values can be told finite from their bits alone: a test without branches,
+/// so that a fold over a block vectorises.
+pub trait Finite: Copy {
+    /// Whether the value is an infinity or a NaN (its exponent bits all set).
+    fn non_finite(self) -> bool;
+}
+impl Finite for f64 {
+    #[inline(always)]
+    fn non_finite(self) -> bool {
+        self.to_bits() & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000
+    }
+}
+impl Finite for f32 {
+    #[inline(always)]
+    fn non_finite(self) -> bool {
+        self.to_bits() & 0x7f80_0000 == 0x7f80_0000
+    }
+}
+impl Finite for f16 {
+    #[inline(always)]
+    fn non_finite(self) -> bool {
+        self.to_bits() & 0x7c00 == 0x7c00
+    }
+}
+impl Finite for bf16 {
+    #[inline(always)]
+    fn non_finite(self) -> bool {
+        self.to_bits() & 0x7f80 == 0x7f80
+    }
+}
+
+/// Whether every value of a block is finite: one branch-free pass, meant for a block that was
+/// just written and is still in L1.
+#[inline(always)]
+fn block_finite<T: Finite>(x: &[T]) -> bool {
+    !x.iter().fold(false, |any, v| any | v.non_finite())
+}
+
+multiversion! {
+    /// Whether every value is finite (no infinity, no NaN).
+    pub fn all_finite<T: Finite>(x: &[T]) -> bool {
+        x.chunks(BLOCK).all(block_finite)
+    }
+}
+
 /// Storage types interpolated in f32 arithmetic.
-pub trait Lerp32: Copy + Send + Sync {
+pub trait Lerp32: Finite + Send + Sync {
     fn to_f32(self) -> f32;
     fn store(src: &[f32], dst: &mut [Self]);
     /// `out = fma(l, b, m a)` on up to one block, `m = 1 - l`; `HW`: AVX2, FMA and F16C may
@@ -731,6 +786,14 @@ impl Lerp32 for f32 {
     fn store(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
+    /// Straight into `out`, without the scratch block: nothing to round. In the AVX2 version
+    /// the compiler turns this into vector FMAs.
+    #[inline(always)]
+    fn lerp_block<const HW: bool>(a: &[f32], b: &[f32], l: f32, m: f32, out: &mut [f32]) {
+        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+            *o = l.mul_add(*y, m * *x);
+        }
+    }
 }
 impl Lerp32 for bf16 {
     #[inline(always)]
@@ -807,24 +870,35 @@ impl Lerp32 for f16 {
 
 multiversion! {
     /// `out = (1 - l) a + l b` as `lerp_<t>` computes it: `fma(l, b, (1 - l) a)` in f32, with
-    /// `1 - l` rounded to f32, then rounded once to the storage type.
-    pub fn lerp32<T: Lerp32>(a: &[T], b: &[T], l: f32, out: &mut [T]) {
+    /// `1 - l` rounded to f32, then rounded once to the storage type. Returns whether every
+    /// result is finite, checked on each block while it is still in L1 (a second pass over the
+    /// output cost more than the interpolation itself).
+    pub fn lerp32<T: Lerp32>(a: &[T], b: &[T], l: f32, out: &mut [T]) -> bool {
         assert!(a.len() == out.len() && b.len() == out.len());
         let m = 1.0 - l;
+        let mut finite = true;
         for ((sa, sb), so) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(out.chunks_mut(BLOCK)) {
             T::lerp_block::<HW>(sa, sb, l, m, so);
+            finite &= block_finite(so);
         }
+        finite
     }
 }
 
 multiversion! {
     /// `out = (1 - l) a + l b` as `lerp_f64` computes it: `fma(l, b, (1 - l) a)` in f64.
-    pub fn lerp_f64<>(a: &[f64], b: &[f64], l: f64, out: &mut [f64]) {
+    /// Returns whether every result is finite, as [`lerp32`].
+    pub fn lerp_f64<>(a: &[f64], b: &[f64], l: f64, out: &mut [f64]) -> bool {
         assert!(a.len() == out.len() && b.len() == out.len());
         let m = 1.0 - l;
-        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-            *o = l.mul_add(*y, m * *x);
+        let mut finite = true;
+        for ((sa, sb), so) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(out.chunks_mut(BLOCK)) {
+            for ((o, x), y) in so.iter_mut().zip(sa).zip(sb) {
+                *o = l.mul_add(*y, m * *x);
+            }
+            finite &= block_finite(so);
         }
+        finite
     }
 }
 
@@ -1155,6 +1229,106 @@ mod tests {
                     _mm256_storeu_si256(got.as_mut_ptr() as *mut __m256i, round_bf16x16(_mm512_loadu_ps(x.as_ptr())))
                 };
                 assert_eq!(&got[..], w, "sixteen wide: {x:?}");
+            }
+        }
+    }
+
+    /// Interpolates `x` and `y` (stored as `T`) in every version; checks that the flag says
+    /// whether the output holds a non-finite value, that [`all_finite`] agrees, and that every
+    /// version writes the same bits. Returns the flag.
+    fn check_finite_flag<T: Lerp32>(x: &[T], y: &[T], l: f32, is_finite: impl Fn(T) -> bool, what: &str) -> bool {
+        let [picked, avx2, baseline] = in_every_version(|| {
+            let mut out = vec![x[0]; x.len()];
+            let flag = lerp32(x, y, l, &mut out);
+            assert_eq!(flag, out.iter().all(|&v| is_finite(v)), "{what}: flag against the output");
+            assert_eq!(all_finite(&out), flag, "{what}: all_finite against the flag");
+            (flag, out)
+        });
+        // Bit for bit (NaN included): the widening to f32 is one-to-one.
+        let bits = |out: &[T]| out.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&picked.1) == bits(&baseline.1) && bits(&avx2.1) == bits(&baseline.1),
+            "{what}: the versions differ"
+        );
+        baseline.0
+    }
+
+    #[test]
+    fn interpolation_reports_non_finite_results_in_every_version() {
+        // A non-finite input, or an overflow of the storage type, at the start, the end, around
+        // a block boundary and in the vector tails; lengths around the vector widths and blocks.
+        for n in [1usize, 7, 8, 17, 255, 256, 257, 1000, 4101] {
+            for at in [0, n / 2, n - 1, 255.min(n - 1), 256.min(n - 1), n.saturating_sub(9)] {
+                let what = |t: &str, kind: &str| format!("{t} n {n} at {at}: {kind}");
+                let ones =
+                    |v: f64| -> Vec<f64> { (0..n).map(|i| if i == at { v } else { 0.25 + i as f64 * 1e-3 }).collect() };
+                let (x, y): (Vec<f64>, Vec<f64>) = (ones(0.5), ones(0.75));
+                for (bad, kind) in [(f64::INFINITY, "inf"), (f64::NAN, "nan")] {
+                    let xb: Vec<f64> = ones(bad);
+                    for flag in in_every_version(|| lerp_f64(&xb, &y, 0.3, &mut vec![0.0; n])) {
+                        assert!(!flag, "{}", what("f64", kind));
+                    }
+                    let f: Vec<f32> = xb.iter().map(|&v| v as f32).collect();
+                    let g: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+                    assert!(!check_finite_flag(&f, &g, 0.3, f32::is_finite, &what("f32", kind)));
+                    let f: Vec<f16> = xb.iter().map(|&v| f16::from_f64(v)).collect();
+                    let g: Vec<f16> = y.iter().map(|&v| f16::from_f64(v)).collect();
+                    assert!(!check_finite_flag(&f, &g, 0.3, f16::is_finite, &what("f16", kind)));
+                    let f: Vec<bf16> = xb.iter().map(|&v| bf16::from_f64(v)).collect();
+                    let g: Vec<bf16> = y.iter().map(|&v| bf16::from_f64(v)).collect();
+                    assert!(!check_finite_flag(&f, &g, 0.3, bf16::is_finite, &what("bf16", kind)));
+                }
+                // Overflow: a = -m, b = m at lambda 2 gives 3 m, past the largest finite m.
+                let (xm, ym) = (ones(-6e4), ones(6e4));
+                let f: Vec<f16> = xm.iter().map(|&v| f16::from_f64(v)).collect();
+                let g: Vec<f16> = ym.iter().map(|&v| f16::from_f64(v)).collect();
+                assert!(!check_finite_flag(&f, &g, 2.0, f16::is_finite, &what("f16", "overflow")));
+                let (xm, ym) = (ones(-3e38), ones(3e38));
+                let f: Vec<bf16> = xm.iter().map(|&v| bf16::from_f64(v)).collect();
+                let g: Vec<bf16> = ym.iter().map(|&v| bf16::from_f64(v)).collect();
+                assert!(!check_finite_flag(&f, &g, 2.0, bf16::is_finite, &what("bf16", "overflow")));
+                let f: Vec<f32> = xm.iter().map(|&v| v as f32).collect();
+                let g: Vec<f32> = ym.iter().map(|&v| v as f32).collect();
+                assert!(!check_finite_flag(&f, &g, 2.0, f32::is_finite, &what("f32", "overflow")));
+                let (xm, ym) = (ones(-1e308), ones(1e308));
+                for flag in in_every_version(|| lerp_f64(&xm, &ym, 2.0, &mut vec![0.0; n])) {
+                    assert!(!flag, "{}", what("f64", "overflow"));
+                }
+                // And all finite.
+                let f: Vec<bf16> = x.iter().map(|&v| bf16::from_f64(v)).collect();
+                let g: Vec<bf16> = y.iter().map(|&v| bf16::from_f64(v)).collect();
+                assert!(check_finite_flag(&f, &g, 0.3, bf16::is_finite, &what("bf16", "finite")));
+                let f: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+                let g: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+                assert!(check_finite_flag(&f, &g, 0.3, f32::is_finite, &what("f32", "finite")));
+                for flag in in_every_version(|| lerp_f64(&x, &y, 0.3, &mut vec![0.0; n])) {
+                    assert!(flag, "{}", what("f64", "finite"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn all_finite_tells_every_special_value_of_every_type() {
+        let mut f32s = vec![f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, f32::MAX, f32::MIN_POSITIVE, 0.0];
+        f32s.push(f32::from_bits(0x7f80_0001)); // a signalling NaN
+        f32s.push(f32::from_bits(0x0000_0001)); // the smallest subnormal
+        for v in f32s {
+            for n in [1usize, 31, 300] {
+                let mut x = vec![1.0f32; n];
+                x[n - 1] = v;
+                let [picked, avx2, baseline] = in_every_version(|| {
+                    [
+                        all_finite(&x),
+                        all_finite(&x.iter().map(|&v| v as f64).collect::<Vec<_>>()),
+                        all_finite(&x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()),
+                        all_finite(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>()),
+                    ]
+                });
+                let want = [v.is_finite(), v.is_finite(), f16::from_f32(v).is_finite(), bf16::from_f32(v).is_finite()];
+                assert_eq!(baseline, want, "{v:e} n {n}");
+                assert_eq!(picked, want, "{v:e} n {n}");
+                assert_eq!(avx2, want, "{v:e} n {n}");
             }
         }
     }
