@@ -1,6 +1,7 @@
 //! CPU twin of `kernels/cka.cu`; CUDA host code in `backend/cuda/cka.rs`. Column statistics,
 //! the shifted copies of the layers and their row norms, the products (faer's GEMM on all
-//! cores, where the device calls cuBLAS) and the f64 reductions of the products.
+//! cores, or the system's CBLAS with the `blas` feature, where the device calls cuBLAS) and the
+//! f64 reductions of the products.
 //!
 //! Dense work buffers hold the *transpose* of a batch: a column-major `features x rows` matrix
 //! whose column `k` is sample `k`. Converting a row-major input is then a streaming copy (row `k`
@@ -34,12 +35,18 @@ pub trait Real: Element + faer::traits::RealField + Copy + Default {
     /// [`product_scale`]): f32 products of values near the ends of f32's range would underflow
     /// or overflow, where their f64 sums fit.
     const SCALES: bool;
+    /// CBLAS's `?gemm` and `?syrk` in this type, for [`product`] and [`gram_lower`] with the
+    /// `blas` feature.
+    #[cfg(feature = "blas")]
+    const CBLAS: (blas::Gemm<Self>, blas::Syrk<Self>);
     fn from_f64(v: f64) -> Self;
     /// The data of `slice` when it is stored in this type, to be used in place.
     fn stored(slice: HostSlice<'_>) -> Option<&[Self]>;
 }
 impl Real for f32 {
     const SCALES: bool = true;
+    #[cfg(feature = "blas")]
+    const CBLAS: (blas::Gemm<Self>, blas::Syrk<Self>) = (cblas_sys::cblas_sgemm, cblas_sys::cblas_ssyrk);
     #[inline]
     fn from_f64(v: f64) -> Self {
         v as f32
@@ -53,6 +60,8 @@ impl Real for f32 {
 }
 impl Real for f64 {
     const SCALES: bool = false;
+    #[cfg(feature = "blas")]
+    const CBLAS: (blas::Gemm<Self>, blas::Syrk<Self>) = (cblas_sys::cblas_dgemm, cblas_sys::cblas_dsyrk);
     #[inline]
     fn from_f64(v: f64) -> Self {
         v
@@ -297,19 +306,29 @@ pub(crate) fn write_shifted_transpose<T: Real>(
     Ok(norms)
 }
 
-/// `a * b^T` for column-major `a` (m x k) and `b` (n x k), into `dst` (m x n), replacing it.
-pub(crate) fn cross_product<T: Real>(dst: MatMut<T>, a: MatRef<T>, b: MatRef<T>) {
-    faer::linalg::matmul::matmul(dst, Accum::Replace, a, b.transpose(), T::one_impl(), par());
+/// `a * b^T` into `dst` (`a` m x k, `b` n x k, `dst` m x n), replacing it.
+pub fn cross_product<T: Real>(dst: MatMut<T>, a: MatRef<T>, b: MatRef<T>) {
+    product(dst, a, b.transpose())
 }
 
-/// `a * b` into `dst`, replacing it.
-pub(crate) fn product<T: Real>(dst: MatMut<T>, a: MatRef<T>, b: MatRef<T>) {
+/// `a * b` into `dst`, replacing it: CBLAS's `?gemm` with the `blas` feature where the layouts
+/// allow (see the `blas` module), faer's GEMM on all cores otherwise.
+pub fn product<T: Real>(dst: MatMut<T>, a: MatRef<T>, b: MatRef<T>) {
+    #[cfg(feature = "blas")]
+    let Some(dst) = blas::gemm(dst, a, b) else {
+        return;
+    };
     faer::linalg::matmul::matmul(dst, Accum::Replace, a, b, T::one_impl(), par());
 }
 
 /// The lower triangle (diagonal included) of `a * a^T` into `dst`, replacing it; the strict
-/// upper triangle of `dst` is left untouched.
-pub(crate) fn gram_lower<T: Real>(dst: MatMut<T>, a: MatRef<T>) {
+/// upper triangle of `dst` is left untouched. CBLAS's `?syrk` with the `blas` feature where the
+/// layouts allow (see the `blas` module), faer's triangular GEMM on all cores otherwise.
+pub fn gram_lower<T: Real>(dst: MatMut<T>, a: MatRef<T>) {
+    #[cfg(feature = "blas")]
+    let Some(dst) = blas::syrk_lower(dst, a) else {
+        return;
+    };
     faer::linalg::matmul::triangular::matmul(
         dst,
         BlockStructure::TriangularLower,
@@ -321,6 +340,172 @@ pub(crate) fn gram_lower<T: Real>(dst: MatMut<T>, a: MatRef<T>) {
         T::one_impl(),
         par(),
     );
+}
+
+/// The products through the system's CBLAS (the `blas` feature). CBLAS takes a matrix as
+/// column-major data with a leading dimension, as stored or transposed, so a view whose rows or
+/// columns have unit stride goes to CBLAS and any other view (and any size past CBLAS's `int`)
+/// to faer; so does an empty product.
+///
+/// Threads: OpenBLAS runs each call on its own thread pool, beside rayon's. The CKA products are
+/// called from the caller's thread, where rayon's workers are idle; a call from inside a rayon
+/// worker (a product nested in a parallel loop) goes to faer, which shares rayon's pool, so
+/// the two pools never run at once. The blockwise GEMMs of `cka::stats` (many single-threaded
+/// products in parallel) call faer directly and stay on it.
+#[cfg(feature = "blas")]
+pub mod blas {
+    use super::Real;
+    use cblas_sys::{CblasColMajor, CblasLower, CblasNoTrans, CblasTrans, CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_UPLO};
+    use faer::{MatMut, MatRef};
+    use std::ffi::c_int;
+    // Links the system's libopenblas, which defines the symbols cblas-sys declares.
+    use openblas_src as _;
+
+    /// The signature of `cblas_sgemm` and `cblas_dgemm`.
+    pub type Gemm<T> = unsafe extern "C" fn(
+        CBLAS_LAYOUT,
+        CBLAS_TRANSPOSE,
+        CBLAS_TRANSPOSE,
+        c_int,
+        c_int,
+        c_int,
+        T,
+        *const T,
+        c_int,
+        *const T,
+        c_int,
+        T,
+        *mut T,
+        c_int,
+    );
+    /// The signature of `cblas_ssyrk` and `cblas_dsyrk`.
+    pub type Syrk<T> = unsafe extern "C" fn(
+        CBLAS_LAYOUT,
+        CBLAS_UPLO,
+        CBLAS_TRANSPOSE,
+        c_int,
+        c_int,
+        T,
+        *const T,
+        c_int,
+        T,
+        *mut T,
+        c_int,
+    );
+
+    /// A `rows x cols` view as CBLAS reads it: `ptr` holds a column-major matrix with leading
+    /// dimension `ld`, the view itself (`CblasNoTrans`) or its transpose (`CblasTrans`).
+    struct Operand<T> {
+        ptr: *const T,
+        ld: c_int,
+        trans: CBLAS_TRANSPOSE,
+    }
+
+    /// The leading dimension of a `rows x cols` view (both at least 1) with these strides read
+    /// as column-major: unit stride down a column and columns at least `rows` apart (a single
+    /// row or column needs only the other condition).
+    fn column_major_ld(rows: usize, cols: usize, row_stride: isize, col_stride: isize) -> Option<c_int> {
+        if rows > 1 && row_stride != 1 {
+            return None;
+        }
+        let ld = if cols == 1 { rows as isize } else { col_stride };
+        if ld < rows as isize {
+            return None;
+        }
+        c_int::try_from(ld).ok()
+    }
+
+    fn operand<T>(m: MatRef<T>) -> Option<Operand<T>> {
+        let (rows, cols, rs, cs) = (m.nrows(), m.ncols(), m.row_stride(), m.col_stride());
+        let (ld, trans) = match column_major_ld(rows, cols, rs, cs) {
+            Some(ld) => (ld, CblasNoTrans),
+            None => (column_major_ld(cols, rows, cs, rs)?, CblasTrans),
+        };
+        Some(Operand { ptr: m.as_ptr(), ld, trans })
+    }
+
+    /// Whether CBLAS may run a product with these sizes: none empty, each fits an `int`, and the
+    /// call is not made from a rayon worker (see the module's comment).
+    fn takes(sizes: &[usize]) -> bool {
+        rayon::current_thread_index().is_none() && sizes.iter().all(|&s| s > 0 && c_int::try_from(s).is_ok())
+    }
+
+    /// `a * b` into `dst` with `?gemm`, or `dst` back, untouched, when CBLAS cannot take it.
+    pub(super) fn gemm<'a, T: Real>(dst: MatMut<'a, T>, a: MatRef<T>, b: MatRef<T>) -> Option<MatMut<'a, T>> {
+        let (m, n, k) = (dst.nrows(), dst.ncols(), a.ncols());
+        // The sizes CBLAS is told are dst's and a's: checked, as faer checks them.
+        assert!(a.nrows() == m && b.nrows() == k && b.ncols() == n, "product of mismatched sizes");
+        if !takes(&[m, n, k]) {
+            return Some(dst);
+        }
+        let (Some(x), Some(y), Some(ldc)) =
+            (operand(a), operand(b), column_major_ld(m, n, dst.row_stride(), dst.col_stride()))
+        else {
+            return Some(dst);
+        };
+        // SAFETY: the assert above matched the sizes of `a`, `b` and `dst`; `takes` checked that
+        // m, n, k are positive and fit `c_int`. `operand` checked that `x.ptr` holds `a` (m x k)
+        // column-major with leading dimension `x.ld` >= m (NoTrans) or its transpose (k x m,
+        // `x.ld` >= k, Trans), so every element CBLAS reads is an element of `a`; the same for
+        // `b` (k x n). `column_major_ld` checked that `dst` (m x n) is column-major with
+        // `ldc` >= m, and `dst` is borrowed mutably for the call, so the writes stay inside it
+        // and alias nothing else. beta = 0: `dst`'s old values are not read.
+        unsafe {
+            (T::CBLAS.0)(
+                CblasColMajor,
+                x.trans,
+                y.trans,
+                m as c_int,
+                n as c_int,
+                k as c_int,
+                T::one_impl(),
+                x.ptr,
+                x.ld,
+                y.ptr,
+                y.ld,
+                T::zero_impl(),
+                dst.as_ptr_mut(),
+                ldc,
+            );
+        }
+        None
+    }
+
+    /// The lower triangle of `a * a^T` into `dst` with `?syrk`, or `dst` back, untouched, when
+    /// CBLAS cannot take it.
+    pub(super) fn syrk_lower<'a, T: Real>(dst: MatMut<'a, T>, a: MatRef<T>) -> Option<MatMut<'a, T>> {
+        let (n, k) = (a.nrows(), a.ncols());
+        assert!(dst.nrows() == n && dst.ncols() == n, "Gram into a matrix of another size");
+        if !takes(&[n, k]) {
+            return Some(dst);
+        }
+        let (Some(x), Some(ldc)) = (operand(a), column_major_ld(n, n, dst.row_stride(), dst.col_stride())) else {
+            return Some(dst);
+        };
+        // SAFETY: the assert above matched the sizes of `dst` and `a`; `takes` checked that n and
+        // k are positive and fit `c_int`. `operand` checked that `x.ptr` holds `a` (n x k)
+        // column-major with leading dimension `x.ld` >= n (NoTrans: C = A A^T) or its transpose
+        // (k x n, `x.ld` >= k, Trans: C = A^T A, the same product), so every element CBLAS
+        // reads is an element of `a`. `dst` (n x n) is column-major with `ldc` >= n and
+        // borrowed mutably for the call; `?syrk` with CblasLower writes only its lower
+        // triangle. beta = 0: its old values are not read.
+        unsafe {
+            (T::CBLAS.1)(
+                CblasColMajor,
+                CblasLower,
+                x.trans,
+                n as c_int,
+                k as c_int,
+                T::one_impl(),
+                x.ptr,
+                x.ld,
+                T::zero_impl(),
+                dst.as_ptr_mut(),
+                ldc,
+            );
+        }
+        None
+    }
 }
 
 /// `sum_ij (a_ij * b_ij)` in f64 over full matrices.
