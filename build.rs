@@ -9,6 +9,8 @@ use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    #[cfg(feature = "blas")]
+    link_openblas();
     let major = std::env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets CARGO_PKG_VERSION_MAJOR");
     let family = std::env::var("CARGO_CFG_TARGET_FAMILY").unwrap_or_default();
     let vendor = std::env::var("CARGO_CFG_TARGET_VENDOR").unwrap_or_default();
@@ -38,5 +40,17 @@ fn link_soname_in_profile_dir(out_dir: &Path, soname: &str) {
     #[cfg(unix)]
     if let Err(e) = std::os::unix::fs::symlink("libtransferlens.so", &link) {
         println!("cargo:warning=could not make {}: {e}", link.display());
+    }
+}
+
+/// The `blas` feature's CBLAS symbols from the system's OpenBLAS, located by its pkg-config file
+/// (Debian: libopenblas-dev), with a build error that says what to install when it is missing.
+#[cfg(feature = "blas")]
+fn link_openblas() {
+    if let Err(e) = pkg_config::Config::new().atleast_version("0.3").probe("openblas") {
+        panic!(
+            "the `blas` feature links the system's OpenBLAS, which pkg-config did not find \
+             (Debian/Ubuntu: apt install libopenblas-dev; or set PKG_CONFIG_PATH to its openblas.pc): {e}"
+        );
     }
 }

@@ -358,8 +358,6 @@ pub mod blas {
     use cblas_sys::{CblasColMajor, CblasLower, CblasNoTrans, CblasTrans, CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_UPLO};
     use faer::{MatMut, MatRef};
     use std::ffi::c_int;
-    // Links the system's libopenblas, which defines the symbols cblas-sys declares.
-    use openblas_src as _;
 
     /// The signature of `cblas_sgemm` and `cblas_dgemm`.
     pub type Gemm<T> = unsafe extern "C" fn(
