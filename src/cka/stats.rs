@@ -121,7 +121,9 @@ pub struct Influence {
 /// jackknife standard error (Efron and Tibshirani, "An Introduction to the Bootstrap", ch. 11),
 /// from the `n` leave-one-out values of [`influence`]. Unlike the bootstrap intervals it covers
 /// the population CKA at its level on wide layers as well as narrow ones (docs/analyses.md,
-/// "Uncertainty"), and it needs no resamples and no seed.
+/// "Uncertainty"), and it needs no resamples and no seed. It removes the biased estimator's
+/// bias of order `1/n`, not the `(p/n)^2` remainder, which at large `n` can exceed the
+/// interval's width: on layers wide against `n`, pair it with the debiased estimator.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JackknifeInterval {
     /// CKA of all the data.
