@@ -11,7 +11,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Duration;
-use transferlens::backend::cpu::weights;
+use transferlens::backend::cpu::weights::{self, Stores};
 use transferlens::params::{ParamSet, TensorSpec};
 use transferlens::{geometry, Context, DType};
 
@@ -160,12 +160,16 @@ fn bench(c: &mut Criterion) {
     let (da, db): (Vec<f64>, Vec<f64>) = (va[..1 << 16].to_vec(), vb[..1 << 16].to_vec());
     let (mut xo, mut ho, mut bo, mut dout) = (xa.clone(), ha.clone(), ba.clone(), da.clone());
     k.throughput(Throughput::Bytes(12 << 16));
-    k.bench_function("lerp/f32", |bch| bch.iter(|| black_box(weights::lerp32(&xa, &xb, 0.3, &mut xo))));
+    k.bench_function("lerp/f32", |bch| bch.iter(|| black_box(weights::lerp32(&xa, &xb, 0.3, &mut xo, Stores::Cached))));
     k.throughput(Throughput::Bytes(24 << 16));
-    k.bench_function("lerp/f64", |bch| bch.iter(|| black_box(weights::lerp_f64(&da, &db, 0.3, &mut dout))));
+    k.bench_function("lerp/f64", |bch| {
+        bch.iter(|| black_box(weights::lerp_f64(&da, &db, 0.3, &mut dout, Stores::Cached)))
+    });
     k.throughput(Throughput::Bytes(6 << 16));
-    k.bench_function("lerp/f16", |bch| bch.iter(|| black_box(weights::lerp32(&ha, &hb, 0.3, &mut ho))));
-    k.bench_function("lerp/bf16", |bch| bch.iter(|| black_box(weights::lerp32(&ba, &bb, 0.3, &mut bo))));
+    k.bench_function("lerp/f16", |bch| bch.iter(|| black_box(weights::lerp32(&ha, &hb, 0.3, &mut ho, Stores::Cached))));
+    k.bench_function("lerp/bf16", |bch| {
+        bch.iter(|| black_box(weights::lerp32(&ba, &bb, 0.3, &mut bo, Stores::Cached)))
+    });
     k.finish();
 }
 

@@ -586,3 +586,64 @@ fn an_interpolation_that_overflows_is_non_finite_naming_the_tensor() {
     }
     geometry::interpolate(&Context::cpu(), &a, &b, 2.0, &mut out).unwrap();
 }
+
+/// An interpolation whose output is past the size where it streams its stores (tens of MiB),
+/// in three dtypes with odd lengths: every result is the kernel's expression rounded once (bit
+/// for bit), and an overflow near the end of one tensor is still reported, naming it.
+#[test]
+fn a_large_interpolation_equals_the_kernel_expression_and_reports_overflow() {
+    use half::{bf16, f16};
+    let mut r = Rng(5);
+    let n32 = 3_000_017;
+    let n16 = 2_000_003;
+    let a32: Vec<f32> = (0..n32).map(|_| r.uniform() as f32 * 4.0 - 2.0).collect();
+    let b32: Vec<f32> = (0..n32).map(|_| r.uniform() as f32 * 4.0 - 2.0).collect();
+    let abf: Vec<bf16> = (0..n16).map(|_| bf16::from_f64(r.uniform() * 8.0 - 4.0)).collect();
+    let bbf: Vec<bf16> = (0..n16).map(|_| bf16::from_f64(r.uniform() * 8.0 - 4.0)).collect();
+    let mut ah: Vec<f16> = (0..n16).map(|_| f16::from_f64(r.uniform() * 2.0 - 1.0)).collect();
+    let bh: Vec<f16> = (0..n16).map(|_| f16::from_f64(r.uniform() * 2.0 - 1.0)).collect();
+    let (mut o32, mut obf, mut oh) = (vec![0f32; n32], vec![bf16::ZERO; n16], vec![f16::ZERO; n16]);
+    let spec = |name: &str, ptr: *mut u8, dtype, n: usize| TensorSpec {
+        name: name.into(),
+        dtype,
+        shape: vec![n],
+        ptr,
+        device: -1,
+    };
+    // SAFETY: each pointer addresses a live array of the dtype and length given, which outlives
+    // the set; only the outputs are written, through their set alone.
+    let mk = |p32: *mut u8, pbf: *mut u8, ph: *mut u8| unsafe {
+        ParamSet::wrap(vec![
+            spec("fc1.weight", p32, DType::F32, n32),
+            spec("fc2.weight", pbf, DType::BF16, n16),
+            spec("fc3.weight", ph, DType::F16, n16),
+        ])
+        .unwrap()
+    };
+    let lambda = 0.3;
+    let (l, m) = (lambda as f32, 1.0 - lambda as f32);
+    {
+        let pa = mk(a32.as_ptr() as *mut u8, abf.as_ptr() as *mut u8, ah.as_ptr() as *mut u8);
+        let pb = mk(b32.as_ptr() as *mut u8, bbf.as_ptr() as *mut u8, bh.as_ptr() as *mut u8);
+        let mut po = mk(o32.as_mut_ptr() as *mut u8, obf.as_mut_ptr() as *mut u8, oh.as_mut_ptr() as *mut u8);
+        geometry::interpolate(&Context::cpu(), &pa, &pb, lambda, &mut po).unwrap();
+    }
+    for i in 0..n32 {
+        assert_eq!(o32[i].to_bits(), l.mul_add(b32[i], m * a32[i]).to_bits(), "f32 element {i}");
+    }
+    for i in 0..n16 {
+        let want = bf16::from_f32(l.mul_add(bbf[i].to_f32(), m * abf[i].to_f32()));
+        assert_eq!(obf[i].to_bits(), want.to_bits(), "bf16 element {i}");
+        let want = f16::from_f32(l.mul_add(bh[i].to_f32(), m * ah[i].to_f32()));
+        assert_eq!(oh[i].to_bits(), want.to_bits(), "f16 element {i}");
+    }
+    // 3 x 60000 at lambda 2 is past f16's largest value, 65504.
+    ah[n16 - 2] = f16::from_f32(-60000.0);
+    let pa = mk(a32.as_ptr() as *mut u8, abf.as_ptr() as *mut u8, ah.as_ptr() as *mut u8);
+    let mut bh2 = bh.clone();
+    bh2[n16 - 2] = f16::from_f32(60000.0);
+    let pb = mk(b32.as_ptr() as *mut u8, bbf.as_ptr() as *mut u8, bh2.as_ptr() as *mut u8);
+    let mut po = mk(o32.as_mut_ptr() as *mut u8, obf.as_mut_ptr() as *mut u8, oh.as_mut_ptr() as *mut u8);
+    let e = geometry::interpolate(&Context::cpu(), &pa, &pb, 2.0, &mut po).unwrap_err();
+    assert!(matches!(&e, Error::NonFinite(m) if m.contains("tensor \"fc3.weight\"")), "{e}");
+}

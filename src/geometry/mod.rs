@@ -39,11 +39,11 @@
 //! # Ok::<(), transferlens::Error>(())
 //! ```
 
-use crate::backend::cpu::weights;
+use crate::backend::cpu::weights::{self, Stores};
 use crate::backend::Context;
 use crate::error::{fail, Error, Result};
 use crate::params::{match_all, match_weights, HostSliceMut, ParamSet};
-use crate::tensor::HostSlice;
+use crate::tensor::{DType, HostSlice};
 use device::Placement;
 use rayon::prelude::*;
 
@@ -51,6 +51,11 @@ mod device;
 
 /// Elements per parallel task: big enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 1 << 16;
+/// Interpolations that write at least this much use non-temporal stores ([`Stores::Streaming`]):
+/// with its two inputs such an output is past the last-level cache of most machines (or their
+/// share of it), so caching it only costs a read of every line before it is written. Smaller
+/// outputs stay in the cache for whoever reads them next (the study evaluates each one).
+const STREAMING_MIN_BYTES: usize = 16 << 20;
 
 /// One module's figures comparing sets `a` and `b`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -351,6 +356,9 @@ fn interpolate_impl(
             rest[task.ia] = Some(tail);
         }
     }
+    let written: usize =
+        tasks.iter().map(|t| (t.end - t.start) * a.tensors()[t.ia].dtype().weight().map_or(0, DType::size)).sum();
+    let stores = if written >= STREAMING_MIN_BYTES { Stores::Streaming } else { Stores::Cached };
     let mut jobs: Vec<(&Task, HostSliceMut<'_>)> =
         tasks.iter().zip(pieces.into_iter().map(|p| p.expect("one piece per task"))).collect();
     let finite: Vec<bool> = jobs
@@ -359,7 +367,7 @@ fn interpolate_impl(
             let x = sub(a.tensors()[task.ia].host()?, task.start, task.end);
             let y = sub(b.tensors()[task.ib].host()?, task.start, task.end);
             let moves = moving_module.is_none_or(|m| m == task.module);
-            lerp_slice(x, y, if moves { lambda } else { 1.0 }, o)
+            lerp_slice(x, y, if moves { lambda } else { 1.0 }, o, stores)
         })
         .collect::<Result<_>>()?;
     // Non-finite results are an error, naming the first tensor (in a's order) that holds one.
@@ -402,7 +410,13 @@ fn split_mut(s: HostSliceMut<'_>, at: usize) -> (HostSliceMut<'_>, HostSliceMut<
 
 /// out = (1 - lambda) a + lambda b on one chunk; lambda 0 and 1 copy an endpoint exactly.
 /// Returns whether every result is finite.
-fn lerp_slice(a: HostSlice<'_>, b: HostSlice<'_>, lambda: f64, out: &mut HostSliceMut<'_>) -> Result<bool> {
+fn lerp_slice(
+    a: HostSlice<'_>,
+    b: HostSlice<'_>,
+    lambda: f64,
+    out: &mut HostSliceMut<'_>,
+    stores: Stores,
+) -> Result<bool> {
     use HostSlice as H;
     use HostSliceMut as M;
     let endpoint = if lambda == 0.0 {
@@ -418,28 +432,28 @@ fn lerp_slice(a: HostSlice<'_>, b: HostSlice<'_>, lambda: f64, out: &mut HostSli
                 o.copy_from_slice(e);
                 weights::all_finite(o)
             }
-            _ => weights::lerp32(x, y, lambda as f32, o),
+            _ => weights::lerp32(x, y, lambda as f32, o, stores),
         },
         (H::F64(x), H::F64(y), M::F64(o)) => match endpoint {
             Some(H::F64(e)) => {
                 o.copy_from_slice(e);
                 weights::all_finite(o)
             }
-            _ => weights::lerp_f64(x, y, lambda, o),
+            _ => weights::lerp_f64(x, y, lambda, o, stores),
         },
         (H::F16(x), H::F16(y), M::F16(o)) => match endpoint {
             Some(H::F16(e)) => {
                 o.copy_from_slice(e);
                 weights::all_finite(o)
             }
-            _ => weights::lerp32(x, y, lambda as f32, o),
+            _ => weights::lerp32(x, y, lambda as f32, o, stores),
         },
         (H::BF16(x), H::BF16(y), M::BF16(o)) => match endpoint {
             Some(H::BF16(e)) => {
                 o.copy_from_slice(e);
                 weights::all_finite(o)
             }
-            _ => weights::lerp32(x, y, lambda as f32, o),
+            _ => weights::lerp32(x, y, lambda as f32, o, stores),
         },
         _ => return Err(Error::Panic("interpolation reached mixed dtypes after the dtype check".into())),
     })

@@ -586,7 +586,7 @@ multiversion! {
 }
 
 /// Storage types interpolated in f32 arithmetic.
-pub trait Lerp32: Finite + Send + Sync {
+pub trait Lerp32: Finite + Default + Send + Sync {
     fn to_f32(self) -> f32;
     fn store(src: &[f32], dst: &mut [Self]);
     /// `out = fma(l, b, m a)` on up to one block, `m = 1 - l`; `HW`: AVX2, FMA and F16C may
@@ -868,37 +868,117 @@ impl Lerp32 for f16 {
     }
 }
 
+/// How an interpolation writes its output.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Stores {
+    /// Ordinary stores: the output is read into the cache before it is written (write-allocate)
+    /// and stays there for whoever reads it next. For outputs that fit in the cache.
+    Cached,
+    /// Non-temporal stores: each block is computed and checked in an L1 scratch block, then
+    /// written to memory without being read first. An interpolation reads two arrays and writes
+    /// one, so this moves three arrays' bytes instead of four; for outputs larger than the
+    /// last-level cache, which would evict them anyway.
+    Streaming,
+}
+
+/// Copies a block to `dst` with non-temporal stores where the CPU has them (SSE2, so every
+/// x86-64); a plain copy elsewhere. The stores are weakly ordered: call [`stream_fence`] before
+/// another thread may read `dst`.
+#[inline(always)]
+fn stream_store<T: Copy>(src: &[T], dst: &mut [T]) {
+    assert!(src.len() == dst.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(src);
+        let (s, d) = (src.as_ptr() as *const u8, dst.as_mut_ptr() as *mut u8);
+        // Plain stores up to the first 16-byte boundary of dst, streaming stores of 16 bytes
+        // after it, plain stores for the rest.
+        let head = d.align_offset(16).min(bytes);
+        let whole = head + (bytes - head) / 16 * 16;
+        // SAFETY: every access is within the `bytes` bytes of two distinct slices (src is
+        // shared and dst exclusive); the streaming stores are to 16-byte aligned addresses,
+        // and SSE2 is part of x86-64.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s, d, head);
+            let mut i = head;
+            while i < whole {
+                _mm_stream_si128(d.add(i) as *mut __m128i, _mm_loadu_si128(s.add(i) as *const __m128i));
+                i += 16;
+            }
+            std::ptr::copy_nonoverlapping(s.add(whole), d.add(whole), bytes - whole);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dst.copy_from_slice(src);
+}
+
+/// Orders the streaming stores of [`stream_store`] before every later store of this thread, so
+/// that whoever learns of the work's end also sees its results.
+#[inline(always)]
+fn stream_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64; a fence touches no memory.
+    unsafe {
+        _mm_sfence()
+    };
+}
+
+/// Interpolates block by block with `lerp_block`, checking each block finite while it is in L1;
+/// with [`Stores::Streaming`] each block goes through an L1 scratch block and is then streamed
+/// to `out`. The same values in both cases. Returns whether every result is finite.
+#[inline(always)]
+fn lerp_blocks<T: Finite + Default>(
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    stores: Stores,
+    mut lerp_block: impl FnMut(&[T], &[T], &mut [T]),
+) -> bool {
+    assert!(a.len() == out.len() && b.len() == out.len());
+    let mut finite = true;
+    let blocks = a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(out.chunks_mut(BLOCK));
+    match stores {
+        Stores::Cached => {
+            for ((sa, sb), so) in blocks {
+                lerp_block(sa, sb, so);
+                finite &= block_finite(so);
+            }
+        }
+        Stores::Streaming => {
+            let mut scratch = [T::default(); BLOCK];
+            for ((sa, sb), so) in blocks {
+                let block = &mut scratch[..so.len()];
+                lerp_block(sa, sb, block);
+                finite &= block_finite(block);
+                stream_store(block, so);
+            }
+            stream_fence();
+        }
+    }
+    finite
+}
+
 multiversion! {
     /// `out = (1 - l) a + l b` as `lerp_<t>` computes it: `fma(l, b, (1 - l) a)` in f32, with
     /// `1 - l` rounded to f32, then rounded once to the storage type. Returns whether every
     /// result is finite, checked on each block while it is still in L1 (a second pass over the
     /// output cost more than the interpolation itself).
-    pub fn lerp32<T: Lerp32>(a: &[T], b: &[T], l: f32, out: &mut [T]) -> bool {
-        assert!(a.len() == out.len() && b.len() == out.len());
+    pub fn lerp32<T: Lerp32>(a: &[T], b: &[T], l: f32, out: &mut [T], stores: Stores) -> bool {
         let m = 1.0 - l;
-        let mut finite = true;
-        for ((sa, sb), so) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(out.chunks_mut(BLOCK)) {
-            T::lerp_block::<HW>(sa, sb, l, m, so);
-            finite &= block_finite(so);
-        }
-        finite
+        lerp_blocks(a, b, out, stores, |sa, sb, so| T::lerp_block::<HW>(sa, sb, l, m, so))
     }
 }
 
 multiversion! {
     /// `out = (1 - l) a + l b` as `lerp_f64` computes it: `fma(l, b, (1 - l) a)` in f64.
     /// Returns whether every result is finite, as [`lerp32`].
-    pub fn lerp_f64<>(a: &[f64], b: &[f64], l: f64, out: &mut [f64]) -> bool {
-        assert!(a.len() == out.len() && b.len() == out.len());
+    pub fn lerp_f64<>(a: &[f64], b: &[f64], l: f64, out: &mut [f64], stores: Stores) -> bool {
         let m = 1.0 - l;
-        let mut finite = true;
-        for ((sa, sb), so) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(out.chunks_mut(BLOCK)) {
+        lerp_blocks(a, b, out, stores, |sa, sb, so| {
             for ((o, x), y) in so.iter_mut().zip(sa).zip(sb) {
                 *o = l.mul_add(*y, m * *x);
             }
-            finite &= block_finite(so);
-        }
-        finite
+        })
     }
 }
 
@@ -1123,13 +1203,13 @@ mod tests {
                     3 2 "bf16 f16", 1 0 "f64 f32");
                 // Interpolation as the kernel: fma(l, b, (1 - l) a) in f32, rounded once.
                 let mut out = vec![f16::ZERO; n];
-                lerp32(&xs.2[ra.clone()], &ys.2[rb.clone()], -0.5, &mut out);
+                lerp32(&xs.2[ra.clone()], &ys.2[rb.clone()], -0.5, &mut out, Stores::Cached);
                 for (i, o) in out.iter().enumerate() {
                     let w = f16::from_f32((-0.5f32).mul_add(ys.2[sb + i].to_f32(), 1.5 * xs.2[sa + i].to_f32()));
                     assert_eq!(o.to_bits(), w.to_bits(), "f16 lerp {} i {i}", what(""));
                 }
                 let mut out = vec![bf16::ZERO; n];
-                lerp32(&xs.3[ra.clone()], &ys.3[rb.clone()], 0.3, &mut out);
+                lerp32(&xs.3[ra.clone()], &ys.3[rb.clone()], 0.3, &mut out, Stores::Streaming);
                 for (i, o) in out.iter().enumerate() {
                     let w =
                         bf16::from_f32(0.3f32.mul_add(ys.3[sb + i].to_f32(), (1.0 - 0.3f32) * xs.3[sa + i].to_f32()));
@@ -1168,7 +1248,7 @@ mod tests {
             let b: Vec<bf16> = specials.iter().rev().map(|&v| bf16::from_f32(v)).collect();
             for out in in_every_version(|| {
                 let mut out = vec![bf16::ZERO; a.len()];
-                lerp32(&a, &b, l, &mut out);
+                lerp32(&a, &b, l, &mut out, Stores::Cached);
                 out
             }) {
                 check_special_lerp(&a, &b, l, &out);
@@ -1233,24 +1313,82 @@ mod tests {
         }
     }
 
-    /// Interpolates `x` and `y` (stored as `T`) in every version; checks that the flag says
-    /// whether the output holds a non-finite value, that [`all_finite`] agrees, and that every
-    /// version writes the same bits. Returns the flag.
+    /// Interpolates `x` and `y` (stored as `T`) in every version, with both kinds of stores;
+    /// checks that the flag says whether the output holds a non-finite value, that
+    /// [`all_finite`] agrees, and that every version and both stores write the same bits.
+    /// Returns the flag.
     fn check_finite_flag<T: Lerp32>(x: &[T], y: &[T], l: f32, is_finite: impl Fn(T) -> bool, what: &str) -> bool {
-        let [picked, avx2, baseline] = in_every_version(|| {
-            let mut out = vec![x[0]; x.len()];
-            let flag = lerp32(x, y, l, &mut out);
-            assert_eq!(flag, out.iter().all(|&v| is_finite(v)), "{what}: flag against the output");
-            assert_eq!(all_finite(&out), flag, "{what}: all_finite against the flag");
-            (flag, out)
-        });
         // Bit for bit (NaN included): the widening to f32 is one-to-one.
         let bits = |out: &[T]| out.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<_>>();
+        let [picked, avx2, baseline] = in_every_version(|| {
+            let mut out = vec![x[0]; x.len()];
+            let flag = lerp32(x, y, l, &mut out, Stores::Cached);
+            assert_eq!(flag, out.iter().all(|&v| is_finite(v)), "{what}: flag against the output");
+            assert_eq!(all_finite(&out), flag, "{what}: all_finite against the flag");
+            let mut streamed = vec![x[0]; x.len()];
+            assert_eq!(lerp32(x, y, l, &mut streamed, Stores::Streaming), flag, "{what}: streaming flag");
+            assert!(bits(&streamed) == bits(&out), "{what}: streaming stores wrote other values");
+            (flag, out)
+        });
         assert!(
             bits(&picked.1) == bits(&baseline.1) && bits(&avx2.1) == bits(&baseline.1),
             "{what}: the versions differ"
         );
         baseline.0
+    }
+
+    /// [`lerp_f64`] with both kinds of stores: checks that they write the same bits and report
+    /// the same flag, and returns it.
+    fn lerp_f64_flag(x: &[f64], y: &[f64], l: f64) -> bool {
+        let (mut cached, mut streamed) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        let flag = lerp_f64(x, y, l, &mut cached, Stores::Cached);
+        assert_eq!(lerp_f64(x, y, l, &mut streamed, Stores::Streaming), flag, "streaming flag");
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&cached) == bits(&streamed), "streaming stores wrote other values");
+        flag
+    }
+
+    /// Streaming stores write exactly what ordinary stores write, into outputs that start at every
+    /// offset from a 16-byte boundary (the streaming stores need one; what lies before it is
+    /// written plainly), around the block length, in every version, for every type.
+    #[test]
+    fn streaming_stores_write_the_same_bits_at_every_alignment() {
+        let values: Vec<f64> = (0..4200).map(|i| ((i * 7919) % 1000) as f64 / 250.0 - 2.0).collect();
+        fn check<T: Lerp32 + PartialEq + std::fmt::Debug>(x: &[T], y: &[T], what: &str) {
+            let n_max = x.len() - 16;
+            for n in [0usize, 1, 5, 8, 15, 16, 17, 255, 256, 257, 511, 1000, 4101] {
+                for offset in 0..8 {
+                    let run = |stores: Stores| {
+                        // Canaries around the output: the stores stay within it.
+                        let mut buf = vec![y[0]; n + 16];
+                        let flag = lerp32(&x[3..3 + n], &y[..n], 0.3, &mut buf[offset..offset + n], stores);
+                        (flag, buf)
+                    };
+                    assert!(n <= n_max);
+                    for (cached, streamed) in in_every_version(|| (run(Stores::Cached), run(Stores::Streaming))) {
+                        assert_eq!(cached, streamed, "{what} n {n} offset {offset}");
+                    }
+                }
+            }
+        }
+        let f32s: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        check(&f32s, &f32s[7..], "f32");
+        let f16s: Vec<f16> = values.iter().map(|&v| f16::from_f64(v)).collect();
+        check(&f16s, &f16s[7..], "f16");
+        let bf16s: Vec<bf16> = values.iter().map(|&v| bf16::from_f64(v)).collect();
+        check(&bf16s, &bf16s[7..], "bf16");
+        for n in [0usize, 1, 3, 255, 256, 257, 4101] {
+            for offset in 0..4 {
+                let run = |stores: Stores| {
+                    let mut buf = vec![-1.0f64; n + 8];
+                    let flag = lerp_f64(&values[..n], &values[9..9 + n], 0.3, &mut buf[offset..offset + n], stores);
+                    (flag, buf.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                };
+                for (cached, streamed) in in_every_version(|| (run(Stores::Cached), run(Stores::Streaming))) {
+                    assert_eq!(cached, streamed, "f64 n {n} offset {offset}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -1265,7 +1403,7 @@ mod tests {
                 let (x, y): (Vec<f64>, Vec<f64>) = (ones(0.5), ones(0.75));
                 for (bad, kind) in [(f64::INFINITY, "inf"), (f64::NAN, "nan")] {
                     let xb: Vec<f64> = ones(bad);
-                    for flag in in_every_version(|| lerp_f64(&xb, &y, 0.3, &mut vec![0.0; n])) {
+                    for flag in in_every_version(|| lerp_f64_flag(&xb, &y, 0.3)) {
                         assert!(!flag, "{}", what("f64", kind));
                     }
                     let f: Vec<f32> = xb.iter().map(|&v| v as f32).collect();
@@ -1291,7 +1429,7 @@ mod tests {
                 let g: Vec<f32> = ym.iter().map(|&v| v as f32).collect();
                 assert!(!check_finite_flag(&f, &g, 2.0, f32::is_finite, &what("f32", "overflow")));
                 let (xm, ym) = (ones(-1e308), ones(1e308));
-                for flag in in_every_version(|| lerp_f64(&xm, &ym, 2.0, &mut vec![0.0; n])) {
+                for flag in in_every_version(|| lerp_f64_flag(&xm, &ym, 2.0)) {
                     assert!(!flag, "{}", what("f64", "overflow"));
                 }
                 // And all finite.
@@ -1301,7 +1439,7 @@ mod tests {
                 let f: Vec<f32> = x.iter().map(|&v| v as f32).collect();
                 let g: Vec<f32> = y.iter().map(|&v| v as f32).collect();
                 assert!(check_finite_flag(&f, &g, 0.3, f32::is_finite, &what("f32", "finite")));
-                for flag in in_every_version(|| lerp_f64(&x, &y, 0.3, &mut vec![0.0; n])) {
+                for flag in in_every_version(|| lerp_f64_flag(&x, &y, 0.3)) {
                     assert!(flag, "{}", what("f64", "finite"));
                 }
             }

@@ -1,0 +1,180 @@
+//! The weight-space kernels against a copy of the same bytes, timed in the same rounds, so that
+//! "% of copy" is a ratio of two figures measured seconds apart rather than minutes apart (a
+//! criterion run times each function for seconds before the next, and the copy's own rate moved
+//! by 1.5x between such runs on a shared machine).
+//!
+//!     cargo run --release --example time_weights                 # 64,000,001 elements, 9 rounds
+//!     TL_BENCH_ELEMENTS=4000000 cargo run --release --example time_weights -- 15
+//!
+//! Each round times, in an order that rotates from round to round: `copy` (the bytes of one
+//! array copied by rayon in 128 KiB pieces, as benches/geometry.rs's `copy_parallel`),
+//! `distance`, `compare` and `interpolate` (the library's calls), and `interpolate_cached`:
+//! the same interpolation with ordinary stores (the library streams its stores at this size),
+//! split in the same chunks across the same threads. Rates count bytes read plus bytes written;
+//! the table gives each kernel's median rate and the median, lowest and highest of its per-round
+//! ratio to that round's copy.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::Instant;
+use transferlens::backend::cpu::weights::{self, Stores};
+use transferlens::params::{ParamSet, TensorSpec};
+use transferlens::{geometry, Context, DType};
+
+/// Elements per parallel task, as the library splits its work.
+const CHUNK: usize = 1 << 16;
+
+/// Fresh values in [-1, 1) from a small LCG.
+fn fill(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        })
+        .collect()
+}
+
+/// One array of a dtype, in 8-byte aligned storage.
+struct Buf {
+    words: Vec<u64>,
+    n: usize,
+    dtype: DType,
+}
+
+impl Buf {
+    fn new(values: &[f64], dtype: DType) -> Buf {
+        let n = values.len();
+        let mut buf = Buf { words: vec![0u64; (n * dtype.size()).div_ceil(8)], n, dtype };
+        match dtype {
+            DType::F32 => buf.typed::<f32>().iter_mut().zip(values).for_each(|(o, v)| *o = *v as f32),
+            DType::F64 => buf.typed::<f64>().copy_from_slice(values),
+            DType::F16 => buf.typed::<f16>().iter_mut().zip(values).for_each(|(o, v)| *o = f16::from_f64(*v)),
+            DType::BF16 => buf.typed::<bf16>().iter_mut().zip(values).for_each(|(o, v)| *o = bf16::from_f64(*v)),
+        }
+        buf
+    }
+    /// The storage as `n` elements of `T`, whose size must be the dtype's.
+    fn typed<T>(&mut self) -> &mut [T] {
+        assert_eq!(std::mem::size_of::<T>(), self.dtype.size());
+        // SAFETY: the words hold at least n elements of T's size, 8-byte aligned (enough for
+        // every dtype), every bit pattern is a valid T, and the borrow is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut T, self.n) }
+    }
+    fn nbytes(&self) -> usize {
+        self.n * self.dtype.size()
+    }
+    /// A set of one tensor over this storage.
+    ///
+    /// # Safety
+    /// The buffer outlives the set and is not used otherwise while the set is written.
+    unsafe fn set(&mut self) -> ParamSet {
+        let spec = TensorSpec {
+            name: "layer1.weight".into(),
+            dtype: self.dtype,
+            shape: vec![self.n],
+            ptr: self.words.as_mut_ptr() as *mut u8,
+            device: -1,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { ParamSet::wrap(vec![spec]) }.unwrap()
+    }
+}
+
+/// The interpolation with ordinary stores, chunked and threaded as the library does.
+fn interpolate_cached(a: &mut Buf, b: &mut Buf, out: &mut Buf, l: f64) -> bool {
+    fn run<T: weights::Lerp32>(a: &[T], b: &[T], out: &mut [T], l: f32) -> bool {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .map(|(o, (x, y))| weights::lerp32(x, y, l, o, Stores::Cached))
+            .reduce(|| true, |p, q| p & q)
+    }
+    match out.dtype {
+        DType::F32 => run::<f32>(a.typed(), b.typed(), out.typed(), l as f32),
+        DType::F16 => run::<f16>(a.typed(), b.typed(), out.typed(), l as f32),
+        DType::BF16 => run::<bf16>(a.typed(), b.typed(), out.typed(), l as f32),
+        DType::F64 => {
+            let (x, y, o) = (a.typed::<f64>(), b.typed::<f64>(), out.typed::<f64>());
+            o.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+                .map(|(o, (x, y))| weights::lerp_f64(x, y, l, o, Stores::Cached))
+                .reduce(|| true, |p, q| p & q)
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+const KERNELS: [&str; 5] = ["copy", "distance", "compare", "interpolate", "interpolate_cached"];
+
+fn main() {
+    let n: usize = std::env::var("TL_BENCH_ELEMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(64_000_001);
+    let rounds: usize = std::env::args().nth(1).map(|r| r.parse().expect("rounds: a count")).unwrap_or(9);
+    let ctx = Context::cpu();
+    println!("{}, {} threads, {n} elements, {rounds} rounds", cpu_model(), rayon::current_num_threads());
+    println!("{:5} {:19} {:>8} {:>14} {:>9} {:>9}", "dtype", "kernel", "GB/s", "% of copy", "lowest", "highest");
+    let (va, vb) = (fill(n, 1), fill(n, 2));
+    for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
+        let (mut a, mut b, mut o) = (Buf::new(&va, dtype), Buf::new(&vb, dtype), Buf::new(&vb, dtype));
+        let bytes = a.nbytes() as f64;
+        // SAFETY: the buffers outlive the sets; while the sets live, the buffers are used only
+        // by interpolate_cached, which reads a and b and writes o exactly as interpolate does,
+        // never at the same time.
+        let (sa, sb, mut so) = unsafe { (a.set(), b.set(), o.set()) };
+        // Bytes touched per call: read + written.
+        let moved = [2.0, 2.0, 2.0, 3.0, 3.0].map(|k| k * bytes);
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); KERNELS.len()];
+        let mut call = |k: usize| {
+            let start = Instant::now();
+            match k {
+                0 => o
+                    .words
+                    .par_chunks_mut(1 << 14)
+                    .zip(b.words.par_chunks(1 << 14))
+                    .for_each(|(d, s)| d.copy_from_slice(s)),
+                1 => drop(black_box(geometry::distance(&ctx, &sa, &sb).unwrap())),
+                2 => drop(black_box(geometry::compare(&ctx, &sa, &sb).unwrap())),
+                3 => geometry::interpolate(&ctx, &sa, &sb, 0.3, &mut so).unwrap(),
+                _ => assert!(interpolate_cached(&mut a, &mut b, &mut o, 0.3)),
+            }
+            black_box(&o.words);
+            moved[k] / start.elapsed().as_secs_f64() / 1e9
+        };
+        for k in 0..KERNELS.len() {
+            call(k); // warm-up: page faults, thread pool
+        }
+        for r in 0..rounds {
+            for j in 0..KERNELS.len() {
+                let k = (j + r) % KERNELS.len();
+                rates[k].push(call(k));
+            }
+        }
+        for (k, name) in KERNELS.iter().enumerate() {
+            let ratios: Vec<f64> = rates[k].iter().zip(&rates[0]).map(|(x, c)| 100.0 * x / c).collect();
+            let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+            println!(
+                "{:5} {:19} {:8.1} {:13.0}% {:8.0}% {:8.0}%",
+                dtype.name(),
+                name,
+                median(rates[k].clone()),
+                median(ratios),
+                lo,
+                hi
+            );
+        }
+        drop((sa, sb, so));
+    }
+}
