@@ -170,6 +170,22 @@ fn bench(c: &mut Criterion) {
     k.bench_function("lerp/bf16", |bch| {
         bch.iter(|| black_box(weights::lerp32(&ba, &bb, 0.3, &mut bo, Stores::Cached)))
     });
+    // The same with non-temporal stores: the output goes to memory, the inputs stay in cache.
+    k.throughput(Throughput::Bytes(12 << 16));
+    k.bench_function("lerp_streaming/f32", |bch| {
+        bch.iter(|| black_box(weights::lerp32(&xa, &xb, 0.3, &mut xo, Stores::Streaming)))
+    });
+    k.throughput(Throughput::Bytes(24 << 16));
+    k.bench_function("lerp_streaming/f64", |bch| {
+        bch.iter(|| black_box(weights::lerp_f64(&da, &db, 0.3, &mut dout, Stores::Streaming)))
+    });
+    k.throughput(Throughput::Bytes(6 << 16));
+    k.bench_function("lerp_streaming/f16", |bch| {
+        bch.iter(|| black_box(weights::lerp32(&ha, &hb, 0.3, &mut ho, Stores::Streaming)))
+    });
+    k.bench_function("lerp_streaming/bf16", |bch| {
+        bch.iter(|| black_box(weights::lerp32(&ba, &bb, 0.3, &mut bo, Stores::Streaming)))
+    });
     k.finish();
 }
 

@@ -5,6 +5,7 @@
 //!
 //!     cargo run --release --example time_weights                 # 64,000,001 elements, 9 rounds
 //!     TL_BENCH_ELEMENTS=4000000 cargo run --release --example time_weights -- 15
+//!     cargo run --release --example time_weights -- 15 f16 bf16     # 15 rounds, two dtypes
 //!
 //! Each round times, in an order that rotates from round to round: `copy` (the bytes of one
 //! array copied by rayon in 128 KiB pieces, as benches/geometry.rs's `copy_parallel`),
@@ -122,12 +123,19 @@ const KERNELS: [&str; 5] = ["copy", "distance", "compare", "interpolate", "inter
 
 fn main() {
     let n: usize = std::env::var("TL_BENCH_ELEMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(64_000_001);
-    let rounds: usize = std::env::args().nth(1).map(|r| r.parse().expect("rounds: a count")).unwrap_or(9);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rounds: usize = args.first().map(|r| r.parse().expect("rounds: a count")).unwrap_or(9);
+    let all = [DType::F32, DType::BF16, DType::F16, DType::F64];
+    let dtypes: Vec<DType> = if args.len() > 1 {
+        args[1..].iter().map(|a| *all.iter().find(|d| d.name() == *a).expect("dtypes: f32, bf16, f16, f64")).collect()
+    } else {
+        all.to_vec()
+    };
     let ctx = Context::cpu();
     println!("{}, {} threads, {n} elements, {rounds} rounds", cpu_model(), rayon::current_num_threads());
     println!("{:5} {:19} {:>8} {:>14} {:>9} {:>9}", "dtype", "kernel", "GB/s", "% of copy", "lowest", "highest");
     let (va, vb) = (fill(n, 1), fill(n, 2));
-    for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
+    for dtype in dtypes {
         let (mut a, mut b, mut o) = (Buf::new(&va, dtype), Buf::new(&vb, dtype), Buf::new(&vb, dtype));
         let bytes = a.nbytes() as f64;
         // SAFETY: the buffers outlive the sets; while the sets live, the buffers are used only

@@ -2,7 +2,7 @@
 # The CPU comparisons in one command: transferlens next to numpy running the published formulas,
 # on this machine, in one run (the machines are shared: compare figures of one run only).
 #
-#   benches/compare/run.sh            # CKA (ratio table), then weight space (GB/s, both sides)
+#   benches/compare/run.sh            # CKA (ratio table), then weight space (% of copy, GB/s)
 #   PYTHON=path/to/python benches/compare/run.sh
 #
 # Needs numpy (pip install numpy). On a GPU machine the GPU tables and the PyTorch side come from
@@ -22,8 +22,9 @@ echo
 echo "==== linear CKA: transferlens / numpy (feature_space_linear_cka) ===="
 "$py" benches/compare/cka.py
 echo
-echo "==== weight space: transferlens (criterion, GB/s = bytes read + written per second) ===="
-cargo bench --bench geometry 2>/dev/null | grep -E '^[a-z_0-9/]+$|thrpt:' || true
+echo "==== weight space: transferlens against a copy of the same bytes, timed in the same rounds ===="
+echo "     (GB/s = bytes read + written per second; criterion's figures: cargo bench --bench geometry)"
+cargo run --quiet --release --example time_weights
 echo
 echo "==== weight space: numpy, same sizes and unit ===="
 "$py" benches/compare/geometry.py

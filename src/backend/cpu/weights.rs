@@ -8,9 +8,10 @@
 //! loops over fixed-width blocks that the compiler vectorises; the vector bodies are written with
 //! intrinsics (the 16-bit loads: bf16 to f32 is a byte shuffle, f16 to f32 is F16C's
 //! `vcvtph2ps`), and `stats` reads each element once for its four sums. The interpolations
-//! report whether every result is finite, checked block by block while the block is in L1. Every version adds the same products in
-//! the same sixteen lanes in the same order, and interpolates with the same expression, so they
-//! give the same bits.
+//! report whether every result is finite, checked block by block while the block is in L1, and
+//! can write large outputs with non-temporal stores ([`Stores`]). Every version adds the same
+//! products in the same sixteen lanes in the same order, and interpolates with the same
+//! expression, so they give the same bits.
 //!
 //! Rounding against the kernels:
 //! - interpolation ([`lerp32`], [`lerp_f64`]) is `lerp_<t>`'s expression, `fma(l, b, (1 - l) a)`
