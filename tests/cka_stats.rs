@@ -141,6 +141,7 @@ fn coverage<const K: usize>(
     p: usize,
     sigma: f64,
     seed: u64,
+    tails: Tails,
     covers: impl Fn(&Dense, &Dense, Estimator, u64, f64) -> [bool; K],
 ) -> Vec<(Estimator, [usize; K], f64)> {
     let (n, reps) = (400, 200);
@@ -151,12 +152,14 @@ fn coverage<const K: usize>(
     for est in ESTIMATORS {
         let mut covered = [0; K];
         for rep in 0..reps {
-            let x = Dense::random(&mut rng, n, p);
+            let mut x = Dense::random(&mut rng, n, p);
             let mut y = Dense { rows: n, cols: p, data: vec![0.0; n * p] };
             for r in 0..n {
+                let (x_scale, noise_scale) = (tails.row_scale(&mut rng), tails.row_scale(&mut rng));
+                x.data[r * p..(r + 1) * p].iter_mut().for_each(|v| *v *= x_scale);
                 for j in 0..p {
                     let signal: f64 = (0..p).map(|c| x.at(r, c) * a.at(c, j)).sum();
-                    y.data[r * p + j] = signal + sigma * rng.normal();
+                    y.data[r * p + j] = signal + sigma * noise_scale * rng.normal();
                 }
             }
             for (count, hit) in covered.iter_mut().zip(covers(&x, &y, est, rep, truth)) {
@@ -168,11 +171,37 @@ fn coverage<const K: usize>(
     counts
 }
 
+/// The distribution of the simulation's rows (of `x`, and of the noise `e`).
+#[derive(Clone, Copy)]
+enum Tails {
+    /// Gaussian rows.
+    Normal,
+    /// Multivariate Student t rows with this many degrees of freedom: each row's Gaussian draw
+    /// divided by `sqrt(w / nu)`, `w ~ chi-square(nu)`, one `w` per row of `x` and another per
+    /// row of `e`. Every covariance is the Gaussian one times `nu / (nu - 2)`, so the
+    /// population CKA is unchanged.
+    StudentT(usize),
+}
+
+impl Tails {
+    /// The factor of one row; draws nothing for Gaussian rows (so that their simulation keeps
+    /// the random stream it was measured with).
+    fn row_scale(self, rng: &mut TestRng) -> f64 {
+        match self {
+            Tails::Normal => 1.0,
+            Tails::StudentT(nu) => {
+                let w: f64 = (0..nu).map(|_| rng.normal().powi(2)).sum();
+                (nu as f64 / w).sqrt()
+            }
+        }
+    }
+}
+
 /// Coverage of both bootstrap kinds, each repetition's two intervals from the same 400
 /// resamples in the default 64 blocks. BCa would be the default if it were acceptable in every
 /// case where percentile is, and no further from 0.95 than percentile in any case.
 fn bootstrap_coverage(p: usize, sigma: f64, seed: u64) -> Vec<(Estimator, usize, usize)> {
-    let counts = coverage(p, sigma, seed, |x, y, est, rep, truth| {
+    let counts = coverage(p, sigma, seed, Tails::Normal, |x, y, est, rep, truth| {
         [IntervalKind::Bca, IntervalKind::Percentile].map(|kind| {
             let ci = cka::bootstrap(&view(x), &view(y), est, 0.95, kind, 400, 0, rep).unwrap();
             ci.lower <= truth && truth <= ci.upper
@@ -224,7 +253,7 @@ fn on_wide_layers_neither_bootstrap_interval_covers_at_its_level() {
 #[test]
 fn jackknife_intervals_cover_the_population_cka_on_narrow_and_wide_layers() {
     for (case, p, sigma, seed) in [("narrow", 4, 2.0, 24), ("wide", 20, 2.0 * 5f64.sqrt(), 30)] {
-        for (est, [covered], truth) in coverage(p, sigma, seed, |x, y, est, _, truth| {
+        for (est, [covered], truth) in coverage(p, sigma, seed, Tails::Normal, |x, y, est, _, truth| {
             let ci = cka::jackknife(&view(x), &view(y), est, 0.95).unwrap();
             [ci.lower <= truth && truth <= ci.upper]
         }) {
@@ -232,6 +261,31 @@ fn jackknife_intervals_cover_the_population_cka_on_narrow_and_wide_layers() {
             assert!(
                 ACCEPTABLE.contains(&covered),
                 "{case}, {est:?}: the jackknife interval covered in {covered} of 200"
+            );
+        }
+    }
+}
+
+/// Heavy tails, added after the jackknife interval became the default (its docs said that
+/// heavy-tailed data had not been simulated). Written down before the first run: the narrow
+/// and wide cases above, with their seeds, n and criterion (181 to 199 of 200), on rows of `x`
+/// and of the noise drawn from multivariate Student t with 5 degrees of freedom
+/// ([`Tails::StudentT`]): the same population CKA, finite fourth moments (which the interval's
+/// standard error needs: 5 > 4) but far heavier tails. The counts are recorded here and in
+/// docs/analyses.md whichever way they fall, and the interval is not changed for them.
+/// Measured (first run): narrow 191 (biased) and 182 (debiased), wide 193 and 193: acceptable
+/// in all four cells, the debiased narrow one near the lower edge.
+#[test]
+fn jackknife_intervals_cover_on_heavy_tailed_rows() {
+    for (case, p, sigma, seed) in [("narrow", 4, 2.0, 24), ("wide", 20, 2.0 * 5f64.sqrt(), 30)] {
+        for (est, [covered], truth) in coverage(p, sigma, seed, Tails::StudentT(5), |x, y, est, _, truth| {
+            let ci = cka::jackknife(&view(x), &view(y), est, 0.95).unwrap();
+            [ci.lower <= truth && truth <= ci.upper]
+        }) {
+            println!("t5 {case} (p = {p}), population CKA {truth:.4}, {est:?}: the jackknife interval covered it in {covered} of 200");
+            assert!(
+                ACCEPTABLE.contains(&covered),
+                "t5 {case}, {est:?}: the jackknife interval covered in {covered} of 200"
             );
         }
     }
