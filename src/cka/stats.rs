@@ -24,7 +24,7 @@
 //!   of three products more than the CKA.
 
 use super::{check_min_samples, hsic, Estimator, PairTerms};
-use crate::backend::cpu::cka::{column_stats, host_slice, product_scale};
+use crate::backend::cpu::cka::{column_stats, gram_lower, host_slice, product_scale};
 use crate::backend::cpu::Real;
 use crate::error::{fail, Result};
 use crate::rng::block_words;
@@ -321,6 +321,11 @@ impl<T: Real> Centered<T> {
         MatRef::from_row_major_slice(&self.data, self.rows, self.cols)
     }
 
+    /// Row `i`.
+    fn row(&self, i: usize) -> &[T] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
     /// Rows `start..start + len`.
     fn rows_of(&self, start: usize, len: usize) -> MatRef<'_, T> {
         MatRef::from_row_major_slice(&self.data[start * self.cols..(start + len) * self.cols], len, self.cols)
@@ -339,6 +344,20 @@ fn gemm<T: Real>(dst: MatMut<T>, a: MatRef<T>, b: MatRef<T>, par: Par) {
 fn cross<T: Real>(a: MatRef<T>, b: MatRef<T>) -> faer::Mat<T> {
     let mut out = faer::Mat::<T>::zeros(a.ncols(), b.ncols());
     gemm(out.as_mut(), a.transpose(), b, Par::rayon(0));
+    out
+}
+
+/// `a^T a` as a new column-major matrix: its lower triangle by a triangular GEMM (half the
+/// multiply-adds of [`cross`]), mirrored into the upper one.
+fn gram<T: Real>(a: MatRef<T>) -> faer::Mat<T> {
+    let p = a.ncols();
+    let mut out = faer::Mat::<T>::zeros(p, p);
+    gram_lower(out.as_mut(), a.transpose());
+    for j in 1..p {
+        for i in 0..j {
+            out[(i, j)] = out[(j, i)];
+        }
+    }
     out
 }
 
@@ -845,10 +864,12 @@ type TermsAndTraces = (PairTerms, f64, f64);
 fn leave_one_out<T: Real>(u: &Centered<T>, v: &Centered<T>) -> (TermsAndTraces, Vec<TermsAndTraces>) {
     let n = u.rows;
     let nf = n as f64;
-    let s = cross(u.mat(), v.mat()); // p x q
+    // p x q; a layer with itself (the same operand) is a Gram, formed from one triangle.
+    let s = if std::ptr::eq(u, v) { gram(u.mat()) } else { cross(u.mat(), v.mat()) };
     let f = fro2(s.as_ref());
-    let mut us = faer::Mat::<T>::zeros(n, v.cols);
-    gemm(us.as_mut(), u.mat(), s.as_ref(), Par::rayon(0));
+    // (U~ S)^T, q x n: column i (row i of U~ S) is contiguous for the per-sample sums below.
+    let mut us_t = faer::Mat::<T>::zeros(v.cols, n);
+    gemm(us_t.as_mut(), s.as_ref().transpose(), u.mat().transpose(), Par::rayon(0));
     // U~^T r_v and V~^T r_u, for the row norms' cross terms.
     let weighted = |c: &Centered<T>, r: &[f64]| -> Vec<f64> {
         let mut out = vec![0.0f64; c.cols];
@@ -860,16 +881,17 @@ fn leave_one_out<T: Real>(u: &Centered<T>, v: &Centered<T>) -> (TermsAndTraces, 
     let (u_rv, v_ru) = (weighted(u, &v.norms), weighted(v, &u.norms));
     let (d, tu, tv) = (dot(&u.norms, &v.norms), u.trace(), v.trace());
     let grow = nf / (nf - 1.0);
-    let row = |c: &Centered<T>, i: usize| -> Vec<f64> {
-        c.data[i * c.cols..(i + 1) * c.cols].iter().map(|v| v.to_f64()).collect()
-    };
+    // `a . b` in f64 for a row of stored values.
+    let dot_row = |a: &[T], b: &[f64]| -> f64 { a.iter().zip(b).map(|(x, y)| x.to_f64() * y).sum() };
     let without = (0..n)
         .into_par_iter()
         .map(|i| {
-            let (ui, vi) = (row(u, i), row(v, i));
-            let z: f64 = (0..v.cols).map(|j| us[(i, j)].to_f64() * vi[j]).sum(); // u~_i^T S v~_i
+            let (ui, vi) = (u.row(i), v.row(i));
+            // u~_i^T S v~_i.
+            let us_i = us_t.col(i).try_as_col_major().expect("column-major product").as_slice();
+            let z: f64 = us_i.iter().zip(vi).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
             let (ru, rv) = (u.norms[i], v.norms[i]);
-            let (gu, gv) = (dot(&ui, &u_rv), dot(&vi, &v_ru));
+            let (gu, gv) = (dot_row(ui, &u_rv), dot_row(vi, &v_ru));
             let cross_fro2 = f - 2.0 * grow * z + grow * grow * ru * rv;
             // The rows stay centered at the new means: each moves by delta = u~_i / (n - 1).
             let k = nf - 1.0;
