@@ -1,90 +1,26 @@
 //! Weight-space arithmetic is memory-bound: these benches report bytes touched per second
 //! (read + written) next to plain copies of the same bytes, single-threaded (`copy_from_slice`)
 //! and split across threads like the library does (rayon). The goal is at least 80% of the
-//! faster copy. benches/compare/geometry.py runs numpy's equivalents on the same sizes.
+//! faster copy. benches/compare/geometry.py runs numpy's equivalents on the same sizes;
+//! examples/time_weights.rs times the kernels and the copy in the same rounds, for the ratios.
 //!
 //!     cargo bench --bench geometry
 //!     TL_BENCH_ELEMENTS=4000000 cargo bench --bench geometry   # a smaller working set
 
+#[path = "support/weights_data.rs"]
+mod weights_data;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::{bf16, f16};
-use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Duration;
 use transferlens::backend::cpu::weights::{self, Stores};
-use transferlens::params::{ParamSet, TensorSpec};
 use transferlens::{geometry, Context, DType};
+use weights_data::{fill, par_copy, Buf};
 
 fn elements() -> usize {
     std::env::var("TL_BENCH_ELEMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(64_000_001)
     // every array well past the last-level cache, and odd
-}
-
-/// Fresh values in [-1, 1) from a small LCG (the data's values do not matter to the speed, but
-/// zeros could flatter the conversions).
-fn fill(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        })
-        .collect()
-}
-
-/// Storage of one dtype with the set wrapped around it.
-struct Buf {
-    bytes: Vec<u64>, // 8-byte aligned storage for any dtype
-    n: usize,
-    dtype: DType,
-}
-
-impl Buf {
-    fn new(values: &[f64], dtype: DType) -> Buf {
-        let n = values.len();
-        let mut bytes = vec![0u64; (n * dtype.size()).div_ceil(8)];
-        let p = bytes.as_mut_ptr() as *mut u8;
-        // SAFETY: bytes holds at least n elements of the dtype, 8-byte aligned, and is not used
-        // otherwise while the typed slice lives.
-        unsafe {
-            match dtype {
-                DType::F32 => std::slice::from_raw_parts_mut(p as *mut f32, n)
-                    .iter_mut()
-                    .zip(values)
-                    .for_each(|(o, v)| *o = *v as f32),
-                DType::F64 => std::slice::from_raw_parts_mut(p as *mut f64, n).copy_from_slice(values),
-                DType::F16 => std::slice::from_raw_parts_mut(p as *mut f16, n)
-                    .iter_mut()
-                    .zip(values)
-                    .for_each(|(o, v)| *o = f16::from_f64(*v)),
-                DType::BF16 => std::slice::from_raw_parts_mut(p as *mut bf16, n)
-                    .iter_mut()
-                    .zip(values)
-                    .for_each(|(o, v)| *o = bf16::from_f64(*v)),
-            }
-        }
-        Buf { bytes, n, dtype }
-    }
-    fn nbytes(&self) -> usize {
-        self.n * self.dtype.size()
-    }
-    fn set(&mut self) -> ParamSet {
-        // SAFETY: the buffer outlives the set in every bench below and is used by it alone.
-        unsafe {
-            ParamSet::wrap(vec![TensorSpec {
-                name: "layer1.weight".into(),
-                dtype: self.dtype,
-                shape: vec![self.n],
-                ptr: self.bytes.as_mut_ptr() as *mut u8,
-                device: -1,
-            }])
-        }
-        .unwrap()
-    }
-}
-
-fn par_copy(src: &[u64], dst: &mut [u64]) {
-    dst.par_chunks_mut(1 << 14).zip(src.par_chunks(1 << 14)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 fn bench(c: &mut Criterion) {
@@ -96,22 +32,24 @@ fn bench(c: &mut Criterion) {
     for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
         let (mut a, mut b, mut o) = (Buf::new(&va, dtype), Buf::new(&vb, dtype), Buf::new(&vb, dtype));
         let bytes = a.nbytes();
-        let (sa, sb, mut so) = (a.set(), b.set(), o.set());
+        // SAFETY: the buffers outlive the sets; while the sets live, the copies below only read
+        // a and b and write o, never while a set is in use.
+        let (sa, sb, mut so) = unsafe { (a.set(), b.set(), o.set()) };
         let name = dtype.name();
         // Copies of the same bytes: one array read, one written.
         g.throughput(Throughput::Bytes(2 * bytes as u64));
         g.bench_function(BenchmarkId::new("copy", name), |bch| {
             bch.iter(|| {
-                let (src, dst) = (&a.bytes, &mut o.bytes);
+                let (src, dst) = (&a.words, &mut o.words);
                 // SAFETY: two distinct buffers of the same length.
                 unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), src.len()) };
-                black_box(&o.bytes);
+                black_box(&o.words);
             })
         });
         g.bench_function(BenchmarkId::new("copy_parallel", name), |bch| {
             bch.iter(|| {
-                par_copy(&b.bytes, &mut o.bytes);
-                black_box(&o.bytes);
+                par_copy(&b.words, &mut o.words);
+                black_box(&o.words);
             })
         });
         // Distance: two arrays read.

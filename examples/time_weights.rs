@@ -15,73 +15,19 @@
 //! the table gives each kernel's median rate and the median, lowest and highest of its per-round
 //! ratio to that round's copy.
 
+#[path = "../benches/support/weights_data.rs"]
+mod weights_data;
+
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Instant;
 use transferlens::backend::cpu::weights::{self, Stores};
-use transferlens::params::{ParamSet, TensorSpec};
 use transferlens::{geometry, Context, DType};
+use weights_data::{fill, par_copy, Buf};
 
 /// Elements per parallel task, as the library splits its work.
 const CHUNK: usize = 1 << 16;
-
-/// Fresh values in [-1, 1) from a small LCG.
-fn fill(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        })
-        .collect()
-}
-
-/// One array of a dtype, in 8-byte aligned storage.
-struct Buf {
-    words: Vec<u64>,
-    n: usize,
-    dtype: DType,
-}
-
-impl Buf {
-    fn new(values: &[f64], dtype: DType) -> Buf {
-        let n = values.len();
-        let mut buf = Buf { words: vec![0u64; (n * dtype.size()).div_ceil(8)], n, dtype };
-        match dtype {
-            DType::F32 => buf.typed::<f32>().iter_mut().zip(values).for_each(|(o, v)| *o = *v as f32),
-            DType::F64 => buf.typed::<f64>().copy_from_slice(values),
-            DType::F16 => buf.typed::<f16>().iter_mut().zip(values).for_each(|(o, v)| *o = f16::from_f64(*v)),
-            DType::BF16 => buf.typed::<bf16>().iter_mut().zip(values).for_each(|(o, v)| *o = bf16::from_f64(*v)),
-        }
-        buf
-    }
-    /// The storage as `n` elements of `T`, whose size must be the dtype's.
-    fn typed<T>(&mut self) -> &mut [T] {
-        assert_eq!(std::mem::size_of::<T>(), self.dtype.size());
-        // SAFETY: the words hold at least n elements of T's size, 8-byte aligned (enough for
-        // every dtype), every bit pattern is a valid T, and the borrow is exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut T, self.n) }
-    }
-    fn nbytes(&self) -> usize {
-        self.n * self.dtype.size()
-    }
-    /// A set of one tensor over this storage.
-    ///
-    /// # Safety
-    /// The buffer outlives the set and is not used otherwise while the set is written.
-    unsafe fn set(&mut self) -> ParamSet {
-        let spec = TensorSpec {
-            name: "layer1.weight".into(),
-            dtype: self.dtype,
-            shape: vec![self.n],
-            ptr: self.words.as_mut_ptr() as *mut u8,
-            device: -1,
-        };
-        // SAFETY: the caller's contract.
-        unsafe { ParamSet::wrap(vec![spec]) }.unwrap()
-    }
-}
 
 /// The interpolation with ordinary stores, chunked and threaded as the library does.
 fn interpolate_cached(a: &mut Buf, b: &mut Buf, out: &mut Buf, l: f64) -> bool {
@@ -148,11 +94,7 @@ fn main() {
         let mut call = |k: usize| {
             let start = Instant::now();
             match k {
-                0 => o
-                    .words
-                    .par_chunks_mut(1 << 14)
-                    .zip(b.words.par_chunks(1 << 14))
-                    .for_each(|(d, s)| d.copy_from_slice(s)),
+                0 => par_copy(&b.words, &mut o.words),
                 1 => drop(black_box(geometry::distance(&ctx, &sa, &sb).unwrap())),
                 2 => drop(black_box(geometry::compare(&ctx, &sa, &sb).unwrap())),
                 3 => geometry::interpolate(&ctx, &sa, &sb, 0.3, &mut so).unwrap(),
