@@ -419,42 +419,33 @@ fn lerp_slice(
 ) -> Result<bool> {
     use HostSlice as H;
     use HostSliceMut as M;
-    let endpoint = if lambda == 0.0 {
-        Some(a)
-    } else if lambda == 1.0 {
-        Some(b)
-    } else {
-        None
-    };
+    /// The endpoint `lambda` names exactly, copied, or else the interpolation `lerp`.
+    fn endpoint_or<T: weights::Finite>(
+        lambda: f64,
+        (x, y): (&[T], &[T]),
+        o: &mut [T],
+        lerp: impl FnOnce(&mut [T]) -> bool,
+    ) -> bool {
+        let endpoint = if lambda == 0.0 {
+            x
+        } else if lambda == 1.0 {
+            y
+        } else {
+            return lerp(o);
+        };
+        o.copy_from_slice(endpoint);
+        weights::all_finite(o)
+    }
+    let l32 = lambda as f32;
     Ok(match (a, b, out) {
-        (H::F32(x), H::F32(y), M::F32(o)) => match endpoint {
-            Some(H::F32(e)) => {
-                o.copy_from_slice(e);
-                weights::all_finite(o)
-            }
-            _ => weights::lerp32(x, y, lambda as f32, o, stores),
-        },
-        (H::F64(x), H::F64(y), M::F64(o)) => match endpoint {
-            Some(H::F64(e)) => {
-                o.copy_from_slice(e);
-                weights::all_finite(o)
-            }
-            _ => weights::lerp_f64(x, y, lambda, o, stores),
-        },
-        (H::F16(x), H::F16(y), M::F16(o)) => match endpoint {
-            Some(H::F16(e)) => {
-                o.copy_from_slice(e);
-                weights::all_finite(o)
-            }
-            _ => weights::lerp32(x, y, lambda as f32, o, stores),
-        },
-        (H::BF16(x), H::BF16(y), M::BF16(o)) => match endpoint {
-            Some(H::BF16(e)) => {
-                o.copy_from_slice(e);
-                weights::all_finite(o)
-            }
-            _ => weights::lerp32(x, y, lambda as f32, o, stores),
-        },
+        (H::F32(x), H::F32(y), M::F32(o)) => endpoint_or(lambda, (x, y), o, |o| weights::lerp32(x, y, l32, o, stores)),
+        (H::F64(x), H::F64(y), M::F64(o)) => {
+            endpoint_or(lambda, (x, y), o, |o| weights::lerp_f64(x, y, lambda, o, stores))
+        }
+        (H::F16(x), H::F16(y), M::F16(o)) => endpoint_or(lambda, (x, y), o, |o| weights::lerp32(x, y, l32, o, stores)),
+        (H::BF16(x), H::BF16(y), M::BF16(o)) => {
+            endpoint_or(lambda, (x, y), o, |o| weights::lerp32(x, y, l32, o, stores))
+        }
         _ => return Err(Error::Panic("interpolation reached mixed dtypes after the dtype check".into())),
     })
 }

@@ -538,7 +538,8 @@ multiversion! {
     }
 }
 
-/// Elements per block of [`lerp32`]'s f32 scratch.
+/// Elements per block of the interpolations (their scratch blocks and finiteness checks) and of
+/// [`all_finite`].
 const BLOCK: usize = 256;
 
 /// Storage types whose values can be told finite from their bits alone: a test without branches,
